@@ -1,0 +1,196 @@
+"""Command-line interface: a thin layer over the library API.
+
+Every user-facing error is an :class:`EdgeskipError`, printed as one line (``error: ...``) with
+exit status 2 and no traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from edgeskip import __version__
+from edgeskip.errors import EdgeskipError
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context):  # noqa: D401 - click hook
+        try:
+            return super().invoke(ctx)
+        except EdgeskipError as e:
+            click.echo(f"error: {e}", err=True)
+            ctx.exit(2)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(130)
+
+
+def _size(value: str | None) -> tuple[int, int] | None:
+    if not value:
+        return None
+    try:
+        parts = [int(v) for v in value.lower().replace("x", ",").split(",")]
+    except ValueError:
+        raise click.BadParameter(f"expected HxW or N, got {value!r}") from None
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or min(parts) < 1:
+        raise click.BadParameter(f"expected HxW or N, got {value!r}")
+    return parts[0], parts[1]
+
+
+def data_options(f):
+    """Options shared by every command that loads a data set."""
+    opts = [
+        click.option("--dataset", type=click.Choice(["digits", "cifar10", "cifar100", "imagefolder"]),
+                     default="digits", show_default=True, help="Data set (digits is bundled and offline)."),
+        click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+                     help="Folder with the CIFAR archive/pickles, or the image-folder root."),
+        click.option("--download", is_flag=True, help="Download CIFAR (checksum-verified) if missing."),
+        click.option("--val-fraction", type=float, default=0.1, show_default=True,
+                     help="Fraction of training data held out for validation (design-time selection)."),
+        click.option("--image-size", default=None, help="Resize image-folder images to HxW."),
+        click.option("--seed", type=int, default=0, show_default=True, help="Seed for splits, init and order."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _threads(n: int | None) -> None:
+    if n:
+        import torch
+
+        torch.set_num_threads(n)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edgeskip")
+def cli() -> None:
+    """edgeskip: runtime-adjustable depth for CNNs on edge boards."""
+
+
+@cli.command()
+@data_options
+@click.option("--depth", type=int, default=20, show_default=True, help="ResNet depth 6n+2 (20, 32, 56, 110, ...).")
+@click.option("--width", type=int, default=16, show_default=True, help="Channels of the first stage (x1, x2, x4).")
+@click.option("--shortcut", type=click.Choice(["pad", "proj"]), default="pad", show_default=True,
+              help="Stage-transition shortcut: zero-pad (option A) or 1x1 projection (option B).")
+@click.option("--sd/--no-sd", default=True, show_default=True, help="Stochastic depth on/off (off = baseline).")
+@click.option("--sd-mode", type=click.Choice(["batch", "row"]), default="batch", show_default=True,
+              help="Drop a branch per mini-batch (not computed) or per sample.")
+@click.option("--p-last", "p_last", type=float, default=0.5, show_default=True, help="Survival probability p_L of the last block.")
+@click.option("--epochs", type=int, default=30, show_default=True)
+@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option("--lr", type=float, default=0.1, show_default=True)
+@click.option("--momentum", type=float, default=0.9, show_default=True)
+@click.option("--weight-decay", type=float, default=5e-4, show_default=True)
+@click.option("--schedule", type=click.Choice(["cosine", "step"]), default="cosine", show_default=True)
+@click.option("--warmup", type=float, default=0.0, show_default=True, help="Linear warm-up epochs.")
+@click.option("--label-smoothing", type=float, default=0.0, show_default=True)
+@click.option("--augment/--no-augment", default=None, help="Crop+flip augmentation [default: on for RGB >= 32x32].")
+@click.option("--out", type=click.Path(dir_okay=False), default="runs/model.pt", show_default=True, help="Checkpoint path.")
+@click.option("--resume", is_flag=True, help="Continue the run stored in --out.")
+@click.option("--threads", type=int, default=None, help="Torch CPU threads.")
+@click.option("--quiet", is_flag=True, help="No progress output.")
+def train(dataset, data_dir, download, val_fraction, image_size, seed, depth, width, shortcut, sd, sd_mode,
+          p_last, epochs, batch_size, lr, momentum, weight_decay, schedule, warmup, label_smoothing, augment,
+          out, resume, threads, quiet) -> None:
+    """Train a CIFAR-style ResNet (stochastic depth by default); checkpoint every epoch."""
+    from edgeskip.models import ResNetConfig
+    from edgeskip.train import DataSpec, TrainConfig, train as run_train
+
+    _threads(threads)
+    model_cfg = ResNetConfig(depth=depth, widths=(width, 2 * width, 4 * width), shortcut=shortcut,
+                             sd_mode=sd_mode if sd else "none", p_last=p_last)
+    train_cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
+                            weight_decay=weight_decay, schedule=schedule, warmup_epochs=warmup,
+                            label_smoothing=label_smoothing, augment=augment, seed=seed)
+    data = DataSpec(dataset, data_dir, val_fraction, seed=seed, image_size=_size(image_size), download=download)
+    ck = run_train(out, data, model_cfg, train_cfg, resume=resume, progress=not quiet)
+    last = ck.history[-1] if ck.history else {}
+    click.echo(f"wrote {out}  epoch {ck.epoch}/{ck.train_cfg.epochs}  val_acc {last.get('val_acc', float('nan')):.4f}")
+
+
+def _load_for_eval(checkpoint: str, data_dir: str | None):
+    """(model, checkpoint, splits) with the checkpoint's data spec (``data_dir`` overrides its folder)."""
+    import dataclasses
+
+    from edgeskip.train import load_model
+
+    model, ck = load_model(checkpoint)
+    spec = dataclasses.replace(ck.data, data_dir=data_dir) if data_dir else ck.data
+    splits = spec.load()
+    if splits.shape != (model.cfg.in_channels, *model.cfg.input_size):
+        raise EdgeskipError(f"data shape {splits.shape} does not match the model input "
+                            f"{(model.cfg.in_channels, *model.cfg.input_size)}")
+    splits.norm = ck.norm  # always the normalisation the model was trained with
+    return model, ck, splits
+
+
+@cli.command()
+@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
+              help="Trained checkpoint. Without it, a model is first trained on --dataset into OUT/model.pt.")
+@data_options
+@click.option("--depth", type=int, default=20, show_default=True, help="Depth when training first.")
+@click.option("--epochs", type=int, default=30, show_default=True, help="Epochs when training first.")
+@click.option("--ranking", type=click.Choice(["sensitivity", "weight_l2", "random"]), default="sensitivity",
+              show_default=True, help="Block ordering used for the candidates and the front.")
+@click.option("--latency", type=click.Choice(["none", "torch"]), default="torch", show_default=True,
+              help="Latency source for the front's cost (none = MACs).")
+@click.option("--repeats", type=int, default=30, show_default=True, help="Latency repeats per config.")
+@click.option("--batch-size", type=int, default=500, show_default=True, help="Evaluation batch size.")
+@click.option("--out", type=click.Path(file_okay=False), default="runs/pareto", show_default=True)
+@click.option("--threads", type=int, default=None, help="Torch CPU threads.")
+@click.option("--quiet", is_flag=True, help="No progress output.")
+def pareto(checkpoint, dataset, data_dir, download, val_fraction, image_size, seed, depth, epochs, ranking,
+           latency, repeats, batch_size, out, threads, quiet) -> None:
+    """Sensitivity list, rankings and Pareto front of a trained model (train first if no checkpoint)."""
+    from edgeskip.pareto.design import design_space, format_table, write_design
+    from edgeskip.pareto.latency import make_source
+
+    _threads(threads)
+    out_dir = Path(out)
+    if checkpoint is None:
+        from edgeskip.models import ResNetConfig
+        from edgeskip.train import DataSpec, TrainConfig, train as run_train
+
+        checkpoint = str(out_dir / "model.pt")
+        data = DataSpec(dataset, data_dir, val_fraction, seed=seed, image_size=_size(image_size), download=download)
+        run_train(checkpoint, data, ResNetConfig(depth=depth), TrainConfig(epochs=epochs, seed=seed),
+                  resume=Path(checkpoint).exists(), progress=not quiet)
+        data_dir = None
+    model, ck, splits = _load_for_eval(checkpoint, data_dir)
+    sens, front = design_space(model, splits, ck.dataset_id, use=ranking, latency=make_source(latency, model, repeats),
+                               seed=seed)
+    paths = write_design(out_dir, sens, front)
+    click.echo(format_table(front))
+    click.echo("wrote " + ", ".join(str(p) for p in paths))
+
+
+@cli.command()
+@click.option("--checkpoint", type=click.Path(dir_okay=False), required=True)
+@click.option("--skip", "skip", default=None, help="Skip array, e.g. 110111 (1 = execute); default: no skipping.")
+@click.option("--split", type=click.Choice(["val", "test"]), default="test", show_default=True)
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Override the data folder.")
+def evaluate(checkpoint, skip, split, data_dir) -> None:
+    """Accuracy and MACs of one skip array."""
+    from edgeskip.models import macs, normalize_skip
+    from edgeskip.train import evaluate as run_eval
+
+    model, ck, splits = _load_for_eval(checkpoint, data_dir)
+    s = normalize_skip(skip, model.cfg.num_gates) if skip is not None else None
+    acc = run_eval(model, getattr(splits, split), splits.norm, s)
+    click.echo(f"{split} accuracy {acc:.4f}  MACs {macs(model.cfg, s)}  skipped {0 if s is None else s.count(False)}"
+               f"/{model.cfg.num_gates}")
+
+
+def main() -> None:
+    """Console entry point."""
+    cli(prog_name="edgeskip")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""Architecture description of a CIFAR-style ResNet: everything needed to rebuild it."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from edgeskip.errors import EdgeskipError
+
+SHORTCUTS = ("pad", "proj")
+SD_MODES = ("batch", "row", "none")
+
+
+@dataclass(frozen=True)
+class ResNetConfig:
+    """A CIFAR ResNet of depth 6n+2 (He et al. 2016, Sec. 4.2) with stochastic depth settings.
+
+    ``shortcut`` at stage transitions: ``"pad"`` (option A: stride-2 subsample + zero channel
+    padding, parameter-free, as in He et al. and Huang et al.) or ``"proj"`` (option B: 1x1 conv + BN).
+    ``sd_mode``: ``"batch"`` drops a residual branch for the whole mini-batch (Huang et al. 2016;
+    the dropped branch is not computed), ``"row"`` per sample, ``"none"`` for the conventional baseline.
+    ``p_last`` is the survival probability p_L of the last block (linear decay from 1).
+    """
+
+    depth: int = 20
+    num_classes: int = 10
+    in_channels: int = 3
+    input_size: tuple[int, int] = (32, 32)
+    widths: tuple[int, int, int] = (16, 32, 64)
+    shortcut: str = "pad"
+    sd_mode: str = "batch"
+    p_last: float = 0.5
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "input_size", tuple(int(v) for v in self.input_size))
+        object.__setattr__(self, "widths", tuple(int(v) for v in self.widths))
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`EdgeskipError` on an invalid architecture."""
+        if not isinstance(self.depth, int) or self.depth < 8 or (self.depth - 2) % 6 != 0:
+            raise EdgeskipError(f"depth must be of the form 6n+2 with n >= 1 (20, 32, 44, 56, 110, ...), got {self.depth}")
+        if not (0.0 < float(self.p_last) <= 1.0):
+            raise EdgeskipError(f"p_L (survival probability of the last block) must be in (0, 1], got {self.p_last}")
+        if self.shortcut not in SHORTCUTS:
+            raise EdgeskipError(f"shortcut must be one of {SHORTCUTS}, got {self.shortcut!r}")
+        if self.sd_mode not in SD_MODES:
+            raise EdgeskipError(f"stochastic depth mode must be one of {SD_MODES}, got {self.sd_mode!r}")
+        if self.num_classes < 2:
+            raise EdgeskipError(f"num_classes must be >= 2, got {self.num_classes}")
+        if self.in_channels < 1 or len(self.input_size) != 2 or min(self.input_size) < 1:
+            raise EdgeskipError(f"bad input shape: channels={self.in_channels} size={self.input_size}")
+        if len(self.widths) != 3 or min(self.widths) < 1:
+            raise EdgeskipError(f"widths must be three positive ints, got {self.widths}")
+
+    @property
+    def blocks_per_stage(self) -> int:
+        return (self.depth - 2) // 6
+
+    @property
+    def num_blocks(self) -> int:
+        return 3 * self.blocks_per_stage
+
+    @property
+    def gated_blocks(self) -> tuple[int, ...]:
+        """Global indices of the blocks that carry a gate: every block except the first of each stage."""
+        n = self.blocks_per_stage
+        return tuple(i for i in range(self.num_blocks) if i % n != 0)
+
+    @property
+    def num_gates(self) -> int:
+        """B_s = blocks - stages."""
+        return self.num_blocks - 3
+
+    def survival_probs(self) -> list[float]:
+        """Linear decay rule (Huang et al. 2016): p_l = 1 - l/L (1 - p_L), l = 1..L."""
+        L = self.num_blocks
+        return [1.0 - (l / L) * (1.0 - float(self.p_last)) for l in range(1, L + 1)]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["input_size"] = list(self.input_size)
+        d["widths"] = list(self.widths)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ResNetConfig":
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(d) - known
+        if unknown:
+            raise EdgeskipError(f"unknown model config keys: {sorted(unknown)}")
+        return cls(**d)

@@ -1,0 +1,158 @@
+"""CIFAR-style ResNet (depth 6n+2) with stochastic depth and weightless skip gates.
+
+Blocks live in an ``nn.ModuleDict`` keyed by their *original* global index, so parameter names
+(``blocks.4.conv1.weight``) stay the same when blocks are removed: a static network with some
+blocks removed shares parameter names with the full one.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgeskip.errors import EdgeskipError
+from edgeskip.models.config import ResNetConfig
+from edgeskip.models.skip import normalize_skip
+from edgeskip.models.stochastic_depth import keep_branch, scale_rows
+
+
+class PadShortcut(nn.Module):
+    """Option A shortcut: spatial subsampling by ``stride`` and zero padding of new channels."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int) -> None:
+        super().__init__()
+        self.stride = stride
+        self.extra = out_ch - in_ch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x[:, :, :: self.stride, :: self.stride]
+        lo = self.extra // 2
+        return F.pad(x, (0, 0, 0, 0, lo, self.extra - lo))
+
+
+class BasicBlock(nn.Module):
+    """Post-activation basic block: relu(shortcut(x) + bn(conv(relu(bn(conv(x))))))."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int, shortcut: str, p_survive: float, sd_mode: str) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_ch)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_ch)
+        if stride == 1 and in_ch == out_ch:
+            self.shortcut: nn.Module = nn.Identity()
+        elif shortcut == "pad":
+            self.shortcut = PadShortcut(in_ch, out_ch, stride)
+        else:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), nn.BatchNorm2d(out_ch))
+        self.p_survive = float(p_survive)
+        self.sd_mode = sd_mode
+
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        """The residual branch F(x)."""
+        return self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = self.shortcut(x)
+        if self.sd_mode == "batch":
+            if not keep_branch(self.p_survive, self.training):
+                return F.relu(identity)  # dropped for this mini-batch: branch not computed
+            out = self.branch(x)
+            if self.training and self.p_survive < 1.0:
+                out = out / self.p_survive
+        elif self.sd_mode == "row":
+            out = scale_rows(self.branch(x), self.p_survive, self.training)
+        else:
+            out = self.branch(x)
+        return F.relu(identity + out)
+
+
+class CifarResNet(nn.Module):
+    """ResNet for small images; ``forward(x, skip)`` bypasses gated blocks whose skip entry is 0.
+
+    A bypassed block is not computed at all: its input is non-negative (output of a ReLU) and its
+    shortcut is the identity, so ``relu(x + 0) == x`` and the block reduces to nothing.
+    """
+
+    def __init__(self, cfg: ResNetConfig, keep: Iterable[int] | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        w1, w2, w3 = cfg.widths
+        self.stem = nn.Sequential(nn.Conv2d(cfg.in_channels, w1, 3, 1, 1, bias=False), nn.BatchNorm2d(w1), nn.ReLU(inplace=True))
+        n = cfg.blocks_per_stage
+        probs = cfg.survival_probs() if cfg.sd_mode != "none" else [1.0] * cfg.num_blocks
+        keep_set = set(range(cfg.num_blocks)) if keep is None else set(keep)
+        blocks: dict[str, nn.Module] = {}
+        in_ch = w1
+        for s, width in enumerate(cfg.widths):
+            for b in range(n):
+                idx = s * n + b
+                stride = 2 if (s > 0 and b == 0) else 1
+                block = BasicBlock(in_ch, width, stride, cfg.shortcut, probs[idx], cfg.sd_mode)
+                in_ch = width
+                if idx in keep_set:
+                    blocks[str(idx)] = block
+        self.blocks = nn.ModuleDict(blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(w3, cfg.num_classes)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        for block in self.blocks.values():
+            nn.init.zeros_(block.bn2.weight)  # zero-init last BN: each block starts as the identity (timm)
+
+    @property
+    def block_ids(self) -> list[int]:
+        """Original global indices of the blocks present in this network, in order."""
+        return [int(k) for k in self.blocks.keys()]
+
+    def executed_blocks(self, skip: object | None) -> list[int]:
+        """Global indices of the blocks run for ``skip`` (None = all)."""
+        present = self.block_ids
+        if skip is None:
+            return present
+        s = normalize_skip(skip, self.cfg.num_gates)
+        off = {g for g, e in zip(self.cfg.gated_blocks, s) if not e}
+        return [i for i in present if i not in off]
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(h), 1))
+
+    def forward(self, x: torch.Tensor, skip: object | None = None) -> torch.Tensor:
+        h = self.stem(x)
+        for i in self.executed_blocks(skip):
+            h = self.blocks[str(i)](h)
+        return self.head(h)
+
+
+def build_model(cfg: ResNetConfig) -> CifarResNet:
+    """Build a full network from its configuration."""
+    return CifarResNet(cfg)
+
+
+def remove_blocks(model: CifarResNet, skip: Sequence[int] | object) -> CifarResNet:
+    """A static copy of ``model`` with the bypassed gated blocks removed (weights shared by value)."""
+    s = normalize_skip(skip, model.cfg.num_gates)
+    executed = model.executed_blocks(s)
+    static = CifarResNet(model.cfg, keep=executed)
+    kept = {str(i) for i in executed}
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("blocks.") or k.split(".")[1] in kept}
+    static.load_state_dict(state, strict=True)
+    static.train(model.training)
+    return static
+
+
+def check_input(x: torch.Tensor, cfg: ResNetConfig) -> None:
+    """Raise EdgeskipError if ``x`` is not [N, C, H, W] matching the model's input."""
+    want = (cfg.in_channels, *cfg.input_size)
+    if x.ndim != 4 or tuple(x.shape[1:]) != want:
+        raise EdgeskipError(f"input must have shape [N, {want[0]}, {want[1]}, {want[2]}], got {list(x.shape)}")

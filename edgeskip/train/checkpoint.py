@@ -1,0 +1,100 @@
+"""Self-contained checkpoints: architecture, SD settings, weights, normalisation, class names,
+data set id and spec, training state. Written atomically; loaded with ``weights_only=True``."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from edgeskip import __version__
+from edgeskip.data.dataset import Normalization
+from edgeskip.errors import EdgeskipError
+from edgeskip.models import CifarResNet, ResNetConfig, build_model
+from edgeskip.train.config import DataSpec, TrainConfig
+from edgeskip.utils.atomic import atomic_path
+
+FORMAT = "edgeskip-checkpoint"
+VERSION = 1
+
+
+@dataclass
+class Checkpoint:
+    """Everything needed to rebuild the model and to resume training."""
+
+    model_cfg: ResNetConfig
+    state_dict: dict[str, torch.Tensor]
+    norm: Normalization
+    class_names: list[str]
+    dataset_id: str
+    data: DataSpec
+    train_cfg: TrainConfig
+    epoch: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    optimizer: dict[str, Any] | None = None
+    scheduler: dict[str, Any] | None = None
+    rng: torch.Tensor | None = None
+
+    @property
+    def complete(self) -> bool:
+        return self.epoch >= self.train_cfg.epochs
+
+    def model(self) -> CifarResNet:
+        """Rebuild the network in eval mode."""
+        m = build_model(self.model_cfg)
+        m.load_state_dict(self.state_dict)
+        return m.eval()
+
+    def to_obj(self, slim: bool = False) -> dict[str, Any]:
+        obj: dict[str, Any] = {
+            "format": FORMAT, "version": VERSION, "edgeskip_version": __version__,
+            "model": self.model_cfg.to_dict(), "state_dict": self.state_dict, "norm": self.norm.to_dict(),
+            "class_names": list(self.class_names), "dataset_id": self.dataset_id, "data": self.data.to_dict(),
+            "train": self.train_cfg.to_dict(), "epoch": self.epoch, "history": self.history,
+        }
+        if not slim:
+            obj.update(optimizer=self.optimizer, scheduler=self.scheduler, rng=self.rng)
+        return obj
+
+    def save(self, path: str | os.PathLike, slim: bool = False) -> None:
+        """Atomic write; ``slim`` drops optimizer/scheduler/RNG state (inference-only copy)."""
+        with atomic_path(path, suffix=".pt") as tmp:
+            torch.save(self.to_obj(slim), tmp)
+
+
+def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Load and validate a checkpoint; any problem raises a one-line EdgeskipError."""
+    path = Path(path)
+    if not path.is_file():
+        raise EdgeskipError(f"checkpoint {path} does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch.load raises many types on junk; all mean "unreadable"
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise EdgeskipError(f"{path} is not a readable edgeskip checkpoint ({msg[:120]})") from None
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        raise EdgeskipError(f"{path} is not an edgeskip checkpoint")
+    if obj.get("version") != VERSION:
+        raise EdgeskipError(f"{path} has checkpoint version {obj.get('version')}, this edgeskip reads {VERSION}")
+    try:
+        ck = Checkpoint(
+            model_cfg=ResNetConfig.from_dict(obj["model"]), state_dict=obj["state_dict"],
+            norm=Normalization.from_dict(obj["norm"]), class_names=list(obj["class_names"]),
+            dataset_id=obj["dataset_id"], data=DataSpec.from_dict(obj["data"]),
+            train_cfg=TrainConfig.from_dict(obj["train"]), epoch=int(obj["epoch"]),
+            history=list(obj.get("history", [])), optimizer=obj.get("optimizer"),
+            scheduler=obj.get("scheduler"), rng=obj.get("rng"),
+        )
+        build_model(ck.model_cfg).load_state_dict(ck.state_dict)
+    except (KeyError, TypeError, RuntimeError) as e:
+        raise EdgeskipError(f"{path} is a damaged edgeskip checkpoint ({str(e).splitlines()[0][:120]})") from None
+    return ck
+
+
+def load_model(path: str | os.PathLike) -> tuple[CifarResNet, Checkpoint]:
+    """Convenience: (model in eval mode, checkpoint)."""
+    ck = load_checkpoint(path)
+    return ck.model(), ck

@@ -1,0 +1,32 @@
+"""Shared fixtures: digits splits and one tiny trained model (trained once per session)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from edgeskip.models import ResNetConfig
+from edgeskip.train import DataSpec, TrainConfig, load_checkpoint, train
+
+torch.set_num_threads(1)  # tests run beside other work on a 2-core machine; keep them predictable
+
+TINY = ResNetConfig(depth=20, widths=(8, 16, 32))
+
+
+@pytest.fixture(scope="session")
+def digits_splits():
+    return DataSpec("digits").load()
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, digits_splits):
+    """Path of a ResNet-20 (width 8) trained 12 epochs on digits with stochastic depth."""
+    path = tmp_path_factory.mktemp("tiny") / "model.pt"
+    train(path, DataSpec("digits"), TINY, TrainConfig(epochs=12, batch_size=64, lr=0.1), splits=digits_splits,
+          progress=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_checkpoint):
+    return load_checkpoint(tiny_checkpoint).model()

@@ -1,0 +1,77 @@
+"""The CLI as a user runs it: real subprocesses, one-line errors, no partial outputs."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def run(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "edgeskip.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env=ENV, timeout=300)
+
+
+def one_line_error(res, *fragments):
+    assert res.returncode == 2, res.stderr
+    lines = [l for l in res.stderr.strip().splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
+    assert "Traceback" not in res.stderr
+    for f in fragments:
+        assert f in lines[0], lines[0]
+
+
+def test_main_job_on_digits_end_to_end(tmp_path):
+    out = tmp_path / "run"
+    res = run("pareto", "--out", out, "--epochs", "3", "--repeats", "3", "--quiet", "--threads", "1")
+    assert res.returncode == 0, res.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["model.pt", "pareto.json", "pareto.png", "sensitivity.json"]
+    doc = json.loads((out / "pareto.json").read_text())
+    assert doc["configs"][0]["n_skipped"] == 0 and doc["cost"] == "latency_s"
+    assert "wrote" in res.stdout and "skip array" in res.stdout
+    ev = run("evaluate", "--checkpoint", out / "model.pt", "--skip", "110111")
+    assert ev.returncode == 0 and "test accuracy" in ev.stdout and "skipped 1/6" in ev.stdout
+
+
+@pytest.mark.parametrize("args,fragments", [
+    (["--depth", "21"], ["6n+2"]),
+    (["--p-last", "0"], ["(0, 1]"]),
+    (["--p-last", "1.2"], ["(0, 1]"]),
+    (["--dataset", "cifar10", "--data-dir", "{tmp}/missing"], ["does not exist"]),
+    (["--dataset", "imagefolder", "--data-dir", "{tmp}/missing"], ["does not exist"]),
+])
+def test_train_bad_input(tmp_path, args, fragments):
+    out = tmp_path / "m.pt"
+    res = run("train", *[a.replace("{tmp}", str(tmp_path)) for a in args], "--epochs", "1", "--out", out, "--quiet")
+    one_line_error(res, *fragments)
+    assert not out.exists() and not list(tmp_path.glob(".*"))
+
+
+def test_corrupt_archive_cli(tmp_path):
+    (tmp_path / "cifar-10-python.tar.gz").write_bytes(b"garbage")
+    res = run("train", "--dataset", "cifar10", "--data-dir", tmp_path, "--out", tmp_path / "m.pt", "--quiet")
+    one_line_error(res, "corrupt archive")
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_bad_checkpoint_and_skip_arrays(tmp_path, tiny_checkpoint):
+    junk = tmp_path / "junk.pt"
+    junk.write_text("hello")
+    out = tmp_path / "out"
+    one_line_error(run("pareto", "--checkpoint", junk, "--out", out), "not a readable edgeskip checkpoint")
+    assert not out.exists()
+    one_line_error(run("pareto", "--checkpoint", tmp_path / "nope.pt", "--out", out), "does not exist")
+    one_line_error(run("evaluate", "--checkpoint", tiny_checkpoint, "--skip", "1101"), "length 4", "B_s = 6")
+    one_line_error(run("evaluate", "--checkpoint", tiny_checkpoint, "--skip", "110121"), "0 or 1")
+
+
+def test_resume_cli(tmp_path):
+    out = tmp_path / "m.pt"
+    first = run("train", "--epochs", "1", "--depth", "14", "--width", "4", "--out", out, "--quiet")
+    assert first.returncode == 0, first.stderr
+    one_line_error(run("train", "--epochs", "1", "--out", out, "--quiet"), "--resume")
+    again = run("train", "--resume", "--out", out, "--quiet")
+    assert again.returncode == 0 and "epoch 1/1" in again.stdout
