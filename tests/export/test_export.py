@@ -1,0 +1,118 @@
+"""Export parity on real images: PyTorch vs onnxruntime vs IREE (host, aarch64 under qemu), armv7 ELF checks."""
+
+import os
+from collections import Counter
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from edgeskip.data.batches import iterate
+from edgeskip.errors import EdgeskipError
+from edgeskip.export import export_gated, export_static, verify_onnx
+from edgeskip.export import emulate
+from edgeskip.export.elf_check import check_no_imports, embedded_elfs
+from edgeskip.export.iree_compile import TARGETS, compile_mlir, import_onnx, parse_targets
+from edgeskip.export.iree_run import IreeModule
+from edgeskip.export.onnx_export import ort_session
+
+SKIPS = [(1, 1, 1, 1, 1, 1), (0, 0, 0, 0, 0, 0), (1, 0, 1, 1, 0, 1), (0, 1, 0, 1, 0, 1), (1, 1, 0, 0, 1, 1)]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, tiny_model):
+    d = tmp_path_factory.mktemp("export")
+    gated = export_gated(tiny_model, d / "gated.onnx")
+    static = {tuple(bool(v) for v in s): export_static(tiny_model, s, d / f"static_{''.join(map(str, s))}.onnx")
+              for s in SKIPS[:3]}
+    mlir = import_onnx(gated, d / "gated.mlir")
+    return d, gated, static, mlir
+
+
+@pytest.fixture(scope="module")
+def images(digits_splits):
+    xb, _ = next(iterate(digits_splits.test, digits_splits.norm, 16))
+    return xb
+
+
+def test_graph_structure(exported, tiny_model):
+    _, gated, static, _ = exported
+    g = onnx.load(gated)
+    ops = Counter(n.op_type for n in g.graph.node)
+    assert ops["If"] == tiny_model.cfg.num_gates
+    assert [i.name for i in g.graph.input] == ["image", "skip"]
+    assert g.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # dynamic batch
+    assert g.graph.input[1].type.tensor_type.elem_type == onnx.TensorProto.BOOL
+    s = onnx.load(static[(True, False, True, True, False, True)])
+    assert "If" not in {n.op_type for n in s.graph.node}
+    names = {i.name for i in s.graph.initializer}
+    assert "blocks.4.conv1.weight" in names and "blocks.2.conv1.weight" not in names  # gate 1 = block 2 removed
+
+
+def test_onnxruntime_matches_pytorch_and_static_matches_gated(exported, tiny_model, images):
+    _, gated, static, _ = exported
+    worst = verify_onnx(tiny_model, images, gated, SKIPS, static)
+    assert max(worst.values()) <= 1e-4
+    assert set(worst) == {"gated_vs_torch", "static_vs_torch", "static_vs_gated"}
+
+
+def test_verify_fails_loudly_on_a_mismatch(exported, tiny_model, images):
+    _, gated, static, _ = exported
+    wrong = {(True,) * 6: static[(False,) * 6]}  # the all-skip graph claimed as the no-skip config
+    with pytest.raises(EdgeskipError, match="does not match PyTorch"):
+        verify_onnx(tiny_model, images, None, [], wrong)
+
+
+def test_iree_host_matches_onnxruntime(exported, images):
+    d, gated, _, mlir = exported
+    vmfb = compile_mlir(mlir, TARGETS["host"], d / "gated_host.vmfb")
+    module = IreeModule(vmfb)
+    sess = ort_session(gated)
+    x = images.numpy()
+    for s in SKIPS:
+        skip = np.array(s, dtype=bool)
+        ref = sess.run(None, {"image": x, "skip": skip})[0]
+        assert np.abs(module(x, skip) - ref).max() <= 1e-4
+
+
+def test_aarch64_module_runs_under_qemu(exported, images):
+    why = emulate.missing()
+    if why:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the aarch64 check: {why}")
+        pytest.skip(why)
+    d, gated, _, mlir = exported
+    host = IreeModule(compile_mlir(mlir, TARGETS["host"], d / "g_host2.vmfb"))
+    arm = compile_mlir(mlir, TARGETS["aarch64-cortex-a72"], d / "gated_a72.vmfb")
+    assert embedded_elfs(arm)[0].machine == "EM_AARCH64"
+    x = images.numpy()[:4]
+    for s in SKIPS[1:3]:
+        skip = np.array(s, dtype=bool)
+        assert np.abs(emulate.run_aarch64(arm, [x, skip]) - host(x, skip)).max() <= 1e-4
+
+
+def test_armv7_modules_import_no_symbols(exported):
+    d, _, _, mlir = exported
+    ok = compile_mlir(mlir, TARGETS["odroid-xu4"], d / "gated_xu4.vmfb")
+    elfs = check_no_imports(ok, machine="EM_ARM")
+    assert elfs and all(e.elf_class == 32 for e in elfs)
+    # the check can fail: with debug symbols on, the module imports the ARM EHABI personality routine
+    dbg = compile_mlir(mlir, TARGETS["odroid-xu4"], d / "gated_xu4_dbg.vmfb", extra=["--iree-llvmcpu-debug-symbols=true"])
+    with pytest.raises(EdgeskipError, match="__aeabi_unwind_cpp_pr0"):
+        check_no_imports(dbg)
+
+
+def test_bad_targets_and_compiler_failures(tmp_path):
+    assert [t.name for t in parse_targets("host, odroid-xu4,host")] == ["host", "odroid-xu4"]
+    with pytest.raises(EdgeskipError, match="unsupported target riscv"):
+        parse_targets("host,riscv")
+    bad = tmp_path / "bad.mlir"
+    bad.write_text("this is not MLIR\n")
+    with pytest.raises(EdgeskipError, match="iree-compile for host failed"):
+        compile_mlir(bad, TARGETS["host"], tmp_path / "bad.vmfb")
+    assert not (tmp_path / "bad.vmfb").exists() and [p.name for p in tmp_path.iterdir()] == ["bad.mlir"]
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"junk")
+    with pytest.raises(EdgeskipError, match="iree-import-onnx"):
+        import_onnx(junk, tmp_path / "junk.mlir")
