@@ -1,0 +1,120 @@
+"""Config-specialised IREE executables that share one copy of the weights.
+
+Each Pareto config becomes a static graph (its bypassed blocks removed, no control flow). Its
+weights are externalised into a parameter archive (.irpa) by name; names are the checkpoint's
+module paths, so every config refers to the same entries. One archive (from the full network) is
+loaded once into a ``ParameterIndex``; every config module (renamed ``config_<k>``) is added to one
+``VmContext`` with it. Switching configs calls another function: weights are never reloaded.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from edgeskip.errors import EdgeskipError
+from edgeskip.export.iree_compile import Target, compile_mlir, import_onnx
+from edgeskip.export.onnx_export import export_static
+from edgeskip.models import CifarResNet
+from edgeskip.utils.atomic import atomic_path
+
+PARAM_SCOPE = "model"
+
+
+def module_name(k: int) -> str:
+    return f"config_{k}"
+
+
+def rename_module(mlir: Path, name: str) -> None:
+    """Give the MLIR module a symbol name, so several compiled modules can live in one context."""
+    text = mlir.read_text()
+    new, n = re.subn(r"^module\s*(attributes\s*\{[^}]*\}\s*)?\{", lambda m: f"module @{name} {m.group(1) or ''}{{",
+                     text, count=1, flags=re.M)
+    if n != 1:
+        raise EdgeskipError(f"cannot rename module in {mlir}: no top-level 'module {{'")
+    with atomic_path(mlir, suffix=".mlir") as tmp:
+        tmp.write_text(new)
+
+
+def _index(path: Path):
+    import iree.runtime as rt
+
+    idx = rt.ParameterIndex()
+    idx.load(str(path))
+    return idx
+
+
+def _entries(path: Path) -> dict[str, np.ndarray]:
+    import iree.runtime as rt
+
+    return {name: np.array(rt.parameter_index_entry_as_numpy_flat_ndarray(entry))
+            for name, entry in _index(path).items()}
+
+
+def check_shared(weights: Path, config_params: Path) -> int:
+    """Every parameter a config uses exists in the shared archive with identical bytes; returns the count."""
+    shared, mine = _entries(weights), _entries(config_params)
+    for name, value in mine.items():
+        if name not in shared or shared[name].tobytes() != value.tobytes():
+            raise EdgeskipError(f"parameter {name!r} of {config_params.name} differs from the shared archive")
+    return len(mine)
+
+
+@dataclass(frozen=True)
+class SharedModules:
+    """Paths of the shared archive and of one module per config (config k -> module ``config_k``)."""
+
+    weights: Path
+    modules: tuple[Path, ...]
+
+
+def build_shared_modules(model: CifarResNet, skip_arrays: Sequence[Sequence[object]], target: Target,
+                         out_dir: str | os.PathLike, work_dir: str | os.PathLike) -> SharedModules:
+    """Export, import and compile one static module per skip array, all using ``weights.irpa``."""
+    out, work = Path(out_dir), Path(work_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
+    weights = out / "weights.irpa"
+    full = export_static(model, [1] * model.cfg.num_gates, work / "full.onnx")
+    import_onnx(full, work / "full.mlir", params=weights)
+    modules = []
+    for k, skip in enumerate(skip_arrays):
+        onnx_path = export_static(model, skip, work / f"{module_name(k)}.onnx")
+        mlir = import_onnx(onnx_path, work / f"{module_name(k)}.mlir", params=work / f"{module_name(k)}.irpa")
+        check_shared(weights, work / f"{module_name(k)}.irpa")
+        rename_module(mlir, module_name(k))
+        modules.append(compile_mlir(mlir, target, out / f"{module_name(k)}.{target.name}.vmfb"))
+    return SharedModules(weights, tuple(modules))
+
+
+class SharedIreeExecutor:
+    """All config modules in one VmContext over one ParameterIndex: ``run(k, image)``."""
+
+    def __init__(self, weights: str | os.PathLike, modules: Sequence[str | os.PathLike], driver: str = "local-sync",
+                 function: str = "main_graph") -> None:
+        import iree.runtime as rt
+
+        self.config = rt.Config(driver)
+        inst = self.config.vm_instance
+        self.index = _index(Path(weights))
+        params = rt.create_io_parameters_module(inst, self.index.create_provider(scope=PARAM_SCOPE))
+        hal = rt.create_hal_module(inst, self.config.device)
+        self.vm_modules = [rt.VmModule.mmap(inst, str(p)) for p in modules]
+        self.context = rt.VmContext(inst, modules=[hal, params, *self.vm_modules])
+        self.invokers = []
+        for m in self.vm_modules:
+            fn = m.lookup_function(function)
+            if fn is None:
+                raise EdgeskipError(f"module {m.name} has no function {function}")
+            self.invokers.append(rt.FunctionInvoker(self.context, self.config.device, fn))
+
+    def __len__(self) -> int:
+        return len(self.invokers)
+
+    def run(self, k: int, image: np.ndarray) -> np.ndarray:
+        return np.asarray(self.invokers[k](image).to_host())

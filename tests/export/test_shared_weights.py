@@ -1,0 +1,51 @@
+"""Config-specialised IREE modules over one shared weight archive."""
+
+import numpy as np
+import pytest
+import torch
+
+from edgeskip.errors import EdgeskipError
+from edgeskip.export.iree_compile import TARGETS
+from edgeskip.export.shared_weights import SharedIreeExecutor, build_shared_modules, check_shared
+from edgeskip.models import build_model
+
+CONFIGS = [(1, 1, 1, 1, 1, 1), (1, 0, 1, 1, 0, 1), (0, 0, 0, 0, 0, 0)]
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory, tiny_model):
+    d = tmp_path_factory.mktemp("shared")
+    return d, build_shared_modules(tiny_model, CONFIGS, TARGETS["host"], d / "out", d / "work")
+
+
+def test_all_configs_in_one_context_match_pytorch(shared, tiny_model, digits_splits):
+    _, sm = shared
+    ex = SharedIreeExecutor(sm.weights, sm.modules)
+    assert len(ex) == 3 and [m.name for m in ex.vm_modules] == ["config_0", "config_1", "config_2"]
+    x = torch.from_numpy(digits_splits.test.x[:8]).float()
+    x = (x - digits_splits.norm.mean[0]) / digits_splits.norm.std[0]
+    with torch.no_grad():
+        for k, s in enumerate(CONFIGS):
+            assert np.abs(ex.run(k, x.numpy()) - tiny_model(x, s).numpy()).max() <= 1e-4
+    # switching back and forth gives the same answers (no state, no reload)
+    assert np.array_equal(ex.run(0, x.numpy()), ex.run(0, x.numpy()))
+
+
+def test_weights_live_only_in_the_archive(shared, tiny_model):
+    _, sm = shared
+    w = tiny_model.fc.weight.detach().numpy().tobytes()  # no BN after it, so stored unchanged
+    assert w in sm.weights.read_bytes()
+    for m in sm.modules:
+        assert w not in m.read_bytes()
+
+
+def test_check_shared_rejects_foreign_weights(shared, tiny_model):
+    d, sm = shared
+    other = build_model(tiny_model.cfg).eval()  # same names, different values
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(1.0)
+    foreign = build_shared_modules(other, CONFIGS[:1], TARGETS["host"], d / "other", d / "other_work")
+    assert check_shared(sm.weights, d / "work" / "config_1.irpa") > 0
+    with pytest.raises(EdgeskipError, match="differs from the shared archive"):
+        check_shared(foreign.weights, d / "work" / "config_1.irpa")
