@@ -6,6 +6,7 @@ exit status 2 and no traceback.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -185,6 +186,76 @@ def evaluate(checkpoint, skip, split, data_dir) -> None:
     acc = run_eval(model, getattr(splits, split), splits.norm, s)
     click.echo(f"{split} accuracy {acc:.4f}  MACs {macs(model.cfg, s)}  skipped {0 if s is None else s.count(False)}"
                f"/{model.cfg.num_gates}")
+
+
+@cli.command(name="compile")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
+              help="Trained checkpoint. Without it, a model is first trained on --dataset.")
+@data_options
+@click.option("--depth", type=int, default=20, show_default=True, help="Depth when training first.")
+@click.option("--epochs", type=int, default=30, show_default=True, help="Epochs when training first.")
+@click.option("--target", "targets", default="host,aarch64,odroid-xu4", show_default=True,
+              help="Comma-separated targets: host, aarch64, aarch64-cortex-a53/-a72/-a76, odroid-xu4.")
+@click.option("--repeats", type=int, default=30, show_default=True, help="Latency repeats per config.")
+@click.option("--out", type=click.Path(file_okay=False), default="bundles/model", show_default=True,
+              help="Bundle folder (built in a temporary folder, then renamed).")
+@click.option("--force", is_flag=True, help="Replace an existing bundle.")
+@click.option("--threads", type=int, default=None, help="Torch CPU threads.")
+@click.option("--quiet", is_flag=True, help="No progress output.")
+def compile_cmd(checkpoint, dataset, data_dir, download, val_fraction, image_size, seed, depth, epochs, targets,
+                repeats, out, force, threads, quiet) -> None:
+    """Train (or --checkpoint), rank, measure, export, compile and verify: a deployment bundle."""
+    from edgeskip.export.bundle import build_bundle
+    from edgeskip.export.iree_compile import parse_targets
+    from edgeskip.pareto.design import format_table
+    from edgeskip.train import load_checkpoint
+
+    _threads(threads)
+    target_list = parse_targets(targets)  # fail fast, before any training
+    out_dir = Path(out)
+    if out_dir.exists() and not force:
+        raise EdgeskipError(f"{out_dir} exists; pass --force to replace it")
+    log = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
+    if checkpoint is None:
+        from edgeskip.models import ResNetConfig
+        from edgeskip.train import DataSpec, TrainConfig, train as run_train
+
+        checkpoint = str(out_dir.parent / f".{out_dir.name}.model.pt")
+        data = DataSpec(dataset, data_dir, val_fraction, seed=seed, image_size=_size(image_size), download=download)
+        log(f"training ResNet-{depth} on {dataset} ...")
+        run_train(checkpoint, data, ResNetConfig(depth=depth), TrainConfig(epochs=epochs, seed=seed),
+                  resume=Path(checkpoint).exists(), progress=not quiet)
+        data_dir = None
+    _, ck, splits = _load_for_eval(checkpoint, data_dir)
+    bundle = build_bundle(ck, splits, out_dir, target_list, repeats=repeats, force=force, log=log)
+    if checkpoint.endswith(f".{out_dir.name}.model.pt"):
+        Path(checkpoint).unlink(missing_ok=True)  # the bundle carries its own copy (model.pt)
+    from edgeskip.export.bundle import load_manifest
+
+    manifest = load_manifest(bundle)
+    click.echo(format_table(json.loads((bundle / "pareto.json").read_text())))
+    click.echo(f"wrote bundle {bundle} ({len(manifest['artifacts'])} artifacts, targets "
+               f"{', '.join(manifest['targets'])}; fastest host backend: {manifest['backend']['host_fastest']})")
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(file_okay=False))
+def inspect(bundle) -> None:
+    """Print a bundle's manifest summary and Pareto table; verify every artifact's sha256."""
+    from edgeskip.export.bundle import load_manifest
+    from edgeskip.pareto.design import format_table
+
+    m = load_manifest(bundle)
+    cfg = m["model"]
+    click.echo(f"bundle {bundle}: ResNet-{cfg['depth']} on {m['dataset_id']}, input {m['input']['shape']}, "
+               f"B_s = {m['num_gates']}, {len(m['configs'])} Pareto configs")
+    click.echo("tools: " + ", ".join(f"{k} {v}" for k, v in m["tools"].items()))
+    for name, t in m["targets"].items():
+        v = m["verification"]["iree"].get(name, {})
+        click.echo(f"target {name}: {t['triple']}  verification: {json.dumps(v)}")
+    click.echo(f"fastest host backend: {m['backend']['host_fastest']}")
+    click.echo(format_table(json.loads((Path(bundle) / "pareto.json").read_text())))
+    click.echo(f"all {len(m['artifacts'])} artifact hashes match")
 
 
 def main() -> None:

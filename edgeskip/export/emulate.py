@@ -75,8 +75,12 @@ def fetch() -> Path:
 
 
 def run_aarch64(vmfb: str | os.PathLike, inputs: Sequence[np.ndarray], function: str = "main_graph",
-                driver: str = "local-sync", timeout: float = 300) -> np.ndarray:
-    """Execute ``function`` of an aarch64 module under qemu and return its (single) output."""
+                driver: str = "local-sync", parameters: str | os.PathLike | None = None,
+                timeout: float = 300) -> np.ndarray:
+    """Execute ``function`` of an aarch64 module under qemu and return its (single) output.
+
+    ``parameters``: the .irpa archive of a module compiled with externalised weights (scope ``model``).
+    """
     why = missing()
     if why:
         raise EdgeskipError(f"cannot run aarch64 modules: {why}")
@@ -89,6 +93,8 @@ def run_aarch64(vmfb: str | os.PathLike, inputs: Sequence[np.ndarray], function:
         out = Path(tmp) / "out.npy"
         cmd = [QEMU, "-L", str(SYSROOT), str(run_module_binary()), f"--device={driver}", f"--module={vmfb}",
                f"--function={function}", *args, f"--output=@{out}"]
+        if parameters is not None:
+            cmd.insert(4, f"--parameters=model={parameters}")
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
         if proc.returncode != 0 or not out.exists():
             raise EdgeskipError(f"aarch64 run failed: {(proc.stderr or proc.stdout).strip()[-300:]}")

@@ -62,12 +62,13 @@ def export_static(model: CifarResNet, skip: Sequence[object], dest: str | os.Pat
     return _export(StaticGraph(model, skip), (image,), ["image"], dest)
 
 
-def ort_session(path: str | os.PathLike):
-    """An onnxruntime CPU session for ``path``."""
+def ort_session(path: str | os.PathLike, threads: int = 0):
+    """An onnxruntime CPU session for ``path`` (``threads`` 0 = onnxruntime's default)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    opts.intra_op_num_threads = threads
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 

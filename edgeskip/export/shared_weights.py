@@ -26,10 +26,6 @@ from edgeskip.utils.atomic import atomic_path
 PARAM_SCOPE = "model"
 
 
-def module_name(k: int) -> str:
-    return f"config_{k}"
-
-
 def rename_module(mlir: Path, name: str) -> None:
     """Give the MLIR module a symbol name, so several compiled modules can live in one context."""
     text = mlir.read_text()
@@ -65,9 +61,31 @@ def check_shared(weights: Path, config_params: Path) -> int:
     return len(mine)
 
 
+def module_name(skip: Sequence[object]) -> str:
+    """Module (and file) name of a static config: ``static_`` + its skip array, e.g. ``static_110111``."""
+    return "static_" + "".join("1" if v else "0" for v in skip)
+
+
+def write_weights(model: CifarResNet, dest: str | os.PathLike, work_dir: str | os.PathLike) -> Path:
+    """The shared archive: every parameter of the full network (BN folded), by module path."""
+    work = Path(work_dir)
+    full = export_static(model, [1] * model.cfg.num_gates, work / "full.onnx")
+    import_onnx(full, work / "full.mlir", params=dest)
+    return Path(dest)
+
+
+def import_shared(onnx_path: Path, weights: Path, work_dir: Path, name: str) -> Path:
+    """Import one graph with externalised parameters, prove they are the archive's, name its module."""
+    own = work_dir / f"{name}.irpa"
+    mlir = import_onnx(onnx_path, work_dir / f"{name}.mlir", params=own)
+    check_shared(weights, own)
+    rename_module(mlir, name)
+    return mlir
+
+
 @dataclass(frozen=True)
 class SharedModules:
-    """Paths of the shared archive and of one module per config (config k -> module ``config_k``)."""
+    """The shared archive and one module per config (module name: :func:`module_name`)."""
 
     weights: Path
     modules: tuple[Path, ...]
@@ -79,16 +97,12 @@ def build_shared_modules(model: CifarResNet, skip_arrays: Sequence[Sequence[obje
     out, work = Path(out_dir), Path(work_dir)
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
-    weights = out / "weights.irpa"
-    full = export_static(model, [1] * model.cfg.num_gates, work / "full.onnx")
-    import_onnx(full, work / "full.mlir", params=weights)
+    weights = write_weights(model, out / "weights.irpa", work)
     modules = []
-    for k, skip in enumerate(skip_arrays):
-        onnx_path = export_static(model, skip, work / f"{module_name(k)}.onnx")
-        mlir = import_onnx(onnx_path, work / f"{module_name(k)}.mlir", params=work / f"{module_name(k)}.irpa")
-        check_shared(weights, work / f"{module_name(k)}.irpa")
-        rename_module(mlir, module_name(k))
-        modules.append(compile_mlir(mlir, target, out / f"{module_name(k)}.{target.name}.vmfb"))
+    for skip in skip_arrays:
+        name = module_name(skip)
+        mlir = import_shared(export_static(model, skip, work / f"{name}.onnx"), weights, work, name)
+        modules.append(compile_mlir(mlir, target, out / f"{name}.{target.name}.vmfb"))
     return SharedModules(weights, tuple(modules))
 
 

@@ -21,7 +21,7 @@ def shared(tmp_path_factory, tiny_model):
 def test_all_configs_in_one_context_match_pytorch(shared, tiny_model, digits_splits):
     _, sm = shared
     ex = SharedIreeExecutor(sm.weights, sm.modules)
-    assert len(ex) == 3 and [m.name for m in ex.vm_modules] == ["config_0", "config_1", "config_2"]
+    assert len(ex) == 3 and [m.name for m in ex.vm_modules] == ["static_111111", "static_101101", "static_000000"]
     x = torch.from_numpy(digits_splits.test.x[:8]).float()
     x = (x - digits_splits.norm.mean[0]) / digits_splits.norm.std[0]
     with torch.no_grad():
@@ -46,6 +46,6 @@ def test_check_shared_rejects_foreign_weights(shared, tiny_model):
         for p in other.parameters():
             p.add_(1.0)
     foreign = build_shared_modules(other, CONFIGS[:1], TARGETS["host"], d / "other", d / "other_work")
-    assert check_shared(sm.weights, d / "work" / "config_1.irpa") > 0
+    assert check_shared(sm.weights, d / "work" / "static_101101.irpa") > 0
     with pytest.raises(EdgeskipError, match="differs from the shared archive"):
-        check_shared(foreign.weights, d / "work" / "config_1.irpa")
+        check_shared(foreign.weights, d / "work" / "static_101101.irpa")

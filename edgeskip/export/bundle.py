@@ -1,0 +1,244 @@
+"""The deployment bundle: everything a board needs, verified, with a manifest of sha256 hashes.
+
+Layout::
+
+    manifest.json                  architecture, input, normalisation, classes, targets, flags, hashes
+    model.pt                       slim checkpoint (weights + everything to rebuild the model)
+    sensitivity.json pareto.json pareto.png
+    onnx/gated.onnx                any skip array (one If per gate)
+    onnx/static_<skip>.onnx        one per Pareto config (onnxruntime path)
+    iree/weights.irpa              the one copy of the weights, shared by every IREE module
+    iree/<target>/gated.vmfb       gated module per target
+    iree/<target>/static_<skip>.vmfb
+
+The bundle is built in a temporary folder beside ``out`` and renamed into place at the end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from edgeskip import __version__
+from edgeskip.data.batches import iterate
+from edgeskip.data.dataset import Splits
+from edgeskip.errors import EdgeskipError
+from edgeskip.export import emulate
+from edgeskip.export.elf_check import check_no_imports
+from edgeskip.export.iree_compile import COMMON_FLAGS, Target, compile_mlir
+from edgeskip.export.iree_run import IreeModule
+from edgeskip.export.latency import IreeLatency, ort_static_latency
+from edgeskip.export.onnx_export import export_gated, export_static, max_abs_diff, ort_session, verify_onnx
+from edgeskip.export.shared_weights import SharedIreeExecutor, import_shared, module_name
+from edgeskip.pareto.design import design_space, write_design
+from edgeskip.train.checkpoint import Checkpoint
+from edgeskip.utils.atomic import write_json
+
+MANIFEST_FORMAT = "edgeskip-bundle"
+MANIFEST_VERSION = 1
+TOLERANCE = 1e-4
+TOOLS = ("torch", "onnx", "onnxscript", "onnxruntime", "iree-base-compiler", "iree-base-runtime", "numpy")
+Log = Callable[[str], None]
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def tool_versions() -> dict[str, str]:
+    out = {"edgeskip": __version__}
+    for t in TOOLS:
+        try:
+            out[t] = metadata.version(t)
+        except metadata.PackageNotFoundError:
+            out[t] = "not installed"
+    return out
+
+
+def _verify_iree(bundle: Path, targets: Sequence[Target], ck_model, images: np.ndarray, configs: list[dict],
+                 extra_skips: list[tuple[bool, ...]], log: Log) -> dict[str, Any]:
+    """Host modules vs onnxruntime; aarch64 under qemu vs host; ARM32 ELF import check."""
+    out: dict[str, Any] = {}
+    weights = bundle / "iree" / "weights.irpa"
+    gated_sess = ort_session(bundle / "onnx" / "gated.onnx")
+    host_dir = bundle / "iree" / "host"
+    host = SharedIreeExecutor(weights, [host_dir / "gated.vmfb", *[host_dir / f"{c['module']}.vmfb" for c in configs]])
+    worst = 0.0
+    for k, c in enumerate(configs, start=1):
+        ref = ort_session(bundle / "onnx" / f"{c['module']}.onnx").run(None, {"image": images})[0]
+        worst = max(worst, max_abs_diff(host.run(k, images), ref))
+    for s in extra_skips:
+        skip = np.array(s, dtype=bool)
+        ref = gated_sess.run(None, {"image": images, "skip": skip})[0]
+        worst = max(worst, max_abs_diff(np.asarray(host.invokers[0](images, skip).to_host()), ref))
+    if worst > TOLERANCE:
+        raise EdgeskipError(f"host IREE modules differ from onnxruntime by {worst:.2e} > {TOLERANCE:g}")
+    out["host"] = {"iree_vs_onnxruntime": worst}
+    for t in targets:
+        if t.name == "host":
+            continue
+        tdir = bundle / "iree" / t.name
+        files = [tdir / "gated.vmfb", *[tdir / f"{c['module']}.vmfb" for c in configs]]
+        if t.triple and t.triple.startswith("aarch64"):
+            why = emulate.missing()
+            if why:
+                out[t.name] = {"executed": False, "reason": why}
+                log(f"  {t.name}: not executed ({why})")
+                continue
+            worst = 0.0
+            # gated module under qemu vs the host's, for two skip arrays, weights from the shared archive
+            for s in extra_skips[:2]:
+                skip = np.array(s, dtype=bool)
+                ref = np.asarray(host.invokers[0](images, skip).to_host())
+                got = emulate.run_aarch64(files[0], [images, skip], parameters=weights)
+                worst = max(worst, max_abs_diff(got, ref))
+            if worst > TOLERANCE:
+                raise EdgeskipError(f"{t.name} modules under qemu differ from the host by {worst:.2e}")
+            out[t.name] = {"executed": True, "emulator": "qemu-aarch64-static", "aarch64_vs_host": worst}
+        else:
+            elfs = [e for f in files for e in check_no_imports(f)]
+            out[t.name] = {"executed": False, "reason": "no armv7 IREE runtime is published",
+                           "elf_checked": len(elfs), "undefined_symbols": 0}
+    return out
+
+
+def build_bundle(ck: Checkpoint, splits: Splits, out: str | os.PathLike, targets: Sequence[Target],
+                 repeats: int = 30, force: bool = False, log: Log = print) -> Path:
+    """Sensitivity, measured-latency Pareto front, export, compile, verify; write the bundle atomically."""
+    out = Path(out)
+    if out.exists() and not force:
+        raise EdgeskipError(f"{out} exists; pass --force to replace it")
+    if "host" not in [t.name for t in targets]:
+        targets = [Target("host", None, cpu="host"), *targets]
+    model = ck.model()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    work = Path(tempfile.mkdtemp(prefix="edgeskip-work-"))
+    try:
+        t0 = time.time()
+        (tmp / "onnx").mkdir()
+        host_dir = tmp / "iree" / "host"
+        host_dir.mkdir(parents=True)
+        log("measuring every candidate config on this host (IREE, shared weights) ...")
+        lat = IreeLatency(model, host_dir, work, repeats=repeats)
+        sens, front = design_space(model, splits, ck.dataset_id, latency=lat)
+        weights = tmp / "iree" / "weights.irpa"
+        os.replace(lat.weights, weights)  # type: ignore[arg-type]
+        configs = front["configs"]
+        for c in configs:
+            c["module"] = module_name(c["skip"])
+        keep = {c["module"] for c in configs}
+        for name, path in lat.modules.items():  # drop host modules of configs not on the front
+            if name not in keep:
+                path.unlink()
+            else:
+                os.replace(path, host_dir / f"{name}.vmfb")
+
+        log("exporting ONNX graphs and verifying them against PyTorch ...")
+        gated_onnx = export_gated(model, tmp / "onnx" / "gated.onnx")
+        static = {}
+        for c in configs:
+            static[tuple(bool(v) for v in c["skip"])] = export_static(model, c["skip"], tmp / "onnx" / f"{c['module']}.onnx")
+        xb, _ = next(iterate(splits.test, splits.norm, 8))
+        g = model.cfg.num_gates
+        rng = np.random.default_rng(0)
+        extra = [(True,) * g, (False,) * g] + [tuple(bool(v) for v in rng.integers(0, 2, g)) for _ in range(3)]
+        onnx_check = verify_onnx(model, xb, gated_onnx, extra, static)
+
+        log("compiling IREE modules: " + ", ".join(t.name for t in targets) + " ...")
+        gated_mlir = import_shared(gated_onnx, weights, work, "gated")
+        static_mlir = {c["module"]: import_shared(tmp / "onnx" / f"{c['module']}.onnx", weights, work, c["module"])
+                       for c in configs}
+        for t in targets:
+            tdir = tmp / "iree" / t.name
+            tdir.mkdir(parents=True, exist_ok=True)
+            compile_mlir(gated_mlir, t, tdir / "gated.vmfb")
+            if t.name != "host":
+                for name, mlir in static_mlir.items():
+                    compile_mlir(mlir, t, tdir / f"{name}.vmfb")
+
+        log("verifying compiled modules ...")
+        images = xb.numpy().astype(np.float32)
+        iree_check = _verify_iree(tmp, targets, model, images, configs, extra, log)
+
+        log("measuring onnxruntime vs IREE on the front ...")
+        ort_lat = ort_static_latency(model, [c["skip"] for c in configs], tmp / "onnx", repeats=repeats)
+        for c, o in zip(configs, ort_lat):
+            c["latency_s_onnxruntime"] = o
+            c["iree_over_onnxruntime"] = c["latency_s"] / o
+        faster = "onnxruntime" if sum(ort_lat) < sum(c["latency_s"] for c in configs) else "iree"
+
+        write_design(tmp, sens, front)
+        ck.save(tmp / "model.pt", slim=True)
+        cfg = model.cfg
+        manifest = {
+            "format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "created_unix": int(time.time()),
+            "tools": tool_versions(), "model": cfg.to_dict(), "input": {"name": "image", "dtype": "float32",
+            "shape": ["N", cfg.in_channels, *cfg.input_size], "layout": "NCHW", "range": "[0, 1] then normalised"},
+            "normalization": ck.norm.to_dict(), "class_names": ck.class_names, "dataset_id": ck.dataset_id,
+            "num_gates": g, "gated_blocks": list(cfg.gated_blocks),
+            "gated": {"onnx": "onnx/gated.onnx", "inputs": ["image", "skip"], "skip": {"dtype": "bool", "shape": [g]}},
+            "configs": [{"index": c["index"], "n_skipped": c["n_skipped"], "skip": c["skip"], "module": c["module"],
+                         "val_accuracy": c["val_accuracy"], "test_accuracy": c["test_accuracy"], "macs": c["macs"],
+                         "latency_s": c["latency_s"]} for c in configs],
+            "targets": {t.name: {"triple": t.triple or "host", "flags": t.flags(), "dir": f"iree/{t.name}"} for t in targets},
+            "iree": {"weights": "iree/weights.irpa", "parameter_scope": "model", "driver": "local-sync",
+                     "entry_function": "main_graph", "common_flags": list(COMMON_FLAGS)},
+            "backend": {"host_fastest": faster, "latency_source": lat.name,
+                        "onnxruntime_threads": 1, "iree_driver": "local-sync"},
+            "verification": {"tolerance": TOLERANCE, "onnx": onnx_check, "iree": iree_check},
+            "build_seconds": round(time.time() - t0, 1),
+        }
+        manifest["artifacts"] = {str(p.relative_to(tmp)): sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+        write_json(tmp / "manifest.json", manifest)
+        os.chmod(tmp, 0o755)
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+            os.replace(out, old / out.name)
+            os.replace(tmp, out)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def load_manifest(bundle: str | os.PathLike, check_hashes: bool = True) -> dict[str, Any]:
+    """Read a bundle's manifest; with ``check_hashes`` every artifact's sha256 must match."""
+    bundle = Path(bundle)
+    path = bundle / "manifest.json"
+    if not path.is_file():
+        raise EdgeskipError(f"{bundle} is not an edgeskip bundle (no manifest.json)")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise EdgeskipError(f"{path} is not valid JSON ({e})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        raise EdgeskipError(f"{path} is not an edgeskip bundle manifest")
+    if manifest.get("version") != MANIFEST_VERSION:
+        raise EdgeskipError(f"{path} has bundle version {manifest.get('version')}, this edgeskip reads {MANIFEST_VERSION}")
+    if check_hashes:
+        for rel, digest in manifest.get("artifacts", {}).items():
+            p = bundle / rel
+            if not p.is_file():
+                raise EdgeskipError(f"bundle {bundle}: missing artifact {rel}")
+            if sha256(p) != digest:
+                raise EdgeskipError(f"bundle {bundle}: sha256 mismatch for {rel}")
+    return manifest

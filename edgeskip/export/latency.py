@@ -1,0 +1,57 @@
+"""Measured batch-1 latency of compiled configs on this host: IREE (shared-weight modules) and onnxruntime."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from edgeskip.export.iree_compile import TARGETS
+from edgeskip.export.onnx_export import export_static, ort_session
+from edgeskip.export.shared_weights import SharedIreeExecutor, build_shared_modules, module_name
+from edgeskip.models import CifarResNet, normalize_skip
+from edgeskip.pareto.latency import interleaved_median
+
+
+class IreeLatency:
+    """Latency source for :func:`edgeskip.pareto.design.design_space`: compiles each config's static
+    module for the host (all sharing one weight archive) and times them round-robin. The built
+    modules are kept in ``out_dir`` for the bundle."""
+
+    name = "iree-host-local-sync-b1"
+
+    def __init__(self, model: CifarResNet, out_dir: str | os.PathLike, work_dir: str | os.PathLike,
+                 repeats: int = 30, warmup: int = 3) -> None:
+        self.model, self.out, self.work = model, Path(out_dir), Path(work_dir)
+        self.repeats, self.warmup = repeats, warmup
+        cfg = model.cfg
+        self.image = np.random.default_rng(0).standard_normal((1, cfg.in_channels, *cfg.input_size), np.float32)
+        self.modules: dict[str, Path] = {}
+        self.weights: Path | None = None
+
+    def measure(self, skip_arrays: Sequence[object]) -> list[float]:
+        skips = [normalize_skip(s, self.model.cfg.num_gates) for s in skip_arrays]
+        built = build_shared_modules(self.model, skips, TARGETS["host"], self.out, self.work)
+        self.weights = built.weights
+        self.modules.update({module_name(s): p for s, p in zip(skips, built.modules)})
+        ex = SharedIreeExecutor(built.weights, built.modules)
+        return interleaved_median([lambda k=k: ex.run(k, self.image) for k in range(len(ex))], self.repeats, self.warmup)
+
+
+def ort_static_latency(model: CifarResNet, skip_arrays: Sequence[object], work_dir: str | os.PathLike,
+                       repeats: int = 30, warmup: int = 3, threads: int = 1) -> list[float]:
+    """onnxruntime batch-1 latency of each config's static graph (interleaved medians).
+
+    One thread by default, like IREE's single-threaded local-sync driver: a like-for-like comparison.
+    """
+    cfg = model.cfg
+    image = np.random.default_rng(0).standard_normal((1, cfg.in_channels, *cfg.input_size), np.float32)
+    sessions = []
+    for s in skip_arrays:
+        path = Path(work_dir) / f"{module_name(normalize_skip(s, cfg.num_gates))}.onnx"
+        if not path.exists():
+            export_static(model, s, path)
+        sessions.append(ort_session(path, threads))
+    return interleaved_median([lambda s=s: s.run(None, {"image": image}) for s in sessions], repeats, warmup)

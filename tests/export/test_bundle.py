@@ -1,0 +1,87 @@
+"""`edgeskip compile` and `edgeskip inspect` end to end on a tiny digits model."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from edgeskip.export import emulate
+from edgeskip.export.bundle import load_manifest, sha256
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "edgeskip.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def one_line_error(res, fragment):
+    assert res.returncode == 2, res.stderr
+    lines = [l for l in res.stderr.strip().splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], res.stderr
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory, tiny_checkpoint):
+    out = tmp_path_factory.mktemp("b") / "bundle"
+    res = run("compile", "--checkpoint", tiny_checkpoint, "--target", "host,aarch64,odroid-xu4", "--out", out,
+              "--repeats", "3", "--quiet")
+    assert res.returncode == 0, res.stderr
+    assert "wrote bundle" in res.stdout
+    return out
+
+
+def test_bundle_contents_and_manifest(bundle):
+    m = load_manifest(bundle)
+    assert m["format"] == "edgeskip-bundle" and m["num_gates"] == 6 and m["input"]["shape"] == ["N", 1, 8, 8]
+    assert m["class_names"] == [str(i) for i in range(10)] and m["dataset_id"] == "digits"
+    assert set(m["targets"]) == {"host", "aarch64", "odroid-xu4"}
+    assert "--iree-llvmcpu-debug-symbols=false" in m["targets"]["odroid-xu4"]["flags"]
+    assert m["tools"]["iree-base-compiler"] == m["tools"]["iree-base-runtime"]
+    # every file is listed with its hash, the manifest aside
+    files = {str(p.relative_to(bundle)) for p in bundle.rglob("*") if p.is_file()} - {"manifest.json"}
+    assert files == set(m["artifacts"])
+    assert all(sha256(bundle / f) == h for f, h in m["artifacts"].items())
+    # one module per Pareto config and target, plus the gated module; one weight archive
+    for t in m["targets"]:
+        for c in m["configs"]:
+            assert f"iree/{t}/{c['module']}.vmfb" in files
+        assert f"iree/{t}/gated.vmfb" in files
+    assert [f for f in files if f.endswith(".irpa")] == ["iree/weights.irpa"]
+    # the front is built on measured IREE latency on this host
+    pareto = json.loads((bundle / "pareto.json").read_text())
+    assert pareto["cost"] == "latency_s" and pareto["latency_source"].startswith("iree-host")
+    assert m["configs"][0]["n_skipped"] == 0
+    v = m["verification"]
+    assert v["onnx"]["gated_vs_torch"] <= 1e-4 and v["iree"]["host"]["iree_vs_onnxruntime"] <= 1e-4
+    assert v["iree"]["odroid-xu4"]["undefined_symbols"] == 0 and v["iree"]["odroid-xu4"]["elf_checked"] > 0
+    if emulate.missing() is None:
+        assert v["iree"]["aarch64"]["executed"] and v["iree"]["aarch64"]["aarch64_vs_host"] <= 1e-4
+    assert m["backend"]["host_fastest"] in ("iree", "onnxruntime")
+    assert all(c["iree_over_onnxruntime"] > 0 for c in pareto["configs"])
+
+
+def test_inspect_and_tampering(bundle, tmp_path):
+    ok = run("inspect", bundle)
+    assert ok.returncode == 0 and "artifact hashes match" in ok.stdout and "skip array" in ok.stdout
+    copy = tmp_path / "copy"
+    subprocess.run(["cp", "-r", str(bundle), str(copy)], check=True)
+    with open(copy / "iree" / "host" / "gated.vmfb", "ab") as f:
+        f.write(b"x")
+    one_line_error(run("inspect", copy), "sha256 mismatch for iree/host/gated.vmfb")
+    (copy / "iree" / "weights.irpa").unlink()
+    (copy / "iree" / "host" / "gated.vmfb").write_bytes((bundle / "iree" / "host" / "gated.vmfb").read_bytes())
+    one_line_error(run("inspect", copy), "missing artifact iree/weights.irpa")
+    one_line_error(run("inspect", tmp_path), "no manifest.json")
+
+
+def test_compile_bad_input(tmp_path, tiny_checkpoint, bundle):
+    out = tmp_path / "b"
+    one_line_error(run("compile", "--checkpoint", tiny_checkpoint, "--target", "host,riscv", "--out", out),
+                   "unsupported target riscv")
+    one_line_error(run("compile", "--checkpoint", tiny_checkpoint, "--out", bundle), "--force")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"junk")
+    one_line_error(run("compile", "--checkpoint", junk, "--out", out), "not a readable edgeskip checkpoint")
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
