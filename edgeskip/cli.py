@@ -7,7 +7,6 @@ exit status 2 and no traceback.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import click
@@ -208,7 +207,6 @@ def compile_cmd(checkpoint, dataset, data_dir, download, val_fraction, image_siz
     from edgeskip.export.bundle import build_bundle
     from edgeskip.export.iree_compile import parse_targets
     from edgeskip.pareto.design import format_table
-    from edgeskip.train import load_checkpoint
 
     _threads(threads)
     target_list = parse_targets(targets)  # fail fast, before any training

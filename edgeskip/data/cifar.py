@@ -7,7 +7,6 @@ downloading is allowed, fetches the archive into ``data_dir`` and verifies its M
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 import tarfile
 import urllib.request
@@ -20,6 +19,7 @@ import numpy as np
 from edgeskip.data.dataset import ArrayDataset
 from edgeskip.errors import EdgeskipError
 from edgeskip.utils.atomic import atomic_path
+from edgeskip.utils.hashing import file_digest
 
 
 @dataclass(frozen=True)
@@ -49,21 +49,13 @@ SPECS = {
 }
 
 
-def md5sum(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def download(spec: CifarSpec, data_dir: Path) -> Path:
     """Download the archive into ``data_dir`` atomically and verify its checksum."""
     dest = data_dir / spec.archive
     try:
         with atomic_path(dest) as tmp:
             urllib.request.urlretrieve(spec.url, tmp)
-            got = md5sum(tmp)
+            got = file_digest(tmp, "md5")
             if got != spec.md5:
                 raise EdgeskipError(f"downloaded {spec.archive} has MD5 {got}, expected {spec.md5}")
     except OSError as e:

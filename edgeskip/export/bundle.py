@@ -16,7 +16,6 @@ The bundle is built in a temporary folder beside ``out`` and renamed into place 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -27,7 +26,6 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
-import torch
 
 from edgeskip import __version__
 from edgeskip.data.batches import iterate
@@ -36,27 +34,19 @@ from edgeskip.errors import EdgeskipError
 from edgeskip.export import emulate
 from edgeskip.export.elf_check import check_no_imports
 from edgeskip.export.iree_compile import COMMON_FLAGS, Target, compile_mlir
-from edgeskip.export.iree_run import IreeModule
 from edgeskip.export.latency import IreeLatency, ort_static_latency
 from edgeskip.export.onnx_export import export_gated, export_static, max_abs_diff, ort_session, verify_onnx
 from edgeskip.export.shared_weights import SharedIreeExecutor, import_shared, module_name
 from edgeskip.pareto.design import design_space, write_design
 from edgeskip.train.checkpoint import Checkpoint
 from edgeskip.utils.atomic import write_json
+from edgeskip.utils.hashing import file_digest as sha256
 
 MANIFEST_FORMAT = "edgeskip-bundle"
 MANIFEST_VERSION = 1
 TOLERANCE = 1e-4
 TOOLS = ("torch", "onnx", "onnxscript", "onnxruntime", "iree-base-compiler", "iree-base-runtime", "numpy")
 Log = Callable[[str], None]
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def tool_versions() -> dict[str, str]:
@@ -69,7 +59,7 @@ def tool_versions() -> dict[str, str]:
     return out
 
 
-def _verify_iree(bundle: Path, targets: Sequence[Target], ck_model, images: np.ndarray, configs: list[dict],
+def _verify_iree(bundle: Path, targets: Sequence[Target], images: np.ndarray, configs: list[dict],
                  extra_skips: list[tuple[bool, ...]], log: Log) -> dict[str, Any]:
     """Host modules vs onnxruntime; aarch64 under qemu vs host; ARM32 ELF import check."""
     out: dict[str, Any] = {}
@@ -173,7 +163,7 @@ def build_bundle(ck: Checkpoint, splits: Splits, out: str | os.PathLike, targets
 
         log("verifying compiled modules ...")
         images = xb.numpy().astype(np.float32)
-        iree_check = _verify_iree(tmp, targets, model, images, configs, extra, log)
+        iree_check = _verify_iree(tmp, targets, images, configs, extra, log)
 
         log("measuring onnxruntime vs IREE on the front ...")
         ort_lat = ort_static_latency(model, [c["skip"] for c in configs], tmp / "onnx", repeats=repeats)

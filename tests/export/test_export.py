@@ -6,7 +6,6 @@ from collections import Counter
 import numpy as np
 import onnx
 import pytest
-import torch
 
 from edgeskip.data.batches import iterate
 from edgeskip.errors import EdgeskipError

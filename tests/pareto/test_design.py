@@ -1,7 +1,6 @@
 import json
 import random
 
-import torch
 
 from edgeskip.models import macs
 from edgeskip.pareto import SharedPrefixEvaluator, evaluate_skip_arrays
