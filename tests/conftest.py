@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -30,3 +34,15 @@ def tiny_checkpoint(tmp_path_factory, digits_splits):
 @pytest.fixture(scope="session")
 def tiny_model(tiny_checkpoint):
     return load_checkpoint(tiny_checkpoint).model()
+
+
+@pytest.fixture(scope="session")
+def bundle(tmp_path_factory, tiny_checkpoint):
+    """A bundle of the tiny model for host, aarch64 and odroid-xu4, built with the real CLI."""
+    out = tmp_path_factory.mktemp("b") / "bundle"
+    res = subprocess.run([sys.executable, "-m", "edgeskip.cli", "compile", "--checkpoint", str(tiny_checkpoint),
+                          "--target", "host,aarch64,odroid-xu4", "--out", str(out), "--repeats", "3", "--quiet"],
+                         capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr
+    assert "wrote bundle" in res.stdout
+    return out

@@ -22,16 +22,6 @@ def one_line_error(res, fragment):
     assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], res.stderr
 
 
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory, tiny_checkpoint):
-    out = tmp_path_factory.mktemp("b") / "bundle"
-    res = run("compile", "--checkpoint", tiny_checkpoint, "--target", "host,aarch64,odroid-xu4", "--out", out,
-              "--repeats", "3", "--quiet")
-    assert res.returncode == 0, res.stderr
-    assert "wrote bundle" in res.stdout
-    return out
-
-
 def test_bundle_contents_and_manifest(bundle):
     m = load_manifest(bundle)
     assert m["format"] == "edgeskip-bundle" and m["num_gates"] == 6 and m["input"]["shape"] == ["N", 1, 8, 8]
