@@ -5,7 +5,6 @@ import os
 import subprocess
 import sys
 
-import pytest
 
 from edgeskip.export import emulate
 from edgeskip.export.bundle import load_manifest, sha256
