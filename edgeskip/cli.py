@@ -256,6 +256,27 @@ def inspect(bundle) -> None:
     click.echo(f"all {len(m['artifacts'])} artifact hashes match")
 
 
+@cli.command()
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.option("--min-acc", type=float, default=0.0, show_default=True,
+              help="Drop Pareto configs whose validation accuracy is below this (0..1).")
+@click.option("--delta-req", type=float, default=None,
+              help="Idle gap (s) before moving toward less skipping [default: measured latency of the no-skip config].")
+@click.option("--config", "fixed", type=int, default=None, help="Fixed-config mode (baselines): always this config.")
+@click.option("--backend", type=click.Choice(["auto", "iree", "onnxruntime"]), default="auto", show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8080, show_default=True, help="0 picks a free port (printed).")
+@click.option("--max-body", type=int, default=8 * 1024 * 1024, show_default=True, help="Largest request body (bytes).")
+def serve(bundle, min_acc, delta_req, fixed, backend, host, port, max_body) -> None:
+    """Serve inference requests over HTTP, adapting depth to load (Algorithm 1)."""
+    import asyncio
+
+    from edgeskip.runtime.daemon import run_daemon
+
+    asyncio.run(run_daemon(bundle, min_acc, delta_req, fixed, backend, host, port, max_body,
+                           on_ready=lambda msg: click.echo(msg, err=False)))
+
+
 def main() -> None:
     """Console entry point."""
     cli(prog_name="edgeskip")

@@ -1,0 +1,72 @@
+"""Start-up and shutdown of the daemon: open the bundle, measure Delta_req, serve until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import statistics
+import sys
+import time
+from typing import Callable
+
+import numpy as np
+from aiohttp import web
+
+from edgeskip.errors import EdgeskipError
+from edgeskip.runtime.adaptation import AdaptiveController, FixedController
+from edgeskip.runtime.executor import BundleExecutor, open_executor
+from edgeskip.runtime.server import InferenceService, make_app
+
+
+def measure_no_skip_latency(executor: BundleExecutor, repeats: int = 20) -> float:
+    """Median batch-1 latency of config 0 (no skipping) with this executor: the paper's Delta_req."""
+    x = np.zeros((1, *executor.input_shape), np.float32)
+    executor.infer(x, config=0)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        executor.infer(x, config=0)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def make_service(bundle: str, min_acc: float, delta_req: float | None, fixed: int | None,
+                 backend: str = "auto") -> InferenceService:
+    executor = open_executor(bundle, backend)
+    if delta_req is None:
+        delta_req = measure_no_skip_latency(executor)
+    if fixed is not None:
+        if not 0 <= fixed < len(executor.configs):
+            raise EdgeskipError(f"--config {fixed} out of range 0..{len(executor.configs) - 1}")
+        controller: AdaptiveController | FixedController = FixedController(fixed)
+    else:
+        if not 0.0 <= min_acc <= 1.0:
+            raise EdgeskipError(f"--min-acc must be in [0, 1], got {min_acc}")
+        controller = AdaptiveController([c["val_accuracy"] for c in executor.configs], min_acc, delta_req)
+    return InferenceService(executor, controller, delta_req, None if fixed is not None else min_acc)
+
+
+async def run_daemon(bundle: str, min_acc: float, delta_req: float | None, fixed: int | None, backend: str,
+                     host: str, port: int, max_body: int, on_ready: Callable[[str], None] = print) -> None:
+    """Serve until SIGTERM or SIGINT; then stop accepting, finish the request in flight, return."""
+    service = make_service(bundle, min_acc, delta_req, fixed, backend)
+    runner = web.AppRunner(make_app(service, max_body), handle_signals=False, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    try:
+        await site.start()
+    except OSError as e:
+        await runner.cleanup()
+        raise EdgeskipError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    c = service.controller
+    on_ready(f"listening on http://{host}:{bound}  backend {service.executor.backend}  delta_req "
+             f"{service.delta_req * 1e3:.3f} ms  configs {getattr(c, 'allowed', [c.config])}")
+    sys.stdout.flush()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await runner.cleanup()  # closes the listener, then waits for handlers in flight
+    service.close()

@@ -1,0 +1,149 @@
+"""The daemon as deployed: a real `edgeskip serve` process on 127.0.0.1, real HTTP, real executor."""
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
+
+
+class Server:
+    def __init__(self, bundle, *args):
+        self.proc = subprocess.Popen([sys.executable, "-m", "edgeskip.cli", "serve", str(bundle), "--port", "0", *args],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     env={**os.environ, "OMP_NUM_THREADS": "1"})
+        line = self.proc.stdout.readline()
+        assert "listening on http://127.0.0.1:" in line, line + self.proc.stderr.read()
+        self.url = line.split()[2]
+
+    def call(self, path, body=None, ctype=None):
+        req = urllib.request.Request(self.url + path, data=body, headers={"Content-Type": ctype} if ctype else {})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status, r.read(), r.headers.get("Content-Type", "")
+        except urllib.error.HTTPError as e:
+            return e.code, e.read(), e.headers.get("Content-Type", "")
+
+    def infer(self, body, ctype="application/octet-stream"):
+        status, raw, _ = self.call("/v1/infer", body, ctype)
+        return status, json.loads(raw)
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(bundle):
+    s = Server(bundle, "--max-body", "100000")
+    yield s
+    if s.proc.poll() is None:
+        s.proc.kill()
+
+
+def raw_image(digits_splits, i=0):
+    x = (digits_splits.test.x[i] - digits_splits.norm.mean[0]) / digits_splits.norm.std[0]
+    return x.astype(np.float32).tobytes()
+
+
+def png_image(digits_splits, i=0):
+    buf = io.BytesIO()
+    Image.fromarray((digits_splits.test.x[i, 0] * 255).astype(np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_infer_with_each_body_kind(server, digits_splits):
+    label = str(digits_splits.test.y[0])
+    for body, ctype in ((raw_image(digits_splits), "application/octet-stream"), (png_image(digits_splits), "image/png"),
+                        (json.dumps({"data": np.frombuffer(raw_image(digits_splits), np.float32).reshape(1, 8, 8).tolist()}).encode(),
+                         "application/json")):
+        status, doc = server.infer(body, ctype)
+        assert status == 200, doc
+        assert len(doc["top"]) == 5 and doc["top"][0]["score"] >= doc["top"][1]["score"]
+        assert doc["config"] in range(10) and doc["skipped_blocks"] >= 0 and doc["latency_s"] > 0
+    # the raw tensor and the PNG of the same digit agree with the label on this easy example
+    assert server.infer(raw_image(digits_splits))[1]["top"][0]["class"] == label
+    status, raw, ctype = server.call("/healthz")
+    assert status == 200 and json.loads(raw)["ok"]
+
+
+@pytest.mark.parametrize("body,ctype,code,fragment", [
+    (b"\x00" * 12, "application/octet-stream", 400, "raw body must be 256 bytes"),
+    (b"not a png", "image/png", 400, "cannot decode image"),
+    (b"{bad json", "application/json", 400, "bad JSON"),
+    (b'{"data": [1, 2]}', "application/json", 400, "shape [1, 8, 8]"),
+    (b"hello", "text/plain", 415, "unsupported content type"),
+    (b"", "application/octet-stream", 400, "empty request body"),
+    (b"\x00" * 200_000, "application/octet-stream", 413, "larger than 100000 bytes"),
+])
+def test_bad_input_gets_4xx_and_service_keeps_serving(server, digits_splits, body, ctype, code, fragment):
+    status, doc = server.infer(body, ctype)
+    assert status == code and fragment in doc["error"] and "\n" not in doc["error"]
+    assert server.infer(raw_image(digits_splits))[0] == 200
+
+
+def test_busy_requests_are_dropped_with_503_and_all_accounted_for(server, digits_splits):
+    before = json.loads(server.call("/v1/status")[1])["counts"]
+    body = raw_image(digits_splits)
+    results, sent = [], 0
+    for _ in range(20):  # bounded: rounds of simultaneous requests until some arrive while busy
+        barrier = threading.Barrier(24)
+
+        def one():
+            barrier.wait()
+            results.append(server.infer(body))
+
+        threads = [threading.Thread(target=one) for _ in range(24)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        sent += 24
+        if any(s == 503 for s, _ in results):
+            break
+    codes = [s for s, _ in results]
+    assert set(codes) <= {200, 503} and 503 in codes
+    assert all(d["dropped"] and d["reason"] == "busy" for s, d in results if s == 503)
+    after = json.loads(server.call("/v1/status")[1])["counts"]
+    assert after["processed"] - before["processed"] == codes.count(200)
+    assert after["dropped"] - before["dropped"] == codes.count(503)
+    assert codes.count(200) + codes.count(503) == sent
+    # Prometheus text parses and agrees with the status counters
+    status, raw, ctype = server.call("/metrics")
+    assert status == 200 and ctype.startswith("text/plain")
+    fams = {f.name: f for f in text_string_to_metric_families(raw.decode())}
+    by_outcome = {s.labels["outcome"]: s.value for s in fams["edgeskip_requests"].samples if s.name.endswith("_total")}
+    assert by_outcome["processed"] == after["processed"] and by_outcome["dropped"] == after["dropped"]
+    assert "edgeskip_inference_latency_seconds" in fams and "edgeskip_current_config" in fams
+    per_config = sum(s.value for s in fams["edgeskip_config_requests"].samples if s.name.endswith("_total"))
+    assert per_config == after["processed"]
+
+
+def test_status_and_graceful_shutdown(bundle, digits_splits):
+    s = Server(bundle, "--min-acc", "0.5", "--delta-req", "0.25")
+    doc = json.loads(s.call("/v1/status")[1])
+    assert doc["mode"] == "adaptive" and doc["delta_req_s"] == 0.25 and doc["min_acc"] == 0.5 and doc["config"] == 0
+    assert s.infer(raw_image(digits_splits))[0] == 200
+    assert s.stop() == 0
+    assert "Traceback" not in s.proc.stderr.read()
+
+
+def test_fixed_mode_and_bad_options(bundle, tmp_path):
+    s = Server(bundle, "--config", "1")
+    assert json.loads(s.call("/v1/status")[1])["mode"] == "fixed"
+    assert s.stop() == 0
+    res = subprocess.run([sys.executable, "-m", "edgeskip.cli", "serve", str(bundle), "--min-acc", "1.0", "--port", "0"],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and res.stderr.startswith("error: no config reaches --min-acc")
+    res = subprocess.run([sys.executable, "-m", "edgeskip.cli", "serve", str(tmp_path), "--port", "0"],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and "no manifest.json" in res.stderr
