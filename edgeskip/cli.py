@@ -7,6 +7,7 @@ exit status 2 and no traceback.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import click
@@ -275,6 +276,38 @@ def serve(bundle, min_acc, delta_req, fixed, backend, host, port, max_body) -> N
 
     asyncio.run(run_daemon(bundle, min_acc, delta_req, fixed, backend, host, port, max_body,
                            on_ready=lambda msg: click.echo(msg, err=False)))
+
+
+@cli.command(name="bench")
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.option("--pattern", type=click.Choice(["paper", "poisson", "trace"]), default="paper", show_default=True,
+              help="paper: base period, +-25% change every 10th request; poisson; or a trace file.")
+@click.option("--count", type=int, default=1000, show_default=True, help="Requests to send (bounded).")
+@click.option("--period", type=float, default=None, help="Base period (s) [default: no-skip latency / --load].")
+@click.option("--load", type=float, default=1.25, show_default=True, help="Offered load relative to the original network.")
+@click.option("--rate", type=float, default=None, help="Poisson rate (requests/s).")
+@click.option("--trace", type=click.Path(dir_okay=False), default=None, help="Arrival times to replay.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--min-acc", type=float, default=0.0, show_default=True)
+@click.option("--delta-req", type=float, default=None, help="[default: measured no-skip latency]")
+@click.option("--configs", default=None, help="Fixed configs to compare, e.g. 0,2 [default: all].")
+@click.option("--url", default=None, help="A running daemon (loopback only); default: drive the executor in-process.")
+@click.option("--backend", type=click.Choice(["auto", "iree", "onnxruntime"]), default="auto", show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), default="runs/bench", show_default=True)
+def bench_cmd(bundle, pattern, count, period, load, rate, trace, seed, min_acc, delta_req, configs, url, backend, out) -> None:
+    """Replay a workload against adaptive depth and fixed configs (the paper's Table I)."""
+    import shlex
+
+    from edgeskip.bench.report import format_table
+    from edgeskip.bench.run import run_benchmark
+
+    fixed = [int(c) for c in configs.split(",")] if configs else None
+    doc = run_benchmark(bundle, out, pattern, count, period, load, rate, trace, seed, min_acc, delta_req, fixed, url,
+                        backend, command="edgeskip " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+    click.echo(f"{doc['pattern']} workload, {doc['count']} requests, base period {doc['base_period_s'] * 1e3:.3f} ms, "
+               f"no-skip latency {doc['no_skip_latency_s'] * 1e3:.3f} ms, backend {doc['backend']}, target {doc['target']}")
+    click.echo(format_table(doc["table"]))
+    click.echo(f"wrote {Path(out) / 'bench.json'}, {Path(out) / 'timeline.png'}")
 
 
 def main() -> None:

@@ -1,0 +1,90 @@
+"""The benchmark: one workload replayed against adaptive depth and against fixed configs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from edgeskip.bench.drivers import run_http, run_inprocess
+from edgeskip.bench.report import plot_timeline, summarize, table_rows
+from edgeskip.bench.workload import load_trace, paper_arrivals, poisson_arrivals
+from edgeskip.errors import EdgeskipError
+from edgeskip.runtime.adaptation import AdaptiveController, FixedController
+from edgeskip.runtime.daemon import measure_no_skip_latency
+from edgeskip.runtime.executor import open_executor
+from edgeskip.train import load_checkpoint
+from edgeskip.utils.atomic import write_json
+
+
+def test_images(bundle: Path, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised test images and labels of the data set the bundle was built on."""
+    ck = load_checkpoint(bundle / "model.pt")
+    splits = ck.data.load()
+    from edgeskip.data.batches import iterate
+
+    xs, ys = [], []
+    for xb, yb in iterate(splits.test, ck.norm, 500):
+        xs.append(xb.numpy())
+        ys.append(yb.numpy())
+        if sum(len(x) for x in xs) >= limit:
+            break
+    return np.concatenate(xs)[:limit].astype(np.float32), np.concatenate(ys)[:limit]
+
+
+def arrivals_for(pattern: str, count: int, period: float | None, rate: float | None, trace: str | None,
+                 seed: int) -> list[float]:
+    if pattern == "paper":
+        return paper_arrivals(count, period, seed)  # type: ignore[arg-type]
+    if pattern == "poisson":
+        return poisson_arrivals(count, rate if rate else 1.0 / period, seed)  # type: ignore[operator]
+    if pattern == "trace":
+        if not trace:
+            raise EdgeskipError("--pattern trace needs --trace FILE")
+        return load_trace(trace)[:count]
+    raise EdgeskipError(f"unknown pattern {pattern!r}")
+
+
+def run_benchmark(bundle: str | os.PathLike, out: str | os.PathLike, pattern: str = "paper", count: int = 1000,
+                  period: float | None = None, load: float = 1.25, rate: float | None = None, trace: str | None = None,
+                  seed: int = 0, min_acc: float = 0.0, delta_req: float | None = None,
+                  fixed: Sequence[int] | None = None, url: str | None = None, backend: str = "auto",
+                  command: str = "") -> dict[str, Any]:
+    """Replay one workload against adaptive depth and fixed configs; write bench.json and timeline.png.
+
+    Default period: the no-skip latency divided by ``load`` (1.25: the original cannot keep up).
+    """
+    bundle = Path(bundle)
+    executor = open_executor(bundle, backend)
+    no_skip = measure_no_skip_latency(executor)
+    period = period or no_skip / load
+    delta = delta_req or no_skip
+    arrivals = arrivals_for(pattern, count, period, rate, trace, seed)
+    images, labels = test_images(bundle, min(len(arrivals), 2000))
+    accs = [c["val_accuracy"] for c in executor.configs]
+    fixed = list(range(len(executor.configs))) if fixed is None else list(fixed)
+    runs: dict[str, Any] = {}
+    if url:
+        runs["adaptive"] = run_http(url, arrivals, images, labels)
+    else:
+        runs["adaptive"] = run_inprocess(executor, AdaptiveController(accs, min_acc, delta), arrivals, images, labels)
+    for k in fixed:
+        if not 0 <= k < len(executor.configs):
+            raise EdgeskipError(f"fixed config {k} out of range 0..{len(executor.configs) - 1}")
+        runs["original" if k == 0 else f"config {k}"] = run_inprocess(executor, FixedController(k), arrivals, images, labels)
+    if "original" not in runs:
+        runs["original"] = run_inprocess(executor, FixedController(0), arrivals, images, labels)
+    summaries = {name: summarize(recs) for name, recs in runs.items()}
+    doc = {
+        "command": command, "bundle": str(bundle), "backend": executor.backend, "pattern": pattern, "count": len(arrivals),
+        "seed": seed, "base_period_s": period, "no_skip_latency_s": no_skip, "delta_req_s": delta, "min_acc": min_acc,
+        "target": url or "in-process", "configs": executor.configs, "summaries": summaries,
+        "table": table_rows(summaries), "records": {name: [r.to_dict() for r in recs] for name, recs in runs.items()},
+    }
+    out = Path(out)
+    write_json(out / "bench.json", doc)
+    plot_timeline(runs["adaptive"], out / "timeline.png",
+                  f"adaptive depth, {pattern} workload, period {period * 1e3:.3f} ms (no-skip latency {no_skip * 1e3:.3f} ms)")
+    return doc

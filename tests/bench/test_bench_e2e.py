@@ -1,0 +1,49 @@
+"""`edgeskip bench` end to end on a digits bundle: in-process, and over HTTP against a real daemon."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "edgeskip.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_bench_in_process(bundle, tmp_path):
+    res = run("bench", bundle, "--count", "300", "--configs", "0,1", "--out", tmp_path)
+    assert res.returncode == 0, res.stderr
+    doc = json.loads((tmp_path / "bench.json").read_text())
+    assert (tmp_path / "timeline.png").read_bytes()[:4] == b"\x89PNG"
+    modes = {r["mode"] for r in doc["table"]}
+    assert modes == {"adaptive", "original", "config 1"}
+    for name, s in doc["summaries"].items():
+        assert s["sent"] == 300 and s["processed"] + s["dropped"] + s["errors"] == 300 and s["errors"] == 0
+        assert len(doc["records"][name]) == 300
+    assert doc["summaries"]["original"]["per_config"] == {"0": doc["summaries"]["original"]["processed"]}
+    assert "Δacc pp" in res.stdout and doc["command"].startswith("edgeskip bench")
+
+
+def test_bench_against_daemon(bundle, tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "edgeskip.cli", "serve", str(bundle), "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        url = proc.stdout.readline().split()[2]
+        res = run("bench", bundle, "--url", url, "--count", "200", "--configs", "0", "--load", "0.5", "--out", tmp_path)
+        assert res.returncode == 0, res.stderr
+        doc = json.loads((tmp_path / "bench.json").read_text())
+        s = doc["summaries"]["adaptive"]
+        assert doc["target"] == url and s["sent"] == 200 and s["errors"] == 0 and s["processed"] > 0
+        assert s["processed"] + s["dropped"] == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+
+
+def test_bench_bad_input(bundle, tmp_path):
+    res = run("bench", bundle, "--url", "http://10.1.2.3:80", "--count", "5", "--out", tmp_path)
+    assert res.returncode == 2 and "loopback" in res.stderr and "Traceback" not in res.stderr
+    res = run("bench", bundle, "--pattern", "trace", "--out", tmp_path)
+    assert res.returncode == 2 and "--trace" in res.stderr
