@@ -293,13 +293,32 @@ def serve(bundle, min_acc, delta_req, fixed, backend, host, port, max_body) -> N
 @click.option("--configs", default=None, help="Fixed configs to compare, e.g. 0,2 [default: all].")
 @click.option("--url", default=None, help="A running daemon (loopback only); default: drive the executor in-process.")
 @click.option("--backend", type=click.Choice(["auto", "iree", "onnxruntime"]), default="auto", show_default=True)
+@click.option("--loadgen", is_flag=True, help="Drive the daemon at --url with MLPerf LoadGen's server scenario "
+              "(Poisson arrivals at --rate; drops completed at once and counted separately).")
 @click.option("--out", type=click.Path(file_okay=False), default="runs/bench", show_default=True)
-def bench_cmd(bundle, pattern, count, period, load, rate, trace, seed, min_acc, delta_req, configs, url, backend, out) -> None:
+def bench_cmd(bundle, pattern, count, period, load, rate, trace, seed, min_acc, delta_req, configs, url, backend,
+              loadgen, out) -> None:
     """Replay a workload against adaptive depth and fixed configs (the paper's Table I)."""
     import shlex
 
     from edgeskip.bench.report import format_table
     from edgeskip.bench.run import run_benchmark
+
+    if loadgen:
+        from edgeskip.bench.loadgen import run_loadgen
+        from edgeskip.bench.run import test_images
+        from edgeskip.utils.atomic import write_json
+
+        if not url or not rate:
+            raise EdgeskipError("--loadgen needs --url (a running daemon) and --rate (target queries per second)")
+        images, labels = test_images(Path(bundle), 2000)
+        doc = run_loadgen(url, images, labels, rate, count, out, seed)
+        doc["command"] = "edgeskip " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        write_json(Path(out) / "loadgen.json", doc)
+        click.echo(f"LoadGen server scenario at {rate:g} QPS: {doc['processed']} processed, {doc['dropped']} dropped, "
+                   f"{doc['errors']} errors, accuracy {doc['accuracy'] if doc['accuracy'] is None else round(doc['accuracy'], 4)}, "
+                   f"configs {doc['per_config']}; LoadGen log in {out}")
+        return
 
     fixed = [int(c) for c in configs.split(",")] if configs else None
     doc = run_benchmark(bundle, out, pattern, count, period, load, rate, trace, seed, min_acc, delta_req, fixed, url,

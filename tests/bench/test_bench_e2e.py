@@ -47,3 +47,22 @@ def test_bench_bad_input(bundle, tmp_path):
     assert res.returncode == 2 and "loopback" in res.stderr and "Traceback" not in res.stderr
     res = run("bench", bundle, "--pattern", "trace", "--out", tmp_path)
     assert res.returncode == 2 and "--trace" in res.stderr
+
+
+def test_loadgen_server_scenario_against_daemon(bundle, tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "edgeskip.cli", "serve", str(bundle), "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        url = proc.stdout.readline().split()[2]
+        res = run("bench", bundle, "--loadgen", "--url", url, "--rate", "500", "--count", "200", "--out", tmp_path)
+        assert res.returncode == 0, res.stderr
+        doc = json.loads((tmp_path / "loadgen.json").read_text())
+        assert doc["processed"] + doc["dropped"] == 200 and doc["errors"] == 0 and doc["processed"] > 0
+        assert (tmp_path / "mlperf_log_summary.txt").exists() and doc["loadgen_completed_per_s"]
+        status = json.loads(__import__("urllib.request").request.urlopen(url + "/v1/status").read())
+        assert status["counts"]["processed"] == doc["processed"] and status["counts"]["dropped"] == doc["dropped"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    res = run("bench", bundle, "--loadgen", "--count", "5", "--out", tmp_path)
+    assert res.returncode == 2 and "--url" in res.stderr
