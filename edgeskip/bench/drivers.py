@@ -37,6 +37,14 @@ class Record:
         return asdict(self)
 
 
+def to_columns(records: Sequence[Record]) -> dict[str, list]:
+    """Records as columns (compact JSON): times rounded to the microsecond."""
+    r6 = lambda v: None if v is None else round(v, 6)  # noqa: E731
+    return {"sent": [r6(r.sent) for r in records], "outcome": [r.outcome for r in records],
+            "config": [r.config for r in records], "latency_s": [r6(r.latency_s) for r in records],
+            "correct": [r.correct for r in records]}
+
+
 def _sleep_until(t0: float, t: float) -> None:
     delay = t0 + t - time.perf_counter()
     if delay > 0:

@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from edgeskip.bench.drivers import run_http, run_inprocess
+from edgeskip.bench.drivers import run_http, run_inprocess, to_columns
 from edgeskip.bench.report import plot_timeline, summarize, table_rows
 from edgeskip.bench.workload import load_trace, paper_arrivals, poisson_arrivals
 from edgeskip.errors import EdgeskipError
@@ -81,7 +81,7 @@ def run_benchmark(bundle: str | os.PathLike, out: str | os.PathLike, pattern: st
         "command": command, "bundle": str(bundle), "backend": executor.backend, "pattern": pattern, "count": len(arrivals),
         "seed": seed, "base_period_s": period, "no_skip_latency_s": no_skip, "delta_req_s": delta, "min_acc": min_acc,
         "target": url or "in-process", "configs": executor.configs, "summaries": summaries,
-        "table": table_rows(summaries), "records": {name: [r.to_dict() for r in recs] for name, recs in runs.items()},
+        "table": table_rows(summaries), "records": {name: to_columns(recs) for name, recs in runs.items()},
     }
     out = Path(out)
     write_json(out / "bench.json", doc)

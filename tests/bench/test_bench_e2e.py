@@ -21,7 +21,9 @@ def test_bench_in_process(bundle, tmp_path):
     assert modes == {"adaptive", "original", "config 1"}
     for name, s in doc["summaries"].items():
         assert s["sent"] == 300 and s["processed"] + s["dropped"] + s["errors"] == 300 and s["errors"] == 0
-        assert len(doc["records"][name]) == 300
+        cols = doc["records"][name]
+        assert len(cols["sent"]) == len(cols["outcome"]) == len(cols["config"]) == 300
+        assert cols["outcome"].count("dropped") == s["dropped"]
     assert doc["summaries"]["original"]["per_config"] == {"0": doc["summaries"]["original"]["processed"]}
     assert "Δacc pp" in res.stdout and doc["command"].startswith("edgeskip bench")
 
