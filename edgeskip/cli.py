@@ -268,14 +268,19 @@ def inspect(bundle) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=8080, show_default=True, help="0 picks a free port (printed).")
 @click.option("--max-body", type=int, default=8 * 1024 * 1024, show_default=True, help="Largest request body (bytes).")
-def serve(bundle, min_acc, delta_req, fixed, backend, host, port, max_body) -> None:
+@click.option("--target", "target", default="auto", show_default=True,
+              help="Which of the bundle's IREE targets to run (auto: this machine's).")
+@click.option("--driver", default="local-sync", show_default=True, help="IREE HAL driver (local-sync, local-task).")
+@click.option("--threads", "ort_threads", type=int, default=1, show_default=True, help="onnxruntime intra-op threads.")
+def serve(bundle, min_acc, delta_req, fixed, backend, host, port, max_body, target, driver, ort_threads) -> None:
     """Serve inference requests over HTTP, adapting depth to load (Algorithm 1)."""
     import asyncio
 
     from edgeskip.runtime.daemon import run_daemon
 
     asyncio.run(run_daemon(bundle, min_acc, delta_req, fixed, backend, host, port, max_body,
-                           on_ready=lambda msg: click.echo(msg, err=False)))
+                           on_ready=lambda msg: click.echo(msg, err=False), target=target, driver=driver,
+                           threads=ort_threads))
 
 
 @cli.command(name="bench")
@@ -296,8 +301,12 @@ def serve(bundle, min_acc, delta_req, fixed, backend, host, port, max_body) -> N
 @click.option("--loadgen", is_flag=True, help="Drive the daemon at --url with MLPerf LoadGen's server scenario "
               "(Poisson arrivals at --rate; drops completed at once and counted separately).")
 @click.option("--out", type=click.Path(file_okay=False), default="runs/bench", show_default=True)
+@click.option("--target", "target", default="auto", show_default=True,
+              help="Which of the bundle's IREE targets to run (auto: this machine's).")
+@click.option("--driver", default="local-sync", show_default=True, help="IREE HAL driver (local-sync, local-task).")
+@click.option("--threads", "ort_threads", type=int, default=1, show_default=True, help="onnxruntime intra-op threads.")
 def bench_cmd(bundle, pattern, count, period, load, rate, trace, seed, min_acc, delta_req, configs, url, backend,
-              loadgen, out) -> None:
+              loadgen, out, target, driver, ort_threads) -> None:
     """Replay a workload against adaptive depth and fixed configs (the paper's Table I)."""
     import shlex
 
@@ -322,7 +331,8 @@ def bench_cmd(bundle, pattern, count, period, load, rate, trace, seed, min_acc, 
 
     fixed = [int(c) for c in configs.split(",")] if configs else None
     doc = run_benchmark(bundle, out, pattern, count, period, load, rate, trace, seed, min_acc, delta_req, fixed, url,
-                        backend, command="edgeskip " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+                        backend, command="edgeskip " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+                        target=target, driver=driver, threads=ort_threads)
     click.echo(f"{doc['pattern']} workload, {doc['count']} requests, base period {doc['base_period_s'] * 1e3:.3f} ms, "
                f"no-skip latency {doc['no_skip_latency_s'] * 1e3:.3f} ms, backend {doc['backend']}, target {doc['target']}")
     click.echo(format_table(doc["table"]))

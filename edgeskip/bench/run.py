@@ -51,13 +51,13 @@ def run_benchmark(bundle: str | os.PathLike, out: str | os.PathLike, pattern: st
                   period: float | None = None, load: float = 1.25, rate: float | None = None, trace: str | None = None,
                   seed: int = 0, min_acc: float = 0.0, delta_req: float | None = None,
                   fixed: Sequence[int] | None = None, url: str | None = None, backend: str = "auto",
-                  command: str = "") -> dict[str, Any]:
+                  command: str = "", **executor_options: Any) -> dict[str, Any]:
     """Replay one workload against adaptive depth and fixed configs; write bench.json and timeline.png.
 
     Default period: the no-skip latency divided by ``load`` (1.25: the original cannot keep up).
     """
     bundle = Path(bundle)
-    executor = open_executor(bundle, backend)
+    executor = open_executor(bundle, backend, **executor_options)
     no_skip = measure_no_skip_latency(executor)
     period = period or no_skip / load
     delta = delta_req or no_skip

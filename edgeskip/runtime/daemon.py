@@ -31,8 +31,8 @@ def measure_no_skip_latency(executor: BundleExecutor, repeats: int = 20) -> floa
 
 
 def make_service(bundle: str, min_acc: float, delta_req: float | None, fixed: int | None,
-                 backend: str = "auto") -> InferenceService:
-    executor = open_executor(bundle, backend)
+                 backend: str = "auto", **executor_options: object) -> InferenceService:
+    executor = open_executor(bundle, backend, **executor_options)  # type: ignore[arg-type]
     if delta_req is None:
         delta_req = measure_no_skip_latency(executor)
     if fixed is not None:
@@ -47,9 +47,10 @@ def make_service(bundle: str, min_acc: float, delta_req: float | None, fixed: in
 
 
 async def run_daemon(bundle: str, min_acc: float, delta_req: float | None, fixed: int | None, backend: str,
-                     host: str, port: int, max_body: int, on_ready: Callable[[str], None] = print) -> None:
+                     host: str, port: int, max_body: int, on_ready: Callable[[str], None] = print,
+                     **executor_options: object) -> None:
     """Serve until SIGTERM or SIGINT; then stop accepting, finish the request in flight, return."""
-    service = make_service(bundle, min_acc, delta_req, fixed, backend)
+    service = make_service(bundle, min_acc, delta_req, fixed, backend, **executor_options)
     runner = web.AppRunner(make_app(service, max_body), handle_signals=False, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)

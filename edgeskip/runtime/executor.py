@@ -99,13 +99,38 @@ class OrtBundleExecutor(BundleExecutor):
         return self.ort.run("gated", x, skip)
 
 
-def open_executor(bundle: str | os.PathLike, backend: str = "auto", **kwargs: Any) -> BundleExecutor:
-    """An executor for ``bundle``; ``auto`` picks the back end the bundle measured fastest on its host."""
+def machine_target(manifest: dict[str, Any], machine: str | None = None) -> str:
+    """The bundle target whose modules run on this machine (x86-64: host; aarch64/armv7: the ARM target)."""
+    import platform
+
+    machine = (machine or platform.machine()).lower()
+    targets = list(manifest["targets"])
+    if machine in ("x86_64", "amd64"):
+        wanted = ["host"]
+    elif machine in ("aarch64", "arm64"):
+        wanted = [t for t in targets if t.startswith("aarch64")]
+    elif machine.startswith("armv7") or machine == "arm":
+        wanted = [t for t in targets if manifest["targets"][t]["triple"].startswith("armv7")]
+    else:
+        wanted = []
+    for t in wanted:
+        if t in targets:
+            return t
+    raise EdgeskipError(f"bundle has no modules for this machine ({machine}); it has {', '.join(targets)}")
+
+
+def open_executor(bundle: str | os.PathLike, backend: str = "auto", target: str = "auto", driver: str = "local-sync",
+                  threads: int = 1) -> BundleExecutor:
+    """An executor for ``bundle``. ``backend`` auto: the one the bundle measured fastest on x86 hosts, IREE
+    elsewhere (onnxruntime graphs are not compiled per target). ``target`` auto: this machine's modules.
+    ``driver`` is IREE's HAL driver, ``threads`` onnxruntime's intra-op threads."""
     manifest = load_manifest(bundle)
+    if target == "auto":
+        target = machine_target(manifest)
     if backend == "auto":
-        backend = manifest["backend"]["host_fastest"]
+        backend = manifest["backend"]["host_fastest"] if target == "host" else "iree"
     if backend == "iree":
-        return IreeBundleExecutor(bundle, manifest=manifest, **kwargs)
+        return IreeBundleExecutor(bundle, target=target, driver=driver, manifest=manifest)
     if backend == "onnxruntime":
-        return OrtBundleExecutor(bundle, manifest=manifest, **kwargs)
+        return OrtBundleExecutor(bundle, threads=threads, manifest=manifest)
     raise EdgeskipError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")

@@ -45,3 +45,16 @@ def test_bad_runtime_inputs(bundle, images):
     with pytest.raises(EdgeskipError, match="unknown backend"):
         open_executor(bundle, backend="tvm")
     assert open_executor(bundle).backend in ("iree", "onnxruntime")
+    assert open_executor(bundle, backend="iree", driver="local-task").infer(images).shape == (6, 10)
+
+
+def test_machine_target_picks_this_boards_modules(bundle):
+    from edgeskip.export.bundle import load_manifest
+    from edgeskip.runtime.executor import machine_target
+
+    m = load_manifest(bundle)
+    assert machine_target(m, "x86_64") == "host"
+    assert machine_target(m, "aarch64") == "aarch64"
+    assert machine_target(m, "armv7l") == "odroid-xu4"
+    with pytest.raises(EdgeskipError, match="no modules for this machine"):
+        machine_target(m, "riscv64")
