@@ -96,8 +96,7 @@ def bench_model(label: str, model, ck, counts, repeats: int, work: Path) -> dict
     gated_vmfb = compile_mlir(gated_mlir, TARGETS["host"], work / "gated.vmfb")
     runtime = SharedIreeExecutor(shared.weights, [gated_vmfb, *shared.modules])
     separate, separate_paths = [], []
-    for s in skips:
-        onnx_path = work / "shared_work" / f"{module_name(s)}.onnx"
+    for s, onnx_path in zip(skips, shared.onnx):
         mlir = import_onnx(onnx_path, work / f"sep_{module_name(s)}.mlir")
         separate_paths.append(compile_mlir(mlir, TARGETS["host"], work / f"sep_{module_name(s)}.vmfb"))
         separate.append(IreeModule(separate_paths[-1]))

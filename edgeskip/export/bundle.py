@@ -35,7 +35,7 @@ from edgeskip.export import emulate
 from edgeskip.export.elf_check import check_no_imports
 from edgeskip.export.iree_compile import COMMON_FLAGS, Target, compile_mlir
 from edgeskip.export.latency import IreeLatency, ort_static_latency
-from edgeskip.export.onnx_export import export_gated, export_static, max_abs_diff, ort_session, verify_onnx
+from edgeskip.export.onnx_export import export_gated, max_abs_diff, ort_session, verify_onnx
 from edgeskip.export.shared_weights import SharedIreeExecutor, import_shared, module_name
 from edgeskip.pareto.design import design_space, write_design
 from edgeskip.train.checkpoint import Checkpoint
@@ -132,17 +132,19 @@ def build_bundle(ck: Checkpoint, splits: Splits, out: str | os.PathLike, targets
         for c in configs:
             c["module"] = module_name(c["skip"])
         keep = {c["module"] for c in configs}
-        for name, path in lat.modules.items():  # drop host modules of configs not on the front
+        for name, (vmfb, _, _) in lat.built.items():  # drop host modules of configs not on the front
             if name not in keep:
-                path.unlink()
+                vmfb.unlink()
             else:
-                os.replace(path, host_dir / f"{name}.vmfb")
+                os.replace(vmfb, host_dir / f"{name}.vmfb")
 
         log("exporting ONNX graphs and verifying them against PyTorch ...")
         gated_onnx = export_gated(model, tmp / "onnx" / "gated.onnx")
         static = {}
-        for c in configs:
-            static[tuple(bool(v) for v in c["skip"])] = export_static(model, c["skip"], tmp / "onnx" / f"{c['module']}.onnx")
+        for c in configs:  # the static graphs were exported while measuring latency
+            dest = tmp / "onnx" / f"{c['module']}.onnx"
+            shutil.copyfile(lat.built[c["module"]][1], dest)
+            static[tuple(bool(v) for v in c["skip"])] = dest
         xb, _ = next(iterate(splits.test, splits.norm, 8))
         g = model.cfg.num_gates
         rng = np.random.default_rng(0)
@@ -151,8 +153,7 @@ def build_bundle(ck: Checkpoint, splits: Splits, out: str | os.PathLike, targets
 
         log("compiling IREE modules: " + ", ".join(t.name for t in targets) + " ...")
         gated_mlir = import_shared(gated_onnx, weights, work, "gated")
-        static_mlir = {c["module"]: import_shared(tmp / "onnx" / f"{c['module']}.onnx", weights, work, c["module"])
-                       for c in configs}
+        static_mlir = {c["module"]: lat.built[c["module"]][2] for c in configs}  # imported while measuring
         for t in targets:
             tdir = tmp / "iree" / t.name
             tdir.mkdir(parents=True, exist_ok=True)

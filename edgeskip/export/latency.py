@@ -28,14 +28,14 @@ class IreeLatency:
         self.repeats, self.warmup = repeats, warmup
         cfg = model.cfg
         self.image = np.random.default_rng(0).standard_normal((1, cfg.in_channels, *cfg.input_size), np.float32)
-        self.modules: dict[str, Path] = {}
+        self.built: dict[str, tuple[Path, Path, Path]] = {}  # module name -> (vmfb, onnx, mlir)
         self.weights: Path | None = None
 
     def measure(self, skip_arrays: Sequence[object]) -> list[float]:
         skips = [normalize_skip(s, self.model.cfg.num_gates) for s in skip_arrays]
         built = build_shared_modules(self.model, skips, TARGETS["host"], self.out, self.work)
         self.weights = built.weights
-        self.modules.update({module_name(s): p for s, p in zip(skips, built.modules)})
+        self.built.update({module_name(s): paths for s, *paths in zip(skips, built.modules, built.onnx, built.mlir)})
         ex = SharedIreeExecutor(built.weights, built.modules)
         return interleaved_median([lambda k=k: ex.run(k, self.image) for k in range(len(ex))], self.repeats, self.warmup)
 

@@ -43,10 +43,6 @@ class _Pool:
         self.shared_uses += 1
         return self.values[name]
 
-    @property
-    def nbytes(self) -> int:
-        return sum(a.nbytes for a in self.arrays.values())
-
 
 class OrtSharedSessions:
     """``sessions[name]`` for each graph path given; weights held once in :attr:`pool`."""

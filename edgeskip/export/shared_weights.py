@@ -21,6 +21,7 @@ from edgeskip.errors import EdgeskipError
 from edgeskip.export.iree_compile import Target, compile_mlir, import_onnx
 from edgeskip.export.onnx_export import export_static
 from edgeskip.models import CifarResNet
+from edgeskip.models.skip import skip_to_str
 from edgeskip.utils.atomic import atomic_path
 
 PARAM_SCOPE = "model"
@@ -63,7 +64,7 @@ def check_shared(weights: Path, config_params: Path) -> int:
 
 def module_name(skip: Sequence[object]) -> str:
     """Module (and file) name of a static config: ``static_`` + its skip array, e.g. ``static_110111``."""
-    return "static_" + "".join("1" if v else "0" for v in skip)
+    return "static_" + skip_to_str([bool(v) for v in skip])
 
 
 def write_weights(model: CifarResNet, dest: str | os.PathLike, work_dir: str | os.PathLike) -> Path:
@@ -85,10 +86,12 @@ def import_shared(onnx_path: Path, weights: Path, work_dir: Path, name: str) -> 
 
 @dataclass(frozen=True)
 class SharedModules:
-    """The shared archive and one module per config (module name: :func:`module_name`)."""
+    """The shared archive and, per config, its module, static ONNX graph and imported MLIR."""
 
     weights: Path
     modules: tuple[Path, ...]
+    onnx: tuple[Path, ...]
+    mlir: tuple[Path, ...]
 
 
 def build_shared_modules(model: CifarResNet, skip_arrays: Sequence[Sequence[object]], target: Target,
@@ -98,12 +101,13 @@ def build_shared_modules(model: CifarResNet, skip_arrays: Sequence[Sequence[obje
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     weights = write_weights(model, out / "weights.irpa", work)
-    modules = []
+    modules, graphs, mlirs = [], [], []
     for skip in skip_arrays:
         name = module_name(skip)
-        mlir = import_shared(export_static(model, skip, work / f"{name}.onnx"), weights, work, name)
-        modules.append(compile_mlir(mlir, target, out / f"{name}.{target.name}.vmfb"))
-    return SharedModules(weights, tuple(modules))
+        graphs.append(export_static(model, skip, work / f"{name}.onnx"))
+        mlirs.append(import_shared(graphs[-1], weights, work, name))
+        modules.append(compile_mlir(mlirs[-1], target, out / f"{name}.{target.name}.vmfb"))
+    return SharedModules(weights, tuple(modules), tuple(graphs), tuple(mlirs))
 
 
 class SharedIreeExecutor:

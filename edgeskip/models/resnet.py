@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgeskip.errors import EdgeskipError
 from edgeskip.models.config import ResNetConfig
 from edgeskip.models.skip import normalize_skip
 from edgeskip.models.stochastic_depth import keep_branch, scale_rows
@@ -150,9 +149,3 @@ def remove_blocks(model: CifarResNet, skip: Sequence[int] | object) -> CifarResN
     static.train(model.training)
     return static
 
-
-def check_input(x: torch.Tensor, cfg: ResNetConfig) -> None:
-    """Raise EdgeskipError if ``x`` is not [N, C, H, W] matching the model's input."""
-    want = (cfg.in_channels, *cfg.input_size)
-    if x.ndim != 4 or tuple(x.shape[1:]) != want:
-        raise EdgeskipError(f"input must have shape [N, {want[0]}, {want[1]}, {want[2]}], got {list(x.shape)}")

@@ -78,10 +78,10 @@ def train(
     if resume:
         if not out.is_file():
             raise EdgeskipError(f"--resume: no checkpoint at {out}")
-        ck = load_checkpoint(out)
-        data, model_cfg, train_cfg = ck.data, ck.model_cfg, ck.train_cfg
-        if ck.complete:
-            return ck
+        resumed = load_checkpoint(out)
+        data, model_cfg, train_cfg = resumed.data, resumed.model_cfg, resumed.train_cfg
+        if resumed.complete:
+            return resumed
     elif out.exists():
         raise EdgeskipError(f"{out} exists; pass --resume to continue it or choose another --out")
     train_cfg = train_cfg or TrainConfig()
@@ -105,7 +105,7 @@ def train(
     ck = Checkpoint(model_cfg, model.state_dict(), splits.norm, splits.class_names, splits.dataset_id,
                     data, train_cfg)
     if resume:
-        ck = load_checkpoint(out)
+        ck = resumed
         model.load_state_dict(ck.state_dict)
         opt.load_state_dict(ck.optimizer)
         sched.load_state_dict(ck.scheduler)
