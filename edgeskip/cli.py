@@ -96,10 +96,22 @@ def cli() -> None:
 @click.option("--resume", is_flag=True, help="Continue the run stored in --out.")
 @click.option("--threads", type=int, default=None, help="Torch CPU threads.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
+@click.option("--gates", type=click.Choice(["ffgate1", "ffgate2", "rnn"]), default=None,
+              help="Train a SkipNet baseline with these learned gates (in front of the same blocks as edgeskip's).")
+@click.option("--init", "init", type=click.Path(dir_okay=False), default=None,
+              help="With --gates: start from this backbone or SkipNet checkpoint (its data splits are reused).")
+@click.option("--gate-mode", type=click.Choice(["sp", "hrl"]), default="sp", show_default=True,
+              help="With --gates: supervised pre-training (straight-through) or hybrid RL refinement.")
+@click.option("--alpha", type=float, default=0.1, show_default=True, help="HRL: reward per skipped block (x1/B_s).")
+@click.option("--beta", type=float, default=1.0, show_default=True, help="HRL: weight of the loss in the reward.")
+@click.option("--gate-threshold", type=float, default=0.5, show_default=True,
+              help="With --gates: execute a block iff its gate probability is >= this.")
 def train(dataset, data_dir, download, val_fraction, image_size, seed, depth, width, shortcut, sd, sd_mode,
           p_last, epochs, batch_size, lr, momentum, weight_decay, schedule, warmup, label_smoothing, augment,
-          out, resume, threads, quiet) -> None:
-    """Train a CIFAR-style ResNet (stochastic depth by default); checkpoint every epoch."""
+          out, resume, threads, quiet, gates, init, gate_mode, alpha, beta, gate_threshold) -> None:
+    """Train a CIFAR-style ResNet (stochastic depth by default), or a SkipNet with --gates; checkpoint every epoch."""
+    import dataclasses
+
     from edgeskip.models import ResNetConfig
     from edgeskip.train import DataSpec, TrainConfig, train as run_train
 
@@ -110,6 +122,25 @@ def train(dataset, data_dir, download, val_fraction, image_size, seed, depth, wi
                             weight_decay=weight_decay, schedule=schedule, warmup_epochs=warmup,
                             label_smoothing=label_smoothing, augment=augment, seed=seed)
     data = DataSpec(dataset, data_dir, val_fraction, seed=seed, image_size=_size(image_size), download=download)
+    if gates is None and init is not None:
+        raise EdgeskipError("--init needs --gates (plain training starts from scratch)")
+    if gates is not None:
+        from edgeskip.models.gates import GateConfig
+        from edgeskip.train.gates import GateTraining, train_gates
+
+        gate_data = None
+        if init is not None:  # the backbone's splits; --data-dir may point at its data elsewhere
+            from edgeskip.train import load_checkpoint
+
+            spec = load_checkpoint(init).data
+            gate_data = dataclasses.replace(spec, data_dir=data_dir) if data_dir else spec
+        ck = train_gates(out, gate_data or data, GateConfig(gates, gate_threshold), train_cfg,
+                         GateTraining(gate_mode, alpha, beta), init=init, model_cfg=model_cfg, resume=resume,
+                         progress=not quiet)
+        last = ck.history[-1] if ck.history else {}
+        click.echo(f"wrote {out}  epoch {ck.epoch}/{ck.train_cfg.epochs}  val_acc {last.get('val_acc', float('nan')):.4f}  "
+                   f"skipped {last.get('val_skipped', float('nan')):.2f}/{ck.model_cfg.num_gates} blocks")
+        return
     ck = run_train(out, data, model_cfg, train_cfg, resume=resume, progress=not quiet)
     last = ck.history[-1] if ck.history else {}
     click.echo(f"wrote {out}  epoch {ck.epoch}/{ck.train_cfg.epochs}  val_acc {last.get('val_acc', float('nan')):.4f}")

@@ -106,6 +106,20 @@ def _verify_iree(bundle: Path, targets: Sequence[Target], images: np.ndarray, co
     return out
 
 
+def finish_bundle(tmp: Path, out: Path, manifest: dict[str, Any]) -> None:
+    """Hash every artifact of the bundle built in ``tmp``, write its manifest, rename it to ``out``."""
+    manifest["artifacts"] = {str(p.relative_to(tmp)): sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+    write_json(tmp / "manifest.json", manifest)
+    os.chmod(tmp, 0o755)
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+        os.replace(out, old / out.name)
+        os.replace(tmp, out)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, out)
+
+
 def build_bundle(ck: Checkpoint, splits: Splits, out: str | os.PathLike, targets: Sequence[Target],
                  repeats: int = 30, force: bool = False, log: Log = print) -> Path:
     """Sensitivity, measured-latency Pareto front, export, compile, verify; write the bundle atomically."""
@@ -194,16 +208,7 @@ def build_bundle(ck: Checkpoint, splits: Splits, out: str | os.PathLike, targets
             "verification": {"tolerance": TOLERANCE, "onnx": onnx_check, "iree": iree_check},
             "build_seconds": round(time.time() - t0, 1),
         }
-        manifest["artifacts"] = {str(p.relative_to(tmp)): sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
-        write_json(tmp / "manifest.json", manifest)
-        os.chmod(tmp, 0o755)
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
-            os.replace(out, old / out.name)
-            os.replace(tmp, out)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out)
+        finish_bundle(tmp, out, manifest)
     finally:
         shutil.rmtree(work, ignore_errors=True)
         if tmp.exists():

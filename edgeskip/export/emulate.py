@@ -81,6 +81,13 @@ def run_aarch64(vmfb: str | os.PathLike, inputs: Sequence[np.ndarray], function:
 
     ``parameters``: the .irpa archive of a module compiled with externalised weights (scope ``model``).
     """
+    return run_aarch64_outputs(vmfb, inputs, 1, function, driver, parameters, timeout)[0]
+
+
+def run_aarch64_outputs(vmfb: str | os.PathLike, inputs: Sequence[np.ndarray], outputs: int,
+                        function: str = "main_graph", driver: str = "local-sync",
+                        parameters: str | os.PathLike | None = None, timeout: float = 300) -> list[np.ndarray]:
+    """As :func:`run_aarch64` for a function with ``outputs`` results; returns them in order."""
     why = missing()
     if why:
         raise EdgeskipError(f"cannot run aarch64 modules: {why}")
@@ -90,15 +97,15 @@ def run_aarch64(vmfb: str | os.PathLike, inputs: Sequence[np.ndarray], function:
             p = Path(tmp) / f"in{k}.npy"
             np.save(p, np.ascontiguousarray(a))
             args.append(f"--input=@{p}")
-        out = Path(tmp) / "out.npy"
+        outs = [Path(tmp) / f"out{k}.npy" for k in range(outputs)]
         cmd = [QEMU, "-L", str(SYSROOT), str(run_module_binary()), f"--device={driver}", f"--module={vmfb}",
-               f"--function={function}", *args, f"--output=@{out}"]
+               f"--function={function}", *args, *[f"--output=@{o}" for o in outs]]
         if parameters is not None:
             cmd.insert(4, f"--parameters=model={parameters}")
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-        if proc.returncode != 0 or not out.exists():
+        if proc.returncode != 0 or not all(o.exists() for o in outs):
             raise EdgeskipError(f"aarch64 run failed: {(proc.stderr or proc.stdout).strip()[-300:]}")
-        return np.load(out)
+        return [np.load(o) for o in outs]
 
 
 if __name__ == "__main__":

@@ -26,19 +26,26 @@ OPSET = 20
 TOLERANCE = 1e-4
 
 
-def _export(module: torch.nn.Module, args: tuple, names: list[str], dest: str | os.PathLike) -> Path:
-    """Export ``module`` quietly to a single self-contained .onnx file, atomically."""
+def export_graph(module: torch.nn.Module, args: tuple, names: list[str], dest: str | os.PathLike,
+                 outputs: list[str] | None = None, dynamic_batch: bool = True) -> Path:
+    """Export ``module`` quietly to a single self-contained .onnx file, atomically.
+
+    ``names`` are the input names; ``image`` gets a dynamic batch dimension unless ``dynamic_batch`` is off.
+    """
     import onnx
 
     dest = Path(dest)
-    batch = torch.export.Dim("N", min=1, max=4096)
-    shapes = {"image": {0: batch}, **({"skip": None} if "skip" in names else {})}
+    shapes = None
+    if dynamic_batch:
+        batch = torch.export.Dim("N", min=1, max=4096)
+        shapes = {n: ({0: batch} if n == "image" else None) for n in names}
     with atomic_path(dest, suffix=".onnx") as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         logging.getLogger("torch.onnx").setLevel(logging.ERROR)
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            program = torch.onnx.export(module, args, dynamo=True, input_names=names, output_names=["logits"],
-                                        dynamic_shapes=shapes, opset_version=OPSET, optimize=True)
+            program = torch.onnx.export(module, args, dynamo=True, input_names=names,
+                                        output_names=outputs or ["logits"], dynamic_shapes=shapes,
+                                        opset_version=OPSET, optimize=True)
         model = program.model_proto
         onnx.checker.check_model(model)
         onnx.save_model(model, str(tmp), save_as_external_data=False)
@@ -51,7 +58,7 @@ def export_gated(model: CifarResNet, dest: str | os.PathLike) -> Path:
     cfg = model.cfg
     image = torch.zeros(2, cfg.in_channels, *cfg.input_size)
     skip = torch.ones(cfg.num_gates, dtype=torch.bool)
-    return _export(GatedGraph(model), (image, skip), ["image", "skip"], dest)
+    return export_graph(GatedGraph(model), (image, skip), ["image", "skip"], dest)
 
 
 def export_static(model: CifarResNet, skip: Sequence[object], dest: str | os.PathLike) -> Path:
@@ -59,7 +66,7 @@ def export_static(model: CifarResNet, skip: Sequence[object], dest: str | os.Pat
     model.eval()
     cfg = model.cfg
     image = torch.zeros(2, cfg.in_channels, *cfg.input_size)
-    return _export(StaticGraph(model, skip), (image,), ["image"], dest)
+    return export_graph(StaticGraph(model, skip), (image,), ["image"], dest)
 
 
 def ort_session(path: str | os.PathLike, threads: int = 0):

@@ -14,6 +14,8 @@ from edgeskip import __version__
 from edgeskip.data.dataset import Normalization
 from edgeskip.errors import EdgeskipError
 from edgeskip.models import CifarResNet, ResNetConfig, build_model
+from edgeskip.models.gates import GateConfig
+from edgeskip.models.skipnet import SkipNetResNet
 from edgeskip.train.config import DataSpec, TrainConfig
 from edgeskip.utils.atomic import atomic_path
 
@@ -37,14 +39,16 @@ class Checkpoint:
     optimizer: dict[str, Any] | None = None
     scheduler: dict[str, Any] | None = None
     rng: torch.Tensor | None = None
+    gate_cfg: GateConfig | None = None  # SkipNet gates (None: the weightless-gate model)
+    gate_training: dict[str, Any] | None = None  # how the gates were trained (mode, alpha, backbone, ...)
 
     @property
     def complete(self) -> bool:
         return self.epoch >= self.train_cfg.epochs
 
     def model(self) -> CifarResNet:
-        """Rebuild the network in eval mode."""
-        m = build_model(self.model_cfg)
+        """Rebuild the network in eval mode (a :class:`SkipNetResNet` if the checkpoint has gates)."""
+        m = build_network(self.model_cfg, self.gate_cfg)
         m.load_state_dict(self.state_dict)
         return m.eval()
 
@@ -55,6 +59,9 @@ class Checkpoint:
             "class_names": list(self.class_names), "dataset_id": self.dataset_id, "data": self.data.to_dict(),
             "train": self.train_cfg.to_dict(), "epoch": self.epoch, "history": self.history,
         }
+        if self.gate_cfg is not None:
+            obj["gates"] = self.gate_cfg.to_dict()
+            obj["gate_training"] = self.gate_training or {}
         if not slim:
             obj.update(optimizer=self.optimizer, scheduler=self.scheduler, rng=self.rng)
         return obj
@@ -63,6 +70,11 @@ class Checkpoint:
         """Atomic write; ``slim`` drops optimizer/scheduler/RNG state (inference-only copy)."""
         with atomic_path(path, suffix=".pt") as tmp:
             torch.save(self.to_obj(slim), tmp)
+
+
+def build_network(cfg: ResNetConfig, gate_cfg: GateConfig | None = None) -> CifarResNet:
+    """The backbone alone, or with SkipNet gates."""
+    return build_model(cfg) if gate_cfg is None else SkipNetResNet(cfg, gate_cfg)
 
 
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
@@ -87,8 +99,10 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
             train_cfg=TrainConfig.from_dict(obj["train"]), epoch=int(obj["epoch"]),
             history=list(obj.get("history", [])), optimizer=obj.get("optimizer"),
             scheduler=obj.get("scheduler"), rng=obj.get("rng"),
+            gate_cfg=GateConfig.from_dict(obj["gates"]) if obj.get("gates") else None,
+            gate_training=obj.get("gate_training"),
         )
-        build_model(ck.model_cfg).load_state_dict(ck.state_dict)
+        build_network(ck.model_cfg, ck.gate_cfg).load_state_dict(ck.state_dict)
     except (KeyError, TypeError, RuntimeError) as e:
         raise EdgeskipError(f"{path} is a damaged edgeskip checkpoint ({str(e).splitlines()[0][:120]})") from None
     return ck

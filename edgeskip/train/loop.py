@@ -52,7 +52,19 @@ def lr_lambda(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
     return f
 
 
-def _augment_default(cfg: TrainConfig, shape: tuple[int, int, int]) -> bool:
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, steps_per_epoch: int):
+    """SGD (no weight decay on BN/bias parameters) and its per-step learning-rate schedule."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (no_decay if p.ndim <= 1 else decay).append(p)
+    opt = torch.optim.SGD(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+    )
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, steps_per_epoch))
+
+
+def augment_default(cfg: TrainConfig, shape: tuple[int, int, int]) -> bool:
     if cfg.augment is not None:
         return cfg.augment
     c, h, w = shape
@@ -93,15 +105,8 @@ def train(
 
     torch.manual_seed(train_cfg.seed)
     model = build_model(model_cfg)
-    decay, no_decay = [], []
-    for p in model.parameters():
-        (no_decay if p.ndim <= 1 else decay).append(p)
-    opt = torch.optim.SGD(
-        [{"params": decay, "weight_decay": train_cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=train_cfg.lr, momentum=train_cfg.momentum, nesterov=train_cfg.nesterov,
-    )
     steps = num_batches(len(splits.train), train_cfg.batch_size, drop_last=True)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(train_cfg, steps))
+    opt, sched = make_optimizer(model, train_cfg, steps)
     ck = Checkpoint(model_cfg, model.state_dict(), splits.norm, splits.class_names, splits.dataset_id,
                     data, train_cfg)
     if resume:
@@ -111,7 +116,7 @@ def train(
         sched.load_state_dict(ck.scheduler)
         torch.set_rng_state(ck.rng)
         splits.norm = ck.norm
-    augment = _augment_default(train_cfg, splits.shape)
+    augment = augment_default(train_cfg, splits.shape)
     model.to(memory_format=torch.channels_last)  # ~10% faster convolutions on CPU
 
     for epoch in range(ck.epoch, train_cfg.epochs):

@@ -1,0 +1,73 @@
+"""SkipNet export: each gate's decision drives an ONNX ``If`` around its block (batch size 1).
+
+Graph: input ``image`` float32 [1, C, H, W]; outputs ``logits`` [1, classes] and ``executed`` bool
+[B_s] (the gates' decisions). Every gate runs; a block whose gate says skip costs nothing. Parameter
+names are the checkpoint's (``blocks.4.conv1.weight``, ``gates.0.conv1.0.weight``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgeskip.errors import EdgeskipError
+from edgeskip.export.onnx_export import TOLERANCE, export_graph, max_abs_diff, ort_session
+from edgeskip.models.skipnet import SkipNetResNet
+
+
+class SkipNetGraph(nn.Module):
+    """``forward(image) -> (logits, executed)`` with one ``torch.cond`` per gate."""
+
+    def __init__(self, model: SkipNetResNet) -> None:
+        super().__init__()
+        self.stem, self.blocks, self.gates, self.pool, self.fc = model.stem, model.blocks, model.gates, model.pool, model.fc
+        if hasattr(model, "gate_core"):
+            self.gate_core = model.gate_core
+        self.gate_of = dict(model.gate_of)
+        self.order = model.block_ids
+        self.threshold = float(model.gate_cfg.threshold)
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.stem(image)
+        state = None
+        decisions = []
+        for b in self.order:
+            block = self.blocks[str(b)]
+            if b not in self.gate_of:
+                h = block(h)
+                continue
+            logit, state = self.gates[self.gate_of[b]](h, state)
+            run = (torch.sigmoid(logit) >= self.threshold).reshape(())
+            decisions.append(run)
+            h = torch.cond(run, lambda t, block=block: block(t), lambda t: t.clone(), (h,))
+        return self.fc(torch.flatten(self.pool(h), 1)), torch.stack(decisions)
+
+
+def export_skipnet(model: SkipNetResNet, dest: str | os.PathLike) -> Path:
+    """Export the batch-1 SkipNet graph to one self-contained .onnx file, atomically."""
+    model.eval()
+    cfg = model.cfg
+    image = torch.zeros(1, cfg.in_channels, *cfg.input_size)
+    return export_graph(SkipNetGraph(model), (image,), ["image"], dest, ["logits", "executed"], dynamic_batch=False)
+
+
+def verify_skipnet_onnx(model: SkipNetResNet, images: torch.Tensor, onnx_path: str | os.PathLike,
+                        tol: float = TOLERANCE) -> dict[str, float]:
+    """onnxruntime vs PyTorch per image: logits within ``tol`` and identical gate decisions."""
+    model.eval()
+    sess = ort_session(onnx_path)
+    worst, flips = 0.0, 0
+    with torch.no_grad():
+        for x in images:
+            ref = model.run(x[None], "hard")
+            logits, executed = sess.run(None, {"image": x[None].numpy().astype(np.float32)})
+            worst = max(worst, max_abs_diff(logits, ref.logits.numpy()))
+            flips += int((np.asarray(executed, bool) != ref.execute[0].numpy()).sum())
+    if worst > tol or flips:
+        raise EdgeskipError(f"exported SkipNet does not match PyTorch: max diff {worst:.2e} (tol {tol:g}), "
+                            f"{flips} gate decisions differ")
+    return {"skipnet_vs_torch": worst, "decisions_differing": flips}

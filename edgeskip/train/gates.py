@@ -1,0 +1,217 @@
+"""Training SkipNet gates: supervised pre-training (straight-through) and hybrid RL refinement.
+
+- ``sp`` (SkipNet Eq. 7): hard decisions forward, soft probabilities backward, cross-entropy only.
+- ``hrl``: decisions sampled from the gates' Bernoulli policy; the network is trained on the
+  cross-entropy of the executed path, the gates by REINFORCE with per-input reward
+  ``-beta * loss + alpha / B_s * skipped`` (mean reward of the batch as baseline).
+
+Either starts from scratch, from a trained backbone (gates added, whole net fine-tuned) or from a
+SkipNet checkpoint (e.g. HRL after SP). Checkpoints are written atomically after every epoch, and
+``resume`` continues a run exactly as in :func:`edgeskip.train.loop.train`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from edgeskip.data.batches import iterate, num_batches
+from edgeskip.data.dataset import ArrayDataset, Normalization, Splits
+from edgeskip.errors import EdgeskipError
+from edgeskip.models import ResNetConfig
+from edgeskip.models.gates import GateConfig
+from edgeskip.models.skipnet import SkipNetResNet, skipnet_macs
+from edgeskip.train.checkpoint import Checkpoint, load_checkpoint
+from edgeskip.train.config import DataSpec, TrainConfig
+from edgeskip.train.loop import augment_default, make_optimizer
+
+GATE_MODES = ("sp", "hrl")
+
+
+@dataclass(frozen=True)
+class GateTraining:
+    """How the gates are trained; stored in the checkpoint."""
+
+    mode: str = "sp"
+    alpha: float = 0.1
+    beta: float = 1.0
+    init: str | None = None  # checkpoint the run started from (None: from scratch)
+
+    def __post_init__(self) -> None:
+        if self.mode not in GATE_MODES:
+            raise EdgeskipError(f"gate training mode must be one of {', '.join(GATE_MODES)}, got {self.mode!r}")
+        if self.alpha < 0 or self.beta < 0:
+            raise EdgeskipError("alpha and beta must be >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class GateStats:
+    """Accuracy, mean skipped blocks and mean MACs (gates included) of a SkipNet on a data set."""
+
+    accuracy: float
+    mean_skipped: float
+    mean_macs: float
+    skip_rate_per_gate: list[float]
+
+
+@torch.no_grad()
+def evaluate_gated(model: SkipNetResNet, ds: ArrayDataset, norm: Normalization, batch_size: int = 500) -> GateStats:
+    """Hard per-input decisions on ``ds`` (eval mode)."""
+    was = model.training
+    model.eval()
+    correct, execs = 0, []
+    for xb, yb in iterate(ds, norm, batch_size):
+        out = model.run(xb, "hard")
+        correct += int((out.logits.argmax(1) == yb).sum())
+        execs.append(out.execute)
+    model.train(was)
+    ex = torch.cat(execs).float()
+    cfg, gcfg = model.cfg, model.gate_cfg
+    per_row = [skipnet_macs(cfg, gcfg, row) for row in ex.bool()]
+    return GateStats(correct / len(ds), float((1 - ex).sum(1).mean()), float(sum(per_row) / len(per_row)),
+                     [float(v) for v in (1 - ex).mean(0)])
+
+
+def _loss(model: SkipNetResNet, xb: torch.Tensor, yb: torch.Tensor, gt: GateTraining, label_smoothing: float):
+    if gt.mode == "sp":
+        out = model.run(xb, "st")
+        return F.cross_entropy(out.logits, yb, label_smoothing=label_smoothing), out
+    out = model.run(xb, "sample")
+    ce = F.cross_entropy(out.logits, yb, reduction="none", label_smoothing=label_smoothing)
+    g = max(1, out.execute.shape[1])
+    reward = -gt.beta * ce.detach() + gt.alpha / g * (~out.execute).sum(1).float()
+    policy = -(out.log_prob * (reward - reward.mean())).mean()  # type: ignore[operator]
+    return ce.mean() + policy, out
+
+
+def _start(init: Checkpoint | None, model_cfg: ResNetConfig | None, gate_cfg: GateConfig, splits: Splits):
+    """Model config and initial weights (backbone or SkipNet checkpoint, or fresh)."""
+    if init is None:
+        c, h, w = splits.shape
+        base = model_cfg or ResNetConfig()
+        cfg = ResNetConfig(**{**base.to_dict(), "num_classes": len(splits.class_names), "in_channels": c,
+                              "input_size": (h, w)})
+        return cfg, None
+    if splits.shape != (init.model_cfg.in_channels, *init.model_cfg.input_size):
+        raise EdgeskipError(f"data shape {splits.shape} does not match the initial checkpoint's model input")
+    if init.gate_cfg is not None and init.gate_cfg.kind != gate_cfg.kind:
+        raise EdgeskipError(f"initial checkpoint has {init.gate_cfg.kind} gates, not {gate_cfg.kind}")
+    return init.model_cfg, init.state_dict
+
+
+def train_gates(
+    out: str | os.PathLike,
+    data: DataSpec | None,
+    gate_cfg: GateConfig,
+    train_cfg: TrainConfig,
+    gate_training: GateTraining,
+    init: str | os.PathLike | None = None,
+    model_cfg: ResNetConfig | None = None,
+    resume: bool = False,
+    splits: Splits | None = None,
+    progress: bool = True,
+) -> Checkpoint:
+    """Train a SkipNet (gates + backbone) and write its checkpoint to ``out`` after every epoch.
+
+    With ``init``, ``data=None`` reuses the initial checkpoint's data spec, so validation and test
+    splits are the backbone's.
+    """
+    out = Path(out)
+    resumed = None
+    if resume:
+        if not out.is_file():
+            raise EdgeskipError(f"--resume: no checkpoint at {out}")
+        resumed = load_checkpoint(out)
+        if resumed.gate_cfg is None:
+            raise EdgeskipError(f"{out} has no gates; resume it with plain `edgeskip train --resume`")
+        if resumed.complete:
+            return resumed
+        data, gate_cfg, train_cfg = resumed.data, resumed.gate_cfg, resumed.train_cfg
+        gate_training = GateTraining(**{k: v for k, v in (resumed.gate_training or {}).items()
+                                        if k in GateTraining.__dataclass_fields__})
+    elif out.exists():
+        raise EdgeskipError(f"{out} exists; pass --resume to continue it or choose another --out")
+    init_ck = load_checkpoint(init) if (init is not None and resumed is None) else None
+    if init_ck is not None:
+        data = init_ck.data if data is None else data
+    if data is None:
+        raise EdgeskipError("no data set given and no initial checkpoint to take it from")
+    if init_ck is not None:
+        gate_training = replace(gate_training, init=str(init))
+    splits = splits or data.load()
+    if resumed is not None:
+        cfg, state, norm = resumed.model_cfg, resumed.state_dict, resumed.norm
+    else:
+        cfg, state = _start(init_ck, model_cfg, gate_cfg, splits)
+        norm = init_ck.norm if init_ck is not None else splits.norm
+    splits.norm = norm
+
+    torch.manual_seed(train_cfg.seed)
+    model = SkipNetResNet(cfg, gate_cfg)
+    if state is not None:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        bad = [k for k in missing if not k.startswith(("gates.", "gate_core."))] + list(unexpected)
+        if bad:
+            raise EdgeskipError(f"initial weights do not fit the model: {', '.join(bad[:3])}")
+    steps = num_batches(len(splits.train), train_cfg.batch_size, drop_last=True)
+    opt, sched = make_optimizer(model, train_cfg, steps)
+    ck = Checkpoint(cfg, model.state_dict(), norm, splits.class_names, splits.dataset_id, data, train_cfg,
+                    gate_cfg=gate_cfg, gate_training=gate_training.to_dict())
+    if resumed is not None:
+        ck = resumed
+        opt.load_state_dict(ck.optimizer)
+        sched.load_state_dict(ck.scheduler)
+        torch.set_rng_state(ck.rng)
+    augment = augment_default(train_cfg, splits.shape)
+    model.to(memory_format=torch.channels_last)
+
+    for epoch in range(ck.epoch, train_cfg.epochs):
+        model.train()
+        t0 = time.time()
+        seen = correct = 0
+        loss_sum = skipped = 0.0
+        batches = iterate(splits.train, norm, train_cfg.batch_size, shuffle=True, augment=augment,
+                          seed=train_cfg.seed * 100_003 + epoch, drop_last=True)
+        bar = tqdm(batches, total=steps, desc=f"{gate_training.mode} epoch {epoch + 1}/{train_cfg.epochs}",
+                   leave=False, disable=not progress, file=sys.stderr, dynamic_ncols=True)
+        for xb, yb in bar:
+            loss, res = _loss(model, xb.contiguous(memory_format=torch.channels_last), yb, gate_training,
+                              train_cfg.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            n = len(yb)
+            seen += n
+            loss_sum += loss.item() * n
+            correct += int((res.logits.argmax(1) == yb).sum())
+            skipped += float((~res.execute).sum())
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", skip=f"{skipped / seen:.2f}")
+        if not math.isfinite(loss_sum):
+            raise EdgeskipError(f"training diverged at epoch {epoch + 1} (loss is not finite); lower --lr")
+        stats = evaluate_gated(model, splits.val, norm)
+        rec = {"epoch": epoch + 1, "loss": loss_sum / seen, "train_acc": correct / seen,
+               "train_skipped": skipped / seen, "val_acc": stats.accuracy, "val_skipped": stats.mean_skipped,
+               "val_macs": stats.mean_macs, "lr": opt.param_groups[0]["lr"], "seconds": time.time() - t0}
+        state = {k: v.contiguous() for k, v in model.state_dict().items()}
+        ck = Checkpoint(cfg, state, norm, splits.class_names, splits.dataset_id, data, train_cfg, epoch + 1,
+                        ck.history + [rec], opt.state_dict(), sched.state_dict(), torch.get_rng_state(),
+                        gate_cfg=gate_cfg, gate_training=gate_training.to_dict())
+        ck.save(out)
+        if progress:
+            print(f"{gate_training.mode} epoch {epoch + 1}/{train_cfg.epochs}  loss {rec['loss']:.4f}  "
+                  f"train {rec['train_acc']:.4f}  val {stats.accuracy:.4f}  skipped {stats.mean_skipped:.2f}/"
+                  f"{cfg.num_gates}  {rec['seconds']:.1f}s", file=sys.stderr)
+    return ck
