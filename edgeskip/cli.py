@@ -67,6 +67,15 @@ def _threads(n: int | None) -> None:
         torch.set_num_threads(n)
 
 
+def skipnet_summary(m: dict) -> str:
+    """One SkipNet bundle's figures: accuracy, skipped blocks, MACs with gates, latency spread."""
+    c = m["configs"][0]
+    return (f"SkipNet: val accuracy {c['val_accuracy']:.4f}, test accuracy {c['test_accuracy']:.4f}, "
+            f"mean skipped {c['test_mean_skipped']:.2f}/{m['num_gates']} blocks, mean MACs {c['macs']:.0f} (gates "
+            f"included), host latency mean {c['latency_s'] * 1e3:.3f} ms [{c['latency_s_min'] * 1e3:.3f}, "
+            f"{c['latency_s_max'] * 1e3:.3f}]")
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="edgeskip")
 def cli() -> None:
@@ -213,6 +222,14 @@ def evaluate(checkpoint, skip, split, data_dir) -> None:
     from edgeskip.train import evaluate as run_eval
 
     model, ck, splits = _load_for_eval(checkpoint, data_dir)
+    if ck.gate_cfg is not None and skip is None:
+        from edgeskip.train.gates import evaluate_gated
+
+        st = evaluate_gated(model, getattr(splits, split), splits.norm)
+        click.echo(f"{split} accuracy {st.accuracy:.4f}  mean MACs {st.mean_macs:.0f} (gates included)  "
+                   f"mean skipped {st.mean_skipped:.2f}/{model.cfg.num_gates}  skip rate per gate "
+                   + " ".join(f"{v:.2f}" for v in st.skip_rate_per_gate))
+        return
     s = normalize_skip(skip, model.cfg.num_gates) if skip is not None else None
     acc = run_eval(model, getattr(splits, split), splits.norm, s)
     click.echo(f"{split} accuracy {acc:.4f}  MACs {macs(model.cfg, s)}  skipped {0 if s is None else s.count(False)}"
@@ -257,6 +274,13 @@ def compile_cmd(checkpoint, dataset, data_dir, download, val_fraction, image_siz
                   resume=Path(checkpoint).exists(), progress=not quiet)
         data_dir = None
     _, ck, splits = _load_for_eval(checkpoint, data_dir)
+    if ck.gate_cfg is not None:  # a SkipNet: no ranking or front, the gates decide per input
+        from edgeskip.export.skipnet_bundle import build_skipnet_bundle
+
+        bundle = build_skipnet_bundle(ck, splits, out_dir, target_list, force=force, log=log)
+        click.echo(skipnet_summary(json.loads((bundle / "manifest.json").read_text())))
+        click.echo(f"wrote SkipNet bundle {bundle}")
+        return
     bundle = build_bundle(ck, splits, out_dir, target_list, repeats=repeats, force=force, log=log)
     if checkpoint.endswith(f".{out_dir.name}.model.pt"):
         Path(checkpoint).unlink(missing_ok=True)  # the bundle carries its own copy (model.pt)
@@ -277,14 +301,16 @@ def inspect(bundle) -> None:
 
     m = load_manifest(bundle)
     cfg = m["model"]
+    skipnet = m.get("kind") == "skipnet"
+    what = f"SkipNet ({m['gates']['kind']} gates)" if skipnet else f"{len(m['configs'])} Pareto configs"
     click.echo(f"bundle {bundle}: ResNet-{cfg['depth']} on {m['dataset_id']}, input {m['input']['shape']}, "
-               f"B_s = {m['num_gates']}, {len(m['configs'])} Pareto configs")
+               f"B_s = {m['num_gates']}, {what}")
     click.echo("tools: " + ", ".join(f"{k} {v}" for k, v in m["tools"].items()))
     for name, t in m["targets"].items():
         v = m["verification"]["iree"].get(name, {})
         click.echo(f"target {name}: {t['triple']}  verification: {json.dumps(v)}")
     click.echo(f"fastest host backend: {m['backend']['host_fastest']}")
-    click.echo(format_table(json.loads((Path(bundle) / "pareto.json").read_text())))
+    click.echo(skipnet_summary(m) if skipnet else format_table(json.loads((Path(bundle) / "pareto.json").read_text())))
     click.echo(f"all {len(m['artifacts'])} artifact hashes match")
 
 
@@ -329,6 +355,8 @@ def serve(bundle, min_acc, delta_req, fixed, backend, host, port, max_body, targ
 @click.option("--configs", default=None, help="Fixed configs to compare, e.g. 0,2 [default: all].")
 @click.option("--url", default=None, help="A running daemon (loopback only); default: drive the executor in-process.")
 @click.option("--backend", type=click.Choice(["auto", "iree", "onnxruntime"]), default="auto", show_default=True)
+@click.option("--compare", type=click.Path(file_okay=False), default=None,
+              help="A SkipNet bundle of the same data set, replayed on the same arrivals (run 'skipnet').")
 @click.option("--loadgen", is_flag=True, help="Drive the daemon at --url with MLPerf LoadGen's server scenario "
               "(Poisson arrivals at --rate; drops completed at once and counted separately).")
 @click.option("--out", type=click.Path(file_okay=False), default="runs/bench", show_default=True)
@@ -337,7 +365,7 @@ def serve(bundle, min_acc, delta_req, fixed, backend, host, port, max_body, targ
 @click.option("--driver", default="local-sync", show_default=True, help="IREE HAL driver (local-sync, local-task).")
 @click.option("--threads", "ort_threads", type=int, default=1, show_default=True, help="onnxruntime intra-op threads.")
 def bench_cmd(bundle, pattern, count, period, load, rate, trace, seed, min_acc, delta_req, configs, url, backend,
-              loadgen, out, target, driver, ort_threads) -> None:
+              compare, loadgen, out, target, driver, ort_threads) -> None:
     """Replay a workload against adaptive depth and fixed configs (the paper's Table I)."""
     import shlex
 
@@ -363,7 +391,7 @@ def bench_cmd(bundle, pattern, count, period, load, rate, trace, seed, min_acc, 
     fixed = [int(c) for c in configs.split(",")] if configs else None
     doc = run_benchmark(bundle, out, pattern, count, period, load, rate, trace, seed, min_acc, delta_req, fixed, url,
                         backend, command="edgeskip " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-                        target=target, driver=driver, threads=ort_threads)
+                        compare=compare, target=target, driver=driver, threads=ort_threads)
     click.echo(f"{doc['pattern']} workload, {doc['count']} requests, base period {doc['base_period_s'] * 1e3:.3f} ms, "
                f"no-skip latency {doc['no_skip_latency_s'] * 1e3:.3f} ms, backend {doc['backend']}, target {doc['target']}")
     click.echo(format_table(doc["table"]))

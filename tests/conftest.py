@@ -46,3 +46,29 @@ def bundle(tmp_path_factory, tiny_checkpoint):
     assert res.returncode == 0, res.stderr
     assert "wrote bundle" in res.stdout
     return out
+
+
+@pytest.fixture(scope="session")
+def skipnet_checkpoint(tmp_path_factory, tiny_checkpoint):
+    """A SkipNet (FFGate-I) on the tiny backbone: SP, then HRL with a skip reward so decisions vary by input."""
+    from edgeskip.models.gates import GateConfig
+    from edgeskip.train.gates import GateTraining, train_gates
+
+    d = tmp_path_factory.mktemp("skipnet")
+    train_gates(d / "sp.pt", None, GateConfig("ffgate1"), TrainConfig(epochs=1, batch_size=64, lr=0.01),
+                GateTraining("sp"), init=tiny_checkpoint, progress=False)
+    train_gates(d / "hrl.pt", None, GateConfig("ffgate1"), TrainConfig(epochs=8, batch_size=64, lr=0.01),
+                GateTraining("hrl", alpha=1.0), init=d / "sp.pt", progress=False)
+    return d / "hrl.pt"
+
+
+@pytest.fixture(scope="session")
+def skipnet_bundle(tmp_path_factory, skipnet_checkpoint):
+    """The SkipNet bundle for host, aarch64 and odroid-xu4, built with the real CLI."""
+    out = tmp_path_factory.mktemp("sb") / "skipnet"
+    res = subprocess.run([sys.executable, "-m", "edgeskip.cli", "compile", "--checkpoint", str(skipnet_checkpoint),
+                          "--target", "host,aarch64,odroid-xu4", "--out", str(out), "--quiet"],
+                         capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr
+    assert "wrote SkipNet bundle" in res.stdout
+    return out

@@ -32,6 +32,7 @@ class Record:
     config: int | None
     latency_s: float | None
     correct: bool | None
+    skipped: float | None = None  # blocks skipped for this request (per input for SkipNet)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -42,7 +43,7 @@ def to_columns(records: Sequence[Record]) -> dict[str, list]:
     r6 = lambda v: None if v is None else round(v, 6)  # noqa: E731
     return {"sent": [r6(r.sent) for r in records], "outcome": [r.outcome for r in records],
             "config": [r.config for r in records], "latency_s": [r6(r.latency_s) for r in records],
-            "correct": [r.correct for r in records]}
+            "correct": [r.correct for r in records], "skipped": [r.skipped for r in records]}
 
 
 def _sleep_until(t0: float, t: float) -> None:
@@ -64,7 +65,8 @@ def run_inprocess(executor: BundleExecutor, controller: AdaptiveController | Fix
             s = time.perf_counter()
             logits = executor.infer(images[i % len(images)][None], config=config)
             lat = time.perf_counter() - s
-            records[i] = Record(sent, "processed", config, lat, bool(logits[0].argmax() == labels[i % len(labels)]))
+            records[i] = Record(sent, "processed", config, lat, bool(logits[0].argmax() == labels[i % len(labels)]),
+                                executor.last_skipped)
         finally:
             busy.clear()
 
@@ -103,7 +105,8 @@ def run_http(url: str, arrivals: Sequence[float], images: np.ndarray, labels: np
             with urllib.request.urlopen(req, timeout=timeout) as r:
                 doc = json.loads(r.read())
             pred = doc["top"][0]["index"]
-            records[i] = Record(sent, "processed", doc["config"], doc["latency_s"], pred == int(labels[i % len(labels)]))
+            records[i] = Record(sent, "processed", doc["config"], doc["latency_s"], pred == int(labels[i % len(labels)]),
+                                doc.get("skipped_blocks"))
         except urllib.error.HTTPError as e:
             doc = json.loads(e.read() or b"{}")
             if e.code == 503 and doc.get("dropped"):

@@ -21,6 +21,8 @@ def summarize(records: Sequence[Record]) -> dict[str, Any]:
         "errors": sum(r.outcome == "error" for r in records),
         "accuracy": float(np.mean([r.correct for r in done])) if done else None,
         "latency_s": pct, "per_config": dict(sorted(Counter(r.config for r in done).items())),
+        "mean_skipped": float(np.mean([r.skipped for r in done])) if done and all(r.skipped is not None for r in done) else None,
+        "latency_max_over_min": float(lat.max() / lat.min()) if len(lat) else None,
     }
 
 

@@ -14,7 +14,7 @@ from edgeskip.bench.workload import load_trace, paper_arrivals, poisson_arrivals
 from edgeskip.errors import EdgeskipError
 from edgeskip.runtime.adaptation import AdaptiveController, FixedController
 from edgeskip.runtime.daemon import measure_no_skip_latency
-from edgeskip.runtime.executor import open_executor
+from edgeskip.runtime.executor import SkipNetExecutor, open_executor
 from edgeskip.train import load_checkpoint
 from edgeskip.utils.atomic import write_json
 
@@ -51,13 +51,25 @@ def run_benchmark(bundle: str | os.PathLike, out: str | os.PathLike, pattern: st
                   period: float | None = None, load: float = 1.25, rate: float | None = None, trace: str | None = None,
                   seed: int = 0, min_acc: float = 0.0, delta_req: float | None = None,
                   fixed: Sequence[int] | None = None, url: str | None = None, backend: str = "auto",
-                  command: str = "", **executor_options: Any) -> dict[str, Any]:
+                  command: str = "", compare: str | os.PathLike | None = None, **executor_options: Any) -> dict[str, Any]:
     """Replay one workload against adaptive depth and fixed configs; write bench.json and timeline.png.
 
     Default period: the no-skip latency divided by ``load`` (1.25: the original cannot keep up).
+    ``compare``: a SkipNet bundle of the same data set, replayed on the same arrivals as run "skipnet".
+    A SkipNet ``bundle`` on its own is replayed as run "skipnet" only (its gates decide per input).
     """
     bundle = Path(bundle)
     executor = open_executor(bundle, backend, **executor_options)
+    if isinstance(executor, SkipNetExecutor):
+        return _run_skipnet_only(executor, bundle, out, pattern, count, period, load, rate, trace, seed, command, url)
+    other = None
+    if compare is not None:
+        other = open_executor(compare, backend, **executor_options)
+        if not isinstance(other, SkipNetExecutor):
+            raise EdgeskipError(f"--compare expects a SkipNet bundle; {compare} is an edgeskip bundle")
+        if other.manifest["dataset_id"] != executor.manifest["dataset_id"]:
+            raise EdgeskipError(f"--compare bundle was built on {other.manifest['dataset_id']}, "
+                                f"not {executor.manifest['dataset_id']}")
     no_skip = measure_no_skip_latency(executor)
     period = period or no_skip / load
     delta = delta_req or no_skip
@@ -76,15 +88,42 @@ def run_benchmark(bundle: str | os.PathLike, out: str | os.PathLike, pattern: st
         runs["original" if k == 0 else f"config {k}"] = run_inprocess(executor, FixedController(k), arrivals, images, labels)
     if "original" not in runs:
         runs["original"] = run_inprocess(executor, FixedController(0), arrivals, images, labels)
+    if other is not None:
+        runs["skipnet"] = run_inprocess(other, FixedController(0), arrivals, images, labels)
     summaries = {name: summarize(recs) for name, recs in runs.items()}
     doc = {
         "command": command, "bundle": str(bundle), "backend": executor.backend, "pattern": pattern, "count": len(arrivals),
         "seed": seed, "base_period_s": period, "no_skip_latency_s": no_skip, "delta_req_s": delta, "min_acc": min_acc,
-        "target": url or "in-process", "configs": executor.configs, "summaries": summaries,
+        "target": url or "in-process", "configs": executor.configs,
+        "compare": None if other is None else {"bundle": str(compare), "configs": other.configs}, "summaries": summaries,
         "table": table_rows(summaries), "records": {name: to_columns(recs) for name, recs in runs.items()},
     }
     out = Path(out)
     write_json(out / "bench.json", doc)
     plot_timeline(runs["adaptive"], out / "timeline.png",
                   f"adaptive depth, {pattern} workload, period {period * 1e3:.3f} ms (no-skip latency {no_skip * 1e3:.3f} ms)")
+    return doc
+
+
+def _run_skipnet_only(executor: SkipNetExecutor, bundle: Path, out: str | os.PathLike, pattern: str, count: int,
+                      period: float | None, load: float, rate: float | None, trace: str | None, seed: int,
+                      command: str, url: str | None = None) -> dict[str, Any]:
+    """A SkipNet bundle alone: one fixed-policy run (the gates decide per input), in-process or at ``url``."""
+    latency = measure_no_skip_latency(executor)
+    period = period or latency / load
+    arrivals = arrivals_for(pattern, count, period, rate, trace, seed)
+    images, labels = test_images(bundle, min(len(arrivals), 2000))
+    runs = {"skipnet": run_http(url, arrivals, images, labels) if url
+            else run_inprocess(executor, FixedController(0), arrivals, images, labels)}
+    summaries = {name: summarize(recs) for name, recs in runs.items()}
+    doc = {
+        "command": command, "bundle": str(bundle), "backend": executor.backend, "pattern": pattern,
+        "count": len(arrivals), "seed": seed, "base_period_s": period, "no_skip_latency_s": latency,
+        "delta_req_s": None, "min_acc": None, "target": url or "in-process", "configs": executor.configs,
+        "summaries": summaries, "table": table_rows(summaries, reference="skipnet"),
+        "records": {name: to_columns(recs) for name, recs in runs.items()},
+    }
+    write_json(Path(out) / "bench.json", doc)
+    plot_timeline(runs["skipnet"], Path(out) / "timeline.png",
+                  f"SkipNet (fixed policy), {pattern} workload, period {period * 1e3:.3f} ms")
     return doc

@@ -20,7 +20,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from edgeskip.models.config import ResNetConfig
 from edgeskip.models.cost import breakdown

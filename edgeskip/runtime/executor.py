@@ -28,7 +28,14 @@ class BundleExecutor:
         self.configs = self.manifest["configs"]
         self.num_gates = self.manifest["num_gates"]
         self.input_shape = tuple(self.manifest["input"]["shape"][1:])
-        self._by_skip = {tuple(bool(v) for v in c["skip"]): i for i, c in enumerate(self.configs)}
+        self._by_skip = {tuple(bool(v) for v in c["skip"]): i for i, c in enumerate(self.configs) if c.get("skip")}
+        self.last_skipped: float | None = None  # blocks skipped by the latest call (per image for SkipNet)
+
+    def target_dir(self, target: str) -> Path:
+        """Folder of the bundle's IREE modules for ``target``."""
+        if target not in self.manifest["targets"]:
+            raise EdgeskipError(f"bundle has no modules for target {target!r} (has {', '.join(self.manifest['targets'])})")
+        return self.bundle / self.manifest["targets"][target]["dir"]
 
     def check_image(self, image: np.ndarray) -> np.ndarray:
         image = np.asarray(image)
@@ -41,12 +48,14 @@ class BundleExecutor:
         x = self.check_image(image)
         if skip is not None:
             s = normalize_skip(skip, self.num_gates)
+            self.last_skipped = s.count(False)
             if s in self._by_skip:
                 return self._static(self._by_skip[s], x)
             return self._gated(x, s)
         k = 0 if config is None else int(config)
         if not 0 <= k < len(self.configs):
             raise EdgeskipError(f"config {k} out of range 0..{len(self.configs) - 1}")
+        self.last_skipped = self.configs[k]["n_skipped"]
         return self._static(k, x)
 
     def _static(self, k: int, x: np.ndarray) -> np.ndarray:
@@ -66,9 +75,7 @@ class IreeBundleExecutor(BundleExecutor):
         super().__init__(bundle, manifest)
         from edgeskip.export.shared_weights import SharedIreeExecutor
 
-        if target not in self.manifest["targets"]:
-            raise EdgeskipError(f"bundle has no modules for target {target!r} (has {', '.join(self.manifest['targets'])})")
-        tdir = self.bundle / self.manifest["targets"][target]["dir"]
+        tdir = self.target_dir(target)
         modules = [tdir / "gated.vmfb", *[tdir / f"{c['module']}.vmfb" for c in self.configs]]
         self.iree = SharedIreeExecutor(self.bundle / self.manifest["iree"]["weights"], modules, driver=driver)
 
@@ -97,6 +104,60 @@ class OrtBundleExecutor(BundleExecutor):
 
     def _gated(self, x: np.ndarray, skip: tuple[bool, ...]) -> np.ndarray:
         return self.ort.run("gated", x, skip)
+
+
+class SkipNetExecutor(BundleExecutor):
+    """A SkipNet bundle: one model whose gates pick the blocks per input (batch-1 graph, looped over N).
+
+    ``infer`` returns logits; ``executed`` holds the decisions [N, B_s] of the latest call.
+    """
+
+    def __init__(self, bundle: str | os.PathLike, manifest: dict[str, Any] | None = None) -> None:
+        super().__init__(bundle, manifest)
+        self.executed = np.zeros((0, self.num_gates), bool)
+
+    def infer(self, image: np.ndarray, config: int | None = None, skip: Sequence[object] | str | None = None) -> np.ndarray:
+        if skip is not None:
+            raise EdgeskipError("a SkipNet bundle picks its blocks per input; it takes no skip array")
+        if config not in (None, 0):
+            raise EdgeskipError(f"a SkipNet bundle has one config (0), not {config}")
+        x = self.check_image(image)
+        outs = [self._one(x[i:i + 1]) for i in range(len(x))]
+        self.executed = np.stack([e for _, e in outs]) if outs else np.zeros((0, self.num_gates), bool)
+        self.last_skipped = int((~self.executed[-1]).sum()) if outs else None
+        return np.concatenate([l for l, _ in outs]) if outs else np.zeros((0, len(self.manifest["class_names"])), np.float32)
+
+    def _one(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+
+class IreeSkipNetExecutor(SkipNetExecutor):
+    backend = "iree"
+
+    def __init__(self, bundle: str | os.PathLike, target: str = "host", driver: str = "local-sync",
+                 manifest: dict[str, Any] | None = None) -> None:
+        super().__init__(bundle, manifest)
+        from edgeskip.export.skipnet_bundle import IreeSkipNet
+
+        tdir = self.target_dir(target)
+        self.module = IreeSkipNet(self.bundle / self.manifest["iree"]["weights"], tdir / "skipnet.vmfb", driver=driver)
+
+    def _one(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.module.run(x)
+
+
+class OrtSkipNetExecutor(SkipNetExecutor):
+    backend = "onnxruntime"
+
+    def __init__(self, bundle: str | os.PathLike, threads: int = 1, manifest: dict[str, Any] | None = None) -> None:
+        super().__init__(bundle, manifest)
+        from edgeskip.export.onnx_export import ort_session
+
+        self.session = ort_session(self.bundle / "onnx" / "skipnet.onnx", threads)
+
+    def _one(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        logits, executed = self.session.run(None, {"image": x})
+        return logits, np.asarray(executed, bool)
 
 
 def machine_target(manifest: dict[str, Any], machine: str | None = None) -> str:
@@ -129,8 +190,11 @@ def open_executor(bundle: str | os.PathLike, backend: str = "auto", target: str 
         target = machine_target(manifest)
     if backend == "auto":
         backend = manifest["backend"]["host_fastest"] if target == "host" else "iree"
+    skipnet = manifest.get("kind") == "skipnet"
     if backend == "iree":
-        return IreeBundleExecutor(bundle, target=target, driver=driver, manifest=manifest)
+        cls = IreeSkipNetExecutor if skipnet else IreeBundleExecutor
+        return cls(bundle, target=target, driver=driver, manifest=manifest)
     if backend == "onnxruntime":
-        return OrtBundleExecutor(bundle, threads=threads, manifest=manifest)
+        cls = OrtSkipNetExecutor if skipnet else OrtBundleExecutor
+        return cls(bundle, threads=threads, manifest=manifest)
     raise EdgeskipError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")

@@ -59,10 +59,10 @@ class InferenceService:
         self.executor = None  # type: ignore[assignment]
         gc.collect()
 
-    def _run(self, x: np.ndarray, config: int) -> tuple[np.ndarray, float]:
+    def _run(self, x: np.ndarray, config: int) -> tuple[np.ndarray, float, float | None]:
         t0 = time.perf_counter()
         logits = self.executor.infer(x, config=config)
-        return logits, time.perf_counter() - t0
+        return logits, time.perf_counter() - t0, self.executor.last_skipped
 
     async def infer(self, request: web.Request) -> web.Response:
         try:
@@ -79,7 +79,7 @@ class InferenceService:
             return web.json_response({"dropped": True, "reason": "busy", "config": decision.config}, status=503)
         self.busy = True
         try:
-            logits, latency = await asyncio.get_running_loop().run_in_executor(self.pool, self._run, x, decision.config)
+            logits, latency, skipped = await asyncio.get_running_loop().run_in_executor(self.pool, self._run, x, decision.config)
         finally:
             self.busy = False
         self.counts["processed"] += 1
@@ -90,10 +90,9 @@ class InferenceService:
         scores /= scores.sum()
         top = np.argsort(-scores)[: self.topk]
         names = self.executor.manifest["class_names"]
-        cfg = self.executor.configs[decision.config]
         return web.json_response({
             "top": [{"class": names[i], "index": int(i), "score": float(scores[i])} for i in top],
-            "config": decision.config, "skipped_blocks": cfg["n_skipped"], "latency_s": latency,
+            "config": decision.config, "skipped_blocks": skipped, "latency_s": latency,
         })
 
     def _bad(self, message: str, status: int) -> web.Response:

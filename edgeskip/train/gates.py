@@ -18,7 +18,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -122,6 +122,7 @@ def train_gates(
     resume: bool = False,
     splits: Splits | None = None,
     progress: bool = True,
+    on_epoch_end: Callable[[Checkpoint], None] | None = None,
 ) -> Checkpoint:
     """Train a SkipNet (gates + backbone) and write its checkpoint to ``out`` after every epoch.
 
@@ -214,4 +215,6 @@ def train_gates(
             print(f"{gate_training.mode} epoch {epoch + 1}/{train_cfg.epochs}  loss {rec['loss']:.4f}  "
                   f"train {rec['train_acc']:.4f}  val {stats.accuracy:.4f}  skipped {stats.mean_skipped:.2f}/"
                   f"{cfg.num_gates}  {rec['seconds']:.1f}s", file=sys.stderr)
+        if on_epoch_end is not None:
+            on_epoch_end(ck)
     return ck
