@@ -1,9 +1,11 @@
-"""Memory vs speed of the shared weight archive, with and without IREE data tiling.
+"""Memory vs speed of the shared weight archive: separate modules with and without IREE data tiling,
+and all configs as functions of one merged module (what bundles ship).
 
-Builds the same configs of ResNet-110 (untrained; N least-L2 blocks skipped) twice as static modules
-over one weight archive, once with edgeskip's default flags (data tiling + micro-kernels) and once
-without data tiling, then measures batch-1 latency (round-robin medians) and the resident-memory growth
-of fresh processes loading one config vs all of them.
+Builds the same configs of ResNet-110 (untrained; N least-L2 blocks skipped) as static modules over one
+weight archive, once with edgeskip's default flags (data tiling + micro-kernels) and once without data
+tiling, and merges the default-flag configs into one module. Measures batch-1 latency (round-robin
+medians, merged functions interleaved with the separate modules) and the resident-memory growth of
+fresh processes loading and running one config vs all of them.
 
     python bench/data_tiling_memory.py --out bench/results
 """
@@ -23,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from zero_overhead import rss_delta_kib  # noqa: E402
 
 from edgeskip.export import iree_compile  # noqa: E402
-from edgeskip.export.shared_weights import SharedIreeExecutor, build_shared_modules  # noqa: E402
+from edgeskip.export.shared_weights import SharedIreeExecutor, build_shared_modules, merge_modules, module_name  # noqa: E402
 from edgeskip.models import ResNetConfig, build_model, skip_from_indices  # noqa: E402
 from edgeskip.pareto.latency import interleaved_median  # noqa: E402
 from edgeskip.pareto.ranking import rank_blocks  # noqa: E402
@@ -74,6 +76,26 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{name}: no-skip {1e3 * lat[0]:.3f} ms, all-skip {1e3 * lat[-1]:.3f} ms; RSS growth one config "
                   f"{r['rss_delta_kib_one_config']} KiB, all {len(skips)} configs {r['rss_delta_kib_all_configs']} KiB "
                   f"(weights {r['weights_bytes'] // 1024} KiB)")
+            if name == "data tiling (default)":
+                names = [module_name(s) for s in skips]
+                merged = merge_modules(dict(zip(names, sm.mlir)), w / "merged.mlir")
+                vmfb = iree_compile.compile_mlir(merged, iree_compile.TARGETS["host"], w / "merged.vmfb")
+                mex = SharedIreeExecutor(sm.weights, [vmfb], functions=names)
+                n = len(names)
+                both = interleaved_median([lambda k=k: mex.run(k, x) for k in range(n)] +
+                                          [lambda k=k: ex.run(k, x) for k in range(n)], args.repeats, 3)
+                results["merged module (data tiling)"] = {
+                    "flags": list(flags), "latency_s": dict(zip(map(str, counts), both[:n])),
+                    "latency_s_separate_same_run": dict(zip(map(str, counts), both[n:])),
+                    "merged_over_separate": dict(zip(map(str, counts), [a / b for a, b in zip(both[:n], both[n:])])),
+                    "rss_delta_kib_one_config": rss_delta_kib("merged", sm.weights, [vmfb, names[0]], shape),
+                    "rss_delta_kib_all_configs": rss_delta_kib("merged", sm.weights, [vmfb, *names], shape),
+                    "weights_bytes": sm.weights.stat().st_size,
+                }
+                r = results["merged module (data tiling)"]
+                print(f"merged module: latency / separate modules {min(r['merged_over_separate'].values()):.3f}-"
+                      f"{max(r['merged_over_separate'].values()):.3f}; RSS growth one config "
+                      f"{r['rss_delta_kib_one_config']} KiB, all {n} configs {r['rss_delta_kib_all_configs']} KiB")
     doc = {"command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])]),
            "depth": args.depth, "skipped_counts": counts, "results": results}
     write_json(args.out / "data_tiling_memory.json", doc)

@@ -52,7 +52,11 @@ from edgeskip.export.iree_run import IreeModule
 mode, weights, *mods = sys.argv[1:]
 x = np.zeros({shape}, np.float32)
 before = rss()
-if mode == "shared":
+if mode == "merged":  # mods = [one merged module, function names...]
+    ex = SharedIreeExecutor(weights, mods[:1], functions=mods[1:])
+    for k in range(len(ex)):
+        ex.run(k, x)
+elif mode == "shared":
     ex = SharedIreeExecutor(weights, mods)
     for k in range(len(ex)):
         ex.run(k, x)

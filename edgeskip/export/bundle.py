@@ -7,9 +7,9 @@ Layout::
     sensitivity.json pareto.json pareto.png
     onnx/gated.onnx                any skip array (one If per gate)
     onnx/static_<skip>.onnx        one per Pareto config (onnxruntime path)
-    iree/weights.irpa              the one copy of the weights, shared by every IREE module
-    iree/<target>/gated.vmfb       gated module per target
-    iree/<target>/static_<skip>.vmfb
+    iree/weights.irpa              the one copy of the weights
+    iree/<target>/model.vmfb       one module per target; functions ``gated`` and ``static_<skip>``
+                                   (one per Pareto config) share one copy of the packed weights
 
 The bundle is built in a temporary folder beside ``out`` and renamed into place at the end.
 """
@@ -36,7 +36,7 @@ from edgeskip.export.elf_check import check_no_imports
 from edgeskip.export.iree_compile import COMMON_FLAGS, Target, compile_mlir
 from edgeskip.export.latency import IreeLatency, ort_static_latency
 from edgeskip.export.onnx_export import export_gated, max_abs_diff, ort_session, verify_onnx
-from edgeskip.export.shared_weights import SharedIreeExecutor, import_shared, module_name
+from edgeskip.export.shared_weights import SharedIreeExecutor, import_shared, merge_modules, module_name
 from edgeskip.pareto.design import design_space, write_design
 from edgeskip.train.checkpoint import Checkpoint
 from edgeskip.utils.atomic import write_json
@@ -66,7 +66,8 @@ def _verify_iree(bundle: Path, targets: Sequence[Target], images: np.ndarray, co
     weights = bundle / "iree" / "weights.irpa"
     gated_sess = ort_session(bundle / "onnx" / "gated.onnx")
     host_dir = bundle / "iree" / "host"
-    host = SharedIreeExecutor(weights, [host_dir / "gated.vmfb", *[host_dir / f"{c['module']}.vmfb" for c in configs]])
+    functions = ["gated", *[c["module"] for c in configs]]
+    host = SharedIreeExecutor(weights, [host_dir / "model.vmfb"], functions=functions)
     worst = 0.0
     for k, c in enumerate(configs, start=1):
         ref = ort_session(bundle / "onnx" / f"{c['module']}.onnx").run(None, {"image": images})[0]
@@ -82,7 +83,7 @@ def _verify_iree(bundle: Path, targets: Sequence[Target], images: np.ndarray, co
         if t.name == "host":
             continue
         tdir = bundle / "iree" / t.name
-        files = [tdir / "gated.vmfb", *[tdir / f"{c['module']}.vmfb" for c in configs]]
+        files = [tdir / "model.vmfb"]
         if t.triple and t.triple.startswith("aarch64"):
             why = emulate.missing()
             if why:
@@ -94,7 +95,7 @@ def _verify_iree(bundle: Path, targets: Sequence[Target], images: np.ndarray, co
             for s in extra_skips[:2]:
                 skip = np.array(s, dtype=bool)
                 ref = np.asarray(host.invokers[0](images, skip).to_host())
-                got = emulate.run_aarch64(files[0], [images, skip], parameters=weights)
+                got = emulate.run_aarch64(files[0], [images, skip], function="gated", parameters=weights)
                 worst = max(worst, max_abs_diff(got, ref))
             if worst > TOLERANCE:
                 raise EdgeskipError(f"{t.name} modules under qemu differ from the host by {worst:.2e}")
@@ -145,12 +146,8 @@ def build_bundle(ck: Checkpoint, splits: Splits, out: str | os.PathLike, targets
         configs = front["configs"]
         for c in configs:
             c["module"] = module_name(c["skip"])
-        keep = {c["module"] for c in configs}
-        for name, (vmfb, _, _) in lat.built.items():  # drop host modules of configs not on the front
-            if name not in keep:
-                vmfb.unlink()
-            else:
-                os.replace(vmfb, host_dir / f"{name}.vmfb")
+        for vmfb, _, _ in lat.built.values():  # per-config modules were for measuring; the bundle merges them
+            vmfb.unlink()
 
         log("exporting ONNX graphs and verifying them against PyTorch ...")
         gated_onnx = export_gated(model, tmp / "onnx" / "gated.onnx")
@@ -166,15 +163,13 @@ def build_bundle(ck: Checkpoint, splits: Splits, out: str | os.PathLike, targets
         onnx_check = verify_onnx(model, xb, gated_onnx, extra, static)
 
         log("compiling IREE modules: " + ", ".join(t.name for t in targets) + " ...")
-        gated_mlir = import_shared(gated_onnx, weights, work, "gated")
-        static_mlir = {c["module"]: lat.built[c["module"]][2] for c in configs}  # imported while measuring
+        parts = {"gated": import_shared(gated_onnx, weights, work, "gated")}
+        parts.update({c["module"]: lat.built[c["module"]][2] for c in configs})  # imported while measuring
+        merged = merge_modules(parts, work / "model.mlir")
         for t in targets:
             tdir = tmp / "iree" / t.name
             tdir.mkdir(parents=True, exist_ok=True)
-            compile_mlir(gated_mlir, t, tdir / "gated.vmfb")
-            if t.name != "host":
-                for name, mlir in static_mlir.items():
-                    compile_mlir(mlir, t, tdir / f"{name}.vmfb")
+            compile_mlir(merged, t, tdir / "model.vmfb")
 
         log("verifying compiled modules ...")
         images = xb.numpy().astype(np.float32)
@@ -202,7 +197,8 @@ def build_bundle(ck: Checkpoint, splits: Splits, out: str | os.PathLike, targets
                          "latency_s": c["latency_s"]} for c in configs],
             "targets": {t.name: {"triple": t.triple or "host", "flags": t.flags(), "dir": f"iree/{t.name}"} for t in targets},
             "iree": {"weights": "iree/weights.irpa", "parameter_scope": "model", "driver": "local-sync",
-                     "entry_function": "main_graph", "common_flags": list(COMMON_FLAGS)},
+                     "module": "model.vmfb", "functions": ["gated", *[c["module"] for c in configs]],
+                     "common_flags": list(COMMON_FLAGS)},
             "backend": {"host_fastest": faster, "latency_source": lat.name,
                         "onnxruntime_threads": 1, "iree_driver": "local-sync"},
             "verification": {"tolerance": TOLERANCE, "onnx": onnx_check, "iree": iree_check},

@@ -84,6 +84,49 @@ def import_shared(onnx_path: Path, weights: Path, work_dir: Path, name: str) -> 
     return mlir
 
 
+def merge_modules(mlirs: dict[str, Path], dest: Path, name: str = "model") -> Path:
+    """One MLIR module whose functions are the given modules' ``main_graph``, renamed to their keys.
+
+    Parameter globals (same names, same archive entries) are declared once; inline constants
+    (``dense_resource``) are prefixed per source so they cannot collide. Compiled as one module, IREE
+    hoists each weight's data-tiled repacking into one global shared by every function: all configs
+    hold one copy of the packed weights at full speed (separate modules repack per module).
+    """
+    globals_: dict[str, str] = {}
+    funcs: list[str] = []
+    resources: list[str] = []
+    for k, (fn, path) in enumerate(mlirs.items()):
+        body, sep, res = path.read_text().partition("{-#")
+        res = sep + res
+        for key in set(re.findall(r"dense_resource<([\w.]+)>", body)):
+            body = re.sub(rf"dense_resource<{re.escape(key)}>", f"dense_resource<m{k}_{key}>", body)
+            res = re.sub(rf"^(\s*){re.escape(key)}:", rf"\1m{k}_{key}:", res, flags=re.M)
+        lines = body.strip().splitlines()
+        if not lines or not lines[0].startswith("module") or lines[-1].strip() != "}":
+            raise EdgeskipError(f"cannot merge {path}: unexpected module layout")
+        rest = []
+        for line in lines[1:-1]:
+            if line.strip().startswith("util.global"):
+                globals_.setdefault(line.split("@", 1)[1].split()[0], line)
+            else:
+                rest.append(line)
+        text = "\n".join(rest)
+        if text.count("func.func @main_graph(") != 1:
+            raise EdgeskipError(f"cannot merge {path}: expected one main_graph function")
+        funcs.append(text.replace("func.func @main_graph(", f"func.func @{fn}("))
+        if res:
+            found = re.search(r"builtin:\s*\{(.*)\}\s*\}\s*#-\}", res, flags=re.S)
+            if found is None:
+                raise EdgeskipError(f"cannot merge {path}: unexpected resource block")
+            resources.append(found.group(1).strip().rstrip(","))
+    out = f"module @{name} {{\n" + "\n".join(globals_.values()) + "\n" + "\n".join(funcs) + "\n}\n"
+    if resources:
+        out += "\n{-#\n  dialect_resources: {\n    builtin: {\n      " + ",\n      ".join(resources) + "\n    }\n  }\n#-}\n"
+    with atomic_path(dest, suffix=".mlir") as tmp:
+        tmp.write_text(out)
+    return dest
+
+
 @dataclass(frozen=True)
 class SharedModules:
     """The shared archive and, per config, its module, static ONNX graph and imported MLIR."""
@@ -111,10 +154,14 @@ def build_shared_modules(model: CifarResNet, skip_arrays: Sequence[Sequence[obje
 
 
 class SharedIreeExecutor:
-    """All config modules in one VmContext over one ParameterIndex: ``run(k, image)``."""
+    """All config modules in one VmContext over one ParameterIndex: ``run(k, image)``.
+
+    With ``functions``, ``modules`` must be a single (merged) module and the invokers are its functions
+    in that order.
+    """
 
     def __init__(self, weights: str | os.PathLike, modules: Sequence[str | os.PathLike], driver: str = "local-sync",
-                 function: str = "main_graph") -> None:
+                 function: str = "main_graph", functions: Sequence[str] | None = None) -> None:
         import iree.runtime as rt
 
         self.config = rt.Config(driver)
@@ -125,10 +172,11 @@ class SharedIreeExecutor:
         self.vm_modules = [rt.VmModule.mmap(inst, str(p)) for p in modules]
         self.context = rt.VmContext(inst, modules=[hal, params, *self.vm_modules])
         self.invokers = []
-        for m in self.vm_modules:
-            fn = m.lookup_function(function)
+        wanted = [(m, function) for m in self.vm_modules] if functions is None else [(self.vm_modules[0], f) for f in functions]
+        for m, name in wanted:
+            fn = m.lookup_function(name)
             if fn is None:
-                raise EdgeskipError(f"module {m.name} has no function {function}")
+                raise EdgeskipError(f"module {m.name} has no function {name}")
             self.invokers.append(rt.FunctionInvoker(self.context, self.config.device, fn))
 
     def __len__(self) -> int:

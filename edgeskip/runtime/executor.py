@@ -66,7 +66,7 @@ class BundleExecutor:
 
 
 class IreeBundleExecutor(BundleExecutor):
-    """The gated and every static module of one target, in one VmContext over ``weights.irpa``."""
+    """One target's module (functions ``gated`` and one per Pareto config) over ``weights.irpa``."""
 
     backend = "iree"
 
@@ -76,8 +76,8 @@ class IreeBundleExecutor(BundleExecutor):
         from edgeskip.export.shared_weights import SharedIreeExecutor
 
         tdir = self.target_dir(target)
-        modules = [tdir / "gated.vmfb", *[tdir / f"{c['module']}.vmfb" for c in self.configs]]
-        self.iree = SharedIreeExecutor(self.bundle / self.manifest["iree"]["weights"], modules, driver=driver)
+        self.iree = SharedIreeExecutor(self.bundle / self.manifest["iree"]["weights"], [tdir / self.manifest["iree"]["module"]],
+                                       driver=driver, functions=self.manifest["iree"]["functions"])
 
     def _static(self, k: int, x: np.ndarray) -> np.ndarray:
         return self.iree.run(k + 1, x)

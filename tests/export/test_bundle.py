@@ -32,11 +32,9 @@ def test_bundle_contents_and_manifest(bundle):
     files = {str(p.relative_to(bundle)) for p in bundle.rglob("*") if p.is_file()} - {"manifest.json"}
     assert files == set(m["artifacts"])
     assert all(sha256(bundle / f) == h for f, h in m["artifacts"].items())
-    # one module per Pareto config and target, plus the gated module; one weight archive
-    for t in m["targets"]:
-        for c in m["configs"]:
-            assert f"iree/{t}/{c['module']}.vmfb" in files
-        assert f"iree/{t}/gated.vmfb" in files
+    # one module per target holding the gated function and one function per Pareto config; one weight archive
+    assert m["iree"]["functions"] == ["gated", *[c["module"] for c in m["configs"]]]
+    assert sorted(f for f in files if f.endswith(".vmfb")) == sorted(f"iree/{t}/model.vmfb" for t in m["targets"])
     assert [f for f in files if f.endswith(".irpa")] == ["iree/weights.irpa"]
     # the front is built on measured IREE latency on this host
     pareto = json.loads((bundle / "pareto.json").read_text())
@@ -56,11 +54,11 @@ def test_inspect_and_tampering(bundle, tmp_path):
     assert ok.returncode == 0 and "artifact hashes match" in ok.stdout and "skip array" in ok.stdout
     copy = tmp_path / "copy"
     subprocess.run(["cp", "-r", str(bundle), str(copy)], check=True)
-    with open(copy / "iree" / "host" / "gated.vmfb", "ab") as f:
+    with open(copy / "iree" / "host" / "model.vmfb", "ab") as f:
         f.write(b"x")
-    one_line_error(run("inspect", copy), "sha256 mismatch for iree/host/gated.vmfb")
+    one_line_error(run("inspect", copy), "sha256 mismatch for iree/host/model.vmfb")
     (copy / "iree" / "weights.irpa").unlink()
-    (copy / "iree" / "host" / "gated.vmfb").write_bytes((bundle / "iree" / "host" / "gated.vmfb").read_bytes())
+    (copy / "iree" / "host" / "model.vmfb").write_bytes((bundle / "iree" / "host" / "model.vmfb").read_bytes())
     one_line_error(run("inspect", copy), "missing artifact iree/weights.irpa")
     one_line_error(run("inspect", tmp_path), "no manifest.json")
 
