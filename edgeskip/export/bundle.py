@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 import shutil
 import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -107,6 +108,38 @@ def _verify_iree(bundle: Path, targets: Sequence[Target], images: np.ndarray, co
     return out
 
 
+def with_host(targets: Sequence[Target]) -> list[Target]:
+    """``targets`` with ``host`` first if missing: host modules are verified and timed on every build."""
+    if "host" in [t.name for t in targets]:
+        return list(targets)
+    return [Target("host", None, cpu="host"), *targets]
+
+
+def targets_manifest(targets: Sequence[Target]) -> dict[str, Any]:
+    """The manifest's ``targets`` entry: triple, compiler flags and module folder per target."""
+    return {t.name: {"triple": t.triple or "host", "flags": t.flags(), "dir": f"iree/{t.name}"} for t in targets}
+
+
+def check_out(out: Path, force: bool) -> None:
+    if out.exists() and not force:
+        raise EdgeskipError(f"{out} exists; pass --force to replace it")
+
+
+@contextmanager
+def staging(out: Path) -> Iterator[tuple[Path, Path]]:
+    """(tmp, work): the bundle is built in ``tmp`` beside ``out`` (renamed into place by
+    :func:`finish_bundle`), scratch files go to ``work``; whatever is left of either is removed on exit."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    work = Path(tempfile.mkdtemp(prefix="edgeskip-work-"))
+    try:
+        yield tmp, work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def finish_bundle(tmp: Path, out: Path, manifest: dict[str, Any]) -> None:
     """Hash every artifact of the bundle built in ``tmp``, write its manifest, rename it to ``out``."""
     manifest["artifacts"] = {str(p.relative_to(tmp)): sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
@@ -124,16 +157,10 @@ def finish_bundle(tmp: Path, out: Path, manifest: dict[str, Any]) -> None:
 def build_bundle(ck: Checkpoint, splits: Splits, out: str | os.PathLike, targets: Sequence[Target],
                  repeats: int = 30, force: bool = False, log: Log = print) -> Path:
     """Sensitivity, measured-latency Pareto front, export, compile, verify; write the bundle atomically."""
-    out = Path(out)
-    if out.exists() and not force:
-        raise EdgeskipError(f"{out} exists; pass --force to replace it")
-    if "host" not in [t.name for t in targets]:
-        targets = [Target("host", None, cpu="host"), *targets]
+    out, targets = Path(out), with_host(targets)
+    check_out(out, force)
     model = ck.model()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    work = Path(tempfile.mkdtemp(prefix="edgeskip-work-"))
-    try:
+    with staging(out) as (tmp, work):
         t0 = time.time()
         (tmp / "onnx").mkdir()
         host_dir = tmp / "iree" / "host"
@@ -195,7 +222,7 @@ def build_bundle(ck: Checkpoint, splits: Splits, out: str | os.PathLike, targets
             "configs": [{"index": c["index"], "n_skipped": c["n_skipped"], "skip": c["skip"], "module": c["module"],
                          "val_accuracy": c["val_accuracy"], "test_accuracy": c["test_accuracy"], "macs": c["macs"],
                          "latency_s": c["latency_s"]} for c in configs],
-            "targets": {t.name: {"triple": t.triple or "host", "flags": t.flags(), "dir": f"iree/{t.name}"} for t in targets},
+            "targets": targets_manifest(targets),
             "iree": {"weights": "iree/weights.irpa", "parameter_scope": "model", "driver": "local-sync",
                      "module": "model.vmfb", "functions": ["gated", *[c["module"] for c in configs]],
                      "common_flags": list(COMMON_FLAGS)},
@@ -205,10 +232,6 @@ def build_bundle(ck: Checkpoint, splits: Splits, out: str | os.PathLike, targets
             "build_seconds": round(time.time() - t0, 1),
         }
         finish_bundle(tmp, out, manifest)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

@@ -14,8 +14,6 @@ Layout::
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -26,7 +24,8 @@ from edgeskip.data.batches import iterate
 from edgeskip.data.dataset import Splits
 from edgeskip.errors import EdgeskipError
 from edgeskip.export import emulate
-from edgeskip.export.bundle import MANIFEST_FORMAT, MANIFEST_VERSION, TOLERANCE, finish_bundle, tool_versions
+from edgeskip.export.bundle import (MANIFEST_FORMAT, MANIFEST_VERSION, TOLERANCE, check_out, finish_bundle, staging,
+                                    targets_manifest, tool_versions, with_host)
 from edgeskip.export.elf_check import check_no_imports
 from edgeskip.export.iree_compile import COMMON_FLAGS, Target, compile_mlir, import_onnx
 from edgeskip.export.onnx_export import max_abs_diff, ort_session
@@ -107,19 +106,13 @@ def _verify(tmp: Path, targets: Sequence[Target], images: np.ndarray, log: Log) 
 def build_skipnet_bundle(ck: Checkpoint, splits: Splits, out: str | os.PathLike, targets: Sequence[Target],
                          repeats: int = 3, force: bool = False, log: Log = print) -> Path:
     """Evaluate, export, compile, verify and time a SkipNet checkpoint; write the bundle atomically."""
-    out = Path(out)
+    out, targets = Path(out), with_host(targets)
     if ck.gate_cfg is None:
         raise EdgeskipError("checkpoint has no SkipNet gates")
-    if out.exists() and not force:
-        raise EdgeskipError(f"{out} exists; pass --force to replace it")
-    if "host" not in [t.name for t in targets]:
-        targets = [Target("host", None, cpu="host"), *targets]
+    check_out(out, force)
     model = ck.model()
     assert isinstance(model, SkipNetResNet)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    work = Path(tempfile.mkdtemp(prefix="edgeskip-work-"))
-    try:
+    with staging(out) as (tmp, work):
         t0 = time.time()
         log("evaluating the gates on validation and test data ...")
         val, test = evaluate_gated(model, splits.val, splits.norm), evaluate_gated(model, splits.test, splits.norm)
@@ -145,10 +138,10 @@ def build_skipnet_bundle(ck: Checkpoint, splits: Splits, out: str | os.PathLike,
 
         log("measuring per-input latency on this host ...")
         host = IreeSkipNet(weights, tmp / "iree" / "host" / "skipnet.vmfb")
-        lat_images = np.concatenate([x.numpy() for x, _ in iterate(splits.test, splits.norm, 100)])[:100]
-        lat = per_input_latency(host.run, lat_images.astype(np.float32), repeats)
+        lat_images = np.concatenate([x.numpy() for x, _ in iterate(splits.test, splits.norm, 100)])[:100].astype(np.float32)
+        lat = per_input_latency(host.run, lat_images, repeats)
         sess = ort_session(onnx_path, threads=1)
-        ort_lat = per_input_latency(lambda x: sess.run(None, {"image": x}), lat_images.astype(np.float32), repeats)
+        ort_lat = per_input_latency(lambda x: sess.run(None, {"image": x}), lat_images, repeats)
         faster = "onnxruntime" if ort_lat.mean() < lat.mean() else "iree"
         ck.save(tmp / "model.pt", slim=True)
         cfg, g = model.cfg, model.gate_cfg
@@ -172,7 +165,7 @@ def build_skipnet_bundle(ck: Checkpoint, splits: Splits, out: str | os.PathLike,
                          "latency_s": float(np.mean(lat)), "latency_s_p50": float(np.median(lat)),
                          "latency_s_min": float(lat.min()), "latency_s_max": float(lat.max()),
                          "latency_s_onnxruntime": float(np.mean(ort_lat))}],
-            "targets": {t.name: {"triple": t.triple or "host", "flags": t.flags(), "dir": f"iree/{t.name}"} for t in targets},
+            "targets": targets_manifest(targets),
             "iree": {"weights": "iree/weights.irpa", "parameter_scope": "model", "driver": "local-sync",
                      "entry_function": "main_graph", "common_flags": list(COMMON_FLAGS)},
             "backend": {"host_fastest": faster, "latency_source": "iree-host-local-sync-b1-per-input",
@@ -181,8 +174,4 @@ def build_skipnet_bundle(ck: Checkpoint, splits: Splits, out: str | os.PathLike,
             "build_seconds": round(time.time() - t0, 1),
         }
         finish_bundle(tmp, out, manifest)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out
