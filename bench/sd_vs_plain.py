@@ -1,8 +1,10 @@
 """Figure 1 of the paper: test accuracy vs number of skipped blocks, stochastic depth vs conventional.
 
 For each model the blocks are ranked on *validation* data (sensitivity: each block skipped alone),
-config N skips the N least important blocks, and test accuracy is recorded. Writes
-``cifar10_r20_sd_vs_plain.{json,png}`` and slim copies of both checkpoints into ``--out``.
+config N skips the N least important blocks, and test accuracy is recorded. Beside it, the
+distribution over random skip configurations with N blocks skipped (``--random-configs`` distinct
+arrays per N, or all of them where fewer exist; mean and min-max band, the paper's shaded area) and
+the weight-L2 / random rankings. Writes ``NAME.{json,png}`` and slim copies of both checkpoints.
 
     python bench/sd_vs_plain.py --sd bench/work/r20_sd.pt --plain bench/work/r20_plain.pt --out bench/results
 """
@@ -10,8 +12,12 @@ config N skips the N least important blocks, and test accuracy is recorded. Writ
 from __future__ import annotations
 
 import argparse
+import itertools
+import math
 import platform
+import random
 import shlex
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -24,12 +30,38 @@ import torch  # noqa: E402
 
 from edgeskip import __version__  # noqa: E402
 from edgeskip.pareto.design import design_space  # noqa: E402
+from edgeskip.pareto.evaluate import evaluate_skip_arrays  # noqa: E402
 from edgeskip.pareto.latency import TorchLatency  # noqa: E402
 from edgeskip.train import load_checkpoint  # noqa: E402
 from edgeskip.utils.atomic import write_json, write_with  # noqa: E402
 
 
-def summarize(path: Path, splits_cache: dict) -> dict:
+def random_band(model, splits, num_gates: int, per_n: int, seed: int = 0) -> list[dict]:
+    """Test accuracy over random distinct skip arrays for each number of skipped blocks N."""
+    rng = random.Random(seed)
+    arrays: list[tuple[int, ...]] = []
+    owner: list[int] = []
+    for n in range(num_gates + 1):
+        if math.comb(num_gates, n) <= per_n:
+            picks = [set(c) for c in itertools.combinations(range(num_gates), n)]
+        else:
+            seen: set[tuple[int, ...]] = set()
+            while len(seen) < per_n:
+                seen.add(tuple(sorted(rng.sample(range(num_gates), n))))
+            picks = [set(c) for c in sorted(seen)]
+        for off in picks:
+            arrays.append(tuple(0 if g in off else 1 for g in range(num_gates)))
+            owner.append(n)
+    accs = evaluate_skip_arrays(model, splits.test, splits.norm, arrays)
+    band = []
+    for n in range(num_gates + 1):
+        a = [acc for acc, o in zip(accs, owner) if o == n]
+        band.append({"n_skipped": n, "configs": len(a), "all_configs": len(a) == math.comb(num_gates, n),
+                     "mean": statistics.fmean(a), "min": min(a), "max": max(a)})
+    return band
+
+
+def summarize(path: Path, splits_cache: dict, per_n: int = 500) -> dict:
     ck = load_checkpoint(path)
     model = ck.model()
     key = (ck.data.name, ck.data.data_dir, ck.data.val_fraction, ck.data.seed)
@@ -40,29 +72,40 @@ def summarize(path: Path, splits_cache: dict) -> dict:
     t0 = time.time()
     sens, front = design_space(model, splits, ck.dataset_id, latency=TorchLatency(model, repeats=50, threads=1))
     curve = sens["curves"]["sensitivity"]
+    analysis = time.time() - t0
+    t1 = time.time()
+    band = random_band(model, splits, ck.model_cfg.num_gates, per_n)
     return {
         "checkpoint": str(path), "stochastic_depth": ck.model_cfg.sd_mode != "none", "model": ck.model_cfg.to_dict(),
         "train": ck.train_cfg.to_dict(), "epochs_done": ck.epoch,
         "train_hours": sum(h["seconds"] for h in ck.history) / 3600, "final_val_accuracy": sens["full_val_accuracy"],
         "full_test_accuracy": sens["full_test_accuracy"], "ranking": sens["rankings"]["sensitivity"],
         "blocks": sens["blocks"], "curve": curve, "curves_other_rankings": {k: v for k, v in sens["curves"].items() if k != "sensitivity"},
-        "pareto": front["configs"], "latency_source": front["latency_source"], "analysis_seconds": time.time() - t0,
+        "pareto": front["configs"], "latency_source": front["latency_source"], "analysis_seconds": analysis,
+        "random_configs": band, "random_configs_seconds": time.time() - t1,
     }, ck
 
 
-def plot(results: dict, dest: Path) -> None:
+def plot(results: dict, dest: Path, title: str) -> None:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     for name, r in results.items():
         n = [c["n_skipped"] for c in r["curve"]]
         ax1.plot(n, [100 * c["test_accuracy"] for c in r["curve"]], "-o", label=f"{name} (test)")
-        ax1.plot(n, [100 * c["val_accuracy"] for c in r["curve"]], ":", color=ax1.lines[-1].get_color(), alpha=0.6,
-                 label=f"{name} (val)")
+        color = ax1.lines[-1].get_color()
+        b = r["random_configs"]
+        ax1.fill_between([c["n_skipped"] for c in b], [100 * c["min"] for c in b], [100 * c["max"] for c in b],
+                         color=color, alpha=0.15, label=f"{name}: random configs (min-max)")
+        ax1.plot([c["n_skipped"] for c in b], [100 * c["mean"] for c in b], "--", color=color, alpha=0.7,
+                 label=f"{name}: random configs (mean)")
+        for (rank_name, other), marker in zip(r["curves_other_rankings"].items(), "xs^"):
+            ax1.plot([c["n_skipped"] for c in other], [100 * c["test_accuracy"] for c in other], marker=marker,
+                     linestyle=":", lw=0.8, color=color, alpha=0.6, label=f"{name}: {rank_name} ranking")
         ax2.plot([c["macs"] / 1e6 for c in r["curve"]], [100 * c["test_accuracy"] for c in r["curve"]], "-o", label=name)
     ax1.set_xlabel("skipped blocks (least sensitive first, ranked on validation data)")
     ax1.set_ylabel("top-1 accuracy (%)")
-    ax1.set_title("ResNet-20, CIFAR-10 (JPEG copy)")
+    ax1.set_title(title)
     ax1.grid(alpha=0.3)
-    ax1.legend(fontsize=8)
+    ax1.legend(fontsize=6.5, ncol=2)
     ax2.set_xlabel("MMACs per image")
     ax2.set_ylabel("test top-1 accuracy (%)")
     ax2.set_title("accuracy vs compute")
@@ -78,12 +121,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--plain", type=Path, required=True, help="checkpoint trained without")
     ap.add_argument("--out", type=Path, default=Path("bench/results"))
     ap.add_argument("--name", default="cifar10_r20_sd_vs_plain")
+    ap.add_argument("--slim", default="r20_sd.pt,r20_plain.pt", help="file names of the slim checkpoint copies")
+    ap.add_argument("--random-configs", type=int, default=500, help="random skip arrays per number of skipped blocks")
+    ap.add_argument("--title", default="ResNet-20, CIFAR-10 (JPEG copy)")
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
     cache: dict = {}
     results, cks = {}, {}
     for name, path in (("stochastic depth", args.sd), ("conventional", args.plain)):
-        results[name], cks[name] = summarize(path, cache)
+        results[name], cks[name] = summarize(path, cache, args.random_configs)
     doc = {
         "command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])]),
         "edgeskip_version": __version__, "torch": torch.__version__, "host": platform.processor() or platform.machine(),
@@ -92,12 +138,15 @@ def main(argv: list[str] | None = None) -> None:
         "selection_split": "val", "results": results,
     }
     write_json(args.out / f"{args.name}.json", doc)
-    plot(results, args.out / f"{args.name}.png")
+    plot(results, args.out / f"{args.name}.png", args.title)
+    slim_sd, slim_plain = args.slim.split(",")
     for name, ck in cks.items():
-        ck.save(args.out / ("r20_sd.pt" if name == "stochastic depth" else "r20_plain.pt"), slim=True)
+        ck.save(args.out / (slim_sd if name == "stochastic depth" else slim_plain), slim=True)
     for name, r in results.items():
         accs = " ".join(f"{100 * c['test_accuracy']:.1f}" for c in r["curve"])
         print(f"{name:>17}: full test {100 * r['full_test_accuracy']:.2f}%  by skipped blocks 0..{len(r['curve']) - 1}: {accs}")
+        band = " ".join(f"{100 * c['mean']:.1f}[{100 * c['min']:.1f},{100 * c['max']:.1f}]" for c in r["random_configs"])
+        print(f"{'':>17}  random configs mean[min,max]: {band}  ({r['random_configs_seconds']:.0f} s)")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ exit status 2 and no traceback.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import click
 
 from edgeskip import __version__
 from edgeskip.errors import EdgeskipError
+from edgeskip.recipes import AMP_CHOICES, RECIPE_NAMES, RECIPES
 
 
 class _Group(click.Group):
@@ -22,6 +24,9 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except EdgeskipError as e:
             click.echo(f"error: {e}", err=True)
+            ctx.exit(2)
+        except click.UsageError as e:  # a bad option value: one line, as for every other error
+            click.echo(f"error: {e.format_message()}", err=True)
             ctx.exit(2)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
@@ -82,8 +87,23 @@ def cli() -> None:
     """edgeskip: runtime-adjustable depth for CNNs on edge boards."""
 
 
+def apply_recipe(ctx: click.Context, params: dict) -> dict:
+    """``params`` with the chosen recipe's values for every option not given on the command line."""
+    name = params.get("recipe")
+    if not name:
+        return params
+    out = dict(params)
+    for key, value in RECIPES[name].options.items():
+        if ctx.get_parameter_source(key) != click.core.ParameterSource.COMMANDLINE:
+            out[key] = value
+    return out
+
+
 @cli.command()
 @data_options
+@click.option("--recipe", type=click.Choice(RECIPE_NAMES), default=None,
+              help="Named training recipe: its settings become the defaults (options given here still win). "
+                   + "; ".join(f"{r.name}: {r.description}" for r in RECIPES.values()))
 @click.option("--depth", type=int, default=20, show_default=True, help="ResNet depth 6n+2 (20, 32, 56, 110, ...).")
 @click.option("--width", type=int, default=16, show_default=True, help="Channels of the first stage (x1, x2, x4).")
 @click.option("--shortcut", type=click.Choice(["pad", "proj"]), default="pad", show_default=True,
@@ -96,13 +116,22 @@ def cli() -> None:
 @click.option("--batch-size", type=int, default=128, show_default=True)
 @click.option("--lr", type=float, default=0.1, show_default=True)
 @click.option("--momentum", type=float, default=0.9, show_default=True)
+@click.option("--nesterov/--no-nesterov", default=True, show_default=True, help="Nesterov momentum.")
 @click.option("--weight-decay", type=float, default=5e-4, show_default=True)
 @click.option("--schedule", type=click.Choice(["cosine", "step"]), default="cosine", show_default=True)
 @click.option("--warmup", type=float, default=0.0, show_default=True, help="Linear warm-up epochs.")
 @click.option("--label-smoothing", type=float, default=0.0, show_default=True)
 @click.option("--augment/--no-augment", default=None, help="Crop+flip augmentation [default: on for RGB >= 32x32].")
+@click.option("--zero-init-last/--no-zero-init-last", default=True, show_default=True,
+              help="Zero-initialise each block's last BN scale (every block starts as the identity).")
+@click.option("--amp", type=click.Choice(AMP_CHOICES), default="auto", show_default=True,
+              help="Training precision: bf16 autocast where the CPU has native bf16 (auto), or force one.")
+@click.option("--compile/--no-compile", "compile_", default=False, show_default=True,
+              help="torch.compile the training forward pass.")
 @click.option("--out", type=click.Path(dir_okay=False), default="runs/model.pt", show_default=True, help="Checkpoint path.")
 @click.option("--resume", is_flag=True, help="Continue the run stored in --out.")
+@click.option("--stop-after", type=click.IntRange(min=1), default=None,
+              help="End this invocation after writing this epoch's checkpoint (continue later with --resume).")
 @click.option("--threads", type=int, default=None, help="Torch CPU threads.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
 @click.option("--gates", type=click.Choice(["ffgate1", "ffgate2", "rnn"]), default=None,
@@ -115,10 +144,16 @@ def cli() -> None:
 @click.option("--beta", type=float, default=1.0, show_default=True, help="HRL: weight of the loss in the reward.")
 @click.option("--gate-threshold", type=float, default=0.5, show_default=True,
               help="With --gates: execute a block iff its gate probability is >= this.")
-def train(dataset, data_dir, download, val_fraction, image_size, seed, depth, width, shortcut, sd, sd_mode,
-          p_last, epochs, batch_size, lr, momentum, weight_decay, schedule, warmup, label_smoothing, augment,
-          out, resume, threads, quiet, gates, init, gate_mode, alpha, beta, gate_threshold) -> None:
+@click.pass_context
+def train(ctx, **params) -> None:
     """Train a CIFAR-style ResNet (stochastic depth by default), or a SkipNet with --gates; checkpoint every epoch."""
+    _train(**apply_recipe(ctx, params))
+
+
+def _train(dataset, data_dir, download, val_fraction, image_size, seed, recipe, depth, width, shortcut, sd, sd_mode,
+           p_last, epochs, batch_size, lr, momentum, nesterov, weight_decay, schedule, warmup, label_smoothing, augment,
+           zero_init_last, amp, compile_, out, resume, stop_after, threads, quiet, gates, init, gate_mode, alpha, beta,
+           gate_threshold) -> None:
     import dataclasses
 
     from edgeskip.models import ResNetConfig
@@ -126,13 +161,16 @@ def train(dataset, data_dir, download, val_fraction, image_size, seed, depth, wi
 
     _threads(threads)
     model_cfg = ResNetConfig(depth=depth, widths=(width, 2 * width, 4 * width), shortcut=shortcut,
-                             sd_mode=sd_mode if sd else "none", p_last=p_last)
-    train_cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
+                             sd_mode=sd_mode if sd else "none", p_last=p_last, zero_init_last=zero_init_last)
+    train_cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, nesterov=nesterov,
                             weight_decay=weight_decay, schedule=schedule, warmup_epochs=warmup,
-                            label_smoothing=label_smoothing, augment=augment, seed=seed)
+                            label_smoothing=label_smoothing, augment=augment, seed=seed, amp=amp,
+                            compile=compile_, recipe=recipe or "")
     data = DataSpec(dataset, data_dir, val_fraction, seed=seed, image_size=_size(image_size), download=download)
     if gates is None and init is not None:
         raise EdgeskipError("--init needs --gates (plain training starts from scratch)")
+    if gates is not None and stop_after is not None:
+        raise EdgeskipError("--stop-after applies to plain training, not to --gates")
     if gates is not None:
         from edgeskip.models.gates import GateConfig
         from edgeskip.train.gates import GateTraining, train_gates
@@ -150,9 +188,10 @@ def train(dataset, data_dir, download, val_fraction, image_size, seed, depth, wi
         click.echo(f"wrote {out}  epoch {ck.epoch}/{ck.train_cfg.epochs}  val_acc {last.get('val_acc', float('nan')):.4f}  "
                    f"skipped {last.get('val_skipped', float('nan')):.2f}/{ck.model_cfg.num_gates} blocks")
         return
-    ck = run_train(out, data, model_cfg, train_cfg, resume=resume, progress=not quiet)
+    ck = run_train(out, data, model_cfg, train_cfg, resume=resume, progress=not quiet, stop_after=stop_after)
     last = ck.history[-1] if ck.history else {}
-    click.echo(f"wrote {out}  epoch {ck.epoch}/{ck.train_cfg.epochs}  val_acc {last.get('val_acc', float('nan')):.4f}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the run
+        click.echo(f"wrote {out}  epoch {ck.epoch}/{ck.train_cfg.epochs}  val_acc {last.get('val_acc', float('nan')):.4f}")
 
 
 def _load_for_eval(checkpoint: str, data_dir: str | None):

@@ -10,16 +10,21 @@ import torch
 from edgeskip.data.dataset import ArrayDataset, Normalization, to_float
 
 
-def random_crop_flip(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
-    """Standard CIFAR augmentation on a batch: random crop with ``pad`` zero padding, horizontal flip."""
+def random_crop_flip(x: torch.Tensor, gen: torch.Generator, pad: int = 4, rows: slice = slice(None)) -> torch.Tensor:
+    """Standard CIFAR augmentation on a batch: random crop with ``pad`` zero padding, horizontal flip.
+
+    The random draws are made for the whole batch ``x`` describes; only ``x[rows]`` is transformed
+    and returned (a data-parallel rank draws what the single-process run draws and keeps its shard).
+    """
+    oy = torch.randint(0, 2 * pad + 1, (len(x),), generator=gen)[rows]
+    ox = torch.randint(0, 2 * pad + 1, (len(x),), generator=gen)[rows]
+    flip = torch.rand(len(x), generator=gen)[rows] < 0.5
+    x = x[rows]
     n, c, h, w = x.shape
     padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
-    oy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
-    ox = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
-    rows = (oy[:, None] + torch.arange(h)[None, :])[:, None, :, None]
-    cols = (ox[:, None] + torch.arange(w)[None, :])[:, None, None, :]
-    out = padded[torch.arange(n)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
-    flip = torch.rand(n, generator=gen) < 0.5
+    r = (oy[:, None] + torch.arange(h)[None, :])[:, None, :, None]
+    col = (ox[:, None] + torch.arange(w)[None, :])[:, None, None, :]
+    out = padded[torch.arange(n)[:, None, None, None], torch.arange(c)[None, :, None, None], r, col]
     return torch.where(flip[:, None, None, None], out.flip(3), out)
 
 
@@ -31,18 +36,42 @@ def iterate(
     augment: bool = False,
     seed: int = 0,
     drop_last: bool = False,
+    shard: tuple[int, int] = (0, 1),
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield normalised (images, labels) batches; deterministic for a given ``seed``."""
+    """Yield normalised (images, labels) batches; deterministic for a given ``seed``.
+
+    ``shard=(rank, world)`` yields rank's equal share of each batch (data-parallel training): the
+    shuffling and augmentation draws are those of the whole batch, so the union over ranks is the
+    single-process batch.
+    """
+    rank, world = shard
     gen = torch.Generator().manual_seed(seed)
     n = len(ds)
     order = torch.randperm(n, generator=gen).numpy() if shuffle else np.arange(n)
     stop = n - (n % batch_size) if drop_last and n >= batch_size else n
     for i in range(0, stop, batch_size):
         idx = np.sort(order[i : i + batch_size]) if not shuffle else order[i : i + batch_size]
-        xb = to_float(ds.x[idx])
+        per = len(idx) // world
+        rows = slice(rank * per, (rank + 1) * per if rank < world - 1 else None)  # the last rank takes a remainder
         if augment:
-            xb = random_crop_flip(xb, gen)
-        yield norm.apply(xb), torch.from_numpy(ds.y[idx])
+            # draws for the whole batch (same on every rank), pixels only for this rank's rows
+            xb = random_crop_flip(_Rows(ds.x, idx), gen, rows=rows)
+        else:
+            xb = to_float(ds.x[idx[rows]])
+        yield norm.apply(xb), torch.from_numpy(ds.y[idx[rows]])
+
+
+class _Rows:
+    """Lazy view of ``x[idx]``: its length, and float images for a slice of it."""
+
+    def __init__(self, x: np.ndarray, idx: np.ndarray) -> None:
+        self.x, self.idx = x, idx
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def __getitem__(self, rows: slice) -> torch.Tensor:
+        return to_float(self.x[self.idx[rows]])
 
 
 def num_batches(n: int, batch_size: int, drop_last: bool = False) -> int:

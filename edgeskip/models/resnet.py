@@ -106,6 +106,8 @@ class CifarResNet(nn.Module):
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+        if not self.cfg.zero_init_last:
+            return
         for block in self.blocks.values():
             nn.init.zeros_(block.bn2.weight)  # zero-init last BN: each block starts as the identity (timm)
 

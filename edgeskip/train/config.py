@@ -8,6 +8,7 @@ from typing import Any
 from edgeskip.data.registry import load_splits
 from edgeskip.data.dataset import Splits
 from edgeskip.errors import EdgeskipError
+from edgeskip.recipes import AMP_CHOICES, RECIPE_NAMES
 
 SCHEDULES = ("cosine", "step")
 
@@ -60,9 +61,19 @@ class TrainConfig:
     label_smoothing: float = 0.0
     augment: bool | None = None
     seed: int = 0
+    amp: str = "auto"
+    recipe: str = ""
+    compile: bool = False
+    world_size: int = 1
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
+        if self.amp not in AMP_CHOICES:
+            raise EdgeskipError(f"amp must be one of {', '.join(AMP_CHOICES)}, got {self.amp!r}")
+        if self.recipe and self.recipe not in RECIPE_NAMES:
+            raise EdgeskipError(f"unknown recipe {self.recipe!r}; choose from {', '.join(RECIPE_NAMES)}")
+        if self.world_size < 1:
+            raise EdgeskipError(f"world size must be >= 1, got {self.world_size}")
         if self.epochs < 1:
             raise EdgeskipError(f"epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1:
@@ -83,4 +94,5 @@ class TrainConfig:
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
         d = dict(d)
         d["milestones"] = tuple(d.get("milestones", (0.5, 0.75)))
+        d.setdefault("amp", "fp32")  # checkpoints from before mixed precision trained in fp32
         return cls(**d)

@@ -144,6 +144,10 @@ def train_gates(
                                         if k in GateTraining.__dataclass_fields__})
     elif out.exists():
         raise EdgeskipError(f"{out} exists; pass --resume to continue it or choose another --out")
+    else:  # gate training has no fast path yet: it runs eager fp32, and its checkpoint says so
+        if train_cfg.amp == "bf16" or train_cfg.compile:
+            raise EdgeskipError("--amp bf16 and --compile apply to plain training; gate training runs in fp32")
+        train_cfg = replace(train_cfg, amp="fp32")
     init_ck = load_checkpoint(init) if (init is not None and resumed is None) else None
     if init_ck is not None:
         data = init_ck.data if data is None else data

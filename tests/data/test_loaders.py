@@ -157,6 +157,23 @@ def test_augmentation_crop_flip():
         assert vals <= set(x[i, 0].flatten().tolist())
 
 
+def test_crop_flip_equals_a_per_image_reference():
+    # the diagnosis candidate "the crop/flip implementation": the batched gather must equal the textbook
+    # per-image version (zero-pad 4, crop 32x32 at the drawn offset, then mirror if drawn)
+    x = torch.rand(16, 3, 32, 32)
+    g = torch.Generator().manual_seed(7)
+    out = random_crop_flip(x, g)
+    g = torch.Generator().manual_seed(7)
+    oy, ox = torch.randint(0, 9, (16,), generator=g), torch.randint(0, 9, (16,), generator=g)
+    flip = torch.rand(16, generator=g) < 0.5
+    for i in range(16):
+        padded = torch.zeros(3, 40, 40)
+        padded[:, 4:36, 4:36] = x[i]
+        ref = padded[:, oy[i]:oy[i] + 32, ox[i]:ox[i] + 32]
+        assert torch.equal(out[i], ref.flip(2) if flip[i] else ref)
+    assert 0 < int(flip.sum()) < 16 and len(set(oy.tolist())) > 1
+
+
 def test_iterate_is_seeded(digits_splits):
     s = digits_splits
     first = [y for _, y in iterate(s.train, s.norm, 100, shuffle=True, seed=3)]

@@ -132,3 +132,12 @@ def test_config_roundtrip():
     cfg = ResNetConfig(depth=32, widths=(8, 16, 32), input_size=(8, 8), in_channels=1)
     assert ResNetConfig.from_dict(cfg.to_dict()) == cfg
     assert cfg.num_gates == 12 and cfg.gated_blocks[:4] == (1, 2, 3, 4) and 5 not in cfg.gated_blocks
+
+
+@pytest.mark.parametrize("zero_init", [True, False])
+def test_zero_init_last_is_an_option(zero_init):
+    m = build_model(ResNetConfig(depth=14, zero_init_last=zero_init))
+    scales = torch.cat([b.bn2.weight for b in m.blocks.values()])
+    assert torch.all(scales == (0.0 if zero_init else 1.0))
+    assert torch.all(m.blocks["0"].bn1.weight == 1.0)
+    assert ResNetConfig.from_dict(ResNetConfig(zero_init_last=zero_init).to_dict()).zero_init_last is zero_init

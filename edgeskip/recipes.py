@@ -1,0 +1,33 @@
+"""Named training recipes and the training option vocabularies (torch-free, so the CLI can list them).
+
+A recipe is a set of defaults for ``edgeskip train``; options given on the command line override it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+AMP_CHOICES = ("auto", "bf16", "fp32")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Defaults for ``edgeskip train`` options, keyed by the option's parameter name."""
+
+    name: str
+    description: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+RECIPES: dict[str, Recipe] = {r.name: r for r in (
+    Recipe("he2016", "He et al. 2016, CIFAR ResNets: 164 epochs, batch 128, lr 0.1 /10 at 50% and 75%, "
+           "weight decay 1e-4, momentum 0.9 (not Nesterov), conventional",
+           {"epochs": 164, "batch_size": 128, "lr": 0.1, "schedule": "step", "weight_decay": 1e-4, "warmup": 0.0,
+            "nesterov": False, "sd": False}),
+    Recipe("huang2016", "Huang et al. 2016, stochastic depth on CIFAR: 500 epochs, batch 128, lr 0.1 /10 at 50% "
+           "and 75%, weight decay 1e-4, Nesterov momentum 0.9, p_L 0.5",
+           {"epochs": 500, "batch_size": 128, "lr": 0.1, "schedule": "step", "weight_decay": 1e-4, "warmup": 0.0,
+            "nesterov": True, "sd": True, "p_last": 0.5}),
+)}
+RECIPE_NAMES = tuple(RECIPES)

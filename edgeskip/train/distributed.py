@@ -1,0 +1,76 @@
+"""Data-parallel training under ``torchrun``: process group set-up, sharding, reductions.
+
+``torchrun --nproc_per_node N -m edgeskip train ...`` starts N processes; each trains on its shard of
+every global mini-batch (``--batch-size`` is the global batch, split evenly), gradients are averaged by
+DistributedDataParallel (gloo on CPU, NCCL on GPU), and rank 0 writes the checkpoints. Every rank draws
+the same shuffling, augmentation and stochastic-depth decisions from the same seed, so a run is
+determined by its seed and its world size.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from edgeskip.errors import EdgeskipError
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place in the run."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: str = "cpu"
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+    def shard(self, n: int) -> slice:
+        """This rank's slice of a global batch of ``n`` items."""
+        per = n // self.world_size
+        return slice(self.rank * per, (self.rank + 1) * per)
+
+    def sum(self, *values: float) -> list[float]:
+        """Element-wise sum of ``values`` over all ranks (identity for one process)."""
+        if not self.active:
+            return list(values)
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return t.tolist()
+
+    def barrier(self) -> None:
+        if self.active:
+            dist.barrier()
+
+    def close(self) -> None:
+        """Leave the process group (the next :func:`from_environment` joins a new one)."""
+        if self.active and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def from_environment() -> Distributed:
+    """Join the process group torchrun describes in the environment (one process: no group)."""
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", "0"))
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+    except ValueError:
+        raise EdgeskipError("WORLD_SIZE/RANK/LOCAL_RANK must be integers (as torchrun sets them)") from None
+    cuda = torch.cuda.is_available()
+    device = "cuda" if cuda else "cpu"
+    if world <= 1:
+        return Distributed(device=device)
+    if cuda:
+        torch.cuda.set_device(local)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return Distributed(rank, world, device)
