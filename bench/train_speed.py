@@ -23,11 +23,12 @@ import time
 from pathlib import Path
 
 DATA = "../shared/datasets/cifar10-jpeg"
-# name: (processes, threads per process, amp, compile, global batch, sd_mode)
+# name: (processes, threads per process, amp, compile, global batch, sd_mode[, memory format])
 VARIANTS = {
     "fp32 2thr bs128 (before)": (1, 2, "fp32", False, 128, "none"),
     "fp32 1thr bs128": (1, 1, "fp32", False, 128, "none"),
     "bf16 2thr bs128": (1, 2, "bf16", False, 128, "none"),
+    "bf16 2thr bs128 NCHW": (1, 2, "bf16", False, 128, "none", "nchw"),
     "bf16+compile 2thr bs128": (1, 2, "bf16", True, 128, "none"),
     "bf16 2thr bs256": (1, 2, "bf16", False, 256, "none"),
     "fp32 DDP 2x1thr bs128": (2, 1, "fp32", False, 128, "none"),
@@ -52,7 +53,8 @@ def worker(args: argparse.Namespace) -> None:
     splits = DataSpec("imagefolder", args.data).load()
     cfg = TrainConfig(batch_size=args.batch, amp=args.amp, compile=args.compile, epochs=1)
     torch.manual_seed(0)
-    model = build_model(ResNetConfig(sd_mode=args.sd)).to(memory_format=torch.channels_last)
+    fmt = torch.contiguous_format if args.nchw else torch.channels_last
+    model = build_model(ResNetConfig(sd_mode=args.sd)).to(memory_format=fmt)
     net = model
     if ddp.active:
         net = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=args.sd == "batch")
@@ -60,7 +62,7 @@ def worker(args: argparse.Namespace) -> None:
     opt, sched = make_optimizer(model, cfg, 10_000)
     batches = list(iterate(splits.train.subset(torch.arange(args.batch * 24).numpy()), splits.norm, args.batch,
                            shuffle=True, augment=True, drop_last=True, shard=(ddp.rank, ddp.world_size)))
-    batches = [(x.contiguous(memory_format=torch.channels_last), y) for x, y in batches]
+    batches = [(x.contiguous(memory_format=fmt), y) for x, y in batches]
     for x, y in batches[:8]:  # warm-up (and compilation)
         train_step(forward, opt, sched, x, y, cfg)
     ddp.barrier()
@@ -99,9 +101,9 @@ def pipeline(data: str, batch: int, seconds: float) -> float:
 
 
 def run_variant(spec: tuple, data: str, seconds: float) -> float:
-    procs, threads, amp, compile_, batch, sd = spec
+    procs, threads, amp, compile_, batch, sd = spec[:6]
     args = [__file__, "--worker", "--data", data, "--threads", str(threads), "--amp", amp, "--batch", str(batch),
-            "--sd", sd, "--seconds", str(seconds)] + (["--compile"] if compile_ else [])
+            "--sd", sd, "--seconds", str(seconds)] + (["--compile"] if compile_ else []) + (["--nchw"] if spec[6:] else [])
     cmd = ([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs), "--master_port", "29533"]
            if procs > 1 else [sys.executable]) + args
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
@@ -119,6 +121,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--amp", default="fp32")
     ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--nchw", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--sd", default="none")
     ap.add_argument("--seconds", type=float, default=15.0, help="Timed seconds per variant and round.")
@@ -145,6 +148,7 @@ def main() -> None:
     base = statistics.median(runs["fp32 2thr bs128 (before)"])
     rows = [{"variant": k, "processes": VARIANTS[k][0], "threads": VARIANTS[k][1], "amp": VARIANTS[k][2],
              "compile": VARIANTS[k][3], "batch": VARIANTS[k][4], "sd_mode": VARIANTS[k][5],
+             "memory_format": (VARIANTS[k][6:] or ("channels_last",))[0],
              "images_per_s": v, "median": statistics.median(v), "ratio_to_before": statistics.median(v) / base}
             for k, v in runs.items()]
     for row in rows:

@@ -122,8 +122,8 @@ def apply_recipe(ctx: click.Context, params: dict) -> dict:
 @click.option("--warmup", type=float, default=0.0, show_default=True, help="Linear warm-up epochs.")
 @click.option("--label-smoothing", type=float, default=0.0, show_default=True)
 @click.option("--augment/--no-augment", default=None, help="Crop+flip augmentation [default: on for RGB >= 32x32].")
-@click.option("--zero-init-last/--no-zero-init-last", default=True, show_default=True,
-              help="Zero-initialise each block's last BN scale (every block starts as the identity).")
+@click.option("--zero-init-last/--no-zero-init-last", default=False, show_default=True,
+              help="Zero-initialise each block's last BN scale (every block starts as the identity; slower to train).")
 @click.option("--amp", type=click.Choice(AMP_CHOICES), default="auto", show_default=True,
               help="Training precision: bf16 autocast where the CPU has native bf16 (auto), or force one.")
 @click.option("--compile/--no-compile", "compile_", default=False, show_default=True,

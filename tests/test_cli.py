@@ -42,6 +42,10 @@ def test_main_job_on_digits_end_to_end(tmp_path):
     (["--p-last", "1.2"], ["(0, 1]"]),
     (["--dataset", "cifar10", "--data-dir", "{tmp}/missing"], ["does not exist"]),
     (["--dataset", "imagefolder", "--data-dir", "{tmp}/missing"], ["does not exist"]),
+    (["--recipe", "imagenet"], ["--recipe", "he2016"]),
+    (["--amp", "fp16"], ["--amp", "bf16"]),
+    (["--stop-after", "0"], ["--stop-after"]),
+    (["--gates", "rnn", "--stop-after", "1"], ["--stop-after"]),
 ])
 def test_train_bad_input(tmp_path, args, fragments):
     out = tmp_path / "m.pt"
@@ -75,3 +79,25 @@ def test_resume_cli(tmp_path):
     one_line_error(run("train", "--epochs", "1", "--out", out, "--quiet"), "--resume")
     again = run("train", "--resume", "--out", out, "--quiet")
     assert again.returncode == 0 and "epoch 1/1" in again.stdout
+
+
+def test_recipe_options_are_train_options():
+    from edgeskip.cli import train
+    from edgeskip.recipes import RECIPES
+
+    names = {p.name for p in train.params}
+    for r in RECIPES.values():
+        assert set(r.options) <= names, (r.name, set(r.options) - names)
+
+
+def test_recipe_sets_defaults_and_given_options_win(tmp_path):
+    import torch
+
+    out = tmp_path / "m.pt"
+    res = run("train", "--recipe", "he2016", "--epochs", "1", "--depth", "8", "--shortcut", "proj", "--out", out,
+              "--quiet", "--threads", "1")
+    assert res.returncode == 0, res.stderr
+    ck = torch.load(out, weights_only=True)
+    t, m = ck["train"], ck["model"]
+    assert (t["weight_decay"], t["schedule"], t["nesterov"], t["recipe"]) == (1e-4, "step", False, "he2016")
+    assert t["epochs"] == 1 and m["shortcut"] == "proj" and m["sd_mode"] == "none"  # given options win

@@ -20,7 +20,8 @@ class ResNetConfig:
     ``sd_mode``: ``"batch"`` drops a residual branch for the whole mini-batch (Huang et al. 2016;
     the dropped branch is not computed), ``"row"`` per sample, ``"none"`` for the conventional baseline.
     ``p_last`` is the survival probability p_L of the last block (linear decay from 1).
-    ``zero_init_last`` zero-initialises each block's last BN scale, so every block starts as the identity.
+    ``zero_init_last`` zero-initialises each block's last BN scale, so every block starts as the identity
+    (off by default: on CIFAR-10 it cost 3.1 points of validation accuracy after 10 epochs; bench/README).
     """
 
     depth: int = 20
@@ -31,7 +32,7 @@ class ResNetConfig:
     shortcut: str = "pad"
     sd_mode: str = "batch"
     p_last: float = 0.5
-    zero_init_last: bool = True
+    zero_init_last: bool = False
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:

@@ -175,7 +175,7 @@ def train(
         batches = iterate(splits.train, splits.norm, train_cfg.batch_size, shuffle=True, augment=augment,
                           seed=train_cfg.seed * 100_003 + epoch, drop_last=True, shard=shard)
         bar = tqdm(batches, total=steps, desc=f"epoch {epoch + 1}/{train_cfg.epochs}", leave=False,
-                   disable=not progress, file=sys.stderr, dynamic_ncols=True)
+                   disable=not progress or not sys.stderr.isatty(), file=sys.stderr, dynamic_ncols=True)
         for xb, yb in bar:
             xb, yb = xb.to(ddp.device, memory_format=torch.channels_last), yb.to(ddp.device)
             loss, logits = train_step(forward, opt, sched, xb, yb, train_cfg, ddp.device)
