@@ -15,7 +15,7 @@ import click
 
 from edgeskip import __version__
 from edgeskip.errors import EdgeskipError
-from edgeskip.recipes import AMP_CHOICES, RECIPE_NAMES, RECIPES
+from edgeskip.recipes import AMP_CHOICES, RECIPE_NAMES, RECIPES, SD_SCOPES
 
 
 class _Group(click.Group):
@@ -112,6 +112,8 @@ def apply_recipe(ctx: click.Context, params: dict) -> dict:
 @click.option("--sd-mode", type=click.Choice(["batch", "row"]), default="batch", show_default=True,
               help="Drop a branch per mini-batch (not computed) or per sample.")
 @click.option("--p-last", "p_last", type=float, default=0.5, show_default=True, help="Survival probability p_L of the last block.")
+@click.option("--sd-scope", type=click.Choice(SD_SCOPES), default="all", show_default=True,
+              help="Drop every block's branch (Huang et al.) or only the gated blocks' (the ones skipped at inference).")
 @click.option("--epochs", type=int, default=30, show_default=True)
 @click.option("--batch-size", type=int, default=128, show_default=True)
 @click.option("--lr", type=float, default=0.1, show_default=True)
@@ -151,7 +153,7 @@ def train(ctx, **params) -> None:
 
 
 def _train(dataset, data_dir, download, val_fraction, image_size, seed, recipe, depth, width, shortcut, sd, sd_mode,
-           p_last, epochs, batch_size, lr, momentum, nesterov, weight_decay, schedule, warmup, label_smoothing, augment,
+           p_last, sd_scope, epochs, batch_size, lr, momentum, nesterov, weight_decay, schedule, warmup, label_smoothing, augment,
            zero_init_last, amp, compile_, out, resume, stop_after, threads, quiet, gates, init, gate_mode, alpha, beta,
            gate_threshold) -> None:
     import dataclasses
@@ -161,7 +163,8 @@ def _train(dataset, data_dir, download, val_fraction, image_size, seed, recipe, 
 
     _threads(threads)
     model_cfg = ResNetConfig(depth=depth, widths=(width, 2 * width, 4 * width), shortcut=shortcut,
-                             sd_mode=sd_mode if sd else "none", p_last=p_last, zero_init_last=zero_init_last)
+                             sd_mode=sd_mode if sd else "none", p_last=p_last, zero_init_last=zero_init_last,
+                             sd_scope=sd_scope)
     train_cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, nesterov=nesterov,
                             weight_decay=weight_decay, schedule=schedule, warmup_epochs=warmup,
                             label_smoothing=label_smoothing, augment=augment, seed=seed, amp=amp,

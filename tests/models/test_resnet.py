@@ -102,6 +102,16 @@ def test_survival_probabilities_linear_decay():
     assert all(b.p_survive == 1.0 for b in m.blocks.values())
 
 
+def test_sd_scope_gated_keeps_stage_entry_blocks():
+    full, gated = ResNetConfig(depth=20).survival_probs(), ResNetConfig(depth=20, sd_scope="gated").survival_probs()
+    for i in range(9):  # blocks 0, 3, 6 open their stage: never gated, so never dropped in training
+        assert gated[i] == (1.0 if i % 3 == 0 else full[i])
+    m = build_model(ResNetConfig(depth=20, sd_scope="gated")).train()
+    assert [m.blocks[str(i)].p_survive for i in (0, 3, 6)] == [1.0] * 3
+    with pytest.raises(EdgeskipError, match="scope"):
+        ResNetConfig(sd_scope="some")
+
+
 def test_row_mode_drops_per_sample_with_inverted_scaling():
     torch.manual_seed(0)
     branch = torch.ones(1000, 2, 3, 3)
