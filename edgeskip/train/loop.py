@@ -146,6 +146,8 @@ def train(
 
     torch.manual_seed(train_cfg.seed)
     model = build_model(model_cfg)
+    # on the device before the optimizer exists, so resumed optimizer state lands beside the weights
+    model.to(device=ddp.device, memory_format=torch.channels_last)  # ~10% faster convolutions on CPU
     steps = num_batches(len(splits.train), train_cfg.batch_size, drop_last=True)
     opt, sched = make_optimizer(model, train_cfg, steps)
     ck = Checkpoint(model_cfg, model.state_dict(), splits.norm, splits.class_names, splits.dataset_id,
@@ -158,7 +160,6 @@ def train(
         torch.set_rng_state(ck.rng)
         splits.norm = ck.norm
     augment = augment_default(train_cfg, splits.shape)
-    model.to(device=ddp.device, memory_format=torch.channels_last)  # ~10% faster convolutions on CPU
     net: torch.nn.Module = model
     if ddp.active:  # batch-mode stochastic depth leaves dropped blocks without gradients
         net = DistributedDataParallel(model, find_unused_parameters=model_cfg.sd_mode == "batch")
