@@ -10,7 +10,8 @@ import torch
 from edgeskip.data.dataset import ArrayDataset, Normalization, to_float
 
 
-def random_crop_flip(x: torch.Tensor, gen: torch.Generator, pad: int = 4, rows: slice = slice(None)) -> torch.Tensor:
+def random_crop_flip(x: "torch.Tensor | _Rows", gen: torch.Generator, pad: int = 4,
+                     rows: slice = slice(None)) -> torch.Tensor:
     """Standard CIFAR augmentation on a batch: random crop with ``pad`` zero padding, horizontal flip.
 
     The random draws are made for the whole batch ``x`` describes; only ``x[rows]`` is transformed
