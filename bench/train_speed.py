@@ -46,7 +46,7 @@ def worker(args: argparse.Namespace) -> None:
     from edgeskip.models import ResNetConfig, build_model
     from edgeskip.train import DataSpec, TrainConfig
     from edgeskip.train.distributed import from_environment
-    from edgeskip.train.loop import make_optimizer, train_step
+    from edgeskip.train.loop import make_optimizer, train_step, training_forward
 
     torch.set_num_threads(args.threads)
     ddp = from_environment()
@@ -55,10 +55,7 @@ def worker(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
     fmt = torch.contiguous_format if args.nchw else torch.channels_last
     model = build_model(ResNetConfig(sd_mode=args.sd)).to(memory_format=fmt)
-    net = model
-    if ddp.active:
-        net = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=args.sd == "batch")
-    forward = torch.compile(net) if args.compile else net
+    forward = training_forward(model, cfg, ddp)
     opt, sched = make_optimizer(model, cfg, 10_000)
     batches = list(iterate(splits.train.subset(torch.arange(args.batch * 24).numpy()), splits.norm, args.batch,
                            shuffle=True, augment=True, drop_last=True, shard=(ddp.rank, ddp.world_size)))
@@ -71,10 +68,10 @@ def worker(args: argparse.Namespace) -> None:
         x, y = batches[steps % len(batches)]
         train_step(forward, opt, sched, x, y, cfg)
         steps += 1
-        done = [time.perf_counter() - t0 >= args.seconds]
+        done = time.perf_counter() - t0 >= args.seconds
         if ddp.active:  # every rank stops at the same step
-            done = [bool(ddp.sum(float(done[0]))[0] > 0)]
-        if done[0]:
+            done = ddp.sum(float(done))[0] > 0
+        if done:
             break
     dt = time.perf_counter() - t0
     if ddp.is_main:

@@ -34,11 +34,6 @@ class Distributed:
     def active(self) -> bool:
         return self.world_size > 1
 
-    def shard(self, n: int) -> slice:
-        """This rank's slice of a global batch of ``n`` items."""
-        per = n // self.world_size
-        return slice(self.rank * per, (self.rank + 1) * per)
-
     def sum(self, *values: float) -> list[float]:
         """Element-wise sum of ``values`` over all ranks (identity for one process)."""
         if not self.active:

@@ -89,6 +89,14 @@ def train_step(forward: Callable[[torch.Tensor], torch.Tensor], opt: torch.optim
     return loss, logits
 
 
+def training_forward(model: CifarResNet, cfg: TrainConfig, ddp: Distributed) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The callable a training step runs: ``model``, wrapped in DDP under torchrun and compiled if asked."""
+    net: torch.nn.Module = model
+    if ddp.active:  # batch-mode stochastic depth leaves dropped blocks without gradients
+        net = DistributedDataParallel(model, find_unused_parameters=model.cfg.sd_mode == "batch")
+    return torch.compile(net) if cfg.compile else net
+
+
 def augment_default(cfg: TrainConfig, shape: tuple[int, int, int]) -> bool:
     if cfg.augment is not None:
         return cfg.augment
@@ -160,10 +168,7 @@ def train(
         torch.set_rng_state(ck.rng)
         splits.norm = ck.norm
     augment = augment_default(train_cfg, splits.shape)
-    net: torch.nn.Module = model
-    if ddp.active:  # batch-mode stochastic depth leaves dropped blocks without gradients
-        net = DistributedDataParallel(model, find_unused_parameters=model_cfg.sd_mode == "batch")
-    forward = torch.compile(net) if train_cfg.compile else net
+    forward = training_forward(model, train_cfg, ddp)
     shard = (ddp.rank, ddp.world_size)
     progress = progress and ddp.is_main
     last = train_cfg.epochs if stop_after is None else min(stop_after, train_cfg.epochs)
