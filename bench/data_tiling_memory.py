@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from zero_overhead import rss_delta_kib  # noqa: E402
 
 from edgeskip.export import iree_compile  # noqa: E402
-from edgeskip.export.shared_weights import SharedIreeExecutor, build_shared_modules, merge_modules, module_name  # noqa: E402
+from edgeskip.backends.iree import SharedIreeExecutor  # noqa: E402
+from edgeskip.export.shared_weights import build_shared_modules, merge_modules, module_name  # noqa: E402
 from edgeskip.models import ResNetConfig, build_model, skip_from_indices  # noqa: E402
 from edgeskip.pareto.latency import interleaved_median  # noqa: E402
 from edgeskip.pareto.ranking import rank_blocks  # noqa: E402

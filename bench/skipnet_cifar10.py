@@ -30,10 +30,10 @@ import torch  # noqa: E402
 
 from edgeskip.data.batches import iterate  # noqa: E402
 from edgeskip.export.iree_compile import TARGETS, compile_mlir, import_onnx  # noqa: E402
-from edgeskip.export.bundle import load_manifest  # noqa: E402
+from edgeskip.manifest import load_manifest  # noqa: E402
+from edgeskip.backends.iree import IreeSkipNet, SharedIreeExecutor  # noqa: E402
 from edgeskip.export.shared_weights import (  # noqa: E402
-    SharedIreeExecutor, build_shared_modules, merge_modules, module_name, rename_module)
-from edgeskip.export.skipnet_bundle import IreeSkipNet  # noqa: E402
+    build_shared_modules, merge_modules, module_name, rename_module)
 from edgeskip.export.skipnet_graph import export_skipnet, verify_skipnet_onnx  # noqa: E402
 from edgeskip.models import macs  # noqa: E402
 from edgeskip.train import evaluate, load_checkpoint  # noqa: E402
@@ -83,18 +83,18 @@ def main() -> None:
         orig_ex = SharedIreeExecutor(full.weights, full.modules)
         runners["original"] = lambda x: orig_ex.run(0, x)
         # the edgeskip bundle's Pareto configs, as the runtime runs them: functions of one merged module
-        es_configs = load_manifest(args.edgeskip)["configs"]
+        es_configs = load_manifest(args.edgeskip).configs
         es_ck = load_checkpoint(Path(args.edgeskip) / "model.pt")
         if es_ck.dataset_id != orig_ck.dataset_id:
             sys.exit("edgeskip bundle and original are on different data")
-        skips = [c["skip"] for c in es_configs]
+        skips = [list(c.skip) for c in es_configs]
         sm = build_shared_modules(es_ck.model(), skips, TARGETS["host"], work / "es", work / "esw")
         names = [module_name(s) for s in skips]
         vmfb = compile_mlir(merge_modules(dict(zip(names, sm.mlir)), work / "es.mlir"), TARGETS["host"], work / "es.vmfb")
         es_ex = SharedIreeExecutor(sm.weights, [vmfb], functions=names)
         for k, c in enumerate(es_configs):
             name = f"edgeskip config {k}"
-            models[name] = {"test_accuracy": c["test_accuracy"], "mean_skipped": float(c["n_skipped"]), "mean_macs": c["macs"]}
+            models[name] = {"test_accuracy": c.test_accuracy, "mean_skipped": float(c.n_skipped), "mean_macs": c.macs}
             runners[name] = lambda x, k=k: es_ex.run(k, x)
         decisions = {}
         for path in args.skipnet:

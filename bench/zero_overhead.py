@@ -32,10 +32,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from edgeskip.export.iree_compile import TARGETS, compile_mlir, import_onnx  # noqa: E402
-from edgeskip.export.iree_run import IreeModule  # noqa: E402
 from edgeskip.export.latency import ort_static_latency  # noqa: E402
 from edgeskip.export.onnx_export import export_gated, export_static  # noqa: E402
-from edgeskip.export.shared_weights import SharedIreeExecutor, build_shared_modules, import_shared, module_name  # noqa: E402
+from edgeskip.backends.iree import IreeModule, SharedIreeExecutor  # noqa: E402
+from edgeskip.export.shared_weights import build_shared_modules, import_shared, module_name  # noqa: E402
 from edgeskip.models import ResNetConfig, build_model, skip_from_indices  # noqa: E402
 from edgeskip.pareto.latency import interleaved_median  # noqa: E402
 from edgeskip.pareto.ranking import rank_blocks  # noqa: E402
@@ -47,8 +47,7 @@ import sys, numpy as np
 def rss():
     return int(next(l for l in open("/proc/self/status") if l.startswith("VmRSS")).split()[1])
 import iree.runtime  # imports first, so the delta below is what loading and running the modules costs
-from edgeskip.export.shared_weights import SharedIreeExecutor
-from edgeskip.export.iree_run import IreeModule
+from edgeskip.backends.iree import IreeModule, SharedIreeExecutor
 mode, weights, *mods = sys.argv[1:]
 x = np.zeros({shape}, np.float32)
 before = rss()

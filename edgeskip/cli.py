@@ -15,13 +15,28 @@ import click
 
 from edgeskip import __version__
 from edgeskip.errors import EdgeskipError
+from edgeskip.manifest import Manifest, load_manifest
 from edgeskip.recipes import AMP_CHOICES, RECIPE_NAMES, RECIPES, SD_SCOPES
+from edgeskip.runtime.executor import BACKENDS
+
+
+# packages of the `design` extra (import names): a runtime-only install lacks them
+DESIGN_MODULES = ("torch", "sklearn", "matplotlib", "tqdm", "onnx", "onnxscript", "iree.compiler", "elftools",
+                  "mlperf_loadgen")
 
 
 class _Group(click.Group):
     def invoke(self, ctx: click.Context):  # noqa: D401 - click hook
         try:
             return super().invoke(ctx)
+        except ModuleNotFoundError as e:
+            name = e.name or ""
+            if not any(name == m or name.startswith(m + ".") for m in DESIGN_MODULES):
+                raise
+            command = ctx.invoked_subcommand or "this command"
+            click.echo(f"error: edgeskip {command} needs the design-time packages ({name} is not installed): "
+                       "pip install 'edgeskip[design]'", err=True)
+            ctx.exit(2)
         except EdgeskipError as e:
             click.echo(f"error: {e}", err=True)
             ctx.exit(2)
@@ -72,13 +87,13 @@ def _threads(n: int | None) -> None:
         torch.set_num_threads(n)
 
 
-def skipnet_summary(m: dict) -> str:
+def skipnet_summary(m: "Manifest") -> str:
     """One SkipNet bundle's figures: accuracy, skipped blocks, MACs with gates, latency spread."""
-    c = m["configs"][0]
-    return (f"SkipNet: val accuracy {c['val_accuracy']:.4f}, test accuracy {c['test_accuracy']:.4f}, "
-            f"mean skipped {c['test_mean_skipped']:.2f}/{m['num_gates']} blocks, mean MACs {c['macs']:.0f} (gates "
-            f"included), host latency mean {c['latency_s'] * 1e3:.3f} ms [{c['latency_s_min'] * 1e3:.3f}, "
-            f"{c['latency_s_max'] * 1e3:.3f}]")
+    c = m.configs[0]
+    return (f"SkipNet: val accuracy {c.val_accuracy:.4f}, test accuracy {c.test_accuracy:.4f}, "
+            f"mean skipped {c.extra['test_mean_skipped']:.2f}/{m.num_gates} blocks, mean MACs {c.macs:.0f} (gates "
+            f"included), host latency mean {c.latency_s * 1e3:.3f} ms [{c.extra['latency_s_min'] * 1e3:.3f}, "
+            f"{c.extra['latency_s_max'] * 1e3:.3f}]")
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -320,40 +335,36 @@ def compile_cmd(checkpoint, dataset, data_dir, download, val_fraction, image_siz
         from edgeskip.export.skipnet_bundle import build_skipnet_bundle
 
         bundle = build_skipnet_bundle(ck, splits, out_dir, target_list, force=force, log=log)
-        click.echo(skipnet_summary(json.loads((bundle / "manifest.json").read_text())))
+        click.echo(skipnet_summary(load_manifest(bundle)))
         click.echo(f"wrote SkipNet bundle {bundle}")
         return
     bundle = build_bundle(ck, splits, out_dir, target_list, repeats=repeats, force=force, log=log)
     if checkpoint.endswith(f".{out_dir.name}.model.pt"):
         Path(checkpoint).unlink(missing_ok=True)  # the bundle carries its own copy (model.pt)
-    from edgeskip.export.bundle import load_manifest
-
     manifest = load_manifest(bundle)
     click.echo(format_table(json.loads((bundle / "pareto.json").read_text())))
-    click.echo(f"wrote bundle {bundle} ({len(manifest['artifacts'])} artifacts, targets "
-               f"{', '.join(manifest['targets'])}; fastest host backend: {manifest['backend']['host_fastest']})")
+    click.echo(f"wrote bundle {bundle} ({len(manifest.artifacts)} artifacts, targets "
+               f"{', '.join(manifest.targets)}; fastest host backend: {manifest.host_fastest})")
 
 
 @cli.command()
 @click.argument("bundle", type=click.Path(file_okay=False))
 def inspect(bundle) -> None:
     """Print a bundle's manifest summary and Pareto table; verify every artifact's sha256."""
-    from edgeskip.export.bundle import load_manifest
     from edgeskip.pareto.design import format_table
 
     m = load_manifest(bundle)
-    cfg = m["model"]
-    skipnet = m.get("kind") == "skipnet"
-    what = f"SkipNet ({m['gates']['kind']} gates)" if skipnet else f"{len(m['configs'])} Pareto configs"
-    click.echo(f"bundle {bundle}: ResNet-{cfg['depth']} on {m['dataset_id']}, input {m['input']['shape']}, "
-               f"B_s = {m['num_gates']}, {what}")
-    click.echo("tools: " + ", ".join(f"{k} {v}" for k, v in m["tools"].items()))
-    for name, t in m["targets"].items():
-        v = m["verification"]["iree"].get(name, {})
-        click.echo(f"target {name}: {t['triple']}  verification: {json.dumps(v)}")
-    click.echo(f"fastest host backend: {m['backend']['host_fastest']}")
+    skipnet = m.kind == "skipnet"
+    what = f"SkipNet ({m.extra.get('gates', {}).get('kind', '?')} gates)" if skipnet else f"{len(m.configs)} Pareto configs"
+    click.echo(f"bundle {bundle}: ResNet-{m.model.get('depth', '?')} on {m.dataset_id}, input {list(m.input.shape)}, "
+               f"B_s = {m.num_gates}, {what}, manifest version {m.version}")
+    click.echo("tools: " + ", ".join(f"{k} {v}" for k, v in m.extra.get("tools", {}).items()))
+    for name, t in m.targets.items():
+        v = m.extra.get("verification", {}).get("iree", {}).get(name, {})
+        click.echo(f"target {name}: {t.triple}  verification: {json.dumps(v)}")
+    click.echo(f"fastest host backend: {m.host_fastest}")
     click.echo(skipnet_summary(m) if skipnet else format_table(json.loads((Path(bundle) / "pareto.json").read_text())))
-    click.echo(f"all {len(m['artifacts'])} artifact hashes match")
+    click.echo(f"all {len(m.artifacts)} artifact hashes match")
 
 
 @cli.command()
@@ -363,7 +374,7 @@ def inspect(bundle) -> None:
 @click.option("--delta-req", type=float, default=None,
               help="Idle gap (s) before moving toward less skipping [default: measured latency of the no-skip config].")
 @click.option("--config", "fixed", type=int, default=None, help="Fixed-config mode (baselines): always this config.")
-@click.option("--backend", type=click.Choice(["auto", "iree", "onnxruntime"]), default="auto", show_default=True)
+@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=8080, show_default=True, help="0 picks a free port (printed).")
 @click.option("--max-body", type=int, default=8 * 1024 * 1024, show_default=True, help="Largest request body (bytes).")
@@ -371,14 +382,16 @@ def inspect(bundle) -> None:
               help="Which of the bundle's IREE targets to run (auto: this machine's).")
 @click.option("--driver", default="local-sync", show_default=True, help="IREE HAL driver (local-sync, local-task).")
 @click.option("--threads", "ort_threads", type=int, default=1, show_default=True, help="onnxruntime intra-op threads.")
-def serve(bundle, min_acc, delta_req, fixed, backend, host, port, max_body, target, driver, ort_threads) -> None:
-    """Serve inference requests over HTTP, adapting depth to load (Algorithm 1)."""
+@click.option("--model-name", default=None, help="Model name on the KServe v2 API [default: the bundle folder's name].")
+def serve(bundle, min_acc, delta_req, fixed, backend, host, port, max_body, target, driver, ort_threads,
+          model_name) -> None:
+    """Serve inference over HTTP (/v1 and KServe v2), adapting depth to load (Algorithm 1)."""
     import asyncio
 
     from edgeskip.runtime.daemon import run_daemon
 
     asyncio.run(run_daemon(bundle, min_acc, delta_req, fixed, backend, host, port, max_body,
-                           on_ready=lambda msg: click.echo(msg, err=False), target=target, driver=driver,
+                           on_ready=lambda msg: click.echo(msg, err=False), model_name=model_name, target=target, driver=driver,
                            threads=ort_threads))
 
 
@@ -396,7 +409,7 @@ def serve(bundle, min_acc, delta_req, fixed, backend, host, port, max_body, targ
 @click.option("--delta-req", type=float, default=None, help="[default: measured no-skip latency]")
 @click.option("--configs", default=None, help="Fixed configs to compare, e.g. 0,2 [default: all].")
 @click.option("--url", default=None, help="A running daemon (loopback only); default: drive the executor in-process.")
-@click.option("--backend", type=click.Choice(["auto", "iree", "onnxruntime"]), default="auto", show_default=True)
+@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True)
 @click.option("--compare", type=click.Path(file_okay=False), default=None,
               help="A SkipNet bundle of the same data set, replayed on the same arrivals (run 'skipnet').")
 @click.option("--loadgen", is_flag=True, help="Drive the daemon at --url with MLPerf LoadGen's server scenario "

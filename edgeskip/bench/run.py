@@ -67,15 +67,15 @@ def run_benchmark(bundle: str | os.PathLike, out: str | os.PathLike, pattern: st
         other = open_executor(compare, backend, **executor_options)
         if not isinstance(other, SkipNetExecutor):
             raise EdgeskipError(f"--compare expects a SkipNet bundle; {compare} is an edgeskip bundle")
-        if other.manifest["dataset_id"] != executor.manifest["dataset_id"]:
-            raise EdgeskipError(f"--compare bundle was built on {other.manifest['dataset_id']}, "
-                                f"not {executor.manifest['dataset_id']}")
+        if other.manifest.dataset_id != executor.manifest.dataset_id:
+            raise EdgeskipError(f"--compare bundle was built on {other.manifest.dataset_id}, "
+                                f"not {executor.manifest.dataset_id}")
     no_skip = measure_no_skip_latency(executor)
     period = period or no_skip / load
     delta = delta_req or no_skip
     arrivals = arrivals_for(pattern, count, period, rate, trace, seed)
     images, labels = test_images(bundle, min(len(arrivals), 2000))
-    accs = [c["val_accuracy"] for c in executor.configs]
+    accs = [c.val_accuracy for c in executor.configs]
     fixed = list(range(len(executor.configs))) if fixed is None else list(fixed)
     runs: dict[str, Any] = {}
     if url:
@@ -94,8 +94,10 @@ def run_benchmark(bundle: str | os.PathLike, out: str | os.PathLike, pattern: st
     doc = {
         "command": command, "bundle": str(bundle), "backend": executor.backend, "pattern": pattern, "count": len(arrivals),
         "seed": seed, "base_period_s": period, "no_skip_latency_s": no_skip, "delta_req_s": delta, "min_acc": min_acc,
-        "target": url or "in-process", "configs": executor.configs,
-        "compare": None if other is None else {"bundle": str(compare), "configs": other.configs}, "summaries": summaries,
+        "target": url or "in-process", "configs": [c.to_dict() for c in executor.configs],
+        "compare": None if other is None else {"bundle": str(compare),
+                                               "configs": [c.to_dict() for c in other.configs]},
+        "summaries": summaries,
         "table": table_rows(summaries), "records": {name: to_columns(recs) for name, recs in runs.items()},
     }
     out = Path(out)
@@ -119,7 +121,8 @@ def _run_skipnet_only(executor: SkipNetExecutor, bundle: Path, out: str | os.Pat
     doc = {
         "command": command, "bundle": str(bundle), "backend": executor.backend, "pattern": pattern,
         "count": len(arrivals), "seed": seed, "base_period_s": period, "no_skip_latency_s": latency,
-        "delta_req_s": None, "min_acc": None, "target": url or "in-process", "configs": executor.configs,
+        "delta_req_s": None, "min_acc": None, "target": url or "in-process",
+        "configs": [c.to_dict() for c in executor.configs],
         "summaries": summaries, "table": table_rows(summaries, reference="skipnet"),
         "records": {name: to_columns(recs) for name, recs in runs.items()},
     }

@@ -16,7 +16,7 @@ The bundle is built in a temporary folder beside ``out`` and renamed into place 
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
 from contextlib import contextmanager
 import shutil
@@ -36,15 +36,16 @@ from edgeskip.export import emulate
 from edgeskip.export.elf_check import check_no_imports
 from edgeskip.export.iree_compile import COMMON_FLAGS, Target, compile_mlir
 from edgeskip.export.latency import IreeLatency, ort_static_latency
-from edgeskip.export.onnx_export import export_gated, max_abs_diff, ort_session, verify_onnx
-from edgeskip.export.shared_weights import SharedIreeExecutor, import_shared, merge_modules, module_name
+from edgeskip.backends.ort import ort_session
+from edgeskip.export.onnx_export import export_gated, max_abs_diff, verify_onnx
+from edgeskip.backends.iree import SharedIreeExecutor
+from edgeskip.export.shared_weights import import_shared, merge_modules, module_name
+from edgeskip.manifest import ConfigEntry, InputSpec, IreeEntry, Manifest, Normalization, TargetEntry
 from edgeskip.pareto.design import design_space, write_design
 from edgeskip.train.checkpoint import Checkpoint
 from edgeskip.utils.atomic import write_json
 from edgeskip.utils.hashing import file_digest as sha256
 
-MANIFEST_FORMAT = "edgeskip-bundle"
-MANIFEST_VERSION = 1
 TOLERANCE = 1e-4
 TOOLS = ("torch", "onnx", "onnxscript", "onnxruntime", "iree-base-compiler", "iree-base-runtime", "numpy")
 Log = Callable[[str], None]
@@ -115,9 +116,9 @@ def with_host(targets: Sequence[Target]) -> list[Target]:
     return [Target("host", None, cpu="host"), *targets]
 
 
-def targets_manifest(targets: Sequence[Target]) -> dict[str, Any]:
+def targets_manifest(targets: Sequence[Target]) -> dict[str, TargetEntry]:
     """The manifest's ``targets`` entry: triple, compiler flags and module folder per target."""
-    return {t.name: {"triple": t.triple or "host", "flags": t.flags(), "dir": f"iree/{t.name}"} for t in targets}
+    return {t.name: TargetEntry(t.triple or "host", tuple(t.flags()), f"iree/{t.name}") for t in targets}
 
 
 def check_out(out: Path, force: bool) -> None:
@@ -140,10 +141,14 @@ def staging(out: Path) -> Iterator[tuple[Path, Path]]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def finish_bundle(tmp: Path, out: Path, manifest: dict[str, Any]) -> None:
-    """Hash every artifact of the bundle built in ``tmp``, write its manifest, rename it to ``out``."""
-    manifest["artifacts"] = {str(p.relative_to(tmp)): sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
-    write_json(tmp / "manifest.json", manifest)
+def finish_bundle(tmp: Path, out: Path, manifest: Manifest) -> None:
+    """Hash every artifact of the bundle built in ``tmp``, write its manifest, rename it to ``out``.
+
+    The document is validated by the reader's own contract before it is written."""
+    artifacts = {p.relative_to(tmp).as_posix(): sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+    doc = dataclasses.replace(manifest, artifacts=artifacts).to_dict()
+    Manifest.from_dict(doc)
+    write_json(tmp / "manifest.json", doc)
     os.chmod(tmp, 0o755)
     if out.exists():
         old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
@@ -212,48 +217,23 @@ def build_bundle(ck: Checkpoint, splits: Splits, out: str | os.PathLike, targets
         write_design(tmp, sens, front)
         ck.save(tmp / "model.pt", slim=True)
         cfg = model.cfg
-        manifest = {
-            "format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "created_unix": int(time.time()),
-            "tools": tool_versions(), "model": cfg.to_dict(), "input": {"name": "image", "dtype": "float32",
-            "shape": ["N", cfg.in_channels, *cfg.input_size], "layout": "NCHW", "range": "[0, 1] then normalised"},
-            "normalization": ck.norm.to_dict(), "class_names": ck.class_names, "dataset_id": ck.dataset_id,
-            "num_gates": g, "gated_blocks": list(cfg.gated_blocks),
-            "gated": {"onnx": "onnx/gated.onnx", "inputs": ["image", "skip"], "skip": {"dtype": "bool", "shape": [g]}},
-            "configs": [{"index": c["index"], "n_skipped": c["n_skipped"], "skip": c["skip"], "module": c["module"],
-                         "val_accuracy": c["val_accuracy"], "test_accuracy": c["test_accuracy"], "macs": c["macs"],
-                         "latency_s": c["latency_s"]} for c in configs],
-            "targets": targets_manifest(targets),
-            "iree": {"weights": "iree/weights.irpa", "parameter_scope": "model", "driver": "local-sync",
-                     "module": "model.vmfb", "functions": ["gated", *[c["module"] for c in configs]],
-                     "common_flags": list(COMMON_FLAGS)},
-            "backend": {"host_fastest": faster, "latency_source": lat.name,
-                        "onnxruntime_threads": 1, "iree_driver": "local-sync"},
-            "verification": {"tolerance": TOLERANCE, "onnx": onnx_check, "iree": iree_check},
-            "build_seconds": round(time.time() - t0, 1),
-        }
+        functions = ("gated", *[c["module"] for c in configs])
+        manifest = Manifest(
+            kind="edgeskip", model=cfg.to_dict(), input=InputSpec(("N", cfg.in_channels, *cfg.input_size)),
+            normalization=Normalization(tuple(ck.norm.mean), tuple(ck.norm.std)), class_names=tuple(ck.class_names),
+            dataset_id=ck.dataset_id, num_gates=g, gated_blocks=tuple(cfg.gated_blocks),
+            configs=tuple(ConfigEntry(c["index"], c["module"], c["n_skipped"], c["val_accuracy"], c["test_accuracy"],
+                                      c["macs"], c["latency_s"], tuple(int(v) for v in c["skip"]),
+                                      {"latency_s_onnxruntime": c["latency_s_onnxruntime"]})
+                          for c in configs),
+            targets=targets_manifest(targets),
+            iree=IreeEntry("iree/weights.irpa", "model.vmfb", functions, common_flags=tuple(COMMON_FLAGS)),
+            host_fastest=faster,
+            onnx={"gated": "onnx/gated.onnx", **{c["module"]: f"onnx/{c['module']}.onnx" for c in configs}},
+            extra={"created_unix": int(time.time()), "tools": tool_versions(),
+                   "gated": {"inputs": ["image", "skip"], "skip": {"dtype": "bool", "shape": [g]}},
+                   "backend": {"latency_source": lat.name, "onnxruntime_threads": 1, "iree_driver": "local-sync"},
+                   "verification": {"tolerance": TOLERANCE, "onnx": onnx_check, "iree": iree_check},
+                   "build_seconds": round(time.time() - t0, 1)})
         finish_bundle(tmp, out, manifest)
     return out
-
-
-def load_manifest(bundle: str | os.PathLike, check_hashes: bool = True) -> dict[str, Any]:
-    """Read a bundle's manifest; with ``check_hashes`` every artifact's sha256 must match."""
-    bundle = Path(bundle)
-    path = bundle / "manifest.json"
-    if not path.is_file():
-        raise EdgeskipError(f"{bundle} is not an edgeskip bundle (no manifest.json)")
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise EdgeskipError(f"{path} is not valid JSON ({e})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
-        raise EdgeskipError(f"{path} is not an edgeskip bundle manifest")
-    if manifest.get("version") != MANIFEST_VERSION:
-        raise EdgeskipError(f"{path} has bundle version {manifest.get('version')}, this edgeskip reads {MANIFEST_VERSION}")
-    if check_hashes:
-        for rel, digest in manifest.get("artifacts", {}).items():
-            p = bundle / rel
-            if not p.is_file():
-                raise EdgeskipError(f"bundle {bundle}: missing artifact {rel}")
-            if sha256(p) != digest:
-                raise EdgeskipError(f"bundle {bundle}: sha256 mismatch for {rel}")
-    return manifest

@@ -4,11 +4,19 @@ Needs Debian's ``qemu-user-static``, ``libc6-arm64-cross`` and ``libstdc++6-arm6
 aarch64 ``iree-run-module`` from the manylinux aarch64 wheel of iree-base-runtime of the *same*
 version as the compiler (``python -m edgeskip.export.emulate fetch`` downloads and unpacks it).
 Inputs are passed as ``--input=@x.npy`` (the ``SHAPExTYPE=@x.npy`` form reads the .npy header as data).
+
+An aarch64 CPython 3.11 with the runtime's dependencies (:data:`RUNTIME_WHEELS`) can run under qemu too:
+``python -m edgeskip.export.emulate fetch-python`` puts Debian bookworm's arm64 python3.11 and the shared
+libraries it needs (:data:`DEB_PACKAGES`, via ``apt-get download``; needs ``dpkg --add-architecture arm64
+&& apt-get update`` once) into a self-contained sysroot, and the aarch64 wheels beside it;
+:func:`python_command` gives the argv prefix and environment to run it.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -108,7 +116,242 @@ def run_aarch64_outputs(vmfb: str | os.PathLike, inputs: Sequence[np.ndarray], o
         return [np.load(o) for o in outs]
 
 
+PYTHON_VERSION = "3.11"
+# Debian bookworm arm64 packages of the aarch64 Python sysroot: the interpreter and standard library,
+# the libraries of its extension modules (ssl/hashlib, ctypes, zlib, bz2, lzma, pyexpat, sqlite3, uuid,
+# crypt, dbm, readline, curses) and the C/C++ runtime the wheels link against. Not included: libnsl2
+# (the deprecated ``nis`` module; it pulls in Kerberos).
+DEB_PACKAGES: tuple[str, ...] = (
+    "python3.11-minimal:arm64", "libpython3.11-minimal:arm64", "libpython3.11-stdlib:arm64",
+    "libc6:arm64", "libgcc-s1:arm64", "libstdc++6:arm64", "libexpat1:arm64", "zlib1g:arm64",
+    "libssl3:arm64", "libffi8:arm64", "libbz2-1.0:arm64", "liblzma5:arm64", "libcrypt1:arm64",
+    "libuuid1:arm64", "libsqlite3-0:arm64", "libreadline8:arm64", "libtinfo6:arm64", "libncursesw6:arm64",
+    "libdb5.3:arm64", "media-types",
+)
+# What ``python -m edgeskip serve`` imports (pip resolves their dependencies); iree-base-runtime is pinned
+# to the host's version.
+RUNTIME_WHEELS: tuple[str, ...] = ("numpy", "iree-base-runtime", "aiohttp", "pillow", "prometheus-client", "click")
+# bookworm's glibc is 2.36; pip also accepts the older manylinux tags below each of these
+WHEEL_PLATFORMS: tuple[str, ...] = ("manylinux_2_36_aarch64", "manylinux_2_28_aarch64", "manylinux_2_17_aarch64",
+                                    "manylinux2014_aarch64")
+_APT_HINT = "run as root: dpkg --add-architecture arm64 && apt-get update"
+
+
+def python_dir() -> Path:
+    """The folder of the aarch64 Python: ``sysroot/`` (Debian arm64 packages), ``site/`` (wheels), manifest."""
+    return default_cache_dir() / f"aarch64-python{PYTHON_VERSION}"
+
+
+def python_sysroot() -> Path:
+    return python_dir() / "sysroot"
+
+
+def python_site() -> Path:
+    return python_dir() / "site"
+
+
+def python_binary() -> Path:
+    return python_sysroot() / "usr" / "bin" / f"python{PYTHON_VERSION}"
+
+
+def _manifest(root: Path) -> dict:
+    try:
+        return json.loads((root / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _pinned(packages: Sequence[str]) -> list[str]:
+    """``packages`` with a bare ``iree-base-runtime`` pinned to the host's version."""
+    out = []
+    for p in packages:
+        if re.sub(r"[-_.]+", "-", p.strip().lower()) == "iree-base-runtime":
+            p = f"{p.strip()}=={runtime_version()}"
+        out.append(p)
+    return out
+
+
+def python_missing() -> str | None:
+    """Why an aarch64 Python cannot be run here, or None when everything is in place."""
+    if shutil.which(QEMU) is None:
+        return f"{QEMU} not found (apt-get install qemu-user-static)"
+    fix = "python -m edgeskip.export.emulate fetch-python"
+    if not python_binary().is_file() or not (python_sysroot() / "lib" / "ld-linux-aarch64.so.1").exists():
+        return f"no aarch64 Python sysroot at {python_sysroot()} ({fix})"
+    got = _manifest(python_dir())
+    if not python_site().is_dir() or "wheels" not in got:
+        return f"no aarch64 site-packages at {python_site()} ({fix})"
+    want = f"iree-base-runtime=={runtime_version()}"
+    if any(r.startswith("iree-base-runtime") for r in got.get("requested", [])) and want not in got["requested"]:
+        return f"the aarch64 site-packages do not have {want} ({fix})"
+    return None
+
+
+def _run(cmd: Sequence[str], what: str, cwd: str | os.PathLike | None = None) -> subprocess.CompletedProcess:
+    try:
+        proc = subprocess.run(list(cmd), capture_output=True, text=True, cwd=cwd)
+    except FileNotFoundError as e:
+        raise EdgeskipError(f"{what}: {e.filename} not found") from None
+    if proc.returncode != 0:
+        lines = [ln for ln in (proc.stderr or proc.stdout).strip().splitlines() if ln.strip()]
+        raise EdgeskipError(f"{what} failed: {lines[-1].strip() if lines else f'exit status {proc.returncode}'}")
+    return proc
+
+
+def _fetch_sysroot(dest: Path, work: Path) -> list[str]:
+    """``apt-get download`` :data:`DEB_PACKAGES` into ``work``, ``dpkg -x`` them into ``dest``; returns the .debs."""
+    for tool in ("apt-get", "dpkg", "dpkg-deb"):
+        if shutil.which(tool) is None:
+            raise EdgeskipError(f"{tool} not found: the aarch64 Python sysroot is built from Debian packages")
+    arches = _run(["dpkg", "--print-foreign-architectures"], "dpkg --print-foreign-architectures").stdout.split()
+    if "arm64" not in arches and _run(["dpkg", "--print-architecture"], "dpkg").stdout.strip() != "arm64":
+        raise EdgeskipError(f"arm64 is not a dpkg architecture here ({_APT_HINT})")
+    work.mkdir(parents=True)
+    work.chmod(0o755)  # apt's download sandbox user (_apt) writes here
+    try:
+        _run(["apt-get", "download", "-q", *DEB_PACKAGES], "apt-get download", cwd=work)
+    except EdgeskipError as e:
+        raise EdgeskipError(f"{e} ({_APT_HINT})") from None
+    debs = sorted(work.glob("*.deb"))
+    if len(debs) != len(DEB_PACKAGES):
+        raise EdgeskipError(f"apt-get download gave {len(debs)} packages for {len(DEB_PACKAGES)} ({_APT_HINT})")
+    dest.mkdir(parents=True)
+    for deb in debs:
+        _run(["dpkg-deb", "-x", str(deb), str(dest)], f"dpkg-deb -x {deb.name}")
+    for sub in ("usr/share/doc", "usr/share/man", "usr/share/lintian", "usr/share/locale"):
+        shutil.rmtree(dest / sub, ignore_errors=True)
+    # absolute links would point into the host's filesystem: make them relative to the sysroot
+    for link in [p for p in dest.rglob("*") if p.is_symlink()]:
+        target = os.readlink(link)
+        if target.startswith("/"):
+            link.unlink()
+            link.symlink_to(os.path.relpath(dest / target.lstrip("/"), link.parent))
+    # Debian's site.py adds these: empty ones in the sysroot keep qemu (-L falls back to host paths)
+    # from showing the host's x86 packages to the aarch64 interpreter
+    for sub in (f"usr/local/lib/python{PYTHON_VERSION}/dist-packages", "usr/lib/python3/dist-packages",
+                f"usr/lib/python{PYTHON_VERSION}/dist-packages"):
+        (dest / sub).mkdir(parents=True, exist_ok=True)
+    if not (dest / "usr" / "bin" / f"python{PYTHON_VERSION}").is_file():
+        raise EdgeskipError(f"the arm64 packages have no usr/bin/python{PYTHON_VERSION}")
+    return [d.name for d in debs]
+
+
+def _unpack_wheel(wheel: Path, site: Path) -> None:
+    """Install ``wheel`` into ``site`` the simple way: unzip, keep file modes, merge ``*.data/{purelib,platlib}``."""
+    with zipfile.ZipFile(wheel) as z:
+        for info in z.infolist():
+            path = Path(z.extract(info, site))
+            mode = (info.external_attr >> 16) & 0o777
+            if mode and not info.is_dir():
+                path.chmod(mode | 0o600)
+    for data in site.glob("*.data"):
+        for sub in ("purelib", "platlib"):
+            if (data / sub).is_dir():
+                shutil.copytree(data / sub, site, dirs_exist_ok=True)
+        shutil.rmtree(data)
+
+
+def _fetch_site(dest: Path, work: Path, requested: Sequence[str]) -> list[str]:
+    """``pip download`` the cp311 aarch64 wheels of ``requested`` (with dependencies) and unpack them into ``dest``."""
+    work.mkdir(parents=True)
+    platforms = [a for p in WHEEL_PLATFORMS for a in ("--platform", p)]
+    _run([sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--only-binary=:all:",
+          *platforms, "--python-version", PYTHON_VERSION, "--implementation", "cp",
+          "--abi", f"cp{PYTHON_VERSION.replace('.', '')}", "-d", str(work), *requested],
+         "pip download of the aarch64 wheels")
+    wheels = sorted(work.glob("*.whl"))
+    if not wheels:
+        raise EdgeskipError("pip download of the aarch64 wheels gave no wheels")
+    dest.mkdir(parents=True)
+    for w in wheels:
+        _unpack_wheel(w, dest)
+    return [w.name for w in wheels]
+
+
+def _precompile(tmp: Path) -> None:
+    """Byte-compile the stdlib and site of the new folder ``tmp`` (best effort): the emulated interpreter
+    then neither compiles them on each start (~5 s under qemu) nor writes into the cache. With the host's
+    CPython when it is a 3.11 too (same .pyc magic, native speed), else with the aarch64 one under qemu."""
+    argv, env = [sys.executable], dict(os.environ)
+    if f"{sys.version_info.major}.{sys.version_info.minor}" != PYTHON_VERSION:
+        argv, env = _command(tmp, ())
+        env.pop("PYTHONDONTWRITEBYTECODE")
+    subprocess.run([*argv, "-m", "compileall", "-q", "-j", "1", "-x", r"lib2to3/tests|/test/|/tests/",
+                    "-s", str(tmp), "-p", str(python_dir()),
+                    str(tmp / "sysroot" / "usr" / "lib" / f"python{PYTHON_VERSION}"), str(tmp / "site")],
+                   env=env, capture_output=True)
+
+
+def fetch_python(packages: Sequence[str] = RUNTIME_WHEELS) -> Path:
+    """Fetch the aarch64 Python sysroot and the aarch64 wheels of ``packages`` (see module doc); idempotent.
+
+    Built in a temporary folder beside :func:`python_dir` and renamed into place, so an interrupted
+    fetch never leaves a folder that looks complete. Returns :func:`python_dir`.
+    """
+    dest = python_dir()
+    requested = _pinned(packages)
+    old = _manifest(dest)
+    if (old.get("requested") == requested and old.get("debs_requested") == list(DEB_PACKAGES)
+            and python_missing() is None):
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        if old.get("debs_requested") == list(DEB_PACKAGES) and python_binary().is_file():
+            debs = old["debs"]  # same sysroot: keep it, fetch only the wheels
+            shutil.copytree(python_sysroot(), tmp / "sysroot", symlinks=True)
+        else:
+            debs = _fetch_sysroot(tmp / "sysroot", tmp / "debs")
+            shutil.rmtree(tmp / "debs")
+        wheels = _fetch_site(tmp / "site", tmp / "wheels", requested)
+        shutil.rmtree(tmp / "wheels")
+        _precompile(tmp)
+        (tmp / "manifest.json").write_text(json.dumps(
+            {"debs_requested": list(DEB_PACKAGES), "debs": debs, "requested": requested, "wheels": wheels}, indent=1))
+        tmp.chmod(0o755)
+        if dest.exists():
+            trash = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old.", dir=dest.parent))
+            os.replace(dest, trash / dest.name)
+            os.replace(tmp, dest)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def python_command(extra_path: Sequence[str | os.PathLike] = ()) -> tuple[list[str], dict[str, str]]:
+    """The argv prefix and environment that run the aarch64 Python under qemu (``argv + ["-c", ...]``).
+
+    ``extra_path`` goes on ``PYTHONPATH`` after the aarch64 site folder. Raises when :func:`python_missing`.
+    """
+    why = python_missing()
+    if why:
+        raise EdgeskipError(f"cannot run the aarch64 Python: {why}")
+    return _command(python_dir(), extra_path)
+
+
+def _command(root: Path, extra_path: Sequence[str | os.PathLike]) -> tuple[list[str], dict[str, str]]:
+    """argv prefix and environment of the aarch64 Python in ``root`` (which need not be in place yet)."""
+    sysroot = root / "sysroot"
+    # the host's paths mean nothing to it; a pycache prefix would bypass the precompiled .pyc files
+    drop = ("PYTHONPATH", "PYTHONHOME", "PYTHONUSERBASE", "PYTHONPYCACHEPREFIX", "PYTHONSTARTUP",
+            "PYTHONEXECUTABLE", "VIRTUAL_ENV", "QEMU_LD_PREFIX", "QEMU_SET_ENV", "QEMU_UNSET_ENV")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    env.update(PYTHONPATH=os.pathsep.join([str(root / "site"), *map(str, extra_path)]),
+               PYTHONHOME=str(sysroot / "usr"),  # found from argv[0] anyway; explicit is safer
+               PYTHONNOUSERSITE="1",  # no ~/.local/lib/python3.11 (x86 packages)
+               PYTHONDONTWRITEBYTECODE="1")  # qemu -L could map new files to host paths; .pyc are precompiled
+    argv = [shutil.which(QEMU) or QEMU, "-L", str(sysroot), str(sysroot / "usr" / "bin" / f"python{PYTHON_VERSION}")]
+    return argv, env
+
+
 if __name__ == "__main__":
-    if sys.argv[1:] != ["fetch"]:
-        sys.exit("usage: python -m edgeskip.export.emulate fetch")
-    print(fetch())
+    commands = {"fetch": fetch, "fetch-python": fetch_python}
+    if len(sys.argv) != 2 or sys.argv[1] not in commands:
+        sys.exit("usage: python -m edgeskip.export.emulate fetch|fetch-python")
+    try:
+        print(commands[sys.argv[1]]())
+    except EdgeskipError as e:
+        sys.exit(f"error: {e}")

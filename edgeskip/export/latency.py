@@ -9,8 +9,10 @@ from typing import Sequence
 import numpy as np
 
 from edgeskip.export.iree_compile import TARGETS
-from edgeskip.export.onnx_export import export_static, ort_session
-from edgeskip.export.shared_weights import SharedIreeExecutor, build_shared_modules, module_name
+from edgeskip.backends.ort import ort_session
+from edgeskip.export.onnx_export import export_static
+from edgeskip.backends.iree import SharedIreeExecutor
+from edgeskip.export.shared_weights import build_shared_modules, module_name
 from edgeskip.models import CifarResNet, normalize_skip
 from edgeskip.pareto.latency import interleaved_median
 

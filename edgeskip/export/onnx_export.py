@@ -17,6 +17,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from edgeskip.backends.ort import ort_session
 from edgeskip.errors import EdgeskipError
 from edgeskip.export.graphs import GatedGraph, StaticGraph
 from edgeskip.models import CifarResNet, normalize_skip
@@ -67,16 +68,6 @@ def export_static(model: CifarResNet, skip: Sequence[object], dest: str | os.Pat
     cfg = model.cfg
     image = torch.zeros(2, cfg.in_channels, *cfg.input_size)
     return export_graph(StaticGraph(model, skip), (image,), ["image"], dest)
-
-
-def ort_session(path: str | os.PathLike, threads: int = 0):
-    """An onnxruntime CPU session for ``path`` (``threads`` 0 = onnxruntime's default)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 def max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:

@@ -17,14 +17,13 @@ from typing import Sequence
 
 import numpy as np
 
+from edgeskip.backends.iree import parameter_index
 from edgeskip.errors import EdgeskipError
 from edgeskip.export.iree_compile import Target, compile_mlir, import_onnx
 from edgeskip.export.onnx_export import export_static
 from edgeskip.models import CifarResNet
-from edgeskip.models.skip import skip_to_str
+from edgeskip.skip import skip_to_str
 from edgeskip.utils.atomic import atomic_path
-
-PARAM_SCOPE = "model"
 
 
 def rename_module(mlir: Path, name: str) -> None:
@@ -38,19 +37,11 @@ def rename_module(mlir: Path, name: str) -> None:
         tmp.write_text(new)
 
 
-def _index(path: Path):
-    import iree.runtime as rt
-
-    idx = rt.ParameterIndex()
-    idx.load(str(path))
-    return idx
-
-
 def _entries(path: Path) -> dict[str, np.ndarray]:
     import iree.runtime as rt
 
     return {name: np.array(rt.parameter_index_entry_as_numpy_flat_ndarray(entry))
-            for name, entry in _index(path).items()}
+            for name, entry in parameter_index(path).items()}
 
 
 def check_shared(weights: Path, config_params: Path) -> int:
@@ -151,36 +142,3 @@ def build_shared_modules(model: CifarResNet, skip_arrays: Sequence[Sequence[obje
         mlirs.append(import_shared(graphs[-1], weights, work, name))
         modules.append(compile_mlir(mlirs[-1], target, out / f"{name}.{target.name}.vmfb"))
     return SharedModules(weights, tuple(modules), tuple(graphs), tuple(mlirs))
-
-
-class SharedIreeExecutor:
-    """All config modules in one VmContext over one ParameterIndex: ``run(k, image)``.
-
-    With ``functions``, ``modules`` must be a single (merged) module and the invokers are its functions
-    in that order.
-    """
-
-    def __init__(self, weights: str | os.PathLike, modules: Sequence[str | os.PathLike], driver: str = "local-sync",
-                 function: str = "main_graph", functions: Sequence[str] | None = None) -> None:
-        import iree.runtime as rt
-
-        self.config = rt.Config(driver)
-        inst = self.config.vm_instance
-        self.index = _index(Path(weights))
-        params = rt.create_io_parameters_module(inst, self.index.create_provider(scope=PARAM_SCOPE))
-        hal = rt.create_hal_module(inst, self.config.device)
-        self.vm_modules = [rt.VmModule.mmap(inst, str(p)) for p in modules]
-        self.context = rt.VmContext(inst, modules=[hal, params, *self.vm_modules])
-        self.invokers = []
-        wanted = [(m, function) for m in self.vm_modules] if functions is None else [(self.vm_modules[0], f) for f in functions]
-        for m, name in wanted:
-            fn = m.lookup_function(name)
-            if fn is None:
-                raise EdgeskipError(f"module {m.name} has no function {name}")
-            self.invokers.append(rt.FunctionInvoker(self.context, self.config.device, fn))
-
-    def __len__(self) -> int:
-        return len(self.invokers)
-
-    def run(self, k: int, image: np.ndarray) -> np.ndarray:
-        return np.asarray(self.invokers[k](image).to_host())

@@ -22,33 +22,26 @@ import numpy as np
 
 from edgeskip.data.batches import iterate
 from edgeskip.data.dataset import Splits
+from edgeskip.backends.iree import IreeSkipNet
 from edgeskip.errors import EdgeskipError
 from edgeskip.export import emulate
-from edgeskip.export.bundle import (MANIFEST_FORMAT, MANIFEST_VERSION, TOLERANCE, check_out, finish_bundle, staging,
-                                    targets_manifest, tool_versions, with_host)
+from edgeskip.export.bundle import (TOLERANCE, check_out, finish_bundle, staging, targets_manifest, tool_versions,
+                                    with_host)
 from edgeskip.export.elf_check import check_no_imports
 from edgeskip.export.iree_compile import COMMON_FLAGS, Target, compile_mlir, import_onnx
-from edgeskip.export.onnx_export import max_abs_diff, ort_session
-from edgeskip.export.shared_weights import SharedIreeExecutor, rename_module
+from edgeskip.backends.ort import ort_session
+from edgeskip.export.onnx_export import max_abs_diff
+from edgeskip.export.shared_weights import rename_module
 from edgeskip.export.skipnet_graph import export_skipnet, verify_skipnet_onnx
+from edgeskip.manifest import ConfigEntry, InputSpec, IreeEntry, Manifest, Normalization
 from edgeskip.models.skipnet import SkipNetResNet, gate_costs
 from edgeskip.models.cost import block_macs
 from edgeskip.train.checkpoint import Checkpoint
 from edgeskip.train.gates import evaluate_gated
 
-MODULE = "skipnet"
+MODULE = "skipnet"  # the MLIR module's name
+FUNCTION = "main_graph"  # its entry function (the ONNX graph's name)
 Log = Callable[[str], None]
-
-
-class IreeSkipNet:
-    """The SkipNet module of one target over its weight archive: ``run(image) -> (logits, executed)``."""
-
-    def __init__(self, weights: str | os.PathLike, vmfb: str | os.PathLike, driver: str = "local-sync") -> None:
-        self.ex = SharedIreeExecutor(weights, [vmfb], driver=driver)
-
-    def run(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        logits, executed = self.ex.invokers[0](image)
-        return np.asarray(logits.to_host()), np.asarray(executed.to_host()).astype(bool)
 
 
 def per_input_latency(run: Callable[[np.ndarray], Any], images: np.ndarray, rounds: int = 3) -> np.ndarray:
@@ -147,31 +140,28 @@ def build_skipnet_bundle(ck: Checkpoint, splits: Splits, out: str | os.PathLike,
         cfg, g = model.cfg, model.gate_cfg
         bm = block_macs(cfg)
         gc = gate_costs(cfg, g)
-        manifest = {
-            "format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "kind": "skipnet", "created_unix": int(time.time()),
-            "tools": tool_versions(), "model": cfg.to_dict(), "gates": {
-                **g.to_dict(), "training": ck.gate_training or {}, "gate_macs": gc,
-                "gate_over_block": [c / bm[b] for c, b in zip(gc, cfg.gated_blocks)]},
-            "input": {"name": "image", "dtype": "float32", "shape": [1, cfg.in_channels, *cfg.input_size],
-                      "layout": "NCHW", "range": "[0, 1] then normalised"},
-            "outputs": {"logits": [1, cfg.num_classes], "executed": {"dtype": "bool", "shape": [cfg.num_gates]}},
-            "normalization": ck.norm.to_dict(), "class_names": ck.class_names, "dataset_id": ck.dataset_id,
-            "num_gates": cfg.num_gates, "gated_blocks": list(cfg.gated_blocks),
-            "configs": [{"index": 0, "module": MODULE, "policy": "learned gates (per input)",
-                         "n_skipped": round(test.mean_skipped, 3),
-                         "val_accuracy": val.accuracy, "test_accuracy": test.accuracy,
-                         "val_mean_skipped": val.mean_skipped, "test_mean_skipped": test.mean_skipped,
-                         "macs": test.mean_macs, "test_skip_rate_per_gate": test.skip_rate_per_gate,
-                         "latency_s": float(np.mean(lat)), "latency_s_p50": float(np.median(lat)),
-                         "latency_s_min": float(lat.min()), "latency_s_max": float(lat.max()),
-                         "latency_s_onnxruntime": float(np.mean(ort_lat))}],
-            "targets": targets_manifest(targets),
-            "iree": {"weights": "iree/weights.irpa", "parameter_scope": "model", "driver": "local-sync",
-                     "entry_function": "main_graph", "common_flags": list(COMMON_FLAGS)},
-            "backend": {"host_fastest": faster, "latency_source": "iree-host-local-sync-b1-per-input",
-                        "onnxruntime_threads": 1, "iree_driver": "local-sync"},
-            "verification": {"tolerance": TOLERANCE, "onnx": onnx_check, "iree": iree_check},
-            "build_seconds": round(time.time() - t0, 1),
-        }
+        manifest = Manifest(
+            kind="skipnet", model=cfg.to_dict(), input=InputSpec((1, cfg.in_channels, *cfg.input_size)),
+            normalization=Normalization(tuple(ck.norm.mean), tuple(ck.norm.std)), class_names=tuple(ck.class_names),
+            dataset_id=ck.dataset_id, num_gates=cfg.num_gates, gated_blocks=tuple(cfg.gated_blocks),
+            configs=(ConfigEntry(0, FUNCTION, round(test.mean_skipped, 3), val.accuracy, test.accuracy,
+                                 test.mean_macs, float(np.mean(lat)), None, {
+                                     "policy": "learned gates (per input)", "val_mean_skipped": val.mean_skipped,
+                                     "test_mean_skipped": test.mean_skipped,
+                                     "test_skip_rate_per_gate": test.skip_rate_per_gate,
+                                     "latency_s_p50": float(np.median(lat)), "latency_s_min": float(lat.min()),
+                                     "latency_s_max": float(lat.max()),
+                                     "latency_s_onnxruntime": float(np.mean(ort_lat))}),),
+            targets=targets_manifest(targets),
+            iree=IreeEntry("iree/weights.irpa", "skipnet.vmfb", (FUNCTION,), common_flags=tuple(COMMON_FLAGS)),
+            host_fastest=faster, onnx={FUNCTION: "onnx/skipnet.onnx"},
+            extra={"created_unix": int(time.time()), "tools": tool_versions(),
+                   "gates": {**g.to_dict(), "training": ck.gate_training or {}, "gate_macs": gc,
+                             "gate_over_block": [c / bm[b] for c, b in zip(gc, cfg.gated_blocks)]},
+                   "outputs": {"logits": [1, cfg.num_classes], "executed": {"dtype": "bool", "shape": [cfg.num_gates]}},
+                   "backend": {"latency_source": "iree-host-local-sync-b1-per-input", "onnxruntime_threads": 1,
+                               "iree_driver": "local-sync"},
+                   "verification": {"tolerance": TOLERANCE, "onnx": onnx_check, "iree": iree_check},
+                   "build_seconds": round(time.time() - t0, 1)})
         finish_bundle(tmp, out, manifest)
     return out

@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from edgeskip.errors import EdgeskipError
-from edgeskip.export.onnx_export import TOLERANCE, export_graph, max_abs_diff, ort_session
+from edgeskip.backends.ort import ort_session
+from edgeskip.export.onnx_export import TOLERANCE, export_graph, max_abs_diff
 from edgeskip.models.skipnet import SkipNetResNet
 
 

@@ -2,7 +2,7 @@
 
 from edgeskip.models.config import ResNetConfig
 from edgeskip.models.resnet import CifarResNet, build_model, remove_blocks
-from edgeskip.models.skip import normalize_skip, skip_from_indices
+from edgeskip.skip import normalize_skip, skip_from_indices
 from edgeskip.models.cost import macs, block_macs
 
 __all__ = [

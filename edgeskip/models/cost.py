@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from edgeskip.models.config import ResNetConfig
-from edgeskip.models.skip import normalize_skip
+from edgeskip.skip import normalize_skip
 
 
 def _conv_out(size: int, stride: int, k: int = 3, pad: int = 1) -> int:

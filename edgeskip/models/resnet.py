@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgeskip.models.config import ResNetConfig
-from edgeskip.models.skip import normalize_skip
+from edgeskip.skip import normalize_skip
 from edgeskip.models.stochastic_depth import keep_branch, scale_rows
 
 

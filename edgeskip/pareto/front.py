@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from edgeskip.models.skip import skip_from_indices
+from edgeskip.skip import skip_from_indices
 
 
 def candidates_from_order(order: Sequence[int], num_gates: int) -> list[tuple[bool, ...]]:

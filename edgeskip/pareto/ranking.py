@@ -15,7 +15,7 @@ import torch
 
 from edgeskip.errors import EdgeskipError
 from edgeskip.models import CifarResNet
-from edgeskip.models.skip import skip_from_indices
+from edgeskip.skip import skip_from_indices
 
 RANKINGS = ("sensitivity", "weight_l2", "random")
 

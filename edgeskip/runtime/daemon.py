@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import statistics
 import sys
 import time
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -42,16 +44,24 @@ def make_service(bundle: str, min_acc: float, delta_req: float | None, fixed: in
     else:
         if not 0.0 <= min_acc <= 1.0:
             raise EdgeskipError(f"--min-acc must be in [0, 1], got {min_acc}")
-        controller = AdaptiveController([c["val_accuracy"] for c in executor.configs], min_acc, delta_req)
+        controller = AdaptiveController([c.val_accuracy for c in executor.configs], min_acc, delta_req)
     return InferenceService(executor, controller, delta_req, None if fixed is not None else min_acc)
+
+
+def default_model_name(bundle: str | os.PathLike) -> str:
+    """The KServe v2 model name of a bundle: its folder's name."""
+    return Path(bundle).resolve().name or "model"
 
 
 async def run_daemon(bundle: str, min_acc: float, delta_req: float | None, fixed: int | None, backend: str,
                      host: str, port: int, max_body: int, on_ready: Callable[[str], None] = print,
-                     **executor_options: object) -> None:
+                     model_name: str | None = None, **executor_options: object) -> None:
     """Serve until SIGTERM or SIGINT; then stop accepting, finish the request in flight, return."""
     service = make_service(bundle, min_acc, delta_req, fixed, backend, **executor_options)
-    runner = web.AppRunner(make_app(service, max_body), handle_signals=False, access_log=None)
+    name = model_name or default_model_name(bundle)
+    if not name or "/" in name or name.strip() != name:
+        raise EdgeskipError(f"--model-name must be a non-empty name without '/' or surrounding spaces, got {name!r}")
+    runner = web.AppRunner(make_app(service, max_body, name), handle_signals=False, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     try:
@@ -59,9 +69,10 @@ async def run_daemon(bundle: str, min_acc: float, delta_req: float | None, fixed
     except OSError as e:
         await runner.cleanup()
         raise EdgeskipError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
-    bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    bound = runner.addresses[0][1]
     c = service.controller
-    on_ready(f"listening on http://{host}:{bound}  backend {service.executor.backend}  delta_req "
+    on_ready(f"listening on http://{host}:{bound}  model {name}  backend {service.executor.backend}  target "
+             f"{service.executor.target}  delta_req "
              f"{service.delta_req * 1e3:.3f} ms  configs {getattr(c, 'allowed', [c.config])}")
     sys.stdout.flush()
     stop = asyncio.Event()

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from edgeskip.errors import EdgeskipError
-from edgeskip.export.bundle import load_manifest
-from edgeskip.models.skip import normalize_skip
+from edgeskip.manifest import Manifest, load_manifest
+from edgeskip.skip import normalize_skip
 
 BACKENDS = ("auto", "iree", "onnxruntime")
 
@@ -22,20 +22,22 @@ class BundleExecutor:
 
     backend = "?"
 
-    def __init__(self, bundle: str | os.PathLike, manifest: dict[str, Any] | None = None) -> None:
+    def __init__(self, bundle: str | os.PathLike, manifest: Manifest | None = None) -> None:
         self.bundle = Path(bundle)
         self.manifest = manifest or load_manifest(bundle)
-        self.configs = self.manifest["configs"]
-        self.num_gates = self.manifest["num_gates"]
-        self.input_shape = tuple(self.manifest["input"]["shape"][1:])
-        self._by_skip = {tuple(bool(v) for v in c["skip"]): i for i, c in enumerate(self.configs) if c.get("skip")}
+        self.configs = self.manifest.configs
+        self.num_gates = self.manifest.num_gates
+        self.input_shape = self.manifest.input.chw
+        self._by_skip = self.manifest.by_skip
         self.last_skipped: float | None = None  # blocks skipped by the latest call (per image for SkipNet)
+        self.target = "host"  # whose compiled modules run (onnxruntime: the host's graphs)
 
     def target_dir(self, target: str) -> Path:
         """Folder of the bundle's IREE modules for ``target``."""
-        if target not in self.manifest["targets"]:
-            raise EdgeskipError(f"bundle has no modules for target {target!r} (has {', '.join(self.manifest['targets'])})")
-        return self.bundle / self.manifest["targets"][target]["dir"]
+        targets = self.manifest.targets
+        if target not in targets:
+            raise EdgeskipError(f"bundle has no modules for target {target!r} (has {', '.join(targets)})")
+        return self.bundle / targets[target].dir
 
     def check_image(self, image: np.ndarray) -> np.ndarray:
         image = np.asarray(image)
@@ -55,7 +57,7 @@ class BundleExecutor:
         k = 0 if config is None else int(config)
         if not 0 <= k < len(self.configs):
             raise EdgeskipError(f"config {k} out of range 0..{len(self.configs) - 1}")
-        self.last_skipped = self.configs[k]["n_skipped"]
+        self.last_skipped = self.configs[k].n_skipped
         return self._static(k, x)
 
     def _static(self, k: int, x: np.ndarray) -> np.ndarray:
@@ -71,39 +73,42 @@ class IreeBundleExecutor(BundleExecutor):
     backend = "iree"
 
     def __init__(self, bundle: str | os.PathLike, target: str = "host", driver: str = "local-sync",
-                 manifest: dict[str, Any] | None = None) -> None:
+                 manifest: Manifest | None = None) -> None:
         super().__init__(bundle, manifest)
-        from edgeskip.export.shared_weights import SharedIreeExecutor
+        from edgeskip.backends.iree import SharedIreeExecutor
 
-        tdir = self.target_dir(target)
-        self.iree = SharedIreeExecutor(self.bundle / self.manifest["iree"]["weights"], [tdir / self.manifest["iree"]["module"]],
-                                       driver=driver, functions=self.manifest["iree"]["functions"])
+        iree, self.target = self.manifest.iree, target
+        self.iree = SharedIreeExecutor(self.bundle / iree.weights, [self.target_dir(target) / iree.module], driver=driver,
+                                       functions=iree.functions, scope=iree.parameter_scope)
+        self._fn = {c.index: iree.functions.index(c.module) for c in self.configs}
+        self._gated_fn = iree.functions.index("gated")
 
     def _static(self, k: int, x: np.ndarray) -> np.ndarray:
-        return self.iree.run(k + 1, x)
+        return self.iree.run(self._fn[k], x)
 
     def _gated(self, x: np.ndarray, skip: tuple[bool, ...]) -> np.ndarray:
-        return np.asarray(self.iree.invokers[0](x, np.array(skip, dtype=bool)).to_host())
+        return self.iree.run(self._gated_fn, x, np.array(skip, dtype=bool))
 
 
 class OrtBundleExecutor(BundleExecutor):
-    """onnxruntime sessions for the gated and every static graph over one initializer pool."""
+    """onnxruntime sessions for the gated and every static graph (each session keeps its own copy of the
+    weights: onnxruntime's CPU kernels pre-pack them per session; IREE is the path with one copy)."""
 
     backend = "onnxruntime"
 
-    def __init__(self, bundle: str | os.PathLike, threads: int = 1, manifest: dict[str, Any] | None = None) -> None:
+    def __init__(self, bundle: str | os.PathLike, threads: int = 1, manifest: Manifest | None = None) -> None:
         super().__init__(bundle, manifest)
-        from edgeskip.export.ort_shared import OrtSharedSessions
+        from edgeskip.backends.ort import ort_session
 
-        graphs = {"gated": self.bundle / self.manifest["gated"]["onnx"]}
-        graphs.update({c["module"]: self.bundle / "onnx" / f"{c['module']}.onnx" for c in self.configs})
-        self.ort = OrtSharedSessions(graphs, threads=threads)
+        graphs = self.manifest.onnx
+        self.sessions = {name: ort_session(self.bundle / graphs[name], threads)
+                         for name in ("gated", *(c.module for c in self.configs))}
 
     def _static(self, k: int, x: np.ndarray) -> np.ndarray:
-        return self.ort.run(self.configs[k]["module"], x)
+        return self.sessions[self.configs[k].module].run(None, {"image": x})[0]
 
     def _gated(self, x: np.ndarray, skip: tuple[bool, ...]) -> np.ndarray:
-        return self.ort.run("gated", x, skip)
+        return self.sessions["gated"].run(None, {"image": x, "skip": np.array(skip, dtype=bool)})[0]
 
 
 class SkipNetExecutor(BundleExecutor):
@@ -112,7 +117,7 @@ class SkipNetExecutor(BundleExecutor):
     ``infer`` returns logits; ``executed`` holds the decisions [N, B_s] of the latest call.
     """
 
-    def __init__(self, bundle: str | os.PathLike, manifest: dict[str, Any] | None = None) -> None:
+    def __init__(self, bundle: str | os.PathLike, manifest: Manifest | None = None) -> None:
         super().__init__(bundle, manifest)
         self.executed = np.zeros((0, self.num_gates), bool)
 
@@ -125,7 +130,7 @@ class SkipNetExecutor(BundleExecutor):
         outs = [self._one(x[i:i + 1]) for i in range(len(x))]
         self.executed = np.stack([e for _, e in outs]) if outs else np.zeros((0, self.num_gates), bool)
         self.last_skipped = int((~self.executed[-1]).sum()) if outs else None
-        return np.concatenate([l for l, _ in outs]) if outs else np.zeros((0, len(self.manifest["class_names"])), np.float32)
+        return np.concatenate([l for l, _ in outs]) if outs else np.zeros((0, len(self.manifest.class_names)), np.float32)
 
     def _one(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
@@ -135,12 +140,13 @@ class IreeSkipNetExecutor(SkipNetExecutor):
     backend = "iree"
 
     def __init__(self, bundle: str | os.PathLike, target: str = "host", driver: str = "local-sync",
-                 manifest: dict[str, Any] | None = None) -> None:
+                 manifest: Manifest | None = None) -> None:
         super().__init__(bundle, manifest)
-        from edgeskip.export.skipnet_bundle import IreeSkipNet
+        from edgeskip.backends.iree import IreeSkipNet
 
-        tdir = self.target_dir(target)
-        self.module = IreeSkipNet(self.bundle / self.manifest["iree"]["weights"], tdir / "skipnet.vmfb", driver=driver)
+        iree, self.target = self.manifest.iree, target
+        self.module = IreeSkipNet(self.bundle / iree.weights, self.target_dir(target) / iree.module, driver=driver,
+                                  function=self.configs[0].module)
 
     def _one(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.module.run(x)
@@ -149,29 +155,29 @@ class IreeSkipNetExecutor(SkipNetExecutor):
 class OrtSkipNetExecutor(SkipNetExecutor):
     backend = "onnxruntime"
 
-    def __init__(self, bundle: str | os.PathLike, threads: int = 1, manifest: dict[str, Any] | None = None) -> None:
+    def __init__(self, bundle: str | os.PathLike, threads: int = 1, manifest: Manifest | None = None) -> None:
         super().__init__(bundle, manifest)
-        from edgeskip.export.onnx_export import ort_session
+        from edgeskip.backends.ort import ort_session
 
-        self.session = ort_session(self.bundle / "onnx" / "skipnet.onnx", threads)
+        self.session = ort_session(self.bundle / self.manifest.onnx[self.configs[0].module], threads)
 
     def _one(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         logits, executed = self.session.run(None, {"image": x})
         return logits, np.asarray(executed, bool)
 
 
-def machine_target(manifest: dict[str, Any], machine: str | None = None) -> str:
+def machine_target(manifest: Manifest, machine: str | None = None) -> str:
     """The bundle target whose modules run on this machine (x86-64: host; aarch64/armv7: the ARM target)."""
     import platform
 
     machine = (machine or platform.machine()).lower()
-    targets = list(manifest["targets"])
+    targets = list(manifest.targets)
     if machine in ("x86_64", "amd64"):
         wanted = ["host"]
     elif machine in ("aarch64", "arm64"):
         wanted = [t for t in targets if t.startswith("aarch64")]
     elif machine.startswith("armv7") or machine == "arm":
-        wanted = [t for t in targets if manifest["targets"][t]["triple"].startswith("armv7")]
+        wanted = [t for t in targets if manifest.targets[t].triple.startswith("armv7")]
     else:
         wanted = []
     for t in wanted:
@@ -182,15 +188,18 @@ def machine_target(manifest: dict[str, Any], machine: str | None = None) -> str:
 
 def open_executor(bundle: str | os.PathLike, backend: str = "auto", target: str = "auto", driver: str = "local-sync",
                   threads: int = 1) -> BundleExecutor:
-    """An executor for ``bundle``. ``backend`` auto: the one the bundle measured fastest on x86 hosts, IREE
-    elsewhere (onnxruntime graphs are not compiled per target). ``target`` auto: this machine's modules.
+    """An executor for ``bundle``. ``backend`` auto: the one the bundle measured fastest on x86 hosts (IREE
+    where onnxruntime is not installed), IREE elsewhere (onnxruntime graphs are not compiled per target). ``target`` auto: this machine's modules.
     ``driver`` is IREE's HAL driver, ``threads`` onnxruntime's intra-op threads."""
     manifest = load_manifest(bundle)
     if target == "auto":
         target = machine_target(manifest)
     if backend == "auto":
-        backend = manifest["backend"]["host_fastest"] if target == "host" else "iree"
-    skipnet = manifest.get("kind") == "skipnet"
+        from edgeskip.backends.ort import available
+
+        fastest = manifest.host_fastest if target == "host" else "iree"
+        backend = fastest if fastest != "onnxruntime" or available() else "iree"
+    skipnet = manifest.kind == "skipnet"
     if backend == "iree":
         cls = IreeSkipNetExecutor if skipnet else IreeBundleExecutor
         return cls(bundle, target=target, driver=driver, manifest=manifest)

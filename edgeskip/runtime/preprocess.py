@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import io
 import json
-from typing import Any
-
 import numpy as np
 
 from edgeskip.errors import EdgeskipError
+from edgeskip.manifest import Manifest
 
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/jpg")
 TYPES = (*IMAGE_TYPES, "application/octet-stream", "application/json")
@@ -27,9 +26,9 @@ class BadRequest(EdgeskipError):
         self.status = status
 
 
-def decode(body: bytes, content_type: str, manifest: dict[str, Any]) -> np.ndarray:
+def decode(body: bytes, content_type: str, manifest: Manifest) -> np.ndarray:
     """Decode a request body into float32 [1, C, H, W]; raises BadRequest."""
-    c, h, w = manifest["input"]["shape"][1:]
+    c, h, w = manifest.input.chw
     ctype = (content_type or "").split(";")[0].strip().lower()
     if not body:
         raise BadRequest("empty request body")
@@ -43,8 +42,8 @@ def decode(body: bytes, content_type: str, manifest: dict[str, Any]) -> np.ndarr
         except (UnidentifiedImageError, OSError, ValueError) as e:
             raise BadRequest(f"cannot decode image: {e}") from None
         a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
-        mean = np.array(manifest["normalization"]["mean"], np.float32)[:, None, None]
-        std = np.array(manifest["normalization"]["std"], np.float32)[:, None, None]
+        mean = np.array(manifest.normalization.mean, np.float32)[:, None, None]
+        std = np.array(manifest.normalization.std, np.float32)[:, None, None]
         return ((a - mean) / std)[None].astype(np.float32)
     if ctype == "application/octet-stream":
         want = c * h * w * 4

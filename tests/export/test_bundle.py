@@ -7,7 +7,8 @@ import sys
 
 
 from edgeskip.export import emulate
-from edgeskip.export.bundle import load_manifest, sha256
+from edgeskip.manifest import load_manifest
+from edgeskip.utils.hashing import file_digest as sha256
 
 
 def run(*args):
@@ -23,30 +24,34 @@ def one_line_error(res, fragment):
 
 def test_bundle_contents_and_manifest(bundle):
     m = load_manifest(bundle)
-    assert m["format"] == "edgeskip-bundle" and m["num_gates"] == 6 and m["input"]["shape"] == ["N", 1, 8, 8]
-    assert m["class_names"] == [str(i) for i in range(10)] and m["dataset_id"] == "digits"
-    assert set(m["targets"]) == {"host", "aarch64", "odroid-xu4"}
-    assert "--iree-llvmcpu-debug-symbols=false" in m["targets"]["odroid-xu4"]["flags"]
-    assert m["tools"]["iree-base-compiler"] == m["tools"]["iree-base-runtime"]
+    doc = json.loads((bundle / "manifest.json").read_text())
+    assert doc["format"] == "edgeskip-bundle" and doc["version"] == 2 and doc["kind"] == "edgeskip"
+    assert m.num_gates == 6 and m.input.shape == ("N", 1, 8, 8)
+    assert m.class_names == tuple(str(i) for i in range(10)) and m.dataset_id == "digits"
+    assert set(m.targets) == {"host", "aarch64", "odroid-xu4"}
+    assert "--iree-llvmcpu-debug-symbols=false" in m.targets["odroid-xu4"].flags
+    assert m.extra["tools"]["iree-base-compiler"] == m.extra["tools"]["iree-base-runtime"]
     # every file is listed with its hash, the manifest aside
     files = {str(p.relative_to(bundle)) for p in bundle.rglob("*") if p.is_file()} - {"manifest.json"}
-    assert files == set(m["artifacts"])
-    assert all(sha256(bundle / f) == h for f, h in m["artifacts"].items())
+    assert files == set(m.artifacts)
+    assert all(sha256(bundle / f) == h for f, h in m.artifacts.items())
     # one module per target holding the gated function and one function per Pareto config; one weight archive
-    assert m["iree"]["functions"] == ["gated", *[c["module"] for c in m["configs"]]]
-    assert sorted(f for f in files if f.endswith(".vmfb")) == sorted(f"iree/{t}/model.vmfb" for t in m["targets"])
+    assert m.iree.functions == ("gated", *[c.module for c in m.configs])
+    assert set(m.onnx) == set(m.iree.functions) and set(m.onnx.values()) <= files
+    assert sorted(f for f in files if f.endswith(".vmfb")) == sorted(f"iree/{t}/model.vmfb" for t in m.targets)
     assert [f for f in files if f.endswith(".irpa")] == ["iree/weights.irpa"]
     # the front is built on measured IREE latency on this host
     pareto = json.loads((bundle / "pareto.json").read_text())
     assert pareto["cost"] == "latency_s" and pareto["latency_source"].startswith("iree-host")
-    assert m["configs"][0]["n_skipped"] == 0
-    v = m["verification"]
+    assert m.configs[0].n_skipped == 0 and m.configs[0].skip == (1,) * 6
+    v = m.extra["verification"]
     assert v["onnx"]["gated_vs_torch"] <= 1e-4 and v["iree"]["host"]["iree_vs_onnxruntime"] <= 1e-4
     assert v["iree"]["odroid-xu4"]["undefined_symbols"] == 0 and v["iree"]["odroid-xu4"]["elf_checked"] > 0
     if emulate.missing() is None:
         assert v["iree"]["aarch64"]["executed"] and v["iree"]["aarch64"]["aarch64_vs_host"] <= 1e-4
-    assert m["backend"]["host_fastest"] in ("iree", "onnxruntime")
+    assert m.host_fastest in ("iree", "onnxruntime")
     assert all(c["iree_over_onnxruntime"] > 0 for c in pareto["configs"])
+    assert all(c.extra["latency_s_onnxruntime"] > 0 for c in m.configs)
 
 
 def test_inspect_and_tampering(bundle, tmp_path):

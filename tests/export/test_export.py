@@ -13,8 +13,8 @@ from edgeskip.export import export_gated, export_static, verify_onnx
 from edgeskip.export import emulate
 from edgeskip.export.elf_check import check_no_imports, embedded_elfs
 from edgeskip.export.iree_compile import TARGETS, compile_mlir, import_onnx, parse_targets
-from edgeskip.export.iree_run import IreeModule
-from edgeskip.export.onnx_export import ort_session
+from edgeskip.backends.iree import IreeModule
+from edgeskip.backends.ort import ort_session
 
 SKIPS = [(1, 1, 1, 1, 1, 1), (0, 0, 0, 0, 0, 0), (1, 0, 1, 1, 0, 1), (0, 1, 0, 1, 0, 1), (1, 1, 0, 0, 1, 1)]
 

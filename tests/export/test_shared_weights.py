@@ -6,7 +6,8 @@ import torch
 
 from edgeskip.errors import EdgeskipError
 from edgeskip.export.iree_compile import TARGETS
-from edgeskip.export.shared_weights import SharedIreeExecutor, build_shared_modules, check_shared
+from edgeskip.backends.iree import SharedIreeExecutor
+from edgeskip.export.shared_weights import build_shared_modules, check_shared
 from edgeskip.models import build_model
 
 CONFIGS = [(1, 1, 1, 1, 1, 1), (1, 0, 1, 1, 0, 1), (0, 0, 0, 0, 0, 0)]
@@ -49,27 +50,3 @@ def test_check_shared_rejects_foreign_weights(shared, tiny_model):
     assert check_shared(sm.weights, d / "work" / "static_101101.irpa") > 0
     with pytest.raises(EdgeskipError, match="differs from the shared archive"):
         check_shared(foreign.weights, d / "work" / "static_101101.irpa")
-
-
-def test_onnxruntime_sessions_share_weights(tmp_path, tiny_model, digits_splits):
-    from edgeskip.export import export_gated, export_static
-    from edgeskip.export.onnx_export import ort_session
-    from edgeskip.export.ort_shared import OrtSharedSessions
-    from edgeskip.export.shared_weights import module_name
-
-    graphs = {"gated": export_gated(tiny_model, tmp_path / "gated.onnx")}
-    for s in CONFIGS:
-        graphs[module_name(s)] = export_static(tiny_model, s, tmp_path / f"{module_name(s)}.onnx")
-    shared = OrtSharedSessions(graphs)
-    x = (torch.from_numpy(digits_splits.test.x[:8]).float() - digits_splits.norm.mean[0]) / digits_splits.norm.std[0]
-    x = x.numpy()
-    for s in CONFIGS:
-        own = ort_session(graphs[module_name(s)]).run(None, {"image": x})[0]
-        assert np.array_equal(shared.run(module_name(s), x), own)
-        assert np.abs(shared.run("gated", x, s) - own).max() <= 1e-4
-    # the named weights are held once: the pool is no bigger than the full network's weights
-    full = {p.name for p in __import__("onnx").load(graphs[module_name(CONFIGS[0])]).graph.initializer}
-    assert {n for n in shared.pool.arrays if n.startswith(("blocks.", "stem.", "fc."))} <= full
-    assert shared.pool.shared_uses > len(shared.pool.arrays)  # reused across sessions
-    with pytest.raises(EdgeskipError, match="needs a skip array"):
-        shared.run("gated", x)

@@ -14,7 +14,7 @@ import torch
 from edgeskip.data.batches import iterate
 from edgeskip.errors import EdgeskipError
 from edgeskip.export import emulate
-from edgeskip.export.bundle import load_manifest
+from edgeskip.manifest import load_manifest
 from edgeskip.export.skipnet_graph import export_skipnet, verify_skipnet_onnx
 from edgeskip.runtime.executor import IreeSkipNetExecutor, OrtSkipNetExecutor, open_executor
 from edgeskip.train import load_checkpoint
@@ -64,14 +64,16 @@ def test_verification_catches_a_wrong_graph(tmp_path, test_batch):
 
 def test_bundle_manifest_and_verification(skipnet_bundle):
     m = load_manifest(skipnet_bundle)
-    assert m["kind"] == "skipnet" and m["gates"]["kind"] == "ffgate1" and m["input"]["shape"] == [1, 1, 8, 8]
-    assert set(m["targets"]) == {"host", "aarch64", "odroid-xu4"}
+    assert m.kind == "skipnet" and m.extra["gates"]["kind"] == "ffgate1" and m.input.shape == (1, 1, 8, 8)
+    assert set(m.targets) == {"host", "aarch64", "odroid-xu4"}
     files = {str(p.relative_to(skipnet_bundle)) for p in skipnet_bundle.rglob("*") if p.is_file()} - {"manifest.json"}
-    assert files == set(m["artifacts"])
-    assert {f"iree/{t}/skipnet.vmfb" for t in m["targets"]} <= files and "onnx/skipnet.onnx" in files
-    c = m["configs"][0]
-    assert 0 < c["test_mean_skipped"] < m["num_gates"] and c["latency_s_min"] <= c["latency_s"] <= c["latency_s_max"]
-    v = m["verification"]
+    assert files == set(m.artifacts)
+    assert {f"iree/{t}/skipnet.vmfb" for t in m.targets} <= files and m.onnx == {"main_graph": "onnx/skipnet.onnx"}
+    c = m.configs[0]
+    assert c.skip is None and c.module == "main_graph" and m.iree.functions == ("main_graph",)
+    assert 0 < c.extra["test_mean_skipped"] < m.num_gates
+    assert c.extra["latency_s_min"] <= c.latency_s <= c.extra["latency_s_max"]
+    v = m.extra["verification"]
     assert v["onnx"]["decisions_differing"] == 0 and v["iree"]["host"]["iree_vs_onnxruntime"] <= 1e-4
     assert v["iree"]["odroid-xu4"]["elf_checked"] > 0 and v["iree"]["odroid-xu4"]["undefined_symbols"] == 0
     if emulate.missing() is None or os.environ.get("CI"):

@@ -21,9 +21,9 @@ def test_every_config_and_arbitrary_skips_match_pytorch(bundle, images, cls):
     model = load_checkpoint(bundle / "model.pt").model()
     with torch.no_grad():
         for k, c in enumerate(ex.configs):
-            ref = model(torch.from_numpy(images), c["skip"]).numpy()
+            ref = model(torch.from_numpy(images), c.skip).numpy()
             assert np.abs(ex.infer(images, config=k) - ref).max() <= 1e-4
-            assert np.array_equal(ex.infer(images, skip=c["skip"]), ex.infer(images, config=k))  # static path
+            assert np.array_equal(ex.infer(images, skip=c.skip), ex.infer(images, config=k))  # static path
         for s in ("010101", "110011", "000001"):
             ref = model(torch.from_numpy(images), s).numpy()
             assert np.abs(ex.infer(images, skip=s) - ref).max() <= 1e-4  # gated path
@@ -49,7 +49,7 @@ def test_bad_runtime_inputs(bundle, images):
 
 
 def test_machine_target_picks_this_boards_modules(bundle):
-    from edgeskip.export.bundle import load_manifest
+    from edgeskip.manifest import load_manifest
     from edgeskip.runtime.executor import machine_target
 
     m = load_manifest(bundle)

@@ -2,8 +2,6 @@
 
 import io
 import json
-import os
-import signal
 import subprocess
 import sys
 import threading
@@ -15,39 +13,14 @@ import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-
-class Server:
-    def __init__(self, bundle, *args):
-        self.proc = subprocess.Popen([sys.executable, "-m", "edgeskip.cli", "serve", str(bundle), "--port", "0", *args],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     env={**os.environ, "OMP_NUM_THREADS": "1"})
-        line = self.proc.stdout.readline()
-        assert "listening on http://127.0.0.1:" in line, line + self.proc.stderr.read()
-        self.url = line.split()[2]
-
-    def call(self, path, body=None, ctype=None):
-        req = urllib.request.Request(self.url + path, data=body, headers={"Content-Type": ctype} if ctype else {})
-        try:
-            with urllib.request.urlopen(req, timeout=30) as r:
-                return r.status, r.read(), r.headers.get("Content-Type", "")
-        except urllib.error.HTTPError as e:
-            return e.code, e.read(), e.headers.get("Content-Type", "")
-
-    def infer(self, body, ctype="application/octet-stream"):
-        status, raw, _ = self.call("/v1/infer", body, ctype)
-        return status, json.loads(raw)
-
-    def stop(self):
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=30)
+from daemon_process import Server
 
 
 @pytest.fixture(scope="module")
 def server(bundle):
     s = Server(bundle, "--max-body", "100000")
     yield s
-    if s.proc.poll() is None:
-        s.proc.kill()
+    s.kill()
 
 
 def raw_image(digits_splits, i=0):

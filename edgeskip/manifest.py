@@ -1,0 +1,351 @@
+"""The bundle manifest: a typed, versioned contract between the compiler side and the runtime.
+
+``edgeskip compile`` builds a :class:`Manifest` and writes it as ``manifest.json``; the runtime reads it back
+with :func:`load_manifest`, which validates every field it relies on (types, ranges, cross-references, paths
+kept inside the bundle) and, by default, every artifact's sha256. Torch-free: numpy is not even needed.
+
+Versions: 2 (this module) names every ONNX graph in ``onnx`` and every IREE function in ``iree.functions``
+for both bundle kinds. Version 1 bundles (edgeskip 0.1: ``gated.onnx`` plus ``onnx/<module>.onnx`` by
+convention; SkipNet's ``iree.entry_function``) are upgraded on reading. Any other version is refused with a
+one-line error rather than guessed at; a change of shape bumps :data:`VERSION` and keeps a reader for the old.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Mapping
+
+from edgeskip.errors import EdgeskipError
+from edgeskip.utils.hashing import file_digest
+
+FORMAT = "edgeskip-bundle"
+VERSION = 2
+READS = (1, 2)
+KINDS = ("edgeskip", "skipnet")
+BACKENDS = ("iree", "onnxruntime")
+FILE = "manifest.json"
+
+
+class ManifestError(EdgeskipError):
+    """A manifest that does not satisfy the contract (the message names the field)."""
+
+
+def _req(d: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    if not isinstance(d, Mapping):
+        raise ManifestError(f"manifest: {where} must be an object")
+    if key not in d:
+        raise ManifestError(f"manifest: {where}.{key} is missing")
+    v = d[key]
+    if kind in (int, float, (int, float)) and isinstance(v, bool) or not isinstance(v, kind):
+        raise ManifestError(f"manifest: {where}.{key} has the wrong type ({type(v).__name__})")
+    return v
+
+
+def _num(d: Mapping[str, Any], key: str, where: str, lo: float = -math.inf, hi: float = math.inf) -> float:
+    v = float(_req(d, key, (int, float), where))
+    if not (lo <= v <= hi) or math.isnan(v):
+        raise ManifestError(f"manifest: {where}.{key} = {v} is outside [{lo}, {hi}]")
+    return v
+
+
+def _rel_path(value: object, where: str) -> str:
+    """A relative POSIX path that stays inside the bundle (no absolute path, no '..')."""
+    if not isinstance(value, str) or not value:
+        raise ManifestError(f"manifest: {where} must be a non-empty path")
+    p = PurePosixPath(value)
+    if p.is_absolute() or ".." in p.parts or "\\" in value:
+        raise ManifestError(f"manifest: {where} = {value!r} points outside the bundle")
+    return value
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """The model input: a float32 NCHW image, normalised with :class:`Normalization`."""
+
+    shape: tuple[Any, ...]  # ["N" or 1, C, H, W]
+    name: str = "image"
+    dtype: str = "float32"
+    layout: str = "NCHW"
+    range: str = "[0, 1] then normalised"
+
+    @property
+    def chw(self) -> tuple[int, int, int]:
+        return tuple(int(v) for v in self.shape[1:])  # type: ignore[return-value]
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "InputSpec":
+        shape = _req(d, "shape", list, "input")
+        if len(shape) != 4 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape[1:]):
+            raise ManifestError(f"manifest: input.shape must be [N, C, H, W] with positive sizes, got {shape}")
+        if _req(d, "dtype", str, "input") != "float32" or _req(d, "layout", str, "input") != "NCHW":
+            raise ManifestError("manifest: input must be float32 NCHW")
+        return cls(tuple(shape), _req(d, "name", str, "input"), "float32", "NCHW", str(d.get("range", cls.range)))
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """Per-channel statistics: ``(x / 255 - mean) / std``."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], channels: int) -> "Normalization":
+        mean, std = _req(d, "mean", list, "normalization"), _req(d, "std", list, "normalization")
+        if len(mean) != channels or len(std) != channels:
+            raise ManifestError(f"manifest: normalization needs {channels} mean and std values")
+        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in mean + std) or min(std) <= 0:
+            raise ManifestError("manifest: normalization values must be finite and every std > 0")
+        return cls(tuple(float(v) for v in mean), tuple(float(v) for v in std))
+
+
+@dataclass(frozen=True)
+class ConfigEntry:
+    """One operating point of the Pareto front (for a SkipNet bundle: the one learned-gate model).
+
+    ``skip`` is the skip array (1 = execute, 0 = bypass), None for SkipNet; ``module`` the IREE function
+    (and ONNX file stem) that runs it; ``extra`` keeps fields the runtime does not rely on.
+    """
+
+    index: int
+    module: str
+    n_skipped: float
+    val_accuracy: float
+    test_accuracy: float
+    macs: float
+    latency_s: float
+    skip: tuple[int, ...] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def skip_tuple(self) -> tuple[bool, ...] | None:
+        return None if self.skip is None else tuple(bool(v) for v in self.skip)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: v for k, v in asdict(self).items() if k != "extra"}
+        d["skip"] = None if self.skip is None else list(self.skip)
+        if self.skip is None:
+            del d["skip"]
+        return {**d, **self.extra}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], i: int, num_gates: int) -> "ConfigEntry":
+        w = f"configs[{i}]"
+        if _req(d, "index", int, w) != i:
+            raise ManifestError(f"manifest: {w}.index must be {i}")
+        skip = d.get("skip")
+        if skip is not None:
+            if not isinstance(skip, list) or len(skip) != num_gates or any(v not in (0, 1) or isinstance(v, float) for v in skip):
+                raise ManifestError(f"manifest: {w}.skip must be {num_gates} values of 0/1")
+            skip = tuple(int(v) for v in skip)
+            if _num(d, "n_skipped", w) != skip.count(0):
+                raise ManifestError(f"manifest: {w}.n_skipped does not match its skip array")
+        known = {"index", "module", "n_skipped", "val_accuracy", "test_accuracy", "macs", "latency_s", "skip"}
+        return cls(i, _req(d, "module", str, w), _num(d, "n_skipped", w, 0, num_gates),
+                   _num(d, "val_accuracy", w, 0, 1), _num(d, "test_accuracy", w, 0, 1), _num(d, "macs", w, 0),
+                   _num(d, "latency_s", w, 0), skip, {k: v for k, v in d.items() if k not in known})
+
+
+@dataclass(frozen=True)
+class TargetEntry:
+    """One compilation target: LLVM triple (``host`` for this machine), compiler flags, module folder."""
+
+    triple: str
+    flags: tuple[str, ...]
+    dir: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"triple": self.triple, "flags": list(self.flags), "dir": self.dir}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], name: str) -> "TargetEntry":
+        w = f"targets.{name}"
+        return cls(_req(d, "triple", str, w), tuple(_req(d, "flags", list, w)), _rel_path(_req(d, "dir", str, w), w + ".dir"))
+
+
+@dataclass(frozen=True)
+class IreeEntry:
+    """The IREE side: one weight archive, one module per target; ``functions`` in the module, in order."""
+
+    weights: str
+    module: str
+    functions: tuple[str, ...]
+    parameter_scope: str = "model"
+    driver: str = "local-sync"
+    common_flags: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"weights": self.weights, "parameter_scope": self.parameter_scope, "driver": self.driver,
+                "module": self.module, "functions": list(self.functions), "common_flags": list(self.common_flags)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "IreeEntry":
+        fns = _req(d, "functions", list, "iree")
+        if not fns or not all(isinstance(f, str) and f for f in fns):
+            raise ManifestError("manifest: iree.functions must be a non-empty list of names")
+        return cls(_rel_path(_req(d, "weights", str, "iree"), "iree.weights"),
+                   _rel_path(_req(d, "module", str, "iree"), "iree.module"), tuple(fns),
+                   _req(d, "parameter_scope", str, "iree"), str(d.get("driver", "local-sync")),
+                   tuple(d.get("common_flags", ())))
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Everything the runtime needs to know about a bundle. ``kind`` "edgeskip": Pareto configs switched
+    at run time, a gated ONNX graph for any skip array; "skipnet": one model whose gates decide per input."""
+
+    kind: str
+    model: dict[str, Any]
+    input: InputSpec
+    normalization: Normalization
+    class_names: tuple[str, ...]
+    dataset_id: str
+    num_gates: int
+    gated_blocks: tuple[int, ...]
+    configs: tuple[ConfigEntry, ...]
+    targets: dict[str, TargetEntry]
+    iree: IreeEntry
+    host_fastest: str
+    onnx: dict[str, str]  # ONNX graph per function name ("gated" and each config's module), bundle-relative
+    artifacts: dict[str, str] = field(default_factory=dict)  # bundle-relative path -> sha256
+    extra: dict[str, Any] = field(default_factory=dict)  # tools, verification, gates, timings ...
+    format: str = FORMAT
+    version: int = VERSION
+
+    @property
+    def by_skip(self) -> dict[tuple[bool, ...], int]:
+        """Config index of each Pareto skip array."""
+        return {c.skip_tuple: c.index for c in self.configs if c.skip is not None}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON document (``manifest.json``)."""
+        d: dict[str, Any] = {"format": self.format, "version": self.version, "kind": self.kind, **{
+            k: v for k, v in self.extra.items() if k in ("created_unix", "tools")}}
+        d.update({
+            "model": self.model, "input": {"name": self.input.name, "dtype": self.input.dtype,
+                                           "shape": list(self.input.shape), "layout": self.input.layout,
+                                           "range": self.input.range},
+            "normalization": {"mean": list(self.normalization.mean), "std": list(self.normalization.std)},
+            "class_names": list(self.class_names), "dataset_id": self.dataset_id, "num_gates": self.num_gates,
+            "gated_blocks": list(self.gated_blocks), "onnx": dict(self.onnx),
+            "configs": [c.to_dict() for c in self.configs],
+            "targets": {k: t.to_dict() for k, t in self.targets.items()}, "iree": self.iree.to_dict(),
+            "backend": {"host_fastest": self.host_fastest, **self.extra.get("backend", {})},
+        })
+        d.update({k: v for k, v in self.extra.items() if k not in d and k != "backend"})
+        d["artifacts"] = dict(self.artifacts)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Manifest":
+        """Validate a parsed ``manifest.json``; raises :class:`ManifestError` naming the first bad field."""
+        if not isinstance(d, Mapping) or d.get("format") != FORMAT:
+            raise ManifestError("not an edgeskip bundle manifest")
+        if d.get("version") not in READS:
+            raise ManifestError(f"bundle version {d.get('version')!r}; this edgeskip reads versions "
+                                f"{', '.join(map(str, READS))}")
+        if d["version"] == 1:
+            d = _upgrade_v1(d)
+        kind = d.get("kind", "edgeskip")
+        if kind not in KINDS:
+            raise ManifestError(f"manifest: kind must be one of {', '.join(KINDS)}, got {kind!r}")
+        inp = InputSpec.from_dict(_req(d, "input", dict, "manifest"))
+        names = _req(d, "class_names", list, "manifest")
+        if not names or not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
+            raise ManifestError("manifest: class_names must be distinct strings")
+        model = _req(d, "model", dict, "manifest")
+        if model.get("num_classes", len(names)) != len(names):
+            raise ManifestError(f"manifest: {len(names)} class_names for a model of {model.get('num_classes')} classes")
+        g = _req(d, "num_gates", int, "manifest")
+        blocks = _req(d, "gated_blocks", list, "manifest")
+        if g < 0 or len(blocks) != g:
+            raise ManifestError("manifest: gated_blocks must list num_gates blocks")
+        configs = _req(d, "configs", list, "manifest")
+        if not configs:
+            raise ManifestError("manifest: configs is empty")
+        cfgs = tuple(ConfigEntry.from_dict(c, i, g) for i, c in enumerate(configs))
+        if kind == "edgeskip" and any(c.skip is None for c in cfgs):
+            raise ManifestError("manifest: every config of an edgeskip bundle needs a skip array")
+        targets = {str(k): TargetEntry.from_dict(v, k) for k, v in _req(d, "targets", dict, "manifest").items()}
+        if not targets:
+            raise ManifestError("manifest: targets is empty")
+        iree = IreeEntry.from_dict(_req(d, "iree", dict, "manifest"))
+        missing = [c.module for c in cfgs if c.module not in iree.functions]
+        if missing:
+            raise ManifestError(f"manifest: configs name functions the module lacks: {', '.join(missing)}")
+        if kind == "edgeskip" and "gated" not in iree.functions:
+            raise ManifestError("manifest: the module of an edgeskip bundle needs the function 'gated'")
+        onnx = {str(k): _rel_path(v, f"onnx.{k}") for k, v in _req(d, "onnx", dict, "manifest").items()}
+        backend = _req(d, "backend", dict, "manifest")
+        fastest = _req(backend, "host_fastest", str, "backend")
+        if fastest not in BACKENDS:
+            raise ManifestError(f"manifest: backend.host_fastest must be one of {', '.join(BACKENDS)}")
+        artifacts = _req(d, "artifacts", dict, "manifest")
+        for rel, digest in artifacts.items():
+            _rel_path(rel, "artifacts")
+            if not isinstance(digest, str) or len(digest) != 64:
+                raise ManifestError(f"manifest: artifacts[{rel!r}] is not a sha256 digest")
+        known = {"format", "version", "kind", "model", "input", "normalization", "class_names", "dataset_id",
+                 "num_gates", "gated_blocks", "configs", "targets", "iree", "onnx", "artifacts"}
+        extra = {k: v for k, v in d.items() if k not in known}
+        extra["backend"] = {k: v for k, v in backend.items() if k != "host_fastest"}
+        return cls(kind, model, inp, Normalization.from_dict(_req(d, "normalization", dict, "manifest"), inp.chw[0]),
+                   tuple(names), str(_req(d, "dataset_id", str, "manifest")), g, tuple(int(b) for b in blocks), cfgs,
+                   targets, iree, fastest, onnx, dict(artifacts), extra)
+
+
+def _upgrade_v1(d: Mapping[str, Any]) -> dict[str, Any]:
+    """A version-1 document in the version-2 shape (the graphs' paths were implied by convention)."""
+    d = json.loads(json.dumps(d))  # deep copy
+    configs, iree = d.get("configs"), d.get("iree")
+    if not isinstance(configs, list) or not isinstance(iree, dict):
+        return d  # from_dict names what is missing
+    if d.get("kind") == "skipnet":
+        fn = iree.pop("entry_function", "main_graph")
+        iree.update(module="skipnet.vmfb", functions=[fn])
+        for c in configs:
+            if isinstance(c, dict):
+                c["module"] = fn
+        d["onnx"] = {fn: "onnx/skipnet.onnx"}
+    else:
+        gated = d.get("gated", {}).get("onnx", "onnx/gated.onnx") if isinstance(d.get("gated"), dict) else "onnx/gated.onnx"
+        d["onnx"] = {"gated": gated, **{c["module"]: f"onnx/{c['module']}.onnx" for c in configs
+                                         if isinstance(c, dict) and isinstance(c.get("module"), str)}}
+    d["version"] = VERSION
+    return d
+
+
+def load_manifest(bundle: str | os.PathLike, check_hashes: bool = True) -> Manifest:
+    """Read and validate a bundle's manifest; with ``check_hashes`` every artifact it lists must exist inside
+    the bundle with the recorded sha256, and every file the runtime opens must be listed."""
+    bundle = Path(bundle)
+    path = bundle / FILE
+    if not path.is_file():
+        raise EdgeskipError(f"{bundle} is not an edgeskip bundle (no {FILE})")
+    try:
+        doc = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise EdgeskipError(f"{path} is not valid JSON ({e})") from None
+    try:
+        m = Manifest.from_dict(doc)
+    except ManifestError as e:
+        raise ManifestError(f"{path}: {e}") from None
+    if check_hashes:
+        used = [m.iree.weights, *m.onnx.values(), *(f"{t.dir}/{m.iree.module}" for t in m.targets.values())]
+        unlisted = [u for u in used if u not in m.artifacts]
+        if unlisted:
+            raise ManifestError(f"bundle {bundle}: {unlisted[0]} is used but not hashed in the manifest")
+        root = bundle.resolve()
+        for rel, digest in m.artifacts.items():
+            p = bundle / rel
+            if not p.resolve().is_relative_to(root):
+                raise ManifestError(f"bundle {bundle}: artifact {rel} resolves outside the bundle")
+            if not p.is_file():
+                raise EdgeskipError(f"bundle {bundle}: missing artifact {rel}")
+            if file_digest(p) != digest:
+                raise EdgeskipError(f"bundle {bundle}: sha256 mismatch for {rel}")
+    return m

@@ -1,0 +1,47 @@
+"""A real `edgeskip serve` process on 127.0.0.1 (port 0: the daemon picks a free one and prints it)."""
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+
+
+class Server:
+    """``python -m edgeskip serve BUNDLE --port 0 ARGS``; ``python`` may be an emulated interpreter's argv."""
+
+    def __init__(self, bundle, *args, python=(sys.executable,), env=None, start_timeout=60):
+        self.proc = subprocess.Popen([*python, "-m", "edgeskip", "serve", str(bundle), "--port", "0", *args],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     env={**(env or os.environ), "OMP_NUM_THREADS": "1"})
+        ready, _, _ = select.select([self.proc.stdout], [], [], start_timeout)
+        line = self.proc.stdout.readline() if ready else ""
+        if "listening on http://127.0.0.1:" not in line:
+            self.kill()
+            raise AssertionError(f"daemon did not start within {start_timeout} s: {line}{self.proc.stderr.read()}")
+        self.url = line.split()[2]
+        self.banner = line
+
+    def call(self, path, body=None, ctype=None):
+        req = urllib.request.Request(self.url + path, data=body, headers={"Content-Type": ctype} if ctype else {})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status, r.read(), r.headers.get("Content-Type", "")
+        except urllib.error.HTTPError as e:
+            return e.code, e.read(), e.headers.get("Content-Type", "")
+
+    def infer(self, body, ctype="application/octet-stream"):
+        status, raw, _ = self.call("/v1/infer", body, ctype)
+        return status, json.loads(raw)
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=30)
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)

@@ -1,0 +1,175 @@
+"""The Open Inference Protocol (KServe v2) on a real daemon, spoken by the real Triton HTTP client."""
+
+import json
+import struct
+import threading
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from daemon_process import Server
+from edgeskip.runtime.executor import open_executor
+
+
+@pytest.fixture(scope="module")
+def served(bundle):
+    s = Server(bundle, "--model-name", "digits")
+    host = s.url.split("//", 1)[1]
+    client = httpclient.InferenceServerClient(host, connection_timeout=30, network_timeout=30)
+    yield s, client
+    client.close()
+    s.kill()
+
+
+def images(digits_splits, n):
+    x = (digits_splits.test.x[:n] - digits_splits.norm.mean[0]) / digits_splits.norm.std[0]
+    return x.astype(np.float32)
+
+
+def request(s, path, body=None, headers=None):
+    req = urllib.request.Request(s.url + path, data=body, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, r.read(), dict(r.headers)
+    except urllib.error.HTTPError as e:
+        return e.code, e.read(), dict(e.headers)
+
+
+def test_health_and_metadata(served, bundle):
+    s, client = served
+    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("digits")
+    assert not client.is_model_ready("nope")
+    meta = client.get_model_metadata("digits")
+    assert meta["name"] == "digits" and meta["versions"] == ["1"]
+    assert meta["inputs"] == [{"name": "image", "datatype": "FP32", "shape": [-1, 1, 8, 8]}]
+    assert meta["outputs"] == [{"name": "logits", "datatype": "FP32", "shape": [-1, 10]}]
+    assert client.get_server_metadata()["extensions"] == ["binary_tensor_data", "classification"]
+    with pytest.raises(InferenceServerException, match="unknown model 'nope'") as e:
+        client.get_model_metadata("nope")
+    assert e.value.status() == "404"
+    status, raw, headers = request(s, "/v2/models/nope/infer", b"{}")
+    assert status == 404 and "unknown model" in json.loads(raw)["error"]
+    # the default model name is the bundle folder's
+    s2 = Server(bundle)
+    try:
+        assert f"model {bundle.name} " in s2.banner
+        assert request(s2, f"/v2/models/{bundle.name}/ready")[0] == 200
+    finally:
+        s2.kill()
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_infer_matches_the_executor(served, bundle, digits_splits, binary):
+    s, client = served
+    x = images(digits_splits, 4)
+    inp = httpclient.InferInput("image", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x, binary_data=binary)
+    outs = [httpclient.InferRequestedOutput("logits", binary_data=binary),
+            ] if not binary else None  # no outputs named: the client asks for all of them in binary
+    res = client.infer("digits", [inp], outputs=outs, request_id="r1")
+    logits = res.as_numpy("logits")
+    params = res.get_response()["parameters"]
+    ref = open_executor(bundle, backend="iree").infer(x, config=params["config"])
+    np.testing.assert_allclose(logits, ref, atol=1e-4)
+    assert res.get_response()["id"] == "r1" and params["latency_s"] > 0
+
+
+def test_classification_extension_and_pinned_configs(served, bundle, digits_splits):
+    s, client = served
+    x = images(digits_splits, 2)
+    inp = httpclient.InferInput("image", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    for binary in (True, False):
+        res = client.infer("digits", [inp], outputs=[httpclient.InferRequestedOutput("logits", binary, class_count=3)])
+        top = res.as_numpy("logits")
+        assert top.shape == (2, 3)
+        first = [t.decode() if isinstance(t, bytes) else t for t in top[:, 0]]
+        assert all(f.split(":")[1] == f.split(":")[2] for f in first)  # digits: label == index
+        scores = [float(t.split(":")[0]) for t in first]
+        assert all(0 < v <= 1 for v in scores)
+    ex = open_executor(bundle, backend="iree")
+    last = len(ex.configs) - 1
+    res = client.infer("digits", [inp], parameters={"config": last})
+    assert res.get_response()["parameters"]["config"] == last
+    np.testing.assert_allclose(res.as_numpy("logits"), ex.infer(x, config=last), atol=1e-4)
+    skip = "101010"
+    res = client.infer("digits", [inp], parameters={"skip": skip})
+    np.testing.assert_allclose(res.as_numpy("logits"), ex.infer(x, skip=skip), atol=1e-4)
+    assert res.get_response()["parameters"]["skipped_blocks"] == 3
+
+
+@pytest.mark.parametrize("doc, headers, fragment", [
+    (b"{bad", {}, "bad JSON"),
+    (json.dumps({"inputs": []}).encode(), {}, "exactly one input"),
+    (json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 1, 8, 8], "data": [0] * 64}]}).encode(),
+     {}, "unknown input 'x'"),
+    (json.dumps({"inputs": [{"name": "image", "datatype": "INT8", "shape": [1, 1, 8, 8], "data": [0] * 64}]}).encode(),
+     {}, "must be FP32"),
+    (json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 3, 8, 8], "data": [0] * 192}]}).encode(),
+     {}, "must have shape [N, 1, 8, 8]"),
+    (json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 1, 8, 8], "data": [0] * 10}]}).encode(),
+     {}, "has 10 values"),
+    (json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": [1000, 1, 8, 8], "data": [0]}]}).encode(),
+     {}, "batch size must be in 1..64"),
+    (json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 1, 8, 8], "data": ["NaN"] * 64}]}).encode(),
+     {}, "NaN"),
+    (json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 1, 8, 8], "data": [0] * 64}],
+                 "outputs": [{"name": "probs"}]}).encode(), {}, "unknown output 'probs'"),
+    (json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 1, 8, 8], "data": [0] * 64}],
+                 "parameters": {"config": 99}}).encode(), {}, "config must be an integer"),
+    (json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 1, 8, 8], "data": [0] * 64}],
+                 "parameters": {"skip": "12"}}).encode(), {}, "skip array"),
+    (json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 1, 8, 8],
+                             "parameters": {"binary_data_size": 256}}]}).encode() + b"\0" * 10,
+     "header", "must be 256 bytes"),
+    (b"{}", {"Inference-Header-Content-Length": "999"}, "does not fit"),
+])
+def test_bad_requests_get_one_line_4xx(served, digits_splits, doc, headers, fragment):
+    s, client = served
+    if headers == "header":
+        n = doc.index(b"}]}") + 3
+        headers = {"Inference-Header-Content-Length": str(n)}
+    status, raw, _ = request(s, "/v2/models/digits/infer", doc, {"Content-Type": "application/json", **headers})
+    err = json.loads(raw)["error"]
+    assert status == 400 and fragment in err and "\n" not in err, err
+    x = images(digits_splits, 1)
+    inp = httpclient.InferInput("image", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    assert client.infer("digits", [inp]).as_numpy("logits").shape == (1, 10)  # still serving
+
+
+def test_busy_requests_are_dropped_with_503(served, digits_splits):
+    s, _ = served
+    x = images(digits_splits, 1)
+    head = json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 1, 8, 8],
+                                   "parameters": {"binary_data_size": x.nbytes}}],
+                       "parameters": {"binary_data_output": True}}).encode()
+    body, hdr = head + x.tobytes(), {"Inference-Header-Content-Length": str(len(head))}
+    codes, errors = [], []
+    for _ in range(20):  # bounded: rounds of simultaneous requests until some arrive while busy
+        barrier = threading.Barrier(16)
+
+        def one():
+            barrier.wait()
+            status, raw, headers = request(s, "/v2/models/digits/infer", body, hdr)
+            codes.append(status)
+            if status == 503:
+                errors.append(json.loads(raw)["error"])
+            else:  # a binary response: JSON header, then the logits
+                n = int(headers["Inference-Header-Content-Length"])
+                assert json.loads(raw[:n])["outputs"][0]["parameters"]["binary_data_size"] == 40
+                assert len(raw) == n + 40 and np.isfinite(struct.unpack("<10f", raw[n:])).all()
+
+        threads = [threading.Thread(target=one) for _ in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if 503 in codes:
+            break
+    assert set(codes) <= {200, 503} and 503 in codes and 200 in codes
+    assert all(e.startswith("dropped: the executor was busy") for e in errors)

@@ -1,0 +1,138 @@
+"""The bundle manifest contract: round trip, version-1 upgrade, and refusal of documents that break it."""
+
+import copy
+import json
+import re
+
+import pytest
+
+from edgeskip.manifest import READS, VERSION, Manifest, ManifestError, load_manifest
+from edgeskip.utils.hashing import file_digest
+
+
+def valid_doc() -> dict:
+    skips = [[1, 1, 1, 1], [1, 0, 1, 0], [0, 0, 0, 0]]
+    configs = [{"index": i, "n_skipped": s.count(0), "skip": s, "module": "static_" + "".join(map(str, s)),
+                "val_accuracy": 0.9 - 0.1 * i, "test_accuracy": 0.89 - 0.1 * i, "macs": 1000 - 200 * i,
+                "latency_s": 1e-3 - 2e-4 * i, "latency_s_onnxruntime": 9e-4} for i, s in enumerate(skips)]
+    return {
+        "format": "edgeskip-bundle", "version": 2, "kind": "edgeskip", "created_unix": 1, "tools": {"edgeskip": "0"},
+        "model": {"depth": 14, "num_classes": 3}, "input": {"name": "image", "dtype": "float32",
+                                                           "shape": ["N", 3, 8, 8], "layout": "NCHW"},
+        "normalization": {"mean": [0.5, 0.5, 0.5], "std": [0.2, 0.2, 0.2]}, "class_names": ["a", "b", "c"],
+        "dataset_id": "toy", "num_gates": 4, "gated_blocks": [1, 3, 5, 7],
+        "onnx": {"gated": "onnx/gated.onnx", **{c["module"]: f"onnx/{c['module']}.onnx" for c in configs}},
+        "configs": configs,
+        "targets": {"host": {"triple": "host", "flags": ["-x"], "dir": "iree/host"}},
+        "iree": {"weights": "iree/weights.irpa", "parameter_scope": "model", "module": "model.vmfb",
+                 "functions": ["gated", *[c["module"] for c in configs]]},
+        "backend": {"host_fastest": "iree", "latency_source": "test"},
+        "verification": {"tolerance": 1e-4}, "artifacts": {},
+    }
+
+
+def write_bundle(root, doc: dict) -> None:
+    """Files for every path the runtime opens, hashed into ``doc``."""
+    files = [doc["iree"]["weights"], *doc["onnx"].values(),
+             *(f"{t['dir']}/{doc['iree']['module']}" for t in doc["targets"].values())]
+    for rel in files:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(rel.encode())
+    doc["artifacts"] = {rel: file_digest(root / rel) for rel in files}
+    (root / "manifest.json").write_text(json.dumps(doc))
+
+
+def test_round_trip_and_typed_fields():
+    doc = valid_doc()
+    m = Manifest.from_dict(doc)
+    assert m.input.chw == (3, 8, 8) and m.num_gates == 4 and m.configs[1].skip_tuple == (True, False, True, False)
+    assert m.by_skip == {(True,) * 4: 0, (True, False, True, False): 1, (False,) * 4: 2}
+    assert m.configs[0].extra == {"latency_s_onnxruntime": 9e-4} and m.extra["backend"] == {"latency_source": "test"}
+    again = m.to_dict()
+    assert Manifest.from_dict(again) == m
+    assert set(again) == set(doc) and again["configs"] == doc["configs"] and again["backend"] == doc["backend"]
+
+
+@pytest.mark.parametrize("edit, fragment", [
+    (lambda d: d.update(version=99), "bundle version 99"),
+    (lambda d: d.update(format="other"), "not an edgeskip bundle manifest"),
+    (lambda d: d["normalization"].update(std=[0.2, 0.0, 0.2]), "std > 0"),
+    (lambda d: d["normalization"].update(mean=[0.5]), "needs 3 mean and std"),
+    (lambda d: d.update(class_names=["a", "b"]), "2 class_names for a model of 3 classes"),
+    (lambda d: d.update(class_names=["a", "a", "b"]), "distinct"),
+    (lambda d: d["configs"][1].update(val_accuracy=1.5), "configs[1].val_accuracy"),
+    (lambda d: d["configs"][1].update(skip=[1, 0, 1]), "configs[1].skip must be 4 values"),
+    (lambda d: d["configs"][1].update(n_skipped=0), "n_skipped does not match"),
+    (lambda d: d["configs"][2].update(index=5), "configs[2].index must be 2"),
+    (lambda d: d["configs"][0].update(module="static_nope"), "functions the module lacks: static_nope"),
+    (lambda d: d["iree"].update(functions=d["iree"]["functions"][1:]), "needs the function 'gated'"),
+    (lambda d: d["iree"].update(weights="../../outside.irpa"), "points outside the bundle"),
+    (lambda d: d["onnx"].update(gated="/etc/passwd"), "points outside the bundle"),
+    (lambda d: d["targets"]["host"].update(dir="../x"), "points outside the bundle"),
+    (lambda d: d["backend"].update(host_fastest="tvm"), "host_fastest"),
+    (lambda d: d.update(artifacts={"../x": "0" * 64}), "points outside the bundle"),
+    (lambda d: d.pop("configs"), "configs is missing"),
+    (lambda d: d.update(configs=[]), "configs is empty"),
+    (lambda d: d.update(num_gates=True), "num_gates has the wrong type"),
+    (lambda d: d["input"].update(shape=["N", 3, 0, 8]), "positive sizes"),
+    (lambda d: d.update(kind="magic"), "kind must be one of"),
+])
+def test_contract_violations_are_named(edit, fragment):
+    doc = valid_doc()
+    edit(doc)
+    with pytest.raises(ManifestError, match=re.escape(fragment)):
+        Manifest.from_dict(doc)
+
+
+def test_load_checks_hashes_and_that_every_used_file_is_hashed(tmp_path):
+    doc = valid_doc()
+    write_bundle(tmp_path, doc)
+    m = load_manifest(tmp_path)
+    assert m.version == VERSION and len(m.artifacts) == 6
+    (tmp_path / "onnx" / "gated.onnx").write_bytes(b"tampered")
+    with pytest.raises(Exception, match="sha256 mismatch for onnx/gated.onnx"):
+        load_manifest(tmp_path)
+    assert load_manifest(tmp_path, check_hashes=False).num_gates == 4
+    # deleting the artifacts list does not turn verification off
+    stripped = copy.deepcopy(doc)
+    stripped["artifacts"] = {}
+    (tmp_path / "manifest.json").write_text(json.dumps(stripped))
+    with pytest.raises(ManifestError, match="used but not hashed"):
+        load_manifest(tmp_path)
+    # a symlink inside the bundle pointing outside it is refused even with a matching hash
+    outside = tmp_path.parent / f"{tmp_path.name}-outside.bin"
+    outside.write_bytes(b"secret")
+    (tmp_path / "link.bin").symlink_to(outside)
+    linked = copy.deepcopy(doc)
+    linked["artifacts"]["link.bin"] = file_digest(outside)
+    (tmp_path / "manifest.json").write_text(json.dumps(linked))
+    (tmp_path / "onnx" / "gated.onnx").write_bytes(b"onnx/gated.onnx")
+    with pytest.raises(ManifestError, match="resolves outside the bundle"):
+        load_manifest(tmp_path)
+
+
+def test_version_1_documents_are_upgraded(tmp_path):
+    doc = valid_doc()
+    v1 = copy.deepcopy(doc)
+    v1["version"] = 1
+    del v1["onnx"], v1["kind"]
+    v1["gated"] = {"onnx": "onnx/gated.onnx", "inputs": ["image", "skip"]}
+    assert 1 in READS
+    m = Manifest.from_dict(v1)
+    assert m.version == VERSION and m.onnx == doc["onnx"] and m.kind == "edgeskip"
+    sk = copy.deepcopy(v1)
+    sk.update(kind="skipnet", num_gates=4)
+    sk["configs"] = [{**doc["configs"][0], "module": "skipnet", "policy": "learned"}]
+    del sk["configs"][0]["skip"]
+    sk["iree"] = {"weights": "iree/weights.irpa", "parameter_scope": "model", "entry_function": "main_graph"}
+    m = Manifest.from_dict(sk)
+    assert m.iree.module == "skipnet.vmfb" and m.iree.functions == ("main_graph",)
+    assert m.configs[0].module == "main_graph" and m.onnx == {"main_graph": "onnx/skipnet.onnx"}
+
+
+def test_not_a_bundle(tmp_path):
+    with pytest.raises(Exception, match="no manifest.json"):
+        load_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(Exception, match="not valid JSON"):
+        load_manifest(tmp_path)
