@@ -46,8 +46,9 @@ def _req(d: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: s
 
 
 def _num(d: Mapping[str, Any], key: str, where: str, lo: float = -math.inf, hi: float = math.inf) -> float:
-    v = float(_req(d, key, (int, float), where))
-    if not (lo <= v <= hi) or math.isnan(v):
+    """A number in [lo, hi], returned as written (an int stays an int)."""
+    v = _req(d, key, (int, float), where)
+    if math.isnan(v) or not (lo <= v <= hi):
         raise ManifestError(f"manifest: {where}.{key} = {v} is outside [{lo}, {hi}]")
     return v
 

@@ -21,6 +21,7 @@ from edgeskip.pareto.latency import LatencySource
 from edgeskip.pareto.plot import plot_design_space
 from edgeskip.pareto.ranking import RANKINGS, block_weight_l2, rank_blocks, single_skip_arrays
 from edgeskip.utils.atomic import write_json
+from edgeskip.utils.table import format_pareto_table
 
 SENSITIVITY_FORMAT = "edgeskip-sensitivity"
 PARETO_FORMAT = "edgeskip-pareto"
@@ -120,12 +121,4 @@ def write_design(out_dir: str | os.PathLike, sensitivity: dict[str, Any], pareto
 
 def format_table(pareto: dict[str, Any]) -> str:
     """Human-readable table of the Pareto configs."""
-    lat = pareto["cost"] == "latency_s"
-    head = f"{'cfg':>3} {'skipped':>7} {'skip array':<{max(10, pareto['num_gates'])}} {'val acc':>8} {'test acc':>8} {'MMACs':>8}"
-    lines = [head + (f" {'latency ms':>10}" if lat else "")]
-    for r in pareto["configs"]:
-        s = "".join(map(str, r["skip"]))
-        line = (f"{r['index']:>3} {r['n_skipped']:>7} {s:<{max(10, pareto['num_gates'])}} {r['val_accuracy']:>8.4f} "
-                f"{r['test_accuracy']:>8.4f} {r['macs'] / 1e6:>8.2f}")
-        lines.append(line + (f" {r['latency_s'] * 1e3:>10.3f}" if lat else ""))
-    return "\n".join(lines)
+    return format_pareto_table(pareto["configs"], pareto["num_gates"], pareto["cost"] == "latency_s")

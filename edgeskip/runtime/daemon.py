@@ -9,12 +9,13 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Coroutine
 
 import numpy as np
 from aiohttp import web
 
 from edgeskip.errors import EdgeskipError
+from edgeskip.runtime.choices import EVENT_LOOPS
 from edgeskip.runtime.adaptation import AdaptiveController, FixedController
 from edgeskip.runtime.executor import BundleExecutor, open_executor
 from edgeskip.runtime.server import InferenceService, make_app
@@ -48,6 +49,37 @@ def make_service(bundle: str, min_acc: float, delta_req: float | None, fixed: in
     return InferenceService(executor, controller, delta_req, None if fixed is not None else min_acc)
 
 
+def run(coro: Coroutine[Any, Any, None], event_loop: str = "asyncio") -> None:
+    """Run the daemon's coroutine on asyncio's own event loop or on uvloop (``pip install uvloop``; measured
+    in bench/serve_footprint.py: a little less time per request for ~8 MB more resident memory)."""
+    if event_loop == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            coro.close()
+            raise EdgeskipError("--event-loop uvloop needs uvloop (pip install uvloop)") from None
+        uvloop.run(coro)
+    elif event_loop == "asyncio":
+        asyncio.run(coro)
+    else:
+        coro.close()
+        raise EdgeskipError(f"unknown event loop {event_loop!r}; choose from {', '.join(EVENT_LOOPS)}")
+
+
+def release_startup_memory() -> None:
+    """Give back what start-up (imports, opening the bundle, measuring Delta_req) freed: a full collection,
+    then glibc's ``malloc_trim`` (a no-op elsewhere). Measured: ~2 MB less resident on ResNet-20."""
+    import gc
+
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def default_model_name(bundle: str | os.PathLike) -> str:
     """The KServe v2 model name of a bundle: its folder's name."""
     return Path(bundle).resolve().name or "model"
@@ -75,6 +107,7 @@ async def run_daemon(bundle: str, min_acc: float, delta_req: float | None, fixed
              f"{service.executor.target}  delta_req "
              f"{service.delta_req * 1e3:.3f} ms  configs {getattr(c, 'allowed', [c.config])}")
     sys.stdout.flush()
+    release_startup_memory()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -12,9 +12,9 @@ import numpy as np
 
 from edgeskip.errors import EdgeskipError
 from edgeskip.manifest import Manifest, load_manifest
+from edgeskip.runtime.choices import BACKENDS
 from edgeskip.skip import normalize_skip
 
-BACKENDS = ("auto", "iree", "onnxruntime")
 
 
 class BundleExecutor:

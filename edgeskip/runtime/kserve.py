@@ -179,7 +179,7 @@ class KServeV2:
     async def infer(self, request: web.Request) -> web.Response:
         try:
             self._check_model(request)
-            body = await request.read()
+            body = await self.service.read_body(request)
             doc, x, outputs = self._parse(body, request.headers.get(HEADER))
             params = doc.get("parameters") or {}
             if not isinstance(params, dict):

@@ -2,6 +2,7 @@
 design-time command on a runtime-only install says what to install instead of a traceback."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -43,3 +44,14 @@ def test_design_command_without_design_packages_is_one_line(tmp_path):
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "edgeskip train needs the design-time packages" in lines[0], res.stderr
     assert "pip install 'edgeskip[design]'" in lines[0] and not (tmp_path / "x.pt").exists()
+
+
+def test_inspect_works_without_design_packages(bundle):
+    blocked = "; ".join(f"sys.modules[{m!r}] = None" for m in DESIGN)
+    code = (f"import sys; {blocked}\n"
+            "from edgeskip.cli import main\n"
+            f"sys.argv = ['edgeskip', 'inspect', {str(bundle)!r}]\n"
+            "main()")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert re.search(r"all \d+ artifact hashes match", res.stdout) and "skip array" in res.stdout

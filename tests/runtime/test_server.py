@@ -5,8 +5,6 @@ import json
 import subprocess
 import sys
 import threading
-import urllib.error
-import urllib.request
 
 import numpy as np
 import pytest

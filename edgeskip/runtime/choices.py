@@ -1,0 +1,4 @@
+"""Choices of the runtime's options, declared once (the CLI's click.Choice lists and the library share them)."""
+
+BACKENDS = ("auto", "iree", "onnxruntime")
+EVENT_LOOPS = ("asyncio", "uvloop")

@@ -1,0 +1,18 @@
+"""The Pareto table as text (torch-free: `edgeskip inspect` prints it on the board)."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+
+def format_pareto_table(rows: Sequence[Mapping[str, Any]], num_gates: int, latency: bool = True) -> str:
+    """Human-readable table of Pareto configs (rows with index, n_skipped, skip, accuracies, macs, latency_s)."""
+    width = max(10, num_gates)
+    head = f"{'cfg':>3} {'skipped':>7} {'skip array':<{width}} {'val acc':>8} {'test acc':>8} {'MMACs':>8}"
+    lines = [head + (f" {'latency ms':>10}" if latency else "")]
+    for r in rows:
+        s = "".join(map(str, r["skip"]))
+        line = (f"{r['index']:>3} {r['n_skipped']:>7} {s:<{width}} {r['val_accuracy']:>8.4f} "
+                f"{r['test_accuracy']:>8.4f} {r['macs'] / 1e6:>8.2f}")
+        lines.append(line + (f" {r['latency_s'] * 1e3:>10.3f}" if latency else ""))
+    return "\n".join(lines)
