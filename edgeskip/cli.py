@@ -414,13 +414,18 @@ def serve(bundle, min_acc, delta_req, fixed, backend, host, port, max_body, targ
               help="A SkipNet bundle of the same data set, replayed on the same arrivals (run 'skipnet').")
 @click.option("--loadgen", is_flag=True, help="Drive the daemon at --url with MLPerf LoadGen's server scenario "
               "(Poisson arrivals at --rate; drops completed at once and counted separately).")
+@click.option("--images", "images_file", type=click.Path(dir_okay=False), default=None,
+              help="Labelled images (.npz: images float32 [N,C,H,W] normalised, labels) [default: the bundle's "
+                   "test split, which needs the design packages].")
+@click.option("--save-images", type=click.Path(dir_okay=False), default=None,
+              help="Write the labelled images used to this .npz (for a runtime-only install's --images).")
 @click.option("--out", type=click.Path(file_okay=False), default="runs/bench", show_default=True)
 @click.option("--target", "target", default="auto", show_default=True,
               help="Which of the bundle's IREE targets to run (auto: this machine's).")
 @click.option("--driver", default="local-sync", show_default=True, help="IREE HAL driver (local-sync, local-task).")
 @click.option("--threads", "ort_threads", type=int, default=1, show_default=True, help="onnxruntime intra-op threads.")
 def bench_cmd(bundle, pattern, count, period, load, rate, trace, seed, min_acc, delta_req, configs, url, backend,
-              compare, loadgen, out, target, driver, ort_threads) -> None:
+              compare, loadgen, images_file, save_images, out, target, driver, ort_threads) -> None:
     """Replay a workload against adaptive depth and fixed configs (the paper's Table I)."""
     import shlex
 
@@ -434,7 +439,7 @@ def bench_cmd(bundle, pattern, count, period, load, rate, trace, seed, min_acc, 
 
         if not url or not rate:
             raise EdgeskipError("--loadgen needs --url (a running daemon) and --rate (target queries per second)")
-        images, labels = test_images(Path(bundle), 2000)
+        images, labels = test_images(Path(bundle), 2000, images_file)
         doc = run_loadgen(url, images, labels, rate, count, out, seed)
         doc["command"] = "edgeskip " + " ".join(shlex.quote(a) for a in sys.argv[1:])
         write_json(Path(out) / "loadgen.json", doc)
@@ -446,11 +451,13 @@ def bench_cmd(bundle, pattern, count, period, load, rate, trace, seed, min_acc, 
     fixed = [int(c) for c in configs.split(",")] if configs else None
     doc = run_benchmark(bundle, out, pattern, count, period, load, rate, trace, seed, min_acc, delta_req, fixed, url,
                         backend, command="edgeskip " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-                        compare=compare, target=target, driver=driver, threads=ort_threads)
+                        compare=compare, images=images_file, save_images=save_images, target=target, driver=driver,
+                        threads=ort_threads)
     click.echo(f"{doc['pattern']} workload, {doc['count']} requests, base period {doc['base_period_s'] * 1e3:.3f} ms, "
                f"no-skip latency {doc['no_skip_latency_s'] * 1e3:.3f} ms, backend {doc['backend']}, target {doc['target']}")
     click.echo(format_table(doc["table"]))
-    click.echo(f"wrote {Path(out) / 'bench.json'}, {Path(out) / 'timeline.png'}")
+    png = f", {Path(out) / doc['timeline_png']}" if doc["timeline_png"] else " (no timeline: matplotlib is not installed)"
+    click.echo(f"wrote {Path(out) / 'bench.json'}{png}")
 
 
 def main() -> None:

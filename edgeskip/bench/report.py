@@ -52,9 +52,13 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def plot_timeline(records: Sequence[Record], dest: str | os.PathLike, title: str) -> None:
-    """Config in use over time (processed requests) with drops marked."""
-    import matplotlib
+def plot_timeline(records: Sequence[Record], dest: str | os.PathLike, title: str) -> bool:
+    """Config in use over time (processed requests) with drops marked; False (nothing written) where
+    matplotlib is not installed (a runtime-only install)."""
+    try:
+        import matplotlib
+    except ModuleNotFoundError:
+        return False
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -74,3 +78,4 @@ def plot_timeline(records: Sequence[Record], dest: str | os.PathLike, title: str
     fig.tight_layout()
     write_with(dest, lambda p: fig.savefig(p, dpi=110, format="png"))
     plt.close(fig)
+    return True

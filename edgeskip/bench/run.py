@@ -15,12 +15,22 @@ from edgeskip.errors import EdgeskipError
 from edgeskip.runtime.adaptation import AdaptiveController, FixedController
 from edgeskip.runtime.daemon import measure_no_skip_latency
 from edgeskip.runtime.executor import SkipNetExecutor, open_executor
-from edgeskip.train import load_checkpoint
 from edgeskip.utils.atomic import write_json
 
 
-def test_images(bundle: Path, limit: int) -> tuple[np.ndarray, np.ndarray]:
-    """Normalised test images and labels of the data set the bundle was built on."""
+def test_images(bundle: Path, limit: int, images: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised test images and labels: from ``images`` (.npz, see :mod:`edgeskip.bench.images`), else the
+    test split of the data set the bundle was built on (design-time packages needed)."""
+    if images is not None:
+        from edgeskip.bench.images import load_images
+        from edgeskip.manifest import load_manifest
+
+        return load_images(images, load_manifest(bundle, check_hashes=False), limit)
+    try:
+        from edgeskip.train import load_checkpoint
+    except ModuleNotFoundError as e:
+        raise EdgeskipError(f"reading the bundle's test split needs the design-time packages ({e.name} is not "
+                            "installed): pip install 'edgeskip[design]', or pass --images FILE.npz") from None
     ck = load_checkpoint(bundle / "model.pt")
     splits = ck.data.load()
     from edgeskip.data.batches import iterate
@@ -32,6 +42,16 @@ def test_images(bundle: Path, limit: int) -> tuple[np.ndarray, np.ndarray]:
         if sum(len(x) for x in xs) >= limit:
             break
     return np.concatenate(xs)[:limit].astype(np.float32), np.concatenate(ys)[:limit]
+
+
+def _images(bundle: Path, limit: int, images: str | os.PathLike | None,
+            save: str | os.PathLike | None) -> tuple[np.ndarray, np.ndarray]:
+    xs, ys = test_images(bundle, limit, images)
+    if save is not None:
+        from edgeskip.bench.images import save_images
+
+        save_images(save, xs, ys)
+    return xs, ys
 
 
 def arrivals_for(pattern: str, count: int, period: float | None, rate: float | None, trace: str | None,
@@ -51,17 +71,20 @@ def run_benchmark(bundle: str | os.PathLike, out: str | os.PathLike, pattern: st
                   period: float | None = None, load: float = 1.25, rate: float | None = None, trace: str | None = None,
                   seed: int = 0, min_acc: float = 0.0, delta_req: float | None = None,
                   fixed: Sequence[int] | None = None, url: str | None = None, backend: str = "auto",
-                  command: str = "", compare: str | os.PathLike | None = None, **executor_options: Any) -> dict[str, Any]:
+                  command: str = "", compare: str | os.PathLike | None = None, images: str | os.PathLike | None = None,
+                  save_images: str | os.PathLike | None = None, **executor_options: Any) -> dict[str, Any]:
     """Replay one workload against adaptive depth and fixed configs; write bench.json and timeline.png.
 
     Default period: the no-skip latency divided by ``load`` (1.25: the original cannot keep up).
     ``compare``: a SkipNet bundle of the same data set, replayed on the same arrivals as run "skipnet".
+    ``images``: labelled images (.npz) instead of the bundle's test split; ``save_images``: write the ones used.
     A SkipNet ``bundle`` on its own is replayed as run "skipnet" only (its gates decide per input).
     """
     bundle = Path(bundle)
     executor = open_executor(bundle, backend, **executor_options)
     if isinstance(executor, SkipNetExecutor):
-        return _run_skipnet_only(executor, bundle, out, pattern, count, period, load, rate, trace, seed, command, url)
+        return _run_skipnet_only(executor, bundle, out, pattern, count, period, load, rate, trace, seed, command, url,
+                                 images, save_images)
     other = None
     if compare is not None:
         other = open_executor(compare, backend, **executor_options)
@@ -74,7 +97,7 @@ def run_benchmark(bundle: str | os.PathLike, out: str | os.PathLike, pattern: st
     period = period or no_skip / load
     delta = delta_req or no_skip
     arrivals = arrivals_for(pattern, count, period, rate, trace, seed)
-    images, labels = test_images(bundle, min(len(arrivals), 2000))
+    images, labels = _images(bundle, min(len(arrivals), 2000), images, save_images)
     accs = [c.val_accuracy for c in executor.configs]
     fixed = list(range(len(executor.configs))) if fixed is None else list(fixed)
     runs: dict[str, Any] = {}
@@ -101,20 +124,22 @@ def run_benchmark(bundle: str | os.PathLike, out: str | os.PathLike, pattern: st
         "table": table_rows(summaries), "records": {name: to_columns(recs) for name, recs in runs.items()},
     }
     out = Path(out)
+    drawn = plot_timeline(runs["adaptive"], out / "timeline.png", f"adaptive depth, {pattern} workload, period "
+                          f"{period * 1e3:.3f} ms (no-skip latency {no_skip * 1e3:.3f} ms)")
+    doc["timeline_png"] = "timeline.png" if drawn else None
     write_json(out / "bench.json", doc)
-    plot_timeline(runs["adaptive"], out / "timeline.png",
-                  f"adaptive depth, {pattern} workload, period {period * 1e3:.3f} ms (no-skip latency {no_skip * 1e3:.3f} ms)")
     return doc
 
 
 def _run_skipnet_only(executor: SkipNetExecutor, bundle: Path, out: str | os.PathLike, pattern: str, count: int,
                       period: float | None, load: float, rate: float | None, trace: str | None, seed: int,
-                      command: str, url: str | None = None) -> dict[str, Any]:
+                      command: str, url: str | None = None, images: str | os.PathLike | None = None,
+                      save_images: str | os.PathLike | None = None) -> dict[str, Any]:
     """A SkipNet bundle alone: one fixed-policy run (the gates decide per input), in-process or at ``url``."""
     latency = measure_no_skip_latency(executor)
     period = period or latency / load
     arrivals = arrivals_for(pattern, count, period, rate, trace, seed)
-    images, labels = test_images(bundle, min(len(arrivals), 2000))
+    images, labels = _images(bundle, min(len(arrivals), 2000), images, save_images)
     runs = {"skipnet": run_http(url, arrivals, images, labels) if url
             else run_inprocess(executor, FixedController(0), arrivals, images, labels)}
     summaries = {name: summarize(recs) for name, recs in runs.items()}
@@ -126,7 +151,8 @@ def _run_skipnet_only(executor: SkipNetExecutor, bundle: Path, out: str | os.Pat
         "summaries": summaries, "table": table_rows(summaries, reference="skipnet"),
         "records": {name: to_columns(recs) for name, recs in runs.items()},
     }
+    drawn = plot_timeline(runs["skipnet"], Path(out) / "timeline.png",
+                          f"SkipNet (fixed policy), {pattern} workload, period {period * 1e3:.3f} ms")
+    doc["timeline_png"] = "timeline.png" if drawn else None
     write_json(Path(out) / "bench.json", doc)
-    plot_timeline(runs["skipnet"], Path(out) / "timeline.png",
-                  f"SkipNet (fixed policy), {pattern} workload, period {period * 1e3:.3f} ms")
     return doc

@@ -68,3 +68,30 @@ def test_loadgen_server_scenario_against_daemon(bundle, tmp_path):
         assert proc.wait(timeout=30) == 0
     res = run("bench", bundle, "--loadgen", "--count", "5", "--out", tmp_path)
     assert res.returncode == 2 and "--url" in res.stderr
+
+
+def test_bench_on_a_runtime_only_install_with_saved_images(bundle, tmp_path):
+    """--save-images on the workstation, --images where no design package exists (all blocked here)."""
+    saved = tmp_path / "images.npz"
+    res = run("bench", bundle, "--count", "100", "--configs", "0", "--save-images", saved, "--out", tmp_path / "a")
+    assert res.returncode == 0, res.stderr
+    blocked = "; ".join(f"sys.modules[{m!r}] = None" for m in ("torch", "sklearn", "matplotlib", "onnx", "onnxscript",
+                                                             "onnxruntime", "iree.compiler", "tqdm"))
+    code = (f"import sys; {blocked}\nfrom edgeskip.cli import main\n"
+            f"sys.argv = ['edgeskip', 'bench', {str(bundle)!r}, '--count', '100', '--configs', '0', '--backend', "
+            f"'iree', '--images', {str(saved)!r}, '--out', {str(tmp_path / 'b')!r}]\nmain()")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    assert "no timeline: matplotlib is not installed" in res.stdout
+    a = json.loads((tmp_path / "a" / "bench.json").read_text())
+    b = json.loads((tmp_path / "b" / "bench.json").read_text())
+    assert b["timeline_png"] is None and a["timeline_png"] == "timeline.png"
+    assert b["summaries"]["adaptive"]["sent"] == 100 and b["summaries"]["adaptive"]["errors"] == 0
+    # without --images, the runtime-only install says what to do in one line
+    code = code.replace(f", '--images', {str(saved)!r}", "")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "--images FILE.npz" in res.stderr, res.stderr
+    junk = tmp_path / "junk.npz"
+    junk.write_bytes(b"not a zip")
+    res = run("bench", bundle, "--count", "10", "--images", junk, "--out", tmp_path / "c")
+    assert res.returncode == 2 and "is not an images file" in res.stderr and "Traceback" not in res.stderr
