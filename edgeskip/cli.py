@@ -17,8 +17,11 @@ from edgeskip import __version__
 from edgeskip.errors import EdgeskipError
 from edgeskip.manifest import Manifest, load_manifest
 from edgeskip.recipes import AMP_CHOICES, RECIPE_NAMES, RECIPES, SD_SCOPES
-from edgeskip.runtime.choices import BACKENDS, EVENT_LOOPS
+from edgeskip.runtime.choices import BACKENDS, DRIVERS, EVENT_LOOPS
 
+
+DIGEST_OPTION = click.option("--digest", default=None, metavar="SHA256",
+                             help="Refuse the bundle unless its manifest has this digest (printed by compile).")
 
 # packages of the `design` extra (import names): a runtime-only install lacks them
 DESIGN_MODULES = ("torch", "sklearn", "matplotlib", "tqdm", "onnx", "onnxscript", "iree.compiler", "elftools",
@@ -173,6 +176,9 @@ def _train(dataset, data_dir, download, val_fraction, image_size, seed, recipe, 
            gate_threshold) -> None:
     import dataclasses
 
+    from edgeskip.utils.atomic import ensure_parent
+
+    ensure_parent(out)  # before hours of training, not after
     from edgeskip.models import ResNetConfig
     from edgeskip.train import DataSpec, TrainConfig, train as run_train
 
@@ -335,8 +341,9 @@ def compile_cmd(checkpoint, dataset, data_dir, download, val_fraction, image_siz
         from edgeskip.export.skipnet_bundle import build_skipnet_bundle
 
         bundle = build_skipnet_bundle(ck, splits, out_dir, target_list, force=force, log=log)
-        click.echo(skipnet_summary(load_manifest(bundle)))
-        click.echo(f"wrote SkipNet bundle {bundle}")
+        m = load_manifest(bundle)
+        click.echo(skipnet_summary(m))
+        click.echo(f"wrote SkipNet bundle {bundle}; bundle digest {m.digest}")
         return
     bundle = build_bundle(ck, splits, out_dir, target_list, repeats=repeats, force=force, log=log)
     if checkpoint.endswith(f".{out_dir.name}.model.pt"):
@@ -345,15 +352,17 @@ def compile_cmd(checkpoint, dataset, data_dir, download, val_fraction, image_siz
     click.echo(format_table(json.loads((bundle / "pareto.json").read_text())))
     click.echo(f"wrote bundle {bundle} ({len(manifest.artifacts)} artifacts, targets "
                f"{', '.join(manifest.targets)}; fastest host backend: {manifest.host_fastest})")
+    click.echo(f"bundle digest {manifest.digest}  (serve/bench/inspect --digest refuse any other manifest)")
 
 
 @cli.command()
 @click.argument("bundle", type=click.Path(file_okay=False))
-def inspect(bundle) -> None:
+@DIGEST_OPTION
+def inspect(bundle, digest) -> None:
     """Print a bundle's manifest summary and Pareto table; verify every artifact's sha256."""
     from edgeskip.utils.table import format_pareto_table
 
-    m = load_manifest(bundle)
+    m = load_manifest(bundle, digest=digest)
     skipnet = m.kind == "skipnet"
     what = f"SkipNet ({m.extra.get('gates', {}).get('kind', '?')} gates)" if skipnet else f"{len(m.configs)} Pareto configs"
     click.echo(f"bundle {bundle}: ResNet-{m.model.get('depth', '?')} on {m.dataset_id}, input {list(m.input.shape)}, "
@@ -364,7 +373,7 @@ def inspect(bundle) -> None:
         click.echo(f"target {name}: {t.triple}  verification: {json.dumps(v)}")
     click.echo(f"fastest host backend: {m.host_fastest}")
     click.echo(skipnet_summary(m) if skipnet else format_pareto_table([c.to_dict() for c in m.configs], m.num_gates))
-    click.echo(f"all {len(m.artifacts)} artifact hashes match")
+    click.echo(f"all {len(m.artifacts)} artifact hashes match; bundle digest {m.digest}")
 
 
 @cli.command()
@@ -376,33 +385,44 @@ def inspect(bundle) -> None:
 @click.option("--config", "fixed", type=int, default=None, help="Fixed-config mode (baselines): always this config.")
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=int, default=8080, show_default=True, help="0 picks a free port (printed).")
-@click.option("--max-body", type=int, default=8 * 1024 * 1024, show_default=True, help="Largest request body (bytes).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True,
+              help="0 picks a free port (printed).")
+@click.option("--max-body", type=click.IntRange(min=1), default=8 * 1024 * 1024, show_default=True,
+              help="Largest request body (bytes).")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=4096 * 4096, show_default=True,
+              help="Largest image (width x height) decoded; larger ones get 413 before decoding.")
 @click.option("--target", "target", default="auto", show_default=True,
               help="Which of the bundle's IREE targets to run (auto: this machine's).")
-@click.option("--driver", default="local-sync", show_default=True, help="IREE HAL driver (local-sync, local-task).")
-@click.option("--threads", "ort_threads", type=int, default=1, show_default=True, help="onnxruntime intra-op threads.")
+@click.option("--driver", type=click.Choice(DRIVERS), default="local-sync", show_default=True, help="IREE HAL driver.")
+@click.option("--threads", "ort_threads", type=click.IntRange(min=1), default=1, show_default=True,
+              help="onnxruntime intra-op threads.")
 @click.option("--model-name", default=None, help="Model name on the KServe v2 API [default: the bundle folder's name].")
+@DIGEST_OPTION
 @click.option("--event-loop", type=click.Choice(EVENT_LOOPS), default="asyncio", show_default=True,
               help="uvloop: slightly less time per request, ~8 MB more memory (needs uvloop installed).")
-def serve(bundle, min_acc, delta_req, fixed, backend, host, port, max_body, target, driver, ort_threads,
-          model_name, event_loop) -> None:
+def serve(bundle, min_acc, delta_req, fixed, backend, host, port, max_body, max_pixels, target, driver, ort_threads,
+          model_name, event_loop, digest) -> None:
     """Serve inference over HTTP (/v1 and KServe v2), adapting depth to load (Algorithm 1)."""
+    import logging
+
     from edgeskip.runtime.daemon import run, run_daemon
 
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     run(run_daemon(bundle, min_acc, delta_req, fixed, backend, host, port, max_body,
-                   on_ready=lambda msg: click.echo(msg, err=False), model_name=model_name, target=target,
-                   driver=driver, threads=ort_threads), event_loop)
+                   on_ready=lambda msg: click.echo(msg, err=False), model_name=model_name, max_pixels=max_pixels,
+                   target=target, driver=driver, threads=ort_threads, digest=digest), event_loop)
 
 
 @cli.command(name="bench")
 @click.argument("bundle", type=click.Path(file_okay=False))
 @click.option("--pattern", type=click.Choice(["paper", "poisson", "trace"]), default="paper", show_default=True,
               help="paper: base period, +-25% change every 10th request; poisson; or a trace file.")
-@click.option("--count", type=int, default=1000, show_default=True, help="Requests to send (bounded).")
-@click.option("--period", type=float, default=None, help="Base period (s) [default: no-skip latency / --load].")
-@click.option("--load", type=float, default=1.25, show_default=True, help="Offered load relative to the original network.")
-@click.option("--rate", type=float, default=None, help="Poisson rate (requests/s).")
+@click.option("--count", type=click.IntRange(min=1), default=1000, show_default=True, help="Requests to send (bounded).")
+@click.option("--period", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Base period (s) [default: no-skip latency / --load].")
+@click.option("--load", type=click.FloatRange(min=0, min_open=True), default=1.25, show_default=True,
+              help="Offered load relative to the original network.")
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=None, help="Poisson rate (requests/s).")
 @click.option("--trace", type=click.Path(dir_okay=False), default=None, help="Arrival times to replay.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--min-acc", type=float, default=0.0, show_default=True)
@@ -417,15 +437,17 @@ def serve(bundle, min_acc, delta_req, fixed, backend, host, port, max_body, targ
 @click.option("--images", "images_file", type=click.Path(dir_okay=False), default=None,
               help="Labelled images (.npz: images float32 [N,C,H,W] normalised, labels) [default: the bundle's "
                    "test split, which needs the design packages].")
+@DIGEST_OPTION
 @click.option("--save-images", type=click.Path(dir_okay=False), default=None,
               help="Write the labelled images used to this .npz (for a runtime-only install's --images).")
 @click.option("--out", type=click.Path(file_okay=False), default="runs/bench", show_default=True)
 @click.option("--target", "target", default="auto", show_default=True,
               help="Which of the bundle's IREE targets to run (auto: this machine's).")
-@click.option("--driver", default="local-sync", show_default=True, help="IREE HAL driver (local-sync, local-task).")
-@click.option("--threads", "ort_threads", type=int, default=1, show_default=True, help="onnxruntime intra-op threads.")
+@click.option("--driver", type=click.Choice(DRIVERS), default="local-sync", show_default=True, help="IREE HAL driver.")
+@click.option("--threads", "ort_threads", type=click.IntRange(min=1), default=1, show_default=True,
+              help="onnxruntime intra-op threads.")
 def bench_cmd(bundle, pattern, count, period, load, rate, trace, seed, min_acc, delta_req, configs, url, backend,
-              compare, loadgen, images_file, save_images, out, target, driver, ort_threads) -> None:
+              compare, loadgen, images_file, digest, save_images, out, target, driver, ort_threads) -> None:
     """Replay a workload against adaptive depth and fixed configs (the paper's Table I)."""
     import shlex
 
@@ -439,6 +461,10 @@ def bench_cmd(bundle, pattern, count, period, load, rate, trace, seed, min_acc, 
 
         if not url or not rate:
             raise EdgeskipError("--loadgen needs --url (a running daemon) and --rate (target queries per second)")
+        from edgeskip.bench.drivers import probe_daemon
+
+        probe_daemon(url)
+        load_manifest(bundle, digest=digest)
         images, labels = test_images(Path(bundle), 2000, images_file)
         doc = run_loadgen(url, images, labels, rate, count, out, seed)
         doc["command"] = "edgeskip " + " ".join(shlex.quote(a) for a in sys.argv[1:])
@@ -448,11 +474,14 @@ def bench_cmd(bundle, pattern, count, period, load, rate, trace, seed, min_acc, 
                    f"configs {doc['per_config']}; LoadGen log in {out}")
         return
 
-    fixed = [int(c) for c in configs.split(",")] if configs else None
+    try:
+        fixed = [int(c) for c in configs.split(",")] if configs else None
+    except ValueError:
+        raise EdgeskipError(f"--configs must be comma-separated config indices, e.g. 0,2; got {configs!r}") from None
     doc = run_benchmark(bundle, out, pattern, count, period, load, rate, trace, seed, min_acc, delta_req, fixed, url,
                         backend, command="edgeskip " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
                         compare=compare, images=images_file, save_images=save_images, target=target, driver=driver,
-                        threads=ort_threads)
+                        threads=ort_threads, digest=digest)
     click.echo(f"{doc['pattern']} workload, {doc['count']} requests, base period {doc['base_period_s'] * 1e3:.3f} ms, "
                f"no-skip latency {doc['no_skip_latency_s'] * 1e3:.3f} ms, backend {doc['backend']}, target {doc['target']}")
     click.echo(format_table(doc["table"]))

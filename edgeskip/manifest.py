@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Mapping
@@ -212,6 +213,8 @@ class Manifest:
     iree: IreeEntry
     host_fastest: str
     onnx: dict[str, str]  # ONNX graph per function name ("gated" and each config's module), bundle-relative
+    digest: str | None = None  # bundle_digest of the document read (set by load_manifest; not written)
+    sample: str | None = None  # labelled test images for `edgeskip bench` (.npz, no pickle), bundle-relative
     artifacts: dict[str, str] = field(default_factory=dict)  # bundle-relative path -> sha256
     extra: dict[str, Any] = field(default_factory=dict)  # tools, verification, gates, timings ...
     format: str = FORMAT
@@ -237,6 +240,8 @@ class Manifest:
             "targets": {k: t.to_dict() for k, t in self.targets.items()}, "iree": self.iree.to_dict(),
             "backend": {"host_fastest": self.host_fastest, **self.extra.get("backend", {})},
         })
+        if self.sample is not None:
+            d["sample"] = self.sample
         d.update({k: v for k, v in self.extra.items() if k not in d and k != "backend"})
         d["artifacts"] = dict(self.artifacts)
         return d
@@ -290,13 +295,16 @@ class Manifest:
             _rel_path(rel, "artifacts")
             if not isinstance(digest, str) or len(digest) != 64:
                 raise ManifestError(f"manifest: artifacts[{rel!r}] is not a sha256 digest")
+        sample = d.get("sample")
+        if sample is not None:
+            _rel_path(sample, "sample")
         known = {"format", "version", "kind", "model", "input", "normalization", "class_names", "dataset_id",
-                 "num_gates", "gated_blocks", "configs", "targets", "iree", "onnx", "artifacts"}
+                 "num_gates", "gated_blocks", "configs", "targets", "iree", "onnx", "artifacts", "sample"}
         extra = {k: v for k, v in d.items() if k not in known}
         extra["backend"] = {k: v for k, v in backend.items() if k != "host_fastest"}
         return cls(kind, model, inp, Normalization.from_dict(_req(d, "normalization", dict, "manifest"), inp.chw[0]),
                    tuple(names), str(_req(d, "dataset_id", str, "manifest")), g, tuple(int(b) for b in blocks), cfgs,
-                   targets, iree, fastest, onnx, dict(artifacts), extra)
+                   targets, iree, fastest, onnx, None, sample, dict(artifacts), extra)
 
 
 def _upgrade_v1(d: Mapping[str, Any]) -> dict[str, Any]:
@@ -320,9 +328,19 @@ def _upgrade_v1(d: Mapping[str, Any]) -> dict[str, Any]:
     return d
 
 
-def load_manifest(bundle: str | os.PathLike, check_hashes: bool = True) -> Manifest:
+def bundle_digest(doc: Mapping[str, Any]) -> str:
+    """``sha256:<hex>`` of the canonical manifest (sorted keys, no whitespace). The manifest lists every
+    artifact's sha256, so this one value pins the whole bundle."""
+    import hashlib
+
+    canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+    return "sha256:" + hashlib.sha256(canonical).hexdigest()
+
+
+def load_manifest(bundle: str | os.PathLike, check_hashes: bool = True, digest: str | None = None) -> Manifest:
     """Read and validate a bundle's manifest; with ``check_hashes`` every artifact it lists must exist inside
-    the bundle with the recorded sha256, and every file the runtime opens must be listed."""
+    the bundle with the recorded sha256, and every file the runtime opens must be listed. With ``digest``
+    (printed by `edgeskip compile` and `inspect`), the manifest itself must be the one that was built."""
     bundle = Path(bundle)
     path = bundle / FILE
     if not path.is_file():
@@ -331,12 +349,19 @@ def load_manifest(bundle: str | os.PathLike, check_hashes: bool = True) -> Manif
         doc = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise EdgeskipError(f"{path} is not valid JSON ({e})") from None
+    if digest is not None:
+        got = bundle_digest(doc)
+        want = digest if digest.startswith("sha256:") else "sha256:" + digest
+        if got != want.lower():
+            raise ManifestError(f"bundle {bundle}: digest {got} is not the expected {want}")
     try:
         m = Manifest.from_dict(doc)
     except ManifestError as e:
         raise ManifestError(f"{path}: {e}") from None
+    m = dataclasses.replace(m, digest=bundle_digest(doc))
     if check_hashes:
-        used = [m.iree.weights, *m.onnx.values(), *(f"{t.dir}/{m.iree.module}" for t in m.targets.values())]
+        used = [m.iree.weights, *m.onnx.values(), *(f"{t.dir}/{m.iree.module}" for t in m.targets.values()),
+                *([m.sample] if m.sample else [])]
         unlisted = [u for u in used if u not in m.artifacts]
         if unlisted:
             raise ManifestError(f"bundle {bundle}: {unlisted[0]} is used but not hashed in the manifest")

@@ -84,10 +84,35 @@ def run_inprocess(executor: BundleExecutor, controller: AdaptiveController | Fix
 
 
 def check_loopback(url: str) -> None:
-    """Benchmarks only ever target this machine."""
-    host = urlparse(url).hostname or ""
-    if host not in ("127.0.0.1", "localhost", "::1") and not host.startswith("127."):
-        raise EdgeskipError(f"bench only targets loopback addresses (127.0.0.0/8, localhost, ::1), not {host!r}")
+    """Benchmarks only ever target this machine: an http URL whose host is an address in 127.0.0.0/8, ::1,
+    or the name localhost (parsed, not matched by prefix: 127.evil.example.com is refused)."""
+    import ipaddress
+
+    try:
+        parts = urlparse(url)
+        host, _ = parts.hostname or "", parts.port  # .port raises ValueError on a bad port
+    except ValueError as e:
+        raise EdgeskipError(f"bad --url {url!r}: {e}") from None
+    if parts.scheme != "http":
+        raise EdgeskipError(f"--url must be http://HOST:PORT on loopback, got {url!r}")
+    if host != "localhost":
+        try:
+            ok = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            ok = False
+        if not ok:
+            raise EdgeskipError(f"bench only targets loopback addresses (127.0.0.0/8, localhost, ::1), not {host!r}")
+
+
+def probe_daemon(url: str) -> None:
+    """A loopback URL where a daemon answers /healthz, or a one-line error (before any request is timed)."""
+    check_loopback(url)
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/healthz", timeout=5) as r:
+            r.read()
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", None) or e
+        raise EdgeskipError(f"no edgeskip daemon answers at {url}: {reason}") from None
 
 
 def run_http(url: str, arrivals: Sequence[float], images: np.ndarray, labels: np.ndarray,

@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from edgeskip.bench.drivers import run_http, run_inprocess, to_columns
+from edgeskip.bench.drivers import probe_daemon, run_http, run_inprocess, to_columns
 from edgeskip.bench.report import plot_timeline, summarize, table_rows
 from edgeskip.bench.workload import load_trace, paper_arrivals, poisson_arrivals
 from edgeskip.errors import EdgeskipError
@@ -19,29 +19,19 @@ from edgeskip.utils.atomic import write_json
 
 
 def test_images(bundle: Path, limit: int, images: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Normalised test images and labels: from ``images`` (.npz, see :mod:`edgeskip.bench.images`), else the
-    test split of the data set the bundle was built on (design-time packages needed)."""
-    if images is not None:
-        from edgeskip.bench.images import load_images
-        from edgeskip.manifest import load_manifest
+    """Normalised labelled images: from ``images`` (.npz, see :mod:`edgeskip.bench.images`), else the bundle's
+    own evaluation sample (hashed in its manifest). Never from the data spec inside ``model.pt``: a bundle
+    must not choose files for this process to read."""
+    from edgeskip.bench.images import load_images
+    from edgeskip.manifest import load_manifest
 
-        return load_images(images, load_manifest(bundle, check_hashes=False), limit)
-    try:
-        from edgeskip.train import load_checkpoint
-    except ModuleNotFoundError as e:
-        raise EdgeskipError(f"reading the bundle's test split needs the design-time packages ({e.name} is not "
-                            "installed): pip install 'edgeskip[design]', or pass --images FILE.npz") from None
-    ck = load_checkpoint(bundle / "model.pt")
-    splits = ck.data.load()
-    from edgeskip.data.batches import iterate
-
-    xs, ys = [], []
-    for xb, yb in iterate(splits.test, ck.norm, 500):
-        xs.append(xb.numpy())
-        ys.append(yb.numpy())
-        if sum(len(x) for x in xs) >= limit:
-            break
-    return np.concatenate(xs)[:limit].astype(np.float32), np.concatenate(ys)[:limit]
+    manifest = load_manifest(bundle)
+    if images is None:
+        if manifest.sample is None:
+            raise EdgeskipError(f"bundle {bundle} carries no evaluation sample (built before it had one); pass "
+                                "--images FILE.npz")
+        images = bundle / manifest.sample
+    return load_images(images, manifest, limit)
 
 
 def _images(bundle: Path, limit: int, images: str | os.PathLike | None,
@@ -81,13 +71,15 @@ def run_benchmark(bundle: str | os.PathLike, out: str | os.PathLike, pattern: st
     A SkipNet ``bundle`` on its own is replayed as run "skipnet" only (its gates decide per input).
     """
     bundle = Path(bundle)
+    if url:
+        probe_daemon(url)
     executor = open_executor(bundle, backend, **executor_options)
     if isinstance(executor, SkipNetExecutor):
         return _run_skipnet_only(executor, bundle, out, pattern, count, period, load, rate, trace, seed, command, url,
                                  images, save_images)
     other = None
     if compare is not None:
-        other = open_executor(compare, backend, **executor_options)
+        other = open_executor(compare, backend, **{k: v for k, v in executor_options.items() if k != "digest"})
         if not isinstance(other, SkipNetExecutor):
             raise EdgeskipError(f"--compare expects a SkipNet bundle; {compare} is an edgeskip bundle")
         if other.manifest.dataset_id != executor.manifest.dataset_id:

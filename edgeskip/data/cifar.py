@@ -7,6 +7,7 @@ downloading is allowed, fetches the archive into ``data_dir`` and verifies its M
 
 from __future__ import annotations
 
+import io
 import pickle
 import tarfile
 import urllib.request
@@ -63,10 +64,39 @@ def download(spec: CifarSpec, data_dir: Path) -> Path:
     return dest
 
 
+class _CifarUnpickler(pickle.Unpickler):
+    """Admits only what the official CIFAR archives hold: dicts, lists, bytes, ints and numpy arrays.
+
+    Any other global a pickle names (``os.system``, ``builtins.eval``, ...) is refused before it is
+    looked up, so a crafted file cannot run code."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),  # numpy scalars
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),  # bytes under protocol 2
+               ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer")}  # arrays, protocol 5
+
+    def find_class(self, module: str, name: str):  # noqa: D102 - pickle hook
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a CIFAR file")
+        if name in ("_reconstruct", "scalar"):
+            from numpy._core import multiarray
+
+            return getattr(multiarray, name)
+        if name == "_frombuffer":
+            from numpy._core.numeric import _frombuffer
+
+            return _frombuffer
+        if module == "_codecs":
+            import codecs
+
+            return codecs.encode
+        return getattr(np, name)
+
+
 def _unpickle(raw: bytes, name: str) -> dict:
     try:
-        d = pickle.loads(raw, encoding="bytes")
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means a corrupt file
+        d = _CifarUnpickler(io.BytesIO(raw), encoding="bytes").load()
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means a corrupt or hostile file
         raise EdgeskipError(f"corrupt CIFAR file {name}: {e}") from None
     if not isinstance(d, dict):
         raise EdgeskipError(f"corrupt CIFAR file {name}: not a dict")

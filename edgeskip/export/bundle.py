@@ -10,6 +10,7 @@ Layout::
     iree/weights.irpa              the one copy of the weights
     iree/<target>/model.vmfb       one module per target; functions ``gated`` and ``static_<skip>``
                                    (one per Pareto config) share one copy of the packed weights
+    eval/sample.npz                the first 1,000 test images with labels, for `edgeskip bench` (no pickle)
 
 The bundle is built in a temporary folder beside ``out`` and renamed into place at the end.
 """
@@ -121,6 +122,26 @@ def targets_manifest(targets: Sequence[Target]) -> dict[str, TargetEntry]:
     return {t.name: TargetEntry(t.triple or "host", tuple(t.flags()), f"iree/{t.name}") for t in targets}
 
 
+SAMPLE = "eval/sample.npz"
+SAMPLE_SIZE = 1000
+
+
+def write_sample(tmp: Path, splits: Splits, count: int = SAMPLE_SIZE) -> str:
+    """The bundle's evaluation sample: the first ``count`` test images with labels, for `edgeskip bench`
+    (uint8 pixels where the data set stores them, else normalised float32; a plain .npz, hashed)."""
+    from edgeskip.bench.images import save_images, save_pixels
+
+    x, y = splits.test.x[:count], splits.test.y[:count]
+    dest = tmp / SAMPLE
+    if x.dtype == np.uint8:
+        save_pixels(dest, x, y)
+    else:
+        mean = np.array(splits.norm.mean, np.float32)[None, :, None, None]
+        std = np.array(splits.norm.std, np.float32)[None, :, None, None]
+        save_images(dest, ((x.astype(np.float32) - mean) / std).astype(np.float32), y)
+    return SAMPLE
+
+
 def check_out(out: Path, force: bool) -> None:
     if out.exists() and not force:
         raise EdgeskipError(f"{out} exists; pass --force to replace it")
@@ -216,6 +237,7 @@ def build_bundle(ck: Checkpoint, splits: Splits, out: str | os.PathLike, targets
 
         write_design(tmp, sens, front)
         ck.save(tmp / "model.pt", slim=True)
+        sample = write_sample(tmp, splits)
         cfg = model.cfg
         functions = ("gated", *[c["module"] for c in configs])
         manifest = Manifest(
@@ -230,6 +252,7 @@ def build_bundle(ck: Checkpoint, splits: Splits, out: str | os.PathLike, targets
             iree=IreeEntry("iree/weights.irpa", "model.vmfb", functions, common_flags=tuple(COMMON_FLAGS)),
             host_fastest=faster,
             onnx={"gated": "onnx/gated.onnx", **{c["module"]: f"onnx/{c['module']}.onnx" for c in configs}},
+            sample=sample,
             extra={"created_unix": int(time.time()), "tools": tool_versions(),
                    "gated": {"inputs": ["image", "skip"], "skip": {"dtype": "bool", "shape": [g]}},
                    "backend": {"latency_source": lat.name, "onnxruntime_threads": 1, "iree_driver": "local-sync"},

@@ -26,7 +26,7 @@ from edgeskip.backends.iree import IreeSkipNet
 from edgeskip.errors import EdgeskipError
 from edgeskip.export import emulate
 from edgeskip.export.bundle import (TOLERANCE, check_out, finish_bundle, staging, targets_manifest, tool_versions,
-                                    with_host)
+                                    with_host, write_sample)
 from edgeskip.export.elf_check import check_no_imports
 from edgeskip.export.iree_compile import COMMON_FLAGS, Target, compile_mlir, import_onnx
 from edgeskip.backends.ort import ort_session
@@ -137,6 +137,7 @@ def build_skipnet_bundle(ck: Checkpoint, splits: Splits, out: str | os.PathLike,
         ort_lat = per_input_latency(lambda x: sess.run(None, {"image": x}), lat_images, repeats)
         faster = "onnxruntime" if ort_lat.mean() < lat.mean() else "iree"
         ck.save(tmp / "model.pt", slim=True)
+        sample = write_sample(tmp, splits)
         cfg, g = model.cfg, model.gate_cfg
         bm = block_macs(cfg)
         gc = gate_costs(cfg, g)
@@ -154,7 +155,7 @@ def build_skipnet_bundle(ck: Checkpoint, splits: Splits, out: str | os.PathLike,
                                      "latency_s_onnxruntime": float(np.mean(ort_lat))}),),
             targets=targets_manifest(targets),
             iree=IreeEntry("iree/weights.irpa", "skipnet.vmfb", (FUNCTION,), common_flags=tuple(COMMON_FLAGS)),
-            host_fastest=faster, onnx={FUNCTION: "onnx/skipnet.onnx"},
+            host_fastest=faster, onnx={FUNCTION: "onnx/skipnet.onnx"}, sample=sample,
             extra={"created_unix": int(time.time()), "tools": tool_versions(),
                    "gates": {**g.to_dict(), "training": ck.gate_training or {}, "gate_macs": gc,
                              "gate_over_block": [c / bm[b] for c, b in zip(gc, cfg.gated_blocks)]},

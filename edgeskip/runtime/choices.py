@@ -2,3 +2,4 @@
 
 BACKENDS = ("auto", "iree", "onnxruntime")
 EVENT_LOOPS = ("asyncio", "uvloop")
+DRIVERS = ("local-sync", "local-task")  # IREE HAL drivers for the llvm-cpu modules bundles hold

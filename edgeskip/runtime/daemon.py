@@ -85,33 +85,46 @@ def default_model_name(bundle: str | os.PathLike) -> str:
     return Path(bundle).resolve().name or "model"
 
 
+SHUTDOWN_TIMEOUT = 3.0  # seconds for handlers in flight once SIGTERM/SIGINT arrives; then connections close
+
+
 async def run_daemon(bundle: str, min_acc: float, delta_req: float | None, fixed: int | None, backend: str,
                      host: str, port: int, max_body: int, on_ready: Callable[[str], None] = print,
-                     model_name: str | None = None, **executor_options: object) -> None:
-    """Serve until SIGTERM or SIGINT; then stop accepting, finish the request in flight, return."""
-    service = make_service(bundle, min_acc, delta_req, fixed, backend, **executor_options)
-    name = model_name or default_model_name(bundle)
-    if not name or "/" in name or name.strip() != name:
-        raise EdgeskipError(f"--model-name must be a non-empty name without '/' or surrounding spaces, got {name!r}")
-    runner = web.AppRunner(make_app(service, max_body, name), handle_signals=False, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    try:
-        await site.start()
-    except OSError as e:
-        await runner.cleanup()
-        raise EdgeskipError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
-    bound = runner.addresses[0][1]
-    c = service.controller
-    on_ready(f"listening on http://{host}:{bound}  model {name}  backend {service.executor.backend}  target "
-             f"{service.executor.target}  delta_req "
-             f"{service.delta_req * 1e3:.3f} ms  configs {getattr(c, 'allowed', [c.config])}")
-    sys.stdout.flush()
-    release_startup_memory()
+                     model_name: str | None = None, max_pixels: int | None = None,
+                     **executor_options: object) -> None:
+    """Serve until SIGTERM or SIGINT; then stop accepting, answer the request in flight, close every
+    connection (slow and idle ones included) and return, within ``SHUTDOWN_TIMEOUT`` + the inference.
+
+    The signal handlers are installed first: a signal during start-up (or right after the readiness line)
+    ends the daemon cleanly too."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await runner.cleanup()  # closes the listener, then waits for handlers in flight
-    service.close()
+    name = model_name or default_model_name(bundle)
+    if not name or "/" in name or name.strip() != name:
+        raise EdgeskipError(f"--model-name must be a non-empty name without '/' or surrounding spaces, got {name!r}")
+    service = make_service(bundle, min_acc, delta_req, fixed, backend, **executor_options)
+    if max_pixels is not None:
+        service.max_pixels = max_pixels
+    runner = web.AppRunner(make_app(service, max_body, name), handle_signals=False, access_log=None,
+                           shutdown_timeout=SHUTDOWN_TIMEOUT)
+    try:
+        await runner.setup()
+        site = web.TCPSite(runner, host, port)
+        try:
+            await site.start()
+        except OSError as e:
+            raise EdgeskipError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+        if not stop.is_set():
+            bound = runner.addresses[0][1]
+            c = service.controller
+            on_ready(f"listening on http://{host}:{bound}  model {name}  backend {service.executor.backend}  target "
+                     f"{service.executor.target}  delta_req {service.delta_req * 1e3:.3f} ms  configs "
+                     f"{getattr(c, 'allowed', [c.config])}")
+            sys.stdout.flush()
+            release_startup_memory()
+            await stop.wait()
+    finally:
+        await runner.cleanup()  # closes the listener, waits for handlers in flight, closes connections
+        service.close()

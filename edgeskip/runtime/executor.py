@@ -6,15 +6,29 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence, TypeVar
 
 import numpy as np
 
 from edgeskip.errors import EdgeskipError
 from edgeskip.manifest import Manifest, load_manifest
 from edgeskip.runtime.choices import BACKENDS
+
+T = TypeVar("T")
 from edgeskip.skip import normalize_skip
 
+
+
+def load_iree(make: Callable[[], T], target: str, driver: str) -> T:
+    """``make()``, with IREE's load errors (a module for another CPU, an unknown driver) as one line."""
+    try:
+        return make()
+    except (RuntimeError, ValueError) as e:
+        text = str(e)
+        why = ("it was compiled for another CPU" if "INCOMPATIBLE" in text
+               else (text.strip().splitlines() or [type(e).__name__])[0][:160])
+        raise EdgeskipError(f"IREE cannot load the bundle's {target} module with driver {driver} on this "
+                            f"machine: {why}") from None
 
 
 class BundleExecutor:
@@ -78,8 +92,9 @@ class IreeBundleExecutor(BundleExecutor):
         from edgeskip.backends.iree import SharedIreeExecutor
 
         iree, self.target = self.manifest.iree, target
-        self.iree = SharedIreeExecutor(self.bundle / iree.weights, [self.target_dir(target) / iree.module], driver=driver,
-                                       functions=iree.functions, scope=iree.parameter_scope)
+        self.iree = load_iree(lambda: SharedIreeExecutor(self.bundle / iree.weights, [self.target_dir(target) / iree.module],
+                                                         driver=driver, functions=iree.functions,
+                                                         scope=iree.parameter_scope), target, driver)
         self._fn = {c.index: iree.functions.index(c.module) for c in self.configs}
         self._gated_fn = iree.functions.index("gated")
 
@@ -145,8 +160,8 @@ class IreeSkipNetExecutor(SkipNetExecutor):
         from edgeskip.backends.iree import IreeSkipNet
 
         iree, self.target = self.manifest.iree, target
-        self.module = IreeSkipNet(self.bundle / iree.weights, self.target_dir(target) / iree.module, driver=driver,
-                                  function=self.configs[0].module)
+        self.module = load_iree(lambda: IreeSkipNet(self.bundle / iree.weights, self.target_dir(target) / iree.module,
+                                                    driver=driver, function=self.configs[0].module), target, driver)
 
     def _one(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.module.run(x)
@@ -187,11 +202,12 @@ def machine_target(manifest: Manifest, machine: str | None = None) -> str:
 
 
 def open_executor(bundle: str | os.PathLike, backend: str = "auto", target: str = "auto", driver: str = "local-sync",
-                  threads: int = 1) -> BundleExecutor:
+                  threads: int = 1, digest: str | None = None) -> BundleExecutor:
     """An executor for ``bundle``. ``backend`` auto: the one the bundle measured fastest on x86 hosts (IREE
-    where onnxruntime is not installed), IREE elsewhere (onnxruntime graphs are not compiled per target). ``target`` auto: this machine's modules.
-    ``driver`` is IREE's HAL driver, ``threads`` onnxruntime's intra-op threads."""
-    manifest = load_manifest(bundle)
+    where onnxruntime is not installed), IREE elsewhere (onnxruntime graphs are not compiled per target).
+    ``target`` auto: this machine's modules. ``driver`` is IREE's HAL driver, ``threads`` onnxruntime's
+    intra-op threads. ``digest``: refuse the bundle unless its manifest has this digest."""
+    manifest = load_manifest(bundle, digest=digest)
     if target == "auto":
         target = machine_target(manifest)
     if backend == "auto":

@@ -31,7 +31,7 @@ import numpy as np
 from aiohttp import web
 
 from edgeskip import __version__
-from edgeskip.runtime.preprocess import BadRequest
+from edgeskip.runtime.preprocess import BadRequest, finite, numbers, parse_json
 
 HEADER = "Inference-Header-Content-Length"
 VERSION = "1"
@@ -120,10 +120,7 @@ class KServeV2:
             head, binary = body[:n], memoryview(body)[n:]
         else:
             head, binary = body, memoryview(b"")
-        try:
-            doc = json.loads(head)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise BadRequest(f"bad JSON inference header: {e}") from None
+        doc = parse_json(head)
         if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list):
             raise BadRequest("inference request must be an object with an 'inputs' list")
         if len(doc["inputs"]) != 1 or not isinstance(doc["inputs"][0], dict):
@@ -150,19 +147,11 @@ class KServeV2:
             if size != want * 4 or len(binary) != size:
                 raise BadRequest(f"binary data for 'image' must be {want * 4} bytes (FP32 {shape}), "
                                  f"declared {size}, received {len(binary)}")
-            x = np.frombuffer(binary, dtype="<f4").astype(np.float32).reshape(batch, c, h, w)
+            x = finite(np.frombuffer(binary, dtype="<f4").astype(np.float32).reshape(batch, c, h, w), "input 'image'")
         else:
             if len(binary):
                 raise BadRequest("binary data follows the header but no input declares binary_data_size")
-            try:
-                x = np.asarray(inp.get("data"), dtype=np.float32)
-            except (TypeError, ValueError) as e:
-                raise BadRequest(f"input 'image' data must be numbers: {e}") from None
-            if x.size != want:
-                raise BadRequest(f"input 'image' data has {x.size} values, shape {shape} needs {want}")
-            x = x.reshape(batch, c, h, w)
-        if not np.isfinite(x).all():
-            raise BadRequest("input 'image' contains NaN or infinity")
+            x = numbers(inp.get("data"), (batch, c, h, w), "input 'image' data")
         outputs: dict[str, dict] = {}
         binary_default = bool((doc.get("parameters") or {}).get("binary_data_output", False))
         for o in doc.get("outputs") or [{"name": "logits"}]:
@@ -177,22 +166,31 @@ class KServeV2:
         return doc, x, outputs
 
     async def infer(self, request: web.Request) -> web.Response:
-        try:
-            self._check_model(request)
-            body = await self.service.read_body(request)
+        parsed: dict[str, Any] = {}
+
+        def prepare() -> tuple[np.ndarray, int | None, Any]:  # on the worker thread, after admission
             doc, x, outputs = self._parse(body, request.headers.get(HEADER))
             params = doc.get("parameters") or {}
             if not isinstance(params, dict):
                 raise BadRequest("request parameters must be an object")
             config, skip = self.service.pinned(params.get("config"), params.get("skip"))
+            parsed.update(doc=doc, outputs=outputs)
+            return x, config, skip
+
+        try:
+            self._check_model(request)
+            body = await self.service.read_body(request)
+            out = await self.service.submit(prepare)
         except BadRequest as e:
             self.service.count_bad()
             return _error(e)
-        out = await self.service.submit(x, config, skip)
+        except Exception as e:  # noqa: BLE001 - answered and counted, never a traceback page
+            return self.service.internal_error(e)
         if out.dropped:
             return web.json_response({"error": f"dropped: the executor was busy (Algorithm 1 drops requests that "
                                                f"arrive while one is processed); now at config {out.config}"},
                                      status=503)
+        doc, outputs = parsed["doc"], parsed["outputs"]
         logits = np.ascontiguousarray(out.logits, dtype=np.float32)
         head: dict[str, Any] = {"model_name": self.name, "model_version": VERSION, "outputs": [], "parameters": {
             "config": out.config, "skipped_blocks": out.skipped, "latency_s": out.latency_s}}

@@ -1,21 +1,28 @@
 """Request bodies -> one normalised image tensor [1, C, H, W] for the bundle's model.
 
-Accepted: PNG/JPEG (resized to the model input, converted to its channel count, scaled to [0, 1],
-normalised with the bundle's statistics), raw float32 ``application/octet-stream`` of C*H*W values
-already normalised, or JSON ``{"data": [[...]]}`` of shape [C, H, W] (normalised).
+Accepted: PNG/JPEG (only those two formats, matching the declared type; resized to the model input,
+converted to its channel count, scaled to [0, 1], normalised with the bundle's statistics), raw float32
+``application/octet-stream`` of C*H*W values already normalised, or JSON ``{"data": [[...]]}`` of shape
+[C, H, W] (normalised). Values must be finite numbers. Images whose header declares more than
+``max_pixels`` pixels are refused before anything is decoded.
+
+Decoding runs on the daemon's worker thread, never on the event loop.
 """
 
 from __future__ import annotations
 
 import io
 import json
+from typing import Any
+
 import numpy as np
 
 from edgeskip.errors import EdgeskipError
 from edgeskip.manifest import Manifest
 
-IMAGE_TYPES = ("image/png", "image/jpeg", "image/jpg")
+IMAGE_TYPES = {"image/png": "PNG", "image/jpeg": "JPEG", "image/jpg": "JPEG"}
 TYPES = (*IMAGE_TYPES, "application/octet-stream", "application/json")
+MAX_PIXELS = 4096 * 4096  # well below PIL's own decompression-bomb limit (~89 Mpx)
 
 
 class BadRequest(EdgeskipError):
@@ -26,39 +33,113 @@ class BadRequest(EdgeskipError):
         self.status = status
 
 
-def decode(body: bytes, content_type: str, manifest: Manifest) -> np.ndarray:
-    """Decode a request body into float32 [1, C, H, W]; raises BadRequest."""
+def check_encoding(header: str | None) -> None:
+    """Bodies are taken as sent: any Content-Encoding but identity is 415 (no decompression, so no zip bombs)."""
+    if header is not None and header.strip().lower() not in ("", "identity"):
+        raise BadRequest(f"Content-Encoding {header[:40]!r} is not supported; send the body uncompressed", status=415)
+
+
+def check_content_type(header: str | None) -> str:
+    """The media type of a Content-Type header, or BadRequest 415 (a missing header included)."""
+    ctype = (header or "").split(";")[0].strip().lower()
+    if not ctype:
+        raise BadRequest(f"missing Content-Type; use one of {', '.join(TYPES)}", status=415)
+    if ctype not in TYPES:
+        raise BadRequest(f"unsupported content type {ctype[:60]!r}; use one of {', '.join(TYPES)}", status=415)
+    return ctype
+
+
+def finite(a: np.ndarray, what: str = "input") -> np.ndarray:
+    """``a`` if every value is finite, else BadRequest."""
+    if not np.isfinite(a).all():
+        raise BadRequest(f"{what} contains NaN or infinity")
+    return a
+
+
+def _reject_constant(name: str) -> float:
+    raise BadRequest(f"JSON {name} is not a number")
+
+
+def parse_json(body: bytes | memoryview) -> Any:
+    """JSON without NaN/Infinity literals; a one-line BadRequest for anything malformed or nested too deep."""
+    try:
+        return json.loads(bytes(body), parse_constant=_reject_constant)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BadRequest(f"bad JSON: {e}") from None
+    except RecursionError:
+        raise BadRequest("bad JSON: nested too deeply") from None
+
+
+def numbers(data: Any, shape: tuple[int, ...], what: str) -> np.ndarray:
+    """Nested lists (or a flat list) of finite numbers -> float32 array of ``shape``; no booleans, strings,
+    nulls or values float32 cannot hold."""
+    want = int(np.prod(shape))
+    flat: list = []
+    stack = [data]
+    while stack:  # iterative: deep nesting cannot exhaust the stack
+        v = stack.pop()
+        if isinstance(v, list):
+            if len(flat) + len(v) > want * 2 + 16:
+                raise BadRequest(f"{what} has more than {want} values")
+            stack.extend(reversed(v))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            flat.append(v)
+        else:
+            raise BadRequest(f"{what} must hold numbers only, found {type(v).__name__}")
+    if len(flat) != want:
+        raise BadRequest(f"{what} has {len(flat)} values, shape {list(shape)} needs {want}")
+    try:
+        with np.errstate(over="raise"):
+            a = np.array(flat, dtype=np.float64).astype(np.float32)
+    except (OverflowError, FloatingPointError):
+        raise BadRequest(f"{what} holds a value float32 cannot represent") from None
+    return finite(a, what).reshape(shape)
+
+
+def decode_image(body: bytes, ctype: str, manifest: Manifest, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """A PNG or JPEG body -> normalised float32 [1, C, H, W]."""
+    from PIL import Image, UnidentifiedImageError
+
     c, h, w = manifest.input.chw
-    ctype = (content_type or "").split(";")[0].strip().lower()
+    want = IMAGE_TYPES[ctype]
+    try:
+        with Image.open(io.BytesIO(body), formats=[want]) as im:  # reads the header only
+            width, height = im.size
+            if width * height > max_pixels:
+                raise BadRequest(f"image of {width}x{height} pixels exceeds the limit of {max_pixels} pixels",
+                                 status=413)
+            if want == "JPEG":
+                im.draft("RGB" if c == 3 else "L", (w, h))  # let the JPEG decoder scale down on the way
+            im = im.convert("RGB" if c == 3 else "L").resize((w, h), Image.BILINEAR)
+            a = np.asarray(im, dtype=np.float32) / 255.0
+    except UnidentifiedImageError:
+        raise BadRequest(f"body is not a {want} image") from None
+    except Image.DecompressionBombError:  # PIL's own limit, hit while reading the header of a huge image
+        raise BadRequest(f"image exceeds the limit of {max_pixels} pixels", status=413) from None
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
+        raise BadRequest(f"cannot decode {want} image: {type(e).__name__}") from None
+    a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+    mean = np.array(manifest.normalization.mean, np.float32)[:, None, None]
+    std = np.array(manifest.normalization.std, np.float32)[:, None, None]
+    return ((a - mean) / std)[None].astype(np.float32)
+
+
+def decode(body: bytes, ctype: str, manifest: Manifest, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Decode a request body of media type ``ctype`` (see :func:`check_content_type`) into float32
+    [1, C, H, W]; raises BadRequest."""
+    c, h, w = manifest.input.chw
     if not body:
         raise BadRequest("empty request body")
     if ctype in IMAGE_TYPES:
-        from PIL import Image, UnidentifiedImageError
-
-        try:
-            with Image.open(io.BytesIO(body)) as im:
-                im = im.convert("RGB" if c == 3 else "L").resize((w, h), Image.BILINEAR)
-                a = np.asarray(im, dtype=np.float32) / 255.0
-        except (UnidentifiedImageError, OSError, ValueError) as e:
-            raise BadRequest(f"cannot decode image: {e}") from None
-        a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
-        mean = np.array(manifest.normalization.mean, np.float32)[:, None, None]
-        std = np.array(manifest.normalization.std, np.float32)[:, None, None]
-        return ((a - mean) / std)[None].astype(np.float32)
+        return decode_image(body, ctype, manifest, max_pixels)
     if ctype == "application/octet-stream":
         want = c * h * w * 4
         if len(body) != want:
             raise BadRequest(f"raw body must be {want} bytes (float32 [{c}, {h}, {w}]), got {len(body)}")
-        return np.frombuffer(body, dtype=np.float32).reshape(1, c, h, w).copy()
+        return finite(np.frombuffer(body, dtype=np.float32).reshape(1, c, h, w).copy())
     if ctype == "application/json":
-        try:
-            doc = json.loads(body)
-            a = np.asarray(doc["data"], dtype=np.float32)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise BadRequest(f"bad JSON: {e}") from None
-        except (KeyError, TypeError, ValueError) as e:
-            raise BadRequest(f"JSON body must be {{\"data\": [C][H][W] numbers}}: {e}") from None
-        if a.shape not in ((c, h, w), (1, c, h, w)):
-            raise BadRequest(f"JSON data must have shape [{c}, {h}, {w}], got {list(a.shape)}")
-        return a.reshape(1, c, h, w)
-    raise BadRequest(f"unsupported content type {ctype or '(none)'!r}; use one of {', '.join(TYPES)}", status=415)
+        doc = parse_json(body)
+        if not isinstance(doc, dict) or "data" not in doc:
+            raise BadRequest('JSON body must be {"data": [C][H][W] numbers}')
+        return numbers(doc["data"], (c, h, w), "JSON data")[None]  # [C][H][W], [1][C][H][W] or flat
+    raise BadRequest(f"unsupported content type {ctype!r}; use one of {', '.join(TYPES)}", status=415)

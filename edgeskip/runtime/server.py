@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import queue
 import threading
@@ -21,15 +22,16 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
-from aiohttp import web
+from aiohttp import ClientError, web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from edgeskip.errors import EdgeskipError
 from edgeskip.runtime.adaptation import AdaptiveController, FixedController
 from edgeskip.runtime.executor import BundleExecutor
-from edgeskip.runtime.preprocess import BadRequest, decode
+from edgeskip.runtime.preprocess import MAX_PIXELS, BadRequest, check_content_type, check_encoding, decode
 
 MAX_BODY = 8 * 1024 * 1024
+log = logging.getLogger("edgeskip.serve")
 
 
 def top_scores(logits: np.ndarray, k: int) -> list[tuple[int, float]]:
@@ -64,6 +66,7 @@ class Metrics:
         # bound children: the request path touches no label lookup
         self.processed, self.dropped = self.requests.labels("processed"), self.requests.labels("dropped")
         self.bad = self.requests.labels("bad_request")
+        self.error = self.requests.labels("error")
         self._per_config: dict[object, Any] = {}
 
     def config_counter(self, config: int | None) -> Any:
@@ -122,6 +125,9 @@ def _settle(fut: asyncio.Future, result: Any, error: BaseException | None) -> No
         fut.set_result(result)
 
 
+Prepare = Callable[[], "tuple[np.ndarray, int | None, Sequence[bool] | None]"]
+
+
 @dataclass(frozen=True)
 class Outcome:
     """What became of one submitted request: dropped, or processed with ``config`` (None: a pinned skip
@@ -142,12 +148,13 @@ class InferenceService:
         self.executor, self.controller, self.clock = executor, controller, clock
         self.delta_req, self.min_acc, self.topk = delta_req, min_acc, topk
         self.busy = False
-        self.counts = {"processed": 0, "dropped": 0, "bad_request": 0}
+        self.counts = {"processed": 0, "dropped": 0, "bad_request": 0, "error": 0}
         self.metrics = Metrics()
         self._current = controller.config
         self.metrics.current.set(controller.config)
         self.pool = Worker()
         self.max_body = MAX_BODY  # set by make_app
+        self.max_pixels = MAX_PIXELS
 
     def close(self) -> None:
         """Release the executor's runtime objects (before interpreter exit, so bindings tear down cleanly)."""
@@ -157,17 +164,36 @@ class InferenceService:
         self.executor = None  # type: ignore[assignment]
         gc.collect()
 
-    def _run(self, x: np.ndarray, config: int | None, skip: Any) -> tuple[np.ndarray, float, float | None]:
+    def _run(self, prepare: Prepare, chosen: int) -> tuple[np.ndarray, int | None, float, float | None]:
+        """On the worker thread: decode the request, run it, check the result is finite."""
+        x, config, skip = prepare()
+        if skip is None and config is None:
+            config = chosen
         t0 = time.perf_counter()
-        logits = self.executor.infer(x, config=config, skip=skip)
-        return logits, time.perf_counter() - t0, self.executor.last_skipped
+        logits = self.executor.infer(x, config=None if skip is not None else config, skip=skip)
+        latency = time.perf_counter() - t0
+        if not np.isfinite(logits).all():
+            raise BadRequest("input values out of range: the model's output is not finite")
+        return logits, config, latency, self.executor.last_skipped
 
     async def read_body(self, request: web.Request) -> bytes:
-        """The request body; over ``max_body`` bytes a BadRequest with status 413 (enforced while reading)."""
+        """The request body; over ``max_body`` bytes a BadRequest with status 413 (enforced while reading).
+        A client that disconnects mid-upload costs one log line, not a traceback."""
+        check_encoding(request.headers.get("Content-Encoding"))
         try:
             return await request.read()
         except web.HTTPRequestEntityTooLarge:
             raise BadRequest(f"body larger than {self.max_body} bytes", status=413) from None
+        except (ConnectionError, asyncio.IncompleteReadError, ClientError) as e:
+            log.info("upload from %s aborted: %s", request.remote, type(e).__name__)
+            raise BadRequest("request body incomplete: the client disconnected") from None
+
+    def internal_error(self, e: BaseException) -> web.Response:
+        """A failure that is not the client's: one log line, counted, a 500 whose body echoes nothing."""
+        self.counts["error"] += 1
+        self.metrics.error.inc()
+        log.error("internal error: %s", type(e).__name__)
+        return web.json_response({"error": "internal error (counted in /v1/status and /metrics)"}, status=500)
 
     def pinned(self, config: object = None, skip: object = None) -> tuple[int | None, tuple[bool, ...] | None]:
         """Validate a request's pinned config index or skip array (raises BadRequest)."""
@@ -189,9 +215,10 @@ class InferenceService:
             return self.executor.manifest.by_skip.get(s), s
         return None, None
 
-    async def submit(self, x: np.ndarray, config: int | None = None, skip: Sequence[bool] | None = None) -> Outcome:
-        """Algorithm 1 for one decoded request: drop it if busy, else run it with the controller's config (or
-        the pinned ``config`` / ``skip`` array; a pinned request still counts as load for the controller)."""
+    async def submit(self, prepare: Prepare) -> Outcome:
+        """Algorithm 1 for one request: drop it at once if busy (nothing decoded), else decode and run it on the
+        worker thread. ``prepare()`` returns (image, pinned config, pinned skip array), raising BadRequest;
+        unpinned requests run with the controller's config, pinned ones still count as load for it."""
         decision = self.controller.on_request(self.clock(), busy=self.busy)
         m = self.metrics
         if self.controller.config != self._current:
@@ -201,11 +228,9 @@ class InferenceService:
             self.counts["dropped"] += 1
             m.dropped.inc()
             return Outcome(True, decision.config)
-        if skip is None and config is None:
-            config = decision.config
         self.busy = True
         try:
-            logits, latency, skipped = await self.pool.run(self._run, x, None if skip is not None else config, skip)
+            logits, config, latency, skipped = await self.pool.run(self._run, prepare, decision.config)
         finally:
             self.busy = False
         self.counts["processed"] += 1
@@ -216,11 +241,13 @@ class InferenceService:
 
     async def infer(self, request: web.Request) -> web.Response:
         try:
+            ctype = check_content_type(request.headers.get("Content-Type"))
             body = await self.read_body(request)
-            x = decode(body, request.content_type, self.executor.manifest)
+            out = await self.submit(lambda: (decode(body, ctype, self.executor.manifest, self.max_pixels), None, None))
         except BadRequest as e:
             return self._bad(str(e), e.status)
-        out = await self.submit(x)
+        except Exception as e:  # noqa: BLE001 - answered and counted, never a traceback page
+            return self.internal_error(e)
         if out.dropped:
             return web.json_response({"dropped": True, "reason": "busy", "config": out.config}, status=503)
         names = self.executor.manifest.class_names
@@ -255,12 +282,18 @@ class InferenceService:
         return web.Response(body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["Server"] = "edgeskip"  # not aiohttp's, which names the Python and aiohttp versions
+
+
 def make_app(service: InferenceService, max_body: int = MAX_BODY, model_name: str = "model") -> web.Application:
     """The aiohttp application (``/v1/*`` and KServe v2 as ``model_name``); bodies over ``max_body`` bytes get 413."""
     from edgeskip.runtime.kserve import KServeV2
 
     service.max_body = max_body
-    app = web.Application(client_max_size=max_body)
+    # bodies are never decompressed (a Content-Encoding other than identity is refused with 415)
+    app = web.Application(client_max_size=max_body, handler_args={"auto_decompress": False})
+    app.on_response_prepare.append(_server_header)
     app.router.add_post("/v1/infer", service.infer)
     app.router.add_get("/v1/status", service.status)
     app.router.add_get("/healthz", service.healthz)

@@ -12,12 +12,25 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from edgeskip.errors import EdgeskipError
+
+
+def ensure_parent(dest: str | os.PathLike) -> Path:
+    """Create ``dest``'s folder if needed; a path through a file, or without permission, is a one-line error."""
+    dest = Path(dest)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise EdgeskipError(f"cannot write {dest}: a part of {dest.parent} is a file, not a folder") from None
+    except PermissionError:
+        raise EdgeskipError(f"cannot write {dest}: permission denied") from None
+    return dest
+
 
 @contextlib.contextmanager
 def atomic_path(dest: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path next to ``dest``; rename it onto ``dest`` if the block succeeds."""
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest = ensure_parent(dest)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=suffix or dest.suffix, dir=dest.parent)
     os.close(fd)
     umask = os.umask(0)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -70,28 +71,39 @@ def test_loadgen_server_scenario_against_daemon(bundle, tmp_path):
     assert res.returncode == 2 and "--url" in res.stderr
 
 
-def test_bench_on_a_runtime_only_install_with_saved_images(bundle, tmp_path):
-    """--save-images on the workstation, --images where no design package exists (all blocked here)."""
+def test_bench_on_a_runtime_only_install(bundle, tmp_path):
+    """The bundle's own evaluation sample (or --images) where no design package exists (all blocked here);
+    --save-images writes the images used."""
     saved = tmp_path / "images.npz"
     res = run("bench", bundle, "--count", "100", "--configs", "0", "--save-images", saved, "--out", tmp_path / "a")
     assert res.returncode == 0, res.stderr
     blocked = "; ".join(f"sys.modules[{m!r}] = None" for m in ("torch", "sklearn", "matplotlib", "onnx", "onnxscript",
                                                              "onnxruntime", "iree.compiler", "tqdm"))
-    code = (f"import sys; {blocked}\nfrom edgeskip.cli import main\n"
-            f"sys.argv = ['edgeskip', 'bench', {str(bundle)!r}, '--count', '100', '--configs', '0', '--backend', "
-            f"'iree', '--images', {str(saved)!r}, '--out', {str(tmp_path / 'b')!r}]\nmain()")
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr
-    assert "no timeline: matplotlib is not installed" in res.stdout
+
+    def runtime_only(bundle_dir, out, *extra):
+        code = (f"import sys; {blocked}\nfrom edgeskip.cli import main\n"
+                f"sys.argv = ['edgeskip', 'bench', {str(bundle_dir)!r}, '--count', '100', '--configs', '0', "
+                f"'--backend', 'iree', '--out', {str(out)!r}, *{list(map(str, extra))!r}]\nmain()")
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+
+    for name, extra in (("b", ()), ("c", ("--images", saved))):
+        res = runtime_only(bundle, tmp_path / name, *extra)
+        assert res.returncode == 0, res.stderr
+        assert "no timeline: matplotlib is not installed" in res.stdout
+        doc = json.loads((tmp_path / name / "bench.json").read_text())
+        assert doc["timeline_png"] is None and doc["summaries"]["adaptive"]["sent"] == 100
+        assert doc["summaries"]["adaptive"]["errors"] == 0
     a = json.loads((tmp_path / "a" / "bench.json").read_text())
-    b = json.loads((tmp_path / "b" / "bench.json").read_text())
-    assert b["timeline_png"] is None and a["timeline_png"] == "timeline.png"
-    assert b["summaries"]["adaptive"]["sent"] == 100 and b["summaries"]["adaptive"]["errors"] == 0
-    # without --images, the runtime-only install says what to do in one line
-    code = code.replace(f", '--images', {str(saved)!r}", "")
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert a["timeline_png"] == "timeline.png"
+    # a bundle without a sample (older ones) asks for --images in one line; model.pt's data spec is never read
+    old = tmp_path / "old"
+    shutil.copytree(bundle, old)
+    m = json.loads((old / "manifest.json").read_text())
+    del m["sample"], m["artifacts"]["eval/sample.npz"]
+    (old / "manifest.json").write_text(json.dumps(m))
+    res = runtime_only(old, tmp_path / "d")
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and "--images FILE.npz" in res.stderr, res.stderr
     junk = tmp_path / "junk.npz"
     junk.write_bytes(b"not a zip")
-    res = run("bench", bundle, "--count", "10", "--images", junk, "--out", tmp_path / "c")
+    res = run("bench", bundle, "--count", "10", "--images", junk, "--out", tmp_path / "e")
     assert res.returncode == 2 and "is not an images file" in res.stderr and "Traceback" not in res.stderr

@@ -46,8 +46,11 @@ def test_trace_files(tmp_path):
 def test_loopback_only():
     check_loopback("http://127.0.0.1:8080")
     check_loopback("http://localhost:1")
-    for bad in ("http://10.0.0.1:80", "http://192.168.1.2", "http://example.com"):
-        with pytest.raises(EdgeskipError, match="loopback"):
+    check_loopback("http://127.1.2.3:80")
+    check_loopback("http://[::1]:80")
+    for bad in ("http://10.0.0.1:80", "http://192.168.1.2", "http://example.com", "http://127.evil.example.com/",
+                "http://127.0.0.1.nip.io:80", "https://127.0.0.1:443", "http://127.0.0.1:99999"):
+        with pytest.raises(EdgeskipError, match="loopback|bad --url"):
             check_loopback(bad)
 
 

@@ -180,3 +180,23 @@ def test_iterate_is_seeded(digits_splits):
     second = [y for _, y in iterate(s.train, s.norm, 100, shuffle=True, seed=3)]
     assert all(torch.equal(a, b) for a, b in zip(first, second))
     assert sum(len(y) for y in first) == len(s.train)
+
+
+def test_cifar_pickles_cannot_run_code(tmp_path):
+    """A crafted CIFAR batch naming os.system is refused by the restricted unpickler before anything runs."""
+    import os
+
+    from edgeskip.data.cifar import _unpickle
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    good = {b"data": np.zeros((2, 3072), np.uint8), b"labels": [1, 2], b"batch_label": b"x", b"filenames": [b"a"]}
+    for protocol in (2, 3, 4, 5):
+        assert _unpickle(pickle.dumps(good, protocol=protocol), "ok")[b"data"].shape == (2, 3072)
+    with pytest.raises(EdgeskipError, match="posix.system is not allowed in a CIFAR file"):
+        _unpickle(pickle.dumps({b"data": Evil()}), "evil")
+    assert not marker.exists()

@@ -103,7 +103,7 @@ def test_open_executor_inspect_and_tampering(skipnet_bundle, tmp_path):
 
     assert isinstance(open_executor(skipnet_bundle, "iree", target="host"), IreeSkipNetExecutor)
     r = run("inspect", skipnet_bundle)
-    assert r.returncode == 0 and "SkipNet (ffgate1 gates)" in r.stdout and "all 6 artifact hashes match" in r.stdout
+    assert r.returncode == 0 and "SkipNet (ffgate1 gates)" in r.stdout and "all 7 artifact hashes match" in r.stdout
     copy = tmp_path / "copy"
     shutil.copytree(skipnet_bundle, copy)
     with open(copy / "iree" / "host" / "skipnet.vmfb", "r+b") as f:

@@ -18,7 +18,8 @@ from edgeskip.runtime.server import make_app
 import edgeskip.bench.drivers, edgeskip.bench.workload  # the HTTP bench client
 service = make_service(sys.argv[1], 0.0, None, None, "iree")
 app = make_app(service, model_name="m")
-out = asyncio.run(service.submit(np.zeros((1, *service.executor.input_shape), np.float32)))
+x = np.zeros((1, *service.executor.input_shape), np.float32)
+out = asyncio.run(service.submit(lambda: (x, None, None)))
 assert not out.dropped and out.logits.shape == (1, 10)
 service.close()
 print(json.dumps(sorted(sys.modules)))

@@ -49,7 +49,7 @@ def test_infer_with_each_body_kind(server, digits_splits):
 
 @pytest.mark.parametrize("body,ctype,code,fragment", [
     (b"\x00" * 12, "application/octet-stream", 400, "raw body must be 256 bytes"),
-    (b"not a png", "image/png", 400, "cannot decode image"),
+    (b"not a png", "image/png", 400, "not a PNG image"),
     (b"{bad json", "application/json", 400, "bad JSON"),
     (b'{"data": [1, 2]}', "application/json", 400, "shape [1, 8, 8]"),
     (b"hello", "text/plain", 415, "unsupported content type"),

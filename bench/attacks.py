@@ -1,0 +1,147 @@
+"""Attack and overload figures of the daemon, old and new code side by side in one run (127.0.0.1 only,
+every loop bounded in count and time).
+
+- **stall**: one client repeats a PNG declaring 13000x13000 black pixels (~0.5 MB on the wire) while another
+  polls ``/healthz`` every 10 ms; p50/p99/max of the health checks and the attacker's answers.
+- **overload**: useful throughput (200 answers per second) of 40 concurrent keep-alive clients sending raw
+  tensors as fast as they can, vs one sequential client, for a few seconds each.
+
+    python bench/attacks.py bench/work/bundle_r20_sd --old 6099bbd --out bench/results
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import io
+import json
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serve_footprint import REPO, Daemon, v1_copy  # noqa: E402
+
+from edgeskip.utils.atomic import write_json  # noqa: E402
+
+
+def big_png(side: int = 13000) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (side, side)).save(buf, "PNG", compress_level=9)
+    return buf.getvalue()
+
+
+def stall(port: int, png: bytes, seconds: float) -> dict:
+    """/healthz latency while another connection repeats the big PNG."""
+    stop = time.perf_counter() + seconds
+    attacker: list[tuple[int, float]] = []
+
+    def attack() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        while time.perf_counter() < stop:
+            t = time.perf_counter()
+            conn.request("POST", "/v1/infer", png, {"Content-Type": "image/png"})
+            r = conn.getresponse()
+            r.read()
+            attacker.append((r.status, time.perf_counter() - t))
+            if r.getheader("Connection", "").lower() == "close":
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+
+    th = threading.Thread(target=attack)
+    th.start()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    health = []
+    while time.perf_counter() < stop:
+        t = time.perf_counter()
+        conn.request("GET", "/healthz")
+        conn.getresponse().read()
+        health.append(time.perf_counter() - t)
+        time.sleep(0.01)
+    th.join()
+    conn.close()
+    h = np.array(health) * 1e3
+    return {"healthz_checks": len(h), "healthz_p50_ms": float(np.percentile(h, 50)),
+            "healthz_p99_ms": float(np.percentile(h, 99)), "healthz_max_ms": float(h.max()),
+            "attacker_requests": len(attacker), "attacker_statuses": sorted({s for s, _ in attacker}),
+            "attacker_median_s": statistics.median([d for _, d in attacker]) if attacker else None}
+
+
+def throughput(port: int, body: bytes, clients: int, seconds: float) -> dict:
+    """200 answers per second with ``clients`` concurrent keep-alive connections sending back to back."""
+    stop = time.perf_counter() + seconds
+    counts = [{"200": 0, "503": 0, "other": 0} for _ in range(clients)]
+
+    def client(k: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        while time.perf_counter() < stop:
+            conn.request("POST", "/v1/infer", body, {"Content-Type": "application/octet-stream"})
+            r = conn.getresponse()
+            r.read()
+            counts[k][str(r.status) if r.status in (200, 503) else "other"] += 1
+        conn.close()
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    dt = time.perf_counter() - t0
+    total = {k: sum(c[k] for c in counts) for k in ("200", "503", "other")}
+    return {"clients": clients, "seconds": dt, **total, "useful_per_s": total["200"] / dt}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("bundle", type=Path)
+    ap.add_argument("--old", required=True, help="git revision of the old daemon")
+    ap.add_argument("--seconds", type=float, default=8.0, help="length of each measurement")
+    ap.add_argument("--out", type=Path, default=Path("bench/results"))
+    args = ap.parse_args(argv)
+    shape = json.loads((args.bundle / "manifest.json").read_text())["input"]["shape"][1:]
+    body = np.random.default_rng(0).standard_normal(shape).astype(np.float32).tobytes()
+    png = big_png()
+    work = Path(tempfile.mkdtemp(prefix="attacks-"))
+    res: dict = {"command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])]),
+                 "bundle": str(args.bundle), "old": args.old, "png_bytes": len(png), "variants": {}}
+    try:
+        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(work / "old"), args.old],
+                       check=True, capture_output=True)
+        bundle = v1_copy(args.bundle, work / args.bundle.name)
+        for name, root in (("old", work / "old"), ("new", REPO)):
+            d = Daemon(name, root, bundle, "iree")
+            try:
+                v = res["variants"][name] = {}
+                v["sequential"] = throughput(d.port, body, 1, args.seconds)
+                v["overload_40"] = throughput(d.port, body, 40, args.seconds)
+                v["overload_over_sequential"] = v["overload_40"]["useful_per_s"] / v["sequential"]["useful_per_s"]
+                v["stall"] = stall(d.port, png, args.seconds)
+            finally:
+                d.stop()
+    finally:
+        subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(work / "old")],
+                       capture_output=True)
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+    write_json(args.out / "attacks.json", res)
+    for name, v in res["variants"].items():
+        s = v["stall"]
+        print(f"{name}: useful throughput sequential {v['sequential']['useful_per_s']:.0f}/s, 40 clients "
+              f"{v['overload_40']['useful_per_s']:.0f}/s ({v['overload_over_sequential']:.2f}x); big PNG: /healthz p99 "
+              f"{s['healthz_p99_ms']:.1f} ms (max {s['healthz_max_ms']:.1f}), attacker answers {s['attacker_statuses']} "
+              f"in {s['attacker_median_s']:.3f} s")
+
+
+if __name__ == "__main__":
+    main()
