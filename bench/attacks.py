@@ -3,6 +3,8 @@ every loop bounded in count and time).
 
 - **stall**: one client repeats a PNG declaring 13000x13000 black pixels (~0.5 MB on the wire) while another
   polls ``/healthz`` every 10 ms; p50/p99/max of the health checks and the attacker's answers.
+- **stalled uploads**: 400 clients each declare an 8 MiB body, send 512 KiB of it and stall; the daemon's
+  resident-memory growth, a good request meanwhile, memory after they close.
 - **overload**: useful throughput (200 answers per second) of 40 concurrent keep-alive clients sending raw
   tensors as fast as they can, vs one sequential client, for a few seconds each.
 
@@ -101,6 +103,43 @@ def throughput(port: int, body: bytes, clients: int, seconds: float) -> dict:
     return {"clients": clients, "seconds": dt, **total, "useful_per_s": total["200"] / dt}
 
 
+def rss_mib(pid: int) -> float:
+    line = next(l for l in Path(f"/proc/{pid}/status").read_text().splitlines() if l.startswith("VmRSS"))
+    return int(line.split()[1]) / 1024
+
+
+def stalled_uploads(port: int, pid: int, body: bytes, conns: int, sent: int, declared: int = 8 * 2**20) -> dict:
+    """``conns`` clients declare ``declared`` bytes, send ``sent`` of them and stall; the daemon's RSS growth,
+    a good request's answer meanwhile, and RSS once they close."""
+    import socket
+
+    base = rss_mib(pid)
+    head = (f"POST /v1/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
+            f"Content-Length: {declared}\r\n\r\n").encode()
+    socks, peak = [], base
+    for _ in range(conns):
+        c = socket.create_connection(("127.0.0.1", port), timeout=2)
+        try:
+            c.sendall(head + b"\0" * sent)
+        except OSError:  # answered (503/413) and closed while sending
+            pass
+        socks.append(c)
+    time.sleep(1.0)
+    peak = max(peak, rss_mib(pid))
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    t = time.perf_counter()
+    conn.request("POST", "/v1/infer", body, {"Content-Type": "application/octet-stream"})
+    status = conn.getresponse().status
+    good = time.perf_counter() - t
+    conn.close()
+    for c in socks:
+        c.close()
+    time.sleep(6.0)  # the daemon gives freed heap pages back every 5 s when over its baseline
+    return {"connections": conns, "bytes_sent_each": sent, "declared_each": declared, "rss_before_mib": base,
+            "rss_growth_mib": peak - base, "good_request_status": status, "good_request_s": good,
+            "rss_after_close_mib": rss_mib(pid)}
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("bundle", type=Path)
@@ -126,6 +165,7 @@ def main(argv: list[str] | None = None) -> None:
                 v["overload_40"] = throughput(d.port, body, 40, args.seconds)
                 v["overload_over_sequential"] = v["overload_40"]["useful_per_s"] / v["sequential"]["useful_per_s"]
                 v["stall"] = stall(d.port, png, args.seconds)
+                v["stalled_uploads"] = stalled_uploads(d.port, d.proc.pid, body, 400, 512 * 1024)
             finally:
                 d.stop()
     finally:
@@ -141,6 +181,10 @@ def main(argv: list[str] | None = None) -> None:
               f"{v['overload_40']['useful_per_s']:.0f}/s ({v['overload_over_sequential']:.2f}x); big PNG: /healthz p99 "
               f"{s['healthz_p99_ms']:.1f} ms (max {s['healthz_max_ms']:.1f}), attacker answers {s['attacker_statuses']} "
               f"in {s['attacker_median_s']:.3f} s")
+        u = v["stalled_uploads"]
+        print(f"{name}: {u['connections']} stalled uploads: RSS +{u['rss_growth_mib']:.0f} MiB (from "
+              f"{u['rss_before_mib']:.0f}), good request {u['good_request_status']} in {u['good_request_s']:.3f} s, "
+              f"RSS after close {u['rss_after_close_mib']:.0f} MiB")
 
 
 if __name__ == "__main__":

@@ -391,6 +391,10 @@ def inspect(bundle, digest) -> None:
               help="Largest request body (bytes).")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=4096 * 4096, show_default=True,
               help="Largest image (width x height) decoded; larger ones get 413 before decoding.")
+@click.option("--max-inflight-bytes", type=click.IntRange(min=1), default=32 * 1024 * 1024, show_default=True,
+              help="Request bodies received at once, by declared length; beyond it 503 at once.")
+@click.option("--body-timeout", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
+              help="Seconds to receive a whole request body (then 408).")
 @click.option("--target", "target", default="auto", show_default=True,
               help="Which of the bundle's IREE targets to run (auto: this machine's).")
 @click.option("--driver", type=click.Choice(DRIVERS), default="local-sync", show_default=True, help="IREE HAL driver.")
@@ -400,8 +404,8 @@ def inspect(bundle, digest) -> None:
 @DIGEST_OPTION
 @click.option("--event-loop", type=click.Choice(EVENT_LOOPS), default="asyncio", show_default=True,
               help="uvloop: slightly less time per request, ~8 MB more memory (needs uvloop installed).")
-def serve(bundle, min_acc, delta_req, fixed, backend, host, port, max_body, max_pixels, target, driver, ort_threads,
-          model_name, event_loop, digest) -> None:
+def serve(bundle, min_acc, delta_req, fixed, backend, host, port, max_body, max_pixels, max_inflight_bytes,
+          body_timeout, target, driver, ort_threads, model_name, event_loop, digest) -> None:
     """Serve inference over HTTP (/v1 and KServe v2), adapting depth to load (Algorithm 1)."""
     import logging
 
@@ -410,6 +414,7 @@ def serve(bundle, min_acc, delta_req, fixed, backend, host, port, max_body, max_
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     run(run_daemon(bundle, min_acc, delta_req, fixed, backend, host, port, max_body,
                    on_ready=lambda msg: click.echo(msg, err=False), model_name=model_name, max_pixels=max_pixels,
+                   max_inflight_bytes=max_inflight_bytes, body_timeout=body_timeout,
                    target=target, driver=driver, threads=ort_threads, digest=digest), event_loop)
 
 

@@ -182,7 +182,7 @@ class KServeV2:
             body = await self.service.read_body(request)
             out = await self.service.submit(prepare)
         except BadRequest as e:
-            self.service.count_bad()
+            self.service.count_bad(e.status)
             return _error(e)
         except Exception as e:  # noqa: BLE001 - answered and counted, never a traceback page
             return self.service.internal_error(e)

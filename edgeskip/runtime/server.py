@@ -31,6 +31,9 @@ from edgeskip.runtime.executor import BundleExecutor
 from edgeskip.runtime.preprocess import MAX_PIXELS, BadRequest, check_content_type, check_encoding, decode
 
 MAX_BODY = 8 * 1024 * 1024
+MAX_INFLIGHT_BYTES = 32 * 1024 * 1024  # request bodies being received at once (reserved by declared length)
+BODY_TIMEOUT = 10.0  # seconds to receive a whole body
+SMALL_BODY = 64 * 1024  # bodies up to this size do not count against MAX_INFLIGHT_BYTES
 log = logging.getLogger("edgeskip.serve")
 
 
@@ -67,6 +70,7 @@ class Metrics:
         self.processed, self.dropped = self.requests.labels("processed"), self.requests.labels("dropped")
         self.bad = self.requests.labels("bad_request")
         self.error = self.requests.labels("error")
+        self.refused = self.requests.labels("refused")
         self._per_config: dict[object, Any] = {}
 
     def config_counter(self, config: int | None) -> Any:
@@ -148,13 +152,16 @@ class InferenceService:
         self.executor, self.controller, self.clock = executor, controller, clock
         self.delta_req, self.min_acc, self.topk = delta_req, min_acc, topk
         self.busy = False
-        self.counts = {"processed": 0, "dropped": 0, "bad_request": 0, "error": 0}
+        self.counts = {"processed": 0, "dropped": 0, "bad_request": 0, "refused": 0, "error": 0}
         self.metrics = Metrics()
         self._current = controller.config
         self.metrics.current.set(controller.config)
         self.pool = Worker()
         self.max_body = MAX_BODY  # set by make_app
         self.max_pixels = MAX_PIXELS
+        self.max_inflight_bytes = MAX_INFLIGHT_BYTES
+        self.body_timeout = BODY_TIMEOUT
+        self.inflight_bytes = 0
 
     def close(self) -> None:
         """Release the executor's runtime objects (before interpreter exit, so bindings tear down cleanly)."""
@@ -177,16 +184,31 @@ class InferenceService:
         return logits, config, latency, self.executor.last_skipped
 
     async def read_body(self, request: web.Request) -> bytes:
-        """The request body; over ``max_body`` bytes a BadRequest with status 413 (enforced while reading).
-        A client that disconnects mid-upload costs one log line, not a traceback."""
+        """The request body, bounded three ways: over ``max_body`` bytes is 413 (enforced while reading); the
+        large bodies being received at once may hold at most ``max_inflight_bytes`` (each body over
+        ``SMALL_BODY`` reserves its declared length, or ``max_body`` when chunked; beyond that 503 at once,
+        nothing read: small ones, what normal requests send, always get through); a body not complete
+        within ``body_timeout`` seconds is 408. A client that disconnects mid-upload costs one log line."""
         check_encoding(request.headers.get("Content-Encoding"))
+        declared = request.content_length if request.content_length is not None else self.max_body
+        if declared > self.max_body:
+            raise BadRequest(f"body larger than {self.max_body} bytes", status=413)
+        need = declared if declared > SMALL_BODY else 0
+        if need and self.inflight_bytes + need > self.max_inflight_bytes:
+            raise BadRequest("too many request bodies in flight; retry later", status=503)
+        self.inflight_bytes += need
         try:
-            return await request.read()
+            return await asyncio.wait_for(request.read(), self.body_timeout)
         except web.HTTPRequestEntityTooLarge:
             raise BadRequest(f"body larger than {self.max_body} bytes", status=413) from None
+        except asyncio.TimeoutError:
+            log.info("upload from %s timed out after %g s", request.remote, self.body_timeout)
+            raise BadRequest(f"request body not received within {self.body_timeout:g} s", status=408) from None
         except (ConnectionError, asyncio.IncompleteReadError, ClientError) as e:
             log.info("upload from %s aborted: %s", request.remote, type(e).__name__)
             raise BadRequest("request body incomplete: the client disconnected") from None
+        finally:
+            self.inflight_bytes -= need
 
     def internal_error(self, e: BaseException) -> web.Response:
         """A failure that is not the client's: one log line, counted, a 500 whose body echoes nothing."""
@@ -257,13 +279,14 @@ class InferenceService:
             "config": out.config, "skipped_blocks": out.skipped, "latency_s": out.latency_s,
         }).encode(), content_type="application/json")
 
-    def count_bad(self) -> None:
-        """Count a request refused as malformed."""
-        self.counts["bad_request"] += 1
-        self.metrics.bad.inc()
+    def count_bad(self, status: int = 400) -> None:
+        """Count a request refused as malformed (4xx) or for lack of resources (408/503 before admission)."""
+        kind = "refused" if status in (408, 503) else "bad_request"
+        self.counts[kind] += 1
+        (self.metrics.refused if kind == "refused" else self.metrics.bad).inc()
 
     def _bad(self, message: str, status: int) -> web.Response:
-        self.count_bad()
+        self.count_bad(status)
         return web.json_response({"error": message}, status=status)
 
     async def status(self, request: web.Request) -> web.Response:

@@ -48,10 +48,10 @@ def image(fmt, size=(8, 8)):
 
 
 def raw_http(port, data, timeout=10):
-    """Send bytes as they are (no client library fixing them up); the whole reply."""
+    """Send bytes as they are (no client library fixing them up; the request says Connection: close, and
+    the socket is not half-closed, which a server may take as the client leaving); the whole reply."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
         s.sendall(data)
-        s.shutdown(socket.SHUT_WR)
         out = b""
         while chunk := s.recv(65536):
             out += chunk
@@ -206,3 +206,46 @@ def test_digest_pins_the_manifest_for_inspect_serve_and_bench(bundle, tmp_path):
                              text=True, timeout=120)
         lines = res.stderr.strip().splitlines()
         assert res.returncode == 2 and len(lines) == 1 and f"is not the expected {digest}" in lines[0], res.stderr
+
+
+def rss_mib(pid):
+    line = next(l for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS"))
+    return int(line.split()[1]) / 1024
+
+
+def test_stalled_uploads_are_bounded_in_memory_and_time(bundle, digits_splits):
+    """30 clients each declare a 2 MB body, send all but one byte and stall: only what fits the in-flight
+    budget (4 MB) is received, the rest get 503 at once, the stalled ones 408 after the body timeout;
+    good requests are answered meanwhile and memory comes back."""
+    s = Server(bundle, "--max-body", "2000000", "--max-inflight-bytes", "4000000", "--body-timeout", "2")
+    port = int(s.url.rsplit(":", 1)[1])
+    try:
+        for _ in range(20):
+            assert s.infer(raw(digits_splits))[0] == 200
+        base = rss_mib(s.proc.pid)
+        head = (b"POST /v1/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
+                b"Content-Length: 2000000\r\n\r\n")
+        socks, peak = [], base
+        for _ in range(30):
+            c = socket.create_connection(("127.0.0.1", port), timeout=3)
+            try:
+                c.sendall(head + b"\0" * 1999999)
+            except OSError:  # refused with 503 and closed while we were still sending
+                pass
+            socks.append(c)
+            peak = max(peak, rss_mib(s.proc.pid))
+        assert s.infer(raw(digits_splits))[0] == 200  # still serving
+        peak = max(peak, rss_mib(s.proc.pid))
+        time.sleep(2.5)  # past the body timeout: the admitted uploads are answered 408
+        counts = json.loads(s.call("/v1/status")[1])["counts"]
+        assert counts["refused"] == 30 and counts["error"] == 0, counts
+        for c in socks:
+            c.close()
+        time.sleep(0.5)
+        assert peak - base < 25, (base, peak)  # 4 MB of bodies at most, not 60 MB
+        assert rss_mib(s.proc.pid) <= base * 1.1 + 2, (base, rss_mib(s.proc.pid))
+        assert s.infer(raw(digits_splits))[0] == 200
+        assert s.stop() == 0
+        assert "Traceback" not in s.proc.stderr.read()
+    finally:
+        s.kill()
