@@ -22,6 +22,8 @@ from edgeskip.runtime.choices import BACKENDS, DRIVERS, EVENT_LOOPS
 
 DIGEST_OPTION = click.option("--digest", default=None, metavar="SHA256",
                              help="Refuse the bundle unless its manifest has this digest (printed by compile).")
+VERIFY_KEY_OPTION = click.option("--verify-key", type=click.Path(dir_okay=False), default=None,
+                                 help="Refuse the bundle unless signed by this public key (edgeskip sign).")
 
 # packages of the `design` extra (import names): a runtime-only install lacks them
 DESIGN_MODULES = ("torch", "sklearn", "matplotlib", "tqdm", "onnx", "onnxscript", "iree.compiler", "elftools",
@@ -358,11 +360,12 @@ def compile_cmd(checkpoint, dataset, data_dir, download, val_fraction, image_siz
 @cli.command()
 @click.argument("bundle", type=click.Path(file_okay=False))
 @DIGEST_OPTION
-def inspect(bundle, digest) -> None:
+@VERIFY_KEY_OPTION
+def inspect(bundle, digest, verify_key) -> None:
     """Print a bundle's manifest summary and Pareto table; verify every artifact's sha256."""
     from edgeskip.utils.table import format_pareto_table
 
-    m = load_manifest(bundle, digest=digest)
+    m = load_manifest(bundle, digest=digest, verify_key=verify_key)
     skipnet = m.kind == "skipnet"
     what = f"SkipNet ({m.extra.get('gates', {}).get('kind', '?')} gates)" if skipnet else f"{len(m.configs)} Pareto configs"
     click.echo(f"bundle {bundle}: ResNet-{m.model.get('depth', '?')} on {m.dataset_id}, input {list(m.input.shape)}, "
@@ -373,7 +376,19 @@ def inspect(bundle, digest) -> None:
         click.echo(f"target {name}: {t.triple}  verification: {json.dumps(v)}")
     click.echo(f"fastest host backend: {m.host_fastest}")
     click.echo(skipnet_summary(m) if skipnet else format_pareto_table([c.to_dict() for c in m.configs], m.num_gates))
-    click.echo(f"all {len(m.artifacts)} artifact hashes match; bundle digest {m.digest}")
+    click.echo(f"all {len(m.artifacts)} artifact hashes match; bundle digest {m.digest}"
+               + ("; signature verified" if verify_key else ""))
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.option("--key", required=True, type=click.Path(dir_okay=False), help="EC private key (PEM) to sign with.")
+def sign(bundle, key) -> None:
+    """Sign every file of a bundle (OpenSSF model-signing, offline key): BUNDLE/bundle.sig."""
+    from edgeskip.signing import sign_bundle
+
+    load_manifest(bundle)  # only a valid, intact bundle gets signed
+    click.echo(f"signed {bundle}: {sign_bundle(bundle, key)} (check with --verify-key PUB.pem)")
 
 
 @cli.command()
@@ -402,10 +417,11 @@ def inspect(bundle, digest) -> None:
               help="onnxruntime intra-op threads.")
 @click.option("--model-name", default=None, help="Model name on the KServe v2 API [default: the bundle folder's name].")
 @DIGEST_OPTION
+@VERIFY_KEY_OPTION
 @click.option("--event-loop", type=click.Choice(EVENT_LOOPS), default="asyncio", show_default=True,
               help="uvloop: slightly less time per request, ~8 MB more memory (needs uvloop installed).")
 def serve(bundle, min_acc, delta_req, fixed, backend, host, port, max_body, max_pixels, max_inflight_bytes,
-          body_timeout, target, driver, ort_threads, model_name, event_loop, digest) -> None:
+          body_timeout, target, driver, ort_threads, model_name, event_loop, digest, verify_key) -> None:
     """Serve inference over HTTP (/v1 and KServe v2), adapting depth to load (Algorithm 1)."""
     import logging
 
@@ -415,7 +431,8 @@ def serve(bundle, min_acc, delta_req, fixed, backend, host, port, max_body, max_
     run(run_daemon(bundle, min_acc, delta_req, fixed, backend, host, port, max_body,
                    on_ready=lambda msg: click.echo(msg, err=False), model_name=model_name, max_pixels=max_pixels,
                    max_inflight_bytes=max_inflight_bytes, body_timeout=body_timeout,
-                   target=target, driver=driver, threads=ort_threads, digest=digest), event_loop)
+                   target=target, driver=driver, threads=ort_threads, digest=digest, verify_key=verify_key),
+        event_loop)
 
 
 @cli.command(name="bench")
@@ -443,6 +460,7 @@ def serve(bundle, min_acc, delta_req, fixed, backend, host, port, max_body, max_
               help="Labelled images (.npz: images float32 [N,C,H,W] normalised, labels) [default: the bundle's "
                    "test split, which needs the design packages].")
 @DIGEST_OPTION
+@VERIFY_KEY_OPTION
 @click.option("--save-images", type=click.Path(dir_okay=False), default=None,
               help="Write the labelled images used to this .npz (for a runtime-only install's --images).")
 @click.option("--out", type=click.Path(file_okay=False), default="runs/bench", show_default=True)
@@ -452,7 +470,8 @@ def serve(bundle, min_acc, delta_req, fixed, backend, host, port, max_body, max_
 @click.option("--threads", "ort_threads", type=click.IntRange(min=1), default=1, show_default=True,
               help="onnxruntime intra-op threads.")
 def bench_cmd(bundle, pattern, count, period, load, rate, trace, seed, min_acc, delta_req, configs, url, backend,
-              compare, loadgen, images_file, digest, save_images, out, target, driver, ort_threads) -> None:
+              compare, loadgen, images_file, digest, verify_key, save_images, out, target, driver,
+              ort_threads) -> None:
     """Replay a workload against adaptive depth and fixed configs (the paper's Table I)."""
     import shlex
 
@@ -469,7 +488,7 @@ def bench_cmd(bundle, pattern, count, period, load, rate, trace, seed, min_acc, 
         from edgeskip.bench.drivers import probe_daemon
 
         probe_daemon(url)
-        load_manifest(bundle, digest=digest)
+        load_manifest(bundle, digest=digest, verify_key=verify_key)
         images, labels = test_images(Path(bundle), 2000, images_file)
         doc = run_loadgen(url, images, labels, rate, count, out, seed)
         doc["command"] = "edgeskip " + " ".join(shlex.quote(a) for a in sys.argv[1:])
@@ -486,7 +505,7 @@ def bench_cmd(bundle, pattern, count, period, load, rate, trace, seed, min_acc, 
     doc = run_benchmark(bundle, out, pattern, count, period, load, rate, trace, seed, min_acc, delta_req, fixed, url,
                         backend, command="edgeskip " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
                         compare=compare, images=images_file, save_images=save_images, target=target, driver=driver,
-                        threads=ort_threads, digest=digest)
+                        threads=ort_threads, digest=digest, verify_key=verify_key)
     click.echo(f"{doc['pattern']} workload, {doc['count']} requests, base period {doc['base_period_s'] * 1e3:.3f} ms, "
                f"no-skip latency {doc['no_skip_latency_s'] * 1e3:.3f} ms, backend {doc['backend']}, target {doc['target']}")
     click.echo(format_table(doc["table"]))

@@ -337,11 +337,17 @@ def bundle_digest(doc: Mapping[str, Any]) -> str:
     return "sha256:" + hashlib.sha256(canonical).hexdigest()
 
 
-def load_manifest(bundle: str | os.PathLike, check_hashes: bool = True, digest: str | None = None) -> Manifest:
+def load_manifest(bundle: str | os.PathLike, check_hashes: bool = True, digest: str | None = None,
+                  verify_key: str | os.PathLike | None = None) -> Manifest:
     """Read and validate a bundle's manifest; with ``check_hashes`` every artifact it lists must exist inside
     the bundle with the recorded sha256, and every file the runtime opens must be listed. With ``digest``
-    (printed by `edgeskip compile` and `inspect`), the manifest itself must be the one that was built."""
+    (printed by `edgeskip compile` and `inspect`), the manifest itself must be the one that was built; with
+    ``verify_key`` (a public key PEM), the bundle must carry a signature by it over exactly its files."""
     bundle = Path(bundle)
+    if verify_key is not None:
+        from edgeskip.signing import verify_bundle
+
+        verify_bundle(bundle, verify_key)
     path = bundle / FILE
     if not path.is_file():
         raise EdgeskipError(f"{bundle} is not an edgeskip bundle (no {FILE})")

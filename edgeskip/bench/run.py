@@ -79,7 +79,8 @@ def run_benchmark(bundle: str | os.PathLike, out: str | os.PathLike, pattern: st
                                  images, save_images)
     other = None
     if compare is not None:
-        other = open_executor(compare, backend, **{k: v for k, v in executor_options.items() if k != "digest"})
+        other = open_executor(compare, backend, **{k: v for k, v in executor_options.items()
+                                                   if k not in ("digest", "verify_key")})
         if not isinstance(other, SkipNetExecutor):
             raise EdgeskipError(f"--compare expects a SkipNet bundle; {compare} is an edgeskip bundle")
         if other.manifest.dataset_id != executor.manifest.dataset_id:

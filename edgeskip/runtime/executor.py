@@ -202,12 +202,14 @@ def machine_target(manifest: Manifest, machine: str | None = None) -> str:
 
 
 def open_executor(bundle: str | os.PathLike, backend: str = "auto", target: str = "auto", driver: str = "local-sync",
-                  threads: int = 1, digest: str | None = None) -> BundleExecutor:
+                  threads: int = 1, digest: str | None = None,
+                  verify_key: str | os.PathLike | None = None) -> BundleExecutor:
     """An executor for ``bundle``. ``backend`` auto: the one the bundle measured fastest on x86 hosts (IREE
     where onnxruntime is not installed), IREE elsewhere (onnxruntime graphs are not compiled per target).
     ``target`` auto: this machine's modules. ``driver`` is IREE's HAL driver, ``threads`` onnxruntime's
-    intra-op threads. ``digest``: refuse the bundle unless its manifest has this digest."""
-    manifest = load_manifest(bundle, digest=digest)
+    intra-op threads. ``digest``: refuse the bundle unless its manifest has this digest; ``verify_key``:
+    unless it is signed by this public key (:mod:`edgeskip.signing`)."""
+    manifest = load_manifest(bundle, digest=digest, verify_key=verify_key)
     if target == "auto":
         target = machine_target(manifest)
     if backend == "auto":
