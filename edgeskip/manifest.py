@@ -276,6 +276,8 @@ class Manifest:
         cfgs = tuple(ConfigEntry.from_dict(c, i, g) for i, c in enumerate(configs))
         if kind == "edgeskip" and any(c.skip is None for c in cfgs):
             raise ManifestError("manifest: every config of an edgeskip bundle needs a skip array")
+        if any(b.n_skipped < a.n_skipped for a, b in zip(cfgs, cfgs[1:])):
+            raise ManifestError("manifest: configs must be sorted by skipped blocks (Algorithm 1 steps through them)")
         targets = {str(k): TargetEntry.from_dict(v, k) for k, v in _req(d, "targets", dict, "manifest").items()}
         if not targets:
             raise ManifestError("manifest: targets is empty")

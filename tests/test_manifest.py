@@ -64,6 +64,7 @@ def test_round_trip_and_typed_fields():
     (lambda d: d["configs"][1].update(skip=[1, 0, 1]), "configs[1].skip must be 4 values"),
     (lambda d: d["configs"][1].update(n_skipped=0), "n_skipped does not match"),
     (lambda d: d["configs"][2].update(index=5), "configs[2].index must be 2"),
+    (lambda d: d["configs"][2].update(skip=[1, 1, 1, 1], n_skipped=0), "sorted by skipped blocks"),
     (lambda d: d["configs"][0].update(module="static_nope"), "functions the module lacks: static_nope"),
     (lambda d: d["iree"].update(functions=d["iree"]["functions"][1:]), "needs the function 'gated'"),
     (lambda d: d["iree"].update(weights="../../outside.irpa"), "points outside the bundle"),

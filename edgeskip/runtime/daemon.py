@@ -22,9 +22,20 @@ from edgeskip.runtime.server import InferenceService, make_app
 
 
 def measure_no_skip_latency(executor: BundleExecutor, repeats: int = 20) -> float:
-    """Median batch-1 latency of config 0 (no skipping) with this executor: the paper's Delta_req."""
+    """Median batch-1 latency of config 0 (no skipping) with this executor: the paper's Delta_req.
+
+    The first call also checks the bundle against its manifest: the module must take the manifest's input
+    shape and give one logit per class name (one-line errors instead of a failure on the first request)."""
     x = np.zeros((1, *executor.input_shape), np.float32)
-    executor.infer(x, config=0)
+    try:
+        logits = np.asarray(executor.infer(x, config=0))
+    except Exception as e:  # noqa: BLE001 - each engine raises its own types; any failure here is the bundle's
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise EdgeskipError(f"the bundle's module does not run on its manifest's input shape "
+                            f"{[1, *executor.input_shape]}: {first}") from None
+    classes = len(executor.manifest.class_names)
+    if logits.ndim != 2 or logits.shape[1] != classes:
+        raise EdgeskipError(f"the bundle's module gives {list(logits.shape)} logits for {classes} class names")
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()

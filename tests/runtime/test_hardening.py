@@ -249,3 +249,23 @@ def test_stalled_uploads_are_bounded_in_memory_and_time(bundle, digits_splits):
         assert "Traceback" not in s.proc.stderr.read()
     finally:
         s.kill()
+
+
+def test_manifest_that_does_not_match_the_module_is_refused_at_start(bundle, tmp_path):
+    """An input shape the graphs do not take, or fewer class names than logits, with every hash consistent:
+    serve refuses at start-up with one line for both back ends (the manifest alone cannot tell)."""
+    import shutil
+
+    for edit, fragment in ((lambda m: m["input"].update(shape=["N", 1, 9, 9]), "does not run on its manifest's input"),
+                           (lambda m: m.update(class_names=[str(i) for i in range(9)],
+                                               model={**m["model"], "num_classes": 9}), "logits for 9 class names")):
+        copy = tmp_path / f"b{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(bundle, copy)
+        m = json.loads((copy / "manifest.json").read_text())
+        edit(m)
+        (copy / "manifest.json").write_text(json.dumps(m))
+        for backend in ("iree", "onnxruntime"):
+            res = subprocess.run([sys.executable, "-m", "edgeskip", "serve", str(copy), "--port", "0", "--backend",
+                                  backend], capture_output=True, text=True, timeout=120)
+            lines = res.stderr.strip().splitlines()
+            assert res.returncode == 2 and len(lines) == 1 and fragment in lines[0], res.stderr
