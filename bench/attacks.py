@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_footprint import REPO, Daemon, v1_copy  # noqa: E402
+from serve_footprint import REPO, Daemon, rss_kib, v1_copy  # noqa: E402
 
 from edgeskip.utils.atomic import write_json  # noqa: E402
 
@@ -104,8 +104,7 @@ def throughput(port: int, body: bytes, clients: int, seconds: float) -> dict:
 
 
 def rss_mib(pid: int) -> float:
-    line = next(l for l in Path(f"/proc/{pid}/status").read_text().splitlines() if l.startswith("VmRSS"))
-    return int(line.split()[1]) / 1024
+    return rss_kib(pid)[0] / 1024
 
 
 def stalled_uploads(port: int, pid: int, body: bytes, conns: int, sent: int, declared: int = 8 * 2**20) -> dict:

@@ -488,8 +488,8 @@ def bench_cmd(bundle, pattern, count, period, load, rate, trace, seed, min_acc, 
         from edgeskip.bench.drivers import probe_daemon
 
         probe_daemon(url)
-        load_manifest(bundle, digest=digest, verify_key=verify_key)
-        images, labels = test_images(Path(bundle), 2000, images_file)
+        manifest = load_manifest(bundle, digest=digest, verify_key=verify_key)
+        images, labels = test_images(Path(bundle), 2000, images_file, manifest)
         doc = run_loadgen(url, images, labels, rate, count, out, seed)
         doc["command"] = "edgeskip " + " ".join(shlex.quote(a) for a in sys.argv[1:])
         write_json(Path(out) / "loadgen.json", doc)

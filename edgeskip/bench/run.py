@@ -12,20 +12,22 @@ from edgeskip.bench.drivers import probe_daemon, run_http, run_inprocess, to_col
 from edgeskip.bench.report import plot_timeline, summarize, table_rows
 from edgeskip.bench.workload import load_trace, paper_arrivals, poisson_arrivals
 from edgeskip.errors import EdgeskipError
+from edgeskip.manifest import Manifest
 from edgeskip.runtime.adaptation import AdaptiveController, FixedController
 from edgeskip.runtime.daemon import measure_no_skip_latency
 from edgeskip.runtime.executor import SkipNetExecutor, open_executor
 from edgeskip.utils.atomic import write_json
 
 
-def test_images(bundle: Path, limit: int, images: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
+def test_images(bundle: Path, limit: int, images: str | os.PathLike | None = None,
+                manifest: Manifest | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Normalised labelled images: from ``images`` (.npz, see :mod:`edgeskip.bench.images`), else the bundle's
     own evaluation sample (hashed in its manifest). Never from the data spec inside ``model.pt``: a bundle
-    must not choose files for this process to read."""
+    must not choose files for this process to read. ``manifest``: the bundle's, if already read and verified."""
     from edgeskip.bench.images import load_images
     from edgeskip.manifest import load_manifest
 
-    manifest = load_manifest(bundle)
+    manifest = manifest or load_manifest(bundle)
     if images is None:
         if manifest.sample is None:
             raise EdgeskipError(f"bundle {bundle} carries no evaluation sample (built before it had one); pass "
@@ -34,9 +36,9 @@ def test_images(bundle: Path, limit: int, images: str | os.PathLike | None = Non
     return load_images(images, manifest, limit)
 
 
-def _images(bundle: Path, limit: int, images: str | os.PathLike | None,
-            save: str | os.PathLike | None) -> tuple[np.ndarray, np.ndarray]:
-    xs, ys = test_images(bundle, limit, images)
+def _images(bundle: Path, limit: int, images: str | os.PathLike | None, save: str | os.PathLike | None,
+            manifest: Manifest) -> tuple[np.ndarray, np.ndarray]:
+    xs, ys = test_images(bundle, limit, images, manifest)
     if save is not None:
         from edgeskip.bench.images import save_images
 
@@ -90,7 +92,7 @@ def run_benchmark(bundle: str | os.PathLike, out: str | os.PathLike, pattern: st
     period = period or no_skip / load
     delta = delta_req or no_skip
     arrivals = arrivals_for(pattern, count, period, rate, trace, seed)
-    images, labels = _images(bundle, min(len(arrivals), 2000), images, save_images)
+    images, labels = _images(bundle, min(len(arrivals), 2000), images, save_images, executor.manifest)
     accs = [c.val_accuracy for c in executor.configs]
     fixed = list(range(len(executor.configs))) if fixed is None else list(fixed)
     runs: dict[str, Any] = {}
@@ -132,7 +134,7 @@ def _run_skipnet_only(executor: SkipNetExecutor, bundle: Path, out: str | os.Pat
     latency = measure_no_skip_latency(executor)
     period = period or latency / load
     arrivals = arrivals_for(pattern, count, period, rate, trace, seed)
-    images, labels = _images(bundle, min(len(arrivals), 2000), images, save_images)
+    images, labels = _images(bundle, min(len(arrivals), 2000), images, save_images, executor.manifest)
     runs = {"skipnet": run_http(url, arrivals, images, labels) if url
             else run_inprocess(executor, FixedController(0), arrivals, images, labels)}
     summaries = {name: summarize(recs) for name, recs in runs.items()}
