@@ -17,13 +17,60 @@ from edgeskip import __version__
 from edgeskip.errors import EdgeskipError
 from edgeskip.manifest import Manifest, load_manifest
 from edgeskip.recipes import AMP_CHOICES, RECIPE_NAMES, RECIPES, SD_SCOPES
-from edgeskip.runtime.choices import BACKENDS, DRIVERS, EVENT_LOOPS
+from edgeskip.runtime.choices import BACKENDS, DRIVERS, EVENT_LOOPS, PATTERNS, POLICIES
 
 
 DIGEST_OPTION = click.option("--digest", default=None, metavar="SHA256",
                              help="Refuse the bundle unless its manifest has this digest (printed by compile).")
 VERIFY_KEY_OPTION = click.option("--verify-key", type=click.Path(dir_okay=False), default=None,
                                  help="Refuse the bundle unless signed by this public key (edgeskip sign).")
+
+
+
+def policy_options(f):
+    """--policy and its parameters, --queue-depth and --deadline-ms (serve and bench)."""
+    opts = [
+        click.option("--policy", type=click.Choice(POLICIES), default="paper", show_default=True,
+                     help="Adaptation policy: paper = Algorithm 1; rate = utilisation target with hysteresis; "
+                          "mix = rate, time-sharing two neighbouring configs."),
+        click.option("--target-util", type=float, default=None,
+                     help="rate/mix: utilisation the chosen config may reach, in (0, 1] [default: 0.95]."),
+        click.option("--hysteresis", type=float, default=None,
+                     help="rate/mix: margin a slower config needs before moving back to it, in [0, 0.9] [default: 0.05]."),
+        click.option("--policy-param", "policy_param", multiple=True, metavar="KEY=VALUE",
+                     help="rate/mix parameter (target_util, hysteresis, attack, release, drain); repeatable."),
+        click.option("--queue-depth", type=int, default=0, show_default=True,
+                     help="Requests that may wait for the executor (0: drop when busy, as the paper)."),
+        click.option("--deadline-ms", type=float, default=None,
+                     help="With a queue: drop a request that cannot finish within this many ms of its arrival."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def policy_params(target_util: float | None, hysteresis: float | None, pairs: tuple[str, ...]) -> dict[str, float]:
+    """The rate/mix parameters given on the command line, checked (one-line errors)."""
+    from edgeskip.runtime.policies import check_param
+
+    params: dict[str, float] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        try:
+            params[key.strip().replace("-", "_")] = float(value) if sep else float("nan")
+        except ValueError:
+            raise EdgeskipError(f"--policy-param must be KEY=NUMBER, got {pair!r}") from None
+    for key, value in (("target_util", target_util), ("hysteresis", hysteresis)):
+        if value is not None:
+            params[key] = value
+    for key, value in params.items():
+        check_param(key, value)
+    return params
+
+
+def deadline_s(deadline_ms: float | None) -> float | None:
+    return None if deadline_ms is None else deadline_ms / 1e3
+
 
 # packages of the `design` extra (import names): a runtime-only install lacks them
 DESIGN_MODULES = ("torch", "sklearn", "matplotlib", "tqdm", "onnx", "onnxscript", "iree.compiler", "elftools",
@@ -396,7 +443,8 @@ def sign(bundle, key) -> None:
 @click.option("--min-acc", type=float, default=0.0, show_default=True,
               help="Drop Pareto configs whose validation accuracy is below this (0..1).")
 @click.option("--delta-req", type=float, default=None,
-              help="Idle gap (s) before moving toward less skipping [default: measured latency of the no-skip config].")
+              help="paper: idle gap (s) before moving toward less skipping [default: measured end-to-end service "
+                   "time of the no-skip config].")
 @click.option("--config", "fixed", type=int, default=None, help="Fixed-config mode (baselines): always this config.")
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True)
@@ -420,35 +468,41 @@ def sign(bundle, key) -> None:
 @VERIFY_KEY_OPTION
 @click.option("--event-loop", type=click.Choice(EVENT_LOOPS), default="asyncio", show_default=True,
               help="uvloop: slightly less time per request, ~8 MB more memory (needs uvloop installed).")
+@policy_options
 def serve(bundle, min_acc, delta_req, fixed, backend, host, port, max_body, max_pixels, max_inflight_bytes,
-          body_timeout, target, driver, ort_threads, model_name, event_loop, digest, verify_key) -> None:
-    """Serve inference over HTTP (/v1 and KServe v2), adapting depth to load (Algorithm 1)."""
+          body_timeout, target, driver, ort_threads, model_name, event_loop, digest, verify_key, policy, target_util,
+          hysteresis, policy_param, queue_depth, deadline_ms) -> None:
+    """Serve inference over HTTP (/v1 and KServe v2), adapting depth to load (--policy)."""
     import logging
 
     from edgeskip.runtime.daemon import run, run_daemon
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    params = policy_params(target_util, hysteresis, policy_param)
     run(run_daemon(bundle, min_acc, delta_req, fixed, backend, host, port, max_body,
                    on_ready=lambda msg: click.echo(msg, err=False), model_name=model_name, max_pixels=max_pixels,
-                   max_inflight_bytes=max_inflight_bytes, body_timeout=body_timeout,
+                   max_inflight_bytes=max_inflight_bytes, body_timeout=body_timeout, policy=policy,
+                   queue_depth=queue_depth, deadline=deadline_s(deadline_ms), policy_params=params,
                    target=target, driver=driver, threads=ort_threads, digest=digest, verify_key=verify_key),
         event_loop)
 
 
 @cli.command(name="bench")
 @click.argument("bundle", type=click.Path(file_okay=False))
-@click.option("--pattern", type=click.Choice(["paper", "poisson", "trace"]), default="paper", show_default=True,
-              help="paper: base period, +-25% change every 10th request; poisson; or a trace file.")
+@click.option("--pattern", type=click.Choice(PATTERNS), default="paper", show_default=True,
+              help="paper: base period, +-25% change every 10th request; poisson; onoff: bursts at 2x the rate; "
+                   "ramp: rate rising 0.5x -> 1.5x; or a trace file.")
 @click.option("--count", type=click.IntRange(min=1), default=1000, show_default=True, help="Requests to send (bounded).")
 @click.option("--period", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Base period (s) [default: no-skip latency / --load].")
+              help="Base period (s) [default: the original's end-to-end service time / --load].")
 @click.option("--load", type=click.FloatRange(min=0, min_open=True), default=1.25, show_default=True,
               help="Offered load relative to the original network.")
 @click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=None, help="Poisson rate (requests/s).")
 @click.option("--trace", type=click.Path(dir_okay=False), default=None, help="Arrival times to replay.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--min-acc", type=float, default=0.0, show_default=True)
-@click.option("--delta-req", type=float, default=None, help="[default: measured no-skip latency]")
+@click.option("--delta-req", type=float, default=None,
+              help="paper: Delta_req (s) [default: the original's measured end-to-end service time].")
 @click.option("--configs", default=None, help="Fixed configs to compare, e.g. 0,2 [default: all].")
 @click.option("--url", default=None, help="A running daemon (loopback only); default: drive the executor in-process.")
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True)
@@ -469,10 +523,19 @@ def serve(bundle, min_acc, delta_req, fixed, backend, host, port, max_body, max_
 @click.option("--driver", type=click.Choice(DRIVERS), default="local-sync", show_default=True, help="IREE HAL driver.")
 @click.option("--threads", "ort_threads", type=click.IntRange(min=1), default=1, show_default=True,
               help="onnxruntime intra-op threads.")
+@policy_options
+@click.option("--runs", default=None, metavar="LABELS",
+              help="Runs to compare instead of --policy + --configs, e.g. original,paper,rate,mix+q4+d2 "
+                   "(NAME[+qDEPTH][+dDEADLINE_MS]; NAME: original, config K or a policy).")
+@click.option("--loads", default=None, metavar="L1,L2,...",
+              help="Load sweep: every run at each of these loads (x the original's capacity) and --seeds seeds; "
+                   "writes sweep.json and sweep.png.")
+@click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True, help="Seeds per load (--loads).")
 def bench_cmd(bundle, pattern, count, period, load, rate, trace, seed, min_acc, delta_req, configs, url, backend,
               compare, loadgen, images_file, digest, verify_key, save_images, out, target, driver,
-              ort_threads) -> None:
-    """Replay a workload against adaptive depth and fixed configs (the paper's Table I)."""
+              ort_threads, policy, target_util, hysteresis, policy_param, queue_depth, deadline_ms, runs, loads,
+              seeds) -> None:
+    """Replay a workload against adaptive depth and fixed configs (the paper's Table I), or sweep the load."""
     import shlex
 
     from edgeskip.bench.report import format_table
@@ -498,16 +561,40 @@ def bench_cmd(bundle, pattern, count, period, load, rate, trace, seed, min_acc, 
                    f"configs {doc['per_config']}; LoadGen log in {out}")
         return
 
+    params = policy_params(target_util, hysteresis, policy_param)
+    command = "edgeskip " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    if loads is not None:
+        from edgeskip.bench.report import format_sweep
+        from edgeskip.bench.run import run_sweep
+
+        try:
+            values = [float(x) for x in loads.split(",") if x.strip()]
+        except ValueError:
+            raise EdgeskipError(f"--loads must be comma-separated numbers, e.g. 0.5,1,1.25,2; got {loads!r}") from None
+        if pattern == "trace" or rate is not None or period is not None:
+            raise EdgeskipError("--loads sets the period itself: it takes a synthetic --pattern, not --trace, "
+                                "--rate or --period")
+        doc = run_sweep(bundle, out, values, seeds, runs or "original,paper,rate,mix", pattern, count, min_acc,
+                        delta_req, url, backend, command, compare, images_file, params, target=target, driver=driver,
+                        threads=ort_threads, digest=digest, verify_key=verify_key)
+        click.echo(f"{pattern} workload, {count} requests per run, original's service time "
+                   f"{doc['service_time_s'] * 1e3:.3f} ms, backend {doc['backend']}, target {doc['target']}")
+        click.echo(format_sweep(doc["table"]))
+        png = f", {Path(out) / doc['sweep_png']}" if doc["sweep_png"] else " (no plot: matplotlib is not installed)"
+        click.echo(f"wrote {Path(out) / 'sweep.json'}{png}")
+        return
     try:
         fixed = [int(c) for c in configs.split(",")] if configs else None
     except ValueError:
         raise EdgeskipError(f"--configs must be comma-separated config indices, e.g. 0,2; got {configs!r}") from None
     doc = run_benchmark(bundle, out, pattern, count, period, load, rate, trace, seed, min_acc, delta_req, fixed, url,
-                        backend, command="edgeskip " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-                        compare=compare, images=images_file, save_images=save_images, target=target, driver=driver,
+                        backend, command=command, compare=compare, images=images_file, save_images=save_images,
+                        policy=policy, policy_params=params, queue_depth=queue_depth,
+                        deadline=deadline_s(deadline_ms), runs=runs, target=target, driver=driver,
                         threads=ort_threads, digest=digest, verify_key=verify_key)
     click.echo(f"{doc['pattern']} workload, {doc['count']} requests, base period {doc['base_period_s'] * 1e3:.3f} ms, "
-               f"no-skip latency {doc['no_skip_latency_s'] * 1e3:.3f} ms, backend {doc['backend']}, target {doc['target']}")
+               f"original's service time {doc['service_time_s'] * 1e3:.3f} ms (load {doc['load']:.2f}), "
+               f"policy {doc['policy']}, backend {doc['backend']}, target {doc['target']}")
     click.echo(format_table(doc["table"]))
     png = f", {Path(out) / doc['timeline_png']}" if doc["timeline_png"] else " (no timeline: matplotlib is not installed)"
     click.echo(f"wrote {Path(out) / 'bench.json'}{png}")

@@ -7,7 +7,6 @@ request that arrives while one is in flight meets a busy executor. Every request
 from __future__ import annotations
 
 import json
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -19,8 +18,9 @@ from urllib.parse import urlparse
 import numpy as np
 
 from edgeskip.errors import EdgeskipError
-from edgeskip.runtime.adaptation import AdaptiveController, FixedController
+from edgeskip.runtime.dispatch import Dispatcher, Drop, Start, service_model_for
 from edgeskip.runtime.executor import BundleExecutor
+from edgeskip.runtime.policies import Policy
 
 
 @dataclass
@@ -30,9 +30,11 @@ class Record:
     sent: float
     outcome: str  # processed | dropped | error
     config: int | None
-    latency_s: float | None
+    latency_s: float | None  # inference alone (as the executor or the daemon reports it)
     correct: bool | None
     skipped: float | None = None  # blocks skipped for this request (per input for SkipNet)
+    reason: str | None = None  # why it was dropped (busy | queue_full | deadline)
+    e2e_s: float | None = None  # arrival to answer: queueing + service (+ HTTP, over HTTP)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -43,7 +45,8 @@ def to_columns(records: Sequence[Record]) -> dict[str, list]:
     r6 = lambda v: None if v is None else round(v, 6)  # noqa: E731
     return {"sent": [r6(r.sent) for r in records], "outcome": [r.outcome for r in records],
             "config": [r.config for r in records], "latency_s": [r6(r.latency_s) for r in records],
-            "correct": [r.correct for r in records], "skipped": [r.skipped for r in records]}
+            "correct": [r.correct for r in records], "skipped": [r.skipped for r in records],
+            "reason": [r.reason for r in records], "e2e_s": [r6(r.e2e_s) for r in records]}
 
 
 def _sleep_until(t0: float, t: float) -> None:
@@ -52,34 +55,59 @@ def _sleep_until(t0: float, t: float) -> None:
         time.sleep(delay)
 
 
-def run_inprocess(executor: BundleExecutor, controller: AdaptiveController | FixedController, arrivals: Sequence[float],
-                  images: np.ndarray, labels: np.ndarray) -> list[Record]:
-    """Real-time replay against ``executor`` with one worker thread (the daemon's model, minus HTTP)."""
-    records: list[Record | None] = [None] * len(arrivals)
-    busy = threading.Event()
-    worker = ThreadPoolExecutor(max_workers=1)
+def run_inprocess(executor: BundleExecutor, policy: Policy, arrivals: Sequence[float], images: np.ndarray,
+                  labels: np.ndarray, queue_depth: int = 0, deadline: float | None = None,
+                  prior: Sequence[float] | None = None) -> list[Record]:
+    """Real-time replay against ``executor`` on this thread, in event order, through the daemon's Dispatcher.
+
+    Requests are released at their arrival times; one runs at a time on the real executor. Arrivals that
+    fall while it runs are admitted (dropped or queued) with their own arrival times as soon as it returns,
+    before its completion is handled: the order of events, and so every decision, is that of a server whose
+    admission costs nothing. Service time = the inference call (the executor's own cost, no thread handoff
+    or HTTP); queued requests start the moment the previous one ends. ``prior``: per-config service times
+    for deadline estimates when the policy keeps none (``paper``, fixed configs)."""
+    n = len(arrivals)
+    if prior is None:
+        prior = [c.latency_s for c in executor.configs]
+    disp = Dispatcher(policy, service_model_for(policy, prior), queue_depth, deadline)
+    records: list[Record | None] = [None] * n
+    nxt = 0
     t0 = time.perf_counter()
 
-    def work(i: int, config: int, sent: float) -> None:
-        try:
-            s = time.perf_counter()
-            logits = executor.infer(images[i % len(images)][None], config=config)
-            lat = time.perf_counter() - s
-            records[i] = Record(sent, "processed", config, lat, bool(logits[0].argmax() == labels[i % len(labels)]),
-                                executor.last_skipped)
-        finally:
-            busy.clear()
+    def drop(a: Drop) -> None:
+        records[a.rid] = Record(arrivals[a.rid], "dropped", a.config, None, None, reason=a.reason)  # type: ignore[index]
 
-    for i, t in enumerate(arrivals):
-        _sleep_until(t0, t)
-        now = time.perf_counter() - t0
-        d = controller.on_request(now, busy.is_set())
-        if d.dropped:
-            records[i] = Record(now, "dropped", d.config, None, None)
-        else:
-            busy.set()
-            worker.submit(work, i, d.config, now)
-    worker.shutdown(wait=True)
+    def run(start: Start) -> None:
+        nonlocal nxt
+        while start is not None:
+            i = start.rid
+            s = time.perf_counter()
+            logits = executor.infer(images[i % len(images)][None], config=start.config)  # type: ignore[index]
+            f = time.perf_counter()
+            end = f - t0
+            records[i] = Record(arrivals[i], "processed", start.config, f - s,  # type: ignore[index]
+                                bool(logits[0].argmax() == labels[i % len(labels)]), executor.last_skipped,  # type: ignore[index]
+                                e2e_s=end - arrivals[i])  # type: ignore[index]
+            while nxt < n and arrivals[nxt] < end:  # arrived while it ran: admitted in order, at their times
+                a = disp.arrive(arrivals[nxt], nxt)
+                if isinstance(a, Drop):
+                    drop(a)
+                nxt += 1
+            start = None  # type: ignore[assignment]
+            for a in disp.finish(end, f - s):
+                if isinstance(a, Drop):
+                    drop(a)
+                else:
+                    start = a
+
+    while nxt < n:
+        _sleep_until(t0, arrivals[nxt])
+        a = disp.arrive(arrivals[nxt], nxt)
+        nxt += 1
+        if isinstance(a, Drop):
+            drop(a)
+        elif isinstance(a, Start):
+            run(a)
     return [r for r in records if r is not None]
 
 
@@ -116,10 +144,11 @@ def probe_daemon(url: str) -> None:
 
 
 def run_http(url: str, arrivals: Sequence[float], images: np.ndarray, labels: np.ndarray,
-             timeout: float = 30.0, max_in_flight: int = 64) -> list[Record]:
-    """Open-loop HTTP replay against a daemon at ``url`` (raw float32 bodies)."""
+             timeout: float = 30.0, max_in_flight: int = 64, pin: int | None = None) -> list[Record]:
+    """Open-loop HTTP replay against a daemon at ``url`` (raw float32 bodies); ``pin``: every request pinned
+    to that config (``/v1/infer?config=K``; still admitted by the daemon's own policy and queue)."""
     check_loopback(url)
-    endpoint = url.rstrip("/") + "/v1/infer"
+    endpoint = url.rstrip("/") + "/v1/infer" + ("" if pin is None else f"?config={int(pin)}")
     records: list[Record | None] = [None] * len(arrivals)
     t0 = time.perf_counter()
 
@@ -131,11 +160,11 @@ def run_http(url: str, arrivals: Sequence[float], images: np.ndarray, labels: np
                 doc = json.loads(r.read())
             pred = doc["top"][0]["index"]
             records[i] = Record(sent, "processed", doc["config"], doc["latency_s"], pred == int(labels[i % len(labels)]),
-                                doc.get("skipped_blocks"))
+                                doc.get("skipped_blocks"), e2e_s=time.perf_counter() - t0 - sent)
         except urllib.error.HTTPError as e:
             doc = json.loads(e.read() or b"{}")
             if e.code == 503 and doc.get("dropped"):
-                records[i] = Record(sent, "dropped", doc.get("config"), None, None)
+                records[i] = Record(sent, "dropped", doc.get("config"), None, None, reason=doc.get("reason"))
             else:
                 records[i] = Record(sent, "error", None, None, None)
         except (urllib.error.URLError, OSError, ValueError):

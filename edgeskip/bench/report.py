@@ -16,11 +16,15 @@ def summarize(records: Sequence[Record]) -> dict[str, Any]:
     done = [r for r in records if r.outcome == "processed"]
     lat = np.array([r.latency_s for r in done], float)
     pct = {f"p{q}": float(np.percentile(lat, q)) if len(lat) else None for q in (50, 90, 99)}
+    e2e = np.array([r.e2e_s for r in done if r.e2e_s is not None], float)
+    e2e_pct = {f"p{q}": float(np.percentile(e2e, q)) if len(e2e) else None for q in (50, 99)}
     return {
         "sent": len(records), "processed": len(done), "dropped": sum(r.outcome == "dropped" for r in records),
         "errors": sum(r.outcome == "error" for r in records),
         "accuracy": float(np.mean([r.correct for r in done])) if done else None,
-        "latency_s": pct, "per_config": dict(sorted(Counter(r.config for r in done).items())),
+        "latency_s": pct, "e2e_s": e2e_pct,
+        "drop_reasons": dict(sorted(Counter(r.reason for r in records if r.outcome == "dropped").items())),
+        "per_config": dict(sorted(Counter(r.config for r in done).items())),
         "mean_skipped": float(np.mean([r.skipped for r in done])) if done and all(r.skipped is not None for r in done) else None,
         "latency_max_over_min": float(lat.max() / lat.min()) if len(lat) else None,
     }
@@ -40,6 +44,77 @@ def table_rows(summaries: dict[str, dict[str, Any]], reference: str = "original"
             "p99_ms": None if s["latency_s"]["p99"] is None else 1e3 * s["latency_s"]["p99"],
         })
     return rows
+
+
+def sweep_table(rows: dict[str, dict[str, list[dict[str, Any]]]]) -> list[dict[str, Any]]:
+    """Per load and run: processed ratio and accuracy change (pp) vs "original" on the same arrivals (mean,
+    min, max over seeds)."""
+    table = []
+    for load, by_run in rows.items():
+        ref = by_run["original"]
+        for label, runs in by_run.items():
+            ratio = [r["processed"] / o["processed"] for r, o in zip(runs, ref) if o["processed"]]
+            dacc = [100 * (r["accuracy"] - o["accuracy"]) for r, o in zip(runs, ref)
+                    if r["accuracy"] is not None and o["accuracy"] is not None]
+            table.append({"load": float(load), "run": label, "seeds": len(runs),
+                          **{f"ratio_{k}": f(ratio) if ratio else None for k, f in (("mean", np.mean), ("min", np.min),
+                                                                                   ("max", np.max))},
+                          **{f"dacc_pp_{k}": f(dacc) if dacc else None for k, f in (("mean", np.mean), ("min", np.min),
+                                                                                   ("max", np.max))},
+                          "accuracy_mean": float(np.mean([r["accuracy"] for r in runs if r["accuracy"] is not None]))
+                          if any(r["accuracy"] is not None for r in runs) else None})
+    for row in table:
+        for k, v in row.items():
+            if isinstance(v, np.floating):
+                row[k] = float(v)
+    return table
+
+
+def format_sweep(table: list[dict[str, Any]]) -> str:
+    runs = list(dict.fromkeys(r["run"] for r in table))
+    loads = list(dict.fromkeys(r["load"] for r in table))
+    cell = {(r["load"], r["run"]): r for r in table}
+    f = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
+    lines = ["processed ratio / accuracy change (pp) vs original, mean over seeds",
+             f"{'load':>5} " + "".join(f"{r:>18}" for r in runs)]
+    for load in loads:
+        lines.append(f"{load:>5g} " + "".join(
+            f"{f(cell[load, r]['ratio_mean'], '.2f'):>9}/{f(cell[load, r]['dacc_pp_mean'], '+.2f'):<8}" for r in runs))
+    return "\n".join(lines)
+
+
+def plot_sweep(table: list[dict[str, Any]], dest: str | os.PathLike, title: str) -> bool:
+    """Processed ratio and accuracy change vs load, one line per run with its min-max band over seeds; False
+    (nothing written) without matplotlib."""
+    try:
+        import matplotlib
+    except ModuleNotFoundError:
+        return False
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from edgeskip.utils.atomic import write_with
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for k, run in enumerate(dict.fromkeys(r["run"] for r in table)):
+        rows = sorted((r for r in table if r["run"] == run), key=lambda r: r["load"])
+        x = [r["load"] for r in rows]
+        for ax, key in zip(axes, ("ratio", "dacc_pp")):
+            ax.plot(x, [r[f"{key}_mean"] for r in rows], "o-", ms=3, color=f"C{k % 10}", label=run)
+            ax.fill_between(x, [r[f"{key}_min"] for r in rows], [r[f"{key}_max"] for r in rows], color=f"C{k % 10}",
+                            alpha=0.15)
+    axes[0].set_ylabel("processed inferences ÷ original")
+    axes[1].set_ylabel("accuracy change vs original (pp)")
+    for ax in axes:
+        ax.set_xlabel("offered load (× the original's capacity)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    write_with(dest, lambda p: fig.savefig(p, dpi=110, format="png"))
+    plt.close(fig)
+    return True
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:

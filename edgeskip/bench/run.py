@@ -8,14 +8,16 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from edgeskip.bench.drivers import probe_daemon, run_http, run_inprocess, to_columns
-from edgeskip.bench.report import plot_timeline, summarize, table_rows
-from edgeskip.bench.workload import load_trace, paper_arrivals, poisson_arrivals
+from edgeskip.bench.drivers import Record, probe_daemon, run_http, run_inprocess, to_columns
+from edgeskip.bench.report import plot_sweep, plot_timeline, summarize, sweep_table, table_rows
+from edgeskip.bench.sweep import RunSpec, parse_run, parse_runs
+from edgeskip.bench.workload import arrivals as synthetic_arrivals, load_trace
 from edgeskip.errors import EdgeskipError
 from edgeskip.manifest import Manifest
-from edgeskip.runtime.adaptation import AdaptiveController, FixedController
-from edgeskip.runtime.daemon import measure_no_skip_latency
+from edgeskip.runtime.daemon import measure_config_latencies, measure_no_skip_latency
+from edgeskip.runtime.dispatch import check_queue
 from edgeskip.runtime.executor import SkipNetExecutor, open_executor
+from edgeskip.runtime.policies import FixedController
 from edgeskip.utils.atomic import write_json
 
 
@@ -48,15 +50,83 @@ def _images(bundle: Path, limit: int, images: str | os.PathLike | None, save: st
 
 def arrivals_for(pattern: str, count: int, period: float | None, rate: float | None, trace: str | None,
                  seed: int) -> list[float]:
-    if pattern == "paper":
-        return paper_arrivals(count, period, seed)  # type: ignore[arg-type]
-    if pattern == "poisson":
-        return poisson_arrivals(count, rate if rate else 1.0 / period, seed)  # type: ignore[operator]
     if pattern == "trace":
         if not trace:
             raise EdgeskipError("--pattern trace needs --trace FILE")
         return load_trace(trace)[:count]
-    raise EdgeskipError(f"unknown pattern {pattern!r}")
+    if rate is not None and pattern != "poisson":
+        raise EdgeskipError("--rate applies to --pattern poisson only (the others take --period or --load)")
+    return synthetic_arrivals(pattern, count, 1.0 / rate if rate else period, seed)  # type: ignore[arg-type]
+
+
+def http_service_time(url: str, image: np.ndarray, repeats: int = 30) -> float:
+    """Median round trip of sequential requests pinned to config 0 at a daemon: the original's end-to-end
+    service time over HTTP, which ``--load`` is relative to there."""
+    import statistics
+    import time
+    import urllib.request
+
+    body = np.ascontiguousarray(image, np.float32).tobytes()
+    times = []
+    for _ in range(repeats + 3):
+        req = urllib.request.Request(url.rstrip("/") + "/v1/infer?config=0", data=body,
+                                     headers={"Content-Type": "application/octet-stream"})
+        t0 = time.perf_counter()
+        with urllib.request.urlopen(req, timeout=30) as r:
+            r.read()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times[3:])
+
+
+def default_runs(policy: str, queue_depth: int, deadline: float | None, fixed: Sequence[int],
+                 params: dict[str, float] | None) -> list[RunSpec]:
+    """The adaptive run (``--policy`` with the queue options, named "adaptive"), then the fixed configs."""
+    label = policy + (f"+q{queue_depth}" if queue_depth else "") + (f"+d{deadline * 1e3:g}" if deadline else "")
+    adaptive = parse_run(label, params)
+    runs = [RunSpec("adaptive", adaptive.policy, None, adaptive.queue_depth, adaptive.deadline, adaptive.params)]
+    runs += [parse_run("original" if k == 0 else f"config {k}") for k in fixed]
+    if not any(r.label == "original" for r in runs):
+        runs.append(parse_run("original"))
+    return runs
+
+
+class _Bench:
+    """What one benchmark needs once: the executor, its measured service times, images, and the runs."""
+
+    def __init__(self, bundle: Path, backend: str, url: str | None, limit: int, images: Any, save_images: Any,
+                 compare: Any, executor_options: dict[str, Any]) -> None:
+        self.bundle, self.url = bundle, url
+        if url:
+            probe_daemon(url)
+        self.executor = open_executor(bundle, backend, **executor_options)
+        self.skipnet = isinstance(self.executor, SkipNetExecutor)
+        self.other = None
+        if compare is not None:
+            other = open_executor(compare, backend, **{k: v for k, v in executor_options.items()
+                                                       if k not in ("digest", "verify_key")})
+            if not isinstance(other, SkipNetExecutor):
+                raise EdgeskipError(f"--compare expects a SkipNet bundle; {compare} is an edgeskip bundle")
+            if other.manifest.dataset_id != self.executor.manifest.dataset_id:
+                raise EdgeskipError(f"--compare bundle was built on {other.manifest.dataset_id}, "
+                                    f"not {self.executor.manifest.dataset_id}")
+            self.other = other
+        self.no_skip = measure_no_skip_latency(self.executor)
+        self.latencies = measure_config_latencies(self.executor)
+        self.images, self.labels = _images(bundle, limit, images, save_images, self.executor.manifest)
+        # what --load is relative to: the original's end-to-end service time on the path driven
+        self.service_time = http_service_time(url, self.images[0]) if url else self.no_skip
+        self.accs = [c.val_accuracy for c in self.executor.configs]
+
+    def run(self, spec: RunSpec, arrivals: Sequence[float], min_acc: float, delta_req: float | None) -> list[Record]:
+        if spec.label == "skipnet":
+            return run_inprocess(self.other, FixedController(0), arrivals, self.images, self.labels)
+        if self.url:
+            return run_http(self.url, arrivals, self.images, self.labels,
+                            pin=None if spec.label == "adaptive" else spec.fixed)
+        policy, depth, deadline = spec.build(self.accs, min_acc, self.latencies,
+                                             self.service_time if delta_req is None else delta_req)
+        return run_inprocess(self.executor, policy, arrivals, self.images, self.labels, depth, deadline,
+                             prior=self.latencies)
 
 
 def run_benchmark(bundle: str | os.PathLike, out: str | os.PathLike, pattern: str = "paper", count: int = 1000,
@@ -64,90 +134,105 @@ def run_benchmark(bundle: str | os.PathLike, out: str | os.PathLike, pattern: st
                   seed: int = 0, min_acc: float = 0.0, delta_req: float | None = None,
                   fixed: Sequence[int] | None = None, url: str | None = None, backend: str = "auto",
                   command: str = "", compare: str | os.PathLike | None = None, images: str | os.PathLike | None = None,
-                  save_images: str | os.PathLike | None = None, **executor_options: Any) -> dict[str, Any]:
-    """Replay one workload against adaptive depth and fixed configs; write bench.json and timeline.png.
+                  save_images: str | os.PathLike | None = None, policy: str = "paper",
+                  policy_params: dict[str, float] | None = None, queue_depth: int = 0, deadline: float | None = None,
+                  runs: str | None = None, **executor_options: Any) -> dict[str, Any]:
+    """Replay one workload against adaptive depth (``policy``) and fixed configs; write bench.json and timeline.png.
 
-    Default period: the no-skip latency divided by ``load`` (1.25: the original cannot keep up).
+    Default period: the original's end-to-end service time (in-process: its inference; over HTTP: its round
+    trip) divided by ``load`` (1.25: the original cannot keep up). ``runs``: run labels
+    (:mod:`edgeskip.bench.sweep`) instead of the adaptive run + ``fixed``. With ``url`` every run goes to the
+    daemon (fixed ones pinned with ``?config=K``), whose own policy and queue make the adaptive run.
     ``compare``: a SkipNet bundle of the same data set, replayed on the same arrivals as run "skipnet".
     ``images``: labelled images (.npz) instead of the bundle's test split; ``save_images``: write the ones used.
     A SkipNet ``bundle`` on its own is replayed as run "skipnet" only (its gates decide per input).
     """
     bundle = Path(bundle)
-    if url:
-        probe_daemon(url)
-    executor = open_executor(bundle, backend, **executor_options)
-    if isinstance(executor, SkipNetExecutor):
-        return _run_skipnet_only(executor, bundle, out, pattern, count, period, load, rate, trace, seed, command, url,
-                                 images, save_images)
-    other = None
-    if compare is not None:
-        other = open_executor(compare, backend, **{k: v for k, v in executor_options.items()
-                                                   if k not in ("digest", "verify_key")})
-        if not isinstance(other, SkipNetExecutor):
-            raise EdgeskipError(f"--compare expects a SkipNet bundle; {compare} is an edgeskip bundle")
-        if other.manifest.dataset_id != executor.manifest.dataset_id:
-            raise EdgeskipError(f"--compare bundle was built on {other.manifest.dataset_id}, "
-                                f"not {executor.manifest.dataset_id}")
-    no_skip = measure_no_skip_latency(executor)
-    period = period or no_skip / load
-    delta = delta_req or no_skip
+    check_queue(queue_depth, deadline)
+    if delta_req is not None and policy != "paper":
+        raise EdgeskipError("--delta-req applies to policy paper only")
+    b = _Bench(bundle, backend, url, 2000 if count > 2000 else count, images, save_images, compare, executor_options)
+    period = period or b.service_time / load
     arrivals = arrivals_for(pattern, count, period, rate, trace, seed)
-    images, labels = _images(bundle, min(len(arrivals), 2000), images, save_images, executor.manifest)
-    accs = [c.val_accuracy for c in executor.configs]
-    fixed = list(range(len(executor.configs))) if fixed is None else list(fixed)
-    runs: dict[str, Any] = {}
-    if url:
-        runs["adaptive"] = run_http(url, arrivals, images, labels)
+    if b.skipnet:
+        specs = [RunSpec("skipnet", "fixed", 0)]
+        b.other = b.executor
+    elif runs:
+        specs = parse_runs(runs, policy_params)
+        if url:
+            raise EdgeskipError("--runs drives policies in-process; over HTTP the daemon's own policy is the "
+                                "adaptive run (start one daemon per policy)")
     else:
-        runs["adaptive"] = run_inprocess(executor, AdaptiveController(accs, min_acc, delta), arrivals, images, labels)
-    for k in fixed:
-        if not 0 <= k < len(executor.configs):
-            raise EdgeskipError(f"fixed config {k} out of range 0..{len(executor.configs) - 1}")
-        runs["original" if k == 0 else f"config {k}"] = run_inprocess(executor, FixedController(k), arrivals, images, labels)
-    if "original" not in runs:
-        runs["original"] = run_inprocess(executor, FixedController(0), arrivals, images, labels)
-    if other is not None:
-        runs["skipnet"] = run_inprocess(other, FixedController(0), arrivals, images, labels)
-    summaries = {name: summarize(recs) for name, recs in runs.items()}
+        n = len(b.executor.configs)
+        ks = list(range(n)) if fixed is None else list(fixed)
+        for k in ks:
+            if not 0 <= k < n:
+                raise EdgeskipError(f"fixed config {k} out of range 0..{n - 1}")
+        specs = default_runs(policy, queue_depth, deadline, ks, policy_params)
+    if b.other is not None and not b.skipnet:
+        specs.append(RunSpec("skipnet", "fixed", 0))
+    done = {spec.label: b.run(spec, arrivals, min_acc, delta_req) for spec in specs}
+    reference = "skipnet" if b.skipnet else "original"
+    summaries = {name: summarize(recs) for name, recs in done.items()}
     doc = {
-        "command": command, "bundle": str(bundle), "backend": executor.backend, "pattern": pattern, "count": len(arrivals),
-        "seed": seed, "base_period_s": period, "no_skip_latency_s": no_skip, "delta_req_s": delta, "min_acc": min_acc,
-        "target": url or "in-process", "configs": [c.to_dict() for c in executor.configs],
-        "compare": None if other is None else {"bundle": str(compare),
-                                               "configs": [c.to_dict() for c in other.configs]},
-        "summaries": summaries,
-        "table": table_rows(summaries), "records": {name: to_columns(recs) for name, recs in runs.items()},
+        "command": command, "bundle": str(bundle), "backend": b.executor.backend, "pattern": pattern,
+        "count": len(arrivals), "seed": seed, "base_period_s": period, "no_skip_latency_s": b.no_skip,
+        "service_time_s": b.service_time, "load": b.service_time / period, "config_latency_s": b.latencies,
+        "policy": None if b.skipnet else policy, "policy_params": policy_params or {},
+        "delta_req_s": (b.service_time if delta_req is None else delta_req) if policy == "paper" else None,
+        "min_acc": None if b.skipnet else min_acc, "target": url or "in-process",
+        "runs": {s.label: s.describe() for s in specs},
+        "configs": [c.to_dict() for c in b.executor.configs],
+        "compare": None if b.other is None or b.skipnet else {"bundle": str(compare),
+                                                              "configs": [c.to_dict() for c in b.other.configs]},
+        "summaries": summaries, "table": table_rows(summaries, reference=reference),
+        "records": {name: to_columns(recs) for name, recs in done.items()},
     }
+    first = next(iter(done))
     out = Path(out)
-    drawn = plot_timeline(runs["adaptive"], out / "timeline.png", f"adaptive depth, {pattern} workload, period "
-                          f"{period * 1e3:.3f} ms (no-skip latency {no_skip * 1e3:.3f} ms)")
+    title = "SkipNet (fixed policy)" if b.skipnet else f"{first} ({policy})" if first == "adaptive" else first
+    drawn = plot_timeline(done[first], out / "timeline.png", f"{title}, {pattern} workload, period "
+                          f"{period * 1e3:.3f} ms (original's service time {b.service_time * 1e3:.3f} ms)")
     doc["timeline_png"] = "timeline.png" if drawn else None
     write_json(out / "bench.json", doc)
     return doc
 
 
-def _run_skipnet_only(executor: SkipNetExecutor, bundle: Path, out: str | os.PathLike, pattern: str, count: int,
-                      period: float | None, load: float, rate: float | None, trace: str | None, seed: int,
-                      command: str, url: str | None = None, images: str | os.PathLike | None = None,
-                      save_images: str | os.PathLike | None = None) -> dict[str, Any]:
-    """A SkipNet bundle alone: one fixed-policy run (the gates decide per input), in-process or at ``url``."""
-    latency = measure_no_skip_latency(executor)
-    period = period or latency / load
-    arrivals = arrivals_for(pattern, count, period, rate, trace, seed)
-    images, labels = _images(bundle, min(len(arrivals), 2000), images, save_images, executor.manifest)
-    runs = {"skipnet": run_http(url, arrivals, images, labels) if url
-            else run_inprocess(executor, FixedController(0), arrivals, images, labels)}
-    summaries = {name: summarize(recs) for name, recs in runs.items()}
-    doc = {
-        "command": command, "bundle": str(bundle), "backend": executor.backend, "pattern": pattern,
-        "count": len(arrivals), "seed": seed, "base_period_s": period, "no_skip_latency_s": latency,
-        "delta_req_s": None, "min_acc": None, "target": url or "in-process",
-        "configs": [c.to_dict() for c in executor.configs],
-        "summaries": summaries, "table": table_rows(summaries, reference="skipnet"),
-        "records": {name: to_columns(recs) for name, recs in runs.items()},
-    }
-    drawn = plot_timeline(runs["skipnet"], Path(out) / "timeline.png",
-                          f"SkipNet (fixed policy), {pattern} workload, period {period * 1e3:.3f} ms")
-    doc["timeline_png"] = "timeline.png" if drawn else None
-    write_json(Path(out) / "bench.json", doc)
+def run_sweep(bundle: str | os.PathLike, out: str | os.PathLike, loads: Sequence[float], seeds: int = 3,
+              runs: str = "original,paper,rate,mix", pattern: str = "paper", count: int = 1000, min_acc: float = 0.0,
+              delta_req: float | None = None, url: str | None = None, backend: str = "auto", command: str = "",
+              compare: str | os.PathLike | None = None, images: str | os.PathLike | None = None,
+              policy_params: dict[str, float] | None = None, **executor_options: Any) -> dict[str, Any]:
+    """A load sweep: every run at every load (× the original's capacity) and seed on the same arrivals;
+    processed ratio and accuracy change vs the original with their spread; sweep.json and sweep.png.
+
+    Over HTTP (``url``) the runs are the daemon as started ("daemon") and the original pinned to config 0."""
+    if not loads or any(not (x > 0) for x in loads):
+        raise EdgeskipError(f"--loads must be positive numbers, got {list(loads)}")
+    if seeds < 1:
+        raise EdgeskipError(f"--seeds must be >= 1, got {seeds}")
+    b = _Bench(Path(bundle), backend, url, 2000 if count > 2000 else count, images, None, compare, executor_options)
+    if b.skipnet:
+        raise EdgeskipError("a load sweep needs an edgeskip bundle (a SkipNet one goes in --compare)")
+    specs = [parse_run("original"), RunSpec("adaptive", "daemon")] if url else parse_runs(runs, policy_params)
+    if b.other is not None:
+        specs.append(RunSpec("skipnet", "fixed", 0))
+    rows: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for load in loads:
+        for seed in range(seeds):
+            arr = arrivals_for(pattern, count, b.service_time / load, None, None, seed)
+            for spec in specs:
+                s = summarize(b.run(spec, arr, min_acc, delta_req))
+                rows.setdefault(f"{load:g}", {}).setdefault(spec.label, []).append(
+                    {k: s[k] for k in ("processed", "dropped", "accuracy", "per_config", "latency_s", "e2e_s")})
+    table = sweep_table(rows)
+    doc = {"command": command, "bundle": str(bundle), "backend": b.executor.backend, "pattern": pattern,
+           "count": count, "seeds": seeds, "loads": list(loads), "min_acc": min_acc, "target": url or "in-process",
+           "service_time_s": b.service_time, "config_latency_s": b.latencies,
+           "configs": [c.to_dict() for c in b.executor.configs], "runs": {s.label: s.describe() for s in specs},
+           "table": table, "rows": rows}
+    out = Path(out)
+    drawn = plot_sweep(table, out / "sweep.png", f"{pattern} workload, {seeds} seeds, {url or 'in-process'}")
+    doc["sweep_png"] = "sweep.png" if drawn else None
+    write_json(out / "sweep.json", doc)
     return doc

@@ -1,7 +1,13 @@
-"""Arrival patterns (pure functions of their seed): the paper's, Poisson, or a replayed trace.
+"""Arrival patterns (pure functions of their seed): the paper's, Poisson, on/off bursts, a slow ramp, or a
+replayed trace. paper, poisson and onoff have a mean rate of one request per ``base_period``.
 
-The paper's pattern: requests arrive with a base period; every 10th request the period changes to
-the base period times a random factor in [1 - 0.25, 1 + 0.25].
+- paper: requests arrive with a base period; every 10th request the period changes to the base period
+  times a random factor in [1 - 0.25, 1 + 0.25].
+- poisson: exponential gaps of mean ``base_period``.
+- onoff: alternating phases of ``phase`` requests, "on" at twice the mean rate (period / 2) and "off" at
+  period x 1.5, so the time-average rate is the mean rate; each phase's length varies by up to +-50%.
+- ramp: the rate rises linearly per request from 0.5x to 1.5x the nominal rate (Poisson gaps around it;
+  the time-average rate is 1 / ln 3 = 0.91x nominal).
 """
 
 from __future__ import annotations
@@ -13,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from edgeskip.errors import EdgeskipError
+from edgeskip.runtime.choices import PATTERNS  # noqa: F401 - declared once, re-exported
 
-PATTERNS = ("paper", "poisson", "trace")
 
 
 def paper_arrivals(count: int, base_period: float, seed: int = 0, deviation: float = 0.25, every: int = 10) -> list[float]:
@@ -36,6 +42,42 @@ def poisson_arrivals(count: int, rate: float, seed: int = 0) -> list[float]:
     gaps = np.random.default_rng(seed).exponential(1.0 / rate, count)
     gaps[0] = 0.0
     return np.cumsum(gaps).tolist()
+
+
+def onoff_arrivals(count: int, base_period: float, seed: int = 0, phase: int = 50, high: float = 2.0) -> list[float]:
+    """On/off bursts: phases of about ``phase`` requests at period ``base / high`` and ``base * (2 - 1/high)``."""
+    _check(count, base_period)
+    if not 1.0 < high <= 2.0:
+        raise EdgeskipError(f"burst factor must be in (1, 2], got {high}")
+    rng = np.random.default_rng(seed)
+    t, out, on = 0.0, [], True
+    while len(out) < count:
+        n = max(1, int(round(phase * rng.uniform(0.5, 1.5))))
+        period = base_period / high if on else base_period * (2.0 - 1.0 / high)
+        for _ in range(min(n, count - len(out))):
+            out.append(t)
+            t += period
+        on = not on
+    return out
+
+
+def ramp_arrivals(count: int, base_period: float, seed: int = 0, start: float = 0.5, end: float = 1.5) -> list[float]:
+    """A slow ramp: Poisson gaps whose rate rises linearly (per request) from ``start`` to ``end`` x the mean."""
+    _check(count, base_period)
+    rng = np.random.default_rng(seed)
+    factors = np.linspace(start, end, count)
+    gaps = rng.exponential(1.0, count) * base_period / factors
+    gaps[0] = 0.0
+    return np.cumsum(gaps).tolist()
+
+
+def arrivals(pattern: str, count: int, base_period: float, seed: int = 0) -> list[float]:
+    """Arrival times of a named synthetic pattern (see the module docstring) at mean period ``base_period``."""
+    makers = {"paper": paper_arrivals, "poisson": lambda n, p, s: poisson_arrivals(n, 1.0 / p, s),
+              "onoff": onoff_arrivals, "ramp": ramp_arrivals}
+    if pattern not in makers:
+        raise EdgeskipError(f"unknown pattern {pattern!r}; choose from {', '.join(makers)} (or a trace file)")
+    return makers[pattern](count, base_period, seed)
 
 
 def load_trace(path: str | os.PathLike) -> list[float]:

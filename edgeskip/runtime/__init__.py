@@ -1,5 +1,5 @@
-"""Runtime: the adaptation algorithm (pure logic) and, later, executors and the serving daemon."""
+"""Runtime: adaptation policies and admission (pure logic), executors and the serving daemon."""
 
-from edgeskip.runtime.adaptation import AdaptiveController, Decision, FixedController, simulate
+from edgeskip.runtime.policies import AdaptiveController, Decision, FixedController, RatePolicy, MixPolicy, make_policy
 
-__all__ = ["AdaptiveController", "Decision", "FixedController", "simulate"]
+__all__ = ["AdaptiveController", "Decision", "FixedController", "MixPolicy", "RatePolicy", "make_policy"]

@@ -16,7 +16,8 @@ from aiohttp import web
 
 from edgeskip.errors import EdgeskipError
 from edgeskip.runtime.choices import EVENT_LOOPS
-from edgeskip.runtime.adaptation import AdaptiveController, FixedController
+from edgeskip.runtime.dispatch import Dispatcher, check_queue, service_model_for
+from edgeskip.runtime.policies import make_policy
 from edgeskip.runtime.executor import BundleExecutor, open_executor
 from edgeskip.runtime.server import InferenceService, make_app
 
@@ -44,20 +45,78 @@ def measure_no_skip_latency(executor: BundleExecutor, repeats: int = 20) -> floa
     return statistics.median(times)
 
 
+def measure_config_latencies(executor: BundleExecutor, repeats: int = 10) -> list[float]:
+    """Median batch-1 latency of every config with this executor, round-robin (the rate policies' priors)."""
+    x = np.zeros((1, *executor.input_shape), np.float32)
+    times: list[list[float]] = [[] for _ in executor.configs]
+    for _ in range(repeats):
+        for k in range(len(executor.configs)):
+            t0 = time.perf_counter()
+            executor.infer(x, config=k)
+            times[k].append(time.perf_counter() - t0)
+    return [statistics.median(t) for t in times]
+
+
+def measure_service_time(executor: BundleExecutor, repeats: int = 20) -> float:
+    """Median end-to-end service time of the no-skip config: what occupies the executor per request in the
+    daemon (a raw body decoded, handed to a worker thread, run, checked, handed back)."""
+    import queue
+    import threading
+
+    from edgeskip.runtime.preprocess import decode
+
+    body = np.zeros(executor.input_shape, np.float32).tobytes()
+    jobs: queue.SimpleQueue = queue.SimpleQueue()
+    done = threading.Event()
+
+    def work() -> None:
+        while jobs.get() is not None:
+            x = decode(body, "application/octet-stream", executor.manifest)
+            np.isfinite(executor.infer(x, config=0)).all()
+            done.set()
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    times = []
+    try:
+        for _ in range(repeats):
+            done.clear()
+            t0 = time.perf_counter()
+            jobs.put(1)
+            done.wait()
+            times.append(time.perf_counter() - t0)
+    finally:
+        jobs.put(None)
+        thread.join()
+    return statistics.median(times)
+
+
 def make_service(bundle: str, min_acc: float, delta_req: float | None, fixed: int | None,
-                 backend: str = "auto", **executor_options: object) -> InferenceService:
+                 backend: str = "auto", policy: str = "paper", queue_depth: int = 0, deadline: float | None = None,
+                 policy_params: dict[str, float] | None = None, **executor_options: object) -> InferenceService:
+    """Open the bundle and build the daemon's service: ``fixed`` (a config index) or the adaptation ``policy``.
+
+    The end-to-end service time of the no-skip config (decoding a raw body, inference, checks: what the
+    executor is occupied with per request) is measured here; it is ``paper``'s Delta_req unless given, and
+    with the other configs' latencies the prior of the ``rate``/``mix`` service model."""
+    check_queue(queue_depth, deadline)
+    if delta_req is not None and (fixed is not None or policy != "paper"):
+        raise EdgeskipError("--delta-req applies to policy paper only")
     executor = open_executor(bundle, backend, **executor_options)  # type: ignore[arg-type]
-    if delta_req is None:
-        delta_req = measure_no_skip_latency(executor)
+    measure_no_skip_latency(executor, repeats=3)  # checks the module against the manifest first
     if fixed is not None:
         if not 0 <= fixed < len(executor.configs):
             raise EdgeskipError(f"--config {fixed} out of range 0..{len(executor.configs) - 1}")
-        controller: AdaptiveController | FixedController = FixedController(fixed)
-    else:
-        if not 0.0 <= min_acc <= 1.0:
-            raise EdgeskipError(f"--min-acc must be in [0, 1], got {min_acc}")
-        controller = AdaptiveController([c.val_accuracy for c in executor.configs], min_acc, delta_req)
-    return InferenceService(executor, controller, delta_req, None if fixed is not None else min_acc)
+        if policy_params:
+            raise EdgeskipError("--config N (a fixed config) takes no policy parameters")
+    latencies = measure_config_latencies(executor)
+    e2e = measure_service_time(executor)
+    prior = [t + max(e2e - latencies[0], 0.0) for t in latencies]  # the same per-request overhead on each
+    name = "fixed" if fixed is not None else policy
+    chosen = make_policy(name, [c.val_accuracy for c in executor.configs], min_acc, delta_req=e2e if delta_req is None else delta_req,
+                         service_prior=prior, fixed=fixed, queue_depth=queue_depth, **(policy_params or {}))
+    dispatcher = Dispatcher(chosen, service_model_for(chosen, prior), queue_depth, deadline)
+    return InferenceService(executor, dispatcher, None if fixed is not None else min_acc, service_time_s=e2e)
 
 
 def run(coro: Coroutine[Any, Any, None], event_loop: str = "asyncio") -> None:
@@ -125,7 +184,8 @@ async def run_daemon(bundle: str, min_acc: float, delta_req: float | None, fixed
                      host: str, port: int, max_body: int, on_ready: Callable[[str], None] = print,
                      model_name: str | None = None, max_pixels: int | None = None,
                      max_inflight_bytes: int | None = None, body_timeout: float | None = None,
-                     **executor_options: object) -> None:
+                     policy: str = "paper", queue_depth: int = 0, deadline: float | None = None,
+                     policy_params: dict[str, float] | None = None, **executor_options: object) -> None:
     """Serve until SIGTERM or SIGINT; then stop accepting, answer the request in flight, close every
     connection (slow and idle ones included) and return, within ``SHUTDOWN_TIMEOUT`` + the inference.
 
@@ -138,7 +198,8 @@ async def run_daemon(bundle: str, min_acc: float, delta_req: float | None, fixed
     name = model_name or default_model_name(bundle)
     if not name or "/" in name or name.strip() != name:
         raise EdgeskipError(f"--model-name must be a non-empty name without '/' or surrounding spaces, got {name!r}")
-    service = make_service(bundle, min_acc, delta_req, fixed, backend, **executor_options)
+    service = make_service(bundle, min_acc, delta_req, fixed, backend, policy, queue_depth, deadline, policy_params,
+                           **executor_options)
     for attr, value in (("max_pixels", max_pixels), ("max_inflight_bytes", max_inflight_bytes),
                         ("body_timeout", body_timeout)):
         if value is not None:
@@ -154,10 +215,13 @@ async def run_daemon(bundle: str, min_acc: float, delta_req: float | None, fixed
             raise EdgeskipError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
         if not stop.is_set():
             bound = runner.addresses[0][1]
-            c = service.controller
+            c, d = service.policy, service.dispatcher
+            extra = f"  delta_req {c.delta_req * 1e3:.3f} ms" if c.name == "paper" else ""
+            queue = f"  queue {d.queue_depth}" + (f" deadline {d.deadline * 1e3:g} ms" if d.deadline else "") \
+                if d.queue_depth else ""
             on_ready(f"listening on http://{host}:{bound}  model {name}  backend {service.executor.backend}  target "
-                     f"{service.executor.target}  delta_req {service.delta_req * 1e3:.3f} ms  configs "
-                     f"{getattr(c, 'allowed', [c.config])}")
+                     f"{service.executor.target}  policy {c.name}{extra}{queue}  service "
+                     f"{service.service_time_s * 1e3:.3f} ms  configs {list(c.allowed)}")
             sys.stdout.flush()
             release_startup_memory()
             janitor = asyncio.ensure_future(memory_janitor(resident_kib()))

@@ -14,10 +14,10 @@ classification extension (``"parameters": {"classification": k}`` on the request
 ``[N, k]`` of ``"score:index:label"``, scores being softmax probabilities. Outputs come back as binary data when
 the requested output (or the request, ``binary_data_output``) asks for it.
 
-Algorithm 1 applies as on ``/v1/infer``: a request arriving while the executor is busy is dropped, answered
-with 503 and ``{"error": "dropped: ..."}``. Optional request parameters pin what runs: ``config`` (a Pareto
+Admission is as on ``/v1/infer`` (policy and queue): a request dropped (busy, queue full, or past its deadline) is answered
+with 503 and ``{"error": "dropped (REASON): ..."}``. Optional request parameters pin what runs: ``config`` (a Pareto
 config index) or ``skip`` (a skip array, ``"1101..."`` or a list of 0/1; one outside the front runs through the
-gated graph). Pinned requests still count as load for the controller. Response parameters report ``config``,
+gated graph). Pinned requests still count as load for the policy. Response parameters report ``config``,
 ``skipped_blocks`` and ``latency_s``.
 """
 
@@ -187,8 +187,9 @@ class KServeV2:
         except Exception as e:  # noqa: BLE001 - answered and counted, never a traceback page
             return self.service.internal_error(e)
         if out.dropped:
-            return web.json_response({"error": f"dropped: the executor was busy (Algorithm 1 drops requests that "
-                                               f"arrive while one is processed); now at config {out.config}"},
+            why = {"busy": "the executor was busy", "queue_full": "the queue was full",
+                   "deadline": "it could not finish within the deadline"}[out.reason or "busy"]
+            return web.json_response({"error": f"dropped ({out.reason}): {why}; now at config {out.config}"},
                                      status=503)
         doc, outputs = parsed["doc"], parsed["outputs"]
         logits = np.ascontiguousarray(out.logits, dtype=np.float32)

@@ -1,9 +1,10 @@
-"""``edgeskip serve``: an HTTP daemon (aiohttp) running Algorithm 1 over a bundle executor.
+"""``edgeskip serve``: an HTTP daemon (aiohttp) adapting a bundle executor's depth to the load.
 
-One executor, one request at a time: a request that arrives while another is being processed is
-answered at once with 503 and counted as dropped (MLPerf server semantics, as in the paper), and the
-controller moves toward more skipping. Inference runs in a worker thread, so the event loop keeps
-accepting (and dropping) requests meanwhile.
+One executor, one request at a time, admitted by :class:`edgeskip.runtime.dispatch.Dispatcher` under an
+adaptation policy (:mod:`edgeskip.runtime.policies`; Algorithm 1 by default). Without a queue, a request
+that arrives while another is being processed is answered at once with 503 and counted as dropped (MLPerf
+server semantics, as in the paper); with ``--queue-depth`` it waits for its turn up to ``--deadline-ms``.
+Inference runs in a worker thread, so the event loop keeps accepting (and dropping) requests meanwhile.
 
 Two APIs over the same service (:meth:`InferenceService.submit`): edgeskip's own ``/v1/*`` and the Open
 Inference Protocol (KServe v2) in :mod:`edgeskip.runtime.kserve`.
@@ -26,7 +27,7 @@ from aiohttp import ClientError, web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from edgeskip.errors import EdgeskipError
-from edgeskip.runtime.adaptation import AdaptiveController, FixedController
+from edgeskip.runtime.dispatch import DROP_REASONS, Dispatcher, Drop, Queued, Start
 from edgeskip.runtime.executor import BundleExecutor
 from edgeskip.runtime.preprocess import MAX_PIXELS, BadRequest, check_content_type, check_encoding, decode
 
@@ -71,6 +72,10 @@ class Metrics:
         self.bad = self.requests.labels("bad_request")
         self.error = self.requests.labels("error")
         self.refused = self.requests.labels("refused")
+        self.drops = Counter("edgeskip_dropped_requests", "Dropped requests by reason", ["reason"],
+                             registry=self.registry)
+        self.drop_reason = {r: self.drops.labels(r) for r in DROP_REASONS}
+        self.queued = Gauge("edgeskip_queued_requests", "Requests waiting for the executor", registry=self.registry)
         self._per_config: dict[object, Any] = {}
 
     def config_counter(self, config: int | None) -> Any:
@@ -142,20 +147,22 @@ class Outcome:
     logits: np.ndarray | None = None
     latency_s: float | None = None
     skipped: float | None = None
+    reason: str | None = None  # why it was dropped (edgeskip.runtime.dispatch.DROP_REASONS)
 
 
 class InferenceService:
-    """State of the daemon: executor, controller, counters. ``clock`` is injectable."""
+    """State of the daemon: executor, dispatcher (policy + queue), counters. ``clock`` is injectable."""
 
-    def __init__(self, executor: BundleExecutor, controller: AdaptiveController | FixedController, delta_req: float,
-                 min_acc: float | None, clock: Callable[[], float] = time.monotonic, topk: int = 5) -> None:
-        self.executor, self.controller, self.clock = executor, controller, clock
-        self.delta_req, self.min_acc, self.topk = delta_req, min_acc, topk
-        self.busy = False
+    def __init__(self, executor: BundleExecutor, dispatcher: Dispatcher, min_acc: float | None,
+                 clock: Callable[[], float] = time.monotonic, topk: int = 5, service_time_s: float | None = None) -> None:
+        self.executor, self.dispatcher, self.clock = executor, dispatcher, clock
+        self.min_acc, self.topk, self.service_time_s = min_acc, topk, service_time_s
         self.counts = {"processed": 0, "dropped": 0, "bad_request": 0, "refused": 0, "error": 0}
+        self.drops = {r: 0 for r in DROP_REASONS}
         self.metrics = Metrics()
-        self._current = controller.config
-        self.metrics.current.set(controller.config)
+        self._current = self.policy.config
+        self.metrics.current.set(self._current)
+        self._waiting: dict[object, asyncio.Future] = {}
         self.pool = Worker()
         self.max_body = MAX_BODY  # set by make_app
         self.max_pixels = MAX_PIXELS
@@ -237,24 +244,66 @@ class InferenceService:
             return self.executor.manifest.by_skip.get(s), s
         return None, None
 
+    @property
+    def policy(self):  # noqa: ANN201 - a edgeskip.runtime.policies.Policy
+        return self.dispatcher.policy
+
+    @property
+    def busy(self) -> bool:
+        return self.dispatcher.busy
+
+    def _dropped(self, d: Drop) -> Outcome:
+        self.counts["dropped"] += 1
+        self.drops[d.reason] += 1
+        self.metrics.dropped.inc()
+        self.metrics.drop_reason[d.reason].inc()
+        return Outcome(True, d.config, reason=d.reason)
+
+    def _note_config(self) -> None:
+        if self.policy.config != self._current:
+            self._current = self.policy.config
+            self.metrics.current.set(self._current)
+
+    def _hand_over(self, actions: Sequence[Start | Drop]) -> None:
+        """Wake the queued requests the dispatcher started or dropped."""
+        for a in actions:
+            fut = self._waiting.pop(a.rid, None)
+            if fut is not None and not fut.done():
+                fut.set_result(a)
+            elif isinstance(a, Start):  # its client went away meanwhile: release the executor again
+                self._hand_over(self.dispatcher.finish(self.clock(), 0.0))
+        self.metrics.queued.set(self.dispatcher.queued)
+
     async def submit(self, prepare: Prepare) -> Outcome:
-        """Algorithm 1 for one request: drop it at once if busy (nothing decoded), else decode and run it on the
-        worker thread. ``prepare()`` returns (image, pinned config, pinned skip array), raising BadRequest;
-        unpinned requests run with the controller's config, pinned ones still count as load for it."""
-        decision = self.controller.on_request(self.clock(), busy=self.busy)
-        m = self.metrics
-        if self.controller.config != self._current:
-            self._current = self.controller.config
-            m.current.set(self._current)
-        if decision.dropped:
-            self.counts["dropped"] += 1
-            m.dropped.inc()
-            return Outcome(True, decision.config)
-        self.busy = True
+        """Admit one request (policy + queue): drop it at once (nothing decoded), let it wait for its turn, or
+        decode and run it on the worker thread. ``prepare()`` returns (image, pinned config, pinned skip
+        array), raising BadRequest; unpinned requests run with the policy's config, pinned ones still count
+        as load for it."""
+        rid = object()
+        action = self.dispatcher.arrive(self.clock(), rid)
+        self._note_config()
+        if isinstance(action, Queued):
+            fut = asyncio.get_running_loop().create_future()
+            self._waiting[rid] = fut
+            self.metrics.queued.set(self.dispatcher.queued)
+            try:
+                action = await fut
+            except asyncio.CancelledError:
+                self._waiting.pop(rid, None)
+                if fut.done() and isinstance(fut.result(), Start):
+                    self._hand_over(self.dispatcher.finish(self.clock(), 0.0))
+                else:
+                    self.dispatcher.cancel(rid)
+                raise
+        if isinstance(action, Drop):
+            return self._dropped(action)
+        start = self.clock()
+        config: int | None = action.config
         try:
-            logits, config, latency, skipped = await self.pool.run(self._run, prepare, decision.config)
+            logits, config, latency, skipped = await self.pool.run(self._run, prepare, action.config)
         finally:
-            self.busy = False
+            self._hand_over(self.dispatcher.finish(self.clock(), self.clock() - start, config))
+            self._note_config()
         self.counts["processed"] += 1
         m.processed.inc()
         m.config_counter(config).inc()
@@ -265,13 +314,14 @@ class InferenceService:
         try:
             ctype = check_content_type(request.headers.get("Content-Type"))
             body = await self.read_body(request)
-            out = await self.submit(lambda: (decode(body, ctype, self.executor.manifest, self.max_pixels), None, None))
+            pinned = self.pinned(_query_int(request, "config"))[0]
+            out = await self.submit(lambda: (decode(body, ctype, self.executor.manifest, self.max_pixels), pinned, None))
         except BadRequest as e:
             return self._bad(str(e), e.status)
         except Exception as e:  # noqa: BLE001 - answered and counted, never a traceback page
             return self.internal_error(e)
         if out.dropped:
-            return web.json_response({"dropped": True, "reason": "busy", "config": out.config}, status=503)
+            return web.json_response({"dropped": True, "reason": out.reason, "config": out.config}, status=503)
         names = self.executor.manifest.class_names
         top = top_scores(out.logits[0], self.topk)  # type: ignore[index]
         return web.Response(body=json.dumps({
@@ -290,11 +340,13 @@ class InferenceService:
         return web.json_response({"error": message}, status=status)
 
     async def status(self, request: web.Request) -> web.Response:
-        c = self.controller
+        c, d = self.policy, self.dispatcher
         return web.json_response({
             "config": c.config, "skipped_blocks": self.executor.configs[c.config].n_skipped,
-            "allowed_configs": getattr(c, "allowed", [c.config]), "mode": "adaptive" if isinstance(c, AdaptiveController) else "fixed",
-            "counts": self.counts, "delta_req_s": self.delta_req, "min_acc": self.min_acc, "busy": self.busy,
+            "allowed_configs": list(c.allowed), "mode": "fixed" if c.name == "fixed" else "adaptive",
+            "policy": c.state(), "queue_depth": d.queue_depth, "queued": d.queued,
+            "deadline_s": d.deadline, "service_time_s": self.service_time_s,
+            "counts": self.counts, "drops": self.drops, "min_acc": self.min_acc, "busy": self.busy,
             "backend": self.executor.backend, "num_configs": len(self.executor.configs),
         })
 
@@ -303,6 +355,17 @@ class InferenceService:
 
     async def metrics_text(self, request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def _query_int(request: web.Request, name: str) -> int | None:
+    """An optional integer query parameter (``/v1/infer?config=2`` pins a Pareto config), or BadRequest."""
+    raw = request.query.get(name)
+    if raw is None:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise BadRequest(f"query parameter {name} must be an integer, got {raw[:20]!r}") from None
 
 
 async def _server_header(request: web.Request, response: web.StreamResponse) -> None:

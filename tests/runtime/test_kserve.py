@@ -172,4 +172,4 @@ def test_busy_requests_are_dropped_with_503(served, digits_splits):
         if 503 in codes:
             break
     assert set(codes) <= {200, 503} and 503 in codes and 200 in codes
-    assert all(e.startswith("dropped: the executor was busy") for e in errors)
+    assert all(e.startswith("dropped (busy): the executor was busy") for e in errors)
