@@ -117,16 +117,19 @@ class Dispatcher:
         self.queue.append((rid, now))
         return Queued(rid, len(self.queue) - 1)
 
-    def finish(self, now: float, service_s: float, config: int | None = None) -> list[Start | Drop]:
+    def finish(self, now: float, service_s: float, config: int | None = None,
+               observed: bool = True) -> list[Start | Drop]:
         """The running request finished at ``now`` after ``service_s`` s (``config``: what it actually ran, if
-        not the one it was started with, e.g. a pinned request). Returns what happens next, in order."""
+        not the one it was started with, e.g. a pinned request; ``observed`` False: it failed, its time says
+        nothing about the config). Returns what happens next, in order."""
         if self.running is None:
             raise EdgeskipError("finish() without a running request")
         _, started_config, _ = self.running
         ran = started_config if config is None else config
-        self.policy.on_finish(now, ran, service_s)
-        if self.service is not getattr(self.policy, "service", None):
-            self.service.observe(ran, service_s)
+        if observed:
+            self.policy.on_finish(now, ran, service_s)
+            if self.service is not getattr(self.policy, "service", None):
+                self.service.observe(ran, service_s)
         self.busy, self.running = False, None
         out: list[Start | Drop] = []
         while self.queue:

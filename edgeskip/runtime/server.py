@@ -271,7 +271,7 @@ class InferenceService:
             if fut is not None and not fut.done():
                 fut.set_result(a)
             elif isinstance(a, Start):  # its client went away meanwhile: release the executor again
-                self._hand_over(self.dispatcher.finish(self.clock(), 0.0))
+                self._hand_over(self.dispatcher.finish(self.clock(), 0.0, observed=False))
         self.metrics.queued.set(self.dispatcher.queued)
 
     async def submit(self, prepare: Prepare) -> Outcome:
@@ -291,7 +291,7 @@ class InferenceService:
             except asyncio.CancelledError:
                 self._waiting.pop(rid, None)
                 if fut.done() and isinstance(fut.result(), Start):
-                    self._hand_over(self.dispatcher.finish(self.clock(), 0.0))
+                    self._hand_over(self.dispatcher.finish(self.clock(), 0.0, observed=False))
                 else:
                     self.dispatcher.cancel(rid)
                 raise
@@ -299,12 +299,16 @@ class InferenceService:
             return self._dropped(action)
         start = self.clock()
         config: int | None = action.config
+        ok = False
         try:
             logits, config, latency, skipped = await self.pool.run(self._run, prepare, action.config)
+            ok = True
         finally:
-            self._hand_over(self.dispatcher.finish(self.clock(), self.clock() - start, config))
+            now = self.clock()
+            self._hand_over(self.dispatcher.finish(now, now - start, config, observed=ok))
             self._note_config()
         self.counts["processed"] += 1
+        m = self.metrics
         m.processed.inc()
         m.config_counter(config).inc()
         m.latency.observe(latency)
@@ -346,6 +350,7 @@ class InferenceService:
             "allowed_configs": list(c.allowed), "mode": "fixed" if c.name == "fixed" else "adaptive",
             "policy": c.state(), "queue_depth": d.queue_depth, "queued": d.queued,
             "deadline_s": d.deadline, "service_time_s": self.service_time_s,
+            "delta_req_s": getattr(c, "delta_req", None),
             "counts": self.counts, "drops": self.drops, "min_acc": self.min_acc, "busy": self.busy,
             "backend": self.executor.backend, "num_configs": len(self.executor.configs),
         })

@@ -107,3 +107,40 @@ def test_bench_on_a_runtime_only_install(bundle, tmp_path):
     junk.write_bytes(b"not a zip")
     res = run("bench", bundle, "--count", "10", "--images", junk, "--out", tmp_path / "e")
     assert res.returncode == 2 and "is not an images file" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_bench_policy_and_load_sweep(bundle, tmp_path):
+    res = run("bench", bundle, "--count", "200", "--configs", "0", "--policy", "rate", "--queue-depth", "2",
+              "--deadline-ms", "50", "--out", tmp_path / "one")
+    assert res.returncode == 0, res.stderr
+    doc = json.loads((tmp_path / "one" / "bench.json").read_text())
+    assert doc["policy"] == "rate" and doc["runs"]["adaptive"]["queue_depth"] == 2
+    assert doc["runs"]["adaptive"]["deadline_ms"] == 50 and doc["runs"]["original"]["queue_depth"] == 0
+    s = doc["summaries"]["adaptive"]
+    assert s["processed"] + s["dropped"] == 200 and set(s["drop_reasons"]) <= {"queue_full", "deadline"}
+    assert doc["summaries"]["original"]["drop_reasons"].keys() <= {"busy"}
+    res = run("bench", bundle, "--count", "150", "--loads", "0.5,2", "--seeds", "2",
+              "--runs", "original,paper,rate,mix+q2", "--out", tmp_path / "sweep")
+    assert res.returncode == 0, res.stderr
+    doc = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+    assert (tmp_path / "sweep" / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+    assert {(r["load"], r["run"]) for r in doc["table"]} == {(l, r) for l in (0.5, 2.0)
+                                                             for r in ("original", "paper", "rate", "mix+q2")}
+    for r in doc["table"]:
+        assert r["seeds"] == 2 and r["ratio_min"] <= r["ratio_mean"] <= r["ratio_max"]
+        if r["run"] == "original":
+            assert r["ratio_mean"] == 1.0 and r["dacc_pp_mean"] == 0.0
+    assert "processed ratio / accuracy change" in res.stdout
+
+
+def test_bench_bad_policy_input(bundle, tmp_path):
+    for args, fragment in ((("--runs", "original,fast"), "unknown policy 'fast'"),
+                           (("--runs", "rate+x"), "bad run 'rate+x'"),
+                           (("--loads", "0.5,abc"), "--loads must be comma-separated numbers"),
+                           (("--loads", "0,1"), "--loads must be positive"),
+                           (("--loads", "1", "--pattern", "trace"), "synthetic --pattern"),
+                           (("--policy", "mix", "--target-util", "0"), "target_util must be in (0, 1]"),
+                           (("--queue-depth", "-3"), "--queue-depth must be an integer >= 0"),
+                           (("--pattern", "paper", "--rate", "100"), "--rate applies to --pattern poisson only")):
+        res = run("bench", bundle, "--count", "10", *args, "--out", tmp_path)
+        assert res.returncode == 2 and fragment in res.stderr and res.stderr.count("\n") == 1, (args, res.stderr)

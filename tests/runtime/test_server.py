@@ -118,3 +118,57 @@ def test_fixed_mode_and_bad_options(bundle, tmp_path):
     res = subprocess.run([sys.executable, "-m", "edgeskip.cli", "serve", str(tmp_path), "--port", "0"],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and "no manifest.json" in res.stderr
+
+
+def test_rate_policy_with_a_queue_serves_bursts_and_reports_itself(bundle, digits_splits):
+    s = Server(bundle, "--policy", "rate", "--queue-depth", "4", "--deadline-ms", "2000", "--target-util", "0.9")
+    try:
+        assert "policy rate" in s.banner and "queue 4 deadline 2000 ms" in s.banner
+        doc = json.loads(s.call("/v1/status")[1])
+        assert doc["policy"]["policy"] == "rate" and doc["policy"]["target_util"] == 0.9
+        assert doc["queue_depth"] == 4 and doc["deadline_s"] == 2.0 and doc["service_time_s"] > 0
+        body = raw_image(digits_splits)
+        results = []
+        barrier = threading.Barrier(5)
+
+        def one():
+            barrier.wait()
+            results.append(s.infer(body))
+
+        threads = [threading.Thread(target=one) for _ in range(5)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        # 5 at once: one runs, four wait their turn (the deadline is generous): every one is answered 200
+        assert [c for c, _ in results] == [200] * 5
+        after = json.loads(s.call("/v1/status")[1])
+        assert after["counts"]["processed"] == 5 and after["queued"] == 0 and not after["busy"]
+        assert after["policy"]["service_estimate_s"][0] > 0
+        # ?config=K pins a config through /v1 too; a bad one is a 400
+        status, raw, _ = s.call("/v1/infer?config=1", body, "application/octet-stream")
+        assert status == 200 and json.loads(raw)["config"] == 1
+        for q in ("config=x", "config=99"):
+            status, raw, _ = s.call(f"/v1/infer?{q}", body, "application/octet-stream")
+            assert status == 400 and "config" in json.loads(raw)["error"]
+    finally:
+        assert s.stop() == 0
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (("--policy", "fast"), "Invalid value for '--policy'"),
+    (("--queue-depth", "-1"), "--queue-depth must be an integer >= 0"),
+    (("--deadline-ms", "5"), "--deadline-ms needs --queue-depth"),
+    (("--queue-depth", "2", "--deadline-ms", "0"), "--deadline-ms must be > 0"),
+    (("--policy", "rate", "--target-util", "1.5"), "target_util must be in (0, 1]"),
+    (("--policy", "rate", "--policy-param", "speed=2"), "unknown policy parameter 'speed'"),
+    (("--policy", "rate", "--policy-param", "drain"), "drain must be in"),
+    (("--policy", "rate", "--delta-req", "0.01"), "--delta-req applies to policy paper only"),
+    (("--policy", "paper", "--hysteresis", "0.1"), "policy paper takes no parameter hysteresis"),
+])
+def test_bad_policy_options_are_one_line(bundle, args, fragment):
+    res = subprocess.run([sys.executable, "-m", "edgeskip.cli", "serve", str(bundle), "--port", "0", *args],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and fragment in res.stderr and "Traceback" not in res.stderr, res.stderr
+    if not fragment.startswith("Invalid value"):
+        assert res.stderr.count("\n") == 1

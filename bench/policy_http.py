@@ -1,0 +1,107 @@
+"""Policies over HTTP: one real `edgeskip serve` daemon per policy, the same arrivals sent to each.
+
+For every daemon setting (the original = ``--config 0``, then ``--policy paper|rate|mix`` with optional
+queue) a daemon is started on 127.0.0.1, and the paper's workload is replayed at each load and seed with the
+open-loop HTTP client of `edgeskip bench --url`. Loads are relative to the original's capacity *over HTTP*
+(its median sequential round trip). Writes policy_http.json and policy_http.png.
+
+    python bench/policy_http.py bench/work/bundle_r20_sd --min-acc 0.703 --out bench/results
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from edgeskip.bench.drivers import probe_daemon, run_http
+from edgeskip.bench.report import format_sweep, plot_sweep, summarize, sweep_table
+from edgeskip.bench.run import http_service_time, test_images
+from edgeskip.bench.sweep import parse_run
+from edgeskip.bench.workload import arrivals
+from edgeskip.utils.atomic import write_json
+
+
+def daemon_args(label: str, min_acc: float) -> list[str]:
+    spec = parse_run(label)
+    if spec.policy == "fixed":
+        return ["--config", str(spec.fixed)]
+    args = ["--policy", spec.policy, "--min-acc", str(min_acc)]
+    if spec.queue_depth:
+        args += ["--queue-depth", str(spec.queue_depth)]
+    if spec.deadline:
+        args += ["--deadline-ms", f"{spec.deadline * 1e3:g}"]
+    return args
+
+
+class Daemon:
+    def __init__(self, bundle: Path, args: list[str]) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "edgeskip", "serve", str(bundle), "--port", "0",
+                                      "--backend", "iree", *args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                     text=True)
+        line = self.proc.stdout.readline()  # type: ignore[union-attr]
+        if "listening on" not in line:
+            self.proc.kill()
+            raise SystemExit(f"daemon did not start: {line}")
+        self.banner = line.strip()
+        self.url = line.split()[2]
+        probe_daemon(self.url)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("bundle", type=Path)
+    ap.add_argument("--runs", default="original,paper,rate,mix")
+    ap.add_argument("--loads", default="0.9,1.25,2")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--count", type=int, default=2000)
+    ap.add_argument("--min-acc", type=float, default=0.0)
+    ap.add_argument("--out", type=Path, default=Path("bench/results"))
+    a = ap.parse_args()
+    labels = [x for x in a.runs.split(",") if x]
+    if labels[0] != "original":
+        labels = ["original"] + [x for x in labels if x != "original"]
+    loads = [float(x) for x in a.loads.split(",")]
+    images, ys = test_images(a.bundle, 2000)
+    t0 = time.time()
+    rows: dict = {}
+    banners = {}
+    service_time = None
+    for label in labels:
+        d = Daemon(a.bundle, daemon_args(label, a.min_acc))
+        banners[label] = d.banner
+        try:
+            if service_time is None:  # the original's end-to-end service time over HTTP (loads are relative to it)
+                service_time = http_service_time(d.url, images[0], repeats=100)
+            for load in loads:
+                for seed in range(a.seeds):
+                    arr = arrivals("paper", a.count, service_time / load, seed)
+                    s = summarize(run_http(d.url, arr, images, ys))
+                    rows.setdefault(f"{load:g}", {}).setdefault(label, []).append(
+                        {k: s[k] for k in ("processed", "dropped", "accuracy", "per_config", "latency_s", "e2e_s",
+                                           "errors")})
+                    print(f"{label:>10} load {load:g} seed {seed}: {s['processed']} processed, {s['dropped']} dropped, "
+                          f"{s['errors']} errors, accuracy {s['accuracy']:.4f}", flush=True)
+        finally:
+            d.stop()
+    table = sweep_table(rows)
+    doc = {"command": "python " + " ".join(shlex.quote(x) for x in sys.argv), "bundle": str(a.bundle),
+           "pattern": "paper", "count": a.count, "seeds": a.seeds, "loads": loads, "min_acc": a.min_acc,
+           "target": "http (one daemon per run)", "service_time_s": service_time, "daemons": banners,
+           "seconds": time.time() - t0, "table": table, "rows": rows}
+    a.out.mkdir(parents=True, exist_ok=True)
+    write_json(a.out / "policy_http.json", doc)
+    plot_sweep(table, a.out / "policy_http.png", f"paper workload over HTTP, {a.seeds} seeds, one daemon per run")
+    print(format_sweep(table))
+    print(f"original's HTTP service time {service_time * 1e3:.3f} ms; wrote {a.out / 'policy_http.json'}")
+
+
+if __name__ == "__main__":
+    main()
