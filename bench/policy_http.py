@@ -70,6 +70,9 @@ def main() -> None:
         labels = ["original"] + [x for x in labels if x != "original"]
     loads = [float(x) for x in a.loads.split(",")]
     images, ys = test_images(a.bundle, 2000)
+    from edgeskip.manifest import load_manifest
+
+    test_acc = [c.test_accuracy for c in load_manifest(a.bundle).configs]
     t0 = time.time()
     rows: dict = {}
     banners = {}
@@ -83,10 +86,10 @@ def main() -> None:
             for load in loads:
                 for seed in range(a.seeds):
                     arr = arrivals("paper", a.count, service_time / load, seed)
-                    s = summarize(run_http(d.url, arr, images, ys))
+                    s = summarize(run_http(d.url, arr, images, ys), test_acc)
                     rows.setdefault(f"{load:g}", {}).setdefault(label, []).append(
-                        {k: s[k] for k in ("processed", "dropped", "accuracy", "per_config", "latency_s", "e2e_s",
-                                           "errors")})
+                        {k: s[k] for k in ("processed", "dropped", "accuracy", "expected_accuracy", "per_config",
+                                           "drop_reasons", "latency_s", "e2e_s", "errors")})
                     print(f"{label:>10} load {load:g} seed {seed}: {s['processed']} processed, {s['dropped']} dropped, "
                           f"{s['errors']} errors, accuracy {s['accuracy']:.4f}", flush=True)
         finally:

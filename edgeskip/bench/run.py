@@ -117,6 +117,11 @@ class _Bench:
         self.service_time = http_service_time(url, self.images[0]) if url else self.no_skip
         self.accs = [c.val_accuracy for c in self.executor.configs]
 
+    def test_accuracies(self, label: str) -> list[float]:
+        """Per config, the test accuracy its bundle recorded (SkipNet's for run "skipnet")."""
+        ex = self.other if label == "skipnet" else self.executor
+        return [c.test_accuracy for c in ex.configs]  # type: ignore[union-attr]
+
     def run(self, spec: RunSpec, arrivals: Sequence[float], min_acc: float, delta_req: float | None) -> list[Record]:
         if spec.label == "skipnet":
             return run_inprocess(self.other, FixedController(0), arrivals, self.images, self.labels)
@@ -173,7 +178,8 @@ def run_benchmark(bundle: str | os.PathLike, out: str | os.PathLike, pattern: st
         specs.append(RunSpec("skipnet", "fixed", 0))
     done = {spec.label: b.run(spec, arrivals, min_acc, delta_req) for spec in specs}
     reference = "skipnet" if b.skipnet else "original"
-    summaries = {name: summarize(recs) for name, recs in done.items()}
+    tests = {name: b.test_accuracies(name) for name in done}
+    summaries = {name: summarize(recs, tests[name]) for name, recs in done.items()}
     doc = {
         "command": command, "bundle": str(bundle), "backend": b.executor.backend, "pattern": pattern,
         "count": len(arrivals), "seed": seed, "base_period_s": period, "no_skip_latency_s": b.no_skip,
@@ -222,9 +228,10 @@ def run_sweep(bundle: str | os.PathLike, out: str | os.PathLike, loads: Sequence
         for seed in range(seeds):
             arr = arrivals_for(pattern, count, b.service_time / load, None, None, seed)
             for spec in specs:
-                s = summarize(b.run(spec, arr, min_acc, delta_req))
+                s = summarize(b.run(spec, arr, min_acc, delta_req), b.test_accuracies(spec.label))
                 rows.setdefault(f"{load:g}", {}).setdefault(spec.label, []).append(
-                    {k: s[k] for k in ("processed", "dropped", "accuracy", "per_config", "latency_s", "e2e_s")})
+                    {k: s[k] for k in ("processed", "dropped", "accuracy", "expected_accuracy", "per_config",
+                                       "drop_reasons", "latency_s", "e2e_s")})
     table = sweep_table(rows)
     doc = {"command": command, "bundle": str(bundle), "backend": b.executor.backend, "pattern": pattern,
            "count": count, "seeds": seeds, "loads": list(loads), "min_acc": min_acc, "target": url or "in-process",

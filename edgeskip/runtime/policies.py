@@ -67,8 +67,28 @@ def allowed_configs(accuracies: Sequence[float], min_acc: float) -> list[int]:
     return allowed
 
 
+class _StepPolicy:
+    """Hooks of the policies that decide at arrival only: a request starts with the current config, and
+    service times are not used."""
+
+    name: str
+
+    @property
+    def config(self) -> int:
+        raise NotImplementedError
+
+    def on_start(self, now: float, queued: int = 0) -> int:
+        return self.config
+
+    def on_finish(self, now: float, config: int, service_s: float) -> None:
+        pass
+
+    def state(self) -> dict[str, object]:
+        return {"policy": self.name}
+
+
 @dataclass
-class AdaptiveController:
+class AdaptiveController(_StepPolicy):
     """Algorithm 1 (policy ``paper``). ``accuracies[i]`` is the accuracy of Pareto config i (0 = no skipping).
 
     - Configs whose accuracy is below ``min_acc`` are removed once; start with no skipping.
@@ -110,18 +130,12 @@ class AdaptiveController:
         self.t_last = now
         return Decision(False, self.config)
 
-    def on_start(self, now: float, queued: int = 0) -> int:
-        return self.config
-
-    def on_finish(self, now: float, config: int, service_s: float) -> None:
-        pass
-
     def state(self) -> dict[str, object]:
         return {"policy": self.name, "delta_req_s": self.delta_req}
 
 
 @dataclass
-class FixedController:
+class FixedController(_StepPolicy):
     """Baseline: always the same config; requests arriving while busy are still dropped (or queued)."""
 
     fixed: int
@@ -137,15 +151,6 @@ class FixedController:
 
     def on_request(self, now: float, busy: bool, queued: int = 0) -> Decision:
         return Decision(busy, self.fixed)
-
-    def on_start(self, now: float, queued: int = 0) -> int:
-        return self.fixed
-
-    def on_finish(self, now: float, config: int, service_s: float) -> None:
-        pass
-
-    def state(self) -> dict[str, object]:
-        return {"policy": self.name}
 
 
 @dataclass

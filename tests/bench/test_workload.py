@@ -64,3 +64,21 @@ def test_summary_and_table():
     rows = {r["mode"]: r for r in table_rows({"original": ref, "adaptive": s})}
     assert rows["adaptive"]["processed_ratio"] == 3.0
     assert rows["adaptive"]["accuracy_change_pp"] == pytest.approx(100 * (2 / 3 - 1))
+
+
+def test_onoff_and_ramp_patterns_and_the_pattern_registry():
+    from edgeskip.bench.workload import arrivals, onoff_arrivals, ramp_arrivals
+
+    t = onoff_arrivals(2000, 0.01, seed=2)
+    gaps = np.round(np.diff(t), 9)
+    assert set(np.unique(gaps)) == {0.005, 0.015}  # on: period / 2, off: period x 1.5
+    assert abs(t[-1] / len(t) - 0.01) < 0.0015  # mean rate about 1 / period
+    r = ramp_arrivals(20000, 0.01, seed=1)
+    first, last = np.diff(r[:2000]).mean(), np.diff(r[-2000:]).mean()
+    assert 2.3 < first / last < 3.7  # the rate rises from ~0.55x to ~1.45x
+    assert arrivals("onoff", 50, 0.01, 2) == onoff_arrivals(50, 0.01, 2)
+    assert len(arrivals("poisson", 10, 0.01)) == 10 and arrivals("paper", 5, 0.01)[1] == pytest.approx(0.01)
+    with pytest.raises(EdgeskipError, match="unknown pattern"):
+        arrivals("bursty", 10, 0.01)
+    with pytest.raises(EdgeskipError, match="burst factor"):
+        onoff_arrivals(10, 0.01, high=3.0)

@@ -32,6 +32,22 @@ def png_image(digits_splits, i=0):
     return buf.getvalue()
 
 
+def simultaneous(server, body, n):
+    """``n`` raw-body requests released at once (a barrier); their (status, doc) pairs."""
+    results, barrier = [], threading.Barrier(n)
+
+    def one():
+        barrier.wait()
+        results.append(server.infer(body))
+
+    threads = [threading.Thread(target=one) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
 def test_infer_with_each_body_kind(server, digits_splits):
     label = str(digits_splits.test.y[0])
     for body, ctype in ((raw_image(digits_splits), "application/octet-stream"), (png_image(digits_splits), "image/png"),
@@ -67,17 +83,7 @@ def test_busy_requests_are_dropped_with_503_and_all_accounted_for(server, digits
     body = raw_image(digits_splits)
     results, sent = [], 0
     for _ in range(20):  # bounded: rounds of simultaneous requests until some arrive while busy
-        barrier = threading.Barrier(24)
-
-        def one():
-            barrier.wait()
-            results.append(server.infer(body))
-
-        threads = [threading.Thread(target=one) for _ in range(24)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        results += simultaneous(server, body, 24)
         sent += 24
         if any(s == 503 for s, _ in results):
             break
@@ -128,18 +134,7 @@ def test_rate_policy_with_a_queue_serves_bursts_and_reports_itself(bundle, digit
         assert doc["policy"]["policy"] == "rate" and doc["policy"]["target_util"] == 0.9
         assert doc["queue_depth"] == 4 and doc["deadline_s"] == 2.0 and doc["service_time_s"] > 0
         body = raw_image(digits_splits)
-        results = []
-        barrier = threading.Barrier(5)
-
-        def one():
-            barrier.wait()
-            results.append(s.infer(body))
-
-        threads = [threading.Thread(target=one) for _ in range(5)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        results = simultaneous(s, body, 5)
         # 5 at once: one runs, four wait their turn (the deadline is generous): every one is answered 200
         assert [c for c, _ in results] == [200] * 5
         after = json.loads(s.call("/v1/status")[1])
