@@ -130,7 +130,7 @@ def test_bench_policy_and_load_sweep(bundle, tmp_path):
         assert r["seeds"] == 2 and r["ratio_min"] <= r["ratio_mean"] <= r["ratio_max"]
         if r["run"] == "original":
             assert r["ratio_mean"] == 1.0 and r["dacc_pp_mean"] == 0.0
-    assert "processed ratio / accuracy change" in res.stdout
+    assert "processed ratio / expected (configs' test accuracy) accuracy change" in res.stdout
 
 
 def test_bench_bad_policy_input(bundle, tmp_path):
@@ -144,3 +144,13 @@ def test_bench_bad_policy_input(bundle, tmp_path):
                            (("--pattern", "paper", "--rate", "100"), "--rate applies to --pattern poisson only")):
         res = run("bench", bundle, "--count", "10", *args, "--out", tmp_path)
         assert res.returncode == 2 and fragment in res.stderr and res.stderr.count("\n") == 1, (args, res.stderr)
+
+
+def test_load_sweep_with_skipnet(bundle, skipnet_bundle, tmp_path):
+    res = run("bench", bundle, "--count", "100", "--loads", "1.25", "--seeds", "1", "--runs", "original,rate",
+              "--compare", skipnet_bundle, "--out", tmp_path)
+    assert res.returncode == 0, res.stderr
+    doc = json.loads((tmp_path / "sweep.json").read_text())
+    assert {r["run"] for r in doc["table"]} == {"original", "rate", "skipnet"}
+    sk = doc["rows"]["1.25"]["skipnet"][0]
+    assert sk["processed"] + sk["dropped"] == 100 and sk["expected_accuracy"] is not None
