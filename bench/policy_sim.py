@@ -55,6 +55,7 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=3000)
     ap.add_argument("--jitter", type=float, default=0.05, help="lognormal sigma of service times")
     ap.add_argument("--min-acc-drop", type=float, default=0.10, help="min-acc = original's val accuracy - this")
+    ap.add_argument("--target-util", type=float, default=None, help="rate/mix target utilisation [policy default]")
     ap.add_argument("--out", type=Path, default=Path("bench/results"))
     a = ap.parse_args()
     if a.bundle.is_file():  # a bench.json: the configs it recorded
@@ -64,7 +65,7 @@ def main() -> None:
         m = load_manifest(a.bundle)
         val, test, lat = ([getattr(c, k) for c in m.configs] for k in ("val_accuracy", "test_accuracy", "latency_s"))
     min_acc = val[0] - a.min_acc_drop
-    specs = parse_runs(a.runs)
+    specs = parse_runs(a.runs, {"target_util": a.target_util} if a.target_util else None)
     loads = [float(x) for x in a.loads.split(",")]
     t0 = time.time()
     results: dict = {}

@@ -34,7 +34,8 @@ def policy_options(f):
                      help="Adaptation policy: paper = Algorithm 1; rate = utilisation target with hysteresis; "
                           "mix = rate, time-sharing two neighbouring configs."),
         click.option("--target-util", type=float, default=None,
-                     help="rate/mix: utilisation the chosen config may reach, in (0, 1] [default: 0.95]."),
+                     help="rate/mix: utilisation the chosen config may reach, in (0, 1] [default: 0.95; 1.0 with "
+                          "--queue-depth]."),
         click.option("--hysteresis", type=float, default=None,
                      help="rate/mix: margin a slower config needs before moving back to it, in [0, 0.9] [default: 0.05]."),
         click.option("--policy-param", "policy_param", multiple=True, metavar="KEY=VALUE",

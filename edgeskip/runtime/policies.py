@@ -190,12 +190,16 @@ class ServiceModel:
 
 # parameters of the rate-based policies: name -> (default, lower bound, upper bound, open-lower, help)
 RATE_PARAMS: dict[str, tuple[float, float, float, bool, str]] = {
-    "target_util": (0.95, 0.0, 1.0, True, "utilisation (arrival rate x service time) the chosen config may reach"),
+    "target_util": (0.95, 0.0, 1.0, True, "utilisation (arrival rate x service time) the chosen config may reach "
+                    "(1.0 with a queue)"),
     "hysteresis": (0.05, 0.0, 0.9, False, "extra margin a slower (more accurate) config needs before moving back to it"),
     "attack": (8.0, 1.0, 1000.0, False, "gap estimator's window (requests) when arrivals speed up"),
     "release": (8.0, 1.0, 1000.0, False, "gap estimator's window (requests) when arrivals slow down"),
     "drain": (8.0, 1.0, 1000.0, False, "requests over which a queue backlog is to be worked off"),
 }
+
+
+QUEUED_TARGET_UTIL = 1.0  # rate/mix default with a queue: it absorbs the jitter a margin would otherwise cover
 
 
 def check_param(name: str, value: float) -> float:
@@ -378,6 +382,8 @@ def make_policy(name: str, accuracies: Sequence[float], min_acc: float = 0.0, *,
         return AdaptiveController(accuracies, min_acc, delta_req)
     for k, v in params.items():
         check_param(k, v)
+    if queue_depth and "target_util" not in params:
+        params["target_util"] = QUEUED_TARGET_UTIL
     if service_prior is None:
         raise EdgeskipError(f"policy {name} needs a service-time prior per config")
     model = ServiceModel(list(service_prior))
