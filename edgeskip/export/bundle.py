@@ -10,7 +10,7 @@ Layout::
     iree/weights.irpa              the one copy of the weights
     iree/<target>/model.vmfb       one module per target; functions ``gated`` and ``static_<skip>``
                                    (one per Pareto config) share one copy of the packed weights
-    eval/sample.npz                the first 1,000 test images with labels, for `edgeskip bench` (no pickle)
+    eval/sample.npz                1,000 test images (seeded random subset) with labels, for `edgeskip bench`
 
 The bundle is built in a temporary folder beside ``out`` and renamed into place at the end.
 """
@@ -124,14 +124,19 @@ def targets_manifest(targets: Sequence[Target]) -> dict[str, TargetEntry]:
 
 SAMPLE = "eval/sample.npz"
 SAMPLE_SIZE = 1000
+SAMPLE_SEED = 0
 
 
 def write_sample(tmp: Path, splits: Splits, count: int = SAMPLE_SIZE) -> str:
-    """The bundle's evaluation sample: the first ``count`` test images with labels, for `edgeskip bench`
-    (uint8 pixels where the data set stores them, else normalised float32; a plain .npz, hashed)."""
+    """The bundle's evaluation sample: ``count`` test images with labels, for `edgeskip bench` (uint8 pixels
+    where the data set stores them, else normalised float32; a plain .npz, hashed).
+
+    A seeded random subset in shuffled order, not the first ``count``: an image-folder test split is sorted
+    by class, and its first 1,000 CIFAR-10 images are all airplanes."""
     from edgeskip.bench.images import save_images, save_pixels
 
-    x, y = splits.test.x[:count], splits.test.y[:count]
+    pick = np.random.default_rng(SAMPLE_SEED).permutation(len(splits.test.y))[:count]
+    x, y = splits.test.x[pick], splits.test.y[pick]
     dest = tmp / SAMPLE
     if x.dtype == np.uint8:
         save_pixels(dest, x, y)

@@ -77,3 +77,20 @@ def test_compile_bad_input(tmp_path, tiny_checkpoint, bundle):
     junk.write_bytes(b"junk")
     one_line_error(run("compile", "--checkpoint", junk, "--out", out), "not a readable edgeskip checkpoint")
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_evaluation_sample_is_a_random_subset_of_every_class(tmp_path):
+    """An image-folder test split is sorted by class: the sample must not be its first 1,000 (all one class)."""
+    import numpy as np
+
+    from edgeskip.data.dataset import ArrayDataset, Normalization, Splits
+    from edgeskip.export.bundle import write_sample
+
+    y = np.repeat(np.arange(10), 500).astype(np.int64)  # sorted, as a folder-per-class tree loads
+    x = np.repeat(np.arange(10, dtype=np.uint8), 500)[:, None, None, None] * np.ones((1, 3, 4, 4), np.uint8)
+    test = ArrayDataset(x, y, [str(k) for k in range(10)])
+    splits = Splits("t", test, test, test, Normalization((0.5,) * 3, (0.25,) * 3))
+    write_sample(tmp_path, splits)
+    d = np.load(tmp_path / "eval" / "sample.npz")
+    assert len(d["labels"]) == 1000 and (np.bincount(d["labels"], minlength=10) > 50).all()
+    assert (d["pixels"][:, 0, 0, 0] == d["labels"]).all()  # images stay with their labels
