@@ -290,7 +290,7 @@ class InferenceService:
                 action = await fut
             except asyncio.CancelledError:
                 self._waiting.pop(rid, None)
-                if fut.done() and isinstance(fut.result(), Start):
+                if fut.done() and not fut.cancelled() and isinstance(fut.result(), Start):  # its turn had come
                     self._hand_over(self.dispatcher.finish(self.clock(), 0.0, observed=False))
                 else:
                     self.dispatcher.cancel(rid)
