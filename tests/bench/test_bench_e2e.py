@@ -40,6 +40,14 @@ def test_bench_against_daemon(bundle, tmp_path):
         s = doc["summaries"]["adaptive"]
         assert doc["target"] == url and s["sent"] == 200 and s["errors"] == 0 and s["processed"] > 0
         assert s["processed"] + s["dropped"] == 200
+        assert doc["summaries"]["original"]["per_config"] == {"0": doc["summaries"]["original"]["processed"]}
+        # a load sweep over HTTP: the daemon as started, and the original pinned to config 0 (?config=0)
+        res = run("bench", bundle, "--url", url, "--count", "60", "--loads", "0.5,2", "--seeds", "1",
+                  "--out", tmp_path / "sweep")
+        assert res.returncode == 0, res.stderr
+        doc = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+        assert doc["target"] == url and {r["run"] for r in doc["table"]} == {"original", "adaptive"}
+        assert doc["rows"]["0.5"]["original"][0]["per_config"] == {"0": doc["rows"]["0.5"]["original"][0]["processed"]}
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
