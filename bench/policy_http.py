@@ -12,17 +12,19 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from edgeskip.bench.drivers import probe_daemon, run_http
-from edgeskip.bench.report import format_sweep, plot_sweep, summarize, sweep_table
-from edgeskip.bench.run import http_service_time, test_images
-from edgeskip.bench.sweep import parse_run
-from edgeskip.bench.workload import arrivals
-from edgeskip.utils.atomic import write_json
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serve_footprint import REPO, Daemon  # noqa: E402
+
+from edgeskip.bench.drivers import probe_daemon, run_http  # noqa: E402
+from edgeskip.bench.report import format_sweep, plot_sweep, summarize, sweep_table  # noqa: E402
+from edgeskip.bench.run import http_service_time, test_images  # noqa: E402
+from edgeskip.bench.sweep import parse_run  # noqa: E402
+from edgeskip.bench.workload import arrivals  # noqa: E402
+from edgeskip.utils.atomic import write_json  # noqa: E402
 
 
 def daemon_args(label: str, min_acc: float) -> list[str]:
@@ -35,24 +37,6 @@ def daemon_args(label: str, min_acc: float) -> list[str]:
     if spec.deadline:
         args += ["--deadline-ms", f"{spec.deadline * 1e3:g}"]
     return args
-
-
-class Daemon:
-    def __init__(self, bundle: Path, args: list[str]) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "edgeskip", "serve", str(bundle), "--port", "0",
-                                      "--backend", "iree", *args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                     text=True)
-        line = self.proc.stdout.readline()  # type: ignore[union-attr]
-        if "listening on" not in line:
-            self.proc.kill()
-            raise SystemExit(f"daemon did not start: {line}")
-        self.banner = line.strip()
-        self.url = line.split()[2]
-        probe_daemon(self.url)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=30)
 
 
 def main() -> None:
@@ -75,18 +59,21 @@ def main() -> None:
     test_acc = [c.test_accuracy for c in load_manifest(a.bundle).configs]
     t0 = time.time()
     rows: dict = {}
-    banners = {}
+    daemons = {}
     service_time = None
     for label in labels:
-        d = Daemon(a.bundle, daemon_args(label, a.min_acc))
-        banners[label] = d.banner
+        extra = daemon_args(label, a.min_acc)
+        daemons[label] = ["edgeskip", "serve", str(a.bundle), "--backend", "iree", *extra]
+        d = Daemon(label, REPO, a.bundle, "iree", tuple(extra))
+        url = f"http://127.0.0.1:{d.port}"
         try:
+            probe_daemon(url)
             if service_time is None:  # the original's end-to-end service time over HTTP (loads are relative to it)
-                service_time = http_service_time(d.url, images[0], repeats=100)
+                service_time = http_service_time(url, images[0], repeats=100)
             for load in loads:
                 for seed in range(a.seeds):
                     arr = arrivals("paper", a.count, service_time / load, seed)
-                    s = summarize(run_http(d.url, arr, images, ys), test_acc)
+                    s = summarize(run_http(url, arr, images, ys), test_acc)
                     rows.setdefault(f"{load:g}", {}).setdefault(label, []).append(
                         {k: s[k] for k in ("processed", "dropped", "accuracy", "expected_accuracy", "per_config",
                                            "drop_reasons", "latency_s", "e2e_s", "errors")})
@@ -97,7 +84,7 @@ def main() -> None:
     table = sweep_table(rows)
     doc = {"command": "python " + " ".join(shlex.quote(x) for x in sys.argv), "bundle": str(a.bundle),
            "pattern": "paper", "count": a.count, "seeds": a.seeds, "loads": loads, "min_acc": a.min_acc,
-           "target": "http (one daemon per run)", "service_time_s": service_time, "daemons": banners,
+           "target": "http (one daemon per run)", "service_time_s": service_time, "daemons": daemons,
            "seconds": time.time() - t0, "table": table, "rows": rows}
     a.out.mkdir(parents=True, exist_ok=True)
     write_json(a.out / "policy_http.json", doc)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeskip.bench.report import format_sweep, sweep_table
 from edgeskip.bench.simulate import simulate
 from edgeskip.bench.sweep import parse_runs
 from edgeskip.bench.workload import arrivals
@@ -40,7 +41,8 @@ def one(pattern: str, load: float, seed: int, spec, val_acc, test_acc, lat, min_
     out = simulate(arr, service, policy, depth, deadline, prior=lat)
     done = [o for o in out if not o.dropped]
     lat_e2e = np.array([o.finish - o.arrival for o in done]) if done else np.array([np.nan])
-    return {"processed": len(done), "accuracy": float(np.mean([test_acc[o.config] for o in done])) if done else None,
+    acc = float(np.mean([test_acc[o.config] for o in done])) if done else None
+    return {"processed": len(done), "accuracy": acc, "expected_accuracy": acc,
             "p99_ms": float(np.percentile(lat_e2e, 99) * 1e3),
             "per_config": np.bincount([o.config for o in done], minlength=len(lat)).tolist()}
 
@@ -75,33 +77,22 @@ def main() -> None:
                 rows = [one(pattern, load, seed, spec, val, test, lat, min_acc, a.count, a.jitter)
                         for seed in range(a.seeds)]
                 results.setdefault(pattern, {}).setdefault(str(load), {})[spec.label] = rows
-    summary = {}
-    for pattern, by_load in results.items():
-        for load, by_run in by_load.items():
-            ref = by_run["original"]
-            for label, rows in by_run.items():
-                ratio = [r["processed"] / o["processed"] for r, o in zip(rows, ref)]
-                dacc = [100 * (r["accuracy"] - o["accuracy"]) for r, o in zip(rows, ref)]
-                summary.setdefault(pattern, {}).setdefault(load, {})[label] = {
-                    "ratio_mean": float(np.mean(ratio)), "ratio_min": float(np.min(ratio)),
-                    "ratio_max": float(np.max(ratio)), "dacc_pp_mean": float(np.mean(dacc)),
-                    "dacc_pp_min": float(np.min(dacc)), "dacc_pp_max": float(np.max(dacc)),
-                    "p99_ms_mean": float(np.mean([r["p99_ms"] for r in rows]))}
+    tables = {pattern: sweep_table(by_load) for pattern, by_load in results.items()}
+    summary = {pattern: {str(r["load"]): {} for r in table} for pattern, table in tables.items()}
+    for pattern, table in tables.items():
+        for r in table:
+            summary[pattern][str(r["load"])][r["run"]] = r
     doc = {"command": "python " + " ".join(shlex.quote(x) for x in sys.argv), "bundle": str(a.bundle),
            "min_acc": min_acc, "configs": [{"val_accuracy": v, "test_accuracy": t, "latency_s": s}
                                            for v, t, s in zip(val, test, lat)],
            "runs": {s.label: s.describe() for s in specs}, "seeds": a.seeds, "count": a.count, "jitter": a.jitter,
-           "seconds": time.time() - t0, "summary": summary, "results": results}
+           "seconds": time.time() - t0, "tables": tables, "results": results}
     a.out.mkdir(parents=True, exist_ok=True)
     write_json(a.out / "policy_sim.json", doc)
     plot(summary, loads, [s.label for s in specs], a.out / "policy_sim.png")
-    for pattern in summary:
-        print(f"\n{pattern}: processed ratio / accuracy change (pp) vs original, mean of {a.seeds} seeds")
-        print("load  " + "".join(f"{s.label:>17}" for s in specs))
-        for load in map(str, loads):
-            cells = "".join(f"{summary[pattern][load][s.label]['ratio_mean']:>8.2f}/{summary[pattern][load][s.label]['dacc_pp_mean']:+7.2f} "
-                            for s in specs)
-            print(f"{load:<5} {cells}")
+    for pattern, table in tables.items():
+        print(f"\n{pattern} arrivals, {a.seeds} seeds (simulated accuracy is the expected one)")
+        print(format_sweep(table))
     print(f"\n{time.time() - t0:.1f} s; wrote {a.out / 'policy_sim.json'}, {a.out / 'policy_sim.png'}")
 
 

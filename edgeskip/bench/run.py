@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -81,9 +82,7 @@ def http_service_time(url: str, image: np.ndarray, repeats: int = 30) -> float:
 def default_runs(policy: str, queue_depth: int, deadline: float | None, fixed: Sequence[int],
                  params: dict[str, float] | None) -> list[RunSpec]:
     """The adaptive run (``--policy`` with the queue options, named "adaptive"), then the fixed configs."""
-    label = policy + (f"+q{queue_depth}" if queue_depth else "") + (f"+d{deadline * 1e3:g}" if deadline else "")
-    adaptive = parse_run(label, params)
-    runs = [RunSpec("adaptive", adaptive.policy, None, adaptive.queue_depth, adaptive.deadline, adaptive.params)]
+    runs = [replace(parse_run(policy, params), label="adaptive", queue_depth=queue_depth, deadline=deadline)]
     runs += [parse_run("original" if k == 0 else f"config {k}") for k in fixed]
     if not any(r.label == "original" for r in runs):
         runs.append(parse_run("original"))

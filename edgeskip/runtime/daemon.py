@@ -23,10 +23,20 @@ from edgeskip.runtime.server import InferenceService, make_app
 
 
 def measure_no_skip_latency(executor: BundleExecutor, repeats: int = 20) -> float:
-    """Median batch-1 latency of config 0 (no skipping) with this executor: the paper's Delta_req.
+    """Median batch-1 latency of config 0 (no skipping) with this executor, after :func:`check_module`."""
+    check_module(executor)
+    x = np.zeros((1, *executor.input_shape), np.float32)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        executor.infer(x, config=0)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
-    The first call also checks the bundle against its manifest: the module must take the manifest's input
-    shape and give one logit per class name (one-line errors instead of a failure on the first request)."""
+
+def check_module(executor: BundleExecutor) -> None:
+    """The bundle against its manifest: the module must take the manifest's input shape and give one logit
+    per class name (one-line errors instead of a failure on the first request)."""
     x = np.zeros((1, *executor.input_shape), np.float32)
     try:
         logits = np.asarray(executor.infer(x, config=0))
@@ -37,12 +47,6 @@ def measure_no_skip_latency(executor: BundleExecutor, repeats: int = 20) -> floa
     classes = len(executor.manifest.class_names)
     if logits.ndim != 2 or logits.shape[1] != classes:
         raise EdgeskipError(f"the bundle's module gives {list(logits.shape)} logits for {classes} class names")
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        executor.infer(x, config=0)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def measure_config_latencies(executor: BundleExecutor, repeats: int = 10) -> list[float]:
@@ -103,18 +107,21 @@ def make_service(bundle: str, min_acc: float, delta_req: float | None, fixed: in
     if delta_req is not None and (fixed is not None or policy != "paper"):
         raise EdgeskipError("--delta-req applies to policy paper only")
     executor = open_executor(bundle, backend, **executor_options)  # type: ignore[arg-type]
-    measure_no_skip_latency(executor, repeats=3)  # checks the module against the manifest first
+    check_module(executor)
     if fixed is not None:
         if not 0 <= fixed < len(executor.configs):
             raise EdgeskipError(f"--config {fixed} out of range 0..{len(executor.configs) - 1}")
         if policy_params:
             raise EdgeskipError("--config N (a fixed config) takes no policy parameters")
-    latencies = measure_config_latencies(executor)
-    e2e = measure_service_time(executor)
-    prior = [t + max(e2e - latencies[0], 0.0) for t in latencies]  # the same per-request overhead on each
     name = "fixed" if fixed is not None else policy
-    chosen = make_policy(name, [c.val_accuracy for c in executor.configs], min_acc, delta_req=e2e if delta_req is None else delta_req,
-                         service_prior=prior, fixed=fixed, queue_depth=queue_depth, **(policy_params or {}))
+    e2e = measure_service_time(executor)
+    # priors: measured where a policy or a deadline uses them (the others need none at start-up)
+    uses_prior = name in ("rate", "mix") or deadline is not None
+    latencies = measure_config_latencies(executor) if uses_prior else [c.latency_s for c in executor.configs]
+    prior = [t + max(e2e - latencies[0], 0.0) for t in latencies]  # the same per-request overhead on each
+    chosen = make_policy(name, [c.val_accuracy for c in executor.configs], min_acc,
+                         delta_req=e2e if delta_req is None else delta_req, service_prior=prior, fixed=fixed,
+                         queue_depth=queue_depth, **(policy_params or {}))
     dispatcher = Dispatcher(chosen, service_model_for(chosen, prior), queue_depth, deadline)
     return InferenceService(executor, dispatcher, None if fixed is not None else min_acc, service_time_s=e2e)
 

@@ -71,7 +71,6 @@ class Dispatcher:
     service: ServiceModel
     queue_depth: int = 0
     deadline: float | None = None
-    busy: bool = field(init=False, default=False)
     running: tuple[Hashable, int, float] | None = field(init=False, default=None)  # rid, config, start
     queue: deque = field(init=False, default_factory=deque)  # (rid, arrival)
     counts: dict[str, int] = field(init=False)
@@ -81,11 +80,15 @@ class Dispatcher:
         self.counts = {"started": 0, **{r: 0 for r in DROP_REASONS}}
 
     @property
+    def busy(self) -> bool:
+        """A request is running."""
+        return self.running is not None
+
+    @property
     def queued(self) -> int:
         return len(self.queue)
 
     def _start(self, now: float, rid: Hashable, config: int) -> Start:
-        self.busy = True
         self.running = (rid, config, now)
         self.counts["started"] += 1
         return Start(rid, config)
@@ -130,7 +133,7 @@ class Dispatcher:
             self.policy.on_finish(now, ran, service_s)
             if self.service is not getattr(self.policy, "service", None):
                 self.service.observe(ran, service_s)
-        self.busy, self.running = False, None
+        self.running = None
         out: list[Start | Drop] = []
         while self.queue:
             rid, arrival = self.queue.popleft()

@@ -158,7 +158,6 @@ class InferenceService:
         self.executor, self.dispatcher, self.clock = executor, dispatcher, clock
         self.min_acc, self.topk, self.service_time_s = min_acc, topk, service_time_s
         self.counts = {"processed": 0, "dropped": 0, "bad_request": 0, "refused": 0, "error": 0}
-        self.drops = {r: 0 for r in DROP_REASONS}
         self.metrics = Metrics()
         self._current = self.policy.config
         self.metrics.current.set(self._current)
@@ -252,9 +251,13 @@ class InferenceService:
     def busy(self) -> bool:
         return self.dispatcher.busy
 
+    @property
+    def drops(self) -> dict[str, int]:
+        """Dropped requests by reason (the dispatcher's counts)."""
+        return {r: self.dispatcher.counts[r] for r in DROP_REASONS}
+
     def _dropped(self, d: Drop) -> Outcome:
         self.counts["dropped"] += 1
-        self.drops[d.reason] += 1
         self.metrics.dropped.inc()
         self.metrics.drop_reason[d.reason].inc()
         return Outcome(True, d.config, reason=d.reason)
