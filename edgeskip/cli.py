@@ -459,6 +459,11 @@ def sign(bundle, key) -> None:
               help="Request bodies received at once, by declared length; beyond it 503 at once.")
 @click.option("--body-timeout", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
               help="Seconds to receive a whole request body (then 408).")
+@click.option("--max-connections", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Open connections at once; beyond it a new one gets 503 and is closed.")
+@click.option("--idle-timeout", type=click.FloatRange(min=0, min_open=True), default=15.0, show_default=True,
+              help="Seconds a connection may go without a complete request header (new, between requests, or "
+                   "trickling one); then it is closed.")
 @click.option("--target", "target", default="auto", show_default=True,
               help="Which of the bundle's IREE targets to run (auto: this machine's).")
 @click.option("--driver", type=click.Choice(DRIVERS), default="local-sync", show_default=True, help="IREE HAL driver.")
@@ -469,10 +474,13 @@ def sign(bundle, key) -> None:
 @VERIFY_KEY_OPTION
 @click.option("--event-loop", type=click.Choice(EVENT_LOOPS), default="asyncio", show_default=True,
               help="uvloop: slightly less time per request, ~8 MB more memory (needs uvloop installed).")
+@click.option("--loop-nice", type=click.IntRange(0, 19), default=5, show_default=True,
+              help="Run the event loop thread this much nicer than the inference thread (Linux; 0: same priority). "
+                   "Under overload inference then gets the CPU before yet more drops are answered.")
 @policy_options
 def serve(bundle, min_acc, delta_req, fixed, backend, host, port, max_body, max_pixels, max_inflight_bytes,
-          body_timeout, target, driver, ort_threads, model_name, event_loop, digest, verify_key, policy, target_util,
-          hysteresis, policy_param, queue_depth, deadline_ms) -> None:
+          body_timeout, max_connections, idle_timeout, target, driver, ort_threads, model_name, event_loop, loop_nice,
+          digest, verify_key, policy, target_util, hysteresis, policy_param, queue_depth, deadline_ms) -> None:
     """Serve inference over HTTP (/v1 and KServe v2), adapting depth to load (--policy)."""
     import logging
 
@@ -484,7 +492,7 @@ def serve(bundle, min_acc, delta_req, fixed, backend, host, port, max_body, max_
                    on_ready=lambda msg: click.echo(msg, err=False), model_name=model_name, max_pixels=max_pixels,
                    max_inflight_bytes=max_inflight_bytes, body_timeout=body_timeout, policy=policy,
                    queue_depth=queue_depth, deadline=deadline_s(deadline_ms), policy_params=params,
-                   target=target, driver=driver, threads=ort_threads, digest=digest, verify_key=verify_key),
+                   max_connections=max_connections, idle_timeout=idle_timeout, loop_nice=loop_nice, target=target, driver=driver, threads=ort_threads, digest=digest, verify_key=verify_key),
         event_loop)
 
 

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from edgeskip.errors import EdgeskipError
 from edgeskip.runtime.choices import EVENT_LOOPS
+from edgeskip.runtime.connections import IDLE_TIMEOUT, MAX_CONNECTIONS, Guard, GuardedSite
 from edgeskip.runtime.dispatch import Dispatcher, check_queue, service_model_for
 from edgeskip.runtime.policies import make_policy
 from edgeskip.runtime.executor import BundleExecutor, open_executor
@@ -95,10 +96,18 @@ def measure_service_time(executor: BundleExecutor, repeats: int = 20) -> float:
     return statistics.median(times)
 
 
-def make_service(bundle: str, min_acc: float, delta_req: float | None, fixed: int | None,
+def open_checked(bundle: str, backend: str = "auto", **executor_options: object) -> BundleExecutor:
+    """Open the bundle's executor and prove its module against the manifest (:func:`check_module`)."""
+    executor = open_executor(bundle, backend, **executor_options)  # type: ignore[arg-type]
+    check_module(executor)
+    return executor
+
+
+def make_service(bundle: str | BundleExecutor, min_acc: float, delta_req: float | None, fixed: int | None,
                  backend: str = "auto", policy: str = "paper", queue_depth: int = 0, deadline: float | None = None,
                  policy_params: dict[str, float] | None = None, **executor_options: object) -> InferenceService:
-    """Open the bundle and build the daemon's service: ``fixed`` (a config index) or the adaptation ``policy``.
+    """Build the daemon's service over ``bundle`` (a path, or an executor already opened by
+    :func:`open_checked`): ``fixed`` (a config index) or the adaptation ``policy``.
 
     The end-to-end service time of the no-skip config (decoding a raw body, inference, checks: what the
     executor is occupied with per request) is measured here; it is ``paper``'s Delta_req unless given, and
@@ -106,8 +115,7 @@ def make_service(bundle: str, min_acc: float, delta_req: float | None, fixed: in
     check_queue(queue_depth, deadline)
     if delta_req is not None and (fixed is not None or policy != "paper"):
         raise EdgeskipError("--delta-req applies to policy paper only")
-    executor = open_executor(bundle, backend, **executor_options)  # type: ignore[arg-type]
-    check_module(executor)
+    executor = bundle if isinstance(bundle, BundleExecutor) else open_checked(bundle, backend, **executor_options)
     if fixed is not None:
         if not 0 <= fixed < len(executor.configs):
             raise EdgeskipError(f"--config {fixed} out of range 0..{len(executor.configs) - 1}")
@@ -184,6 +192,24 @@ def default_model_name(bundle: str | os.PathLike) -> str:
     return Path(bundle).resolve().name or "model"
 
 
+LOOP_NICE = 5  # the event loop thread runs this much nicer than the inference thread (Linux)
+
+
+def lower_priority(nice: int) -> None:
+    """Lower the calling thread's CPU priority by ``nice`` (Linux, where nice values are per thread; threads
+    made earlier keep theirs). The daemon does it on its event loop thread, so that under overload the
+    inference thread gets the CPU before the loop answers yet more drops: measured in bench/README §7."""
+    if nice <= 0 or not sys.platform.startswith("linux"):
+        return
+    import threading
+
+    tid = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+    except OSError:
+        pass
+
+
 SHUTDOWN_TIMEOUT = 3.0  # seconds for handlers in flight once SIGTERM/SIGINT arrives; then connections close
 
 
@@ -192,7 +218,9 @@ async def run_daemon(bundle: str, min_acc: float, delta_req: float | None, fixed
                      model_name: str | None = None, max_pixels: int | None = None,
                      max_inflight_bytes: int | None = None, body_timeout: float | None = None,
                      policy: str = "paper", queue_depth: int = 0, deadline: float | None = None,
-                     policy_params: dict[str, float] | None = None, **executor_options: object) -> None:
+                     policy_params: dict[str, float] | None = None, max_connections: int = MAX_CONNECTIONS,
+                     idle_timeout: float = IDLE_TIMEOUT, loop_nice: int = LOOP_NICE,
+                     **executor_options: object) -> None:
     """Serve until SIGTERM or SIGINT; then stop accepting, answer the request in flight, close every
     connection (slow and idle ones included) and return, within ``SHUTDOWN_TIMEOUT`` + the inference.
 
@@ -207,15 +235,17 @@ async def run_daemon(bundle: str, min_acc: float, delta_req: float | None, fixed
         raise EdgeskipError(f"--model-name must be a non-empty name without '/' or surrounding spaces, got {name!r}")
     service = make_service(bundle, min_acc, delta_req, fixed, backend, policy, queue_depth, deadline, policy_params,
                            **executor_options)
+    lower_priority(loop_nice)  # this thread, the event loop's; the inference thread, made before, keeps its own
     for attr, value in (("max_pixels", max_pixels), ("max_inflight_bytes", max_inflight_bytes),
                         ("body_timeout", body_timeout)):
         if value is not None:
             setattr(service, attr, value)
     runner = web.AppRunner(make_app(service, max_body, name), handle_signals=False, access_log=None,
-                           shutdown_timeout=SHUTDOWN_TIMEOUT)
+                           shutdown_timeout=SHUTDOWN_TIMEOUT, keepalive_timeout=idle_timeout,
+                           lingering_time=0)  # a body the daemon refused is not read: the answer, then close
     try:
         await runner.setup()
-        site = web.TCPSite(runner, host, port)
+        site = GuardedSite(runner, host, port, Guard(max_connections, service.count_status))
         try:
             await site.start()
         except OSError as e:

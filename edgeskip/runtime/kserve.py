@@ -31,11 +31,11 @@ import numpy as np
 from aiohttp import web
 
 from edgeskip import __version__
-from edgeskip.runtime.preprocess import BadRequest, finite, numbers, parse_json
+from edgeskip.runtime.preprocess import KSERVE_HEADER as HEADER
+from edgeskip.runtime.preprocess import BadRequest
+from edgeskip.runtime.workers import Job
 
-HEADER = "Inference-Header-Content-Length"
 VERSION = "1"
-MAX_BATCH = 64
 EXTENSIONS = ["binary_tensor_data", "classification"]
 
 
@@ -108,79 +108,11 @@ class KServeV2:
                            "class_names": list(self.classes)},
         })
 
-    def _parse(self, body: bytes, header_length: str | None) -> tuple[dict, np.ndarray, dict[str, dict]]:
-        """(request JSON, images [N, C, H, W], requested outputs by name); raises BadRequest."""
-        if header_length is not None:
-            try:
-                n = int(header_length)
-            except ValueError:
-                raise BadRequest(f"{HEADER} must be an integer, got {header_length!r}") from None
-            if not 0 < n <= len(body):
-                raise BadRequest(f"{HEADER} {n} does not fit a body of {len(body)} bytes")
-            head, binary = body[:n], memoryview(body)[n:]
-        else:
-            head, binary = body, memoryview(b"")
-        doc = parse_json(head)
-        if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list):
-            raise BadRequest("inference request must be an object with an 'inputs' list")
-        if len(doc["inputs"]) != 1 or not isinstance(doc["inputs"][0], dict):
-            raise BadRequest("this model takes exactly one input, 'image'")
-        inp = doc["inputs"][0]
-        if inp.get("name") != "image":
-            raise BadRequest(f"unknown input {inp.get('name')!r}; this model's input is 'image'")
-        if inp.get("datatype") != "FP32":
-            raise BadRequest(f"input 'image' must be FP32, got {inp.get('datatype')!r}")
-        shape = inp.get("shape")
-        c, h, w = self.chw
-        if not isinstance(shape, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in shape) \
-                or tuple(shape[-3:]) != (c, h, w) or len(shape) not in (3, 4):
-            raise BadRequest(f"input 'image' must have shape [N, {c}, {h}, {w}], got {shape}")
-        batch = 1 if len(shape) == 3 else shape[0]
-        if not 1 <= batch <= MAX_BATCH:
-            raise BadRequest(f"batch size must be in 1..{MAX_BATCH}, got {batch}")
-        want = batch * c * h * w
-        params = inp.get("parameters") or {}
-        if not isinstance(params, dict):
-            raise BadRequest("input parameters must be an object")
-        if "binary_data_size" in params:
-            size = params["binary_data_size"]
-            if size != want * 4 or len(binary) != size:
-                raise BadRequest(f"binary data for 'image' must be {want * 4} bytes (FP32 {shape}), "
-                                 f"declared {size}, received {len(binary)}")
-            x = finite(np.frombuffer(binary, dtype="<f4").astype(np.float32).reshape(batch, c, h, w), "input 'image'")
-        else:
-            if len(binary):
-                raise BadRequest("binary data follows the header but no input declares binary_data_size")
-            x = numbers(inp.get("data"), (batch, c, h, w), "input 'image' data")
-        outputs: dict[str, dict] = {}
-        binary_default = bool((doc.get("parameters") or {}).get("binary_data_output", False))
-        for o in doc.get("outputs") or [{"name": "logits"}]:
-            if not isinstance(o, dict) or o.get("name") != "logits":
-                raise BadRequest(f"unknown output {o.get('name') if isinstance(o, dict) else o!r}; "
-                                 "this model's output is 'logits'")
-            p = o.get("parameters") or {}
-            k = p.get("classification", 0)
-            if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= len(self.classes):
-                raise BadRequest(f"classification must be an integer in 0..{len(self.classes)}, got {k!r}")
-            outputs["logits"] = {"binary": bool(p.get("binary_data", binary_default)), "classification": k}
-        return doc, x, outputs
-
     async def infer(self, request: web.Request) -> web.Response:
-        parsed: dict[str, Any] = {}
-
-        def prepare() -> tuple[np.ndarray, int | None, Any]:  # on the worker thread, after admission
-            doc, x, outputs = self._parse(body, request.headers.get(HEADER))
-            params = doc.get("parameters") or {}
-            if not isinstance(params, dict):
-                raise BadRequest("request parameters must be an object")
-            config, skip = self.service.pinned(params.get("config"), params.get("skip"))
-            parsed.update(doc=doc, outputs=outputs)
-            return x, config, skip
-
         try:
             self._check_model(request)
             body = await self.service.read_body(request)
-            out = await self.service.submit(prepare)
+            out = await self.service.submit(Job("kserve", body, {"header_length": request.headers.get(HEADER)}))
         except BadRequest as e:
             self.service.count_bad(e.status)
             return _error(e)
@@ -191,12 +123,12 @@ class KServeV2:
                    "deadline": "it could not finish within the deadline"}[out.reason or "busy"]
             return web.json_response({"error": f"dropped ({out.reason}): {why}; now at config {out.config}"},
                                      status=503)
-        doc, outputs = parsed["doc"], parsed["outputs"]
+        outputs: dict[str, dict] = out.extra["outputs"]  # type: ignore[index]
         logits = np.ascontiguousarray(out.logits, dtype=np.float32)
         head: dict[str, Any] = {"model_name": self.name, "model_version": VERSION, "outputs": [], "parameters": {
             "config": out.config, "skipped_blocks": out.skipped, "latency_s": out.latency_s}}
-        if "id" in doc:
-            head["id"] = doc["id"]
+        if "id" in out.extra:  # type: ignore[operator]
+            head["id"] = out.extra["id"]  # type: ignore[index]
         blobs: list[bytes] = []
         for name, want in outputs.items():
             if want["classification"]:

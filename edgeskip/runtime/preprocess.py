@@ -23,6 +23,8 @@ from edgeskip.manifest import Manifest
 IMAGE_TYPES = {"image/png": "PNG", "image/jpeg": "JPEG", "image/jpg": "JPEG"}
 TYPES = (*IMAGE_TYPES, "application/octet-stream", "application/json")
 MAX_PIXELS = 4096 * 4096  # well below PIL's own decompression-bomb limit (~89 Mpx)
+KSERVE_HEADER = "Inference-Header-Content-Length"
+MAX_BATCH = 64  # images per KServe v2 request
 
 
 class BadRequest(EdgeskipError):
@@ -143,3 +145,86 @@ def decode(body: bytes, ctype: str, manifest: Manifest, max_pixels: int = MAX_PI
             raise BadRequest('JSON body must be {"data": [C][H][W] numbers}')
         return numbers(doc["data"], (c, h, w), "JSON data")[None]  # [C][H][W], [1][C][H][W] or flat
     raise BadRequest(f"unsupported content type {ctype!r}; use one of {', '.join(TYPES)}", status=415)
+
+
+def decode_kserve(body: bytes, header_length: str | None, manifest: Manifest) -> tuple[dict, np.ndarray, dict[str, dict]]:
+    """A KServe v2 inference request (JSON, optionally followed by binary tensor data of ``header_length``
+    bytes of JSON) -> (request JSON, images [N, C, H, W], requested outputs by name); raises BadRequest."""
+    chw, classes = manifest.input.chw, manifest.class_names
+    if header_length is not None:
+        try:
+            n = int(header_length)
+        except ValueError:
+            raise BadRequest(f"{KSERVE_HEADER} must be an integer, got {header_length!r}") from None
+        if not 0 < n <= len(body):
+            raise BadRequest(f"{KSERVE_HEADER} {n} does not fit a body of {len(body)} bytes")
+        head, binary = body[:n], memoryview(body)[n:]
+    else:
+        head, binary = body, memoryview(b"")
+    doc = parse_json(head)
+    if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list):
+        raise BadRequest("inference request must be an object with an 'inputs' list")
+    if len(doc["inputs"]) != 1 or not isinstance(doc["inputs"][0], dict):
+        raise BadRequest("this model takes exactly one input, 'image'")
+    inp = doc["inputs"][0]
+    if inp.get("name") != "image":
+        raise BadRequest(f"unknown input {inp.get('name')!r}; this model's input is 'image'")
+    if inp.get("datatype") != "FP32":
+        raise BadRequest(f"input 'image' must be FP32, got {inp.get('datatype')!r}")
+    shape = inp.get("shape")
+    c, h, w = chw
+    if not isinstance(shape, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in shape) \
+            or tuple(shape[-3:]) != (c, h, w) or len(shape) not in (3, 4):
+        raise BadRequest(f"input 'image' must have shape [N, {c}, {h}, {w}], got {shape}")
+    batch = 1 if len(shape) == 3 else shape[0]
+    if not 1 <= batch <= MAX_BATCH:
+        raise BadRequest(f"batch size must be in 1..{MAX_BATCH}, got {batch}")
+    want = batch * c * h * w
+    params = inp.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise BadRequest("input parameters must be an object")
+    if "binary_data_size" in params:
+        size = params["binary_data_size"]
+        if size != want * 4 or len(binary) != size:
+            raise BadRequest(f"binary data for 'image' must be {want * 4} bytes (FP32 {shape}), "
+                             f"declared {size}, received {len(binary)}")
+        x = finite(np.frombuffer(binary, dtype="<f4").astype(np.float32).reshape(batch, c, h, w), "input 'image'")
+    else:
+        if len(binary):
+            raise BadRequest("binary data follows the header but no input declares binary_data_size")
+        x = numbers(inp.get("data"), (batch, c, h, w), "input 'image' data")
+    outputs: dict[str, dict] = {}
+    binary_default = bool((doc.get("parameters") or {}).get("binary_data_output", False))
+    for o in doc.get("outputs") or [{"name": "logits"}]:
+        if not isinstance(o, dict) or o.get("name") != "logits":
+            raise BadRequest(f"unknown output {o.get('name') if isinstance(o, dict) else o!r}; "
+                             "this model's output is 'logits'")
+        p = o.get("parameters") or {}
+        k = p.get("classification", 0)
+        if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= len(classes):
+            raise BadRequest(f"classification must be an integer in 0..{len(classes)}, got {k!r}")
+        outputs["logits"] = {"binary": bool(p.get("binary_data", binary_default)), "classification": k}
+    return doc, x, outputs
+
+
+def pin(manifest: Manifest, config: object = None, skip: object = None) -> tuple[int | None, tuple[bool, ...] | None]:
+    """Validate a request's pinned config index or skip array: (config, skip); a skip array on the front
+    also names its config. Raises BadRequest."""
+    if config is not None and skip is not None:
+        raise BadRequest("pin either a config or a skip array, not both")
+    n = len(manifest.configs)
+    if config is not None:
+        if isinstance(config, bool) or not isinstance(config, int) or not 0 <= config < n:
+            raise BadRequest(f"config must be an integer in 0..{n - 1}, got {config!r}")
+        return config, None
+    if skip is not None:
+        if manifest.kind == "skipnet":
+            raise BadRequest("a SkipNet bundle picks its blocks per input; it takes no skip array")
+        from edgeskip.skip import normalize_skip
+
+        try:
+            s = normalize_skip(skip, manifest.num_gates)
+        except EdgeskipError as e:
+            raise BadRequest(str(e)) from None
+        return manifest.by_skip.get(s), s
+    return None, None

@@ -16,7 +16,6 @@ import asyncio
 import json
 import logging
 import math
-import queue
 import threading
 import time
 from dataclasses import dataclass
@@ -26,10 +25,10 @@ import numpy as np
 from aiohttp import ClientError, web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from edgeskip.errors import EdgeskipError
 from edgeskip.runtime.dispatch import DROP_REASONS, Dispatcher, Drop, Queued, Start
 from edgeskip.runtime.executor import BundleExecutor
-from edgeskip.runtime.preprocess import MAX_PIXELS, BadRequest, check_content_type, check_encoding, decode
+from edgeskip.runtime.preprocess import MAX_PIXELS, BadRequest, check_content_type, check_encoding, pin
+from edgeskip.runtime.workers import Job, Prepared, Worker
 
 MAX_BODY = 8 * 1024 * 1024
 MAX_INFLIGHT_BYTES = 32 * 1024 * 1024  # request bodies being received at once (reserved by declared length)
@@ -86,57 +85,6 @@ class Metrics:
         return c
 
 
-class Worker:
-    """One thread that runs inference calls; results come back to the event loop as awaitable futures.
-
-    Leaner than ``run_in_executor`` (no concurrent.futures.Future in between): one queue put, one
-    ``call_soon_threadsafe`` back. The event loop stays free meanwhile, so requests arriving while the
-    executor is busy are answered (dropped) at once.
-    """
-
-    def __init__(self, name: str = "edgeskip-infer") -> None:
-        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            loop, fut, fn, args = job
-            try:
-                result, error = fn(*args), None
-            except BaseException as e:  # noqa: BLE001 - handed to the awaiting coroutine
-                result, error = None, e
-            loop.call_soon_threadsafe(_settle, fut, result, error)
-
-    def run(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future:
-        """Run ``fn(*args)`` on the worker thread; await the returned future for its result."""
-        loop = asyncio.get_running_loop()
-        fut = loop.create_future()
-        self._jobs.put((loop, fut, fn, args))
-        return fut
-
-    def shutdown(self) -> None:
-        """Finish the job in flight and stop the thread."""
-        if self._thread.is_alive():
-            self._jobs.put(None)
-            self._thread.join()
-
-
-def _settle(fut: asyncio.Future, result: Any, error: BaseException | None) -> None:
-    if fut.cancelled():
-        return
-    if error is not None:
-        fut.set_exception(error)
-    else:
-        fut.set_result(result)
-
-
-Prepare = Callable[[], "tuple[np.ndarray, int | None, Sequence[bool] | None]"]
-
-
 @dataclass(frozen=True)
 class Outcome:
     """What became of one submitted request: dropped, or processed with ``config`` (None: a pinned skip
@@ -148,6 +96,7 @@ class Outcome:
     latency_s: float | None = None
     skipped: float | None = None
     reason: str | None = None  # why it was dropped (edgeskip.runtime.dispatch.DROP_REASONS)
+    extra: dict[str, Any] | None = None  # what the job's API needs back to answer (edgeskip.runtime.workers.Job)
 
 
 class InferenceService:
@@ -162,7 +111,8 @@ class InferenceService:
         self._current = self.policy.config
         self.metrics.current.set(self._current)
         self._waiting: dict[object, asyncio.Future] = {}
-        self.pool = Worker()
+        self._lock = threading.Lock()  # the dispatcher is driven by the loop and freed by the worker thread
+        self.pool = Worker(executor)
         self.max_body = MAX_BODY  # set by make_app
         self.max_pixels = MAX_PIXELS
         self.max_inflight_bytes = MAX_INFLIGHT_BYTES
@@ -176,18 +126,6 @@ class InferenceService:
         self.pool.shutdown()
         self.executor = None  # type: ignore[assignment]
         gc.collect()
-
-    def _run(self, prepare: Prepare, chosen: int) -> tuple[np.ndarray, int | None, float, float | None]:
-        """On the worker thread: decode the request, run it, check the result is finite."""
-        x, config, skip = prepare()
-        if skip is None and config is None:
-            config = chosen
-        t0 = time.perf_counter()
-        logits = self.executor.infer(x, config=None if skip is not None else config, skip=skip)
-        latency = time.perf_counter() - t0
-        if not np.isfinite(logits).all():
-            raise BadRequest("input values out of range: the model's output is not finite")
-        return logits, config, latency, self.executor.last_skipped
 
     async def read_body(self, request: web.Request) -> bytes:
         """The request body, bounded three ways: over ``max_body`` bytes is 413 (enforced while reading); the
@@ -223,26 +161,6 @@ class InferenceService:
         log.error("internal error: %s", type(e).__name__)
         return web.json_response({"error": "internal error (counted in /v1/status and /metrics)"}, status=500)
 
-    def pinned(self, config: object = None, skip: object = None) -> tuple[int | None, tuple[bool, ...] | None]:
-        """Validate a request's pinned config index or skip array (raises BadRequest)."""
-        if config is not None and skip is not None:
-            raise BadRequest("pin either a config or a skip array, not both")
-        if config is not None:
-            if isinstance(config, bool) or not isinstance(config, int) or not 0 <= config < len(self.executor.configs):
-                raise BadRequest(f"config must be an integer in 0..{len(self.executor.configs) - 1}, got {config!r}")
-            return config, None
-        if skip is not None:
-            if self.executor.manifest.kind == "skipnet":
-                raise BadRequest("a SkipNet bundle picks its blocks per input; it takes no skip array")
-            from edgeskip.skip import normalize_skip
-
-            try:
-                s = normalize_skip(skip, self.executor.num_gates)
-            except EdgeskipError as e:
-                raise BadRequest(str(e)) from None
-            return self.executor.manifest.by_skip.get(s), s
-        return None, None
-
     @property
     def policy(self):  # noqa: ANN201 - a edgeskip.runtime.policies.Policy
         return self.dispatcher.policy
@@ -268,22 +186,37 @@ class InferenceService:
             self.metrics.current.set(self._current)
 
     def _hand_over(self, actions: Sequence[Start | Drop]) -> None:
-        """Wake the queued requests the dispatcher started or dropped."""
+        """On the loop: wake the queued requests the dispatcher started or dropped."""
         for a in actions:
             fut = self._waiting.pop(a.rid, None)
             if fut is not None and not fut.done():
                 fut.set_result(a)
             elif isinstance(a, Start):  # its client went away meanwhile: release the executor again
-                self._hand_over(self.dispatcher.finish(self.clock(), 0.0, observed=False))
+                self._hand_over(self._finish(0.0, None, observed=False))
         self.metrics.queued.set(self.dispatcher.queued)
+        self._note_config()
 
-    async def submit(self, prepare: Prepare) -> Outcome:
+    def _finish(self, service_s: float, config: int | None, observed: bool) -> list[Start | Drop]:
+        with self._lock:
+            return self.dispatcher.finish(self.clock(), service_s, config, observed=observed)
+
+    def _release(self, start: float, chosen: int) -> Callable[[Any], Callable[[], None]]:
+        """The worker's ``after``: frees the executor the moment the job ends (on the worker thread), and
+        hands the result of that over on the loop."""
+        def after(result: Any) -> Callable[[], None]:
+            actions = self._finish(self.clock() - start, chosen if result is None else result.config,
+                                   observed=result is not None)
+            return lambda: self._hand_over(actions)
+        return after
+
+    async def submit(self, job: Prepared) -> Outcome:
         """Admit one request (policy + queue): drop it at once (nothing decoded), let it wait for its turn, or
-        decode and run it on the worker thread. ``prepare()`` returns (image, pinned config, pinned skip
-        array), raising BadRequest; unpinned requests run with the policy's config, pinned ones still count
-        as load for it."""
+        decode and run it on the worker (:mod:`edgeskip.runtime.workers`; decoding raises BadRequest).
+        Unpinned requests run with the policy's config, pinned ones still count as load for it. The
+        executor is freed when the job ends, even if the client went away meanwhile."""
         rid = object()
-        action = self.dispatcher.arrive(self.clock(), rid)
+        with self._lock:
+            action = self.dispatcher.arrive(self.clock(), rid)
         self._note_config()
         if isinstance(action, Queued):
             fut = asyncio.get_running_loop().create_future()
@@ -294,35 +227,27 @@ class InferenceService:
             except asyncio.CancelledError:
                 self._waiting.pop(rid, None)
                 if fut.done() and not fut.cancelled() and isinstance(fut.result(), Start):  # its turn had come
-                    self._hand_over(self.dispatcher.finish(self.clock(), 0.0, observed=False))
+                    self._hand_over(self._finish(0.0, None, observed=False))
                 else:
-                    self.dispatcher.cancel(rid)
+                    with self._lock:
+                        self.dispatcher.cancel(rid)
                 raise
         if isinstance(action, Drop):
             return self._dropped(action)
-        start = self.clock()
-        config: int | None = action.config
-        ok = False
-        try:
-            logits, config, latency, skipped = await self.pool.run(self._run, prepare, action.config)
-            ok = True
-        finally:
-            now = self.clock()
-            self._hand_over(self.dispatcher.finish(now, now - start, config, observed=ok))
-            self._note_config()
+        r = await self.pool.run(job, action.config, self.max_pixels, self._release(self.clock(), action.config))
         self.counts["processed"] += 1
         m = self.metrics
         m.processed.inc()
-        m.config_counter(config).inc()
-        m.latency.observe(latency)
-        return Outcome(False, config, logits, latency, skipped)
+        m.config_counter(r.config).inc()
+        m.latency.observe(r.latency_s)
+        return Outcome(False, r.config, r.logits, r.latency_s, r.skipped, extra=r.extra)
 
     async def infer(self, request: web.Request) -> web.Response:
         try:
             ctype = check_content_type(request.headers.get("Content-Type"))
             body = await self.read_body(request)
-            pinned = self.pinned(_query_int(request, "config"))[0]
-            out = await self.submit(lambda: (decode(body, ctype, self.executor.manifest, self.max_pixels), pinned, None))
+            pinned = pin(self.executor.manifest, _query_int(request, "config"))[0]
+            out = await self.submit(Job("v1", body, {"ctype": ctype, "config": pinned}))
         except BadRequest as e:
             return self._bad(str(e), e.status)
         except Exception as e:  # noqa: BLE001 - answered and counted, never a traceback page
@@ -341,6 +266,15 @@ class InferenceService:
         kind = "refused" if status in (408, 503) else "bad_request"
         self.counts[kind] += 1
         (self.metrics.refused if kind == "refused" else self.metrics.bad).inc()
+
+    def count_status(self, status: int) -> None:
+        """Count an answer given below the handlers (a refused connection, malformed HTTP): 5xx but 503 as
+        errors, the rest as :meth:`count_bad`."""
+        if status >= 500 and status != 503:
+            self.counts["error"] += 1
+            self.metrics.error.inc()
+        else:
+            self.count_bad(status)
 
     def _bad(self, message: str, status: int) -> web.Response:
         self.count_bad(status)

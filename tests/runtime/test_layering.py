@@ -18,8 +18,9 @@ from edgeskip.runtime.server import make_app
 import edgeskip.bench.drivers, edgeskip.bench.workload  # the HTTP bench client
 service = make_service(sys.argv[1], 0.0, None, None, "iree")
 app = make_app(service, model_name="m")
-x = np.zeros((1, *service.executor.input_shape), np.float32)
-out = asyncio.run(service.submit(lambda: (x, None, None)))
+from edgeskip.runtime.workers import Job
+body = np.zeros(service.executor.input_shape, np.float32).tobytes()
+out = asyncio.run(service.submit(Job("v1", body, {"ctype": "application/octet-stream"})))
 assert not out.dropped and out.logits.shape == (1, 10)
 service.close()
 print(json.dumps(sorted(sys.modules)))

@@ -8,24 +8,32 @@ import numpy as np
 from edgeskip.runtime.daemon import make_service
 
 
+class Tensor:
+    """A job already decoded (optionally held at ``gate`` first: it occupies the executor until released)."""
+
+    def __init__(self, x, gate=None):
+        self.x, self.gate = x, gate
+
+    def prepare(self, manifest, max_pixels):  # on the worker thread
+        if self.gate is not None:
+            self.gate.wait(10)
+        return self.x, None, None, {}
+
+
 def test_queued_requests_wait_and_a_cancelled_waiter_frees_its_place(bundle):
     service = make_service(str(bundle), 0.0, None, None, "iree", policy="rate", queue_depth=2)
     x = np.zeros((1, *service.executor.input_shape), np.float32)
     gate = threading.Event()
 
-    def slow():  # on the worker thread: holds the executor until released
-        gate.wait(10)
-        return x, None, None
-
     async def main():
-        first = asyncio.ensure_future(service.submit(slow))
+        first = asyncio.ensure_future(service.submit(Tensor(x, gate)))
         await asyncio.sleep(0.05)
         assert service.busy
-        second = asyncio.ensure_future(service.submit(lambda: (x, None, None)))
-        third = asyncio.ensure_future(service.submit(lambda: (x, None, None)))
+        second = asyncio.ensure_future(service.submit(Tensor(x)))
+        third = asyncio.ensure_future(service.submit(Tensor(x)))
         await asyncio.sleep(0.05)
         assert service.dispatcher.queued == 2
-        fourth = await service.submit(lambda: (x, None, None))  # queue full: dropped at once
+        fourth = await service.submit(Tensor(x))  # queue full: dropped at once
         assert fourth.dropped and fourth.reason == "queue_full"
         second.cancel()  # its client went away while waiting
         await asyncio.sleep(0.01)
@@ -48,9 +56,9 @@ def test_a_deadline_drops_what_cannot_finish_in_time(bundle):
     gate = threading.Event()
 
     async def main():
-        first = asyncio.ensure_future(service.submit(lambda: (gate.wait(10), (x, None, None))[1]))
+        first = asyncio.ensure_future(service.submit(Tensor(x, gate)))
         await asyncio.sleep(0.01)
-        waiting = asyncio.ensure_future(service.submit(lambda: (x, None, None)))
+        waiting = asyncio.ensure_future(service.submit(Tensor(x)))
         await asyncio.sleep(0.2)  # the first one runs far past the 50 ms deadline of the one waiting
         gate.set()
         assert not (await first).dropped
