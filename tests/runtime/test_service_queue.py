@@ -20,15 +20,21 @@ class Tensor:
         return self.x, None, None, {}
 
 
+async def occupy(service, x, gate):
+    """Submit a job that holds the executor until ``gate`` is set; returns its task once it runs."""
+    first = asyncio.ensure_future(service.submit(Tensor(x, gate)))
+    await asyncio.sleep(0.05)
+    assert service.busy
+    return first
+
+
 def test_queued_requests_wait_and_a_cancelled_waiter_frees_its_place(bundle):
     service = make_service(str(bundle), 0.0, None, None, "iree", policy="rate", queue_depth=2)
     x = np.zeros((1, *service.executor.input_shape), np.float32)
     gate = threading.Event()
 
     async def main():
-        first = asyncio.ensure_future(service.submit(Tensor(x, gate)))
-        await asyncio.sleep(0.05)
-        assert service.busy
+        first = await occupy(service, x, gate)
         second = asyncio.ensure_future(service.submit(Tensor(x)))
         third = asyncio.ensure_future(service.submit(Tensor(x)))
         await asyncio.sleep(0.05)
@@ -64,6 +70,31 @@ def test_a_deadline_drops_what_cannot_finish_in_time(bundle):
         assert not (await first).dropped
         late = await waiting
         assert late.dropped and late.reason == "deadline" and service.drops["deadline"] == 1
+
+    try:
+        asyncio.run(main())
+    finally:
+        service.close()
+
+
+def test_the_worker_frees_the_executor_without_waiting_for_the_loop(bundle):
+    """Under overload the loop is slow to notice a finished job; the worker thread frees the executor itself."""
+    import time
+
+    service = make_service(str(bundle), 0.0, None, None, "iree", policy="paper")
+    x = np.zeros((1, *service.executor.input_shape), np.float32)
+    gate = threading.Event()
+
+    async def main():
+        first = await occupy(service, x, gate)
+        gate.set()
+        t0 = time.monotonic()  # the loop is blocked from here on: only the worker thread can free the executor
+        while service.busy and time.monotonic() - t0 < 5:
+            time.sleep(0.001)
+        assert not service.busy
+        second = await service.submit(Tensor(x))  # admitted at once, before the loop has seen the first end
+        assert not second.dropped and not (await first).dropped
+        assert service.counts["processed"] == 2 and service.drops["busy"] == 0
 
     try:
         asyncio.run(main())
