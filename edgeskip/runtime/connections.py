@@ -3,8 +3,8 @@
 - a cap on open connections: beyond ``max_connections`` a new connection gets a canned 503 and is closed at
   once (nothing read, no request handler made);
 - an idle timeout: a connection without a complete request header ``idle_timeout`` seconds after it opened
-  or after its last response (idle, or trickling a header byte by byte) is closed (aiohttp's keep-alive
-  timer, which since 3.10 also runs from the connection's start);
+  or after its last response (idle, or trickling a header byte by byte) is closed: aiohttp's keep-alive
+  timer between requests, and a timer of ours for the first request (older aiohttp releases set none);
 - malformed HTTP answered with a one-line JSON error that echoes nothing, logged in one line, counted;
 - pipelined requests: those before a malformed one are answered (aiohttp's parser drops every request of a
   received chunk once any part of it is malformed, so chunks are fed up to each header's end).
@@ -51,8 +51,9 @@ class Guard:
     """Counts open connections and makes each one's protocol: a :class:`GuardedHandler`, or :class:`Refuse`
     over the cap. ``count(status)`` is told of every refused connection (503) and malformed request (400)."""
 
-    def __init__(self, max_connections: int = MAX_CONNECTIONS, count: Callable[[int], None] = lambda status: None):
-        self.max_connections, self.count = max_connections, count
+    def __init__(self, max_connections: int = MAX_CONNECTIONS, count: Callable[[int], None] = lambda status: None,
+                 idle_timeout: float = IDLE_TIMEOUT) -> None:
+        self.max_connections, self.count, self.idle_timeout = max_connections, count, idle_timeout
         self.open = 0
         self.refused = 0
 
@@ -72,13 +73,25 @@ class GuardedHandler(RequestHandler):
         super().__init__(manager, **kwargs)
         self._guard = guard
         self._counted = False
+        self._first_deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._guard.open += 1
         self._counted = True
         super().connection_made(transport)
+        self._first_deadline = asyncio.get_running_loop().call_later(self._guard.idle_timeout, self._first_timeout)
+
+    def _first_timeout(self) -> None:
+        """No complete request header since the connection opened: close it."""
+        self._first_deadline = None
+        if self._request_count == 0 and not self._force_close:
+            log.debug("connection closed: no request header within %g s", self._guard.idle_timeout)
+            self.force_close()
 
     def connection_lost(self, exc: BaseException | None) -> None:
+        if self._first_deadline is not None:
+            self._first_deadline.cancel()
+            self._first_deadline = None
         if self._counted:
             self._counted = False
             self._guard.open -= 1
@@ -94,6 +107,9 @@ class GuardedHandler(RequestHandler):
             end = len(data) if end < 0 else end + 4
             before = len(self._messages)
             super().data_received(data[start:end] if start or end < len(data) else data)
+            if self._request_count and self._first_deadline is not None:
+                self._first_deadline.cancel()
+                self._first_deadline = None
             if self._force_close or self._close or self._malformed(before):
                 return
             start = end

@@ -250,7 +250,7 @@ async def run_daemon(bundle: str, min_acc: float, delta_req: float | None, fixed
                            lingering_time=0)  # a body the daemon refused is not read: the answer, then close
     try:
         await runner.setup()
-        site = GuardedSite(runner, host, port, Guard(max_connections, service.count_status))
+        site = GuardedSite(runner, host, port, Guard(max_connections, service.count_status, idle_timeout))
         try:
             await site.start()
         except OSError as e:
