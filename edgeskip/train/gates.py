@@ -6,23 +6,19 @@
   ``-beta * loss + alpha / B_s * skipped`` (mean reward of the batch as baseline).
 
 Either starts from scratch, from a trained backbone (gates added, whole net fine-tuned) or from a
-SkipNet checkpoint (e.g. HRL after SP). Checkpoints are written atomically after every epoch, and
-``resume`` continues a run exactly as in :func:`edgeskip.train.loop.train`.
+SkipNet checkpoint (e.g. HRL after SP). Both are objectives of the one training engine
+(:mod:`edgeskip.train.engine`): checkpoints after every epoch, exact resume, as for plain training.
 """
 
 from __future__ import annotations
 
-import math
 import os
-import sys
-import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from edgeskip.data.batches import iterate, num_batches
 from edgeskip.data.dataset import ArrayDataset, Normalization, Splits
@@ -32,7 +28,8 @@ from edgeskip.models.gates import GateConfig
 from edgeskip.models.skipnet import SkipNetResNet, skipnet_macs
 from edgeskip.train.checkpoint import Checkpoint, load_checkpoint
 from edgeskip.train.config import DataSpec, TrainConfig
-from edgeskip.train.loop import augment_default, make_optimizer
+from edgeskip.train.engine import run_epochs
+from edgeskip.train.loop import make_optimizer
 
 GATE_MODES = ("sp", "hrl")
 
@@ -84,16 +81,35 @@ def evaluate_gated(model: SkipNetResNet, ds: ArrayDataset, norm: Normalization, 
                      [float(v) for v in (1 - ex).mean(0)])
 
 
-def _loss(model: SkipNetResNet, xb: torch.Tensor, yb: torch.Tensor, gt: GateTraining, label_smoothing: float):
-    if gt.mode == "sp":
-        out = model.run(xb, "st")
-        return F.cross_entropy(out.logits, yb, label_smoothing=label_smoothing), out
-    out = model.run(xb, "sample")
-    ce = F.cross_entropy(out.logits, yb, reduction="none", label_smoothing=label_smoothing)
-    g = max(1, out.execute.shape[1])
-    reward = -gt.beta * ce.detach() + gt.alpha / g * (~out.execute).sum(1).float()
-    policy = -(out.log_prob * (reward - reward.mean())).mean()  # type: ignore[operator]
-    return ce.mean() + policy, out
+class GateObjective:
+    """SkipNet's gate training as an engine objective (:mod:`edgeskip.train.engine`): ``sp`` runs hard
+    decisions forward and soft probabilities backward; ``hrl`` samples decisions and adds the REINFORCE
+    term. Per-sample statistic: blocks skipped; validation: accuracy, skipped blocks and MACs with hard
+    decisions."""
+
+    def __init__(self, model: SkipNetResNet, gt: GateTraining, label_smoothing: float = 0.0) -> None:
+        self.model, self.gt, self.label_smoothing = model, gt, label_smoothing
+        self.label = f"{gt.mode} "
+
+    def forward(self, xb: torch.Tensor) -> Any:
+        return self.model.run(xb, "st" if self.gt.mode == "sp" else "sample")
+
+    def loss(self, out: Any, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+        gt, skipped = self.gt, {"skipped": float((~out.execute).sum())}
+        if gt.mode == "sp":
+            return F.cross_entropy(out.logits, yb, label_smoothing=self.label_smoothing), out.logits, skipped
+        ce = F.cross_entropy(out.logits, yb, reduction="none", label_smoothing=self.label_smoothing)
+        g = max(1, out.execute.shape[1])
+        reward = -gt.beta * ce.detach() + gt.alpha / g * (~out.execute).sum(1).float()
+        policy = -(out.log_prob * (reward - reward.mean())).mean()
+        return ce.mean() + policy, out.logits, skipped
+
+    def validate(self, splits: Splits, ddp: Any) -> dict[str, float]:
+        stats = evaluate_gated(self.model, splits.val, splits.norm)
+        return {"val_acc": stats.accuracy, "val_skipped": stats.mean_skipped, "val_macs": stats.mean_macs}
+
+    def summary(self, rec: dict[str, float]) -> str:
+        return f"  skipped {rec['val_skipped']:.2f}/{self.model.cfg.num_gates}"
 
 
 def _start(init: Checkpoint | None, model_cfg: ResNetConfig | None, gate_cfg: GateConfig, splits: Splits):
@@ -179,46 +195,6 @@ def train_gates(
         opt.load_state_dict(ck.optimizer)
         sched.load_state_dict(ck.scheduler)
         torch.set_rng_state(ck.rng)
-    augment = augment_default(train_cfg, splits.shape)
     model.to(memory_format=torch.channels_last)
-
-    for epoch in range(ck.epoch, train_cfg.epochs):
-        model.train()
-        t0 = time.time()
-        seen = correct = 0
-        loss_sum = skipped = 0.0
-        batches = iterate(splits.train, norm, train_cfg.batch_size, shuffle=True, augment=augment,
-                          seed=train_cfg.seed * 100_003 + epoch, drop_last=True)
-        bar = tqdm(batches, total=steps, desc=f"{gate_training.mode} epoch {epoch + 1}/{train_cfg.epochs}",
-                   leave=False, disable=not progress, file=sys.stderr, dynamic_ncols=True)
-        for xb, yb in bar:
-            loss, res = _loss(model, xb.contiguous(memory_format=torch.channels_last), yb, gate_training,
-                              train_cfg.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            n = len(yb)
-            seen += n
-            loss_sum += loss.item() * n
-            correct += int((res.logits.argmax(1) == yb).sum())
-            skipped += float((~res.execute).sum())
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", skip=f"{skipped / seen:.2f}")
-        if not math.isfinite(loss_sum):
-            raise EdgeskipError(f"training diverged at epoch {epoch + 1} (loss is not finite); lower --lr")
-        stats = evaluate_gated(model, splits.val, norm)
-        rec = {"epoch": epoch + 1, "loss": loss_sum / seen, "train_acc": correct / seen,
-               "train_skipped": skipped / seen, "val_acc": stats.accuracy, "val_skipped": stats.mean_skipped,
-               "val_macs": stats.mean_macs, "lr": opt.param_groups[0]["lr"], "seconds": time.time() - t0}
-        state = {k: v.contiguous() for k, v in model.state_dict().items()}
-        ck = Checkpoint(cfg, state, norm, splits.class_names, splits.dataset_id, data, train_cfg, epoch + 1,
-                        ck.history + [rec], opt.state_dict(), sched.state_dict(), torch.get_rng_state(),
-                        gate_cfg=gate_cfg, gate_training=gate_training.to_dict())
-        ck.save(out)
-        if progress:
-            print(f"{gate_training.mode} epoch {epoch + 1}/{train_cfg.epochs}  loss {rec['loss']:.4f}  "
-                  f"train {rec['train_acc']:.4f}  val {stats.accuracy:.4f}  skipped {stats.mean_skipped:.2f}/"
-                  f"{cfg.num_gates}  {rec['seconds']:.1f}s", file=sys.stderr)
-        if on_epoch_end is not None:
-            on_epoch_end(ck)
-    return ck
+    return run_epochs(model, GateObjective(model, gate_training, train_cfg.label_smoothing), opt, sched, splits, ck,
+                      out, steps, progress=progress, on_epoch_end=on_epoch_end)

@@ -1,19 +1,17 @@
-"""The training loop: deterministic given the seed, checkpoint every epoch, exact resume."""
+"""Plain training (cross-entropy) on the engine (:mod:`edgeskip.train.engine`): deterministic given the
+seed, checkpoint every epoch, exact resume, torchrun data parallelism."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
 import os
-import sys
-import time
 from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 from edgeskip.data.batches import iterate, num_batches
 from edgeskip.data.dataset import ArrayDataset, Normalization, Splits
@@ -22,7 +20,8 @@ from edgeskip.models import CifarResNet, ResNetConfig, build_model
 from edgeskip.train.checkpoint import Checkpoint, load_checkpoint
 from edgeskip.train.config import DataSpec, TrainConfig
 from edgeskip.train.distributed import Distributed, from_environment
-from edgeskip.train.precision import autocast, resolve_amp
+from edgeskip.train.engine import run_epochs, step
+from edgeskip.train.precision import resolve_amp
 
 EpochHook = Callable[[Checkpoint], None]
 
@@ -75,17 +74,35 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, steps_per_epoch: in
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, steps_per_epoch))
 
 
+class CrossEntropy:
+    """The plain objective: cross-entropy of ``forward``'s logits (label smoothing per the run's config);
+    validation is top-1 accuracy with every block executed."""
+
+    label = ""
+
+    def __init__(self, forward: Callable[[torch.Tensor], torch.Tensor], model: torch.nn.Module,
+                 label_smoothing: float = 0.0) -> None:
+        self._forward, self.model, self.label_smoothing = forward, model, label_smoothing
+
+    def forward(self, xb: torch.Tensor) -> torch.Tensor:
+        return self._forward(xb).float()
+
+    def loss(self, logits: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+        return F.cross_entropy(logits, yb, label_smoothing=self.label_smoothing), logits, {}
+
+    def validate(self, splits: Splits, ddp: Distributed) -> dict[str, float]:
+        return {"val_acc": evaluate(self.model, splits.val, splits.norm, ddp=ddp)}  # type: ignore[arg-type]
+
+    def summary(self, rec: dict[str, float]) -> str:
+        return ""
+
+
 def train_step(forward: Callable[[torch.Tensor], torch.Tensor], opt: torch.optim.Optimizer,
                sched: torch.optim.lr_scheduler.LRScheduler, xb: torch.Tensor, yb: torch.Tensor,
                cfg: TrainConfig, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimizer step on a batch: (loss, fp32 logits). ``cfg.amp`` must be resolved."""
-    with autocast(cfg.amp, device):
-        logits = forward(xb).float()
-    loss = F.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-    sched.step()
+    """One cross-entropy optimizer step on a batch: (loss, fp32 logits). ``cfg.amp`` must be resolved."""
+    loss, logits, _ = step(CrossEntropy(forward, None, cfg.label_smoothing), opt, sched, xb, yb,  # type: ignore[arg-type]
+                           cfg.amp, device)
     return loss, logits
 
 
@@ -95,13 +112,6 @@ def training_forward(model: CifarResNet, cfg: TrainConfig, ddp: Distributed) -> 
     if ddp.active:  # batch-mode stochastic depth leaves dropped blocks without gradients
         net = DistributedDataParallel(model, find_unused_parameters=model.cfg.sd_mode == "batch")
     return torch.compile(net) if cfg.compile else net
-
-
-def augment_default(cfg: TrainConfig, shape: tuple[int, int, int]) -> bool:
-    if cfg.augment is not None:
-        return cfg.augment
-    c, h, w = shape
-    return c == 3 and h >= 32 and w >= 32
 
 
 def train(
@@ -167,46 +177,7 @@ def train(
         sched.load_state_dict(ck.scheduler)
         torch.set_rng_state(ck.rng)
         splits.norm = ck.norm
-    augment = augment_default(train_cfg, splits.shape)
-    forward = training_forward(model, train_cfg, ddp)
-    shard = (ddp.rank, ddp.world_size)
-    progress = progress and ddp.is_main
-    last = train_cfg.epochs if stop_after is None else min(stop_after, train_cfg.epochs)
-
-    for epoch in range(ck.epoch, last):
-        model.train()
-        t0 = time.time()
-        seen = correct = 0
-        loss_sum = 0.0
-        batches = iterate(splits.train, splits.norm, train_cfg.batch_size, shuffle=True, augment=augment,
-                          seed=train_cfg.seed * 100_003 + epoch, drop_last=True, shard=shard)
-        bar = tqdm(batches, total=steps, desc=f"epoch {epoch + 1}/{train_cfg.epochs}", leave=False,
-                   disable=not progress or not sys.stderr.isatty(), file=sys.stderr, dynamic_ncols=True)
-        for xb, yb in bar:
-            xb, yb = xb.to(ddp.device, memory_format=torch.channels_last), yb.to(ddp.device)
-            loss, logits = train_step(forward, opt, sched, xb, yb, train_cfg, ddp.device)
-            n = len(yb)
-            seen += n
-            loss_sum += loss.item() * n
-            correct += int((logits.argmax(1) == yb).sum())
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
-        seen, loss_sum, correct = ddp.sum(seen, loss_sum, correct)
-        if not math.isfinite(loss_sum):
-            raise EdgeskipError(f"training diverged at epoch {epoch + 1} (loss is not finite); lower --lr")
-        val_acc = evaluate(model, splits.val, splits.norm, ddp=ddp)
-        rec = {"epoch": epoch + 1, "loss": loss_sum / seen, "train_acc": correct / seen, "val_acc": val_acc,
-               "lr": opt.param_groups[0]["lr"], "seconds": time.time() - t0}
-        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        ck = Checkpoint(model_cfg, state, splits.norm, splits.class_names, splits.dataset_id, data,
-                        train_cfg, epoch + 1, ck.history + [rec], opt.state_dict(), sched.state_dict(),
-                        torch.get_rng_state())
-        if ddp.is_main:
-            ck.save(out)
-        ddp.barrier()  # no rank runs ahead of the checkpoint it would resume from
-        if progress:
-            print(f"epoch {epoch + 1}/{train_cfg.epochs}  loss {rec['loss']:.4f}  train {rec['train_acc']:.4f}  "
-                  f"val {val_acc:.4f}  {rec['seconds']:.1f}s", file=sys.stderr)
-        if on_epoch_end is not None:
-            on_epoch_end(ck)
+    objective = CrossEntropy(training_forward(model, train_cfg, ddp), model, train_cfg.label_smoothing)
+    ck = run_epochs(model, objective, opt, sched, splits, ck, out, steps, ddp, stop_after, progress, on_epoch_end)
     ddp.close()
     return ck

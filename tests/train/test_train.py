@@ -11,10 +11,6 @@ CFG = ResNetConfig(depth=14, widths=(4, 8, 16))
 TCFG = TrainConfig(epochs=3, batch_size=64, lr=0.05)
 
 
-class Interrupt(Exception):
-    pass
-
-
 def test_trained_model_learns(tiny_checkpoint, digits_splits):
     model, ck = load_model(tiny_checkpoint)
     acc = evaluate(model, digits_splits.test, ck.norm)
@@ -38,22 +34,7 @@ def test_deterministic_given_seed(tmp_path, digits_splits):
     assert all(torch.equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict)
 
 
-def test_resume_after_interruption_matches_uninterrupted(tmp_path, digits_splits):
-    full = train(tmp_path / "full.pt", DataSpec("digits"), CFG, TCFG, splits=digits_splits, progress=False)
-
-    def stop_after_first(ck):
-        if ck.epoch == 1:
-            raise Interrupt
-
-    path = tmp_path / "cut.pt"
-    with pytest.raises(Interrupt):
-        train(path, DataSpec("digits"), CFG, TCFG, splits=digits_splits, progress=False, on_epoch_end=stop_after_first)
-    assert load_checkpoint(path).epoch == 1
-    resumed = train(path, DataSpec("digits"), resume=True, progress=False)
-    assert resumed.epoch == 3 and [h["epoch"] for h in resumed.history] == [1, 2, 3]
-    for k in full.state_dict:
-        assert torch.equal(full.state_dict[k], resumed.state_dict[k]), k
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp files left
+# exact resume: tests/train/test_engine.py (every objective)
 
 
 def test_refuses_to_overwrite_and_resume_needs_a_file(tmp_path, tiny_checkpoint):
