@@ -98,8 +98,8 @@ class GuardedHandler(RequestHandler):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._payload_parser is not None or self._upgraded or self._force_close or self._close:
-            super().data_received(data)
+        if not data or self._payload_parser is not None or self._upgraded or self._force_close or self._close:
+            super().data_received(data)  # b"": aiohttp asks its parser to go on with what it buffered while paused
             return
         start = 0
         while start < len(data):  # feed up to the end of each request header, so the parser emits what precedes
