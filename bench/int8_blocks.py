@@ -50,11 +50,12 @@ def export(module: torch.nn.Module, shape: tuple[int, ...], path: Path) -> None:
 QUANT = {"s8s8": "QInt8", "u8s8": "QUInt8"}  # activation type (weights are int8, symmetric, per tensor)
 
 
-def quantize(src: Path, dst: Path, shape: tuple[int, ...], act: str, n: int = 32) -> None:
+def quantize(src: Path, dst: Path, shape: tuple[int, ...], act: str, n: int = 32,
+             calibration: list[np.ndarray] | None = None) -> None:
     """QDQ int8 of ``src``: onnxruntime's pre-processing first (BN folded into initializer biases: without
     it the biases stay float and the convolutions are not fused into int8 kernels), then static
     quantisation with ``act`` activations ("s8s8": symmetric int8; "u8s8": asymmetric uint8, the pairing
-    x86 VNNI kernels take natively)."""
+    x86 VNNI kernels take natively), calibrated on ``calibration`` (default: ``n`` random normal batches)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -62,7 +63,8 @@ def quantize(src: Path, dst: Path, shape: tuple[int, ...], act: str, n: int = 32
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.batches = iter([{"x": rng.standard_normal(shape).astype(np.float32)} for _ in range(n)])
+            data = calibration or [rng.standard_normal(shape).astype(np.float32) for _ in range(n)]
+            self.batches = iter([{"x": b} for b in data])
 
         def get_next(self):  # noqa: ANN201 - onnxruntime's interface
             return next(self.batches, None)
@@ -146,6 +148,59 @@ def measure_block(label: str, model: torch.nn.Module, i: int, work: Path, repeat
     return row
 
 
+def whole_network(ck_path: Path, work: Path, repeats: int, calib_images: int = 512) -> dict:
+    """The whole trained network in int8 (u8s8 and s8s8) vs float on onnxruntime: top-1 on the validation
+    and test splits, batch-1 latency. Calibration on a seeded random subset of the *training* split."""
+    import onnxruntime as ort
+
+    from edgeskip.data.batches import iterate
+
+    ck = load_checkpoint(ck_path)
+    model = ck.model()
+    splits = ck.data.load()
+    shape = (1, *splits.shape)
+    f32 = work / "net.onnx"
+    torch.onnx.export(_Whole(model), (torch.zeros(shape),), str(f32),
+                      input_names=["x"], output_names=["y"], opset_version=17, dynamo=False,
+                      dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
+    calib = [xb.numpy() for xb, _ in iterate(splits.train, splits.norm, 64, shuffle=True, seed=12345)]
+    calib = calib[: max(1, calib_images // 64)]
+    graphs = {"fp32": f32}
+    for act in QUANT:
+        graphs[act] = work / f"net_{act}.onnx"
+        quantize(f32, graphs[act], shape, act, calibration=calib)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+    sess = {k: ort.InferenceSession(str(v), opts, providers=["CPUExecutionProvider"]) for k, v in graphs.items()}
+    out: dict = {"checkpoint": str(ck_path), "calibration_images": len(calib) * 64, "accuracy": {}}
+    for split in ("val", "test"):
+        ds = getattr(splits, split)
+        correct = {k: 0 for k in sess}
+        for xb, yb in iterate(ds, splits.norm, 250):
+            for k, s_ in sess.items():
+                correct[k] += int((s_.run(None, {"x": xb.numpy()})[0].argmax(1) == yb.numpy()).sum())
+        out["accuracy"][split] = {k: c / len(ds) for k, c in correct.items()}
+    x = np.ascontiguousarray(next(iterate(splits.test, splits.norm, 1))[0].numpy())
+    med = time_interleaved({k: (lambda s_=s_: s_.run(None, {"x": x})) for k, s_ in sess.items()}, repeats)
+    out["median_s"] = med
+    out["int8_over_fp32"] = {act: med[act] / med["fp32"] for act in QUANT}
+    acc = out["accuracy"]
+    print("whole network, onnxruntime: " + "  ".join(
+        f"{k}: val {acc['val'][k]:.4f} test {acc['test'][k]:.4f} {med[k] * 1e6:.0f} us" for k in sess), flush=True)
+    return out
+
+
+class _Whole(torch.nn.Module):
+    """The network with every block executed (no skip input), for export."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", type=Path, default=Path("bench/results/r20_sd.pt"))
@@ -153,6 +208,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--wide", type=int, default=4,
                     help="also time the blocks of a randomly initialised ResNet-20 this many times wider "
                          "(0: skip), to see where int8 starts to pay")
+    ap.add_argument("--network", action="store_true",
+                    help="also the whole network in int8 on onnxruntime: accuracy (val/test) and latency")
     ap.add_argument("--out", type=Path, default=Path("bench/results"))
     args = ap.parse_args(argv)
     import onnxruntime as ort
@@ -180,6 +237,8 @@ def main(argv: list[str] | None = None) -> None:
             for stage in range(3):  # each stage's first gated block
                 i = next(k for k in gated if k // per_stage == stage)
                 res["blocks"].append(measure_block(label, model, i, work, args.repeats))
+        if args.network:
+            res["network"] = whole_network(args.checkpoint, work, args.repeats)
     finally:
         subprocess.run(["rm", "-rf", str(work)])
     write_json(args.out / "int8_blocks.json", res)
