@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # SkipNet baseline on CIFAR-10 ResNet-20: FFGate-I gates added to the conventionally trained backbone
-# (bench/work/r20_plain.pt from bench/train_cifar10_r20.sh; SkipNet's own recipe starts from a
+# (bench/work/r20_plain.pt from bench/train_cifar10.sh; SkipNet's own recipe starts from a
 # pretrained ResNet), supervised pre-training (SP, straight-through), then hybrid RL (HRL).
 # One thread (2-core machine). Checkpoints in bench/work/ (ignored); RESUME=1 continues both stages.
 set -euo pipefail

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Train a CIFAR ResNet (default ResNet-20; DEPTH=56, ...) on CIFAR-10 (../shared/datasets/cifar10-jpeg) with and
+# without stochastic depth, side by side (one thread each on a 2-core machine) with the named recipe, then record
+# Figure 1 (sd_vs_plain.py).
+#
+# The runs take several working periods on this CPU: each invocation resumes the checkpoints in $RUNS (committed,
+# exactly resumable) and, with STOP_AFTER=N, stops cleanly after epoch N. When both are complete, Figure 1 and
+# the slim checkpoints are written to bench/results/.
+#   bash bench/train_cifar10.sh                        # ResNet-20, run to the end
+#   STOP_AFTER=60 bash bench/train_cifar10.sh          # stop after epoch 60 (commit $RUNS, continue later)
+#   DEPTH=56 EXTRA="--warmup 2" bash bench/train_cifar10.sh   # ResNet-56 (lr 0.1 needs a warm-up at this depth)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA=${DATA:-../shared/datasets/cifar10-jpeg}
+RECIPE=${RECIPE:-cifar-resnet}
+RUNS=${RUNS:-bench/checkpoints}
+DEPTH=${DEPTH:-20}
+EXTRA=${EXTRA:-}
+mkdir -p "$RUNS"
+for v in sd plain; do
+  flag=$([ $v = sd ] && echo --sd || echo --no-sd)
+  resume=$([ -f "$RUNS/r${DEPTH}_$v.pt" ] && echo --resume || true)
+  # on --resume the checkpoint's stored settings win; EXTRA only shapes a new run
+  edgeskip train --dataset imagefolder --data-dir "$DATA" --depth "$DEPTH" --recipe "$RECIPE" $flag --seed 0 \
+    --threads 1 $EXTRA --out "$RUNS/r${DEPTH}_$v.pt" $resume ${STOP_AFTER:+--stop-after $STOP_AFTER} \
+    >> "$RUNS/train_r${DEPTH}_$v.log" 2>&1 &
+done
+wait
+python - "$RUNS" "$DEPTH" <<'PY' || { echo "runs not complete yet; run this script again to continue them"; exit 0; }
+import sys
+from edgeskip.train import load_checkpoint
+sys.exit(0 if all(load_checkpoint(f"{sys.argv[1]}/r{sys.argv[2]}_{v}.pt").complete for v in ("sd", "plain")) else 1)
+PY
+python bench/sd_vs_plain.py --sd "$RUNS/r${DEPTH}_sd.pt" --plain "$RUNS/r${DEPTH}_plain.pt" \
+  --name "cifar10_r${DEPTH}_sd_vs_plain" --slim "r${DEPTH}_sd.pt,r${DEPTH}_plain.pt" --out bench/results
