@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -15,6 +17,21 @@ from edgeskip.train import DataSpec, TrainConfig, load_checkpoint, train
 torch.set_num_threads(1)  # tests run beside other work on a 2-core machine; keep them predictable
 
 TINY = ResNetConfig(depth=20, widths=(8, 16, 32))
+
+
+def edited_bundle(src, dest, edit):
+    """A copy of bundle ``src`` at ``dest`` whose manifest ``edit(doc)`` changed in place (hashes untouched)."""
+    shutil.copytree(src, dest)
+    doc = json.loads((dest / "manifest.json").read_text())
+    edit(doc)
+    (dest / "manifest.json").write_text(json.dumps(doc))
+    return dest
+
+
+def inflate_accuracies(doc):
+    """The H4 edit of issue #11: every config's validation accuracy set to 0.999, all hashes still matching."""
+    for c in doc["configs"]:
+        c["val_accuracy"] = 0.999
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,6 @@
 """Signed bundles (OpenSSF model-signing, offline EC keys): inspect, serve and bench refuse what the key did
 not sign, with one line and exit 2."""
 
-import json
 import shutil
 import subprocess
 import sys
@@ -9,6 +8,8 @@ import sys
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+
+from tests.conftest import edited_bundle, inflate_accuracies
 
 
 def edgeskip(*args, timeout=180):
@@ -55,12 +56,7 @@ def test_unsigned_tampered_and_foreign_bundles_are_refused(signed, bundle, tmp_p
     _, other_pub = keypair(tmp_path, "other")
     one_line(edgeskip("inspect", copy, "--verify-key", other_pub), "signature check failed")
     # the H4 edit with every hash kept consistent: validation passes, the signature does not
-    edited = tmp_path / "edited"
-    shutil.copytree(copy, edited)
-    m = json.loads((edited / "manifest.json").read_text())
-    for c in m["configs"]:
-        c["val_accuracy"] = 0.999
-    (edited / "manifest.json").write_text(json.dumps(m))
+    edited = edited_bundle(copy, tmp_path / "edited", inflate_accuracies)
     assert edgeskip("inspect", edited).returncode == 0  # consistent, so only the signature can tell
     for argv in (["inspect", edited], ["serve", edited, "--port", "0"], ["bench", edited, "--count", "5"]):
         one_line(edgeskip(*argv, "--verify-key", pub), "signature check failed")

@@ -2,10 +2,11 @@
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
+
+from tests.conftest import edited_bundle
 
 
 def run(*args):
@@ -104,11 +105,10 @@ def test_bench_on_a_runtime_only_install(bundle, tmp_path):
     a = json.loads((tmp_path / "a" / "bench.json").read_text())
     assert a["timeline_png"] == "timeline.png"
     # a bundle without a sample (older ones) asks for --images in one line; model.pt's data spec is never read
-    old = tmp_path / "old"
-    shutil.copytree(bundle, old)
-    m = json.loads((old / "manifest.json").read_text())
-    del m["sample"], m["artifacts"]["eval/sample.npz"]
-    (old / "manifest.json").write_text(json.dumps(m))
+    def without_sample(doc):
+        del doc["sample"], doc["artifacts"]["eval/sample.npz"]
+
+    old = edited_bundle(bundle, tmp_path / "old", without_sample)
     res = runtime_only(old, tmp_path / "d")
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and "--images FILE.npz" in res.stderr, res.stderr
     junk = tmp_path / "junk.npz"

@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from daemon_process import Server
+from tests.conftest import edited_bundle, inflate_accuracies
 
 
 @pytest.fixture(scope="module")
@@ -190,19 +191,12 @@ def test_bad_command_lines_are_one_line_exit_2(bundle, tmp_path, args, fragment)
 def test_digest_pins_the_manifest_for_inspect_serve_and_bench(bundle, tmp_path):
     """A consistent but edited manifest (accuracies inflated, hashes updated) passes validation; --digest
     (printed at compile time) refuses it in inspect, serve and bench."""
-    import shutil
-
     good = subprocess.run([sys.executable, "-m", "edgeskip", "inspect", str(bundle)], capture_output=True,
                           text=True, timeout=120)
     digest = re.search(r"bundle digest (sha256:[0-9a-f]{64})", good.stdout).group(1)
     assert subprocess.run([sys.executable, "-m", "edgeskip", "inspect", str(bundle), "--digest", digest],
                           capture_output=True, text=True, timeout=120).returncode == 0
-    edited = tmp_path / "edited"
-    shutil.copytree(bundle, edited)
-    m = json.loads((edited / "manifest.json").read_text())
-    for c in m["configs"]:
-        c["val_accuracy"] = 0.999
-    (edited / "manifest.json").write_text(json.dumps(m))
+    edited = edited_bundle(bundle, tmp_path / "edited", inflate_accuracies)
     for argv in (["inspect", str(edited)], ["serve", str(edited), "--port", "0"],
                  ["bench", str(edited), "--count", "5"]):
         res = subprocess.run([sys.executable, "-m", "edgeskip", *argv, "--digest", digest], capture_output=True,
@@ -257,16 +251,10 @@ def test_stalled_uploads_are_bounded_in_memory_and_time(bundle, digits_splits):
 def test_manifest_that_does_not_match_the_module_is_refused_at_start(bundle, tmp_path):
     """An input shape the graphs do not take, or fewer class names than logits, with every hash consistent:
     serve refuses at start-up with one line for both back ends (the manifest alone cannot tell)."""
-    import shutil
-
     for edit, fragment in ((lambda m: m["input"].update(shape=["N", 1, 9, 9]), "does not run on its manifest's input"),
                            (lambda m: m.update(class_names=[str(i) for i in range(9)],
                                                model={**m["model"], "num_classes": 9}), "logits for 9 class names")):
-        copy = tmp_path / f"b{len(list(tmp_path.iterdir()))}"
-        shutil.copytree(bundle, copy)
-        m = json.loads((copy / "manifest.json").read_text())
-        edit(m)
-        (copy / "manifest.json").write_text(json.dumps(m))
+        copy = edited_bundle(bundle, tmp_path / f"b{len(list(tmp_path.iterdir()))}", edit)
         for backend in ("iree", "onnxruntime"):
             res = subprocess.run([sys.executable, "-m", "edgeskip", "serve", str(copy), "--port", "0", "--backend",
                                   backend], capture_output=True, text=True, timeout=120)
