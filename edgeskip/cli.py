@@ -538,7 +538,8 @@ def serve(bundle, min_acc, delta_req, fixed, backend, host, port, max_body, max_
                    "(NAME[+qDEPTH][+dDEADLINE_MS]; NAME: original, config K or a policy).")
 @click.option("--loads", default=None, metavar="L1,L2,...",
               help="Load sweep: every run at each of these loads (x the original's capacity) and --seeds seeds; "
-                   "writes sweep.json and sweep.png.")
+                   "writes sweep.json and sweep.png. Without --runs: original,paper,rate,mix and the run that "
+                   "--policy/--queue-depth/--deadline-ms describe.")
 @click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True, help="Seeds per load (--loads).")
 def bench_cmd(bundle, pattern, count, period, load, rate, trace, seed, min_acc, delta_req, configs, url, backend,
               compare, loadgen, images_file, digest, verify_key, save_images, out, target, driver,
@@ -583,7 +584,10 @@ def bench_cmd(bundle, pattern, count, period, load, rate, trace, seed, min_acc, 
         if pattern == "trace" or rate is not None or period is not None:
             raise EdgeskipError("--loads sets the period itself: it takes a synthetic --pattern, not --trace, "
                                 "--rate or --period")
-        doc = run_sweep(bundle, out, values, seeds, runs or "original,paper,rate,mix", pattern, count, min_acc,
+        from edgeskip.bench.sweep import default_runs
+
+        runs = runs or default_runs(policy, queue_depth, deadline_ms)
+        doc = run_sweep(bundle, out, values, seeds, runs, pattern, count, min_acc,
                         delta_req, url, backend, command, compare, images_file, params, target=target, driver=driver,
                         threads=ort_threads, digest=digest, verify_key=verify_key)
         click.echo(f"{pattern} workload, {count} requests per run, original's service time "

@@ -61,6 +61,16 @@ def parse_run(label: str, params: dict[str, float] | None = None) -> RunSpec:
     return RunSpec(label.strip(), name, None, q, d, dict(params or {}) if name in ("rate", "mix") else {})
 
 
+DEFAULT_RUNS = ("original", "paper", "rate", "mix")
+
+
+def default_runs(policy: str = "paper", queue_depth: int = 0, deadline_ms: float | None = None) -> str:
+    """The runs a sweep compares when none are named: :data:`DEFAULT_RUNS`, plus the run that ``--policy``,
+    ``--queue-depth`` and ``--deadline-ms`` describe when it is not one of them (so those options count)."""
+    label = policy + (f"+q{queue_depth}" if queue_depth else "") + (f"+d{deadline_ms:g}" if deadline_ms else "")
+    return ",".join(DEFAULT_RUNS if label in DEFAULT_RUNS else (*DEFAULT_RUNS, label))
+
+
 def parse_runs(labels: str | Sequence[str], params: dict[str, float] | None = None) -> list[RunSpec]:
     """Comma-separated run labels; ``original`` is added first if missing (every ratio is against it)."""
     items = [x for x in (labels.split(",") if isinstance(labels, str) else labels) if x.strip()]

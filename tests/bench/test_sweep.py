@@ -37,3 +37,13 @@ def test_sweep_table_ratios_against_the_original_on_the_same_seed():
     assert t["original"]["ratio_mean"] == 1.0 and t["original"]["dexp_pp_mean"] == 0.0
     assert t["rate"]["ratio_min"] == 1.5 and t["rate"]["ratio_max"] == 2.0 and t["rate"]["ratio_mean"] == 1.75
     assert t["rate"]["dacc_pp_mean"] == pytest.approx(-3.0) and t["rate"]["dexp_pp_mean"] == pytest.approx(-2.0)
+
+
+def test_default_runs_include_the_policy_asked_for():
+    from edgeskip.bench.sweep import default_runs
+
+    assert default_runs() == "original,paper,rate,mix"
+    assert default_runs("rate") == "original,paper,rate,mix"
+    assert default_runs("mix", 4) == "original,paper,rate,mix,mix+q4"
+    assert default_runs("paper", 2, 2.5) == "original,paper,rate,mix,paper+q2+d2.5"
+    assert [r.label for r in parse_runs(default_runs("rate", 8))][-1] == "rate+q8"
