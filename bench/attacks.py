@@ -24,7 +24,6 @@ import io
 import json
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -34,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_footprint import REPO, Daemon, rss_kib, v1_copy  # noqa: E402
+from serve_footprint import REPO, Daemon, add_old_worktree, drop_work, rss_kib, v1_copy  # noqa: E402
 
 from edgeskip.utils.atomic import write_json  # noqa: E402
 
@@ -191,8 +190,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.queue_depth:
         runs.append((f"new --queue-depth {args.queue_depth}", REPO, ("--queue-depth", str(args.queue_depth)), 0))
     try:
-        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(work / "old"), args.old],
-                       check=True, capture_output=True)
+        add_old_worktree(args.old, work)
         bundle = v1_copy(args.bundle, work / args.bundle.name)
         for name, root, extra, _ in runs:  # attacks: once each
             res["variants"][name] = {"overload": []}
@@ -220,11 +218,7 @@ def main(argv: list[str] | None = None) -> None:
                 finally:
                     d.stop()
     finally:
-        subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(work / "old")],
-                       capture_output=True)
-        import shutil
-
-        shutil.rmtree(work, ignore_errors=True)
+        drop_work(work)
     write_json(args.out / "attacks.json", res)
     for name, v in res["variants"].items():
         ratios = [o["overload_over_sequential"] for o in v["overload"]]

@@ -16,17 +16,17 @@ the latencies are those of a properly calibrated block; accuracy is not measured
 from __future__ import annotations
 
 import argparse
+import re
 import shlex
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from edgeskip.pareto.latency import interleaved_median
 from edgeskip.train import load_checkpoint
 from edgeskip.utils.atomic import write_json
 
@@ -77,17 +77,8 @@ def quantize(src: Path, dst: Path, shape: tuple[int, ...], act: str, n: int = 32
 
 
 def time_interleaved(fns: dict[str, object], repeats: int, warmup: int = 20) -> dict[str, float]:
-    """Median seconds per call of each function, called round-robin ``repeats`` times."""
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(warmup):
-        for f in fns.values():
-            f()  # type: ignore[operator]
-    for _ in range(repeats):
-        for k, f in fns.items():
-            t0 = time.perf_counter()
-            f()  # type: ignore[operator]
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+    """Median seconds per call of each named function, called round-robin (edgeskip's interleaved timing)."""
+    return dict(zip(fns, interleaved_median(list(fns.values()), repeats, warmup)))  # type: ignore[arg-type]
 
 
 def iree_host(onnx_path: Path, work: Path) -> tuple[object | None, str | None]:
@@ -112,7 +103,7 @@ def measure_block(label: str, model: torch.nn.Module, i: int, work: Path, repeat
     ch = block.conv1.in_channels
     side = model.cfg.input_size[0] >> (i // ((model.cfg.depth - 2) // 6))
     shape = (1, ch, side, side)
-    stem = f"{label.split()[1] if ' ' in label else label}_block{i}".replace(" ", "_")
+    stem = re.sub(r"\W+", "_", f"{label} block{i}")
     f32 = work / f"{stem}.onnx"
     export(Block(block), shape, f32)
     x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
@@ -160,7 +151,7 @@ def whole_network(ck_path: Path, work: Path, repeats: int, calib_images: int = 5
     splits = ck.data.load()
     shape = (1, *splits.shape)
     f32 = work / "net.onnx"
-    torch.onnx.export(_Whole(model), (torch.zeros(shape),), str(f32),
+    torch.onnx.export(model, (torch.zeros(shape),), str(f32),  # every block executed (no skip input)
                       input_names=["x"], output_names=["y"], opset_version=17, dynamo=False,
                       dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
     calib = [xb.numpy() for xb, _ in iterate(splits.train, splits.norm, 64, shuffle=True, seed=12345)]
@@ -188,17 +179,6 @@ def whole_network(ck_path: Path, work: Path, repeats: int, calib_images: int = 5
     print("whole network, onnxruntime: " + "  ".join(
         f"{k}: val {acc['val'][k]:.4f} test {acc['test'][k]:.4f} {med[k] * 1e6:.0f} us" for k in sess), flush=True)
     return out
-
-
-class _Whole(torch.nn.Module):
-    """The network with every block executed (no skip input), for export."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model.eval()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
 
 
 def main(argv: list[str] | None = None) -> None:

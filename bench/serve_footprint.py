@@ -60,6 +60,19 @@ def v1_copy(bundle: Path, dest: Path) -> Path:
     return dest
 
 
+def add_old_worktree(rev: str, work: Path) -> Path:
+    """``work/old``: a git worktree of this repository at ``rev``, for old-vs-new runs (see :func:`drop_work`)."""
+    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(work / "old"), rev], check=True,
+                   capture_output=True)
+    return work / "old"
+
+
+def drop_work(work: Path) -> None:
+    """Remove the worktree ``work/old`` (if any) and the folder ``work``."""
+    subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(work / "old")], capture_output=True)
+    shutil.rmtree(work, ignore_errors=True)
+
+
 def rss_kib(pid: int) -> tuple[int, int]:
     fields = dict(l.split(":", 1) for l in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in l)
     return int(fields["VmRSS"].split()[0]), int(fields["VmHWM"].split()[0])
@@ -229,9 +242,7 @@ def main(argv: list[str] | None = None) -> None:
     work = Path(tempfile.mkdtemp(prefix="serve-footprint-"))
     daemons: dict[str, Daemon] = {}
     try:
-        old_root = work / "old"
-        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(old_root), args.old],
-                       check=True, capture_output=True)
+        old_root = add_old_worktree(args.old, work)
         bundle = v1_copy(args.bundle, work / args.bundle.name)
         res: dict = {"command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])]),
                      "bundle": str(args.bundle), "old": args.old,
@@ -294,8 +305,7 @@ def main(argv: list[str] | None = None) -> None:
         for d in daemons.values():
             if d.proc.poll() is None:
                 d.proc.kill()
-        subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(work / "old")], capture_output=True)
-        shutil.rmtree(work, ignore_errors=True)
+        drop_work(work)
     write_json(args.out / "serve_footprint.json", res)
     plot(res, args.out / "serve_footprint.png")
     for name, v in res["variants"].items():

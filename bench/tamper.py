@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_footprint import REPO, v1_copy  # noqa: E402
+from serve_footprint import REPO, add_old_worktree, drop_work, v1_copy  # noqa: E402
 
+from edgeskip.manifest import bundle_digest  # noqa: E402
 from edgeskip.utils.atomic import write_json  # noqa: E402
 
 Edit = Callable[[dict, Path], None]
@@ -256,14 +257,10 @@ def main(argv: list[str] | None = None) -> None:
                  "bundle": str(args.bundle), "old": args.old, "cases": []}
     t0 = time.perf_counter()
     try:
-        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(work / "old"), args.old],
-                       check=True, capture_output=True)
+        add_old_worktree(args.old, work)
         (work / "shared").symlink_to(REPO.parent / "shared")  # the old bench reads the data spec's ../shared path
         clean = v1_copy(args.bundle, work / "clean" / "bundle")
-        digest = json.loads(subprocess.run([sys.executable, "-c", "import json,sys; from edgeskip.manifest import "
-                                            "bundle_digest; print(json.dumps(bundle_digest(json.load(open(sys.argv[1])))))",
-                                            str(clean / "manifest.json")], capture_output=True, text=True,
-                                           check=True).stdout)
+        digest = bundle_digest(json.loads((clean / "manifest.json").read_text()))
         for i, (name, edit, consistent) in enumerate(CASES):
             case_dir = work / f"case{i:02d}"
             b = case_dir / "bundle"
@@ -285,8 +282,7 @@ def main(argv: list[str] | None = None) -> None:
                   + "   new: " + " ".join(f"{c}={row['new'][c]['outcome']}" for c in row["new"]), flush=True)
             shutil.rmtree(case_dir, ignore_errors=True)
     finally:
-        subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(work / "old")], capture_output=True)
-        shutil.rmtree(work, ignore_errors=True)
+        drop_work(work)
     res["seconds"] = time.perf_counter() - t0
     for label in ("old", "new"):
         tally: dict[str, int] = {}

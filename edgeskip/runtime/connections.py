@@ -55,11 +55,9 @@ class Guard:
                  idle_timeout: float = IDLE_TIMEOUT) -> None:
         self.max_connections, self.count, self.idle_timeout = max_connections, count, idle_timeout
         self.open = 0
-        self.refused = 0
 
     def protocol(self, server: web.Server) -> asyncio.Protocol:
         if self.open >= self.max_connections:
-            self.refused += 1
             self.count(503)
             return Refuse()
         return GuardedHandler(server, self, loop=server._loop, **server._kwargs)  # as Server.__call__ makes them

@@ -64,20 +64,21 @@ def measure_config_latencies(executor: BundleExecutor, repeats: int = 10) -> lis
 
 def measure_service_time(executor: BundleExecutor, repeats: int = 20) -> float:
     """Median end-to-end service time of the no-skip config: what occupies the executor per request in the
-    daemon (a raw body decoded, handed to a worker thread, run, checked, handed back)."""
+    daemon (a raw body handed to a worker thread, decoded, run and checked by the daemon's own
+    :func:`edgeskip.runtime.workers.execute`, handed back)."""
     import queue
     import threading
 
-    from edgeskip.runtime.preprocess import decode
+    from edgeskip.runtime.preprocess import MAX_PIXELS
+    from edgeskip.runtime.workers import Job, execute
 
-    body = np.zeros(executor.input_shape, np.float32).tobytes()
+    job = Job("v1", np.zeros(executor.input_shape, np.float32).tobytes(), {"ctype": "application/octet-stream"})
     jobs: queue.SimpleQueue = queue.SimpleQueue()
     done = threading.Event()
 
     def work() -> None:
         while jobs.get() is not None:
-            x = decode(body, "application/octet-stream", executor.manifest)
-            np.isfinite(executor.infer(x, config=0)).all()
+            execute(executor, job, 0, MAX_PIXELS)
             done.set()
 
     thread = threading.Thread(target=work, daemon=True)
@@ -96,18 +97,10 @@ def measure_service_time(executor: BundleExecutor, repeats: int = 20) -> float:
     return statistics.median(times)
 
 
-def open_checked(bundle: str, backend: str = "auto", **executor_options: object) -> BundleExecutor:
-    """Open the bundle's executor and prove its module against the manifest (:func:`check_module`)."""
-    executor = open_executor(bundle, backend, **executor_options)  # type: ignore[arg-type]
-    check_module(executor)
-    return executor
-
-
-def make_service(bundle: str | BundleExecutor, min_acc: float, delta_req: float | None, fixed: int | None,
+def make_service(bundle: str, min_acc: float, delta_req: float | None, fixed: int | None,
                  backend: str = "auto", policy: str = "paper", queue_depth: int = 0, deadline: float | None = None,
                  policy_params: dict[str, float] | None = None, **executor_options: object) -> InferenceService:
-    """Build the daemon's service over ``bundle`` (a path, or an executor already opened by
-    :func:`open_checked`): ``fixed`` (a config index) or the adaptation ``policy``.
+    """Open the bundle and build the daemon's service: ``fixed`` (a config index) or the adaptation ``policy``.
 
     The end-to-end service time of the no-skip config (decoding a raw body, inference, checks: what the
     executor is occupied with per request) is measured here; it is ``paper``'s Delta_req unless given, and
@@ -115,7 +108,8 @@ def make_service(bundle: str | BundleExecutor, min_acc: float, delta_req: float 
     check_queue(queue_depth, deadline)
     if delta_req is not None and (fixed is not None or policy != "paper"):
         raise EdgeskipError("--delta-req applies to policy paper only")
-    executor = bundle if isinstance(bundle, BundleExecutor) else open_checked(bundle, backend, **executor_options)
+    executor = open_executor(bundle, backend, **executor_options)  # type: ignore[arg-type]
+    check_module(executor)
     if fixed is not None:
         if not 0 <= fixed < len(executor.configs):
             raise EdgeskipError(f"--config {fixed} out of range 0..{len(executor.configs) - 1}")

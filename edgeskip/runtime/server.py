@@ -156,8 +156,7 @@ class InferenceService:
 
     def internal_error(self, e: BaseException) -> web.Response:
         """A failure that is not the client's: one log line, counted, a 500 whose body echoes nothing."""
-        self.counts["error"] += 1
-        self.metrics.error.inc()
+        self.count_status(500)
         log.error("internal error: %s", type(e).__name__)
         return web.json_response({"error": "internal error (counted in /v1/status and /metrics)"}, status=500)
 

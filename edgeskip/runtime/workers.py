@@ -20,7 +20,6 @@ from edgeskip.manifest import Manifest
 from edgeskip.runtime.preprocess import BadRequest, decode, decode_kserve, pin
 
 
-
 class Prepared(Protocol):
     """What a worker runs: anything that turns into (images, pinned config, pinned skip array, extra)."""
 
