@@ -140,6 +140,19 @@ def _threads(n: int | None) -> None:
         torch.set_num_threads(n)
 
 
+def configs_summary(m) -> str:
+    """The bundle's configs (option arrays where int8 blocks run: 8) and, where named, each back end's front."""
+    from edgeskip.utils.table import format_pareto_table
+
+    out = format_pareto_table([c.to_dict() for c in m.configs], m.num_gates)
+    for backend, idx in m.fronts.items():
+        out += f"\n{backend} front (stepping order): configs {list(idx)}"
+    if m.int8 is not None and "weight_bytes" in m.int8:
+        wb = m.int8["weight_bytes"]
+        out += f"\nint8 weights: {wb['int8']:,} bytes beside {wb['float']:,} float bytes in the one archive"
+    return out
+
+
 def skipnet_summary(m: "Manifest") -> str:
     """One SkipNet bundle's figures: accuracy, skipped blocks, MACs with gates, latency spread."""
     c = m.configs[0]
@@ -358,13 +371,18 @@ def evaluate(checkpoint, skip, split, data_dir) -> None:
 @click.option("--target", "targets", default="host,aarch64,odroid-xu4", show_default=True,
               help="Comma-separated targets: host, aarch64, aarch64-cortex-a53/-a72/-a76, odroid-xu4.")
 @click.option("--repeats", type=int, default=30, show_default=True, help="Latency repeats per config.")
+@click.option("--int8", is_flag=True,
+              help="Fractional depth: int8 variants of the gated blocks (post-training, calibrated on training "
+                   "images) as a third option beside full and skip; each back end steps through its own front.")
+@click.option("--calibration-images", type=click.IntRange(1, 100000), default=512, show_default=True,
+              help="Training images that calibrate the int8 activation ranges (with --int8).")
 @click.option("--out", type=click.Path(file_okay=False), default="bundles/model", show_default=True,
               help="Bundle folder (built in a temporary folder, then renamed).")
 @click.option("--force", is_flag=True, help="Replace an existing bundle.")
 @click.option("--threads", type=int, default=None, help="Torch CPU threads.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
 def compile_cmd(checkpoint, dataset, data_dir, download, val_fraction, image_size, seed, depth, epochs, targets,
-                repeats, out, force, threads, quiet) -> None:
+                repeats, int8, calibration_images, out, force, threads, quiet) -> None:
     """Train (or --checkpoint), rank, measure, export, compile and verify: a deployment bundle."""
     from edgeskip.export.bundle import build_bundle
     from edgeskip.export.iree_compile import parse_targets
@@ -390,16 +408,23 @@ def compile_cmd(checkpoint, dataset, data_dir, download, val_fraction, image_siz
     if ck.gate_cfg is not None:  # a SkipNet: no ranking or front, the gates decide per input
         from edgeskip.export.skipnet_bundle import build_skipnet_bundle
 
+        if int8:
+            raise EdgeskipError("--int8 applies to edgeskip models; a SkipNet's gates decide per input")
+
         bundle = build_skipnet_bundle(ck, splits, out_dir, target_list, force=force, log=log)
         m = load_manifest(bundle)
         click.echo(skipnet_summary(m))
         click.echo(f"wrote SkipNet bundle {bundle}; bundle digest {m.digest}")
         return
-    bundle = build_bundle(ck, splits, out_dir, target_list, repeats=repeats, force=force, log=log)
+    bundle = build_bundle(ck, splits, out_dir, target_list, repeats=repeats, force=force, log=log, int8=int8,
+                          calibration_images=calibration_images)
     if checkpoint.endswith(f".{out_dir.name}.model.pt"):
         Path(checkpoint).unlink(missing_ok=True)  # the bundle carries its own copy (model.pt)
     manifest = load_manifest(bundle)
-    click.echo(format_table(json.loads((bundle / "pareto.json").read_text())))
+    if manifest.fronts:
+        click.echo(configs_summary(manifest))
+    else:
+        click.echo(format_table(json.loads((bundle / "pareto.json").read_text())))
     click.echo(f"wrote bundle {bundle} ({len(manifest.artifacts)} artifacts, targets "
                f"{', '.join(manifest.targets)}; fastest host backend: {manifest.host_fastest})")
     click.echo(f"bundle digest {manifest.digest}  (serve/bench/inspect --digest refuse any other manifest)")
@@ -411,7 +436,6 @@ def compile_cmd(checkpoint, dataset, data_dir, download, val_fraction, image_siz
 @VERIFY_KEY_OPTION
 def inspect(bundle, digest, verify_key) -> None:
     """Print a bundle's manifest summary and Pareto table; verify every artifact's sha256."""
-    from edgeskip.utils.table import format_pareto_table
 
     m = load_manifest(bundle, digest=digest, verify_key=verify_key)
     skipnet = m.kind == "skipnet"
@@ -423,7 +447,7 @@ def inspect(bundle, digest, verify_key) -> None:
         v = m.extra.get("verification", {}).get("iree", {}).get(name, {})
         click.echo(f"target {name}: {t.triple}  verification: {json.dumps(v)}")
     click.echo(f"fastest host backend: {m.host_fastest}")
-    click.echo(skipnet_summary(m) if skipnet else format_pareto_table([c.to_dict() for c in m.configs], m.num_gates))
+    click.echo(skipnet_summary(m) if skipnet else configs_summary(m))
     click.echo(f"all {len(m.artifacts)} artifact hashes match; bundle digest {m.digest}"
                + ("; signature verified" if verify_key else ""))
 

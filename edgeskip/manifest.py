@@ -4,9 +4,13 @@
 with :func:`load_manifest`, which validates every field it relies on (types, ranges, cross-references, paths
 kept inside the bundle) and, by default, every artifact's sha256. Torch-free: numpy is not even needed.
 
-Versions: 2 (this module) names every ONNX graph in ``onnx`` and every IREE function in ``iree.functions``
-for both bundle kinds. Version 1 bundles (edgeskip 0.1: ``gated.onnx`` plus ``onnx/<module>.onnx`` by
-convention; SkipNet's ``iree.entry_function``) are upgraded on reading. Any other version is refused with a
+Versions: 3 (this module) adds fractional depth (issue #15): a config may carry ``options`` (per gated block 0 skip,
+1 full, 8 int8; its ``skip`` is then the executed mask), an ``int8`` section (the calibration the int8 blocks were
+built with) and ``fronts`` (per back end, the configs it steps through, in order: a back end on which int8 is slower
+than float steps through its skip-only front). Version 2 named every ONNX graph in ``onnx`` and every IREE function in
+``iree.functions``; a version-2 document is a version-3 one without int8 (every back end steps through every config).
+Version 1 bundles (edgeskip 0.1: ``gated.onnx`` plus ``onnx/<module>.onnx`` by convention; SkipNet's
+``iree.entry_function``) are upgraded on reading. Any other version is refused with a
 one-line error rather than guessed at; a change of shape bumps :data:`VERSION` and keeps a reader for the old.
 """
 
@@ -24,8 +28,9 @@ from edgeskip.errors import EdgeskipError
 from edgeskip.utils.hashing import file_digest
 
 FORMAT = "edgeskip-bundle"
-VERSION = 2
-READS = (1, 2)
+VERSION = 3
+READS = (1, 2, 3)
+OPTION_VALUES = (0, 1, 8)  # skip, full, int8 (edgeskip.skip)
 KINDS = ("edgeskip", "skipnet")
 BACKENDS = ("iree", "onnxruntime")
 FILE = "manifest.json"
@@ -109,8 +114,9 @@ class Normalization:
 class ConfigEntry:
     """One operating point of the Pareto front (for a SkipNet bundle: the one learned-gate model).
 
-    ``skip`` is the skip array (1 = execute, 0 = bypass), None for SkipNet; ``module`` the IREE function
-    (and ONNX file stem) that runs it; ``extra`` keeps fields the runtime does not rely on.
+    ``skip`` is the skip array (1 = execute, 0 = bypass), None for SkipNet; ``options`` the option array where the
+    config runs int8 blocks (0 skip, 1 full, 8 int8), else None; ``module`` the IREE function (and ONNX file stem)
+    that runs it; ``extra`` keeps fields the runtime does not rely on.
     """
 
     index: int
@@ -122,16 +128,23 @@ class ConfigEntry:
     latency_s: float
     skip: tuple[int, ...] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    options: tuple[int, ...] | None = None
 
     @property
     def skip_tuple(self) -> tuple[bool, ...] | None:
         return None if self.skip is None else tuple(bool(v) for v in self.skip)
 
+    @property
+    def n_int8(self) -> int:
+        return 0 if self.options is None else self.options.count(8)
+
     def to_dict(self) -> dict[str, Any]:
-        d = {k: v for k, v in asdict(self).items() if k != "extra"}
+        d = {k: v for k, v in asdict(self).items() if k not in ("extra", "options")}
         d["skip"] = None if self.skip is None else list(self.skip)
         if self.skip is None:
             del d["skip"]
+        if self.options is not None:
+            d["options"] = list(self.options)
         return {**d, **self.extra}
 
     @classmethod
@@ -146,10 +159,18 @@ class ConfigEntry:
             skip = tuple(int(v) for v in skip)
             if _num(d, "n_skipped", w) != skip.count(0):
                 raise ManifestError(f"manifest: {w}.n_skipped does not match its skip array")
-        known = {"index", "module", "n_skipped", "val_accuracy", "test_accuracy", "macs", "latency_s", "skip"}
+        options = d.get("options")
+        if options is not None:
+            if (skip is None or not isinstance(options, list) or len(options) != num_gates
+                    or any(isinstance(v, (bool, float)) or v not in OPTION_VALUES for v in options)):
+                raise ManifestError(f"manifest: {w}.options must be {num_gates} values of 0/1/8 beside a skip array")
+            options = tuple(int(v) for v in options)
+            if tuple(int(v != 0) for v in options) != skip:
+                raise ManifestError(f"manifest: {w}.skip is not the executed mask of its options")
+        known = {"index", "module", "n_skipped", "val_accuracy", "test_accuracy", "macs", "latency_s", "skip", "options"}
         return cls(i, _req(d, "module", str, w), _num(d, "n_skipped", w, 0, num_gates),
                    _num(d, "val_accuracy", w, 0, 1), _num(d, "test_accuracy", w, 0, 1), _num(d, "macs", w, 0),
-                   _num(d, "latency_s", w, 0), skip, {k: v for k, v in d.items() if k not in known})
+                   _num(d, "latency_s", w, 0), skip, {k: v for k, v in d.items() if k not in known}, options)
 
 
 @dataclass(frozen=True)
@@ -219,11 +240,23 @@ class Manifest:
     extra: dict[str, Any] = field(default_factory=dict)  # tools, verification, gates, timings ...
     format: str = FORMAT
     version: int = VERSION
+    fronts: dict[str, tuple[int, ...]] = field(default_factory=dict)  # back end -> config indices, stepping order
+    int8: dict[str, Any] | None = None  # calibration of the int8 blocks: {"blocks": {block: BlockQuant dict}, ...}
 
     @property
     def by_skip(self) -> dict[tuple[bool, ...], int]:
-        """Config index of each Pareto skip array."""
-        return {c.skip_tuple: c.index for c in self.configs if c.skip is not None}
+        """Config index of each Pareto skip array (float configs only: an int8 config computes other numbers)."""
+        return {c.skip_tuple: c.index for c in self.configs if c.skip is not None and c.n_int8 == 0}
+
+    def front(self, backend: str) -> tuple[int, ...]:
+        """Indices of the configs ``backend`` steps through, in order (every config where no front is named)."""
+        return self.fronts.get(backend, tuple(range(len(self.configs))))
+
+    def for_backend(self, backend: str) -> "Manifest":
+        """This manifest as ``backend``'s runtime sees it: its front's configs, re-indexed 0..n-1 in stepping
+        order (policies, pins and metrics count in these indices)."""
+        picked = tuple(dataclasses.replace(self.configs[i], index=k) for k, i in enumerate(self.front(backend)))
+        return dataclasses.replace(self, configs=picked, fronts={})
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON document (``manifest.json``)."""
@@ -242,6 +275,10 @@ class Manifest:
         })
         if self.sample is not None:
             d["sample"] = self.sample
+        if self.fronts:
+            d["fronts"] = {k: list(v) for k, v in self.fronts.items()}
+        if self.int8 is not None:
+            d["int8"] = self.int8
         d.update({k: v for k, v in self.extra.items() if k not in d and k != "backend"})
         d["artifacts"] = dict(self.artifacts)
         return d
@@ -256,6 +293,7 @@ class Manifest:
                                 f"{', '.join(map(str, READS))}")
         if d["version"] == 1:
             d = _upgrade_v1(d)
+        d = {**d, "version": VERSION}  # a version-2 document is a version-3 one without int8
         kind = d.get("kind", "edgeskip")
         if kind not in KINDS:
             raise ManifestError(f"manifest: kind must be one of {', '.join(KINDS)}, got {kind!r}")
@@ -278,6 +316,12 @@ class Manifest:
             raise ManifestError("manifest: every config of an edgeskip bundle needs a skip array")
         if any(b.n_skipped < a.n_skipped for a, b in zip(cfgs, cfgs[1:])):
             raise ManifestError("manifest: configs must be sorted by skipped blocks (Algorithm 1 steps through them)")
+        fronts = _fronts(d.get("fronts"), len(cfgs))
+        int8 = d.get("int8")
+        if int8 is not None and not isinstance(int8, dict):
+            raise ManifestError("manifest: int8 must be an object")
+        if any(c.n_int8 for c in cfgs) and int8 is None:
+            raise ManifestError("manifest: configs run int8 blocks but the int8 section is missing")
         targets = {str(k): TargetEntry.from_dict(v, k) for k, v in _req(d, "targets", dict, "manifest").items()}
         if not targets:
             raise ManifestError("manifest: targets is empty")
@@ -301,12 +345,30 @@ class Manifest:
         if sample is not None:
             _rel_path(sample, "sample")
         known = {"format", "version", "kind", "model", "input", "normalization", "class_names", "dataset_id",
-                 "num_gates", "gated_blocks", "configs", "targets", "iree", "onnx", "artifacts", "sample"}
+                 "num_gates", "gated_blocks", "configs", "targets", "iree", "onnx", "artifacts", "sample", "fronts",
+                 "int8"}
         extra = {k: v for k, v in d.items() if k not in known}
         extra["backend"] = {k: v for k, v in backend.items() if k != "host_fastest"}
         return cls(kind, model, inp, Normalization.from_dict(_req(d, "normalization", dict, "manifest"), inp.chw[0]),
                    tuple(names), str(_req(d, "dataset_id", str, "manifest")), g, tuple(int(b) for b in blocks), cfgs,
-                   targets, iree, fastest, onnx, None, sample, dict(artifacts), extra)
+                   targets, iree, fastest, onnx, None, sample, dict(artifacts), extra, fronts=fronts, int8=int8)
+
+
+def _fronts(value: object, n: int) -> dict[str, tuple[int, ...]]:
+    """Validated ``fronts``: per back end, distinct config indices starting at 0 (the full network)."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ManifestError("manifest: fronts must be an object")
+    out = {}
+    for backend, idx in value.items():
+        if backend not in BACKENDS:
+            raise ManifestError(f"manifest: fronts.{backend}: not a back end ({', '.join(BACKENDS)})")
+        if (not isinstance(idx, list) or not idx or idx[0] != 0 or len(set(idx)) != len(idx)
+                or any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < n for i in idx)):
+            raise ManifestError(f"manifest: fronts.{backend} must list distinct config indices, starting with 0")
+        out[str(backend)] = tuple(idx)
+    return out
 
 
 def _upgrade_v1(d: Mapping[str, Any]) -> dict[str, Any]:

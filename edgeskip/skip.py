@@ -1,4 +1,8 @@
-"""Skip arrays: S = [s_1 .. s_Bs], 1 = execute the gated block, 0 = bypass it."""
+"""Skip arrays: S = [s_1 .. s_Bs], 1 = execute the gated block, 0 = bypass it.
+
+Option arrays generalise them (issue #15, fractional depth): one value per gated block, 0 = skip, 1 = run in full
+(float) precision, 8 = run the block's int8 variant. A skip array is an option array without 8s.
+"""
 
 from __future__ import annotations
 
@@ -7,35 +11,55 @@ from typing import Iterable, Sequence
 from edgeskip.errors import EdgeskipError
 
 
+SKIP, FULL, INT8 = 0, 1, 8
+OPTIONS = {SKIP: "skip", FULL: "full", INT8: "int8"}
+
+
+def _parse(values: object, num_gates: int, allowed: tuple[int, ...], what: str) -> list[int]:
+    allowed_text = ", ".join(map(str, allowed[:-1])) + f" and {allowed[-1]}"
+    if hasattr(values, "tolist"):
+        values = values.tolist()  # numpy / torch
+    if isinstance(values, str):
+        text = values.replace(",", "").replace(" ", "")
+        try:
+            items: list = [int(c) for c in text]
+        except ValueError:
+            raise EdgeskipError(f"{what} must contain only {allowed_text}, got {values!r}") from None
+    elif isinstance(values, Iterable):
+        items = list(values)
+    else:
+        raise EdgeskipError(f"{what} must be a sequence of {'/'.join(map(str, allowed))}, got {type(values).__name__}")
+    if len(items) != num_gates:
+        raise EdgeskipError(f"{what} has length {len(items)}, expected B_s = {num_gates}")
+    out = []
+    for v in items:
+        if isinstance(v, float) and v.is_integer():
+            v = int(v)
+        if isinstance(v, bool) or (isinstance(v, int) and v in allowed):
+            out.append(int(v))
+        else:
+            raise EdgeskipError(f"{what} values must be {' or '.join(map(str, allowed))}, got {v!r}")
+    return out
+
+
 def normalize_skip(skip: object, num_gates: int) -> tuple[bool, ...]:
     """Validate a skip array and return it as a tuple of bools (True = execute).
 
     Accepts lists/tuples of 0/1 or bools, numpy arrays, torch tensors and strings like ``"110101"``
     or ``"1,1,0"``. Anything else, a wrong length, or a value other than 0/1 raises EdgeskipError.
     """
-    if hasattr(skip, "tolist"):
-        skip = skip.tolist()  # numpy / torch
-    if isinstance(skip, str):
-        text = skip.replace(",", "").replace(" ", "")
-        try:
-            values = [int(c) for c in text]
-        except ValueError:
-            raise EdgeskipError(f"skip array must contain only 0 and 1, got {skip!r}") from None
-    elif isinstance(skip, Iterable):
-        values = list(skip)
-    else:
-        raise EdgeskipError(f"skip array must be a sequence of 0/1, got {type(skip).__name__}")
-    if len(values) != num_gates:
-        raise EdgeskipError(f"skip array has length {len(values)}, expected B_s = {num_gates}")
-    out = []
-    for v in values:
-        if isinstance(v, bool) or v in (0, 1):
-            if isinstance(v, float) and v not in (0.0, 1.0):
-                raise EdgeskipError(f"skip array values must be 0 or 1, got {v!r}")
-            out.append(bool(v))
-        else:
-            raise EdgeskipError(f"skip array values must be 0 or 1, got {v!r}")
-    return tuple(out)
+    return tuple(bool(v) for v in _parse(skip, num_gates, (SKIP, FULL), "skip array"))
+
+
+def normalize_options(options: object, num_gates: int) -> tuple[int, ...]:
+    """Validate an option array (0 skip, 1 full, 8 int8 per gated block; bools read as skip/full), in the
+    forms :func:`normalize_skip` takes (``"118011"``); returns a tuple of ints."""
+    return tuple(_parse(options, num_gates, (SKIP, FULL, INT8), "option array"))
+
+
+def options_to_str(options: Sequence[object]) -> str:
+    """Compact text form of an option (or skip) array, e.g. ``"118011"``."""
+    return "".join(str(int(v)) for v in options)
 
 
 def skip_from_indices(skipped: Iterable[int], num_gates: int) -> tuple[bool, ...]:
@@ -45,8 +69,3 @@ def skip_from_indices(skipped: Iterable[int], num_gates: int) -> tuple[bool, ...
     if bad:
         raise EdgeskipError(f"gate indices {bad} out of range 0..{num_gates - 1}")
     return tuple(i not in skipped for i in range(num_gates))
-
-
-def skip_to_str(skip: Sequence[bool]) -> str:
-    """Compact text form, e.g. ``"110111"``."""
-    return "".join("1" if s else "0" for s in skip)

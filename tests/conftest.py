@@ -28,6 +28,17 @@ def edited_bundle(src, dest, edit):
     return dest
 
 
+def require_aarch64():
+    """Skip where qemu and the aarch64 runtime are missing; on CI, fail instead (CI must run the ARM checks)."""
+    from edgeskip.export import emulate
+
+    why = emulate.missing()
+    if why:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the aarch64 check: {why}")
+        pytest.skip(why)
+
+
 def inflate_accuracies(doc):
     """The H4 edit of issue #11: every config's validation accuracy set to 0.999, all hashes still matching."""
     for c in doc["configs"]:
@@ -62,6 +73,26 @@ def bundle(tmp_path_factory, tiny_checkpoint):
                          capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert res.returncode == 0, res.stderr
     assert "wrote bundle" in res.stdout
+    return out
+
+
+# wide enough that onnxruntime's int8 kernels beat its float ones (8-channel blocks are too small to gain)
+WIDE = ResNetConfig(depth=14, widths=(32, 64, 128))
+
+
+@pytest.fixture(scope="session")
+def int8_bundle(tmp_path_factory, digits_splits):
+    """A fractional-depth bundle (`compile --int8`, host) of a ResNet-14 of widths 32/64/128 trained on digits."""
+    d = tmp_path_factory.mktemp("int8")
+    train(d / "model.pt", DataSpec("digits"), WIDE, TrainConfig(epochs=8, batch_size=64, lr=0.1), splits=digits_splits,
+          progress=False)
+    out = d / "bundle"
+    res = subprocess.run([sys.executable, "-m", "edgeskip.cli", "compile", "--checkpoint", str(d / "model.pt"),
+                          "--target", "host", "--int8", "--calibration-images", "128", "--out", str(out),
+                          "--repeats", "10", "--quiet"],
+                         capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr
+    assert "onnxruntime front (stepping order)" in res.stdout
     return out
 
 

@@ -137,3 +137,46 @@ def test_not_a_bundle(tmp_path):
     (tmp_path / "manifest.json").write_text("{not json")
     with pytest.raises(Exception, match="not valid JSON"):
         load_manifest(tmp_path)
+
+
+def int8_doc() -> dict:
+    """A version-3 document: config 1 runs gates 0 and 2 in int8, and each back end names its front."""
+    doc = valid_doc()
+    doc["version"] = 3
+    c = doc["configs"][1]
+    c.update(options=[8, 0, 8, 0], module="static_8080")
+    doc["onnx"]["static_8080"] = doc["onnx"].pop("static_1010")
+    doc["iree"]["functions"][2] = "static_8080"
+    doc["int8"] = {"blocks": {"1": {k: {"scale": 0.1, "zero_point": 0} for k in "xhcy"}}}
+    doc["fronts"] = {"iree": [0, 2], "onnxruntime": [0, 1, 2]}
+    return doc
+
+
+def test_version_3_options_and_fronts():
+    doc = int8_doc()
+    m = Manifest.from_dict(doc)
+    assert m.configs[1].options == (8, 0, 8, 0) and m.configs[1].n_int8 == 2 and m.configs[0].options is None
+    assert m.by_skip == {(True,) * 4: 0, (False,) * 4: 2}  # an int8 config is not its skip array's float config
+    assert Manifest.from_dict(m.to_dict()) == m
+    iree = m.for_backend("iree")
+    assert [c.module for c in iree.configs] == ["static_1111", "static_0000"] and [c.index for c in iree.configs] == [0, 1]
+    assert len(m.for_backend("onnxruntime").configs) == 3
+    v2 = Manifest.from_dict(valid_doc())  # a version-2 document: every back end steps through every config
+    assert v2.version == VERSION == 3 and v2.front("iree") == (0, 1, 2) and v2.int8 is None
+
+
+@pytest.mark.parametrize("edit, fragment", [
+    (lambda d: d["configs"][1].update(options=[8, 1, 8, 0]), "not the executed mask"),
+    (lambda d: d["configs"][1].update(options=[2, 0, 8, 0]), "values of 0/1/8"),
+    (lambda d: d["configs"][1].update(options=[8, 0, 8]), "values of 0/1/8"),
+    (lambda d: d.pop("int8"), "int8 section is missing"),
+    (lambda d: d.update(fronts={"iree": [1, 2]}), "starting with 0"),
+    (lambda d: d.update(fronts={"iree": [0, 0]}), "distinct"),
+    (lambda d: d.update(fronts={"iree": [0, 7]}), "distinct config indices"),
+    (lambda d: d.update(fronts={"tflite": [0]}), "not a back end"),
+])
+def test_version_3_violations_are_named(edit, fragment):
+    doc = int8_doc()
+    edit(doc)
+    with pytest.raises(ManifestError, match=re.escape(fragment)):
+        Manifest.from_dict(doc)

@@ -11,6 +11,11 @@ Layout::
     iree/<target>/model.vmfb       one module per target; functions ``gated`` and ``static_<skip>``
                                    (one per Pareto config) share one copy of the packed weights
     eval/sample.npz                1,000 test images (seeded random subset) with labels, for `edgeskip bench`
+    fractional.json                with ``int8``: the {full, int8, skip} design space measured on onnxruntime
+
+With ``int8`` (fractional depth, issue #15) the gated blocks also get int8 variants (post-training, calibrated on
+training images); the configs are the union of the skip-only front and the fractional front, and the manifest's
+``fronts`` say which of them each back end steps through (each back end's front over its own measured latency).
 
 The bundle is built in a temporary folder beside ``out`` and renamed into place at the end.
 """
@@ -38,11 +43,12 @@ from edgeskip.export.elf_check import check_no_imports
 from edgeskip.export.iree_compile import COMMON_FLAGS, Target, compile_mlir
 from edgeskip.export.latency import IreeLatency, ort_static_latency
 from edgeskip.backends.ort import ort_session
-from edgeskip.export.onnx_export import export_gated, max_abs_diff, verify_onnx
+from edgeskip.export.onnx_export import INT8_TOLERANCE, export_gated, max_abs_diff, verify_int8, verify_onnx
 from edgeskip.backends.iree import SharedIreeExecutor
 from edgeskip.export.shared_weights import import_shared, merge_modules, module_name
 from edgeskip.manifest import ConfigEntry, InputSpec, IreeEntry, Manifest, Normalization, TargetEntry
-from edgeskip.pareto.design import design_space, write_design
+from edgeskip.pareto.design import calibration_batches, design_space, fractional_space, write_design
+from edgeskip.skip import INT8
 from edgeskip.train.checkpoint import Checkpoint
 from edgeskip.utils.atomic import write_json
 from edgeskip.utils.hashing import file_digest as sha256
@@ -71,17 +77,23 @@ def _verify_iree(bundle: Path, targets: Sequence[Target], images: np.ndarray, co
     host_dir = bundle / "iree" / "host"
     functions = ["gated", *[c["module"] for c in configs]]
     host = SharedIreeExecutor(weights, [host_dir / "model.vmfb"], functions=functions)
-    worst = 0.0
+    worst = worst_int8 = 0.0
     for k, c in enumerate(configs, start=1):
         ref = ort_session(bundle / "onnx" / f"{c['module']}.onnx").run(None, {"image": images})[0]
+        if INT8 in c.get("options", ()):
+            worst_int8 = max(worst_int8, max_abs_diff(host.run(k, images), ref) / max(1.0, float(np.abs(ref).max())))
+            continue
         worst = max(worst, max_abs_diff(host.run(k, images), ref))
+    if worst_int8 > INT8_TOLERANCE:
+        raise EdgeskipError(f"host IREE int8 modules differ from onnxruntime by {worst_int8:.2e} (relative) > "
+                            f"{INT8_TOLERANCE:g}")
     for s in extra_skips:
         skip = np.array(s, dtype=bool)
         ref = gated_sess.run(None, {"image": images, "skip": skip})[0]
         worst = max(worst, max_abs_diff(np.asarray(host.invokers[0](images, skip).to_host()), ref))
     if worst > TOLERANCE:
         raise EdgeskipError(f"host IREE modules differ from onnxruntime by {worst:.2e} > {TOLERANCE:g}")
-    out["host"] = {"iree_vs_onnxruntime": worst}
+    out["host"] = {"iree_vs_onnxruntime": worst, **({"int8_relative": worst_int8} if worst_int8 else {})}
     for t in targets:
         if t.name == "host":
             continue
@@ -185,12 +197,66 @@ def finish_bundle(tmp: Path, out: Path, manifest: Manifest) -> None:
         os.replace(tmp, out)
 
 
+def _union_configs(front: dict[str, Any], frac: dict[str, Any]) -> list[dict[str, Any]]:
+    """The skip-only front's configs and the fractional front's, once each, sorted by skipped then int8 blocks."""
+    rows: dict[tuple[int, ...], dict[str, Any]] = {}
+    for c in front["configs"]:
+        rows[tuple(int(v) for v in c["skip"])] = {k: c[k] for k in ("n_skipped", "val_accuracy", "test_accuracy", "macs")}
+    for i in frac["front"]:
+        r = frac["candidates"][i]
+        rows.setdefault(tuple(r["options"]), {k: r[k] for k in ("n_skipped", "val_accuracy", "test_accuracy", "macs")})
+    out = []
+    for o, r in sorted(rows.items(), key=lambda kv: (kv[1]["n_skipped"], kv[0].count(INT8), [-v for v in kv[0]])):
+        row = {**r, "skip": [int(v != 0) for v in o]}
+        if INT8 in o:
+            row["options"] = list(o)
+        out.append(row)
+    return [{"index": k, **r} for k, r in enumerate(out)]
+
+
+def backend_fronts(configs: Sequence[dict[str, Any]], keys: dict[str, str]) -> dict[str, list[int]]:
+    """Per back end: the configs on its own front (validation accuracy vs its measured latency, ``keys[backend]``),
+    the full network first, then slowest to fastest: the order its runtime steps through them."""
+    from edgeskip.pareto.front import Point, front_with_anchor
+
+    out = {}
+    for backend, key in keys.items():
+        pts = [Point(c["val_accuracy"], c[key], c["n_skipped"]) for c in configs]
+        keep = front_with_anchor(pts, 0)
+        out[backend] = [0] + sorted((i for i in keep if i != 0), key=lambda i: (-configs[i][key], i))
+    return out
+
+
+def weight_bytes(weights: Path, int8_blocks: Sequence[int]) -> dict[str, int]:
+    """Bytes of the archive's float parameters and of the int8 blocks' integer weights and biases."""
+    import re
+
+    from edgeskip.backends.iree import parameter_index
+
+    pattern = re.compile(r"^blocks\.(%s)\.[wb][12]$" % "|".join(map(str, int8_blocks)))
+    out = {"float": 0, "int8": 0}
+    for name, entry in parameter_index(weights).items():
+        out["int8" if pattern.match(name) else "float"] += int(entry.length)
+    return out
+
+
 def build_bundle(ck: Checkpoint, splits: Splits, out: str | os.PathLike, targets: Sequence[Target],
-                 repeats: int = 30, force: bool = False, log: Log = print) -> Path:
-    """Sensitivity, measured-latency Pareto front, export, compile, verify; write the bundle atomically."""
+                 repeats: int = 30, force: bool = False, log: Log = print, int8: bool = False,
+                 calibration_images: int = 512) -> Path:
+    """Sensitivity, measured-latency Pareto front, export, compile, verify; write the bundle atomically.
+
+    ``int8``: fractional depth (int8 block variants calibrated on ``calibration_images`` training images; the
+    {full, int8, skip} design space measured on onnxruntime; per-back-end fronts)."""
     out, targets = Path(out), with_host(targets)
     check_out(out, force)
     model = ck.model()
+    calibration = None
+    if int8:
+        from edgeskip.models.quant import calibrate
+
+        log(f"calibrating int8 block variants on {calibration_images} training images ...")
+        calibration = calibrate(model, calibration_batches(splits, calibration_images), model.cfg.gated_blocks)
+        model.attach_int8(calibration)
     with staging(out) as (tmp, work):
         t0 = time.time()
         (tmp / "onnx").mkdir()
@@ -199,26 +265,43 @@ def build_bundle(ck: Checkpoint, splits: Splits, out: str | os.PathLike, targets
         log("measuring every candidate config on this host (IREE, shared weights) ...")
         lat = IreeLatency(model, host_dir, work, repeats=repeats)
         sens, front = design_space(model, splits, ck.dataset_id, latency=lat)
+        configs = front["configs"]
+        frac = None
+        if int8:
+            from edgeskip.export.latency import OrtLatency
+
+            log("fractional design space {full, int8, skip} per block, measured on onnxruntime ...")
+            frac = fractional_space(model, splits, OrtLatency(model, work / "ort", repeats=repeats),
+                                    [c["skip"] for c in front["candidates"]])
+            configs = _union_configs(front, frac)
+            new = [o for o in (c.get("options", c["skip"]) for c in configs) if module_name(o) not in lat.built]
+            if new:
+                log(f"compiling the {len(new)} configs of the fractional front for this host ...")
+                lat.measure(new)  # builds their static modules; they are timed below, beside the others
         weights = tmp / "iree" / "weights.irpa"
         os.replace(lat.weights, weights)  # type: ignore[arg-type]
-        configs = front["configs"]
         for c in configs:
-            c["module"] = module_name(c["skip"])
+            c["module"] = module_name(c.get("options", c["skip"]))
         for vmfb, _, _ in lat.built.values():  # per-config modules were for measuring; the bundle merges them
-            vmfb.unlink()
+            vmfb.unlink(missing_ok=True)
 
         log("exporting ONNX graphs and verifying them against PyTorch ...")
         gated_onnx = export_gated(model, tmp / "onnx" / "gated.onnx")
-        static = {}
+        static, quantized = {}, {}
         for c in configs:  # the static graphs were exported while measuring latency
             dest = tmp / "onnx" / f"{c['module']}.onnx"
             shutil.copyfile(lat.built[c["module"]][1], dest)
-            static[tuple(bool(v) for v in c["skip"])] = dest
+            if "options" in c:
+                quantized[tuple(c["options"])] = dest
+            else:
+                static[tuple(bool(v) for v in c["skip"])] = dest
         xb, _ = next(iterate(splits.test, splits.norm, 8))
         g = model.cfg.num_gates
         rng = np.random.default_rng(0)
         extra = [(True,) * g, (False,) * g] + [tuple(bool(v) for v in rng.integers(0, 2, g)) for _ in range(3)]
         onnx_check = verify_onnx(model, xb, gated_onnx, extra, static)
+        if quantized:
+            onnx_check["int8_relative"] = verify_int8(model, xb, quantized)
 
         log("compiling IREE modules: " + ", ".join(t.name for t in targets) + " ...")
         parts = {"gated": import_shared(gated_onnx, weights, work, "gated")}
@@ -234,24 +317,39 @@ def build_bundle(ck: Checkpoint, splits: Splits, out: str | os.PathLike, targets
         iree_check = _verify_iree(tmp, targets, images, configs, extra, log)
 
         log("measuring onnxruntime vs IREE on the front ...")
-        ort_lat = ort_static_latency(model, [c["skip"] for c in configs], tmp / "onnx", repeats=repeats)
+        ort_lat = ort_static_latency(model, [c.get("options", c["skip"]) for c in configs], tmp / "onnx",
+                                     repeats=repeats)
+        if int8:  # one interleaved IREE run over every config (the front's were timed before the int8 ones)
+            iree_lat = host_latency(tmp, configs, (model.cfg.in_channels, *model.cfg.input_size), repeats)
+            for c, t in zip(configs, iree_lat):
+                c["latency_s"] = t
         for c, o in zip(configs, ort_lat):
             c["latency_s_onnxruntime"] = o
             c["iree_over_onnxruntime"] = c["latency_s"] / o
         faster = "onnxruntime" if sum(ort_lat) < sum(c["latency_s"] for c in configs) else "iree"
+        fronts = backend_fronts(configs, {"iree": "latency_s", "onnxruntime": "latency_s_onnxruntime"}) if int8 else {}
 
         write_design(tmp, sens, front)
+        if frac is not None:
+            write_json(tmp / "fractional.json", frac)
         ck.save(tmp / "model.pt", slim=True)
         sample = write_sample(tmp, splits)
         cfg = model.cfg
         functions = ("gated", *[c["module"] for c in configs])
+        int8_doc = None
+        if calibration is not None:
+            int8_doc = {"blocks": {str(b): q.to_dict() for b, q in calibration.items()},
+                        "calibration": {"split": "train", "images": calibration_images, "method": "minmax"},
+                        "scheme": "QDQ: activations uint8 per tensor, weights int8 symmetric per tensor, BN folded",
+                        "weight_bytes": weight_bytes(weights, sorted(calibration))}
         manifest = Manifest(
             kind="edgeskip", model=cfg.to_dict(), input=InputSpec(("N", cfg.in_channels, *cfg.input_size)),
             normalization=Normalization(tuple(ck.norm.mean), tuple(ck.norm.std)), class_names=tuple(ck.class_names),
             dataset_id=ck.dataset_id, num_gates=g, gated_blocks=tuple(cfg.gated_blocks),
             configs=tuple(ConfigEntry(c["index"], c["module"], c["n_skipped"], c["val_accuracy"], c["test_accuracy"],
                                       c["macs"], c["latency_s"], tuple(int(v) for v in c["skip"]),
-                                      {"latency_s_onnxruntime": c["latency_s_onnxruntime"]})
+                                      {"latency_s_onnxruntime": c["latency_s_onnxruntime"]},
+                                      tuple(c["options"]) if "options" in c else None)
                           for c in configs),
             targets=targets_manifest(targets),
             iree=IreeEntry("iree/weights.irpa", "model.vmfb", functions, common_flags=tuple(COMMON_FLAGS)),
@@ -262,6 +360,18 @@ def build_bundle(ck: Checkpoint, splits: Splits, out: str | os.PathLike, targets
                    "gated": {"inputs": ["image", "skip"], "skip": {"dtype": "bool", "shape": [g]}},
                    "backend": {"latency_source": lat.name, "onnxruntime_threads": 1, "iree_driver": "local-sync"},
                    "verification": {"tolerance": TOLERANCE, "onnx": onnx_check, "iree": iree_check},
-                   "build_seconds": round(time.time() - t0, 1)})
+                   "build_seconds": round(time.time() - t0, 1)},
+            fronts={k: tuple(v) for k, v in fronts.items()}, int8=int8_doc)
         finish_bundle(tmp, out, manifest)
     return out
+
+
+def host_latency(bundle: Path, configs: Sequence[dict[str, Any]], shape: Sequence[int], repeats: int) -> list[float]:
+    """Batch-1 latency of each config's function in the bundle's merged host module (interleaved medians)."""
+    from edgeskip.pareto.latency import interleaved_median
+
+    weights = bundle / "iree" / "weights.irpa"
+    ex = SharedIreeExecutor(weights, [bundle / "iree" / "host" / "model.vmfb"],
+                            functions=["gated", *[c["module"] for c in configs]])
+    x = np.random.default_rng(0).standard_normal((1, *shape), np.float32)
+    return interleaved_median([lambda k=k: ex.run(k, x) for k in range(1, len(configs) + 1)], repeats, 3)

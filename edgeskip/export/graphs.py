@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from edgeskip.models import CifarResNet, normalize_skip
+from edgeskip.models import CifarResNet
 
 
 class GatedGraph(nn.Module):
@@ -40,14 +40,14 @@ class GatedGraph(nn.Module):
 
 
 class StaticGraph(nn.Module):
-    """``forward(image)`` of one config: the bypassed blocks are absent, no control flow."""
+    """``forward(image)`` of one config: the bypassed blocks are absent, no control flow. ``skip`` may be an
+    option array: an int8 block is its QDQ variant (int8 weights ``blocks.<i>.w1`` ...; float blocks keep the
+    checkpoint's names)."""
 
     def __init__(self, model: CifarResNet, skip: Sequence[object]) -> None:
         super().__init__()
-        s = normalize_skip(skip, model.cfg.num_gates)
         self.stem, self.pool, self.fc = model.stem, model.pool, model.fc
-        executed = model.executed_blocks(s)
-        self.blocks = nn.ModuleDict({str(b): model.blocks[str(b)] for b in executed})
+        self.blocks = nn.ModuleDict({str(b): block for b, block in model.plan(skip)})
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         h = self.stem(image)

@@ -53,6 +53,9 @@ TARGETS: dict[str, Target] = {
     "aarch64-cortex-a53": Target("aarch64-cortex-a53", "aarch64-linux-gnu", cpu="cortex-a53"),
     "aarch64-cortex-a72": Target("aarch64-cortex-a72", "aarch64-linux-gnu", cpu="cortex-a72"),
     "aarch64-cortex-a76": Target("aarch64-cortex-a76", "aarch64-linux-gnu", cpu="cortex-a76"),
+    # int8 dot products (SDOT, Armv8.2 +dotprod) and int8 matrix multiply (SMMLA, Armv8.6 +i8mm), e.g. Cortex-A78C,
+    # Neoverse N2/V1: what IREE's int8 kernels on ARM use; qemu's default CPU runs both
+    "aarch64-i8mm": Target("aarch64-i8mm", "aarch64-linux-gnu", cpu="generic", features="+neon,+dotprod,+i8mm"),
     # Odroid XU4 (Cortex-A15/A7): ARM32 rejects a bare CPU name in some IREE versions, so give features;
     # debug symbols off, or the module imports __aeabi_unwind_cpp_pr0 and the runtime refuses to load it.
     "odroid-xu4": Target("odroid-xu4", "armv7a-linux-gnueabihf", features="+neon,+vfp4,+thumb2",

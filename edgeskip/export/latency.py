@@ -13,7 +13,8 @@ from edgeskip.backends.ort import ort_session
 from edgeskip.export.onnx_export import export_static
 from edgeskip.backends.iree import SharedIreeExecutor
 from edgeskip.export.shared_weights import build_shared_modules, module_name
-from edgeskip.models import CifarResNet, normalize_skip
+from edgeskip.models import CifarResNet
+from edgeskip.skip import normalize_options
 from edgeskip.pareto.latency import interleaved_median
 
 
@@ -34,7 +35,7 @@ class IreeLatency:
         self.weights: Path | None = None
 
     def measure(self, skip_arrays: Sequence[object]) -> list[float]:
-        skips = [normalize_skip(s, self.model.cfg.num_gates) for s in skip_arrays]
+        skips = [normalize_options(s, self.model.cfg.num_gates) for s in skip_arrays]
         built = build_shared_modules(self.model, skips, TARGETS["host"], self.out, self.work)
         self.weights = built.weights
         self.built.update({module_name(s): paths for s, *paths in zip(skips, built.modules, built.onnx, built.mlir)})
@@ -44,7 +45,8 @@ class IreeLatency:
 
 def ort_static_latency(model: CifarResNet, skip_arrays: Sequence[object], work_dir: str | os.PathLike,
                        repeats: int = 30, warmup: int = 3, threads: int = 1) -> list[float]:
-    """onnxruntime batch-1 latency of each config's static graph (interleaved medians).
+    """onnxruntime batch-1 latency of each config's static graph (interleaved medians); skip or option arrays
+    (an int8 block runs onnxruntime's int8 kernels).
 
     One thread by default, like IREE's single-threaded local-sync driver: a like-for-like comparison.
     """
@@ -52,8 +54,23 @@ def ort_static_latency(model: CifarResNet, skip_arrays: Sequence[object], work_d
     image = np.random.default_rng(0).standard_normal((1, cfg.in_channels, *cfg.input_size), np.float32)
     sessions = []
     for s in skip_arrays:
-        path = Path(work_dir) / f"{module_name(normalize_skip(s, cfg.num_gates))}.onnx"
+        path = Path(work_dir) / f"{module_name(normalize_options(s, cfg.num_gates))}.onnx"
         if not path.exists():
             export_static(model, s, path)
         sessions.append(ort_session(path, threads))
     return interleaved_median([lambda s=s: s.run(None, {"image": image}) for s in sessions], repeats, warmup)
+
+
+class OrtLatency:
+    """Latency source over skip or option arrays: each config's static graph on onnxruntime (int8 blocks run
+    its int8 kernels), one thread, batch 1, interleaved; graphs are exported once into ``work_dir``."""
+
+    name = "onnxruntime-host-1thread-b1"
+
+    def __init__(self, model: CifarResNet, work_dir: str | os.PathLike, repeats: int = 30, warmup: int = 3,
+                 threads: int = 1) -> None:
+        self.model, self.work = model, Path(work_dir)
+        self.repeats, self.warmup, self.threads = repeats, warmup, threads
+
+    def measure(self, skip_arrays: Sequence[object]) -> list[float]:
+        return ort_static_latency(self.model, skip_arrays, self.work, self.repeats, self.warmup, self.threads)

@@ -22,7 +22,7 @@ from edgeskip.errors import EdgeskipError
 from edgeskip.export.iree_compile import Target, compile_mlir, import_onnx
 from edgeskip.export.onnx_export import export_static
 from edgeskip.models import CifarResNet
-from edgeskip.skip import skip_to_str
+from edgeskip.skip import options_to_str
 from edgeskip.utils.atomic import atomic_path
 
 
@@ -54,22 +54,74 @@ def check_shared(weights: Path, config_params: Path) -> int:
 
 
 def module_name(skip: Sequence[object]) -> str:
-    """Module (and file) name of a static config: ``static_`` + its skip array, e.g. ``static_110111``."""
-    return "static_" + skip_to_str([bool(v) for v in skip])
+    """Module (and file) name of a static config: ``static_`` + its skip or option array, e.g. ``static_110111``
+    (``static_118011``: block 3 in int8)."""
+    return "static_" + options_to_str(skip)
 
 
 def write_weights(model: CifarResNet, dest: str | os.PathLike, work_dir: str | os.PathLike) -> Path:
-    """The shared archive: every parameter of the full network (BN folded), by module path."""
+    """The shared archive: every parameter of the full network (BN folded), by module path, and, where the model
+    carries int8 block variants, their int8 weights and int32 biases (``blocks.<i>.w1`` ...) beside them."""
     work = Path(work_dir)
-    full = export_static(model, [1] * model.cfg.num_gates, work / "full.onnx")
-    import_onnx(full, work / "full.mlir", params=dest)
-    return Path(dest)
+    g = model.cfg.num_gates
+    full = export_static(model, [1] * g, work / "full.onnx")
+    if not model.int8:
+        import_onnx(full, work / "full.mlir", params=dest)
+        return Path(dest)
+    import_onnx(full, work / "full.mlir", params=work / "full.irpa")
+    int8 = export_static(model, [8 if b in model.int8 else 1 for b in model.cfg.gated_blocks], work / "int8.onnx")
+    import_onnx(int8, work / "int8.mlir", params=work / "int8.irpa")
+    return merge_archives([work / "full.irpa", work / "int8.irpa"], dest)
+
+
+def merge_archives(sources: Sequence[Path], dest: str | os.PathLike) -> Path:
+    """One archive holding every entry of ``sources`` (an entry in several must hold the same bytes), atomically."""
+    import iree.runtime as rt
+
+    merged: dict[str, np.ndarray] = {}
+    for src in sources:
+        for name, value in _entries(src).items():
+            if name in merged and merged[name].tobytes() != value.tobytes():
+                raise EdgeskipError(f"parameter {name!r} differs between {sources[0].name} and {src.name}")
+            merged[name] = value
+    idx = rt.ParameterIndex()
+    for name, value in merged.items():
+        idx.add_buffer(name, np.ascontiguousarray(value).tobytes())
+    dest = Path(dest)
+    with atomic_path(dest, suffix=".irpa") as tmp:
+        idx.create_archive_file(str(tmp))
+    return dest
 
 
 def import_shared(onnx_path: Path, weights: Path, work_dir: Path, name: str) -> Path:
-    """Import one graph with externalised parameters, prove they are the archive's, name its module."""
+    """Import one graph with externalised parameters, prove they are the archive's, name its module.
+
+    Parameters named by module path (``blocks.4.conv1.weight``) must be the archive's, byte for byte. Constants
+    the exporter generated (``val_5_4``: no dot, a name that means nothing outside this graph) are the graph's
+    own: renamed ``<name>__val_5_4`` (global and parameter) in the module and added to the archive."""
     own = work_dir / f"{name}.irpa"
     mlir = import_onnx(onnx_path, work_dir / f"{name}.mlir", params=own)
+    generated = {k: v for k, v in _entries(own).items() if "." not in k}
+    if generated:
+        import iree.runtime as rt
+
+        text = mlir.read_text()
+        for key in generated:
+            text = text.replace(f'::"{key}">', f'::"{name}__{key}">')
+            text = re.sub(rf"@{re.escape(key)}\b", f"@{name}__{key}", text)
+        with atomic_path(mlir, suffix=".mlir") as tmp:
+            tmp.write_text(text)
+        idx = rt.ParameterIndex()
+        for key, value in generated.items():
+            idx.add_buffer(f"{name}__{key}", np.ascontiguousarray(value).tobytes())
+        extra = work_dir / f"{name}.generated.irpa"
+        idx.create_archive_file(str(extra))
+        merge_archives([weights, extra], weights)
+        own = work_dir / f"{name}.named.irpa"
+        idx = rt.ParameterIndex()
+        for key, value in _entries(work_dir / f"{name}.irpa").items():
+            idx.add_buffer(f"{name}__{key}" if key in generated else key, np.ascontiguousarray(value).tobytes())
+        idx.create_archive_file(str(own))
     check_shared(weights, own)
     rename_module(mlir, name)
     return mlir

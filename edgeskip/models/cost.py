@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from edgeskip.models.config import ResNetConfig
-from edgeskip.skip import normalize_skip
+from edgeskip.skip import normalize_options
 
 
 def _conv_out(size: int, stride: int, k: int = 3, pad: int = 1) -> int:
@@ -62,6 +62,6 @@ def macs(cfg: ResNetConfig, skip: object | None = None) -> int:
     bd = breakdown(cfg)
     if skip is None:
         return bd.total()
-    s = normalize_skip(skip, cfg.num_gates)
+    s = normalize_options(skip, cfg.num_gates)  # a skip or option array: every non-zero entry runs its block
     off = {g for g, e in zip(cfg.gated_blocks, s) if not e}
     return bd.total([i for i in range(cfg.num_blocks) if i not in off])

@@ -7,14 +7,16 @@ blocks removed shares parameter names with the full one.
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from edgeskip.models.config import ResNetConfig
-from edgeskip.skip import normalize_skip
+from edgeskip.errors import EdgeskipError
+from edgeskip.models.quant import BlockQuant, Int8Block
+from edgeskip.skip import INT8, SKIP, normalize_options, normalize_skip
 from edgeskip.models.stochastic_depth import keep_branch, scale_rows
 
 
@@ -73,7 +75,8 @@ class CifarResNet(nn.Module):
     """ResNet for small images; ``forward(x, skip)`` bypasses gated blocks whose skip entry is 0.
 
     A bypassed block is not computed at all: its input is non-negative (output of a ReLU) and its
-    shortcut is the identity, so ``relu(x + 0) == x`` and the block reduces to nothing.
+    shortcut is the identity, so ``relu(x + 0) == x`` and the block reduces to nothing. ``skip`` may be an
+    option array (:mod:`edgeskip.skip`): an 8 runs the block's int8 variant (:meth:`attach_int8`).
     """
 
     def __init__(self, cfg: ResNetConfig, keep: Iterable[int] | None = None) -> None:
@@ -97,6 +100,7 @@ class CifarResNet(nn.Module):
         self.blocks = nn.ModuleDict(blocks)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(w3, cfg.num_classes)
+        self.int8: dict[int, Int8Block] = {}  # not submodules: derived from the weights, never in a state dict
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -116,13 +120,40 @@ class CifarResNet(nn.Module):
         """Original global indices of the blocks present in this network, in order."""
         return [int(k) for k in self.blocks.keys()]
 
+    def attach_int8(self, calibration: Mapping[int, BlockQuant]) -> None:
+        """Build the int8 variant of each calibrated gated block (global index -> its activation scales)."""
+        gated = set(self.cfg.gated_blocks)
+        for b, q in calibration.items():
+            if int(b) not in gated or str(int(b)) not in self.blocks:
+                raise EdgeskipError(f"block {b} is not a gated block of this network: it has no int8 variant")
+            self.int8[int(b)] = Int8Block(self.blocks[str(int(b))].eval(), q)
+
+    def plan(self, options: object | None) -> list[tuple[int, nn.Module]]:
+        """(global index, module to run) of each block run for a skip or option array (None = all, float)."""
+        if options is None:
+            return [(i, self.blocks[str(i)]) for i in self.block_ids]
+        o = normalize_options(options, self.cfg.num_gates)
+        choice = dict(zip(self.cfg.gated_blocks, o))
+        out: list[tuple[int, nn.Module]] = []
+        for i in self.block_ids:
+            c = choice.get(i)
+            if c == SKIP:
+                continue
+            if c == INT8:
+                if i not in self.int8:
+                    raise EdgeskipError(f"block {i} has no int8 variant (calibrate it first)")
+                out.append((i, self.int8[i]))
+            else:
+                out.append((i, self.blocks[str(i)]))
+        return out
+
     def executed_blocks(self, skip: object | None) -> list[int]:
         """Global indices of the blocks run for ``skip`` (None = all)."""
         present = self.block_ids
         if skip is None:
             return present
-        s = normalize_skip(skip, self.cfg.num_gates)
-        off = {g for g, e in zip(self.cfg.gated_blocks, s) if not e}
+        s = normalize_options(skip, self.cfg.num_gates)
+        off = {g for g, e in zip(self.cfg.gated_blocks, s) if e == SKIP}
         return [i for i in present if i not in off]
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
@@ -130,8 +161,8 @@ class CifarResNet(nn.Module):
 
     def forward(self, x: torch.Tensor, skip: object | None = None) -> torch.Tensor:
         h = self.stem(x)
-        for i in self.executed_blocks(skip):
-            h = self.blocks[str(i)](h)
+        for _, block in self.plan(skip):
+            h = block(h)
         return self.head(h)
 
 

@@ -122,3 +122,77 @@ def write_design(out_dir: str | os.PathLike, sensitivity: dict[str, Any], pareto
 def format_table(pareto: dict[str, Any]) -> str:
     """Human-readable table of the Pareto configs."""
     return format_pareto_table(pareto["configs"], pareto["num_gates"], pareto["cost"] == "latency_s")
+
+
+FRACTIONAL_FORMAT = "edgeskip-fractional"
+
+
+def calibration_batches(splits: Splits, images: int = 512, seed: int = 12345, batch_size: int = 64) -> list:
+    """A seeded random subset of the *training* split (normalised, not augmented): int8 calibration data."""
+    from edgeskip.data.batches import iterate
+
+    if len(splits.train) == 0:
+        raise EdgeskipError("int8 calibration needs training images; the training split is empty")
+    out = []
+    for xb, _ in iterate(splits.train, splits.norm, batch_size, shuffle=True, seed=seed):
+        out.append(xb[: images - batch_size * len(out)])
+        if batch_size * len(out) >= images:
+            break
+    return out
+
+
+def fractional_space(model: CifarResNet, splits: Splits, latency: LatencySource,
+                     skip_candidates: Sequence[Sequence[object]], seed: int = 0,
+                     batch_size: int = 500) -> dict[str, Any]:
+    """The design space over {full, int8, skip} per gated block (``model`` must carry int8 variants:
+    :meth:`CifarResNet.attach_int8`): probe configs measured to fit the latency model, the greedy path, the
+    skip-only ``skip_candidates``; every candidate's accuracy (val, test) and *measured* latency, interleaved in
+    one run; the skip-only front and the fractional front (over all candidates), both selected on validation
+    accuracy; and their comparison."""
+    from edgeskip.pareto.fractional import compare_fronts, fit_latency_model, greedy_walk, probe_configs
+    from edgeskip.skip import INT8, SKIP, normalize_options
+
+    cfg, g = model.cfg, model.cfg.num_gates
+    missing = [b for b in cfg.gated_blocks if b not in model.int8]
+    if missing:
+        raise EdgeskipError(f"blocks {missing} have no int8 variant: calibrate the model first")
+    model.eval()
+    probes = probe_configs(g, seed)
+    fit = fit_latency_model(list(zip(probes, latency.measure(probes))), cfg.gated_blocks)
+
+    def val_acc(opts: list) -> list[float]:
+        return evaluate_skip_arrays(model, splits.val, splits.norm, opts, batch_size)
+
+    path = greedy_walk(g, val_acc, fit.predict)
+    skip_only = [normalize_options(s, g) for s in skip_candidates]
+    cands = list(dict.fromkeys([*skip_only, *(s.options for s in path), *probes]))
+    val = val_acc(cands)
+    test = evaluate_skip_arrays(model, splits.test, splits.norm, cands, batch_size)
+    lat = latency.measure(cands)
+    bd = breakdown(cfg)
+    rows = []
+    for i, o in enumerate(cands):
+        rows.append({
+            "options": list(o), "n_skipped": o.count(SKIP), "n_int8": o.count(INT8), "skip_only": INT8 not in o,
+            "source": "skip-only" if o in skip_only else ("greedy" if any(s.options == o for s in path) else "probe"),
+            "val_accuracy": val[i], "test_accuracy": test[i], "macs": macs(cfg, o),
+            "int8_macs": sum(bd.blocks[b] for b, v in zip(cfg.gated_blocks, o) if v == INT8),
+            "latency_s": lat[i], "latency_model_s": fit.predict(o),
+        })
+    pts = [Point(r["val_accuracy"], r["latency_s"], r["n_skipped"]) for r in rows]
+    full = cands.index((1,) * g)
+    skip_idx = [i for i, r in enumerate(rows) if r["skip_only"]]
+    skip_front = [skip_idx[j] for j in front_with_anchor([pts[i] for i in skip_idx], skip_idx.index(full))]
+    frac_front = front_with_anchor(pts, full)
+    return {
+        "format": FRACTIONAL_FORMAT, "version": SCHEMA_VERSION, "edgeskip_version": __version__,
+        "model": cfg.to_dict(), "num_gates": g, "gated_blocks": list(cfg.gated_blocks),
+        "options": {"0": "skip", "1": "full", "8": "int8"}, "selection_split": "val",
+        "latency_source": latency.name,
+        "latency_model": {"coef": list(fit.coef), "r2": fit.r2, "probes": len(probes)},
+        "greedy_path": [list(s.options) for s in path], "candidates": rows,
+        "skip_front": skip_front, "front": frac_front,
+        "comparison": {split: compare_fronts([(rows[i][f"{split}_accuracy"], rows[i]["latency_s"]) for i in skip_front],
+                                             [(rows[i][f"{split}_accuracy"], rows[i]["latency_s"]) for i in frac_front])
+                       for split in ("val", "test")},
+    }

@@ -1,6 +1,6 @@
 """Accuracy of many skip arrays at once, sharing computation between them.
 
-The skip arrays form a trie over per-block decisions (execute / bypass) in network order. For each
+The skip (or option) arrays form a trie over per-block decisions (the module run, or bypass) in network order. For each
 batch the stem runs once; a depth-first walk of the trie runs each block once per distinct
 *prefix* of decisions, so all configs that agree up to block i share everything before it. For the
 sensitivity list (each block skipped alone) and the N-least-important candidates this runs a small
@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
+from torch import nn
 
 from edgeskip.data.batches import iterate
 from edgeskip.data.dataset import ArrayDataset, Normalization
@@ -21,12 +22,12 @@ from edgeskip.models import CifarResNet
 
 @dataclass
 class _Node:
-    children: dict[bool, "_Node"] = field(default_factory=dict)
+    children: dict[nn.Module | None, "_Node"] = field(default_factory=dict)  # None: the block is bypassed
     configs: list[int] = field(default_factory=list)
 
 
 class SharedPrefixEvaluator:
-    """Counts correct predictions of every skip array in one pass per batch."""
+    """Counts correct predictions of every skip or option array in one pass per batch."""
 
     def __init__(self, model: CifarResNet, skip_arrays: Sequence[object]) -> None:
         self.model = model.eval()
@@ -34,10 +35,10 @@ class SharedPrefixEvaluator:
         self.root = _Node()
         self.n = len(skip_arrays)
         for k, s in enumerate(skip_arrays):
-            executed = set(model.executed_blocks(s))
+            run = dict(model.plan(s))
             node = self.root
             for b in self.block_ids:
-                node = node.children.setdefault(b in executed, _Node())
+                node = node.children.setdefault(run.get(b), _Node())
             node.configs.append(k)
         self.block_runs = 0  # blocks executed (per batch) by the shared walk
 
@@ -47,7 +48,7 @@ class SharedPrefixEvaluator:
         def walk(node: _Node, executed: int) -> int:
             total = executed * len(node.configs)
             for d, child in node.children.items():
-                total += walk(child, executed + int(d))
+                total += walk(child, executed + int(d is not None))
             return total
         return walk(self.root, 0)
 
@@ -55,23 +56,23 @@ class SharedPrefixEvaluator:
     def shared_block_runs(self) -> int:
         """Blocks executed per batch by the shared walk (one per execute-edge of the trie)."""
         def walk(node: _Node) -> int:
-            return sum(int(d) + walk(c) for d, c in node.children.items())
+            return sum(int(d is not None) + walk(c) for d, c in node.children.items())
         return walk(self.root)
 
     @torch.no_grad()
     def correct(self, x: torch.Tensor, y: torch.Tensor) -> list[int]:
         """Number of correct predictions of each config on one batch."""
         out = [0] * self.n
-        stack = [(self.root, 0, self.model.stem(x))]
+        stack = [(self.root, self.model.stem(x))]
         while stack:
-            node, depth, h = stack.pop()
+            node, h = stack.pop()
             if node.configs:
                 hits = int((self.model.head(h).argmax(1) == y).sum())
                 for k in node.configs:
                     out[k] = hits
-            for decision, child in node.children.items():
-                h2 = self.model.blocks[str(self.block_ids[depth])](h) if decision else h
-                stack.append((child, depth + 1, h2))
+            for block, child in node.children.items():
+                h2 = block(h) if block is not None else h
+                stack.append((child, h2))
         return out
 
 

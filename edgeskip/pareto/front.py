@@ -35,12 +35,14 @@ def non_dominated(points: Sequence[Point]) -> list[int]:
     return sorted(keep, key=lambda i: (points[i].n_skipped, i))
 
 
-def front_with_anchor(points: Sequence[Point]) -> list[int]:
+def front_with_anchor(points: Sequence[Point], anchor_index: int | None = None) -> list[int]:
     """The non-dominated points plus the no-skip point (the original network), sorted by skips.
 
     Algorithm 1 starts at "no skipping", so the front always begins with the full network even
-    when a skipping config scores at least as well on the (finite, noisy) validation set.
+    when a skipping config scores at least as well on the (finite, noisy) validation set. The anchor is
+    ``anchor_index`` where given (a design space with int8 options has many points without skips), else
+    every point without skips.
     """
-    anchor = [i for i, p in enumerate(points) if p.n_skipped == 0]
+    anchor = [anchor_index] if anchor_index is not None else [i for i, p in enumerate(points) if p.n_skipped == 0]
     keep = set(non_dominated(points)) | set(anchor)
     return sorted(keep, key=lambda i: (points[i].n_skipped, i))

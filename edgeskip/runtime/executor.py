@@ -14,9 +14,9 @@ from edgeskip.errors import EdgeskipError
 from edgeskip.manifest import Manifest, load_manifest
 from edgeskip.runtime.choices import BACKENDS
 
-T = TypeVar("T")
 from edgeskip.skip import normalize_skip
 
+T = TypeVar("T")
 
 
 def load_iree(make: Callable[[], T], target: str, driver: str) -> T:
@@ -38,7 +38,7 @@ class BundleExecutor:
 
     def __init__(self, bundle: str | os.PathLike, manifest: Manifest | None = None) -> None:
         self.bundle = Path(bundle)
-        self.manifest = manifest or load_manifest(bundle)
+        self.manifest = (manifest or load_manifest(bundle)).for_backend(self.backend)  # this back end's front
         self.configs = self.manifest.configs
         self.num_gates = self.manifest.num_gates
         self.input_shape = self.manifest.input.chw

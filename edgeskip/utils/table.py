@@ -9,10 +9,12 @@ def format_pareto_table(rows: Sequence[Mapping[str, Any]], num_gates: int, laten
     """Human-readable table of Pareto configs (rows with index, n_skipped, skip, accuracies, macs, latency_s)."""
     width = max(10, num_gates)
     head = f"{'cfg':>3} {'skipped':>7} {'skip array':<{width}} {'val acc':>8} {'test acc':>8} {'MMACs':>8}"
-    lines = [head + (f" {'latency ms':>10}" if latency else "")]
+    ort = latency and any("latency_s_onnxruntime" in r for r in rows)
+    lines = [head + (f" {'latency ms':>10}" if latency else "") + (f" {'ORT ms':>8}" if ort else "")]
     for r in rows:
-        s = "".join(map(str, r["skip"]))
+        s = "".join(map(str, r.get("options") or r["skip"]))  # option arrays: 8 = the block runs in int8
         line = (f"{r['index']:>3} {r['n_skipped']:>7} {s:<{width}} {r['val_accuracy']:>8.4f} "
                 f"{r['test_accuracy']:>8.4f} {r['macs'] / 1e6:>8.2f}")
-        lines.append(line + (f" {r['latency_s'] * 1e3:>10.3f}" if latency else ""))
+        lines.append(line + (f" {r['latency_s'] * 1e3:>10.3f}" if latency else "")
+                     + (f" {r['latency_s_onnxruntime'] * 1e3:>8.3f}" if ort and "latency_s_onnxruntime" in r else ""))
     return "\n".join(lines)

@@ -1,11 +1,11 @@
 """Export parity on real images: PyTorch vs onnxruntime vs IREE (host, aarch64 under qemu), armv7 ELF checks."""
 
-import os
 from collections import Counter
 
 import numpy as np
 import onnx
 import pytest
+from tests.conftest import require_aarch64
 
 from edgeskip.data.batches import iterate
 from edgeskip.errors import EdgeskipError
@@ -76,11 +76,7 @@ def test_iree_host_matches_onnxruntime(exported, images):
 
 
 def test_aarch64_module_runs_under_qemu(exported, images):
-    why = emulate.missing()
-    if why:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must run the aarch64 check: {why}")
-        pytest.skip(why)
+    require_aarch64()
     d, gated, _, mlir = exported
     host = IreeModule(compile_mlir(mlir, TARGETS["host"], d / "g_host2.vmfb"))
     arm = compile_mlir(mlir, TARGETS["aarch64-cortex-a72"], d / "gated_a72.vmfb")

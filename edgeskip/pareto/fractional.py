@@ -1,0 +1,150 @@
+"""Pure logic of fractional depth (issue #15): candidate option arrays over {full, int8, skip} per gated block.
+
+The candidates extend the sensitivity method: from the full network, a greedy walk applies at each step the one
+move (a block full -> int8, int8 -> skip or full -> skip) that loses the least validation accuracy per second of
+latency saved, and every state it passes through is a candidate. Accuracy comes from a callback (the shared-prefix
+evaluator); latency from a linear model fitted to measured configs (a per-block cost of each option plus a cost per
+run of consecutive int8 blocks: entering int8 quantises the tensor and reorders its layout, leaving it
+dequantises). Only the candidates are then measured for real; the front is drawn from measurements, never from the
+model. No I/O here: callers pass the measurements.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+from edgeskip.skip import FULL, INT8, SKIP
+
+Options = tuple[int, ...]
+
+
+def int8_runs(options: Sequence[int], gated_pos: Sequence[int] | None = None) -> int:
+    """Number of maximal runs of int8 blocks; a skipped block does not break a run, an executed float block does.
+
+    ``gated_pos`` (optional) is each gate's block index in the network: a gap between consecutive gates is an
+    ungated (float) block, which breaks the run."""
+    runs, inside, prev = 0, False, None
+    for k, o in enumerate(options):
+        pos = gated_pos[k] if gated_pos is not None else k
+        if prev is not None and pos - prev > 1:
+            inside = False  # an ungated block ran in float between the two gates
+        prev = pos
+        if o == INT8:
+            runs += 0 if inside else 1
+            inside = True
+        elif o == FULL:
+            inside = False
+    return runs
+
+
+def features(options: Sequence[int], gated_pos: Sequence[int] | None = None) -> np.ndarray:
+    """Regressors of the latency model: 1, int8 indicator per gate, skip indicator per gate, int8 runs."""
+    o = np.asarray(options)
+    return np.concatenate([[1.0], (o == INT8).astype(float), (o == SKIP).astype(float),
+                           [float(int8_runs(options, gated_pos))]])
+
+
+@dataclass(frozen=True)
+class LatencyModel:
+    """Least-squares fit of measured latencies on :func:`features`; ``r2`` on the fitted points."""
+
+    coef: tuple[float, ...]
+    gated_pos: tuple[int, ...] | None
+    r2: float
+
+    def predict(self, options: Sequence[int]) -> float:
+        return float(features(options, self.gated_pos) @ np.asarray(self.coef))
+
+
+def fit_latency_model(measured: Sequence[tuple[Sequence[int], float]],
+                      gated_pos: Sequence[int] | None = None) -> LatencyModel:
+    """Fit the model to (option array, seconds) pairs (minimum-norm least squares where underdetermined)."""
+    if not measured:
+        raise ValueError("the latency model needs measured configs")
+    gp = tuple(gated_pos) if gated_pos is not None else None
+    X = np.stack([features(o, gp) for o, _ in measured])
+    y = np.array([t for _, t in measured], dtype=float)
+    coef = np.linalg.lstsq(X, y, rcond=None)[0]
+    resid = y - X @ coef
+    tot = float(((y - y.mean()) ** 2).sum())
+    r2 = 1.0 - float((resid ** 2).sum()) / tot if tot > 0 else 1.0
+    return LatencyModel(tuple(float(c) for c in coef), gp, r2)
+
+
+def probe_configs(num_gates: int, seed: int = 0, random: int | None = None) -> list[Options]:
+    """Configs to measure for the fit: all full, all int8, each gate int8 alone and skipped alone, the all-int8
+    network with each gate back in float, and ``random`` (default ``num_gates``) seeded random option arrays."""
+    g = num_gates
+    full, all8 = (FULL,) * g, (INT8,) * g
+    out = [full, all8]
+    for k in range(g):
+        out += [full[:k] + (INT8,) + full[k + 1:], full[:k] + (SKIP,) + full[k + 1:], all8[:k] + (FULL,) + all8[k + 1:]]
+    rng = np.random.default_rng(seed)
+    out += [tuple(int(v) for v in rng.choice([SKIP, FULL, INT8], g)) for _ in range(g if random is None else random)]
+    return list(dict.fromkeys(out))
+
+
+MOVES = ((FULL, INT8), (INT8, SKIP), (FULL, SKIP))
+
+
+def next_states(options: Options) -> list[Options]:
+    """Every option array one move away: one block full -> int8, int8 -> skip or full -> skip."""
+    out = []
+    for k, o in enumerate(options):
+        for a, b in MOVES:
+            if o == a:
+                out.append(options[:k] + (b,) + options[k + 1:])
+    return out
+
+
+@dataclass(frozen=True)
+class Step:
+    """One state of the greedy walk: its option array and validation accuracy."""
+
+    options: Options
+    val_accuracy: float
+
+
+def greedy_walk(num_gates: int, evaluate: Callable[[list[Options]], list[float]],
+                predict: Callable[[Options], float]) -> list[Step]:
+    """The greedy path from all-full to all-skip (or until no move saves predicted latency).
+
+    ``evaluate`` returns the validation accuracy of each option array given (one call per step, so a
+    shared-prefix evaluator serves the whole step); the move with the least accuracy lost per predicted second
+    saved is taken (an accuracy gain ranks first; ties go to the larger saving, then to the first move)."""
+    state: Options = (FULL,) * num_gates
+    path = [Step(state, evaluate([state])[0])]
+    while True:
+        lat = predict(state)
+        moves = [s for s in next_states(state) if lat - predict(s) > 0]
+        if not moves:
+            return path
+        accs = evaluate(moves)
+        acc = path[-1].val_accuracy
+
+        def score(i: int) -> tuple[float, float, int]:
+            saved = lat - predict(moves[i])
+            return ((acc - accs[i]) / saved, -saved, i)
+
+        best = min(range(len(moves)), key=score)
+        state = moves[best]
+        path.append(Step(state, accs[best]))
+
+
+def compare_fronts(base: Sequence[tuple[float, float]], other: Sequence[tuple[float, float]]) -> dict:
+    """How much ``other`` (accuracy, latency) points improve on each ``base`` point: the best accuracy reached at
+    no more latency (gain, in accuracy units) and the least latency at no less accuracy (ratio to base)."""
+    points = []
+    for acc, lat in base:
+        at_lat = [a for a, t in other if t <= lat]
+        at_acc = [t for a, t in other if a >= acc]
+        points.append({"accuracy": acc, "latency_s": lat,
+                       "accuracy_gain_at_latency": max(at_lat) - acc if at_lat else None,
+                       "latency_ratio_at_accuracy": min(at_acc) / lat if at_acc else None})
+    gains = [p["accuracy_gain_at_latency"] for p in points if p["accuracy_gain_at_latency"] is not None]
+    ratios = [p["latency_ratio_at_accuracy"] for p in points if p["latency_ratio_at_accuracy"] is not None]
+    return {"points": points, "max_accuracy_gain": max(gains, default=None),
+            "min_latency_ratio": min(ratios, default=None)}

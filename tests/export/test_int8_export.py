@@ -1,0 +1,87 @@
+"""QDQ export of int8 blocks (#15): PyTorch vs onnxruntime vs IREE host, real int8 kernels, aarch64 under qemu."""
+
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from tests.conftest import require_aarch64
+import torch
+
+from edgeskip.backends.iree import IreeModule
+from edgeskip.backends.ort import ort_session
+from edgeskip.data.batches import iterate
+from edgeskip.export import emulate, export_static
+from edgeskip.export.iree_compile import TARGETS, compile_mlir, import_onnx
+from edgeskip.export.onnx_export import INT8_TOLERANCE
+from edgeskip.models.quant import calibrate
+from edgeskip.pareto.design import calibration_batches
+
+MIXED = (8, 1, 0, 8, 8, 1)  # gate 0 int8, gate 2 skipped, gates 3 and 4 an int8 run
+
+
+@pytest.fixture(scope="module")
+def quantized(tiny_checkpoint, digits_splits):
+    from edgeskip.train import load_checkpoint
+
+    m = load_checkpoint(tiny_checkpoint).model().eval()
+    m.attach_int8(calibrate(m, calibration_batches(digits_splits, images=256), m.cfg.gated_blocks))
+    return m
+
+
+@pytest.fixture(scope="module")
+def graphs(tmp_path_factory, quantized):
+    d = tmp_path_factory.mktemp("int8")
+    return d, {o: export_static(quantized, o, d / f"static_{''.join(map(str, o))}.onnx") for o in [MIXED, (8,) * 6]}
+
+
+@pytest.fixture(scope="module")
+def images(digits_splits):
+    return next(iterate(digits_splits.test, digits_splits.norm, 32))[0]
+
+
+def test_qdq_graph_holds_int8_weights_and_keeps_float_names(graphs):
+    _, paths = graphs
+    g = onnx.load(paths[MIXED]).graph
+    init = {i.name: i.data_type for i in g.initializer}
+    assert init["blocks.1.w1"] == onnx.TensorProto.INT8 and init["blocks.1.b1"] == onnx.TensorProto.INT32
+    assert init["blocks.5.w2"] == onnx.TensorProto.INT8
+    assert "blocks.2.conv1.weight" in init and "blocks.1.conv1.weight" not in init  # gate 1 float, gate 0 int8
+    assert not any(n.startswith("blocks.4.") for n in init)  # gate 2 skipped
+    ops = {n.op_type for n in g.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+
+
+def test_onnxruntime_runs_int8_kernels_and_matches_pytorch(graphs, quantized, images, tmp_path):
+    _, paths = graphs
+    for o, path in paths.items():
+        with torch.no_grad():
+            ref = quantized(images, o).numpy()
+        got = ort_session(path, 1).run(None, {"image": images.numpy()})[0]
+        assert np.abs(got - ref).max() <= INT8_TOLERANCE * max(1.0, np.abs(ref).max())
+        assert np.median(np.abs(got - ref)) <= 1e-4  # the same integer arithmetic: almost every value agrees
+        assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.95
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(str(paths[MIXED]), opts, providers=["CPUExecutionProvider"])
+    fused = [n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node]
+    assert fused.count("QLinearConv") == 2 * 3  # three int8 blocks, two convolutions each, all fused
+    assert fused.count("QLinearAdd") == 3
+
+
+def test_iree_host_matches_onnxruntime_on_int8(graphs, images):
+    d, paths = graphs
+    x = images.numpy()
+    vmfb = compile_mlir(import_onnx(paths[MIXED], d / "mixed.mlir"), TARGETS["host"], d / "mixed_host.vmfb")
+    ref = ort_session(paths[MIXED], 1).run(None, {"image": x})[0]
+    assert np.abs(IreeModule(vmfb)(x) - ref).max() <= INT8_TOLERANCE * max(1.0, np.abs(ref).max())
+
+
+def test_aarch64_int8_module_runs_under_qemu(graphs, images):
+    require_aarch64()
+    d, paths = graphs
+    mlir = import_onnx(paths[MIXED], d / "mixed_arm.mlir")
+    host = IreeModule(compile_mlir(mlir, TARGETS["host"], d / "mixed_host2.vmfb"))
+    arm = compile_mlir(mlir, TARGETS["aarch64-i8mm"], d / "mixed_i8mm.vmfb")
+    x = images.numpy()[:4]
+    assert np.abs(emulate.run_aarch64(arm, [x]) - host(x)).max() <= INT8_TOLERANCE * max(1.0, np.abs(host(x)).max())

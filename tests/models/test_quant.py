@@ -1,0 +1,87 @@
+"""int8 block variants (#15): the quantised block against the float block, calibration, option arrays."""
+
+import pytest
+import torch
+
+from edgeskip.data.batches import iterate
+from edgeskip.errors import EdgeskipError
+from edgeskip.models.quant import BlockQuant, Int8Block, TensorQuant, calibrate
+from edgeskip.pareto.design import calibration_batches
+from edgeskip.pareto.evaluate import evaluate_skip_arrays
+
+
+@pytest.fixture(scope="module")
+def quantized(tiny_checkpoint, digits_splits):
+    from edgeskip.train import load_checkpoint
+
+    m = load_checkpoint(tiny_checkpoint).model().eval()
+    cal = calibrate(m, calibration_batches(digits_splits, images=256), m.cfg.gated_blocks)
+    m.attach_int8(cal)
+    return m, cal
+
+
+def test_tensor_quant_ranges():
+    t = TensorQuant.from_range(0.0, 2.55)
+    assert t.zero_point == 0 and t.scale == pytest.approx(0.01)
+    a = TensorQuant.from_range(-1.0, 3.0)  # asymmetric: zero is exactly representable
+    assert 0 < a.zero_point < 255 and a.scale == pytest.approx(4 / 255)
+    x = torch.linspace(-1, 3, 1001)
+    assert (a.fake(x) - x).abs().max() <= a.scale / 2 + 1e-6
+    assert TensorQuant.from_range(0.5, 2.0).zero_point == 0  # the range always includes 0
+    assert float(a.fake(torch.tensor([100.0]))) == pytest.approx(3.0, abs=a.scale)  # saturates
+
+
+def test_int8_block_is_close_to_the_float_block(quantized, digits_splits):
+    m, cal = quantized
+    xb, _ = next(iterate(digits_splits.test, digits_splits.norm, 64))
+    with torch.no_grad():
+        h = m.stem(xb)
+        for b in m.block_ids:
+            block = m.blocks[str(b)]
+            if b in cal:
+                ref, got = block(h), m.int8[b](h)
+                # a few output steps: the input, the mid activation and the weights each round once
+                assert (got - ref).abs().max() <= 6 * cal[b].y.scale
+                assert (got - ref).abs().mean() <= cal[b].y.scale
+                # int8 weights: values in [-127, 127], the largest magnitude used
+                q = m.int8[b]
+                assert q.w1.dtype == torch.int8 and int(q.w1.abs().max()) == 127 and q.b1.dtype == torch.int32
+            h = block(h)
+
+
+def test_option_arrays_run_the_int8_variants(quantized, digits_splits):
+    m, _ = quantized
+    g = m.cfg.num_gates
+    xb, _ = next(iterate(digits_splits.test, digits_splits.norm, 32))
+    with torch.no_grad():
+        full, all8 = m(xb, (1,) * g), m(xb, (8,) * g)
+        assert not torch.equal(full, all8)
+        assert (full.argmax(1) == all8.argmax(1)).float().mean() >= 0.9
+        plan = dict(m.plan("810180"))  # gated blocks 1 2 4 5 7 8: 4 and 8 skipped, 1 and 7 in int8
+        assert list(plan) == [0, 1, 2, 3, 5, 6, 7]
+        assert [b for b, mod in plan.items() if isinstance(mod, Int8Block)] == [1, 7]
+        # a skip array means exactly what it meant before
+        assert torch.equal(m(xb, (1, 0, 1, 1, 0, 1)), m(xb, [True, False, True, True, False, True]))
+    val = evaluate_skip_arrays(m, digits_splits.val, digits_splits.norm, [(1,) * g, (8,) * g])
+    assert abs(val[0] - val[1]) <= 0.03  # int8 costs little accuracy on the tiny model
+    torch_val = float((m(torch.cat([x for x, _ in iterate(digits_splits.val, digits_splits.norm, 500)]),
+                        (8,) * g).argmax(1) == torch.as_tensor(digits_splits.val.y)).float().mean())
+    assert torch_val == pytest.approx(val[1])  # the shared-prefix evaluator runs the same int8 blocks
+
+
+def test_bad_int8_requests(quantized, tiny_model, digits_splits):
+    m, cal = quantized
+    g = m.cfg.num_gates
+    with pytest.raises(EdgeskipError, match="no int8 variant"):
+        tiny_model(torch.zeros(1, *digits_splits.shape), (8,) * g)  # not calibrated
+    with pytest.raises(EdgeskipError, match="not a gated block"):
+        m.attach_int8({0: cal[1]})  # block 0 is a stage's first block
+    with pytest.raises(EdgeskipError, match="identity shortcut"):
+        Int8Block(m.blocks["3"], cal[1])  # stage 2's first block has a strided shortcut
+    with pytest.raises(EdgeskipError, match="calibration data is empty"):
+        calibrate(m, [], m.cfg.gated_blocks)
+    with pytest.raises(EdgeskipError, match="option array values must be 0 or 1 or 8"):
+        m(torch.zeros(1, *digits_splits.shape), (2,) * g)
+    with pytest.raises(EdgeskipError, match="scale must be > 0"):
+        BlockQuant.from_dict({k: {"scale": 0.0 if k == "c" else 1.0, "zero_point": 0} for k in "xhcy"})
+    assert BlockQuant.from_dict(cal[1].to_dict()) == cal[1]

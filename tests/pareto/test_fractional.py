@@ -1,0 +1,64 @@
+"""Pure logic of the fractional design space (#15): latency model, greedy walk, front comparison."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from edgeskip.pareto.fractional import (compare_fronts, features, fit_latency_model, greedy_walk, int8_runs,
+                                        next_states, probe_configs)
+
+
+def test_int8_runs():
+    assert int8_runs((1, 8, 8, 1, 8)) == 2
+    assert int8_runs((8, 0, 8)) == 1  # a skipped block does not break a run
+    assert int8_runs((8, 8), gated_pos=(1, 3)) == 2  # block 2 (ungated) ran in float between them
+    assert int8_runs((1, 1, 0)) == 0
+
+
+def test_latency_model_recovers_an_exact_linear_cost():
+    g, pos = 4, (1, 2, 4, 5)
+    rng = np.random.default_rng(0)
+    true = rng.uniform(0.1, 1.0, 2 * g + 2)
+    probes = probe_configs(g, seed=1)
+    assert len(probes) == len(set(probes)) and (1,) * g in probes and (8,) * g in probes
+    fit = fit_latency_model([(o, float(features(o, pos) @ true)) for o in probes], pos)
+    assert fit.r2 == pytest.approx(1.0)
+    for o in itertools.product((0, 1, 8), repeat=g):
+        assert fit.predict(o) == pytest.approx(float(features(o, pos) @ true))
+    noisy = fit_latency_model([(o, float(features(o, pos) @ true) + rng.normal(0, 0.3)) for o in probes], pos)
+    assert noisy.r2 < 0.999  # the fit reports when the model does not explain the measurements
+
+
+def test_next_states():
+    assert sorted(next_states((1, 8, 0))) == sorted([(8, 8, 0), (0, 8, 0), (1, 0, 0)])
+    assert next_states((0, 0)) == []
+
+
+def test_greedy_takes_the_cheapest_accuracy_per_second_and_ends_all_skipped():
+    # accuracy drop per block/option, latency per option: int8 of gate 0 is free, gate 1 hurts when skipped
+    drop = {(0, 8): 0.0, (0, 0): 0.05, (1, 8): 0.01, (1, 0): 0.3, (2, 8): 0.02, (2, 0): 0.02}
+    cost = {1: 1.0, 8: 0.6, 0: 0.0}
+    calls = []
+
+    def evaluate(opts):
+        calls.append(len(opts))
+        return [0.9 - sum(drop[(k, o)] for k, o in enumerate(s) if o != 1) for s in opts]
+
+    path = greedy_walk(3, evaluate, lambda s: sum(cost[o] for o in s))
+    assert path[0].options == (1, 1, 1) and path[1].options == (8, 1, 1)  # free saving first
+    assert path[-1].options == (0, 0, 0)
+    lat = [sum(cost[o] for o in s.options) for s in path]
+    assert all(a > b for a, b in zip(lat, lat[1:]))
+    assert path.index(next(s for s in path if s.options[1] == 0)) == len(path) - 1  # the costly skip comes last
+    assert calls[0] == 1 and all(c >= 1 for c in calls)
+
+
+def test_compare_fronts():
+    base = [(0.90, 10.0), (0.85, 7.0)]
+    other = [(0.90, 10.0), (0.89, 7.0), (0.86, 6.0)]
+    out = compare_fronts(base, other)
+    assert out["points"][1]["accuracy_gain_at_latency"] == pytest.approx(0.04)
+    assert out["points"][1]["latency_ratio_at_accuracy"] == pytest.approx(6 / 7)
+    assert out["max_accuracy_gain"] == pytest.approx(0.04) and out["min_latency_ratio"] == pytest.approx(6 / 7)
+    assert compare_fronts([(0.9, 1.0)], [(0.5, 2.0)])["max_accuracy_gain"] is None
