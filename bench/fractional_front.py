@@ -85,6 +85,11 @@ def main(argv: list[str] | None = None) -> None:
     full, all8 = (1,) * g, (8,) * g
     skip_only = [tuple(c["skip"]) for c in pareto["candidates"]]
     iree = iree_side_by_side(model, [full, all8, *skip_only[1:]], work, args.repeats)
+    from edgeskip.data.batches import iterate
+    from edgeskip.export.onnx_export import verify_int8
+
+    xb = next(iterate(splits.test, splits.norm, 256))[0]
+    parity = verify_int8(model, xb, {all8: work / "ort" / f"static_{''.join(map(str, all8))}.onnx"}, tol=1.0)
     from edgeskip.backends.iree import parameter_index
 
     sizes = {"float": 0, "int8": 0}
@@ -97,6 +102,7 @@ def main(argv: list[str] | None = None) -> None:
         "checkpoint": str(args.checkpoint), "repeats": args.repeats, "calibration_images": args.calibration_images,
         "iree_host_latency_s": iree,
         "iree_int8_over_float": iree["".join(map(str, all8))] / iree["".join(map(str, full))],
+        "int8_onnxruntime_vs_torch_relative": parity,
         "weight_archive_bytes": sizes, "gated_blocks_float_conv_weight_bytes": gated_float,
         "seconds": round(time.time() - t0, 1),
     })
@@ -111,6 +117,7 @@ def main(argv: list[str] | None = None) -> None:
         c = doc["comparison"][split]
         print(f"{split}: best accuracy gain at no more latency {c['max_accuracy_gain'] * 100:+.2f} points; "
               f"least latency at no less accuracy {c['min_latency_ratio']:.2f}x")
+    print(f"all-int8 graph, onnxruntime vs PyTorch on 256 test images: {parity:.2e} of the largest logit")
     print(f"latency model R^2 {doc['latency_model']['r2']:.3f} on {doc['latency_model']['probes']} probes")
     print("IREE host: " + ", ".join(f"{k} {v * 1e6:.0f} us" for k, v in iree.items())
           + f"; all-int8 / full {doc['iree_int8_over_float']:.2f}x")

@@ -339,12 +339,17 @@ def pareto(checkpoint, dataset, data_dir, download, val_fraction, image_size, se
 
 @cli.command()
 @click.option("--checkpoint", type=click.Path(dir_okay=False), required=True)
-@click.option("--skip", "skip", default=None, help="Skip array, e.g. 110111 (1 = execute); default: no skipping.")
+@click.option("--skip", "skip", default=None,
+              help="Skip array, e.g. 110111 (1 = execute), or option array with 8 = int8, e.g. 818011; default: "
+                   "no skipping.")
 @click.option("--split", type=click.Choice(["val", "test"]), default="test", show_default=True)
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Override the data folder.")
-def evaluate(checkpoint, skip, split, data_dir) -> None:
-    """Accuracy and MACs of one skip array."""
-    from edgeskip.models import macs, normalize_skip
+@click.option("--calibration-images", type=click.IntRange(1, 100000), default=512, show_default=True,
+              help="Training images that calibrate the int8 blocks of an option array.")
+def evaluate(checkpoint, skip, split, data_dir, calibration_images) -> None:
+    """Accuracy and MACs of one skip (or option) array."""
+    from edgeskip.models import macs
+    from edgeskip.skip import INT8, normalize_options
     from edgeskip.train import evaluate as run_eval
 
     model, ck, splits = _load_for_eval(checkpoint, data_dir)
@@ -356,10 +361,18 @@ def evaluate(checkpoint, skip, split, data_dir) -> None:
                    f"mean skipped {st.mean_skipped:.2f}/{model.cfg.num_gates}  skip rate per gate "
                    + " ".join(f"{v:.2f}" for v in st.skip_rate_per_gate))
         return
-    s = normalize_skip(skip, model.cfg.num_gates) if skip is not None else None
+    s = normalize_options(skip, model.cfg.num_gates) if skip is not None else None
+    int8 = ""
+    if s is not None and INT8 in s:
+        from edgeskip.models.quant import calibrate
+        from edgeskip.pareto.design import calibration_batches
+
+        blocks = [b for b, o in zip(model.cfg.gated_blocks, s) if o == INT8]
+        model.attach_int8(calibrate(model, calibration_batches(splits, calibration_images), blocks))
+        int8 = f"  int8 {s.count(INT8)} (calibrated on {calibration_images} training images)"
     acc = run_eval(model, getattr(splits, split), splits.norm, s)
-    click.echo(f"{split} accuracy {acc:.4f}  MACs {macs(model.cfg, s)}  skipped {0 if s is None else s.count(False)}"
-               f"/{model.cfg.num_gates}")
+    click.echo(f"{split} accuracy {acc:.4f}  MACs {macs(model.cfg, s)}  skipped {0 if s is None else s.count(0)}"
+               f"/{model.cfg.num_gates}{int8}")
 
 
 @cli.command(name="compile")
@@ -369,7 +382,7 @@ def evaluate(checkpoint, skip, split, data_dir) -> None:
 @click.option("--depth", type=int, default=20, show_default=True, help="Depth when training first.")
 @click.option("--epochs", type=int, default=30, show_default=True, help="Epochs when training first.")
 @click.option("--target", "targets", default="host,aarch64,odroid-xu4", show_default=True,
-              help="Comma-separated targets: host, aarch64, aarch64-cortex-a53/-a72/-a76, odroid-xu4.")
+              help="Comma-separated targets: host, aarch64, aarch64-cortex-a53/-a72/-a76, aarch64-i8mm, odroid-xu4.")
 @click.option("--repeats", type=int, default=30, show_default=True, help="Latency repeats per config.")
 @click.option("--int8", is_flag=True,
               help="Fractional depth: int8 variants of the gated blocks (post-training, calibrated on training "

@@ -72,6 +72,22 @@ def test_bad_checkpoint_and_skip_arrays(tmp_path, tiny_checkpoint):
     one_line_error(run("evaluate", "--checkpoint", tiny_checkpoint, "--skip", "110121"), "0 or 1")
 
 
+def test_evaluate_an_option_array_with_int8_blocks(tiny_checkpoint, tmp_path):
+    full = run("evaluate", "--checkpoint", tiny_checkpoint, "--split", "val")
+    mixed = run("evaluate", "--checkpoint", tiny_checkpoint, "--skip", "818011", "--split", "val",
+                "--calibration-images", "128")
+    assert full.returncode == 0 and mixed.returncode == 0, mixed.stderr
+    assert "skipped 1/6  int8 2 (calibrated on 128 training images)" in mixed.stdout
+    acc = [float(r.stdout.split()[2]) for r in (full, mixed)]
+    assert abs(acc[0] - acc[1]) <= 0.05
+    one_line_error(run("evaluate", "--checkpoint", tiny_checkpoint, "--skip", "818011", "--calibration-images", "0"),
+                   "--calibration-images")
+    out = tmp_path / "b"
+    one_line_error(run("compile", "--checkpoint", tiny_checkpoint, "--int8", "--calibration-images", "-5",
+                       "--out", out), "--calibration-images")
+    assert not out.exists()
+
+
 def test_resume_cli(tmp_path):
     out = tmp_path / "m.pt"
     first = run("train", "--epochs", "1", "--depth", "14", "--width", "4", "--out", out, "--quiet")
@@ -101,3 +117,10 @@ def test_recipe_sets_defaults_and_given_options_win(tmp_path):
     t, m = ck["train"], ck["model"]
     assert (t["weight_decay"], t["schedule"], t["nesterov"], t["recipe"]) == (1e-4, "step", False, "he2016")
     assert t["epochs"] == 1 and m["shortcut"] == "proj" and m["sd_mode"] == "none"  # given options win
+
+
+def test_int8_refused_for_a_skipnet(skipnet_checkpoint, tmp_path):
+    out = tmp_path / "b"
+    one_line_error(run("compile", "--checkpoint", skipnet_checkpoint, "--int8", "--target", "host", "--out", out),
+                   "--int8 applies to edgeskip models")
+    assert not out.exists()

@@ -181,6 +181,12 @@ def fractional_space(model: CifarResNet, splits: Splits, latency: LatencySource,
         })
     pts = [Point(r["val_accuracy"], r["latency_s"], r["n_skipped"]) for r in rows]
     full = cands.index((1,) * g)
+    alone = {o: i for i, o in enumerate(cands)}
+    blocks = []  # each gated block's options alone (the probes include them): the int8 sensitivity list
+    for k, b in enumerate(cfg.gated_blocks):
+        one = {name: alone[(1,) * k + (v,) + (1,) * (g - k - 1)] for name, v in (("int8", INT8), ("skip", SKIP))}
+        blocks.append({"gate": k, "block": b, **{f"val_accuracy_{n}": rows[i]["val_accuracy"] for n, i in one.items()},
+                       **{f"latency_s_{n}": rows[i]["latency_s"] for n, i in one.items()}})
     skip_idx = [i for i, r in enumerate(rows) if r["skip_only"]]
     skip_front = [skip_idx[j] for j in front_with_anchor([pts[i] for i in skip_idx], skip_idx.index(full))]
     frac_front = front_with_anchor(pts, full)
@@ -190,6 +196,7 @@ def fractional_space(model: CifarResNet, splits: Splits, latency: LatencySource,
         "options": {"0": "skip", "1": "full", "8": "int8"}, "selection_split": "val",
         "latency_source": latency.name,
         "latency_model": {"coef": list(fit.coef), "r2": fit.r2, "probes": len(probes)},
+        "full_val_accuracy": rows[full]["val_accuracy"], "full_latency_s": rows[full]["latency_s"], "blocks": blocks,
         "greedy_path": [list(s.options) for s in path], "candidates": rows,
         "skip_front": skip_front, "front": frac_front,
         "comparison": {split: compare_fronts([(rows[i][f"{split}_accuracy"], rows[i]["latency_s"]) for i in skip_front],

@@ -25,7 +25,7 @@ def one_line_error(res, fragment):
 def test_bundle_contents_and_manifest(bundle):
     m = load_manifest(bundle)
     doc = json.loads((bundle / "manifest.json").read_text())
-    assert doc["format"] == "edgeskip-bundle" and doc["version"] == 2 and doc["kind"] == "edgeskip"
+    assert doc["format"] == "edgeskip-bundle" and doc["version"] == 3 and doc["kind"] == "edgeskip"
     assert m.num_gates == 6 and m.input.shape == ("N", 1, 8, 8)
     assert m.class_names == tuple(str(i) for i in range(10)) and m.dataset_id == "digits"
     assert set(m.targets) == {"host", "aarch64", "odroid-xu4"}

@@ -36,6 +36,8 @@ def test_int8_bundle_manifest_and_fronts(int8_bundle):
     frac = json.loads((int8_bundle / "fractional.json").read_text())
     assert frac["format"] == "edgeskip-fractional" and frac["latency_model"]["probes"] >= 2 * m.num_gates
     assert {r["source"] for r in frac["candidates"]} >= {"skip-only", "greedy", "probe"}
+    assert [b["block"] for b in frac["blocks"]] == list(m.gated_blocks)
+    assert all(0 <= b["val_accuracy_int8"] <= 1 and b["latency_s_int8"] > 0 for b in frac["blocks"])
 
 
 def test_one_archive_holds_the_int8_weights_at_a_quarter_of_the_float(int8_bundle):
