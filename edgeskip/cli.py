@@ -16,7 +16,7 @@ import click
 from edgeskip import __version__
 from edgeskip.errors import EdgeskipError
 from edgeskip.manifest import Manifest, load_manifest
-from edgeskip.recipes import AMP_CHOICES, RECIPE_NAMES, RECIPES, SD_SCOPES
+from edgeskip.recipes import AMP_CHOICES, GATE_KINDS, GATE_MODES, RECIPE_NAMES, RECIPES, SD_SCOPES
 from edgeskip.runtime.choices import BACKENDS, DRIVERS, EVENT_LOOPS, PATTERNS, POLICIES
 
 
@@ -149,7 +149,8 @@ def configs_summary(m) -> str:
         out += f"\n{backend} front (stepping order): configs {list(idx)}"
     if m.int8 is not None and "weight_bytes" in m.int8:
         wb = m.int8["weight_bytes"]
-        out += f"\nint8 weights: {wb['int8']:,} bytes beside {wb['float']:,} float bytes in the one archive"
+        out += (f"\nint8 variants: {wb['int8']:,} bytes beside the gated blocks' {wb['float']:,} bytes of float "
+                f"weights; IREE: {m.int8.get('iree', '')[:60]}...")
     return out
 
 
@@ -217,13 +218,20 @@ def apply_recipe(ctx: click.Context, params: dict) -> dict:
               help="End this invocation after writing this epoch's checkpoint (continue later with --resume).")
 @click.option("--threads", type=int, default=None, help="Torch CPU threads.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
-@click.option("--gates", type=click.Choice(["ffgate1", "ffgate2", "rnn"]), default=None,
-              help="Train a SkipNet baseline with these learned gates (in front of the same blocks as edgeskip's).")
+@click.option("--gates", type=click.Choice(GATE_KINDS), default=None,
+              help="Train a learned-gate baseline (in front of the same blocks as edgeskip's): SkipNet with "
+                   "ffgate1/ffgate2/rnn gates, or Dynamic Fractional Skipping with dfs.")
 @click.option("--init", "init", type=click.Path(dir_okay=False), default=None,
               help="With --gates: start from this backbone or SkipNet checkpoint (its data splits are reused).")
-@click.option("--gate-mode", type=click.Choice(["sp", "hrl"]), default="sp", show_default=True,
-              help="With --gates: supervised pre-training (straight-through) or hybrid RL refinement.")
-@click.option("--alpha", type=float, default=0.1, show_default=True, help="HRL: reward per skipped block (x1/B_s).")
+@click.option("--gate-mode", type=click.Choice(GATE_MODES), default=None,
+              help="With --gates: SkipNet's sp (supervised pre-training, the default) or hrl (hybrid RL); DFS's "
+                   "dfs-full (step 1: backbone frozen, gates learn full precision, the default) or dfs (step 2).")
+@click.option("--alpha", type=float, default=0.1, show_default=True,
+              help="HRL: reward per skipped block (x1/B_s); DFS step 2: weight of the computation loss.")
+@click.option("--cp-target", type=float, default=0.5, show_default=True,
+              help="DFS step 2: the computation percentage (of the gated blocks' full cost) to steer toward, in (0, 1].")
+@click.option("--dfs-bits", default="8,16", show_default=True,
+              help="DFS: bit widths of the options besides skip and full precision (of 4, 8, 16).")
 @click.option("--beta", type=float, default=1.0, show_default=True, help="HRL: weight of the loss in the reward.")
 @click.option("--gate-threshold", type=float, default=0.5, show_default=True,
               help="With --gates: execute a block iff its gate probability is >= this.")
@@ -236,7 +244,7 @@ def train(ctx, **params) -> None:
 def _train(dataset, data_dir, download, val_fraction, image_size, seed, recipe, depth, width, shortcut, sd, sd_mode,
            p_last, sd_scope, epochs, batch_size, lr, momentum, nesterov, weight_decay, schedule, warmup, label_smoothing, augment,
            zero_init_last, amp, compile_, out, resume, stop_after, threads, quiet, gates, init, gate_mode, alpha, beta,
-           gate_threshold) -> None:
+           cp_target, dfs_bits, gate_threshold) -> None:
     import dataclasses
 
     from edgeskip.utils.atomic import ensure_parent
@@ -268,12 +276,18 @@ def _train(dataset, data_dir, download, val_fraction, image_size, seed, recipe, 
 
             spec = load_checkpoint(init).data
             gate_data = dataclasses.replace(spec, data_dir=data_dir) if data_dir else spec
-        ck = train_gates(out, gate_data or data, GateConfig(gates, gate_threshold), train_cfg,
-                         GateTraining(gate_mode, alpha, beta), init=init, model_cfg=model_cfg, resume=resume,
-                         progress=not quiet)
+        try:
+            bits = tuple(int(b) for b in dfs_bits.split(","))
+        except ValueError:
+            raise EdgeskipError(f"--dfs-bits must be comma-separated integers, got {dfs_bits!r}") from None
+        mode = gate_mode or ("dfs-full" if gates == "dfs" else "sp")
+        ck = train_gates(out, gate_data or data, GateConfig(gates, gate_threshold, bits=bits), train_cfg,
+                         GateTraining(mode, alpha, beta, cp_target=cp_target), init=init, model_cfg=model_cfg,
+                         resume=resume, progress=not quiet)
         last = ck.history[-1] if ck.history else {}
+        cp = f"  cp {last['val_cp']:.3f}" if "val_cp" in last else ""
         click.echo(f"wrote {out}  epoch {ck.epoch}/{ck.train_cfg.epochs}  val_acc {last.get('val_acc', float('nan')):.4f}  "
-                   f"skipped {last.get('val_skipped', float('nan')):.2f}/{ck.model_cfg.num_gates} blocks")
+                   f"skipped {last.get('val_skipped', float('nan')):.2f}/{ck.model_cfg.num_gates} blocks{cp}")
         return
     ck = run_train(out, data, model_cfg, train_cfg, resume=resume, progress=not quiet, stop_after=stop_after)
     last = ck.history[-1] if ck.history else {}
@@ -353,6 +367,15 @@ def evaluate(checkpoint, skip, split, data_dir, calibration_images) -> None:
     from edgeskip.train import evaluate as run_eval
 
     model, ck, splits = _load_for_eval(checkpoint, data_dir)
+    if ck.gate_cfg is not None and ck.gate_cfg.kind == "dfs" and skip is None:
+        from edgeskip.train.gates import evaluate_dfs
+
+        st = evaluate_dfs(model, getattr(splits, split), splits.norm)
+        names = ["skip", *(f"{b}-bit" for b in ck.gate_cfg.bits), "full"]
+        click.echo(f"{split} accuracy {st.accuracy:.4f}  cp {st.mean_cp:.3f} (of the gated blocks' full cost, a k-bit "
+                   f"block costing (k/32)^2)  mean skipped {st.mean_skipped:.2f}/{model.cfg.num_gates}  options "
+                   + " ".join(f"{n} {r:.2f}" for n, r in zip(names, st.option_rates)))
+        return
     if ck.gate_cfg is not None and skip is None:
         from edgeskip.train.gates import evaluate_gated
 
@@ -418,6 +441,9 @@ def compile_cmd(checkpoint, dataset, data_dir, download, val_fraction, image_siz
                   resume=Path(checkpoint).exists(), progress=not quiet)
         data_dir = None
     _, ck, splits = _load_for_eval(checkpoint, data_dir)
+    if ck.gate_cfg is not None and ck.gate_cfg.kind == "dfs":
+        raise EdgeskipError("a DFS model has no deployment bundle yet (its export, one switch per block over its "
+                            "options, is still to come); evaluate it with `edgeskip evaluate`")
     if ck.gate_cfg is not None:  # a SkipNet: no ranking or front, the gates decide per input
         from edgeskip.export.skipnet_bundle import build_skipnet_bundle
 

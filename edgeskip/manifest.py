@@ -326,12 +326,18 @@ class Manifest:
         if not targets:
             raise ManifestError("manifest: targets is empty")
         iree = IreeEntry.from_dict(_req(d, "iree", dict, "manifest"))
-        missing = [c.module for c in cfgs if c.module not in iree.functions]
+        if any(c.n_int8 for c in cfgs) and "iree" not in fronts:
+            raise ManifestError("manifest: a bundle with int8 configs must name the IREE front")
+        on_iree = fronts.get("iree", range(len(cfgs)))  # only the IREE front's configs need IREE functions
+        missing = [cfgs[i].module for i in on_iree if cfgs[i].module not in iree.functions]
         if missing:
             raise ManifestError(f"manifest: configs name functions the module lacks: {', '.join(missing)}")
         if kind == "edgeskip" and "gated" not in iree.functions:
             raise ManifestError("manifest: the module of an edgeskip bundle needs the function 'gated'")
         onnx = {str(k): _rel_path(v, f"onnx.{k}") for k, v in _req(d, "onnx", dict, "manifest").items()}
+        unlisted = [cfgs[i].module for i in fronts.get("onnxruntime", ()) if cfgs[i].module not in onnx]
+        if unlisted:
+            raise ManifestError(f"manifest: onnxruntime front configs without a graph: {', '.join(unlisted)}")
         backend = _req(d, "backend", dict, "manifest")
         fastest = _req(backend, "host_fastest", str, "backend")
         if fastest not in BACKENDS:

@@ -10,6 +10,9 @@ from typing import Any
 
 AMP_CHOICES = ("auto", "bf16", "fp32")
 SD_SCOPES = ("all", "gated")  # which blocks stochastic depth drops in training
+GATE_KINDS = ("ffgate1", "ffgate2", "rnn", "dfs")  # learned gates: SkipNet's three, and DFS's
+GATE_MODES = ("sp", "hrl", "dfs-full", "dfs")  # how they are trained (DFS: its steps 1 and 2)
+DFS_BITS = (4, 8, 16)  # the bit widths a DFS option may run a block at (besides skip and full precision)
 
 
 @dataclass(frozen=True)

@@ -124,3 +124,23 @@ def test_int8_refused_for_a_skipnet(skipnet_checkpoint, tmp_path):
     one_line_error(run("compile", "--checkpoint", skipnet_checkpoint, "--int8", "--target", "host", "--out", out),
                    "--int8 applies to edgeskip models")
     assert not out.exists()
+
+
+def test_dfs_cli_trains_evaluates_and_refuses_bad_settings(tmp_path, tiny_checkpoint):
+    s1 = tmp_path / "dfs1.pt"
+    res = run("train", "--gates", "dfs", "--init", tiny_checkpoint, "--epochs", "1", "--out", s1, "--quiet")
+    assert res.returncode == 0, res.stderr
+    assert "cp 1.000" in res.stdout  # step 1 (dfs-full, the default for dfs gates): every block at full precision
+    ev = run("evaluate", "--checkpoint", s1, "--split", "val")
+    assert ev.returncode == 0 and "cp 1.000" in ev.stdout and "options skip 0.00 8-bit 0.00 16-bit 0.00 full 1.00" in ev.stdout
+    out = tmp_path / "x.pt"
+    one_line_error(run("train", "--gates", "dfs", "--dfs-bits", "3", "--epochs", "1", "--out", out), "4, 8, 16")
+    one_line_error(run("train", "--gates", "dfs", "--dfs-bits", "8,x", "--epochs", "1", "--out", out), "--dfs-bits")
+    one_line_error(run("train", "--gates", "dfs", "--gate-mode", "dfs", "--cp-target", "0", "--epochs", "1",
+                       "--out", out), "cp target must be in (0, 1]")
+    one_line_error(run("train", "--gates", "rnn", "--gate-mode", "dfs", "--epochs", "1", "--out", out),
+                   "does not train rnn gates")
+    one_line_error(run("train", "--gates", "lstm", "--epochs", "1", "--out", out), "--gates")
+    one_line_error(run("compile", "--checkpoint", s1, "--target", "host", "--out", tmp_path / "b"),
+                   "a DFS model has no deployment bundle yet")
+    assert not out.exists() and not (tmp_path / "b").exists()

@@ -146,7 +146,7 @@ def int8_doc() -> dict:
     c = doc["configs"][1]
     c.update(options=[8, 0, 8, 0], module="static_8080")
     doc["onnx"]["static_8080"] = doc["onnx"].pop("static_1010")
-    doc["iree"]["functions"][2] = "static_8080"
+    doc["iree"]["functions"].remove("static_1010")  # int8 configs run on onnxruntime only
     doc["int8"] = {"blocks": {"1": {k: {"scale": 0.1, "zero_point": 0} for k in "xhcy"}}}
     doc["fronts"] = {"iree": [0, 2], "onnxruntime": [0, 1, 2]}
     return doc
@@ -174,6 +174,9 @@ def test_version_3_options_and_fronts():
     (lambda d: d.update(fronts={"iree": [0, 0]}), "distinct"),
     (lambda d: d.update(fronts={"iree": [0, 7]}), "distinct config indices"),
     (lambda d: d.update(fronts={"tflite": [0]}), "not a back end"),
+    (lambda d: d.update(fronts={"iree": [0, 1]}), "functions the module lacks: static_8080"),
+    (lambda d: d.update(fronts={"onnxruntime": [0, 1]}), "must name the IREE front"),
+    (lambda d: d["onnx"].pop("static_8080"), "without a graph: static_8080"),
 ])
 def test_version_3_violations_are_named(edit, fragment):
     doc = int8_doc()

@@ -43,7 +43,7 @@ from edgeskip.export.elf_check import check_no_imports
 from edgeskip.export.iree_compile import COMMON_FLAGS, Target, compile_mlir
 from edgeskip.export.latency import IreeLatency, ort_static_latency
 from edgeskip.backends.ort import ort_session
-from edgeskip.export.onnx_export import INT8_TOLERANCE, export_gated, max_abs_diff, verify_int8, verify_onnx
+from edgeskip.export.onnx_export import export_gated, max_abs_diff, verify_int8, verify_onnx
 from edgeskip.backends.iree import SharedIreeExecutor
 from edgeskip.export.shared_weights import import_shared, merge_modules, module_name
 from edgeskip.manifest import ConfigEntry, InputSpec, IreeEntry, Manifest, Normalization, TargetEntry
@@ -77,23 +77,17 @@ def _verify_iree(bundle: Path, targets: Sequence[Target], images: np.ndarray, co
     host_dir = bundle / "iree" / "host"
     functions = ["gated", *[c["module"] for c in configs]]
     host = SharedIreeExecutor(weights, [host_dir / "model.vmfb"], functions=functions)
-    worst = worst_int8 = 0.0
+    worst = 0.0
     for k, c in enumerate(configs, start=1):
         ref = ort_session(bundle / "onnx" / f"{c['module']}.onnx").run(None, {"image": images})[0]
-        if INT8 in c.get("options", ()):
-            worst_int8 = max(worst_int8, max_abs_diff(host.run(k, images), ref) / max(1.0, float(np.abs(ref).max())))
-            continue
         worst = max(worst, max_abs_diff(host.run(k, images), ref))
-    if worst_int8 > INT8_TOLERANCE:
-        raise EdgeskipError(f"host IREE int8 modules differ from onnxruntime by {worst_int8:.2e} (relative) > "
-                            f"{INT8_TOLERANCE:g}")
     for s in extra_skips:
         skip = np.array(s, dtype=bool)
         ref = gated_sess.run(None, {"image": images, "skip": skip})[0]
         worst = max(worst, max_abs_diff(np.asarray(host.invokers[0](images, skip).to_host()), ref))
     if worst > TOLERANCE:
         raise EdgeskipError(f"host IREE modules differ from onnxruntime by {worst:.2e} > {TOLERANCE:g}")
-    out["host"] = {"iree_vs_onnxruntime": worst, **({"int8_relative": worst_int8} if worst_int8 else {})}
+    out["host"] = {"iree_vs_onnxruntime": worst}
     for t in targets:
         if t.name == "host":
             continue
@@ -227,17 +221,25 @@ def backend_fronts(configs: Sequence[dict[str, Any]], keys: dict[str, str]) -> d
     return out
 
 
-def weight_bytes(weights: Path, int8_blocks: Sequence[int]) -> dict[str, int]:
-    """Bytes of the archive's float parameters and of the int8 blocks' integer weights and biases."""
-    import re
+IREE_INT8 = ("not compiled: IREE's llvm-cpu int8 path ran 3.5-5.3x slower than its float path per ResNet-20 block on "
+             "this CPU, and iree-compile rejects the whole int8 ResNet-20 with the bundle's flags (bench/README.md "
+             "section 9); IREE targets step through the skip-only front")
 
-    from edgeskip.backends.iree import parameter_index
 
-    pattern = re.compile(r"^blocks\.(%s)\.[wb][12]$" % "|".join(map(str, int8_blocks)))
+def int8_weight_bytes(model: Any) -> dict[str, int]:
+    """Bytes of the gated blocks' float convolution weights and of their int8 variants' weights and biases
+    (what an int8 variant adds where both are loaded)."""
     out = {"float": 0, "int8": 0}
-    for name, entry in parameter_index(weights).items():
-        out["int8" if pattern.match(name) else "float"] += int(entry.length)
+    for b, q in model.int8.items():
+        block = model.blocks[str(b)]
+        out["float"] += 4 * (block.conv1.weight.numel() + block.conv2.weight.numel())
+        out["int8"] += q.w1.numel() + q.w2.numel() + 4 * (q.b1.numel() + q.b2.numel())
     return out
+
+
+def fastest_front(configs: Sequence[dict[str, Any]], front: Sequence[int], key: str = "latency_s_onnxruntime") -> float:
+    """The least latency a front reaches (its last, fastest config)."""
+    return min(configs[i][key] for i in front)
 
 
 def build_bundle(ck: Checkpoint, splits: Splits, out: str | os.PathLike, targets: Sequence[Target],
@@ -274,9 +276,9 @@ def build_bundle(ck: Checkpoint, splits: Splits, out: str | os.PathLike, targets
             frac = fractional_space(model, splits, OrtLatency(model, work / "ort", repeats=repeats),
                                     [c["skip"] for c in front["candidates"]])
             configs = _union_configs(front, frac)
-            new = [o for o in (c.get("options", c["skip"]) for c in configs) if module_name(o) not in lat.built]
-            if new:
-                log(f"compiling the {len(new)} configs of the fractional front for this host ...")
+            new = [c["skip"] for c in configs if "options" not in c and module_name(c["skip"]) not in lat.built]
+            if new:  # float configs of the fractional front; int8 ones run on onnxruntime only (IREE_INT8)
+                log(f"compiling the {len(new)} float configs of the fractional front for this host ...")
                 lat.measure(new)  # builds their static modules; they are timed below, beside the others
         weights = tmp / "iree" / "weights.irpa"
         os.replace(lat.weights, weights)  # type: ignore[arg-type]
@@ -290,11 +292,13 @@ def build_bundle(ck: Checkpoint, splits: Splits, out: str | os.PathLike, targets
         static, quantized = {}, {}
         for c in configs:  # the static graphs were exported while measuring latency
             dest = tmp / "onnx" / f"{c['module']}.onnx"
-            shutil.copyfile(lat.built[c["module"]][1], dest)
             if "options" in c:
+                shutil.copyfile(work / "ort" / f"{c['module']}.onnx", dest)
                 quantized[tuple(c["options"])] = dest
             else:
+                shutil.copyfile(lat.built[c["module"]][1], dest)
                 static[tuple(bool(v) for v in c["skip"])] = dest
+        floats = [c for c in configs if "options" not in c]  # the IREE module's configs
         xb, _ = next(iterate(splits.test, splits.norm, 8))
         g = model.cfg.num_gates
         rng = np.random.default_rng(0)
@@ -305,7 +309,7 @@ def build_bundle(ck: Checkpoint, splits: Splits, out: str | os.PathLike, targets
 
         log("compiling IREE modules: " + ", ".join(t.name for t in targets) + " ...")
         parts = {"gated": import_shared(gated_onnx, weights, work, "gated")}
-        parts.update({c["module"]: lat.built[c["module"]][2] for c in configs})  # imported while measuring
+        parts.update({c["module"]: lat.built[c["module"]][2] for c in floats})  # imported while measuring
         merged = merge_modules(parts, work / "model.mlir")
         for t in targets:
             tdir = tmp / "iree" / t.name
@@ -314,20 +318,30 @@ def build_bundle(ck: Checkpoint, splits: Splits, out: str | os.PathLike, targets
 
         log("verifying compiled modules ...")
         images = xb.numpy().astype(np.float32)
-        iree_check = _verify_iree(tmp, targets, images, configs, extra, log)
+        iree_check = _verify_iree(tmp, targets, images, floats, extra, log)
 
         log("measuring onnxruntime vs IREE on the front ...")
         ort_lat = ort_static_latency(model, [c.get("options", c["skip"]) for c in configs], tmp / "onnx",
                                      repeats=repeats)
-        if int8:  # one interleaved IREE run over every config (the front's were timed before the int8 ones)
-            iree_lat = host_latency(tmp, configs, (model.cfg.in_channels, *model.cfg.input_size), repeats)
-            for c, t in zip(configs, iree_lat):
+        if int8:  # one interleaved IREE run over its configs (the front's were timed apart from the others)
+            iree_lat = host_latency(tmp, floats, (model.cfg.in_channels, *model.cfg.input_size), repeats)
+            for c, t in zip(floats, iree_lat):
                 c["latency_s"] = t
         for c, o in zip(configs, ort_lat):
             c["latency_s_onnxruntime"] = o
-            c["iree_over_onnxruntime"] = c["latency_s"] / o
-        faster = "onnxruntime" if sum(ort_lat) < sum(c["latency_s"] for c in configs) else "iree"
-        fronts = backend_fronts(configs, {"iree": "latency_s", "onnxruntime": "latency_s_onnxruntime"}) if int8 else {}
+            if "options" in c:
+                c["latency_s"] = o  # onnxruntime is the only back end that runs it
+            else:
+                c["iree_over_onnxruntime"] = c["latency_s"] / o
+        faster = ("onnxruntime" if sum(c["latency_s_onnxruntime"] for c in floats) < sum(c["latency_s"] for c in floats)
+                  else "iree")
+        fronts = {}
+        if int8:
+            fronts = {"iree": [floats[i]["index"] for i in backend_fronts(
+                          [{**c, "index": k} for k, c in enumerate(floats)], {"iree": "latency_s"})["iree"]],
+                      **backend_fronts(configs, {"onnxruntime": "latency_s_onnxruntime"})}
+            if fastest_front(configs, fronts["onnxruntime"]) < fastest_front(configs, fronts["iree"], "latency_s"):
+                faster = "onnxruntime"
 
         write_design(tmp, sens, front)
         if frac is not None:
@@ -335,13 +349,13 @@ def build_bundle(ck: Checkpoint, splits: Splits, out: str | os.PathLike, targets
         ck.save(tmp / "model.pt", slim=True)
         sample = write_sample(tmp, splits)
         cfg = model.cfg
-        functions = ("gated", *[c["module"] for c in configs])
+        functions = ("gated", *[c["module"] for c in floats])
         int8_doc = None
         if calibration is not None:
             int8_doc = {"blocks": {str(b): q.to_dict() for b, q in calibration.items()},
                         "calibration": {"split": "train", "images": calibration_images, "method": "minmax"},
                         "scheme": "QDQ: activations uint8 per tensor, weights int8 symmetric per tensor, BN folded",
-                        "weight_bytes": weight_bytes(weights, sorted(calibration))}
+                        "iree": IREE_INT8, "weight_bytes": int8_weight_bytes(model)}
         manifest = Manifest(
             kind="edgeskip", model=cfg.to_dict(), input=InputSpec(("N", cfg.in_channels, *cfg.input_size)),
             normalization=Normalization(tuple(ck.norm.mean), tuple(ck.norm.std)), class_names=tuple(ck.class_names),

@@ -60,18 +60,11 @@ def module_name(skip: Sequence[object]) -> str:
 
 
 def write_weights(model: CifarResNet, dest: str | os.PathLike, work_dir: str | os.PathLike) -> Path:
-    """The shared archive: every parameter of the full network (BN folded), by module path, and, where the model
-    carries int8 block variants, their int8 weights and int32 biases (``blocks.<i>.w1`` ...) beside them."""
+    """The shared archive: every parameter of the full network (BN folded), by module path."""
     work = Path(work_dir)
-    g = model.cfg.num_gates
-    full = export_static(model, [1] * g, work / "full.onnx")
-    if not model.int8:
-        import_onnx(full, work / "full.mlir", params=dest)
-        return Path(dest)
-    import_onnx(full, work / "full.mlir", params=work / "full.irpa")
-    int8 = export_static(model, [8 if b in model.int8 else 1 for b in model.cfg.gated_blocks], work / "int8.onnx")
-    import_onnx(int8, work / "int8.mlir", params=work / "int8.irpa")
-    return merge_archives([work / "full.irpa", work / "int8.irpa"], dest)
+    full = export_static(model, [1] * model.cfg.num_gates, work / "full.onnx")
+    import_onnx(full, work / "full.mlir", params=dest)
+    return Path(dest)
 
 
 def merge_archives(sources: Sequence[Path], dest: str | os.PathLike) -> Path:

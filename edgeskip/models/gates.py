@@ -6,6 +6,8 @@ output, whether to execute the next block.
 - ``ffgate2`` (FFGate-II): 3x3 conv stride 2 -> BN -> ReLU -> global average pool -> 1x1 conv.
 - ``rnn`` (RNNGate): global average pool -> per-gate linear projection to ``embed_dim`` -> one LSTM cell
   (``hidden_dim``) shared by all gates, its state carried from gate to gate -> linear to one logit.
+- ``dfs`` (Dynamic Fractional Skipping, :mod:`edgeskip.models.dfs`): the RNN gate projecting to one logit per
+  option (skip, each of ``bits``, full precision).
 
 Each gate returns a logit per input; the block is executed if sigmoid(logit) >= ``threshold``.
 """
@@ -20,30 +22,41 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgeskip.errors import EdgeskipError
+from edgeskip.recipes import DFS_BITS, GATE_KINDS  # declared torch-free, for the CLI
 
-GATE_KINDS = ("ffgate1", "ffgate2", "rnn")
 State = tuple[torch.Tensor, torch.Tensor] | None
 
 
 @dataclass(frozen=True)
 class GateConfig:
-    """Which gate, its decision threshold, and the RNN gate's sizes (SkipNet: 10 and 10)."""
+    """Which gate, its decision threshold, the RNN gate's sizes (SkipNet: 10 and 10) and, for DFS, the bit
+    widths of its options besides skip and full precision."""
 
     kind: str = "ffgate1"
     threshold: float = 0.5
     embed_dim: int = 10
     hidden_dim: int = 10
+    bits: tuple[int, ...] = (8, 16)
 
     def __post_init__(self) -> None:
         if self.kind not in GATE_KINDS:
             raise EdgeskipError(f"gate kind must be one of {', '.join(GATE_KINDS)}, got {self.kind!r}")
+        object.__setattr__(self, "bits", tuple(sorted(int(b) for b in self.bits)))
+        if any(b not in DFS_BITS for b in self.bits) or len(set(self.bits)) != len(self.bits):
+            raise EdgeskipError(f"DFS bit widths must be distinct values of {', '.join(map(str, DFS_BITS))}, "
+                                f"got {list(self.bits)}")
         if not 0.0 < float(self.threshold) < 1.0:
             raise EdgeskipError(f"gate threshold must be in (0, 1), got {self.threshold}")
         if self.embed_dim < 1 or self.hidden_dim < 1:
             raise EdgeskipError("RNN gate sizes must be >= 1")
 
+    @property
+    def options(self) -> tuple[int, ...]:
+        """DFS: the bits each option runs a block at: 0 (skip), each of ``bits``, 32 (full precision)."""
+        return (0, *self.bits, 32)
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "bits": list(self.bits)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "GateConfig":
@@ -170,4 +183,5 @@ def gate_macs(cfg: GateConfig, channels: int, height: int, width: int) -> int:
         h2, w2 = _conv_out(height, 2), _conv_out(width, 2)
         return h2 * w2 * 9 * c * c + c
     e, hd = cfg.embed_dim, cfg.hidden_dim
-    return c * e + 4 * hd * (e + hd) + hd
+    outputs = len(cfg.options) if cfg.kind == "dfs" else 1
+    return c * e + 4 * hd * (e + hd) + hd * outputs

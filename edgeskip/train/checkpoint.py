@@ -47,7 +47,7 @@ class Checkpoint:
         return self.epoch >= self.train_cfg.epochs
 
     def model(self) -> CifarResNet:
-        """Rebuild the network in eval mode (a :class:`SkipNetResNet` if the checkpoint has gates)."""
+        """Rebuild the network in eval mode (a :class:`SkipNetResNet` or :class:`DFSResNet` if it has gates)."""
         m = build_network(self.model_cfg, self.gate_cfg)
         m.load_state_dict(self.state_dict)
         return m.eval()
@@ -73,8 +73,14 @@ class Checkpoint:
 
 
 def build_network(cfg: ResNetConfig, gate_cfg: GateConfig | None = None) -> CifarResNet:
-    """The backbone alone, or with SkipNet gates."""
-    return build_model(cfg) if gate_cfg is None else SkipNetResNet(cfg, gate_cfg)
+    """The backbone alone, with SkipNet gates, or with DFS's gate (``kind="dfs"``)."""
+    if gate_cfg is None:
+        return build_model(cfg)
+    if gate_cfg.kind == "dfs":
+        from edgeskip.models.dfs import DFSResNet
+
+        return DFSResNet(cfg, gate_cfg)
+    return SkipNetResNet(cfg, gate_cfg)
 
 
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:

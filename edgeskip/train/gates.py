@@ -1,9 +1,14 @@
-"""Training SkipNet gates: supervised pre-training (straight-through) and hybrid RL refinement.
+"""Training learned gates: SkipNet's supervised pre-training (straight-through) and hybrid RL refinement, and
+Dynamic Fractional Skipping's two steps.
 
 - ``sp`` (SkipNet Eq. 7): hard decisions forward, soft probabilities backward, cross-entropy only.
 - ``hrl``: decisions sampled from the gates' Bernoulli policy; the network is trained on the
   cross-entropy of the executed path, the gates by REINFORCE with per-input reward
   ``-beta * loss + alpha / B_s * skipped`` (mean reward of the batch as baseline).
+- ``dfs-full`` (DFS step 1; ``--gates dfs``): the backbone frozen, the gate learns to choose full precision for
+  every block.
+- ``dfs`` (DFS step 2): joint training on cross-entropy + alpha * cp, the sign of alpha switched per batch so that
+  the computation percentage cp moves toward ``cp_target`` (DFS's rule).
 
 Either starts from scratch, from a trained backbone (gates added, whole net fine-tuned) or from a
 SkipNet checkpoint (e.g. HRL after SP). Both are objectives of the one training engine
@@ -25,13 +30,14 @@ from edgeskip.data.dataset import ArrayDataset, Normalization, Splits
 from edgeskip.errors import EdgeskipError
 from edgeskip.models import ResNetConfig
 from edgeskip.models.gates import GateConfig
+from edgeskip.recipes import GATE_MODES
 from edgeskip.models.skipnet import SkipNetResNet, skipnet_macs
-from edgeskip.train.checkpoint import Checkpoint, load_checkpoint
+from edgeskip.train.checkpoint import Checkpoint, build_network, load_checkpoint
 from edgeskip.train.config import DataSpec, TrainConfig
 from edgeskip.train.engine import run_epochs
 from edgeskip.train.loop import make_optimizer
 
-GATE_MODES = ("sp", "hrl")
+DFS_MODES = ("dfs-full", "dfs")
 
 
 @dataclass(frozen=True)
@@ -42,12 +48,15 @@ class GateTraining:
     alpha: float = 0.1
     beta: float = 1.0
     init: str | None = None  # checkpoint the run started from (None: from scratch)
+    cp_target: float = 0.5  # DFS: the computation percentage step 2 steers toward
 
     def __post_init__(self) -> None:
         if self.mode not in GATE_MODES:
             raise EdgeskipError(f"gate training mode must be one of {', '.join(GATE_MODES)}, got {self.mode!r}")
         if self.alpha < 0 or self.beta < 0:
             raise EdgeskipError("alpha and beta must be >= 0")
+        if not 0.0 < float(self.cp_target) <= 1.0:
+            raise EdgeskipError(f"the cp target must be in (0, 1], got {self.cp_target}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -64,17 +73,24 @@ class GateStats:
 
 
 @torch.no_grad()
-def evaluate_gated(model: SkipNetResNet, ds: ArrayDataset, norm: Normalization, batch_size: int = 500) -> GateStats:
-    """Hard per-input decisions on ``ds`` (eval mode)."""
+def _eval_pass(model: Any, ds: ArrayDataset, norm: Normalization, run: Callable[[torch.Tensor], Any],
+               batch_size: int) -> tuple[int, list[Any]]:
+    """One eval-mode pass of ``run`` over ``ds``: (correct predictions, each batch's output)."""
     was = model.training
     model.eval()
-    correct, execs = 0, []
+    correct, outs = 0, []
     for xb, yb in iterate(ds, norm, batch_size):
-        out = model.run(xb, "hard")
+        out = run(xb)
         correct += int((out.logits.argmax(1) == yb).sum())
-        execs.append(out.execute)
+        outs.append(out)
     model.train(was)
-    ex = torch.cat(execs).float()
+    return correct, outs
+
+
+def evaluate_gated(model: SkipNetResNet, ds: ArrayDataset, norm: Normalization, batch_size: int = 500) -> GateStats:
+    """Hard per-input decisions on ``ds`` (eval mode)."""
+    correct, outs = _eval_pass(model, ds, norm, lambda xb: model.run(xb, "hard"), batch_size)
+    ex = torch.cat([o.execute for o in outs]).float()
     cfg, gcfg = model.cfg, model.gate_cfg
     per_row = [skipnet_macs(cfg, gcfg, row) for row in ex.bool()]
     return GateStats(correct / len(ds), float((1 - ex).sum(1).mean()), float(sum(per_row) / len(per_row)),
@@ -110,6 +126,56 @@ class GateObjective:
 
     def summary(self, rec: dict[str, float]) -> str:
         return f"  skipped {rec['val_skipped']:.2f}/{self.model.cfg.num_gates}"
+
+
+@dataclass(frozen=True)
+class DFSStats:
+    """Accuracy, mean computation percentage, mean skipped blocks and the rate of each option on a data set."""
+
+    accuracy: float
+    mean_cp: float
+    mean_skipped: float
+    option_rates: list[float]
+
+
+def evaluate_dfs(model: Any, ds: ArrayDataset, norm: Normalization, batch_size: int = 500) -> DFSStats:
+    """Per-input argmax options on ``ds`` (eval mode: only the chosen option is computed)."""
+    correct, outs = _eval_pass(model, ds, norm, model.run, batch_size)
+    ch = torch.cat([o.choice for o in outs])
+    n_opt = len(model.gate_cfg.options)
+    return DFSStats(correct / len(ds), float(torch.cat([o.cp for o in outs]).mean()), float((ch == 0).sum(1).float().mean()),
+                    [float((ch == o).float().mean()) for o in range(n_opt)])
+
+
+class DFSObjective:
+    """DFS's training steps as an engine objective. ``dfs-full``: each gate's softmax is pulled toward the full
+    option (cross-entropy; the backbone is frozen by :func:`train_gates`); ``dfs``: classification cross-entropy
+    plus ``alpha * cp``, with alpha's sign + while the batch's cp is above ``cp_target`` and - below it.
+    Per-sample statistics: cp and skipped blocks; validation: accuracy, cp, skipped blocks."""
+
+    def __init__(self, model: Any, gt: GateTraining, label_smoothing: float = 0.0) -> None:
+        self.model, self.gt, self.label_smoothing = model, gt, label_smoothing
+        self.label = f"{gt.mode} "
+
+    def forward(self, xb: torch.Tensor) -> Any:
+        return self.model.run(xb)
+
+    def loss(self, out: Any, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+        stats = {"cp": float(out.cp.detach().sum()), "skipped": float((out.choice == 0).sum())}
+        if self.gt.mode == "dfs-full":
+            full = torch.full_like(out.choice, out.probs.shape[2] - 1).flatten()
+            return F.nll_loss(torch.log(out.probs.clamp_min(1e-8)).flatten(0, 1), full), out.logits, stats
+        cp = out.cp.mean()
+        sign = 1.0 if float(cp.detach()) > self.gt.cp_target else -1.0
+        ce = F.cross_entropy(out.logits, yb, label_smoothing=self.label_smoothing)
+        return ce + self.gt.alpha * sign * cp, out.logits, stats
+
+    def validate(self, splits: Splits, ddp: Any) -> dict[str, float]:
+        st = evaluate_dfs(self.model, splits.val, splits.norm)
+        return {"val_acc": st.accuracy, "val_cp": st.mean_cp, "val_skipped": st.mean_skipped}
+
+    def summary(self, rec: dict[str, float]) -> str:
+        return f"  cp {rec['val_cp']:.3f} (target {self.gt.cp_target:g})  skipped {rec['val_skipped']:.2f}"
 
 
 def _start(init: Checkpoint | None, model_cfg: ResNetConfig | None, gate_cfg: GateConfig, splits: Splits):
@@ -179,13 +245,19 @@ def train_gates(
         norm = init_ck.norm if init_ck is not None else splits.norm
     splits.norm = norm
 
+    if (gate_cfg.kind == "dfs") != (gate_training.mode in DFS_MODES):
+        raise EdgeskipError(f"gate mode {gate_training.mode} does not train {gate_cfg.kind} gates "
+                            f"(dfs gates: {', '.join(DFS_MODES)}; SkipNet gates: sp, hrl)")
     torch.manual_seed(train_cfg.seed)
-    model = SkipNetResNet(cfg, gate_cfg)
+    model = build_network(cfg, gate_cfg)
     if state is not None:
         missing, unexpected = model.load_state_dict(state, strict=False)
-        bad = [k for k in missing if not k.startswith(("gates.", "gate_core."))] + list(unexpected)
+        bad = [k for k in missing if not k.startswith(("gates.", "gate_core.", "ranges."))] + list(unexpected)
         if bad:
             raise EdgeskipError(f"initial weights do not fit the model: {', '.join(bad[:3])}")
+    if gate_training.mode == "dfs-full":  # DFS step 1: the backbone frozen, only the gate learns
+        for name, param in model.named_parameters():
+            param.requires_grad_(name.startswith(("gates.", "gate_core.")))
     steps = num_batches(len(splits.train), train_cfg.batch_size, drop_last=True)
     opt, sched = make_optimizer(model, train_cfg, steps)
     ck = Checkpoint(cfg, model.state_dict(), norm, splits.class_names, splits.dataset_id, data, train_cfg,
@@ -196,5 +268,9 @@ def train_gates(
         sched.load_state_dict(ck.scheduler)
         torch.set_rng_state(ck.rng)
     model.to(memory_format=torch.channels_last)
-    return run_epochs(model, GateObjective(model, gate_training, train_cfg.label_smoothing), opt, sched, splits, ck,
-                      out, steps, progress=progress, on_epoch_end=on_epoch_end)
+    if gate_cfg.kind == "dfs":
+        objective: Any = DFSObjective(model, gate_training, train_cfg.label_smoothing)
+    else:
+        objective = GateObjective(model, gate_training, train_cfg.label_smoothing)
+    return run_epochs(model, objective, opt, sched, splits, ck, out, steps, progress=progress,
+                      on_epoch_end=on_epoch_end)

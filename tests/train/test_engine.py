@@ -1,5 +1,5 @@
-"""The one training engine: every objective (cross-entropy, SkipNet SP and HRL) resumes exactly, and a new
-objective plugs in with its own per-sample statistics and validation figures."""
+"""The one training engine: every objective (cross-entropy, SkipNet SP and HRL, DFS's two steps) resumes exactly,
+and a new objective plugs in with its own per-sample statistics and validation figures."""
 
 import pytest
 import torch
@@ -27,11 +27,12 @@ def run(kind, path, splits, resume=False, on_epoch_end=None):
     if resume:
         return train_gates(path, None, GateConfig(), TrainConfig(), GateTraining(), resume=True, splits=splits,
                            progress=False)
-    return train_gates(path, DataSpec("digits"), GateConfig("rnn"), TCFG, GateTraining(kind, alpha=0.5), model_cfg=TINY,
-                       splits=splits, progress=False, on_epoch_end=on_epoch_end)
+    gates = GateConfig("dfs") if kind.startswith("dfs") else GateConfig("rnn")
+    return train_gates(path, DataSpec("digits"), gates, TCFG, GateTraining(kind, alpha=0.5, cp_target=0.5),
+                       model_cfg=TINY, splits=splits, progress=False, on_epoch_end=on_epoch_end)
 
 
-@pytest.mark.parametrize("kind", ["ce", "sp", "hrl"])
+@pytest.mark.parametrize("kind", ["ce", "sp", "hrl", "dfs-full", "dfs"])
 def test_every_objective_resumes_exactly(tmp_path, digits_splits, kind):
     full = run(kind, tmp_path / "full.pt", digits_splits)
 
@@ -49,8 +50,10 @@ def test_every_objective_resumes_exactly(tmp_path, digits_splits, kind):
     drop = ("seconds",)
     assert [{k: v for k, v in h.items() if k not in drop} for h in full.history] == \
         [{k: v for k, v in h.items() if k not in drop} for h in resumed.history]
-    if kind != "ce":
+    if kind in ("sp", "hrl"):
         assert "train_skipped" in full.history[-1] and "val_macs" in full.history[-1]
+    if kind.startswith("dfs"):
+        assert "train_cp" in full.history[-1] and "val_cp" in full.history[-1]
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp files left
 
 
