@@ -208,17 +208,13 @@ def _union_configs(front: dict[str, Any], frac: dict[str, Any]) -> list[dict[str
     return [{"index": k, **r} for k, r in enumerate(out)]
 
 
-def backend_fronts(configs: Sequence[dict[str, Any]], keys: dict[str, str]) -> dict[str, list[int]]:
-    """Per back end: the configs on its own front (validation accuracy vs its measured latency, ``keys[backend]``),
-    the full network first, then slowest to fastest: the order its runtime steps through them."""
+def backend_front(configs: Sequence[dict[str, Any]], key: str) -> list[int]:
+    """Positions in ``configs`` of one back end's front (validation accuracy vs its measured latency ``key``): the
+    full network (position 0) first, then slowest to fastest, the order its runtime steps through them."""
     from edgeskip.pareto.front import Point, front_with_anchor
 
-    out = {}
-    for backend, key in keys.items():
-        pts = [Point(c["val_accuracy"], c[key], c["n_skipped"]) for c in configs]
-        keep = front_with_anchor(pts, 0)
-        out[backend] = [0] + sorted((i for i in keep if i != 0), key=lambda i: (-configs[i][key], i))
-    return out
+    keep = front_with_anchor([Point(c["val_accuracy"], c[key], c["n_skipped"]) for c in configs], 0)
+    return [0] + sorted((i for i in keep if i != 0), key=lambda i: (-configs[i][key], i))
 
 
 IREE_INT8 = ("not compiled: IREE's llvm-cpu int8 path ran 3.5-5.3x slower than its float path per ResNet-20 block on "
@@ -285,7 +281,7 @@ def build_bundle(ck: Checkpoint, splits: Splits, out: str | os.PathLike, targets
         for c in configs:
             c["module"] = module_name(c.get("options", c["skip"]))
         for vmfb, _, _ in lat.built.values():  # per-config modules were for measuring; the bundle merges them
-            vmfb.unlink(missing_ok=True)
+            vmfb.unlink()
 
         log("exporting ONNX graphs and verifying them against PyTorch ...")
         gated_onnx = export_gated(model, tmp / "onnx" / "gated.onnx")
@@ -337,9 +333,8 @@ def build_bundle(ck: Checkpoint, splits: Splits, out: str | os.PathLike, targets
                   else "iree")
         fronts = {}
         if int8:
-            fronts = {"iree": [floats[i]["index"] for i in backend_fronts(
-                          [{**c, "index": k} for k, c in enumerate(floats)], {"iree": "latency_s"})["iree"]],
-                      **backend_fronts(configs, {"onnxruntime": "latency_s_onnxruntime"})}
+            fronts = {"iree": [floats[i]["index"] for i in backend_front(floats, "latency_s")],
+                      "onnxruntime": backend_front(configs, "latency_s_onnxruntime")}
             if fastest_front(configs, fronts["onnxruntime"]) < fastest_front(configs, fronts["iree"], "latency_s"):
                 faster = "onnxruntime"
 
