@@ -111,7 +111,7 @@ def main() -> None:
                             "skip_rate_per_gate": st.skip_rate_per_gate, "gate_kind": ck.gate_cfg.kind,
                             "training": ck.gate_training, "history": ck.history}
             runners[name] = mod.run
-            decisions[name] = np.stack([mod.run(x[None])[1] for x in xs])
+            decisions[name] = np.stack([mod.run(x[None])[1] for x in xs]).astype(bool)
 
         lat = {n: np.zeros((args.rounds, len(xs))) for n in runners}
         for w in range(5):  # warm-up

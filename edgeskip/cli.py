@@ -155,9 +155,15 @@ def configs_summary(m) -> str:
 
 
 def skipnet_summary(m: "Manifest") -> str:
-    """One SkipNet bundle's figures: accuracy, skipped blocks, MACs with gates, latency spread."""
+    """One learned-gate bundle's figures: accuracy, skipped blocks, MACs with gates, latency spread (DFS: also
+    its computation percentage and how often each option runs)."""
     c = m.configs[0]
-    return (f"SkipNet: val accuracy {c.val_accuracy:.4f}, test accuracy {c.test_accuracy:.4f}, "
+    dfs = ""
+    if m.kind == "dfs":
+        rates = ", ".join(f"{'skip' if b == 0 else 'full' if b == 32 else f'{b}-bit'} {r:.1%}"
+                          for b, r in zip(c.extra["options_bits"], c.extra["test_option_rates"]))
+        dfs = f"DFS cp {c.extra['test_cp']:.3f} (options: {rates}); "
+    return (f"{dfs}{'DFS' if dfs else 'SkipNet'}: val accuracy {c.val_accuracy:.4f}, test accuracy {c.test_accuracy:.4f}, "
             f"mean skipped {c.extra['test_mean_skipped']:.2f}/{m.num_gates} blocks, mean MACs {c.macs:.0f} (gates "
             f"included), host latency mean {c.latency_s * 1e3:.3f} ms [{c.extra['latency_s_min'] * 1e3:.3f}, "
             f"{c.extra['latency_s_max'] * 1e3:.3f}]")
@@ -441,19 +447,16 @@ def compile_cmd(checkpoint, dataset, data_dir, download, val_fraction, image_siz
                   resume=Path(checkpoint).exists(), progress=not quiet)
         data_dir = None
     _, ck, splits = _load_for_eval(checkpoint, data_dir)
-    if ck.gate_cfg is not None and ck.gate_cfg.kind == "dfs":
-        raise EdgeskipError("a DFS model has no deployment bundle yet (its export, one switch per block over its "
-                            "options, is still to come); evaluate it with `edgeskip evaluate`")
-    if ck.gate_cfg is not None:  # a SkipNet: no ranking or front, the gates decide per input
+    if ck.gate_cfg is not None:  # SkipNet or DFS: no ranking or front, the gates decide per input
         from edgeskip.export.skipnet_bundle import build_skipnet_bundle
 
         if int8:
-            raise EdgeskipError("--int8 applies to edgeskip models; a SkipNet's gates decide per input")
+            raise EdgeskipError("--int8 applies to edgeskip models; learned gates (SkipNet, DFS) decide per input")
 
         bundle = build_skipnet_bundle(ck, splits, out_dir, target_list, force=force, log=log)
         m = load_manifest(bundle)
         click.echo(skipnet_summary(m))
-        click.echo(f"wrote SkipNet bundle {bundle}; bundle digest {m.digest}")
+        click.echo(f"wrote {'DFS' if m.kind == 'dfs' else 'SkipNet'} bundle {bundle}; bundle digest {m.digest}")
         return
     bundle = build_bundle(ck, splits, out_dir, target_list, repeats=repeats, force=force, log=log, int8=int8,
                           calibration_images=calibration_images)
@@ -477,8 +480,9 @@ def inspect(bundle, digest, verify_key) -> None:
     """Print a bundle's manifest summary and Pareto table; verify every artifact's sha256."""
 
     m = load_manifest(bundle, digest=digest, verify_key=verify_key)
-    skipnet = m.kind == "skipnet"
-    what = f"SkipNet ({m.extra.get('gates', {}).get('kind', '?')} gates)" if skipnet else f"{len(m.configs)} Pareto configs"
+    skipnet = m.learned_gates
+    what = (f"{'DFS' if m.kind == 'dfs' else 'SkipNet'} ({m.extra.get('gates', {}).get('kind', '?')} gates)" if skipnet
+            else f"{len(m.configs)} Pareto configs")
     click.echo(f"bundle {bundle}: ResNet-{m.model.get('depth', '?')} on {m.dataset_id}, input {list(m.input.shape)}, "
                f"B_s = {m.num_gates}, {what}, manifest version {m.version}")
     click.echo("tools: " + ", ".join(f"{k} {v}" for k, v in m.extra.get("tools", {}).items()))

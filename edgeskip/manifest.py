@@ -31,7 +31,8 @@ FORMAT = "edgeskip-bundle"
 VERSION = 3
 READS = (1, 2, 3)
 OPTION_VALUES = (0, 1, 8)  # skip, full, int8 (edgeskip.skip)
-KINDS = ("edgeskip", "skipnet")
+KINDS = ("edgeskip", "skipnet", "dfs")
+LEARNED = ("skipnet", "dfs")  # kinds whose learned gates pick the blocks per input
 BACKENDS = ("iree", "onnxruntime")
 FILE = "manifest.json"
 
@@ -219,7 +220,8 @@ class IreeEntry:
 @dataclass(frozen=True)
 class Manifest:
     """Everything the runtime needs to know about a bundle. ``kind`` "edgeskip": Pareto configs switched
-    at run time, a gated ONNX graph for any skip array; "skipnet": one model whose gates decide per input."""
+    at run time, a gated ONNX graph for any skip array; "skipnet" and "dfs" (Dynamic Fractional Skipping): one
+    model whose learned gates decide per input (DFS: skip, a bit width or full precision per block)."""
 
     kind: str
     model: dict[str, Any]
@@ -242,6 +244,11 @@ class Manifest:
     version: int = VERSION
     fronts: dict[str, tuple[int, ...]] = field(default_factory=dict)  # back end -> config indices, stepping order
     int8: dict[str, Any] | None = None  # calibration of the int8 blocks: {"blocks": {block: BlockQuant dict}, ...}
+
+    @property
+    def learned_gates(self) -> bool:
+        """A SkipNet or DFS bundle: its gates pick the blocks per input; nothing to switch, no skip array."""
+        return self.kind in LEARNED
 
     @property
     def by_skip(self) -> dict[tuple[bool, ...], int]:

@@ -120,3 +120,30 @@ def skipnet_bundle(tmp_path_factory, skipnet_checkpoint):
     assert res.returncode == 0, res.stderr
     assert "wrote SkipNet bundle" in res.stdout
     return out
+
+
+@pytest.fixture(scope="session")
+def dfs_checkpoint(tmp_path_factory, tiny_checkpoint):
+    """A DFS model on the tiny backbone: step 1 (full precision), then step 2 toward cp 0.4, so options vary (8-bit
+    and full precision on digits)."""
+    from edgeskip.models.gates import GateConfig
+    from edgeskip.train.gates import GateTraining, train_gates
+
+    d = tmp_path_factory.mktemp("dfs")
+    train_gates(d / "full.pt", None, GateConfig("dfs"), TrainConfig(epochs=1, batch_size=64, lr=0.05),
+                GateTraining("dfs-full"), init=tiny_checkpoint, progress=False)
+    train_gates(d / "cp.pt", None, GateConfig("dfs"), TrainConfig(epochs=3, batch_size=64, lr=0.05),
+                GateTraining("dfs", alpha=2.0, cp_target=0.4), init=d / "full.pt", progress=False)
+    return d / "cp.pt"
+
+
+@pytest.fixture(scope="session")
+def dfs_bundle(tmp_path_factory, dfs_checkpoint):
+    """The DFS bundle for host and aarch64, built with the real CLI."""
+    out = tmp_path_factory.mktemp("db") / "dfs"
+    res = subprocess.run([sys.executable, "-m", "edgeskip.cli", "compile", "--checkpoint", str(dfs_checkpoint),
+                          "--target", "host,aarch64", "--out", str(out), "--quiet"],
+                         capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr
+    assert "wrote DFS bundle" in res.stdout
+    return out

@@ -84,12 +84,13 @@ class IreeModule:
 
 
 class IreeSkipNet:
-    """A SkipNet module over its weight archive: ``run(image) -> (logits, executed)``."""
+    """A learned-gate module (SkipNet or DFS) over its weight archive: ``run(image) -> (logits, decisions)``
+    (SkipNet: executed, bool; DFS: the option chosen per block)."""
 
     def __init__(self, weights: str | os.PathLike, vmfb: str | os.PathLike, driver: str = "local-sync",
                  function: str = "main_graph") -> None:
         self.ex = SharedIreeExecutor(weights, [vmfb], driver=driver, function=function)
 
     def run(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        logits, executed = self.ex.run_all(0, image)
-        return logits, executed.astype(bool)
+        logits, decisions = self.ex.run_all(0, image)
+        return logits, decisions

@@ -104,11 +104,14 @@ class _Bench:
             other = open_executor(compare, backend, **{k: v for k, v in executor_options.items()
                                                        if k not in ("digest", "verify_key")})
             if not isinstance(other, SkipNetExecutor):
-                raise EdgeskipError(f"--compare expects a SkipNet bundle; {compare} is an edgeskip bundle")
+                raise EdgeskipError(f"--compare expects a SkipNet or DFS bundle; {compare} is an edgeskip bundle")
             if other.manifest.dataset_id != self.executor.manifest.dataset_id:
                 raise EdgeskipError(f"--compare bundle was built on {other.manifest.dataset_id}, "
                                     f"not {self.executor.manifest.dataset_id}")
             self.other = other
+        # the learned-gate run's label: the kind of the learned-gate bundle ("skipnet" or "dfs"), if any
+        learned = self.executor if self.skipnet else self.other
+        self.gated = learned.manifest.kind if learned is not None else "skipnet"
         self.no_skip = measure_no_skip_latency(self.executor)
         self.latencies = measure_config_latencies(self.executor)
         self.images, self.labels = _images(bundle, limit, images, save_images, self.executor.manifest)
@@ -118,11 +121,11 @@ class _Bench:
 
     def test_accuracies(self, label: str) -> list[float]:
         """Per config, the test accuracy its bundle recorded (SkipNet's for run "skipnet")."""
-        ex = self.other if label == "skipnet" else self.executor
+        ex = self.other if label == self.gated else self.executor
         return [c.test_accuracy for c in ex.configs]  # type: ignore[union-attr]
 
     def run(self, spec: RunSpec, arrivals: Sequence[float], min_acc: float, delta_req: float | None) -> list[Record]:
-        if spec.label == "skipnet":
+        if spec.label == self.gated:
             return run_inprocess(self.other, FixedController(0), arrivals, self.images, self.labels)
         if self.url:
             return run_http(self.url, arrivals, self.images, self.labels,
@@ -147,9 +150,9 @@ def run_benchmark(bundle: str | os.PathLike, out: str | os.PathLike, pattern: st
     trip) divided by ``load`` (1.25: the original cannot keep up). ``runs``: run labels
     (:mod:`edgeskip.bench.sweep`) instead of the adaptive run + ``fixed``. With ``url`` every run goes to the
     daemon (fixed ones pinned with ``?config=K``), whose own policy and queue make the adaptive run.
-    ``compare``: a SkipNet bundle of the same data set, replayed on the same arrivals as run "skipnet".
+    ``compare``: a SkipNet or DFS bundle of the same data set, replayed on the same arrivals as run "skipnet"/"dfs".
     ``images``: labelled images (.npz) instead of the bundle's test split; ``save_images``: write the ones used.
-    A SkipNet ``bundle`` on its own is replayed as run "skipnet" only (its gates decide per input).
+    A SkipNet (DFS) ``bundle`` on its own is replayed as run "skipnet" ("dfs") only (its gates decide per input).
     """
     bundle = Path(bundle)
     check_queue(queue_depth, deadline)
@@ -159,7 +162,7 @@ def run_benchmark(bundle: str | os.PathLike, out: str | os.PathLike, pattern: st
     period = period or b.service_time / load
     arrivals = arrivals_for(pattern, count, period, rate, trace, seed)
     if b.skipnet:
-        specs = [RunSpec("skipnet", "fixed", 0)]
+        specs = [RunSpec(b.gated, "fixed", 0)]
         b.other = b.executor
     elif runs:
         specs = parse_runs(runs, policy_params)
@@ -174,9 +177,9 @@ def run_benchmark(bundle: str | os.PathLike, out: str | os.PathLike, pattern: st
                 raise EdgeskipError(f"fixed config {k} out of range 0..{n - 1}")
         specs = default_runs(policy, queue_depth, deadline, ks, policy_params)
     if b.other is not None and not b.skipnet:
-        specs.append(RunSpec("skipnet", "fixed", 0))
+        specs.append(RunSpec(b.gated, "fixed", 0))
     done = {spec.label: b.run(spec, arrivals, min_acc, delta_req) for spec in specs}
-    reference = "skipnet" if b.skipnet else "original"
+    reference = b.gated if b.skipnet else "original"
     tests = {name: b.test_accuracies(name) for name in done}
     summaries = {name: summarize(recs, tests[name]) for name, recs in done.items()}
     doc = {
@@ -195,7 +198,7 @@ def run_benchmark(bundle: str | os.PathLike, out: str | os.PathLike, pattern: st
     }
     first = next(iter(done))
     out = Path(out)
-    title = "SkipNet (fixed policy)" if b.skipnet else f"{first} ({policy})" if first == "adaptive" else first
+    title = f"{b.gated} (fixed policy)" if b.skipnet else f"{first} ({policy})" if first == "adaptive" else first
     drawn = plot_timeline(done[first], out / "timeline.png", f"{title}, {pattern} workload, period "
                           f"{period * 1e3:.3f} ms (original's service time {b.service_time * 1e3:.3f} ms)")
     doc["timeline_png"] = "timeline.png" if drawn else None
@@ -218,10 +221,10 @@ def run_sweep(bundle: str | os.PathLike, out: str | os.PathLike, loads: Sequence
         raise EdgeskipError(f"--seeds must be >= 1, got {seeds}")
     b = _Bench(Path(bundle), backend, url, 2000 if count > 2000 else count, images, None, compare, executor_options)
     if b.skipnet:
-        raise EdgeskipError("a load sweep needs an edgeskip bundle (a SkipNet one goes in --compare)")
+        raise EdgeskipError("a load sweep needs an edgeskip bundle (a SkipNet or DFS one goes in --compare)")
     specs = [parse_run("original"), RunSpec("adaptive", "daemon")] if url else parse_runs(runs, policy_params)
     if b.other is not None:
-        specs.append(RunSpec("skipnet", "fixed", 0))
+        specs.append(RunSpec(b.gated, "fixed", 0))
     rows: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for load in loads:
         for seed in range(seeds):

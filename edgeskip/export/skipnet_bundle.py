@@ -1,20 +1,24 @@
-"""SkipNet deployment bundle: the learned-gate baseline, built and verified like an edgeskip bundle.
+"""Learned-gate deployment bundles: the baselines SkipNet and Dynamic Fractional Skipping (DFS), built and verified
+like an edgeskip bundle.
 
-Layout::
+Layout (``<kind>`` is ``skipnet`` or ``dfs``)::
 
-    manifest.json                  kind "skipnet", architecture, gates, input, normalisation, hashes
-    model.pt                       slim SkipNet checkpoint
-    onnx/skipnet.onnx              batch 1; one If per gate, driven by the gate's own decision
+    manifest.json                  kind, architecture, gates, input, normalisation, hashes
+    model.pt                       slim checkpoint
+    onnx/<kind>.onnx               batch 1; SkipNet: one If per gate, driven by the gate's own decision;
+                                   DFS: one switch per gate over its options (nested Ifs), int8 as ConvInteger
     iree/weights.irpa              weights (backbone and gates)
-    iree/<target>/skipnet.vmfb     per target
+    iree/<target>/<kind>.vmfb      per target
 
-``configs`` holds one entry (index 0): the model picks its blocks per input, there is nothing to switch.
+``configs`` holds one entry (index 0): the model picks its blocks per input, there is nothing to switch. The graph's
+second output is ``executed`` (SkipNet, bool [B_s]) or ``options`` (DFS, int64 [B_s], 0 = skip).
 """
 
 from __future__ import annotations
 
 import os
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -30,7 +34,7 @@ from edgeskip.export.bundle import (TOLERANCE, check_out, finish_bundle, staging
 from edgeskip.export.elf_check import check_no_imports
 from edgeskip.export.iree_compile import COMMON_FLAGS, Target, compile_mlir, import_onnx
 from edgeskip.backends.ort import ort_session
-from edgeskip.export.onnx_export import max_abs_diff
+from edgeskip.export.onnx_export import INT8_TOLERANCE, max_abs_diff
 from edgeskip.export.shared_weights import rename_module
 from edgeskip.export.skipnet_graph import export_skipnet, verify_skipnet_onnx
 from edgeskip.manifest import ConfigEntry, InputSpec, IreeEntry, Manifest, Normalization
@@ -39,9 +43,51 @@ from edgeskip.models.cost import block_macs
 from edgeskip.train.checkpoint import Checkpoint
 from edgeskip.train.gates import evaluate_gated
 
-MODULE = "skipnet"  # the MLIR module's name
-FUNCTION = "main_graph"  # its entry function (the ONNX graph's name)
+FUNCTION = "main_graph"  # the entry function (the ONNX graph's name); the MLIR module is named after the kind
 Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Family:
+    """What differs between learned-gate models: the graph export, its check against PyTorch, the evaluation
+    (accuracy, mean skipped blocks, mean MACs with gates, per-gate skip rates, more) and the decisions' output."""
+
+    kind: str
+    output: str  # name of the decisions output
+    dtype: Any  # of the decisions
+    export: Callable[[Any, Path], Path]
+    verify: Callable[[Any, Any, Path], dict[str, Any]]
+    evaluate: Callable[[Any, Any, Any], dict[str, Any]]
+    relative: bool = False  # logits compared relative to the largest one (quantised branches, as int8 graphs)
+
+    def diff(self, got: Any, ref: Any) -> float:
+        d = max_abs_diff(got, ref)
+        return d / max(1.0, float(np.abs(ref).max())) if self.relative else d
+
+    @property
+    def tolerance(self) -> float:
+        return INT8_TOLERANCE if self.relative else TOLERANCE
+
+
+def _skipnet_stats(model: Any, ds: Any, norm: Any) -> dict[str, Any]:
+    return asdict(evaluate_gated(model, ds, norm))
+
+
+def _dfs_stats(model: Any, ds: Any, norm: Any) -> dict[str, Any]:
+    from edgeskip.train.gates import evaluate_dfs
+
+    return asdict(evaluate_dfs(model, ds, norm))
+
+
+def family(model: Any) -> Family:
+    if isinstance(model, SkipNetResNet):
+        return Family("skipnet", "executed", bool, export_skipnet, verify_skipnet_onnx, _skipnet_stats)
+    from edgeskip.export.dfs_graph import export_dfs, verify_dfs_onnx
+    from edgeskip.models.dfs import DFSResNet
+
+    if isinstance(model, DFSResNet):
+        return Family("dfs", "options", np.int64, export_dfs, verify_dfs_onnx, _dfs_stats, relative=True)
+    raise EdgeskipError("checkpoint has no learned gates (SkipNet or DFS)")
 
 
 def per_input_latency(run: Callable[[np.ndarray], Any], images: np.ndarray, rounds: int = 3) -> np.ndarray:
@@ -55,26 +101,31 @@ def per_input_latency(run: Callable[[np.ndarray], Any], images: np.ndarray, roun
     return np.median(times, 0)
 
 
-def _verify(tmp: Path, targets: Sequence[Target], images: np.ndarray, log: Log) -> dict[str, Any]:
+def _same(a: Any, b: Any, dtype: Any) -> int:
+    """How many decisions differ."""
+    return int((np.asarray(a).astype(dtype) != np.asarray(b).astype(dtype)).sum())
+
+
+def _verify(tmp: Path, fam: Family, targets: Sequence[Target], images: np.ndarray, log: Log) -> dict[str, Any]:
     """Host IREE vs onnxruntime per image (logits and decisions); aarch64 under qemu; ARM32 ELF check."""
     weights = tmp / "iree" / "weights.irpa"
-    sess = ort_session(tmp / "onnx" / "skipnet.onnx")
-    host = IreeSkipNet(weights, tmp / "iree" / "host" / "skipnet.vmfb")
+    sess = ort_session(tmp / "onnx" / f"{fam.kind}.onnx")
+    host = IreeSkipNet(weights, tmp / "iree" / "host" / f"{fam.kind}.vmfb")
     worst, flips = 0.0, 0
     host_out = []
     for x in images:
         ref_l, ref_e = sess.run(None, {"image": x[None]})
         got_l, got_e = host.run(x[None])
         host_out.append((got_l, got_e))
-        worst = max(worst, max_abs_diff(got_l, ref_l))
-        flips += int((np.asarray(ref_e, bool) != got_e).sum())
-    if worst > TOLERANCE or flips:
-        raise EdgeskipError(f"host IREE SkipNet differs from onnxruntime: {worst:.2e}, {flips} decisions differ")
+        worst = max(worst, fam.diff(got_l, ref_l))
+        flips += _same(ref_e, got_e, fam.dtype)
+    if worst > fam.tolerance or flips:
+        raise EdgeskipError(f"host IREE {fam.kind} differs from onnxruntime: {worst:.2e}, {flips} decisions differ")
     out: dict[str, Any] = {"host": {"iree_vs_onnxruntime": worst, "decisions_differing": 0, "images": len(images)}}
     for t in targets:
         if t.name == "host":
             continue
-        vmfb = tmp / "iree" / t.name / "skipnet.vmfb"
+        vmfb = tmp / "iree" / t.name / f"{fam.kind}.vmfb"
         if t.triple and t.triple.startswith("aarch64"):
             why = emulate.missing()
             if why:
@@ -84,10 +135,10 @@ def _verify(tmp: Path, targets: Sequence[Target], images: np.ndarray, log: Log) 
             worst, flips = 0.0, 0
             for x, (ref_l, ref_e) in list(zip(images, host_out))[:2]:
                 got_l, got_e = emulate.run_aarch64_outputs(vmfb, [x[None]], 2, parameters=weights)
-                worst = max(worst, max_abs_diff(got_l, ref_l))
-                flips += int((np.asarray(got_e, bool) != ref_e).sum())
-            if worst > TOLERANCE or flips:
-                raise EdgeskipError(f"{t.name} SkipNet under qemu differs from the host: {worst:.2e}, {flips} decisions")
+                worst = max(worst, fam.diff(got_l, ref_l))
+                flips += _same(got_e, ref_e, fam.dtype)
+            if worst > fam.tolerance or flips:
+                raise EdgeskipError(f"{t.name} {fam.kind} under qemu differs from the host: {worst:.2e}, {flips} decisions")
             out[t.name] = {"executed": True, "emulator": "qemu-aarch64-static", "aarch64_vs_host": worst, "images": 2}
         else:
             elfs = check_no_imports(vmfb)
@@ -98,39 +149,41 @@ def _verify(tmp: Path, targets: Sequence[Target], images: np.ndarray, log: Log) 
 
 def build_skipnet_bundle(ck: Checkpoint, splits: Splits, out: str | os.PathLike, targets: Sequence[Target],
                          repeats: int = 3, force: bool = False, log: Log = print) -> Path:
-    """Evaluate, export, compile, verify and time a SkipNet checkpoint; write the bundle atomically."""
+    """Evaluate, export, compile, verify and time a SkipNet or DFS checkpoint; write the bundle atomically."""
     out, targets = Path(out), with_host(targets)
     if ck.gate_cfg is None:
-        raise EdgeskipError("checkpoint has no SkipNet gates")
+        raise EdgeskipError("checkpoint has no learned gates (SkipNet or DFS)")
     check_out(out, force)
     model = ck.model()
-    assert isinstance(model, SkipNetResNet)
+    fam = family(model)
+    kind = fam.kind
     with staging(out) as (tmp, work):
         t0 = time.time()
         log("evaluating the gates on validation and test data ...")
-        val, test = evaluate_gated(model, splits.val, splits.norm), evaluate_gated(model, splits.test, splits.norm)
+        val, test = fam.evaluate(model, splits.val, splits.norm), fam.evaluate(model, splits.test, splits.norm)
 
-        log("exporting ONNX (one If per gate, batch 1) and verifying against PyTorch ...")
+        log(f"exporting ONNX ({'one If per gate' if kind == 'skipnet' else 'one switch per gate over its options'}, "
+            "batch 1) and verifying against PyTorch ...")
         (tmp / "onnx").mkdir()
-        onnx_path = export_skipnet(model, tmp / "onnx" / "skipnet.onnx")
+        onnx_path = fam.export(model, tmp / "onnx" / f"{kind}.onnx")
         xb, _ = next(iterate(splits.test, splits.norm, 16))
-        onnx_check = verify_skipnet_onnx(model, xb, onnx_path)
+        onnx_check = fam.verify(model, xb, onnx_path)
 
         log("compiling IREE modules: " + ", ".join(t.name for t in targets) + " ...")
         weights = tmp / "iree" / "weights.irpa"
         weights.parent.mkdir(parents=True)
-        mlir = import_onnx(onnx_path, work / "skipnet.mlir", params=weights)
-        rename_module(mlir, MODULE)
+        mlir = import_onnx(onnx_path, work / f"{kind}.mlir", params=weights)
+        rename_module(mlir, kind)
         for t in targets:
             (tmp / "iree" / t.name).mkdir(exist_ok=True)
-            compile_mlir(mlir, t, tmp / "iree" / t.name / "skipnet.vmfb")
+            compile_mlir(mlir, t, tmp / "iree" / t.name / f"{kind}.vmfb")
 
         log("verifying compiled modules ...")
         images = xb.numpy().astype(np.float32)
-        iree_check = _verify(tmp, targets, images, log)
+        iree_check = _verify(tmp, fam, targets, images, log)
 
         log("measuring per-input latency on this host ...")
-        host = IreeSkipNet(weights, tmp / "iree" / "host" / "skipnet.vmfb")
+        host = IreeSkipNet(weights, tmp / "iree" / "host" / f"{kind}.vmfb")
         lat_images = np.concatenate([x.numpy() for x, _ in iterate(splits.test, splits.norm, 100)])[:100].astype(np.float32)
         lat = per_input_latency(host.run, lat_images, repeats)
         sess = ort_session(onnx_path, threads=1)
@@ -141,28 +194,31 @@ def build_skipnet_bundle(ck: Checkpoint, splits: Splits, out: str | os.PathLike,
         cfg, g = model.cfg, model.gate_cfg
         bm = block_macs(cfg)
         gc = gate_costs(cfg, g)
+        extra_cfg = {"policy": "learned gates (per input)", "val_mean_skipped": val["mean_skipped"],
+                     "test_mean_skipped": test["mean_skipped"], "test_skip_rate_per_gate": test["skip_rate_per_gate"],
+                     "latency_s_p50": float(np.median(lat)), "latency_s_min": float(lat.min()),
+                     "latency_s_max": float(lat.max()), "latency_s_onnxruntime": float(np.mean(ort_lat)),
+                     "latency_s_onnxruntime_min": float(ort_lat.min()), "latency_s_onnxruntime_max": float(ort_lat.max())}
+        if kind == "dfs":
+            extra_cfg.update(val_cp=val["mean_cp"], test_cp=test["mean_cp"], test_option_rates=test["option_rates"],
+                             options_bits=list(g.options))
+        decisions = {"dtype": "bool" if kind == "skipnet" else "int64", "shape": [cfg.num_gates]}
         manifest = Manifest(
-            kind="skipnet", model=cfg.to_dict(), input=InputSpec((1, cfg.in_channels, *cfg.input_size)),
+            kind=kind, model=cfg.to_dict(), input=InputSpec((1, cfg.in_channels, *cfg.input_size)),
             normalization=Normalization(tuple(ck.norm.mean), tuple(ck.norm.std)), class_names=tuple(ck.class_names),
             dataset_id=ck.dataset_id, num_gates=cfg.num_gates, gated_blocks=tuple(cfg.gated_blocks),
-            configs=(ConfigEntry(0, FUNCTION, round(test.mean_skipped, 3), val.accuracy, test.accuracy,
-                                 test.mean_macs, float(np.mean(lat)), None, {
-                                     "policy": "learned gates (per input)", "val_mean_skipped": val.mean_skipped,
-                                     "test_mean_skipped": test.mean_skipped,
-                                     "test_skip_rate_per_gate": test.skip_rate_per_gate,
-                                     "latency_s_p50": float(np.median(lat)), "latency_s_min": float(lat.min()),
-                                     "latency_s_max": float(lat.max()),
-                                     "latency_s_onnxruntime": float(np.mean(ort_lat))}),),
+            configs=(ConfigEntry(0, FUNCTION, round(test["mean_skipped"], 3), val["accuracy"], test["accuracy"],
+                                 test["mean_macs"], float(np.mean(lat)), None, extra_cfg),),
             targets=targets_manifest(targets),
-            iree=IreeEntry("iree/weights.irpa", "skipnet.vmfb", (FUNCTION,), common_flags=tuple(COMMON_FLAGS)),
-            host_fastest=faster, onnx={FUNCTION: "onnx/skipnet.onnx"}, sample=sample,
+            iree=IreeEntry("iree/weights.irpa", f"{kind}.vmfb", (FUNCTION,), common_flags=tuple(COMMON_FLAGS)),
+            host_fastest=faster, onnx={FUNCTION: f"onnx/{kind}.onnx"}, sample=sample,
             extra={"created_unix": int(time.time()), "tools": tool_versions(),
                    "gates": {**g.to_dict(), "training": ck.gate_training or {}, "gate_macs": gc,
                              "gate_over_block": [c / bm[b] for c, b in zip(gc, cfg.gated_blocks)]},
-                   "outputs": {"logits": [1, cfg.num_classes], "executed": {"dtype": "bool", "shape": [cfg.num_gates]}},
+                   "outputs": {"logits": [1, cfg.num_classes], fam.output: decisions},
                    "backend": {"latency_source": "iree-host-local-sync-b1-per-input", "onnxruntime_threads": 1,
                                "iree_driver": "local-sync"},
-                   "verification": {"tolerance": TOLERANCE, "onnx": onnx_check, "iree": iree_check},
+                   "verification": {"tolerance": fam.tolerance, "relative": fam.relative, "onnx": onnx_check, "iree": iree_check},
                    "build_seconds": round(time.time() - t0, 1)})
         finish_bundle(tmp, out, manifest)
     return out

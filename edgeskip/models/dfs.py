@@ -5,8 +5,8 @@ one LSTM cell of hidden size 10 carried from gate to gate) projects to one logit
 of ``GateConfig.bits`` (ascending), full precision (``GateConfig(kind="dfs")``). The softmax's argmax option runs, per input; in training the
 forward pass uses the argmax one-hot and the backward pass the softmax (straight-through), as DFS does.
 
-A k-bit option runs the block with its input activations and convolution weights quantised to k bits (uniform,
-per tensor, between the tensor's min and max; BatchNorm in float), simulated in float with straight-through
+A k-bit option runs the block with its input activations and convolution weights quantised to k bits (affine,
+per tensor, on the tensor's min..max widened to include 0, integer zero point; BatchNorm in float), simulated in float with straight-through
 gradients, as DFS trains it. Activation ranges are the batch's in training and running averages in eval.
 
 Granularity: the block, as for SkipNet here (DFS gates each layer). Cost: a k-bit block costs (k/32)^2 of its full
@@ -37,11 +37,21 @@ def option_costs(gate_cfg: GateConfig) -> tuple[float, ...]:
     return tuple((k / FULL_BITS) ** 2 for k in gate_cfg.options)
 
 
-def fake_quant(x: torch.Tensor, bits: int, lo: torch.Tensor | float, hi: torch.Tensor | float) -> torch.Tensor:
-    """Uniform ``bits``-bit quantisation of ``x`` on [lo, hi] (dequantised), straight-through gradient."""
+def quant_params(bits: int, lo: torch.Tensor | float, hi: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and integer zero point of ``bits``-bit affine quantisation of [lo, hi] widened to include 0, so that
+    0 (a convolution's padding) is exact; the convention of ONNX ``QuantizeLinear`` and of integer kernels."""
     levels = 2 ** bits - 1
-    scale = torch.clamp(torch.as_tensor(hi - lo, dtype=x.dtype), min=1e-8) / levels
-    q = torch.clamp(torch.round((x - lo) / scale), 0, levels) * scale + lo
+    lo_t, hi_t = torch.as_tensor(lo, dtype=torch.float32), torch.as_tensor(hi, dtype=torch.float32)
+    lo_t, hi_t = torch.minimum(lo_t, torch.zeros(())), torch.maximum(hi_t, torch.zeros(()))
+    scale = torch.clamp(hi_t - lo_t, min=1e-8) / levels
+    return scale, torch.clamp(torch.round(-lo_t / scale), 0, levels)
+
+
+def fake_quant(x: torch.Tensor, bits: int, lo: torch.Tensor | float, hi: torch.Tensor | float) -> torch.Tensor:
+    """``bits``-bit affine quantisation of ``x`` on [lo, hi] (see :func:`quant_params`), dequantised, with a
+    straight-through gradient: ``(clamp(round(x / s) + z, 0, 2^bits - 1) - z) * s``."""
+    scale, zp = quant_params(bits, lo, hi)
+    q = (torch.clamp(torch.round(x / scale) + zp, 0, 2 ** bits - 1) - zp) * scale
     return x + (q - x).detach()
 
 

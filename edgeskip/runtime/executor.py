@@ -43,7 +43,7 @@ class BundleExecutor:
         self.num_gates = self.manifest.num_gates
         self.input_shape = self.manifest.input.chw
         self._by_skip = self.manifest.by_skip
-        self.last_skipped: float | None = None  # blocks skipped by the latest call (per image for SkipNet)
+        self.last_skipped: float | None = None  # blocks skipped by the latest call (per image for SkipNet/DFS)
         self.target = "host"  # whose compiled modules run (onnxruntime: the host's graphs)
 
     def target_dir(self, target: str) -> Path:
@@ -127,23 +127,30 @@ class OrtBundleExecutor(BundleExecutor):
 
 
 class SkipNetExecutor(BundleExecutor):
-    """A SkipNet bundle: one model whose gates pick the blocks per input (batch-1 graph, looped over N).
+    """A learned-gate bundle (SkipNet, or DFS): one model whose gates pick the blocks per input (batch-1 graph,
+    looped over N).
 
-    ``infer`` returns logits; ``executed`` holds the decisions [N, B_s] of the latest call.
+    ``infer`` returns logits; ``decisions`` holds the gates' outputs [N, B_s] of the latest call (SkipNet: bool,
+    executed; DFS: the option index, 0 = skip) and ``executed`` whether each block ran.
     """
 
     def __init__(self, bundle: str | os.PathLike, manifest: Manifest | None = None) -> None:
         super().__init__(bundle, manifest)
+        self.dtype = bool if self.manifest.kind == "skipnet" else np.int64
+        self.decisions = np.zeros((0, self.num_gates), self.dtype)
         self.executed = np.zeros((0, self.num_gates), bool)
 
     def infer(self, image: np.ndarray, config: int | None = None, skip: Sequence[object] | str | None = None) -> np.ndarray:
+        kind = self.manifest.kind
         if skip is not None:
-            raise EdgeskipError("a SkipNet bundle picks its blocks per input; it takes no skip array")
+            raise EdgeskipError(f"a {kind} bundle picks its blocks per input; it takes no skip array")
         if config not in (None, 0):
-            raise EdgeskipError(f"a SkipNet bundle has one config (0), not {config}")
+            raise EdgeskipError(f"a {kind} bundle has one config (0), not {config}")
         x = self.check_image(image)
         outs = [self._one(x[i:i + 1]) for i in range(len(x))]
-        self.executed = np.stack([e for _, e in outs]) if outs else np.zeros((0, self.num_gates), bool)
+        self.decisions = (np.stack([np.asarray(d).astype(self.dtype) for _, d in outs]) if outs
+                          else np.zeros((0, self.num_gates), self.dtype))
+        self.executed = self.decisions != 0
         self.last_skipped = int((~self.executed[-1]).sum()) if outs else None
         return np.concatenate([l for l, _ in outs]) if outs else np.zeros((0, len(self.manifest.class_names)), np.float32)
 
@@ -177,8 +184,8 @@ class OrtSkipNetExecutor(SkipNetExecutor):
         self.session = ort_session(self.bundle / self.manifest.onnx[self.configs[0].module], threads)
 
     def _one(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        logits, executed = self.session.run(None, {"image": x})
-        return logits, np.asarray(executed, bool)
+        logits, decisions = self.session.run(None, {"image": x})
+        return logits, decisions
 
 
 def machine_target(manifest: Manifest, machine: str | None = None) -> str:
@@ -217,7 +224,7 @@ def open_executor(bundle: str | os.PathLike, backend: str = "auto", target: str 
 
         fastest = manifest.host_fastest if target == "host" else "iree"
         backend = fastest if fastest != "onnxruntime" or available() else "iree"
-    skipnet = manifest.kind == "skipnet"
+    skipnet = manifest.learned_gates
     if backend == "iree":
         cls = IreeSkipNetExecutor if skipnet else IreeBundleExecutor
         return cls(bundle, target=target, driver=driver, manifest=manifest)

@@ -218,8 +218,8 @@ def pin(manifest: Manifest, config: object = None, skip: object = None) -> tuple
             raise BadRequest(f"config must be an integer in 0..{n - 1}, got {config!r}")
         return config, None
     if skip is not None:
-        if manifest.kind == "skipnet":
-            raise BadRequest("a SkipNet bundle picks its blocks per input; it takes no skip array")
+        if manifest.learned_gates:
+            raise BadRequest(f"a {manifest.kind} bundle picks its blocks per input; it takes no skip array")
         from edgeskip.skip import normalize_skip
 
         try:

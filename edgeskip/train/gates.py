@@ -31,6 +31,7 @@ from edgeskip.errors import EdgeskipError
 from edgeskip.models import ResNetConfig
 from edgeskip.models.gates import GateConfig
 from edgeskip.recipes import GATE_MODES
+from edgeskip.models.cost import breakdown
 from edgeskip.models.skipnet import SkipNetResNet, skipnet_macs
 from edgeskip.train.checkpoint import Checkpoint, build_network, load_checkpoint
 from edgeskip.train.config import DataSpec, TrainConfig
@@ -130,12 +131,16 @@ class GateObjective:
 
 @dataclass(frozen=True)
 class DFSStats:
-    """Accuracy, mean computation percentage, mean skipped blocks and the rate of each option on a data set."""
+    """Accuracy, mean computation percentage (DFS's bit-weighted cost), mean skipped blocks, the rate of each
+    option, each gate's skip rate and the mean MACs run (skipped blocks removed, quantised ones counted in full:
+    they run as many multiply-accumulates; gates included)."""
 
     accuracy: float
     mean_cp: float
     mean_skipped: float
     option_rates: list[float]
+    skip_rate_per_gate: list[float]
+    mean_macs: float
 
 
 def evaluate_dfs(model: Any, ds: ArrayDataset, norm: Normalization, batch_size: int = 500) -> DFSStats:
@@ -143,8 +148,13 @@ def evaluate_dfs(model: Any, ds: ArrayDataset, norm: Normalization, batch_size: 
     correct, outs = _eval_pass(model, ds, norm, model.run, batch_size)
     ch = torch.cat([o.choice for o in outs])
     n_opt = len(model.gate_cfg.options)
+    skip_rate = [float(v) for v in (ch == 0).float().mean(0)]
+    cfg = model.cfg
+    full = skipnet_macs(cfg, model.gate_cfg, [True] * cfg.num_gates)
+    bd = breakdown(cfg)
+    mean_macs = full - sum(r * bd.blocks[b] for r, b in zip(skip_rate, cfg.gated_blocks))
     return DFSStats(correct / len(ds), float(torch.cat([o.cp for o in outs]).mean()), float((ch == 0).sum(1).float().mean()),
-                    [float((ch == o).float().mean()) for o in range(n_opt)])
+                    [float((ch == o).float().mean()) for o in range(n_opt)], skip_rate, float(mean_macs))
 
 
 class DFSObjective:

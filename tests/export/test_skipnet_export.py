@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -125,11 +126,14 @@ def test_bench_replays_one_trace_against_edgeskip_and_skipnet(bundle, skipnet_bu
     assert skipped and all(0 <= k <= 6 for k in skipped)
     assert "skipnet" in r.stdout
     r = run("bench", bundle, "--compare", bundle, "--count", "10", "--out", tmp_path / "c")
-    assert r.returncode == 2 and "expects a SkipNet bundle" in r.stderr
+    assert r.returncode == 2 and "expects a SkipNet or DFS bundle" in r.stderr
 
 
 def test_serve_a_skipnet_bundle(skipnet_bundle, digits_splits):
-    from tests.runtime.test_server import Server, raw_image
+    sys.path.insert(0, str(Path(__file__).parent.parent / "runtime"))
+    from daemon_process import Server
+
+    from tests.runtime.test_server import raw_image
 
     s = Server(skipnet_bundle)
     try:

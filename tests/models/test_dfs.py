@@ -6,7 +6,7 @@ import torch
 from edgeskip.data.batches import iterate
 from edgeskip.errors import EdgeskipError
 from edgeskip.models import ResNetConfig
-from edgeskip.models.dfs import DFSResNet, fake_quant, option_costs
+from edgeskip.models.dfs import DFSResNet, fake_quant, option_costs, quant_params
 from edgeskip.models.gates import GateConfig, gate_macs
 from edgeskip.train import DataSpec, TrainConfig, load_checkpoint
 from edgeskip.train.gates import GateTraining, evaluate_dfs, train_gates
@@ -71,9 +71,13 @@ def test_options_at_inference_are_the_block_variants(digits_splits):
 
 
 def test_fake_quant_levels_and_gradient():
-    x = torch.linspace(-1, 1, 1001, requires_grad=True)
-    q = fake_quant(x, 4, -1.0, 1.0)
-    assert len(torch.unique(q.detach())) == 16 and (q - x).abs().max() <= 1 / 15 + 1e-6
+    x = torch.linspace(-0.5, 1, 1001, requires_grad=True)
+    q = fake_quant(x, 4, -0.5, 1.0)  # scale 0.1, zero point 5: 16 levels, 0 exact
+    assert len(torch.unique(q.detach())) == 16 and (q - x).abs().max() <= 0.05 + 1e-6
+    assert float(fake_quant(torch.zeros(1), 4, -0.5, 1.0)) == 0.0
+    assert float(fake_quant(torch.zeros(1), 8, 0.3, 1.0)) == 0.0  # a range above 0 is widened to include it
+    scale, zp = quant_params(8, 0.3, 1.0)
+    assert float(zp) == 0 and abs(float(scale) - 1 / 255) < 1e-9
     q.sum().backward()
     assert torch.all(x.grad == 1)  # straight-through
 

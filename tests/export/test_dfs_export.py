@@ -1,0 +1,174 @@
+"""DFS export and deployment (#14): one switch per gate over its options at batch 1, the 8-bit option as a real
+integer convolution (ConvInteger), parity with PyTorch, option selection equal to the block variants, IREE and
+onnxruntime executors, aarch64 under qemu, serving and replaying a DFS bundle."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from edgeskip.data.batches import iterate
+from edgeskip.errors import EdgeskipError
+from edgeskip.export import emulate
+from edgeskip.export.dfs_graph import export_dfs, verify_dfs_onnx
+from edgeskip.export.onnx_export import INT8_TOLERANCE
+from edgeskip.backends.ort import ort_session
+from edgeskip.manifest import load_manifest
+from edgeskip.runtime.executor import IreeSkipNetExecutor, OrtSkipNetExecutor, open_executor
+from edgeskip.train import load_checkpoint
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "edgeskip.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def ops(path):
+    counts = {}
+
+    def walk(g):
+        for n in g.node:
+            counts[n.op_type] = counts.get(n.op_type, 0) + 1
+            for a in n.attribute:
+                if a.type == a.GRAPH:
+                    walk(a.g)
+    walk(onnx.load(str(path)).graph)
+    return counts
+
+
+@pytest.fixture(scope="module")
+def test_batch(digits_splits, dfs_checkpoint):
+    ck = load_checkpoint(dfs_checkpoint)
+    xb, yb = next(iterate(digits_splits.test, ck.norm, 64))
+    return ck.model(), xb, yb
+
+
+def test_options_vary_by_input(test_batch):
+    model, xb, _ = test_batch
+    with torch.no_grad():
+        choice = model.run(xb).choice
+    assert len(choice.unique()) >= 2, choice  # otherwise the parity tests below would exercise one branch only
+
+
+@pytest.fixture(scope="module")
+def mixed(test_batch):
+    """The trained model with its gate's output layer randomised, so that every option (skip, 8-bit, 16-bit,
+    full) is chosen by some input and gate, exported once per int8 form."""
+    import copy
+    import tempfile
+
+    model, xb, _ = test_batch
+    m = copy.deepcopy(model)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        m.gate_core.out.weight.normal_(0, 3.0)
+        m.gate_core.out.bias.zero_()
+        choice = m.run(xb).choice
+    assert set(choice.unique().tolist()) == {0, 1, 2, 3}, choice.unique()
+    with tempfile.TemporaryDirectory() as tmp:
+        yield m, xb, {k: export_dfs(m, Path(tmp) / f"{k}.onnx", int8=k) for k in ("integer", "qdq")}
+
+
+@pytest.mark.parametrize("int8, conv_integer", [("integer", 12), ("qdq", 0)])
+def test_onnx_switch_per_gate_and_parity(mixed, int8, conv_integer):
+    """Every option runs its block variant: per input, the graph chooses what PyTorch chooses and computes what
+    it computes, over inputs that between them take every option."""
+    model, xb, paths = mixed
+    path = paths[int8]
+    graph = onnx.load(str(path)).graph
+    assert [i.name for i in graph.input] == ["image"] and [o.name for o in graph.output] == ["logits", "options"]
+    n_opt = len(model.gate_cfg.options)
+    assert ops(path)["If"] == model.cfg.num_gates * (n_opt - 1)  # nested: skip? else 8-bit? else 16-bit? else full
+    assert ops(path).get("ConvInteger", 0) == conv_integer  # two convolutions per gated block at 8 bits
+    check = verify_dfs_onnx(model, xb, path)
+    assert check["dfs_vs_torch"] <= INT8_TOLERANCE and check["decisions_differing"] == 0
+    sess = ort_session(path)
+    seen = {int(o) for x in xb for o in sess.run(None, {"image": x[None].numpy()})[1]}
+    assert seen == set(range(n_opt))
+
+
+def test_verification_catches_a_wrong_graph(mixed):
+    model, xb, paths = mixed
+    saved = model.gate_core.out.bias.detach().clone()
+    try:
+        with torch.no_grad():  # PyTorch now runs everything at full precision; the graph does not
+            model.gate_core.out.bias[-1] += 1e4
+        with pytest.raises(EdgeskipError, match="does not match PyTorch"):
+            verify_dfs_onnx(model, xb, paths["integer"])
+    finally:
+        with torch.no_grad():
+            model.gate_core.out.bias.copy_(saved)
+
+
+def test_export_refuses_bad_settings(tmp_path, test_batch):
+    model, _, _ = test_batch
+    with pytest.raises(EdgeskipError, match="int8 must be one of"):
+        export_dfs(model, tmp_path / "x.onnx", int8="int4")
+    from edgeskip.models.dfs import DFSResNet
+
+    fresh = DFSResNet(model.cfg, model.gate_cfg)  # its ranges were never trained
+    with pytest.raises(EdgeskipError, match="ranges were never trained"):
+        export_dfs(fresh, tmp_path / "y.onnx")
+    assert not (tmp_path / "y.onnx").exists()
+
+
+def test_bundle_manifest_and_verification(dfs_bundle):
+    m = load_manifest(dfs_bundle)
+    assert m.kind == "dfs" and m.learned_gates and m.extra["gates"]["kind"] == "dfs"
+    files = {str(p.relative_to(dfs_bundle)) for p in dfs_bundle.rglob("*") if p.is_file()} - {"manifest.json"}
+    assert files == set(m.artifacts)
+    assert {f"iree/{t}/dfs.vmfb" for t in m.targets} <= files and m.onnx == {"main_graph": "onnx/dfs.onnx"}
+    assert m.extra["outputs"]["options"] == {"dtype": "int64", "shape": [m.num_gates]}
+    c = m.configs[0]
+    assert c.skip is None and 0 < c.extra["test_cp"] <= 1 and c.extra["options_bits"] == [0, 8, 16, 32]
+    assert abs(sum(c.extra["test_option_rates"]) - 1) < 1e-6
+    assert c.extra["latency_s_min"] <= c.latency_s <= c.extra["latency_s_max"]
+    v = m.extra["verification"]
+    assert v["onnx"]["decisions_differing"] == 0 and v["iree"]["host"]["iree_vs_onnxruntime"] <= INT8_TOLERANCE
+    assert v["iree"]["host"]["decisions_differing"] == 0 and v["relative"]
+    assert ops(dfs_bundle / "onnx" / "dfs.onnx")["ConvInteger"] == 2 * m.num_gates
+    if emulate.missing() is None or os.environ.get("CI"):
+        assert v["iree"]["aarch64"]["executed"] and v["iree"]["aarch64"]["aarch64_vs_host"] <= INT8_TOLERANCE
+
+
+@pytest.mark.parametrize("cls", [IreeSkipNetExecutor, OrtSkipNetExecutor])
+def test_executors_match_pytorch_per_input(dfs_bundle, test_batch, cls):
+    model, xb, _ = test_batch
+    ex = cls(dfs_bundle)
+    logits = ex.infer(xb.numpy())
+    with torch.no_grad():
+        ref = model.run(xb)
+    np.testing.assert_allclose(logits, ref.logits.numpy(), atol=INT8_TOLERANCE * max(1, float(ref.logits.abs().max())))
+    assert ex.decisions.dtype == np.int64 and np.array_equal(ex.decisions, ref.choice.numpy())
+    assert np.array_equal(ex.executed, ref.choice.numpy() != 0)
+    assert ex.last_skipped == int((ref.choice[-1] == 0).sum())
+    with pytest.raises(EdgeskipError, match="dfs bundle picks its blocks per input"):
+        ex.infer(xb[:1].numpy(), skip=[1] * 6)
+
+
+def test_inspect_serve_and_bench_a_dfs_bundle(dfs_bundle, digits_splits, tmp_path):
+    sys.path.insert(0, str(Path(__file__).parent.parent / "runtime"))
+    from daemon_process import Server
+
+    from tests.runtime.test_server import raw_image
+
+    assert isinstance(open_executor(dfs_bundle, "onnxruntime"), OrtSkipNetExecutor)
+    r = run("inspect", dfs_bundle)
+    assert r.returncode == 0 and "DFS (dfs gates)" in r.stdout and "DFS cp " in r.stdout, r.stdout
+    s = Server(dfs_bundle)
+    try:
+        status, doc = s.infer(raw_image(digits_splits, 3))
+        assert status == 200 and doc["config"] == 0 and isinstance(doc["skipped_blocks"], int)
+        assert s.infer(b"\x00" * 12)[0] == 400
+    finally:
+        assert s.stop() == 0
+    r = run("bench", dfs_bundle, "--count", "50", "--out", tmp_path / "b")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads((tmp_path / "b" / "bench.json").read_text())
+    assert set(doc["summaries"]) == {"dfs"} and doc["summaries"]["dfs"]["errors"] == 0
