@@ -36,12 +36,14 @@ from edgeskip.export.iree_compile import COMMON_FLAGS, Target, compile_mlir, imp
 from edgeskip.backends.ort import ort_session
 from edgeskip.export.onnx_export import INT8_TOLERANCE, max_abs_diff
 from edgeskip.export.shared_weights import rename_module
+from edgeskip.export.dfs_graph import export_dfs, switch_order, verify_dfs_onnx
 from edgeskip.export.skipnet_graph import export_skipnet, verify_skipnet_onnx
 from edgeskip.manifest import ConfigEntry, InputSpec, IreeEntry, Manifest, Normalization
+from edgeskip.models.dfs import DFSResNet
 from edgeskip.models.skipnet import SkipNetResNet, gate_costs
 from edgeskip.models.cost import block_macs
 from edgeskip.train.checkpoint import Checkpoint
-from edgeskip.train.gates import evaluate_gated
+from edgeskip.train.gates import evaluate_dfs, evaluate_gated
 
 FUNCTION = "main_graph"  # the entry function (the ONNX graph's name); the MLIR module is named after the kind
 Log = Callable[[str], None]
@@ -55,7 +57,7 @@ class Family:
     kind: str
     output: str  # name of the decisions output
     dtype: Any  # of the decisions
-    export: Callable[[Any, Path], Path]
+    export: Callable[[Any, Path, dict[str, Any]], Path]  # (model, dest, validation stats)
     verify: Callable[[Any, Any, Path], dict[str, Any]]
     evaluate: Callable[[Any, Any, Any], dict[str, Any]]
     relative: bool = False  # logits compared relative to the largest one (quantised branches, as int8 graphs)
@@ -74,19 +76,18 @@ def _skipnet_stats(model: Any, ds: Any, norm: Any) -> dict[str, Any]:
 
 
 def _dfs_stats(model: Any, ds: Any, norm: Any) -> dict[str, Any]:
-    from edgeskip.train.gates import evaluate_dfs
-
     return asdict(evaluate_dfs(model, ds, norm))
 
 
 def family(model: Any) -> Family:
     if isinstance(model, SkipNetResNet):
-        return Family("skipnet", "executed", bool, export_skipnet, verify_skipnet_onnx, _skipnet_stats)
-    from edgeskip.export.dfs_graph import export_dfs, verify_dfs_onnx
-    from edgeskip.models.dfs import DFSResNet
-
+        return Family("skipnet", "executed", bool, lambda m, dest, val: export_skipnet(m, dest), verify_skipnet_onnx,
+                      _skipnet_stats)
     if isinstance(model, DFSResNet):
-        return Family("dfs", "options", np.int64, export_dfs, verify_dfs_onnx, _dfs_stats, relative=True)
+        def export(m: Any, dest: Path, val: dict[str, Any]) -> Path:  # most frequent option outermost
+            return export_dfs(m, dest, order=switch_order(val["option_rates"]))
+
+        return Family("dfs", "options", np.int64, export, verify_dfs_onnx, _dfs_stats, relative=True)
     raise EdgeskipError("checkpoint has no learned gates (SkipNet or DFS)")
 
 
@@ -165,7 +166,7 @@ def build_skipnet_bundle(ck: Checkpoint, splits: Splits, out: str | os.PathLike,
         log(f"exporting ONNX ({'one If per gate' if kind == 'skipnet' else 'one switch per gate over its options'}, "
             "batch 1) and verifying against PyTorch ...")
         (tmp / "onnx").mkdir()
-        onnx_path = fam.export(model, tmp / "onnx" / f"{kind}.onnx")
+        onnx_path = fam.export(model, tmp / "onnx" / f"{kind}.onnx", val)
         xb, _ = next(iterate(splits.test, splits.norm, 16))
         onnx_check = fam.verify(model, xb, onnx_path)
 
@@ -201,7 +202,7 @@ def build_skipnet_bundle(ck: Checkpoint, splits: Splits, out: str | os.PathLike,
                      "latency_s_onnxruntime_min": float(ort_lat.min()), "latency_s_onnxruntime_max": float(ort_lat.max())}
         if kind == "dfs":
             extra_cfg.update(val_cp=val["mean_cp"], test_cp=test["mean_cp"], test_option_rates=test["option_rates"],
-                             options_bits=list(g.options))
+                             options_bits=list(g.options), switch_order=switch_order(val["option_rates"]))
         decisions = {"dtype": "bool" if kind == "skipnet" else "int64", "shape": [cfg.num_gates]}
         manifest = Manifest(
             kind=kind, model=cfg.to_dict(), input=InputSpec((1, cfg.in_channels, *cfg.input_size)),

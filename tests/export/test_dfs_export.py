@@ -16,7 +16,7 @@ import torch
 from edgeskip.data.batches import iterate
 from edgeskip.errors import EdgeskipError
 from edgeskip.export import emulate
-from edgeskip.export.dfs_graph import export_dfs, verify_dfs_onnx
+from edgeskip.export.dfs_graph import export_dfs, switch_order, verify_dfs_onnx
 from edgeskip.export.onnx_export import INT8_TOLERANCE
 from edgeskip.backends.ort import ort_session
 from edgeskip.manifest import load_manifest
@@ -72,7 +72,9 @@ def mixed(test_batch):
         choice = m.run(xb).choice
     assert set(choice.unique().tolist()) == {0, 1, 2, 3}, choice.unique()
     with tempfile.TemporaryDirectory() as tmp:
-        yield m, xb, {k: export_dfs(m, Path(tmp) / f"{k}.onnx", int8=k) for k in ("integer", "qdq")}
+        # the two forms also nest the options in two orders: full precision outermost (the default), and skip
+        yield m, xb, {"integer": export_dfs(m, Path(tmp) / "i.onnx"),
+                      "qdq": export_dfs(m, Path(tmp) / "q.onnx", int8="qdq", order=[0, 2, 1, 3])}
 
 
 @pytest.mark.parametrize("int8, conv_integer", [("integer", 12), ("qdq", 0)])
@@ -106,10 +108,17 @@ def test_verification_catches_a_wrong_graph(mixed):
             model.gate_core.out.bias.copy_(saved)
 
 
+def test_switch_order_is_most_frequent_first():
+    assert switch_order([0.1, 0.6, 0.0, 0.3]) == [1, 3, 0, 2]
+    assert switch_order([0.0, 0.0, 0.0, 1.0]) == [3, 2, 1, 0]  # ties: more bits first
+
+
 def test_export_refuses_bad_settings(tmp_path, test_batch):
     model, _, _ = test_batch
     with pytest.raises(EdgeskipError, match="int8 must be one of"):
         export_dfs(model, tmp_path / "x.onnx", int8="int4")
+    with pytest.raises(EdgeskipError, match="permutation of the option indices"):
+        export_dfs(model, tmp_path / "x.onnx", order=[0, 1, 1, 3])
     from edgeskip.models.dfs import DFSResNet
 
     fresh = DFSResNet(model.cfg, model.gate_cfg)  # its ranges were never trained
@@ -127,6 +136,7 @@ def test_bundle_manifest_and_verification(dfs_bundle):
     assert m.extra["outputs"]["options"] == {"dtype": "int64", "shape": [m.num_gates]}
     c = m.configs[0]
     assert c.skip is None and 0 < c.extra["test_cp"] <= 1 and c.extra["options_bits"] == [0, 8, 16, 32]
+    assert sorted(c.extra["switch_order"]) == [0, 1, 2, 3]
     assert abs(sum(c.extra["test_option_rates"]) - 1) < 1e-6
     assert c.extra["latency_s_min"] <= c.latency_s <= c.extra["latency_s_max"]
     v = m.extra["verification"]
