@@ -102,10 +102,45 @@ def skipnet_points(path: Path, num_gates: int) -> dict:
     return out
 
 
+def plot(doc: dict, out: Path) -> None:
+    """The figure (``--replot`` redraws it from the JSON)."""
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11.5, 4.4))
+    w = doc["weightless"]
+    for key, style, label in (("skip_front", "o-", "edgeskip skip-only front (SD backbone)"),
+                              ("fractional_front", "s-", "edgeskip fractional front (skip + int8)")):
+        pts = w[key]  # fronts in latency: markers only here, where their order is not cp's
+        a1.plot([p["cp"] for p in pts], [100 * p["test_accuracy"] for p in pts], style[0], ms=4, label=label)
+        pts = sorted(w[key], key=lambda p: p["latency_vs_full"])
+        a2.plot([p["latency_vs_full"] for p in pts], [100 * p["test_accuracy"] for p in pts], style, ms=4, label=label)
+    models = doc["models"]
+    ds = sorted(models.values(), key=lambda m: m["cp"])
+    a1.plot([m["cp"] for m in ds], [100 * m["test_accuracy"] for m in ds], "D-", color="C3", label="DFS (cp targets)")
+    a2.plot([m["latency_vs_original"] for m in ds], [100 * m["deployed_test_accuracy"] for m in ds], "D-", color="C3",
+            label="DFS, onnxruntime ConvInteger")
+    for m in ds:
+        a1.annotate(f"{m['cp_target']:g}", (m["cp"], 100 * m["test_accuracy"]), fontsize=7)
+    for name, m in doc["skipnet"]["models"].items():
+        a1.plot(m["cp"], 100 * m["test_accuracy"], "^", ms=8, label=f"{name} (older backbone)")
+        a2.plot(m["latency_vs_original"], 100 * m["test_accuracy"], "^", ms=8, label=f"{name} (IREE)")
+    a1.plot(1.0, 100 * doc["original"]["test_accuracy"], "ks", label="original (conventional)")
+    a2.plot(1.0, 100 * doc["original"]["test_accuracy"], "ks", label="original")
+    a1.set_xlabel("computation percentage of the gated blocks (DFS: k-bit = (k/32)^2)")
+    a2.set_xlabel("measured batch-1 latency / original's (same back end, 1 thread)")
+    for a in (a1, a2):
+        a.set_ylabel("test accuracy (%)")
+        a.grid(alpha=0.3)
+        a.legend(fontsize=6.5)
+    a1.set_title("accuracy vs DFS's computation model", fontsize=9)
+    a2.set_title("accuracy vs measured latency", fontsize=9)
+    fig.tight_layout()
+    write_with(out / "dfs_r20.png", lambda p: fig.savefig(p, dpi=110, format="png"))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dfs", action="append", required=True, help="DFS checkpoint (repeatable)")
-    ap.add_argument("--original", required=True, help="the backbone the DFS models started from")
+    ap.add_argument("--dfs", action="append", help="DFS checkpoint (repeatable)")
+    ap.add_argument("--original", help="the backbone the DFS models started from")
+    ap.add_argument("--replot", action="store_true", help="only redraw the figure from --out's dfs_r20.json")
     ap.add_argument("--skipnet", default="bench/results/skipnet_r20.json")
     ap.add_argument("--fractional", default="bench/results/fractional_front.json")
     ap.add_argument("--images", type=int, default=500, help="test images timed one by one")
@@ -113,6 +148,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=200, help="rounds of the per-option table")
     ap.add_argument("--out", default="bench/results")
     args = ap.parse_args()
+    if args.replot:
+        plot(json.loads((Path(args.out) / "dfs_r20.json").read_text()), Path(args.out))
+        return
+    if not args.dfs or not args.original:
+        ap.error("--dfs and --original are required")
     torch.set_num_threads(1)
     t_start = time.time()
 
@@ -220,34 +260,7 @@ def main() -> None:
     out = Path(args.out)
     write_json(out / "dfs_r20.json", doc)
 
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11.5, 4.4))
-    w = doc["weightless"]
-    for key, style, label in (("skip_front", "o-", "edgeskip skip-only front (SD backbone)"),
-                              ("fractional_front", "s-", "edgeskip fractional front (skip + int8)")):
-        pts = w[key]
-        a1.plot([p["cp"] for p in pts], [100 * p["test_accuracy"] for p in pts], style, ms=4, label=label)
-        a2.plot([p["latency_vs_full"] for p in pts], [100 * p["test_accuracy"] for p in pts], style, ms=4, label=label)
-    ds = sorted(models.values(), key=lambda m: m["cp"])
-    a1.plot([m["cp"] for m in ds], [100 * m["test_accuracy"] for m in ds], "D-", color="C3", label="DFS (cp targets)")
-    a2.plot([m["latency_vs_original"] for m in ds], [100 * m["deployed_test_accuracy"] for m in ds], "D-", color="C3",
-            label="DFS, onnxruntime ConvInteger")
-    for m in ds:
-        a1.annotate(f"{m['cp_target']:g}", (m["cp"], 100 * m["test_accuracy"]), fontsize=7)
-    for name, m in doc["skipnet"]["models"].items():
-        a1.plot(m["cp"], 100 * m["test_accuracy"], "^", ms=8, label=f"{name} (older backbone)")
-        a2.plot(m["latency_vs_original"], 100 * m["test_accuracy"], "^", ms=8, label=f"{name} (IREE)")
-    a1.plot(1.0, 100 * doc["original"]["test_accuracy"], "ks", label="original (conventional)")
-    a2.plot(1.0, 100 * doc["original"]["test_accuracy"], "ks", label="original")
-    a1.set_xlabel("computation percentage of the gated blocks (DFS: k-bit = (k/32)^2)")
-    a2.set_xlabel("measured batch-1 latency / original's (same back end, 1 thread)")
-    for a in (a1, a2):
-        a.set_ylabel("test accuracy (%)")
-        a.grid(alpha=0.3)
-        a.legend(fontsize=6.5)
-    a1.set_title("accuracy vs DFS's computation model", fontsize=9)
-    a2.set_title("accuracy vs measured latency", fontsize=9)
-    fig.tight_layout()
-    write_with(out / "dfs_r20.png", lambda p: fig.savefig(p, dpi=110, format="png"))
+    plot(doc, out)
 
     print("\nper option (forced everywhere; block cost = share of the gated blocks' full-precision time):")
     for opt, row in table.items():
