@@ -33,6 +33,8 @@ READS = (1, 2, 3)
 OPTION_VALUES = (0, 1, 8)  # skip, full, int8 (edgeskip.skip)
 KINDS = ("edgeskip", "skipnet", "dfs")
 LEARNED = ("skipnet", "dfs")  # kinds whose learned gates pick the blocks per input
+# their graphs' second output: name and dtype of the gates' decisions [B_s] (DFS: option index, 0 = skip)
+DECISIONS = {"skipnet": ("executed", "bool"), "dfs": ("options", "int64")}
 BACKENDS = ("iree", "onnxruntime")
 FILE = "manifest.json"
 
@@ -249,6 +251,11 @@ class Manifest:
     def learned_gates(self) -> bool:
         """A SkipNet or DFS bundle: its gates pick the blocks per input; nothing to switch, no skip array."""
         return self.kind in LEARNED
+
+    @property
+    def decisions(self) -> tuple[str, str]:
+        """A learned-gate bundle's decisions output: (name, numpy dtype name)."""
+        return DECISIONS[self.kind]
 
     @property
     def by_skip(self) -> dict[tuple[bool, ...], int]:

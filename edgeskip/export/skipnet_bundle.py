@@ -38,7 +38,7 @@ from edgeskip.export.onnx_export import INT8_TOLERANCE, max_abs_diff
 from edgeskip.export.shared_weights import rename_module
 from edgeskip.export.dfs_graph import export_dfs, switch_order, verify_dfs_onnx
 from edgeskip.export.skipnet_graph import export_skipnet, verify_skipnet_onnx
-from edgeskip.manifest import ConfigEntry, InputSpec, IreeEntry, Manifest, Normalization
+from edgeskip.manifest import DECISIONS, ConfigEntry, InputSpec, IreeEntry, Manifest, Normalization
 from edgeskip.models.dfs import DFSResNet
 from edgeskip.models.skipnet import SkipNetResNet, gate_costs
 from edgeskip.models.cost import block_macs
@@ -55,8 +55,6 @@ class Family:
     (accuracy, mean skipped blocks, mean MACs with gates, per-gate skip rates, more) and the decisions' output."""
 
     kind: str
-    output: str  # name of the decisions output
-    dtype: Any  # of the decisions
     export: Callable[[Any, Path, dict[str, Any]], Path]  # (model, dest, validation stats)
     verify: Callable[[Any, Any, Path], dict[str, Any]]
     evaluate: Callable[[Any, Any, Any], dict[str, Any]]
@@ -70,6 +68,15 @@ class Family:
     def tolerance(self) -> float:
         return INT8_TOLERANCE if self.relative else TOLERANCE
 
+    @property
+    def output(self) -> str:
+        """Name of the graph's decisions output (the manifest contract's)."""
+        return DECISIONS[self.kind][0]
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(DECISIONS[self.kind][1])
+
 
 def _skipnet_stats(model: Any, ds: Any, norm: Any) -> dict[str, Any]:
     return asdict(evaluate_gated(model, ds, norm))
@@ -81,13 +88,13 @@ def _dfs_stats(model: Any, ds: Any, norm: Any) -> dict[str, Any]:
 
 def family(model: Any) -> Family:
     if isinstance(model, SkipNetResNet):
-        return Family("skipnet", "executed", bool, lambda m, dest, val: export_skipnet(m, dest), verify_skipnet_onnx,
+        return Family("skipnet", lambda m, dest, val: export_skipnet(m, dest), verify_skipnet_onnx,
                       _skipnet_stats)
     if isinstance(model, DFSResNet):
         def export(m: Any, dest: Path, val: dict[str, Any]) -> Path:  # most frequent option outermost
             return export_dfs(m, dest, order=switch_order(val["option_rates"]))
 
-        return Family("dfs", "options", np.int64, export, verify_dfs_onnx, _dfs_stats, relative=True)
+        return Family("dfs", export, verify_dfs_onnx, _dfs_stats, relative=True)
     raise EdgeskipError("checkpoint has no learned gates (SkipNet or DFS)")
 
 
@@ -203,7 +210,7 @@ def build_skipnet_bundle(ck: Checkpoint, splits: Splits, out: str | os.PathLike,
         if kind == "dfs":
             extra_cfg.update(val_cp=val["mean_cp"], test_cp=test["mean_cp"], test_option_rates=test["option_rates"],
                              options_bits=list(g.options), switch_order=switch_order(val["option_rates"]))
-        decisions = {"dtype": "bool" if kind == "skipnet" else "int64", "shape": [cfg.num_gates]}
+        decisions = {"dtype": fam.dtype.name, "shape": [cfg.num_gates]}
         manifest = Manifest(
             kind=kind, model=cfg.to_dict(), input=InputSpec((1, cfg.in_channels, *cfg.input_size)),
             normalization=Normalization(tuple(ck.norm.mean), tuple(ck.norm.std)), class_names=tuple(ck.class_names),

@@ -136,7 +136,7 @@ class SkipNetExecutor(BundleExecutor):
 
     def __init__(self, bundle: str | os.PathLike, manifest: Manifest | None = None) -> None:
         super().__init__(bundle, manifest)
-        self.dtype = bool if self.manifest.kind == "skipnet" else np.int64
+        self.dtype = np.dtype(self.manifest.decisions[1])
         self.decisions = np.zeros((0, self.num_gates), self.dtype)
         self.executed = np.zeros((0, self.num_gates), bool)
 

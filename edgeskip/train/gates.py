@@ -31,7 +31,6 @@ from edgeskip.errors import EdgeskipError
 from edgeskip.models import ResNetConfig
 from edgeskip.models.gates import GateConfig
 from edgeskip.recipes import GATE_MODES
-from edgeskip.models.cost import breakdown
 from edgeskip.models.skipnet import SkipNetResNet, skipnet_macs
 from edgeskip.train.checkpoint import Checkpoint, build_network, load_checkpoint
 from edgeskip.train.config import DataSpec, TrainConfig
@@ -88,13 +87,19 @@ def _eval_pass(model: Any, ds: ArrayDataset, norm: Normalization, run: Callable[
     return correct, outs
 
 
+def _mean_macs(model: Any, executed: torch.Tensor) -> float:
+    """Mean MACs per input (gates included) of the blocks ``executed`` [N, B_s] ran, counted once per distinct
+    decision row."""
+    rows, counts = torch.unique(executed.bool(), dim=0, return_counts=True)
+    total = sum(int(n) * skipnet_macs(model.cfg, model.gate_cfg, row) for row, n in zip(rows, counts))
+    return float(total / len(executed))
+
+
 def evaluate_gated(model: SkipNetResNet, ds: ArrayDataset, norm: Normalization, batch_size: int = 500) -> GateStats:
     """Hard per-input decisions on ``ds`` (eval mode)."""
     correct, outs = _eval_pass(model, ds, norm, lambda xb: model.run(xb, "hard"), batch_size)
     ex = torch.cat([o.execute for o in outs]).float()
-    cfg, gcfg = model.cfg, model.gate_cfg
-    per_row = [skipnet_macs(cfg, gcfg, row) for row in ex.bool()]
-    return GateStats(correct / len(ds), float((1 - ex).sum(1).mean()), float(sum(per_row) / len(per_row)),
+    return GateStats(correct / len(ds), float((1 - ex).sum(1).mean()), _mean_macs(model, ex),
                      [float(v) for v in (1 - ex).mean(0)])
 
 
@@ -148,13 +153,9 @@ def evaluate_dfs(model: Any, ds: ArrayDataset, norm: Normalization, batch_size: 
     correct, outs = _eval_pass(model, ds, norm, model.run, batch_size)
     ch = torch.cat([o.choice for o in outs])
     n_opt = len(model.gate_cfg.options)
-    skip_rate = [float(v) for v in (ch == 0).float().mean(0)]
-    cfg = model.cfg
-    full = skipnet_macs(cfg, model.gate_cfg, [True] * cfg.num_gates)
-    bd = breakdown(cfg)
-    mean_macs = full - sum(r * bd.blocks[b] for r, b in zip(skip_rate, cfg.gated_blocks))
     return DFSStats(correct / len(ds), float(torch.cat([o.cp for o in outs]).mean()), float((ch == 0).sum(1).float().mean()),
-                    [float((ch == o).float().mean()) for o in range(n_opt)], skip_rate, float(mean_macs))
+                    [float((ch == o).float().mean()) for o in range(n_opt)],
+                    [float(v) for v in (ch == 0).float().mean(0)], _mean_macs(model, ch != 0))
 
 
 class DFSObjective:
