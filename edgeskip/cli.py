@@ -15,7 +15,7 @@ import click
 
 from edgeskip import __version__
 from edgeskip.errors import EdgeskipError
-from edgeskip.manifest import Manifest, load_manifest
+from edgeskip.manifest import Manifest, load_manifest, model_label
 from edgeskip.recipes import AMP_CHOICES, GATE_KINDS, GATE_MODES, RECIPE_NAMES, RECIPES, SD_SCOPES
 from edgeskip.runtime.choices import BACKENDS, DRIVERS, EVENT_LOOPS, PATTERNS, POLICIES
 
@@ -133,6 +133,57 @@ def data_options(f):
     return f
 
 
+def model_options(f):
+    """Options choosing the network, shared by every command that may train one."""
+    opts = [
+        click.option("--model", "model_spec", default=None, metavar="SOURCE:NAME",
+                     help="Network: edgeskip:resnet20 (any resnet<6n+2>; --depth is the shortcut), torchvision:NAME "
+                          "(resnet18, mobilenet_v2, ...), timm:NAME or package.module:factory (called with "
+                          "num_classes= and in_channels= where it takes them)."),
+        click.option("--model-arg", "model_args", multiple=True, metavar="KEY=VALUE",
+                     help="Extra argument of the model's factory, e.g. width_mult=0.25 (repeatable)."),
+        click.option("--blocks", "block_names", default=None, metavar="PATHS",
+                     help="Gated blocks: comma-separated module paths or globs (layer*.1); default: every residual "
+                          "block with an identity shortcut, found by tracing."),
+        click.option("--init-weights", type=click.Path(dir_okay=False), default=None,
+                     help="Local state dict (torch.save or .safetensors) loaded into a new model before training; "
+                          "entries whose name and shape differ (another classifier) stay initialised."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _arg_value(text: str) -> object:
+    """A JSON value (3, 0.25, true, [8, 16, 32, 64]); anything else is a string."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def model_config(model_spec: str | None, model_args: tuple[str, ...], block_names: str | None, depth: int,
+                 sd_mode: str = "batch", p_last: float = 0.5, **resnet: object):
+    """The ModelConfig the model options describe (``resnet``: the built-in ResNet's own settings)."""
+    from edgeskip.models import NetConfig, ResNetConfig
+    from edgeskip.models.zoo import builtin_depth
+
+    d = builtin_depth(model_spec) if model_spec else depth
+    if d is not None:
+        if model_args or block_names:
+            raise EdgeskipError("--model-arg and --blocks apply to torchvision, timm and your own models; the "
+                                "built-in ResNet gates every block but each stage's first")
+        return ResNetConfig(depth=d, sd_mode=sd_mode, p_last=p_last, **resnet)  # type: ignore[arg-type]
+    kwargs = {}
+    for a in model_args:
+        k, eq, v = a.partition("=")
+        if not eq or not k.isidentifier():
+            raise EdgeskipError(f"--model-arg must be KEY=VALUE, got {a!r}")
+        kwargs[k] = _arg_value(v)
+    blocks = tuple(b.strip() for b in block_names.split(",") if b.strip()) if block_names else ()
+    return NetConfig(str(model_spec), kwargs=kwargs, blocks=blocks, sd_mode=sd_mode, p_last=p_last)
+
+
 def _threads(n: int | None) -> None:
     if n:
         import torch
@@ -192,6 +243,7 @@ def apply_recipe(ctx: click.Context, params: dict) -> dict:
 @click.option("--recipe", type=click.Choice(RECIPE_NAMES), default=None,
               help="Named training recipe: its settings become the defaults (options given here still win). "
                    + "; ".join(f"{r.name}: {r.description}" for r in RECIPES.values()))
+@model_options
 @click.option("--depth", type=int, default=20, show_default=True, help="ResNet depth 6n+2 (20, 32, 56, 110, ...).")
 @click.option("--width", type=int, default=16, show_default=True, help="Channels of the first stage (x1, x2, x4).")
 @click.option("--shortcut", type=click.Choice(["pad", "proj"]), default="pad", show_default=True,
@@ -243,11 +295,22 @@ def apply_recipe(ctx: click.Context, params: dict) -> dict:
               help="With --gates: execute a block iff its gate probability is >= this.")
 @click.pass_context
 def train(ctx, **params) -> None:
-    """Train a CIFAR-style ResNet (stochastic depth by default), or a SkipNet with --gates; checkpoint every epoch."""
+    """Train a network with stochastic depth (the built-in CIFAR ResNet, or --model), or a SkipNet/DFS with
+    --gates; checkpoint every epoch."""
+    spec = params.get("model_spec")
+    if spec and not spec.startswith("edgeskip:"):
+        given = [f"--{k.replace('_', '-')}" for k in RESNET_ONLY
+                 if ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE]
+        if given:
+            raise EdgeskipError(f"{', '.join(given)} shape(s) the built-in ResNet, not --model {spec}")
     _train(**apply_recipe(ctx, params))
 
 
-def _train(dataset, data_dir, download, val_fraction, image_size, seed, recipe, depth, width, shortcut, sd, sd_mode,
+RESNET_ONLY = ("depth", "width", "shortcut", "sd_scope", "zero_init_last")
+
+
+def _train(dataset, data_dir, download, val_fraction, image_size, seed, recipe, model_spec, model_args, block_names,
+           init_weights, depth, width, shortcut, sd, sd_mode,
            p_last, sd_scope, epochs, batch_size, lr, momentum, nesterov, weight_decay, schedule, warmup, label_smoothing, augment,
            zero_init_last, amp, compile_, out, resume, stop_after, threads, quiet, gates, init, gate_mode, alpha, beta,
            cp_target, dfs_bits, gate_threshold) -> None:
@@ -256,20 +319,21 @@ def _train(dataset, data_dir, download, val_fraction, image_size, seed, recipe, 
     from edgeskip.utils.atomic import ensure_parent
 
     ensure_parent(out)  # before hours of training, not after
-    from edgeskip.models import ResNetConfig
     from edgeskip.train import DataSpec, TrainConfig, train as run_train
 
     _threads(threads)
-    model_cfg = ResNetConfig(depth=depth, widths=(width, 2 * width, 4 * width), shortcut=shortcut,
-                             sd_mode=sd_mode if sd else "none", p_last=p_last, zero_init_last=zero_init_last,
-                             sd_scope=sd_scope)
+    model_cfg = model_config(model_spec, model_args, block_names, depth, sd_mode=sd_mode if sd else "none",
+                             p_last=p_last, widths=(width, 2 * width, 4 * width), shortcut=shortcut,
+                             zero_init_last=zero_init_last, sd_scope=sd_scope)
     train_cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, nesterov=nesterov,
                             weight_decay=weight_decay, schedule=schedule, warmup_epochs=warmup,
                             label_smoothing=label_smoothing, augment=augment, seed=seed, amp=amp,
                             compile=compile_, recipe=recipe or "")
     data = DataSpec(dataset, data_dir, val_fraction, seed=seed, image_size=_size(image_size), download=download)
     if gates is None and init is not None:
-        raise EdgeskipError("--init needs --gates (plain training starts from scratch)")
+        raise EdgeskipError("--init needs --gates (plain training starts from scratch; pretrained weights: --init-weights)")
+    if gates is not None and init_weights is not None:
+        raise EdgeskipError("--init-weights starts plain training; learned gates start from a checkpoint (--init)")
     if gates is not None and stop_after is not None:
         raise EdgeskipError("--stop-after applies to plain training, not to --gates")
     if gates is not None:
@@ -295,7 +359,8 @@ def _train(dataset, data_dir, download, val_fraction, image_size, seed, recipe, 
         click.echo(f"wrote {out}  epoch {ck.epoch}/{ck.train_cfg.epochs}  val_acc {last.get('val_acc', float('nan')):.4f}  "
                    f"skipped {last.get('val_skipped', float('nan')):.2f}/{ck.model_cfg.num_gates} blocks{cp}")
         return
-    ck = run_train(out, data, model_cfg, train_cfg, resume=resume, progress=not quiet, stop_after=stop_after)
+    ck = run_train(out, data, model_cfg, train_cfg, resume=resume, progress=not quiet, stop_after=stop_after,
+                   init_weights=init_weights)
     last = ck.history[-1] if ck.history else {}
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the run
         click.echo(f"wrote {out}  epoch {ck.epoch}/{ck.train_cfg.epochs}  val_acc {last.get('val_acc', float('nan')):.4f}")
@@ -321,6 +386,7 @@ def _load_for_eval(checkpoint: str, data_dir: str | None):
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
               help="Trained checkpoint. Without it, a model is first trained on --dataset into OUT/model.pt.")
 @data_options
+@model_options
 @click.option("--depth", type=int, default=20, show_default=True, help="Depth when training first.")
 @click.option("--epochs", type=int, default=30, show_default=True, help="Epochs when training first.")
 @click.option("--ranking", type=click.Choice(["sensitivity", "weight_l2", "random"]), default="sensitivity",
@@ -332,7 +398,8 @@ def _load_for_eval(checkpoint: str, data_dir: str | None):
 @click.option("--out", type=click.Path(file_okay=False), default="runs/pareto", show_default=True)
 @click.option("--threads", type=int, default=None, help="Torch CPU threads.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
-def pareto(checkpoint, dataset, data_dir, download, val_fraction, image_size, seed, depth, epochs, ranking,
+def pareto(checkpoint, dataset, data_dir, download, val_fraction, image_size, seed, model_spec, model_args,
+           block_names, init_weights, depth, epochs, ranking,
            latency, repeats, batch_size, out, threads, quiet) -> None:
     """Sensitivity list, rankings and Pareto front of a trained model (train first if no checkpoint)."""
     from edgeskip.pareto.design import design_space, format_table, write_design
@@ -341,13 +408,13 @@ def pareto(checkpoint, dataset, data_dir, download, val_fraction, image_size, se
     _threads(threads)
     out_dir = Path(out)
     if checkpoint is None:
-        from edgeskip.models import ResNetConfig
         from edgeskip.train import DataSpec, TrainConfig, train as run_train
 
         checkpoint = str(out_dir / "model.pt")
         data = DataSpec(dataset, data_dir, val_fraction, seed=seed, image_size=_size(image_size), download=download)
-        run_train(checkpoint, data, ResNetConfig(depth=depth), TrainConfig(epochs=epochs, seed=seed),
-                  resume=Path(checkpoint).exists(), progress=not quiet)
+        run_train(checkpoint, data, model_config(model_spec, model_args, block_names, depth),
+                  TrainConfig(epochs=epochs, seed=seed), resume=Path(checkpoint).exists(), progress=not quiet,
+                  init_weights=init_weights)
         data_dir = None
     model, ck, splits = _load_for_eval(checkpoint, data_dir)
     sens, front = design_space(model, splits, ck.dataset_id, use=ranking, latency=make_source(latency, model, repeats),
@@ -408,6 +475,7 @@ def evaluate(checkpoint, skip, split, data_dir, calibration_images) -> None:
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
               help="Trained checkpoint. Without it, a model is first trained on --dataset.")
 @data_options
+@model_options
 @click.option("--depth", type=int, default=20, show_default=True, help="Depth when training first.")
 @click.option("--epochs", type=int, default=30, show_default=True, help="Epochs when training first.")
 @click.option("--target", "targets", default="host,aarch64,odroid-xu4", show_default=True,
@@ -423,7 +491,8 @@ def evaluate(checkpoint, skip, split, data_dir, calibration_images) -> None:
 @click.option("--force", is_flag=True, help="Replace an existing bundle.")
 @click.option("--threads", type=int, default=None, help="Torch CPU threads.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
-def compile_cmd(checkpoint, dataset, data_dir, download, val_fraction, image_size, seed, depth, epochs, targets,
+def compile_cmd(checkpoint, dataset, data_dir, download, val_fraction, image_size, seed, model_spec, model_args,
+                block_names, init_weights, depth, epochs, targets,
                 repeats, int8, calibration_images, out, force, threads, quiet) -> None:
     """Train (or --checkpoint), rank, measure, export, compile and verify: a deployment bundle."""
     from edgeskip.export.bundle import build_bundle
@@ -437,14 +506,14 @@ def compile_cmd(checkpoint, dataset, data_dir, download, val_fraction, image_siz
         raise EdgeskipError(f"{out_dir} exists; pass --force to replace it")
     log = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
     if checkpoint is None:
-        from edgeskip.models import ResNetConfig
         from edgeskip.train import DataSpec, TrainConfig, train as run_train
 
         checkpoint = str(out_dir.parent / f".{out_dir.name}.model.pt")
         data = DataSpec(dataset, data_dir, val_fraction, seed=seed, image_size=_size(image_size), download=download)
-        log(f"training ResNet-{depth} on {dataset} ...")
-        run_train(checkpoint, data, ResNetConfig(depth=depth), TrainConfig(epochs=epochs, seed=seed),
-                  resume=Path(checkpoint).exists(), progress=not quiet)
+        cfg = model_config(model_spec, model_args, block_names, depth)
+        log(f"training {cfg.name} on {dataset} ...")
+        run_train(checkpoint, data, cfg, TrainConfig(epochs=epochs, seed=seed), resume=Path(checkpoint).exists(),
+                  progress=not quiet, init_weights=init_weights)
         data_dir = None
     _, ck, splits = _load_for_eval(checkpoint, data_dir)
     if ck.gate_cfg is not None:  # SkipNet or DFS: no ranking or front, the gates decide per input
@@ -483,7 +552,7 @@ def inspect(bundle, digest, verify_key) -> None:
     skipnet = m.learned_gates
     what = (f"{'DFS' if m.kind == 'dfs' else 'SkipNet'} ({m.extra.get('gates', {}).get('kind', '?')} gates)" if skipnet
             else f"{len(m.configs)} Pareto configs")
-    click.echo(f"bundle {bundle}: ResNet-{m.model.get('depth', '?')} on {m.dataset_id}, input {list(m.input.shape)}, "
+    click.echo(f"bundle {bundle}: {model_label(m.model)} on {m.dataset_id}, input {list(m.input.shape)}, "
                f"B_s = {m.num_gates}, {what}, manifest version {m.version}")
     click.echo("tools: " + ", ".join(f"{k} {v}" for k, v in m.extra.get("tools", {}).items()))
     for name, t in m.targets.items():

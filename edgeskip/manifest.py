@@ -374,6 +374,11 @@ class Manifest:
                    targets, iree, fastest, onnx, None, sample, dict(artifacts), extra, fronts=fronts, int8=int8)
 
 
+def model_label(model: Mapping[str, Any]) -> str:
+    """A model description's name: ``ResNet-20`` for the built-in ResNet, else its source (``timm:resnet18``)."""
+    return str(model["model"]) if "model" in model else f"ResNet-{model.get('depth', '?')}"
+
+
 def _fronts(value: object, n: int) -> dict[str, tuple[int, ...]]:
     """Validated ``fronts``: per back end, distinct config indices starting at 0 (the full network)."""
     if value is None:

@@ -35,6 +35,7 @@ from torch import nn
 from edgeskip.backends.ort import ort_session
 from edgeskip.errors import EdgeskipError
 from edgeskip.export.onnx_export import INT8_TOLERANCE, export_graph, max_abs_diff
+from edgeskip.models.blocknet import ExportView
 from edgeskip.models.dfs import FULL_BITS, DFSResNet, quant_params
 from edgeskip.models.quant import qd
 
@@ -95,16 +96,16 @@ class _Skip(nn.Module):
         return x.clone()
 
 
-class DFSGraph(nn.Module):
+class DFSGraph(ExportView):
     """``forward(image) -> (logits, options)``: the shared LSTM gate before each gated block, then the switch."""
 
     def __init__(self, model: DFSResNet, order: list[int] | None = None) -> None:
-        super().__init__()
+        super().__init__(model)
         n = len(model.gate_cfg.options)
         self.order = list(range(n))[::-1] if order is None else [int(o) for o in order]
         if sorted(self.order) != list(range(n)):
             raise EdgeskipError(f"switch order must be a permutation of the option indices 0..{n - 1}, got {order}")
-        self.stem, self.blocks, self.pool, self.fc = model.stem, model.blocks, model.pool, model.fc
+        self.blocks = model.blocks
         self.gates, self.gate_core = model.gates, model.gate_core
         self.gate_of = dict(model.gate_of)
         self.blocks_order = model.block_ids
@@ -131,7 +132,7 @@ class DFSGraph(nn.Module):
             c = logit.reshape(self.n_opt).argmax()
             chosen.append(c)
             h = _switch(h, c, list(self.options[str(b)]), self.order)
-        return self.fc(torch.flatten(self.pool(h), 1)), torch.stack(chosen)
+        return self.head(h), torch.stack(chosen)
 
 
 def _conv_integer(graph, produced: dict) -> int:

@@ -13,7 +13,7 @@ from edgeskip.backends.ort import ort_session
 from edgeskip.export.onnx_export import export_static
 from edgeskip.backends.iree import SharedIreeExecutor
 from edgeskip.export.shared_weights import build_shared_modules, module_name
-from edgeskip.models import CifarResNet
+from edgeskip.models import BlockNet
 from edgeskip.skip import normalize_options
 from edgeskip.pareto.latency import interleaved_median
 
@@ -25,7 +25,7 @@ class IreeLatency:
 
     name = "iree-host-local-sync-b1"
 
-    def __init__(self, model: CifarResNet, out_dir: str | os.PathLike, work_dir: str | os.PathLike,
+    def __init__(self, model: BlockNet, out_dir: str | os.PathLike, work_dir: str | os.PathLike,
                  repeats: int = 30, warmup: int = 3) -> None:
         self.model, self.out, self.work = model, Path(out_dir), Path(work_dir)
         self.repeats, self.warmup = repeats, warmup
@@ -43,7 +43,7 @@ class IreeLatency:
         return interleaved_median([lambda k=k: ex.run(k, self.image) for k in range(len(ex))], self.repeats, self.warmup)
 
 
-def ort_static_latency(model: CifarResNet, skip_arrays: Sequence[object], work_dir: str | os.PathLike,
+def ort_static_latency(model: BlockNet, skip_arrays: Sequence[object], work_dir: str | os.PathLike,
                        repeats: int = 30, warmup: int = 3, threads: int = 1) -> list[float]:
     """onnxruntime batch-1 latency of each config's static graph (interleaved medians); skip or option arrays
     (an int8 block runs onnxruntime's int8 kernels).
@@ -67,7 +67,7 @@ class OrtLatency:
 
     name = "onnxruntime-host-1thread-b1"
 
-    def __init__(self, model: CifarResNet, work_dir: str | os.PathLike, repeats: int = 30, warmup: int = 3,
+    def __init__(self, model: BlockNet, work_dir: str | os.PathLike, repeats: int = 30, warmup: int = 3,
                  threads: int = 1) -> None:
         self.model, self.work = model, Path(work_dir)
         self.repeats, self.warmup, self.threads = repeats, warmup, threads

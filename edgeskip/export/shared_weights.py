@@ -21,7 +21,7 @@ from edgeskip.backends.iree import parameter_index
 from edgeskip.errors import EdgeskipError
 from edgeskip.export.iree_compile import Target, compile_mlir, import_onnx
 from edgeskip.export.onnx_export import export_static
-from edgeskip.models import CifarResNet
+from edgeskip.models import BlockNet
 from edgeskip.skip import options_to_str
 from edgeskip.utils.atomic import atomic_path
 
@@ -59,7 +59,7 @@ def module_name(skip: Sequence[object]) -> str:
     return "static_" + options_to_str(skip)
 
 
-def write_weights(model: CifarResNet, dest: str | os.PathLike, work_dir: str | os.PathLike) -> Path:
+def write_weights(model: BlockNet, dest: str | os.PathLike, work_dir: str | os.PathLike) -> Path:
     """The shared archive: every parameter of the full network (BN folded), by module path."""
     work = Path(work_dir)
     full = export_static(model, [1] * model.cfg.num_gates, work / "full.onnx")
@@ -173,7 +173,7 @@ class SharedModules:
     mlir: tuple[Path, ...]
 
 
-def build_shared_modules(model: CifarResNet, skip_arrays: Sequence[Sequence[object]], target: Target,
+def build_shared_modules(model: BlockNet, skip_arrays: Sequence[Sequence[object]], target: Target,
                          out_dir: str | os.PathLike, work_dir: str | os.PathLike) -> SharedModules:
     """Export, import and compile one static module per skip array, all using ``weights.irpa``."""
     out, work = Path(out_dir), Path(work_dir)

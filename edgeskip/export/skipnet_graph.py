@@ -12,20 +12,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from edgeskip.errors import EdgeskipError
 from edgeskip.backends.ort import ort_session
 from edgeskip.export.onnx_export import TOLERANCE, export_graph, max_abs_diff
+from edgeskip.models.blocknet import ExportView
 from edgeskip.models.skipnet import SkipNetResNet
 
 
-class SkipNetGraph(nn.Module):
+class SkipNetGraph(ExportView):
     """``forward(image) -> (logits, executed)`` with one ``torch.cond`` per gate."""
 
     def __init__(self, model: SkipNetResNet) -> None:
-        super().__init__()
-        self.stem, self.blocks, self.gates, self.pool, self.fc = model.stem, model.blocks, model.gates, model.pool, model.fc
+        super().__init__(model)
+        self.blocks, self.gates = model.blocks, model.gates
         if hasattr(model, "gate_core"):
             self.gate_core = model.gate_core
         self.gate_of = dict(model.gate_of)
@@ -45,7 +45,7 @@ class SkipNetGraph(nn.Module):
             run = (torch.sigmoid(logit) >= self.threshold).reshape(())
             decisions.append(run)
             h = torch.cond(run, lambda t, block=block: block(t), lambda t: t.clone(), (h,))
-        return self.fc(torch.flatten(self.pool(h), 1)), torch.stack(decisions)
+        return self.head(h), torch.stack(decisions)
 
 
 def export_skipnet(model: SkipNetResNet, dest: str | os.PathLike) -> Path:

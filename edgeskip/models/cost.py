@@ -1,5 +1,8 @@
 """Exact cost model: multiply-accumulates (MACs) of a network for any skip array.
 
+The built-in ResNet's count is a formula; any other network's is traced (:func:`count_macs`: one forward pass
+with hooks on every convolution and linear layer), and the two agree on the built-in ResNet (tested).
+
 Counted: every convolution (k*k*C_in*C_out per output pixel) and the classifier (C*classes).
 Not counted: BatchNorm (folded into the convolutions at deployment), ReLU, residual additions,
 padding shortcuts and pooling, which are not multiply-accumulates.
@@ -7,9 +10,12 @@ padding shortcuts and pooling, which are not multiply-accumulates.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from functools import lru_cache
+from typing import TYPE_CHECKING
 
-from edgeskip.models.config import ResNetConfig
+from edgeskip.models.config import ModelConfig, ResNetConfig
 from edgeskip.skip import normalize_options
 
 
@@ -30,8 +36,61 @@ class CostBreakdown:
         return self.stem + sum(self.blocks[i] for i in idx) + self.head
 
 
-def breakdown(cfg: ResNetConfig) -> CostBreakdown:
+if TYPE_CHECKING:
+    from edgeskip.models.blocknet import BlockNet
+
+
+def count_macs(net: "BlockNet") -> CostBreakdown:
+    """Per-part MACs of ``net`` measured on one forward pass at its input size: each ``Conv2d`` counts
+    k_h*k_w*C_in/groups per output element, each ``Linear`` its input features per output element."""
+    import torch
+    from torch import nn
+
+    owner: dict[nn.Module, object] = {}
+    for m in net.stem.modules():
+        owner[m] = "stem"
+    for i in net.block_ids:
+        for m in net.blocks[str(i)].modules():
+            owner[m] = i
+    for head in net.head_modules().values():
+        for m in head.modules():
+            owner[m] = "head"
+    parts: dict[object, int] = {}
+
+    def hook(m: nn.Module, args: tuple, out: torch.Tensor) -> None:
+        per = out.numel() // out.shape[0]
+        if isinstance(m, nn.Conv2d):
+            k = m.kernel_size[0] * m.kernel_size[1] * (m.in_channels // m.groups)
+        else:
+            k = m.in_features
+        key = owner.get(m, "head")
+        parts[key] = parts.get(key, 0) + per * k
+
+    handles = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    was = net.training
+    try:
+        with torch.no_grad():
+            net.eval()(torch.zeros(1, net.cfg.in_channels, *net.cfg.input_size))
+    finally:
+        net.train(was)
+        for h in handles:
+            h.remove()
+    return CostBreakdown(parts.get("stem", 0), tuple(parts.get(i, 0) for i in range(net.cfg.num_blocks)),
+                         parts.get("head", 0))
+
+
+@lru_cache(maxsize=16)
+def _traced(key: str) -> CostBreakdown:
+    from edgeskip.models import build_model
+    from edgeskip.models.config import config_from_dict
+
+    return count_macs(build_model(config_from_dict(json.loads(key))))
+
+
+def breakdown(cfg: ModelConfig) -> CostBreakdown:
     """Per-part MACs of the full network described by ``cfg``."""
+    if not isinstance(cfg, ResNetConfig):
+        return _traced(json.dumps(cfg.to_dict(), sort_keys=True))
     h, w = cfg.input_size
     w1 = cfg.widths[0]
     stem = h * w * cfg.in_channels * w1 * 9
@@ -52,12 +111,12 @@ def breakdown(cfg: ResNetConfig) -> CostBreakdown:
     return CostBreakdown(stem, tuple(blocks), head)
 
 
-def block_macs(cfg: ResNetConfig) -> list[int]:
+def block_macs(cfg: ModelConfig) -> list[int]:
     """MACs of each block, indexed by global block index."""
     return list(breakdown(cfg).blocks)
 
 
-def macs(cfg: ResNetConfig, skip: object | None = None) -> int:
+def macs(cfg: ModelConfig, skip: object | None = None) -> int:
     """Total MACs of one inference of one image with the given skip array (None = no skipping)."""
     bd = breakdown(cfg)
     if skip is None:

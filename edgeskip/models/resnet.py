@@ -13,11 +13,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgeskip.models.blocknet import BlockNet
 from edgeskip.models.config import ResNetConfig
 from edgeskip.errors import EdgeskipError
 from edgeskip.models.quant import BlockQuant, Int8Block
-from edgeskip.skip import INT8, SKIP, normalize_options, normalize_skip
-from edgeskip.models.stochastic_depth import keep_branch, scale_rows
+from edgeskip.skip import INT8, normalize_skip
+from edgeskip.models.stochastic_depth import residual
 
 
 class PadShortcut(nn.Module):
@@ -57,21 +58,10 @@ class BasicBlock(nn.Module):
         return self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = self.shortcut(x)
-        if self.sd_mode == "batch":
-            if not keep_branch(self.p_survive, self.training):
-                return F.relu(identity)  # dropped for this mini-batch: branch not computed
-            out = self.branch(x)
-            if self.training and self.p_survive < 1.0:
-                out = out / self.p_survive
-        elif self.sd_mode == "row":
-            out = scale_rows(self.branch(x), self.p_survive, self.training)
-        else:
-            out = self.branch(x)
-        return F.relu(identity + out)
+        return residual(x, self.shortcut(x), self.branch, F.relu, self.p_survive, self.sd_mode, self.training)
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(BlockNet):
     """ResNet for small images; ``forward(x, skip)`` bypasses gated blocks whose skip entry is 0.
 
     A bypassed block is not computed at all: its input is non-negative (output of a ReLU) and its
@@ -115,11 +105,6 @@ class CifarResNet(nn.Module):
         for block in self.blocks.values():
             nn.init.zeros_(block.bn2.weight)  # zero-init last BN: each block starts as the identity (timm)
 
-    @property
-    def block_ids(self) -> list[int]:
-        """Original global indices of the blocks present in this network, in order."""
-        return [int(k) for k in self.blocks.keys()]
-
     def attach_int8(self, calibration: Mapping[int, BlockQuant]) -> None:
         """Build the int8 variant of each calibrated gated block (global index -> its activation scales)."""
         gated = set(self.cfg.gated_blocks)
@@ -128,47 +113,16 @@ class CifarResNet(nn.Module):
                 raise EdgeskipError(f"block {b} is not a gated block of this network: it has no int8 variant")
             self.int8[int(b)] = Int8Block(self.blocks[str(int(b))].eval(), q)
 
-    def plan(self, options: object | None) -> list[tuple[int, nn.Module]]:
-        """(global index, module to run) of each block run for a skip or option array (None = all, float)."""
-        if options is None:
-            return [(i, self.blocks[str(i)]) for i in self.block_ids]
-        o = normalize_options(options, self.cfg.num_gates)
-        choice = dict(zip(self.cfg.gated_blocks, o))
-        out: list[tuple[int, nn.Module]] = []
-        for i in self.block_ids:
-            c = choice.get(i)
-            if c == SKIP:
-                continue
-            if c == INT8:
-                if i not in self.int8:
-                    raise EdgeskipError(f"block {i} has no int8 variant (calibrate it first)")
-                out.append((i, self.int8[i]))
-            else:
-                out.append((i, self.blocks[str(i)]))
-        return out
-
-    def executed_blocks(self, skip: object | None) -> list[int]:
-        """Global indices of the blocks run for ``skip`` (None = all)."""
-        present = self.block_ids
-        if skip is None:
-            return present
-        s = normalize_options(skip, self.cfg.num_gates)
-        off = {g for g, e in zip(self.cfg.gated_blocks, s) if e == SKIP}
-        return [i for i in present if i not in off]
+    def variant(self, index: int, option: int) -> nn.Module:
+        if option != INT8 or index not in self.int8:
+            raise EdgeskipError(f"block {index} has no int8 variant (calibrate it first)")
+        return self.int8[index]
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.flatten(self.pool(h), 1))
 
-    def forward(self, x: torch.Tensor, skip: object | None = None) -> torch.Tensor:
-        h = self.stem(x)
-        for _, block in self.plan(skip):
-            h = block(h)
-        return self.head(h)
-
-
-def build_model(cfg: ResNetConfig) -> CifarResNet:
-    """Build a full network from its configuration."""
-    return CifarResNet(cfg)
+    def head_modules(self) -> dict[str, nn.Module]:
+        return {"pool": self.pool, "fc": self.fc}
 
 
 def remove_blocks(model: CifarResNet, skip: Sequence[int] | object) -> CifarResNet:

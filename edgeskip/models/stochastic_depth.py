@@ -7,7 +7,11 @@ mode the block is the plain ``x + F(x)`` -- the deployed network needs no rescal
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
+
+Fn = Callable[[torch.Tensor], torch.Tensor]
 
 
 def keep_branch(p_survive: float, training: bool) -> bool:
@@ -15,6 +19,23 @@ def keep_branch(p_survive: float, training: bool) -> bool:
     if not training or p_survive >= 1.0:
         return True
     return bool(torch.rand(()) < p_survive)
+
+
+def residual(x: torch.Tensor, identity: torch.Tensor, branch: Fn, finish: Fn, p_survive: float, mode: str,
+             training: bool) -> torch.Tensor:
+    """``finish(identity + F(x))`` with stochastic depth on ``F = branch``: ``"batch"`` drops it for the whole
+    mini-batch (and does not compute it), ``"row"`` per sample, ``"none"`` never."""
+    if mode == "batch":
+        if not keep_branch(p_survive, training):
+            return finish(identity)
+        out = branch(x)
+        if training and p_survive < 1.0:
+            out = out / p_survive
+    elif mode == "row":
+        out = scale_rows(branch(x), p_survive, training)
+    else:
+        out = branch(x)
+    return finish(identity + out)
 
 
 def scale_rows(branch: torch.Tensor, p_survive: float, training: bool) -> torch.Tensor:

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 from edgeskip import __version__
 from edgeskip.data.dataset import Splits
 from edgeskip.errors import EdgeskipError
-from edgeskip.models import CifarResNet, macs
+from edgeskip.models import BlockNet, macs
 from edgeskip.models.cost import breakdown
 from edgeskip.pareto.evaluate import evaluate_skip_arrays
 from edgeskip.pareto.front import Point, candidates_from_order, front_with_anchor, non_dominated
@@ -33,7 +33,7 @@ def _skip_list(skip: Sequence[bool]) -> list[int]:
 
 
 def design_space(
-    model: CifarResNet,
+    model: BlockNet,
     splits: Splits,
     dataset_id: str,
     use: str = "sensitivity",
@@ -49,7 +49,7 @@ def design_space(
     cfg = model.cfg
     g = cfg.num_gates
     if g == 0:
-        raise EdgeskipError(f"ResNet-{cfg.depth} has no skippable blocks (use depth >= 14)")
+        raise EdgeskipError(f"{cfg.name} has no skippable blocks" + (" (use depth >= 14)" if hasattr(cfg, "depth") else ""))
     full = tuple([True] * g)
     singles = single_skip_arrays(g)
     acc = evaluate_skip_arrays(model, splits.val, splits.norm, [full, *singles], batch_size)
@@ -64,10 +64,9 @@ def design_space(
 
     bd = breakdown(cfg)
     l2 = block_weight_l2(model)
-    n = cfg.blocks_per_stage
     blocks = [
-        {"gate": k, "block": b, "stage": b // n, "accuracy_when_skipped": alone[k], "drop": full_val - alone[k],
-         "weight_l2": l2[k], "macs": bd.blocks[b]}
+        {"gate": k, "block": b, "module": cfg.gated_names[k], "accuracy_when_skipped": alone[k],
+         "drop": full_val - alone[k], "weight_l2": l2[k], "macs": bd.blocks[b]}
         for k, b in enumerate(cfg.gated_blocks)
     ]
     curves = {
@@ -141,7 +140,7 @@ def calibration_batches(splits: Splits, images: int = 512, seed: int = 12345, ba
     return out
 
 
-def fractional_space(model: CifarResNet, splits: Splits, latency: LatencySource,
+def fractional_space(model: BlockNet, splits: Splits, latency: LatencySource,
                      skip_candidates: Sequence[Sequence[object]], seed: int = 0,
                      batch_size: int = 500) -> dict[str, Any]:
     """The design space over {full, int8, skip} per gated block (``model`` must carry int8 variants:

@@ -17,7 +17,7 @@ from torch import nn
 
 from edgeskip.data.batches import iterate
 from edgeskip.data.dataset import ArrayDataset, Normalization
-from edgeskip.models import CifarResNet
+from edgeskip.models import BlockNet
 
 
 @dataclass
@@ -29,7 +29,7 @@ class _Node:
 class SharedPrefixEvaluator:
     """Counts correct predictions of every skip or option array in one pass per batch."""
 
-    def __init__(self, model: CifarResNet, skip_arrays: Sequence[object]) -> None:
+    def __init__(self, model: BlockNet, skip_arrays: Sequence[object]) -> None:
         self.model = model.eval()
         self.block_ids = model.block_ids
         self.root = _Node()
@@ -77,7 +77,7 @@ class SharedPrefixEvaluator:
 
 
 def evaluate_skip_arrays(
-    model: CifarResNet, ds: ArrayDataset, norm: Normalization, skip_arrays: Sequence[object], batch_size: int = 500
+    model: BlockNet, ds: ArrayDataset, norm: Normalization, skip_arrays: Sequence[object], batch_size: int = 500
 ) -> list[float]:
     """Top-1 accuracy of each skip array on ``ds`` (identical to running each config separately)."""
     ev = SharedPrefixEvaluator(model, skip_arrays)

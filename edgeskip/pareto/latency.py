@@ -14,7 +14,7 @@ from typing import Callable, Protocol, Sequence
 import torch
 
 from edgeskip.errors import EdgeskipError
-from edgeskip.models import CifarResNet
+from edgeskip.models import BlockNet
 
 LATENCY_SOURCES = ("none", "torch")
 
@@ -46,7 +46,7 @@ class TorchLatency:
 
     name = "torch-cpu-b1"
 
-    def __init__(self, model: CifarResNet, repeats: int = 30, warmup: int = 3, threads: int | None = None) -> None:
+    def __init__(self, model: BlockNet, repeats: int = 30, warmup: int = 3, threads: int | None = None) -> None:
         self.model = model.eval()
         self.repeats = repeats
         self.warmup = warmup
@@ -66,7 +66,7 @@ class TorchLatency:
             torch.set_num_threads(old)
 
 
-def make_source(name: str, model: CifarResNet, repeats: int = 30) -> LatencySource | None:
+def make_source(name: str, model: BlockNet, repeats: int = 30) -> LatencySource | None:
     """Latency source by name (``none`` -> None)."""
     if name == "none":
         return None

@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from edgeskip.manifest import model_label  # noqa: E402
 from edgeskip.utils.atomic import write_with  # noqa: E402
 
 
@@ -25,7 +26,7 @@ def plot_design_space(sensitivity: dict[str, Any], pareto: dict[str, Any], dest:
              label=f"{pareto['ranking']} (test)")
     ax1.set_xlabel("skipped blocks")
     ax1.set_ylabel("top-1 accuracy")
-    ax1.set_title(f"{sensitivity['dataset_id']}  ResNet-{sensitivity['model']['depth']}")
+    ax1.set_title(f"{sensitivity['dataset_id']}  {model_label(sensitivity['model'])}")
     ax1.grid(alpha=0.3)
     ax1.legend(fontsize=8)
 

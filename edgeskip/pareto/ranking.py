@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from edgeskip.errors import EdgeskipError
-from edgeskip.models import CifarResNet
+from edgeskip.models import BlockNet
 from edgeskip.skip import skip_from_indices
 
 RANKINGS = ("sensitivity", "weight_l2", "random")
@@ -25,7 +25,7 @@ def single_skip_arrays(num_gates: int) -> list[tuple[bool, ...]]:
     return [skip_from_indices([k], num_gates) for k in range(num_gates)]
 
 
-def block_weight_l2(model: CifarResNet) -> list[float]:
+def block_weight_l2(model: BlockNet) -> list[float]:
     """L2 norm of all parameters of each gated block, in gate order."""
     out = []
     for b in model.cfg.gated_blocks:
@@ -40,7 +40,7 @@ def order_by(scores: Sequence[float], descending: bool) -> list[int]:
     return sorted(idx, key=lambda k: (-scores[k] if descending else scores[k], k))
 
 
-def rank_blocks(kind: str, model: CifarResNet, skipped_alone_acc: Sequence[float] | None = None,
+def rank_blocks(kind: str, model: BlockNet, skipped_alone_acc: Sequence[float] | None = None,
                 seed: int = 0) -> list[int]:
     """Gate indices from least to most important according to ``kind``."""
     g = model.cfg.num_gates

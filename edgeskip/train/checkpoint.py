@@ -13,7 +13,7 @@ import torch
 from edgeskip import __version__
 from edgeskip.data.dataset import Normalization
 from edgeskip.errors import EdgeskipError
-from edgeskip.models import CifarResNet, ResNetConfig, build_model
+from edgeskip.models import BlockNet, ModelConfig, ResNetConfig, build_model, config_from_dict
 from edgeskip.models.gates import GateConfig
 from edgeskip.models.skipnet import SkipNetResNet
 from edgeskip.train.config import DataSpec, TrainConfig
@@ -27,7 +27,7 @@ VERSION = 1
 class Checkpoint:
     """Everything needed to rebuild the model and to resume training."""
 
-    model_cfg: ResNetConfig
+    model_cfg: ModelConfig
     state_dict: dict[str, torch.Tensor]
     norm: Normalization
     class_names: list[str]
@@ -46,7 +46,7 @@ class Checkpoint:
     def complete(self) -> bool:
         return self.epoch >= self.train_cfg.epochs
 
-    def model(self) -> CifarResNet:
+    def model(self) -> BlockNet:
         """Rebuild the network in eval mode (a :class:`SkipNetResNet` or :class:`DFSResNet` if it has gates)."""
         m = build_network(self.model_cfg, self.gate_cfg)
         m.load_state_dict(self.state_dict)
@@ -72,10 +72,12 @@ class Checkpoint:
             torch.save(self.to_obj(slim), tmp)
 
 
-def build_network(cfg: ResNetConfig, gate_cfg: GateConfig | None = None) -> CifarResNet:
+def build_network(cfg: ModelConfig, gate_cfg: GateConfig | None = None) -> BlockNet:
     """The backbone alone, with SkipNet gates, or with DFS's gate (``kind="dfs"``)."""
     if gate_cfg is None:
         return build_model(cfg)
+    if not isinstance(cfg, ResNetConfig):
+        raise EdgeskipError(f"learned gates (--gates {gate_cfg.kind}) are built for edgeskip's own ResNet, not {cfg.name}")
     if gate_cfg.kind == "dfs":
         from edgeskip.models.dfs import DFSResNet
 
@@ -99,7 +101,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         raise EdgeskipError(f"{path} has checkpoint version {obj.get('version')}, this edgeskip reads {VERSION}")
     try:
         ck = Checkpoint(
-            model_cfg=ResNetConfig.from_dict(obj["model"]), state_dict=obj["state_dict"],
+            model_cfg=config_from_dict(obj["model"]), state_dict=obj["state_dict"],
             norm=Normalization.from_dict(obj["norm"]), class_names=list(obj["class_names"]),
             dataset_id=obj["dataset_id"], data=DataSpec.from_dict(obj["data"]),
             train_cfg=TrainConfig.from_dict(obj["train"]), epoch=int(obj["epoch"]),
@@ -114,7 +116,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     return ck
 
 
-def load_model(path: str | os.PathLike) -> tuple[CifarResNet, Checkpoint]:
+def load_model(path: str | os.PathLike) -> tuple[BlockNet, Checkpoint]:
     """Convenience: (model in eval mode, checkpoint)."""
     ck = load_checkpoint(path)
     return ck.model(), ck

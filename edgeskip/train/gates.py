@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from edgeskip.data.batches import iterate, num_batches
 from edgeskip.data.dataset import ArrayDataset, Normalization, Splits
 from edgeskip.errors import EdgeskipError
-from edgeskip.models import ResNetConfig
+from edgeskip.models import ModelConfig, ResNetConfig
 from edgeskip.models.gates import GateConfig
 from edgeskip.recipes import GATE_MODES
 from edgeskip.models.skipnet import SkipNetResNet, skipnet_macs
@@ -189,13 +189,12 @@ class DFSObjective:
         return f"  cp {rec['val_cp']:.3f} (target {self.gt.cp_target:g})  skipped {rec['val_skipped']:.2f}"
 
 
-def _start(init: Checkpoint | None, model_cfg: ResNetConfig | None, gate_cfg: GateConfig, splits: Splits):
+def _start(init: Checkpoint | None, model_cfg: ModelConfig | None, gate_cfg: GateConfig, splits: Splits):
     """Model config and initial weights (backbone or SkipNet checkpoint, or fresh)."""
     if init is None:
         c, h, w = splits.shape
-        base = model_cfg or ResNetConfig()
-        cfg = ResNetConfig(**{**base.to_dict(), "num_classes": len(splits.class_names), "in_channels": c,
-                              "input_size": (h, w)})
+        cfg = replace(model_cfg or ResNetConfig(), num_classes=len(splits.class_names), in_channels=c,
+                      input_size=(h, w))
         return cfg, None
     if splits.shape != (init.model_cfg.in_channels, *init.model_cfg.input_size):
         raise EdgeskipError(f"data shape {splits.shape} does not match the initial checkpoint's model input")
@@ -211,7 +210,7 @@ def train_gates(
     train_cfg: TrainConfig,
     gate_training: GateTraining,
     init: str | os.PathLike | None = None,
-    model_cfg: ResNetConfig | None = None,
+    model_cfg: ModelConfig | None = None,
     resume: bool = False,
     splits: Splits | None = None,
     progress: bool = True,

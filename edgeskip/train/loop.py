@@ -16,7 +16,7 @@ from torch.nn.parallel import DistributedDataParallel
 from edgeskip.data.batches import iterate, num_batches
 from edgeskip.data.dataset import ArrayDataset, Normalization, Splits
 from edgeskip.errors import EdgeskipError
-from edgeskip.models import CifarResNet, ResNetConfig, build_model
+from edgeskip.models import BlockNet, ModelConfig, ResNetConfig, build_model
 from edgeskip.train.checkpoint import Checkpoint, load_checkpoint
 from edgeskip.train.config import DataSpec, TrainConfig
 from edgeskip.train.distributed import Distributed, from_environment
@@ -27,7 +27,7 @@ EpochHook = Callable[[Checkpoint], None]
 
 
 @torch.no_grad()
-def evaluate(model: CifarResNet, ds: ArrayDataset, norm: Normalization, skip: object | None = None,
+def evaluate(model: BlockNet, ds: ArrayDataset, norm: Normalization, skip: object | None = None,
              batch_size: int = 500, ddp: Distributed | None = None) -> float:
     """Top-1 accuracy of ``model`` (eval mode) on ``ds`` with the given skip array.
 
@@ -106,7 +106,7 @@ def train_step(forward: Callable[[torch.Tensor], torch.Tensor], opt: torch.optim
     return loss, logits
 
 
-def training_forward(model: CifarResNet, cfg: TrainConfig, ddp: Distributed) -> Callable[[torch.Tensor], torch.Tensor]:
+def training_forward(model: BlockNet, cfg: TrainConfig, ddp: Distributed) -> Callable[[torch.Tensor], torch.Tensor]:
     """The callable a training step runs: ``model``, wrapped in DDP under torchrun and compiled if asked."""
     net: torch.nn.Module = model
     if ddp.active:  # batch-mode stochastic depth leaves dropped blocks without gradients
@@ -117,18 +117,20 @@ def training_forward(model: CifarResNet, cfg: TrainConfig, ddp: Distributed) -> 
 def train(
     out: str | os.PathLike,
     data: DataSpec,
-    model_cfg: ResNetConfig | None = None,
+    model_cfg: ModelConfig | None = None,
     train_cfg: TrainConfig | None = None,
     resume: bool = False,
     splits: Splits | None = None,
     progress: bool = True,
     on_epoch_end: EpochHook | None = None,
     stop_after: int | None = None,
+    init_weights: str | None = None,
 ) -> Checkpoint:
     """Train a model and write its checkpoint to ``out`` after every epoch.
 
     ``model_cfg``'s input shape and class count are taken from the data. With ``resume`` the run
     continues from ``out`` (its stored settings win), reproducing the uninterrupted run exactly.
+    ``init_weights``: a local state dict loaded into a new run's model before training (e.g. pretrained weights).
     ``stop_after`` ends this invocation once that epoch's checkpoint is written (continue with ``resume``).
     Under ``torchrun`` each process trains on its shard of every batch and rank 0 writes ``out``.
     """
@@ -158,12 +160,13 @@ def train(
         raise EdgeskipError(f"batch size {train_cfg.batch_size} does not split evenly over {ddp.world_size} processes")
     splits = splits or data.load()
     c, h, w = splits.shape
-    base = model_cfg or ResNetConfig()
-    model_cfg = ResNetConfig(**{**base.to_dict(), "num_classes": len(splits.class_names),
-                                "in_channels": c, "input_size": (h, w)})
+    if not resume:
+        model_cfg = dataclasses.replace(model_cfg or ResNetConfig(), num_classes=len(splits.class_names),
+                                        in_channels=c, input_size=(h, w))
 
     torch.manual_seed(train_cfg.seed)
-    model = build_model(model_cfg)
+    model = build_model(model_cfg, None if resume else init_weights)
+    model_cfg = model.cfg  # a traced model's blocks, found while building it
     # on the device before the optimizer exists, so resumed optimizer state lands beside the weights
     model.to(device=ddp.device, memory_format=torch.channels_last)  # ~10% faster convolutions on CPU
     steps = num_batches(len(splits.train), train_cfg.batch_size, drop_last=True)

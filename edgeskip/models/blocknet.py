@@ -1,0 +1,95 @@
+"""The one forward walk over blocks: every network edgeskip handles is ``stem -> blocks -> head``.
+
+A :class:`BlockNet` holds its blocks in an ``nn.ModuleDict`` keyed by their global index; some are *gated*
+(``cfg.gated_blocks``: residual blocks with an identity shortcut). :meth:`BlockNet.plan` turns a skip or option
+array into the list of modules to run, and every view of a network walks that list: the model's own forward,
+the gated and static export graphs, the shared-prefix evaluator and the learned-gate networks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from edgeskip.errors import EdgeskipError
+from edgeskip.skip import INT8, SKIP, normalize_options
+
+
+class BlockNet(nn.Module):
+    """Base of the built-in ResNet and of any traced model: ``forward(x, skip)`` runs :meth:`plan`."""
+
+    cfg: Any  # a ResNetConfig or NetConfig: num_blocks, num_gates, gated_blocks, input_size, ...
+    stem: nn.Module
+    blocks: nn.ModuleDict
+
+    @property
+    def block_ids(self) -> list[int]:
+        """Global indices of the blocks present in this network, in order."""
+        return [int(k) for k in self.blocks.keys()]
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        """Logits from the output of the last block."""
+        raise NotImplementedError
+
+    def head_modules(self) -> dict[str, nn.Module]:
+        """The submodules :meth:`head` uses, by attribute name (export views adopt them under the same names)."""
+        raise NotImplementedError
+
+    def bypass(self, index: int) -> nn.Module | None:
+        """What a skipped gated block reduces to: None when it is the identity (nothing runs)."""
+        return None
+
+    def variant(self, index: int, option: int) -> nn.Module:
+        """The module running gated block ``index`` under a non-skip, non-full option (the int8 variant)."""
+        raise EdgeskipError(f"block {index} has no variant for option {option} in this model")
+
+    def plan(self, options: object | None) -> list[tuple[int, nn.Module]]:
+        """(global index, module to run) for a skip or option array (None = every block, full precision)."""
+        if options is None:
+            return [(i, self.blocks[str(i)]) for i in self.block_ids]
+        o = normalize_options(options, self.cfg.num_gates)
+        choice = dict(zip(self.cfg.gated_blocks, o))
+        out: list[tuple[int, nn.Module]] = []
+        for i in self.block_ids:
+            c = choice.get(i)
+            if c == SKIP:
+                by = self.bypass(i)
+                if by is not None:
+                    out.append((i, by))
+            elif c == INT8:
+                out.append((i, self.variant(i, c)))
+            else:
+                out.append((i, self.blocks[str(i)]))
+        return out
+
+    def executed_blocks(self, skip: object | None) -> list[int]:
+        """Global indices of the blocks whose computation runs for ``skip`` (None = all)."""
+        present = self.block_ids
+        if skip is None:
+            return present
+        s = normalize_options(skip, self.cfg.num_gates)
+        off = {g for g, e in zip(self.cfg.gated_blocks, s) if e == SKIP}
+        return [i for i in present if i not in off]
+
+    def forward(self, x: torch.Tensor, skip: object | None = None) -> torch.Tensor:
+        h = self.stem(x)
+        for _, block in self.plan(skip):
+            h = block(h)
+        return self.head(h)
+
+
+class ExportView(nn.Module):
+    """Base of the export graphs: adopts a network's stem and head modules under the network's own attribute
+    names, so every graph names each weight as the checkpoint does (``blocks.4.conv1.weight``)."""
+
+    def __init__(self, model: BlockNet) -> None:
+        super().__init__()
+        self.stem = model.stem
+        for name, m in model.head_modules().items():
+            self.add_module(name, m)
+        self._head = model.head  # runs on the adopted modules (the same objects)
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        return self._head(h)
