@@ -43,7 +43,7 @@ from edgeskip.export.elf_check import check_no_imports
 from edgeskip.export.iree_compile import COMMON_FLAGS, Target, compile_mlir
 from edgeskip.export.latency import IreeLatency, ort_static_latency
 from edgeskip.backends.ort import ort_session
-from edgeskip.export.onnx_export import export_gated, max_abs_diff, verify_int8, verify_onnx
+from edgeskip.export.onnx_export import export_gated, logit_diff, verify_int8, verify_onnx
 from edgeskip.backends.iree import SharedIreeExecutor
 from edgeskip.export.shared_weights import import_shared, merge_modules, module_name
 from edgeskip.manifest import ConfigEntry, InputSpec, IreeEntry, Manifest, Normalization, TargetEntry
@@ -80,11 +80,11 @@ def _verify_iree(bundle: Path, targets: Sequence[Target], images: np.ndarray, co
     worst = 0.0
     for k, c in enumerate(configs, start=1):
         ref = ort_session(bundle / "onnx" / f"{c['module']}.onnx").run(None, {"image": images})[0]
-        worst = max(worst, max_abs_diff(host.run(k, images), ref))
+        worst = max(worst, logit_diff(host.run(k, images), ref))
     for s in extra_skips:
         skip = np.array(s, dtype=bool)
         ref = gated_sess.run(None, {"image": images, "skip": skip})[0]
-        worst = max(worst, max_abs_diff(np.asarray(host.invokers[0](images, skip).to_host()), ref))
+        worst = max(worst, logit_diff(np.asarray(host.invokers[0](images, skip).to_host()), ref))
     if worst > TOLERANCE:
         raise EdgeskipError(f"host IREE modules differ from onnxruntime by {worst:.2e} > {TOLERANCE:g}")
     out["host"] = {"iree_vs_onnxruntime": worst}
@@ -105,7 +105,7 @@ def _verify_iree(bundle: Path, targets: Sequence[Target], images: np.ndarray, co
                 skip = np.array(s, dtype=bool)
                 ref = np.asarray(host.invokers[0](images, skip).to_host())
                 got = emulate.run_aarch64(files[0], [images, skip], function="gated", parameters=weights)
-                worst = max(worst, max_abs_diff(got, ref))
+                worst = max(worst, logit_diff(got, ref))
             if worst > TOLERANCE:
                 raise EdgeskipError(f"{t.name} modules under qemu differ from the host by {worst:.2e}")
             out[t.name] = {"executed": True, "emulator": "qemu-aarch64-static", "aarch64_vs_host": worst}
@@ -249,6 +249,8 @@ def build_bundle(ck: Checkpoint, splits: Splits, out: str | os.PathLike, targets
     check_out(out, force)
     model = ck.model()
     calibration = None
+    if int8 and not hasattr(model, "attach_int8"):
+        raise EdgeskipError(f"--int8 block variants exist for edgeskip's own ResNet blocks, not {model.cfg.name}'s")
     if int8:
         from edgeskip.models.quant import calibrate
 

@@ -19,7 +19,7 @@ from torch import nn
 from edgeskip.errors import EdgeskipError
 from edgeskip.models.blocknet import BlockNet
 from edgeskip.models.config import NetConfig
-from edgeskip.models.residual import ResidualSplit, find_blocks, is_relu, why_not_residual
+from edgeskip.models.residual import ResidualSplit, find_blocks, is_relu, select_blocks, why_not_residual
 from edgeskip.models.stochastic_depth import residual
 from edgeskip.models import zoo  # noqa: E402 - submodule import, no cycle
 
@@ -96,7 +96,10 @@ class ChainNet(BlockNet):
     def __init__(self, cfg: NetConfig, source: nn.Module) -> None:
         super().__init__()
         mods = dict(source.named_modules())
-        blocks = list(cfg.blocks) or find_blocks(source)
+        if cfg.resolved:
+            blocks = list(cfg.blocks)
+        else:  # the user's --blocks (paths or globs), else every residual block with an identity shortcut
+            blocks = select_blocks(source, cfg.blocks) if cfg.blocks else find_blocks(source)
         if not blocks:
             raise EdgeskipError(f"{cfg.model} has no residual block with an identity shortcut: nothing to skip "
                                 f"(name blocks with --blocks)")

@@ -113,6 +113,9 @@ def why_not_residual(module: nn.Module) -> str | ResidualSplit:
             continue  # x feeds something besides the branch and the addition
         branch = _sub(module, branch_nodes, x, other)
         tail = _sub(module, tail_nodes, add, cur) if tail_nodes else None
+        for m in tail.modules() if tail is not None else ():
+            if getattr(m, "inplace", False):  # a skipped block runs tail(x): it must not overwrite x
+                m.inplace = False
         relu = len(tail_nodes) == 1 and is_relu(gm, tail_nodes[0])
         return ResidualSplit(branch, tail, relu)
     return "it does not add its input to a branch computed from it (no identity shortcut)"

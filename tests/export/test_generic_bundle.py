@@ -1,0 +1,135 @@
+"""Bring your own model: torchvision, timm and a user's factory through `train` and `compile` (real CLI, real IREE)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from edgeskip.export import emulate
+from edgeskip.manifest import load_manifest
+
+USER_MODULE = """
+    from torch import nn
+
+    class Res(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.f = nn.Sequential(nn.Conv2d(c, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU(),
+                                   nn.Conv2d(c, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c))
+            self.act = nn.ReLU()
+
+        def forward(self, x):
+            return self.act(x + self.f(x))
+
+    def tiny(num_classes, in_channels, width=8):
+        return nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1), nn.ReLU(), Res(width), Res(width),
+                             nn.Conv2d(width, 2 * width, 3, 2, 1), nn.ReLU(), Res(2 * width), Res(2 * width),
+                             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * width, num_classes))
+"""
+
+
+def run(*args, pythonpath=None):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if pythonpath:
+        env["PYTHONPATH"] = os.pathsep.join([str(pythonpath), env.get("PYTHONPATH", "")])
+    return subprocess.run([sys.executable, "-m", "edgeskip.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=900, env=env)
+
+
+@pytest.fixture(scope="module")
+def user_bundle(tmp_path_factory):
+    """A user's model given as module:factory from a file, trained on digits and compiled for host + aarch64."""
+    d = tmp_path_factory.mktemp("user")
+    (d / "usermodels.py").write_text(textwrap.dedent(USER_MODULE))
+    ck = d / "model.pt"
+    res = run("train", "--model", "usermodels:tiny", "--epochs", "8", "--out", ck, "--quiet", "--threads", "1",
+              pythonpath=d)
+    assert res.returncode == 0, res.stderr
+    out = d / "bundle"
+    res = run("compile", "--checkpoint", ck, "--target", "host,aarch64", "--out", out, "--repeats", "3", "--quiet",
+              pythonpath=d)
+    assert res.returncode == 0, res.stderr
+    return d, ck, out
+
+
+def test_a_users_model_becomes_a_verified_bundle(user_bundle):
+    d, ck, out = user_bundle
+    m = load_manifest(out)
+    assert m.model["model"] == "usermodels:tiny" and m.model["blocks"] == ["2", "3", "6", "7"]
+    assert m.num_gates == 4 and m.input.shape == ("N", 1, 8, 8)
+    v = m.extra["verification"]
+    assert v["onnx"]["gated_vs_torch"] <= 1e-4 and v["iree"]["host"]["iree_vs_onnxruntime"] <= 1e-4
+    if emulate.missing() is None or os.environ.get("CI"):
+        assert v["iree"]["aarch64"]["executed"] and v["iree"]["aarch64"]["aarch64_vs_host"] <= 1e-4
+    front = json.loads((out / "pareto.json").read_text())
+    assert front["model"]["model"] == "usermodels:tiny" and front["configs"][0]["val_accuracy"] > 0.8
+    ins = run("inspect", out)
+    assert ins.returncode == 0 and "usermodels:tiny" in ins.stdout, ins.stderr
+
+
+def test_the_runtime_serves_a_users_model_as_pytorch_computes_it(user_bundle):
+    """The deployed executor (no torch) against the checkpoint, config by config."""
+    import torch
+
+    from edgeskip.runtime.executor import open_executor
+    from edgeskip.train import load_model
+
+    d, ck, out = user_bundle
+    sys.path.insert(0, str(d))
+    try:
+        model, _ = load_model(ck)
+    finally:
+        sys.path.remove(str(d))
+    m = load_manifest(out)
+    x = np.random.default_rng(0).normal(size=(3, 1, 8, 8)).astype(np.float32)
+    ex = open_executor(out, backend="iree")
+    with torch.no_grad():
+        for k, c in enumerate(m.configs):  # the static config modules
+            np.testing.assert_allclose(ex.infer(x, config=k), model(torch.from_numpy(x), list(c.skip)).numpy(),
+                                       atol=1e-4, rtol=1e-4)
+        for skip in ("0101", "1010"):  # any skip array: the gated module
+            np.testing.assert_allclose(ex.infer(x, skip=skip), model(torch.from_numpy(x), skip).numpy(),
+                                       atol=1e-4, rtol=1e-4)
+
+
+# one tiny configuration per library, its design space bounded by --blocks to keep the test short
+FAMILIES = [
+    ("torchvision:resnet18", [], "layer3.1,layer4.1"),
+    ("torchvision:mobilenet_v2", ["width_mult=0.25"], "features.5,features.9"),
+    ("timm:resnet18", ["channels=[8,16,32,64]", "stem_width=8"], "layer*.1"),
+]
+
+
+@pytest.mark.parametrize("spec,args,blocks", FAMILIES, ids=[f[0] for f in FAMILIES])
+def test_each_library_model_compiles_on_the_host(tmp_path, spec, args, blocks):
+    extra = [a for arg in args for a in ("--model-arg", arg)]
+    res = run("compile", "--model", spec, *extra, "--blocks", blocks, "--epochs", "1", "--target", "host",
+              "--repeats", "2", "--out", tmp_path / "b", "--quiet", "--threads", "1")
+    assert res.returncode == 0, res.stderr
+    m = load_manifest(tmp_path / "b")
+    assert m.model["model"] == spec and m.num_gates == (2 if spec.startswith("torchvision:resnet") else
+                                                         2 if "mobilenet" in spec else 4)
+    assert m.extra["verification"]["iree"]["host"]["iree_vs_onnxruntime"] <= 1e-4
+
+
+def test_model_options_bad_input(tmp_path):
+    def bad(*args, fragment):
+        res = run("train", *args, "--epochs", "1", "--out", tmp_path / "m.pt", "--quiet")
+        lines = [line for line in res.stderr.strip().splitlines() if line.strip()]
+        assert res.returncode == 2 and len(lines) == 1 and fragment in lines[0], res.stderr
+        assert not (tmp_path / "m.pt").exists()
+
+    bad("--model", "torchvision:no_such_net", fragment="unknown torchvision model")
+    bad("--model", "no_such_module_xyz:f", fragment="cannot import")
+    bad("--model", "torchvision:resnet18", "--width", "8", fragment="--width shape(s) the built-in ResNet")
+    bad("--model-arg", "width_mult=0.5", fragment="--model-arg and --blocks apply to")
+    bad("--model", "torchvision:resnet18", "--blocks", "layer2.0", fragment="not a residual block")
+    bad("--model", "torchvision:resnet18", "--model-arg", "oops", fragment="KEY=VALUE")
+    bad("--model", "torchvision:resnet18", "--gates", "rnn", fragment="learned gates")
+    bad("--model", "torchvision:resnet18", "--init-weights", tmp_path / "none.pt", fragment="does not exist")
