@@ -11,11 +11,13 @@ Also: linear fit of latency vs skipped blocks (R^2), all-skip speed-up over the 
 resident memory with every config loaded vs one (fresh subprocesses).
 
     python bench/zero_overhead.py --checkpoint bench/results/r20_sd.pt --depth 110 --out bench/results
+    python bench/zero_overhead.py --model torchvision:resnet18 --model 'torchvision:mobilenet_v2{"width_mult": 0.5}'
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import shlex
 import subprocess
@@ -36,7 +38,8 @@ from edgeskip.export.latency import ort_static_latency  # noqa: E402
 from edgeskip.export.onnx_export import export_gated, export_static  # noqa: E402
 from edgeskip.backends.iree import IreeModule, SharedIreeExecutor  # noqa: E402
 from edgeskip.export.shared_weights import build_shared_modules, import_shared, module_name  # noqa: E402
-from edgeskip.models import ResNetConfig, build_model, skip_from_indices  # noqa: E402
+from edgeskip.manifest import model_label  # noqa: E402
+from edgeskip.models import NetConfig, ResNetConfig, build_model, skip_from_indices  # noqa: E402
 from edgeskip.pareto.latency import interleaved_median  # noqa: E402
 from edgeskip.pareto.ranking import rank_blocks  # noqa: E402
 from edgeskip.train import load_checkpoint  # noqa: E402
@@ -134,12 +137,17 @@ def bench_model(label: str, model, ck, counts, repeats: int, work: Path) -> dict
            "rss_delta_kib_shared_all_configs": rss_delta_kib("shared", shared.weights, list(shared.modules), shape),
            "rss_delta_kib_separate_all_configs": rss_delta_kib("separate", None, separate_paths, shape),
            "weights_bytes": shared.weights.stat().st_size, "configs": len(skips)}
-    return {"label": label, "depth": cfg.depth, "num_gates": cfg.num_gates, "configs_from": how, "repeats": repeats,
+    return {"label": label, "model": model_label(cfg.to_dict()), "input_size": list(cfg.input_size),
+            "num_gates": cfg.num_gates, "configs_from": how, "repeats": repeats,
             "build_seconds": build_s, "original_s": med[0], "rows": rows, "fit": fit,
             "max_skip_speedup_over_original": med[0] / most["runtime_s"], "max_skip_n": most["n_skipped"],
             "runtime_over_separate_max": max(r["runtime_over_separate"] for r in rows),
             "gated_over_separate_range": [min(r["gated_over_separate"] for r in rows), max(r["gated_over_separate"] for r in rows)],
             "memory": mem}
+
+
+def _name(r: dict) -> str:
+    return r.get("model") or f"ResNet-{r['depth']}"
 
 
 def plot(results: list[dict], dest: Path) -> None:
@@ -149,7 +157,7 @@ def plot(results: list[dict], dest: Path) -> None:
         for key, style, lab in (("separate_s", "-o", "separate static (limit)"), ("runtime_s", "--x", "runtime (shared weights)"),
                                 ("gated_s", ":s", "gated (If per gate)"), ("onnxruntime_s", "-.^", "onnxruntime static (1 thread)")):
             ax.plot(n, [1e3 * row[key] for row in r["rows"]], style, ms=4, label=lab)
-        ax.set_title(f"ResNet-{r['depth']}: batch-1 latency, IREE local-sync")
+        ax.set_title(f"{_name(r)}: batch-1 latency, IREE local-sync")
         ax.set_xlabel("skipped blocks")
         ax.set_ylabel("ms")
         ax.grid(alpha=0.3)
@@ -162,6 +170,9 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", type=Path, help="trained checkpoint (its Pareto configs are used)")
     ap.add_argument("--depth", type=int, action="append", default=[], help="also an untrained CIFAR ResNet of this depth")
+    ap.add_argument("--model", action="append", default=[], metavar="SPEC[JSON]",
+                    help='also an untrained library model, e.g. torchvision:resnet18 or timm:resnet34{"channels": [16,32,64,128]}')
+    ap.add_argument("--input-size", type=int, default=32, help="image size of the --model networks (square)")
     ap.add_argument("--counts", default=None, help="skipped-block counts for untrained models, e.g. 0,10,20,30,40,51")
     ap.add_argument("--repeats", type=int, default=50)
     ap.add_argument("--out", type=Path, default=Path("bench/results"))
@@ -179,12 +190,18 @@ def main(argv: list[str] | None = None) -> None:
             counts = [int(c) for c in args.counts.split(",")] if args.counts else None
             counts = [c for c in counts if c <= model.cfg.num_gates] if counts else None
             results.append(bench_model(f"untrained ResNet-{d}", model, None, counts, args.repeats, Path(tmp) / f"d{d}"))
+        for k, spec in enumerate(args.model):
+            name, _, kw = spec.partition("{")
+            torch.manual_seed(0)
+            cfg = NetConfig(name, input_size=(args.input_size, args.input_size), kwargs=json.loads("{" + kw) if kw else {})
+            model = build_model(cfg).eval()
+            results.append(bench_model(f"untrained {spec}", model, None, None, args.repeats, Path(tmp) / f"m{k}"))
     doc = {"command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])]),
            "host": platform.processor() or platform.machine(), "driver": "local-sync", "results": results}
     write_json(args.out / f"{args.name}.json", doc)
     plot(results, args.out / f"{args.name}.png")
     for r in results:
-        print(f"ResNet-{r['depth']} ({r['label']}): runtime/separate max {r['runtime_over_separate_max']:.3f}, "
+        print(f"{_name(r)} ({r['label']}): runtime/separate max {r['runtime_over_separate_max']:.3f}, "
               f"gated/separate {r['gated_over_separate_range'][0]:.2f}-{r['gated_over_separate_range'][1]:.2f}, "
               f"fit R^2 {r['fit']['r2']:.3f}, {r['max_skip_n']}-skip speed-up {r['max_skip_speedup_over_original']:.2f}x, "
               f"RSS growth (KiB): shared one {r['memory']['rss_delta_kib_shared_one_config']}, shared all "
