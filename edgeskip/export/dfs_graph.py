@@ -105,10 +105,8 @@ class DFSGraph(ExportView):
         self.order = list(range(n))[::-1] if order is None else [int(o) for o in order]
         if sorted(self.order) != list(range(n)):
             raise EdgeskipError(f"switch order must be a permutation of the option indices 0..{n - 1}, got {order}")
-        self.blocks = model.blocks
         self.gates, self.gate_core = model.gates, model.gate_core
         self.gate_of = dict(model.gate_of)
-        self.blocks_order = model.block_ids
         self.n_opt = n
         self.options = nn.ModuleDict()
         for b, k in self.gate_of.items():
@@ -121,18 +119,16 @@ class DFSGraph(ExportView):
             self.options[str(b)] = nn.ModuleList(variants)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.stem(image)
-        state = None
+        state: list = [None]
         chosen = []
-        for b in self.blocks_order:
-            if b not in self.gate_of:
-                h = self.blocks[str(b)](h)
-                continue
-            logit, state = self.gates[self.gate_of[b]](h, state)
+
+        def step(b: int, block: nn.Module, h: torch.Tensor) -> torch.Tensor:
+            logit, state[0] = self.gates[self.gate_of[b]](h, state[0])
             c = logit.reshape(self.n_opt).argmax()
             chosen.append(c)
-            h = _switch(h, c, list(self.options[str(b)]), self.order)
-        return self.head(h), torch.stack(chosen)
+            return _switch(h, c, list(self.options[str(b)]), self.order)
+
+        return self.walk(image, step), torch.stack(chosen)
 
 
 def _conv_integer(graph, produced: dict) -> int:

@@ -31,20 +31,12 @@ class GatedGraph(ExportView):
 
     def __init__(self, model: BlockNet) -> None:
         super().__init__(model)
-        self.blocks = model.blocks
         self.gate_of = {b: k for k, b in enumerate(model.cfg.gated_blocks)}
-        self.order = model.block_ids
         self.bypass = {b: bypass_branch(model, b) for b in self.gate_of}
 
     def forward(self, image: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        h = self.stem(image)
-        for b in self.order:
-            block = self.blocks[str(b)]
-            if b in self.gate_of:
-                h = torch.cond(skip[self.gate_of[b]], lambda t, block=block: block(t), self.bypass[b], (h,))
-            else:
-                h = block(h)
-        return self.head(h)
+        return self.walk(image, lambda b, block, h: torch.cond(skip[self.gate_of[b]], lambda t: block(t),
+                                                               self.bypass[b], (h,)))
 
 
 class StaticGraph(ExportView):
@@ -53,11 +45,7 @@ class StaticGraph(ExportView):
     checkpoint's names)."""
 
     def __init__(self, model: BlockNet, skip: Sequence[object]) -> None:
-        super().__init__(model)
-        self.blocks = nn.ModuleDict({str(b): block for b, block in model.plan(skip)})
+        super().__init__(model, nn.ModuleDict({str(b): block for b, block in model.plan(skip)}))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        h = self.stem(image)
-        for block in self.blocks.values():
-            h = block(h)
-        return self.head(h)
+        return self.walk(image)

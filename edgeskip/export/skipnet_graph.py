@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from edgeskip.errors import EdgeskipError
 from edgeskip.backends.ort import ort_session
@@ -25,27 +26,23 @@ class SkipNetGraph(ExportView):
 
     def __init__(self, model: SkipNetResNet) -> None:
         super().__init__(model)
-        self.blocks, self.gates = model.blocks, model.gates
+        self.gates = model.gates
         if hasattr(model, "gate_core"):
             self.gate_core = model.gate_core
         self.gate_of = dict(model.gate_of)
-        self.order = model.block_ids
         self.threshold = float(model.gate_cfg.threshold)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.stem(image)
-        state = None
+        state: list = [None]
         decisions = []
-        for b in self.order:
-            block = self.blocks[str(b)]
-            if b not in self.gate_of:
-                h = block(h)
-                continue
-            logit, state = self.gates[self.gate_of[b]](h, state)
+
+        def step(b: int, block: nn.Module, h: torch.Tensor) -> torch.Tensor:
+            logit, state[0] = self.gates[self.gate_of[b]](h, state[0])
             run = (torch.sigmoid(logit) >= self.threshold).reshape(())
             decisions.append(run)
-            h = torch.cond(run, lambda t, block=block: block(t), lambda t: t.clone(), (h,))
-        return self.head(h), torch.stack(decisions)
+            return torch.cond(run, lambda t: block(t), lambda t: t.clone(), (h,))
+
+        return self.walk(image, step), torch.stack(decisions)
 
 
 def export_skipnet(model: SkipNetResNet, dest: str | os.PathLike) -> Path:

@@ -8,7 +8,7 @@ the gated and static export graphs, the shared-prefix evaluator and the learned-
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
@@ -17,21 +17,52 @@ from edgeskip.errors import EdgeskipError
 from edgeskip.skip import INT8, SKIP, normalize_options
 
 
-class BlockNet(nn.Module):
-    """Base of the built-in ResNet and of any traced model: ``forward(x, skip)`` runs :meth:`plan`."""
+Step = Callable[[int, nn.Module, torch.Tensor], torch.Tensor]
 
-    cfg: Any  # a ResNetConfig or NetConfig: num_blocks, num_gates, gated_blocks, input_size, ...
+
+class Walk(nn.Module):
+    """``stem -> blocks -> head`` over ``blocks`` in ``walk_order``: the one forward walk. A gated block (index in
+    ``walk_gated``) runs through ``step(index, block, h)``, which decides (a skip array, a torch.cond, a learned
+    gate); every other block runs as it is."""
+
     stem: nn.Module
     blocks: nn.ModuleDict
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        """Logits from the output of the last block."""
+        raise NotImplementedError
+
+    @property
+    def walk_order(self) -> Iterable[int]:
+        return [int(k) for k in self.blocks.keys()]
+
+    @property
+    def walk_gated(self) -> set[int]:
+        return set()
+
+    def walk(self, x: torch.Tensor, step: Step | None = None) -> torch.Tensor:
+        h = self.stem(x)
+        gated = self.walk_gated if step is not None else ()
+        for b in self.walk_order:
+            block = self.blocks[str(b)]
+            h = step(b, block, h) if b in gated else block(h)  # type: ignore[misc]
+        return self.head(h)
+
+
+class BlockNet(Walk):
+    """Base of the built-in ResNet and of any traced model: ``forward(x, skip)`` walks the blocks :meth:`plan`
+    chooses."""
+
+    cfg: Any  # a ResNetConfig or NetConfig: num_blocks, num_gates, gated_blocks, input_size, ...
 
     @property
     def block_ids(self) -> list[int]:
         """Global indices of the blocks present in this network, in order."""
         return [int(k) for k in self.blocks.keys()]
 
-    def head(self, h: torch.Tensor) -> torch.Tensor:
-        """Logits from the output of the last block."""
-        raise NotImplementedError
+    @property
+    def walk_gated(self) -> set[int]:
+        return set(self.cfg.gated_blocks)
 
     def head_modules(self) -> dict[str, nn.Module]:
         """The submodules :meth:`head` uses, by attribute name (export views adopt them under the same names)."""
@@ -74,22 +105,29 @@ class BlockNet(nn.Module):
         return [i for i in present if i not in off]
 
     def forward(self, x: torch.Tensor, skip: object | None = None) -> torch.Tensor:
-        h = self.stem(x)
-        for _, block in self.plan(skip):
-            h = block(h)
-        return self.head(h)
+        if skip is None:
+            return self.walk(x)
+        run = dict(self.plan(skip))
+        return self.walk(x, lambda b, block, h: run[b](h) if b in run else h)
 
 
-class ExportView(nn.Module):
-    """Base of the export graphs: adopts a network's stem and head modules under the network's own attribute
-    names, so every graph names each weight as the checkpoint does (``blocks.4.conv1.weight``)."""
+class ExportView(Walk):
+    """Base of the export graphs: adopts a network's stem, blocks and head modules under the network's own
+    attribute names, so every graph names each weight as the checkpoint does (``blocks.4.conv1.weight``), and
+    walks them as the network does."""
 
-    def __init__(self, model: BlockNet) -> None:
+    def __init__(self, model: BlockNet, blocks: nn.ModuleDict | None = None) -> None:
         super().__init__()
         self.stem = model.stem
+        self.blocks = model.blocks if blocks is None else blocks
         for name, m in model.head_modules().items():
             self.add_module(name, m)
         self._head = model.head  # runs on the adopted modules (the same objects)
+        self._gated = set(model.cfg.gated_blocks) if blocks is None else set()
+
+    @property
+    def walk_gated(self) -> set[int]:
+        return self._gated
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
         return self._head(h)

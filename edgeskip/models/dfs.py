@@ -139,15 +139,12 @@ class DFSResNet(CifarResNet):
     def run(self, x: torch.Tensor) -> DFSOutput:
         """Training: every option's output mixed by the straight-through one-hot; eval: only the chosen
         option is computed, per input."""
-        h = self.stem(x)
-        state = None
+        state: list = [None]
         choices, probs = [], []
         n_opt = len(self.gate_cfg.options)
-        for b in self.block_ids:
-            if b not in self.gate_of:
-                h = self.blocks[str(b)](h)
-                continue
-            logit, state = self.gates[self.gate_of[b]](h, state)
+
+        def step(b: int, block: nn.Module, h: torch.Tensor) -> torch.Tensor:
+            logit, state[0] = self.gates[self.gate_of[b]](h, state[0])
             logit = logit.view(-1, n_opt)
             p = F.softmax(logit, dim=1)
             c = p.argmax(1)
@@ -156,16 +153,17 @@ class DFSResNet(CifarResNet):
             if self.training:
                 m = F.one_hot(c, n_opt).to(p.dtype) + p - p.detach()
                 outs = torch.stack([self.option_output(b, h, o) for o in range(n_opt)], 1)
-                h = (m.view(*m.shape, 1, 1, 1) * outs).sum(1)
-            else:
-                new = h.clone()
-                for o in c.unique().tolist():
-                    idx = (c == o).nonzero().flatten()
-                    new[idx] = self.option_output(b, h.index_select(0, idx), o)
-                h = new
+                return (m.view(*m.shape, 1, 1, 1) * outs).sum(1)
+            new = h.clone()
+            for o in c.unique().tolist():
+                idx = (c == o).nonzero().flatten()
+                new[idx] = self.option_output(b, h.index_select(0, idx), o)
+            return new
+
+        logits = self.walk(x, step)
         choice = torch.stack(choices, 1)
         prob = torch.stack(probs, 1)
         # differentiable cp: the straight-through one-hot's expected cost (forward: the chosen options' cost)
         hard = F.one_hot(choice, n_opt).to(prob.dtype) + prob - prob.detach()
         cp = (hard * self.option_cost).sum(2) @ self.block_share
-        return DFSOutput(self.head(h), choice, prob, cp)
+        return DFSOutput(logits, choice, prob, cp)

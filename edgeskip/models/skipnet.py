@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from edgeskip.models.config import ResNetConfig
 from edgeskip.models.cost import breakdown
@@ -63,26 +64,20 @@ class SkipNetResNet(CifarResNet):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")
         thr = float(self.gate_cfg.threshold)
-        h = self.stem(x)
-        state = None
+        state: list = [None]
         execs, probs, logps = [], [], []
-        for b in self.block_ids:
-            block = self.blocks[str(b)]
-            if b not in self.gate_of:
-                h = block(h)
-                continue
-            logit, state = self.gates[self.gate_of[b]](h, state)
+
+        def step(b: int, block: nn.Module, h: torch.Tensor) -> torch.Tensor:
+            logit, state[0] = self.gates[self.gate_of[b]](h, state[0])
             p = torch.sigmoid(logit)
             probs.append(p)
             if mode == "hard":
                 e = p >= thr
+                execs.append(e)
                 idx = e.nonzero().flatten()
                 if len(idx) == len(e):
-                    h = block(h)
-                elif len(idx):
-                    h = h.index_copy(0, idx, block(h.index_select(0, idx)))
-                execs.append(e)
-                continue
+                    return block(h)
+                return h.index_copy(0, idx, block(h.index_select(0, idx))) if len(idx) else h
             if mode == "st":
                 hard = (p >= thr).to(p.dtype)
                 m = hard + p - p.detach()
@@ -90,14 +85,16 @@ class SkipNetResNet(CifarResNet):
                 hard = torch.bernoulli(p.detach())
                 m = hard
                 logps.append(hard * torch.log(p.clamp_min(1e-6)) + (1 - hard) * torch.log((1 - p).clamp_min(1e-6)))
-            m4 = m.view(-1, 1, 1, 1)
-            h = m4 * block(h) + (1 - m4) * h
             execs.append(hard > 0.5)
+            m4 = m.view(-1, 1, 1, 1)
+            return m4 * block(h) + (1 - m4) * h
+
+        logits = self.walk(x, step)
         n = x.shape[0]
         execute = torch.stack(execs, 1) if execs else torch.ones(n, 0, dtype=torch.bool)
         prob = torch.stack(probs, 1) if probs else torch.ones(n, 0)
         log_prob = torch.stack(logps, 1).sum(1) if logps else None
-        return GatedOutput(self.head(h), execute, prob, log_prob)
+        return GatedOutput(logits, execute, prob, log_prob)
 
 
 def gate_costs(cfg: ResNetConfig, gate_cfg: GateConfig) -> list[int]:

@@ -262,3 +262,11 @@ def test_resolved_config_round_trips_and_rebuilds_the_same_network():
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(again.eval()(x), net.eval()(x))
+
+
+@pytest.mark.parametrize("spec,gmacs", [("torchvision:resnet18", 1.81), ("torchvision:resnet50", 4.09),
+                                        ("torchvision:mobilenet_v2", 0.30)])
+def test_traced_macs_at_224_match_torchvisions_published_counts(spec, gmacs):
+    """torchvision's model cards give GFLOPS (multiply-accumulates) at 224x224, 1000 classes."""
+    net = build_model(NetConfig(spec, input_size=(224, 224), num_classes=1000))
+    assert round(count_macs(net).total() / 1e9, 2) == gmacs
