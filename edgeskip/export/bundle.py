@@ -40,7 +40,7 @@ from edgeskip.data.dataset import Splits
 from edgeskip.errors import EdgeskipError
 from edgeskip.export import emulate
 from edgeskip.export.elf_check import check_no_imports
-from edgeskip.export.iree_compile import COMMON_FLAGS, Target, compile_mlir
+from edgeskip.export.iree_compile import COMMON_FLAGS, Target, compile_many
 from edgeskip.export.latency import IreeLatency, ort_static_latency
 from edgeskip.backends.ort import ort_session
 from edgeskip.export.onnx_export import export_gated, logit_diff, verify_int8, verify_onnx
@@ -310,9 +310,8 @@ def build_bundle(ck: Checkpoint, splits: Splits, out: str | os.PathLike, targets
         parts.update({c["module"]: lat.built[c["module"]][2] for c in floats})  # imported while measuring
         merged = merge_modules(parts, work / "model.mlir")
         for t in targets:
-            tdir = tmp / "iree" / t.name
-            tdir.mkdir(parents=True, exist_ok=True)
-            compile_mlir(merged, t, tdir / "model.vmfb")
+            (tmp / "iree" / t.name).mkdir(parents=True, exist_ok=True)
+        compile_many([(merged, t, tmp / "iree" / t.name / "model.vmfb") for t in targets])
 
         log("verifying compiled modules ...")
         images = xb.numpy().astype(np.float32)

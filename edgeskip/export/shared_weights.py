@@ -19,7 +19,7 @@ import numpy as np
 
 from edgeskip.backends.iree import parameter_index
 from edgeskip.errors import EdgeskipError
-from edgeskip.export.iree_compile import Target, compile_mlir, import_onnx
+from edgeskip.export.iree_compile import Target, compile_many, import_onnx
 from edgeskip.export.onnx_export import export_static
 from edgeskip.models import BlockNet
 from edgeskip.skip import options_to_str
@@ -180,10 +180,11 @@ def build_shared_modules(model: BlockNet, skip_arrays: Sequence[Sequence[object]
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     weights = write_weights(model, out / "weights.irpa", work)
-    modules, graphs, mlirs = [], [], []
-    for skip in skip_arrays:
+    graphs, mlirs = [], []
+    for skip in skip_arrays:  # export and import in turn (import may add to the shared archive) ...
         name = module_name(skip)
         graphs.append(export_static(model, skip, work / f"{name}.onnx"))
         mlirs.append(import_shared(graphs[-1], weights, work, name))
-        modules.append(compile_mlir(mlirs[-1], target, out / f"{name}.{target.name}.vmfb"))
+    # ... then compile them side by side
+    modules = compile_many([(m, target, out / f"{module_name(s)}.{target.name}.vmfb") for m, s in zip(mlirs, skip_arrays)])
     return SharedModules(weights, tuple(modules), tuple(graphs), tuple(mlirs))

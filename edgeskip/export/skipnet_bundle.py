@@ -32,7 +32,7 @@ from edgeskip.export import emulate
 from edgeskip.export.bundle import (TOLERANCE, check_out, finish_bundle, staging, targets_manifest, tool_versions,
                                     with_host, write_sample)
 from edgeskip.export.elf_check import check_no_imports
-from edgeskip.export.iree_compile import COMMON_FLAGS, Target, compile_mlir, import_onnx
+from edgeskip.export.iree_compile import COMMON_FLAGS, Target, compile_many, import_onnx
 from edgeskip.backends.ort import ort_session
 from edgeskip.export.onnx_export import INT8_TOLERANCE, max_abs_diff
 from edgeskip.export.shared_weights import rename_module
@@ -184,7 +184,7 @@ def build_skipnet_bundle(ck: Checkpoint, splits: Splits, out: str | os.PathLike,
         rename_module(mlir, kind)
         for t in targets:
             (tmp / "iree" / t.name).mkdir(exist_ok=True)
-            compile_mlir(mlir, t, tmp / "iree" / t.name / f"{kind}.vmfb")
+        compile_many([(mlir, t, tmp / "iree" / t.name / f"{kind}.vmfb") for t in targets])
 
         log("verifying compiled modules ...")
         images = xb.numpy().astype(np.float32)

@@ -50,3 +50,18 @@ def test_check_shared_rejects_foreign_weights(shared, tiny_model):
     assert check_shared(sm.weights, d / "work" / "static_101101.irpa") > 0
     with pytest.raises(EdgeskipError, match="differs from the shared archive"):
         check_shared(foreign.weights, d / "work" / "static_101101.irpa")
+
+
+def test_compile_jobs_setting(monkeypatch):
+    import pytest
+
+    from edgeskip.errors import EdgeskipError
+    from edgeskip.export.iree_compile import compile_jobs
+
+    monkeypatch.setenv("EDGESKIP_COMPILE_JOBS", "3")
+    assert compile_jobs() == 3
+    monkeypatch.setenv("EDGESKIP_COMPILE_JOBS", "0")
+    with pytest.raises(EdgeskipError, match="EDGESKIP_COMPILE_JOBS"):
+        compile_jobs()
+    monkeypatch.delenv("EDGESKIP_COMPILE_JOBS")
+    assert compile_jobs() >= 1
