@@ -104,8 +104,8 @@ def compiler_binary() -> str:
 
 
 def compile_jobs() -> int:
-    """Compiler processes run at once: ``EDGESKIP_COMPILE_JOBS``, else one per CPU core (iree-compile on these
-    small modules is single-threaded, so a 2-core machine compiles a bundle's modules about twice as fast)."""
+    """Compiler processes run at once: ``EDGESKIP_COMPILE_JOBS``, else one per CPU core available (iree-compile
+    keeps about one core busy on these small modules, so the others would idle)."""
     env = os.environ.get("EDGESKIP_COMPILE_JOBS", "")
     if env:
         if not env.isdigit() or int(env) < 1:
