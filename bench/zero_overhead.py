@@ -2,9 +2,10 @@
 
 For each config (skip array) of a model, measured side by side in one process, batch 1, round-robin
 (median of ``--repeats``):
-- runtime:  the config's static module in the shared-weights VmContext (what the runtime runs),
-- separate: a static network with exactly those blocks removed, built and loaded on its own
-            (weights inline, own context) -- the physical limit,
+- runtime:  the config's static module in the shared-weights VmContext (what the runtime runs; its graph cut
+            from the gated graph, as `compile` makes it),
+- separate: a static network with exactly those blocks removed, traced from the model, built and loaded on
+            its own (weights inline, own context) -- the physical limit,
 - gated:    the gated module (one If per gate) at that skip array,
 - ort:      onnxruntime on the config's static graph (1 thread).
 Also: linear fit of latency vs skipped blocks (R^2), all-skip speed-up over the ungated original, and
@@ -97,12 +98,15 @@ def bench_model(label: str, model, ck, counts, repeats: int, work: Path) -> dict
     cfg = model.cfg
     skips, how = configs_for(model, ck, counts)
     t0 = time.time()
-    shared = build_shared_modules(model, skips, TARGETS["host"], work / "shared", work / "shared_work")
-    gated_mlir = import_shared(export_gated(model, work / "gated.onnx"), shared.weights, work / "shared_work", "gated")
+    # the runtime as a bundle ships it: static graphs cut from the gated graph, one shared weight archive ...
+    gated_onnx = export_gated(model, work / "gated.onnx")
+    shared = build_shared_modules(model, skips, TARGETS["host"], work / "shared", work / "shared_work", gated_onnx)
+    gated_mlir = import_shared(gated_onnx, shared.weights, work / "shared_work", "gated")
     gated_vmfb = compile_mlir(gated_mlir, TARGETS["host"], work / "gated.vmfb")
     runtime = SharedIreeExecutor(shared.weights, [gated_vmfb, *shared.modules])
     separate, separate_paths = [], []
-    for s, onnx_path in zip(skips, shared.onnx):
+    for s in skips:  # ... against each config built on its own: traced from the model, its own weights
+        onnx_path = export_static(model, s, work / f"sep_{module_name(s)}.onnx")
         mlir = import_onnx(onnx_path, work / f"sep_{module_name(s)}.mlir")
         separate_paths.append(compile_mlir(mlir, TARGETS["host"], work / f"sep_{module_name(s)}.vmfb"))
         separate.append(IreeModule(separate_paths[-1]))

@@ -10,7 +10,7 @@ import numpy as np
 
 from edgeskip.export.iree_compile import TARGETS
 from edgeskip.backends.ort import ort_session
-from edgeskip.export.onnx_export import export_static
+from edgeskip.export.onnx_export import export_gated, export_static
 from edgeskip.backends.iree import SharedIreeExecutor
 from edgeskip.export.shared_weights import build_shared_modules, module_name
 from edgeskip.models import BlockNet
@@ -33,10 +33,14 @@ class IreeLatency:
         self.image = np.random.default_rng(0).standard_normal((1, cfg.in_channels, *cfg.input_size), np.float32)
         self.built: dict[str, tuple[Path, Path, Path]] = {}  # module name -> (vmfb, onnx, mlir)
         self.weights: Path | None = None
+        self.gated: Path | None = None  # the gated graph, exported once: every static graph is cut from it
 
     def measure(self, skip_arrays: Sequence[object]) -> list[float]:
         skips = [normalize_options(s, self.model.cfg.num_gates) for s in skip_arrays]
-        built = build_shared_modules(self.model, skips, TARGETS["host"], self.out, self.work)
+        if self.gated is None:
+            self.work.mkdir(parents=True, exist_ok=True)
+            self.gated = export_gated(self.model, self.work / "gated.onnx")
+        built = build_shared_modules(self.model, skips, TARGETS["host"], self.out, self.work, self.gated)
         self.weights = built.weights
         self.built.update({module_name(s): paths for s, *paths in zip(skips, built.modules, built.onnx, built.mlir)})
         ex = SharedIreeExecutor(built.weights, built.modules)

@@ -59,10 +59,12 @@ def module_name(skip: Sequence[object]) -> str:
     return "static_" + options_to_str(skip)
 
 
-def write_weights(model: BlockNet, dest: str | os.PathLike, work_dir: str | os.PathLike) -> Path:
-    """The shared archive: every parameter of the full network (BN folded), by module path."""
+def write_weights(model: BlockNet, dest: str | os.PathLike, work_dir: str | os.PathLike,
+                  gated: Path | None = None) -> Path:
+    """The shared archive: every parameter of the full network (BN folded), by module path (``gated``: see
+    :func:`export_static`)."""
     work = Path(work_dir)
-    full = export_static(model, [1] * model.cfg.num_gates, work / "full.onnx")
+    full = export_static(model, [1] * model.cfg.num_gates, work / "full.onnx", gated)
     import_onnx(full, work / "full.mlir", params=dest)
     return Path(dest)
 
@@ -174,16 +176,18 @@ class SharedModules:
 
 
 def build_shared_modules(model: BlockNet, skip_arrays: Sequence[Sequence[object]], target: Target,
-                         out_dir: str | os.PathLike, work_dir: str | os.PathLike) -> SharedModules:
-    """Export, import and compile one static module per skip array, all using ``weights.irpa``."""
+                         out_dir: str | os.PathLike, work_dir: str | os.PathLike,
+                         gated: Path | None = None) -> SharedModules:
+    """Export, import and compile one static module per skip array, all using ``weights.irpa``. With the model's
+    ``gated`` graph, every static graph is cut from it (:func:`export_static`) rather than traced."""
     out, work = Path(out_dir), Path(work_dir)
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
-    weights = write_weights(model, out / "weights.irpa", work)
+    weights = write_weights(model, out / "weights.irpa", work, gated)
     graphs, mlirs = [], []
     for skip in skip_arrays:  # export and import in turn (import may add to the shared archive) ...
         name = module_name(skip)
-        graphs.append(export_static(model, skip, work / f"{name}.onnx"))
+        graphs.append(export_static(model, skip, work / f"{name}.onnx", gated))
         mlirs.append(import_shared(graphs[-1], weights, work, name))
     # ... then compile them side by side
     modules = compile_many([(m, target, out / f"{module_name(s)}.{target.name}.vmfb") for m, s in zip(mlirs, skip_arrays)])

@@ -122,7 +122,7 @@ class ExportView(Walk):
         self.blocks = model.blocks if blocks is None else blocks
         for name, m in model.head_modules().items():
             self.add_module(name, m)
-        self._head = model.head  # runs on the adopted modules (the same objects)
+        self._head = type(model).head  # the network's head code, run on this view's adopted modules
         self._gated = set(model.cfg.gated_blocks) if blocks is None else set()
 
     @property
@@ -130,4 +130,4 @@ class ExportView(Walk):
         return self._gated
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
-        return self._head(h)
+        return self._head(self, h)  # type: ignore[arg-type]  # head reads only the head_modules attributes

@@ -49,6 +49,25 @@ def test_graph_structure(exported, tiny_model):
     assert "blocks.4.conv1.weight" in names and "blocks.2.conv1.weight" not in names  # gate 1 = block 2 removed
 
 
+def test_a_static_graph_cut_from_the_gated_graph_is_the_traced_one(exported, tiny_model, images):
+    """What `compile` ships: each config's graph cut from the gated graph (Ifs folded) is the traced static graph:
+    the same operators, the same weight names (the shared archive depends on them), the same outputs."""
+    d, gated, static, _ = exported
+    x = images.numpy()
+    for s, traced in static.items():
+        cut = export_static(tiny_model, s, d / f"cut_{''.join(map(str, map(int, s)))}.onnx", gated)
+        a, b = onnx.load(traced).graph, onnx.load(cut).graph
+        assert "If" not in {n.op_type for n in b.node}
+        assert Counter(n.op_type for n in a.node) == Counter(n.op_type for n in b.node)
+        named = lambda g: {t.name for t in g.initializer if "." in t.name}  # noqa: E731 (exporter constants aside)
+        assert named(a) == named(b)
+        np.testing.assert_allclose(ort_session(cut).run(None, {"image": x})[0],
+                                   ort_session(traced).run(None, {"image": x})[0], atol=1e-5)
+    with pytest.raises(EdgeskipError, match="not a gated graph"):  # a static graph cannot be cut again
+        export_static(tiny_model, SKIPS[1], d / "again.onnx", static[(True,) * 6])
+    assert not (d / "again.onnx").exists()
+
+
 def test_onnxruntime_matches_pytorch_and_static_matches_gated(exported, tiny_model, images):
     _, gated, static, _ = exported
     worst = verify_onnx(tiny_model, images, gated, SKIPS, static)

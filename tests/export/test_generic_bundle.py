@@ -118,13 +118,25 @@ def test_each_library_model_compiles_on_the_host(tmp_path, spec, args, blocks):
 
 
 def test_model_options_bad_input(tmp_path):
-    def bad(*args, fragment):
-        res = run("train", *args, "--epochs", "1", "--out", tmp_path / "m.pt", "--quiet")
-        lines = [line for line in res.stderr.strip().splitlines() if line.strip()]
-        assert res.returncode == 2 and len(lines) == 1 and fragment in lines[0], res.stderr
-        assert not (tmp_path / "m.pt").exists()
+    """One line, exit 2, nothing written: the first case as a user's process, the rest through the same click
+    command in this process (a Python start and a torch import each would cost 3 s)."""
+    from click.testing import CliRunner
 
-    bad("--model", "torchvision:no_such_net", fragment="unknown torchvision model")
+    from edgeskip.cli import cli
+
+    def bad(*args, fragment, process=False):
+        argv = ["train", *map(str, args), "--epochs", "1", "--out", str(tmp_path / "m.pt"), "--quiet"]
+        if process:
+            res = run(*argv)
+            code, err = res.returncode, res.stderr
+        else:
+            res = CliRunner().invoke(cli, argv, prog_name="edgeskip")
+            code, err = res.exit_code, res.stderr
+        lines = [line for line in err.strip().splitlines() if line.strip()]
+        assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], err
+        assert not (tmp_path / "m.pt").exists() and not list(tmp_path.glob(".*"))
+
+    bad("--model", "torchvision:no_such_net", fragment="unknown torchvision model", process=True)
     bad("--model", "no_such_module_xyz:f", fragment="cannot import")
     bad("--model", "torchvision:resnet18", "--width", "8", fragment="--width shape(s) the built-in ResNet")
     bad("--model-arg", "width_mult=0.5", fragment="--model-arg and --blocks apply to")
