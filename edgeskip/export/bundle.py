@@ -287,7 +287,8 @@ def build_bundle(ck: Checkpoint, splits: Splits, out: str | os.PathLike, targets
 
         log("exporting ONNX graphs and verifying them against PyTorch ...")
         gated_onnx = tmp / "onnx" / "gated.onnx"
-        shutil.copyfile(lat.gated, gated_onnx)  # type: ignore[arg-type]  # exported once, while measuring
+        assert lat.gated is not None  # design_space measured, so the gated graph was exported
+        shutil.copyfile(lat.gated, gated_onnx)  # exported once, while measuring
         static, quantized = {}, {}
         for c in configs:  # the static graphs were exported while measuring latency
             dest = tmp / "onnx" / f"{c['module']}.onnx"

@@ -40,7 +40,7 @@ class IreeLatency:
         if self.gated is None:
             self.work.mkdir(parents=True, exist_ok=True)
             self.gated = export_gated(self.model, self.work / "gated.onnx")
-        built = build_shared_modules(self.model, skips, TARGETS["host"], self.out, self.work, self.gated)
+        built = build_shared_modules(self.model, skips, TARGETS["host"], self.out, self.work, self.gated, self.weights)
         self.weights = built.weights
         self.built.update({module_name(s): paths for s, *paths in zip(skips, built.modules, built.onnx, built.mlir)})
         ex = SharedIreeExecutor(built.weights, built.modules)

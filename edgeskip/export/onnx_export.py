@@ -160,6 +160,9 @@ def _drop_identities(g) -> None:
             kept.append(n)
     del g.node[:]
     g.node.extend(kept)
+    infos = [vi for vi in g.value_info if vi.name not in alias]
+    del g.value_info[:]
+    g.value_info.extend(infos)
 
 
 def drop_unread(model) -> None:
@@ -177,6 +180,7 @@ def drop_unread(model) -> None:
         read.update(o.name for o in g.output)
 
     visit(model.graph)
+    read.update(i.name for i in model.graph.input)  # an initializer that is also an input (a default) stays
     kept = [t for t in model.graph.initializer if t.name in read]
     del model.graph.initializer[:]
     model.graph.initializer.extend(kept)
@@ -219,6 +223,10 @@ def specialise(gated: str | os.PathLike, skip: Sequence[bool], dest: str | os.Pa
     inputs = [i for i in model.graph.input if i.name == "skip"]
     if not inputs:
         raise EdgeskipError(f"{gated} is not a gated graph: it has no 'skip' input")
+    dims = [d.dim_value for d in inputs[0].type.tensor_type.shape.dim]
+    if dims != [len(skip)]:
+        raise EdgeskipError(f"{gated} gates {dims[0] if dims else '?'} blocks, the skip array has {len(skip)}: "
+                            "not this model's gated graph")
     model.graph.input.remove(inputs[0])
     model.graph.initializer.append(numpy_helper.from_array(np.array(skip, dtype=bool), "skip"))
     with warnings.catch_warnings():
@@ -227,6 +235,7 @@ def specialise(gated: str | os.PathLike, skip: Sequence[bool], dest: str | os.Pa
     if any(n.op_type == "If" for n in model.graph.node):
         raise EdgeskipError(f"cannot specialise {gated}: an If did not fold for skip array {list(skip)}")
     _drop_identities(model.graph)  # a skipped block's branch (a copy of its input)
+    crop_dead_taps(model)  # as export does: shapes are known everywhere now, without the Ifs
     drop_unread(model)
     onnx.checker.check_model(model)
     dest = Path(dest)

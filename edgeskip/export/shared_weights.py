@@ -177,13 +177,16 @@ class SharedModules:
 
 def build_shared_modules(model: BlockNet, skip_arrays: Sequence[Sequence[object]], target: Target,
                          out_dir: str | os.PathLike, work_dir: str | os.PathLike,
-                         gated: Path | None = None) -> SharedModules:
+                         gated: Path | None = None, weights: Path | None = None) -> SharedModules:
     """Export, import and compile one static module per skip array, all using ``weights.irpa``. With the model's
-    ``gated`` graph, every static graph is cut from it (:func:`export_static`) rather than traced."""
+    ``gated`` graph, every static graph is cut from it (:func:`export_static`) rather than traced. ``weights``: the
+    archive of an earlier call, to add these configs to (rewriting it would drop the constants the earlier
+    configs' modules added); None writes a new one from the full network."""
     out, work = Path(out_dir), Path(work_dir)
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
-    weights = write_weights(model, out / "weights.irpa", work, gated)
+    if weights is None:
+        weights = write_weights(model, out / "weights.irpa", work, gated)
     graphs, mlirs = [], []
     for skip in skip_arrays:  # export and import in turn (import may add to the shared archive) ...
         name = module_name(skip)

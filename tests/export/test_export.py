@@ -11,6 +11,7 @@ from edgeskip.data.batches import iterate
 from edgeskip.errors import EdgeskipError
 from edgeskip.export import export_gated, export_static, verify_onnx
 from edgeskip.export import emulate
+from edgeskip.export.onnx_export import specialise
 from edgeskip.export.elf_check import check_no_imports, embedded_elfs
 from edgeskip.export.iree_compile import TARGETS, compile_mlir, import_onnx, parse_targets
 from edgeskip.backends.iree import IreeModule
@@ -65,6 +66,8 @@ def test_a_static_graph_cut_from_the_gated_graph_is_the_traced_one(exported, tin
                                    ort_session(traced).run(None, {"image": x})[0], atol=1e-5)
     with pytest.raises(EdgeskipError, match="not a gated graph"):  # a static graph cannot be cut again
         export_static(tiny_model, SKIPS[1], d / "again.onnx", static[(True,) * 6])
+    with pytest.raises(EdgeskipError, match="not this model's gated graph"):  # another model's gated graph
+        specialise(gated, [True] * 3, d / "again.onnx")
     assert not (d / "again.onnx").exists()
 
 
