@@ -69,24 +69,15 @@ def crop_dead_taps(model) -> int:
     and computes the first wrong in context (NaN or garbage from a depthwise convolution behind a 1x1 one:
     MobileNetV2's last stages at small inputs). Walks ``If`` branches too; dilated convolutions are left alone.
     """
-    import onnx
     from onnx import helper, numpy_helper, shape_inference
 
     shapes: dict[str, list[int | None]] = {}
-
-    def graphs(g):
-        yield g
-        for n in g.node:
-            for a in n.attribute:
-                if a.type == onnx.AttributeProto.GRAPH:
-                    yield from graphs(a.g)
-
-    for g in graphs(shape_inference.infer_shapes(model).graph):
+    for g in _graphs(shape_inference.infer_shapes(model).graph):
         for vi in (*g.value_info, *g.input, *g.output):
             shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
     inits = {t.name: t for t in model.graph.initializer}
     changed = 0
-    for g in graphs(model.graph):
+    for g in _graphs(model.graph):
         nodes = list(g.node)
         out_nodes = []
         for n in nodes:
@@ -165,21 +156,23 @@ def _drop_identities(g) -> None:
     g.value_info.extend(infos)
 
 
-def drop_unread(model) -> None:
-    """Remove the initializers no node reads (in any ``If`` branch either)."""
+def _graphs(g):
+    """``g`` and every subgraph (``If`` branches) below it."""
     import onnx
 
+    yield g
+    for n in g.node:
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                yield from _graphs(a.g)
+
+
+def drop_unread(model) -> None:
+    """Remove the initializers no node reads (in any ``If`` branch either)."""
     read: set[str] = set()
-
-    def visit(g):
-        for n in g.node:
-            read.update(n.input)
-            for a in n.attribute:
-                if a.type == onnx.AttributeProto.GRAPH:
-                    visit(a.g)
+    for g in _graphs(model.graph):
+        read.update(i for n in g.node for i in n.input)
         read.update(o.name for o in g.output)
-
-    visit(model.graph)
     read.update(i.name for i in model.graph.input)  # an initializer that is also an input (a default) stays
     kept = [t for t in model.graph.initializer if t.name in read]
     del model.graph.initializer[:]
