@@ -2,12 +2,13 @@
 
 1. **What each DFS option costs when deployed.** The DFS graph (one switch per gated block over skip / 8-bit /
    16-bit / full) with its gate forced to one option everywhere, timed interleaved with the original network's
-   static graph, batch 1, one thread (the forced option nested outermost): onnxruntime with the 8-bit option as ``ConvInteger`` (a real integer kernel)
-   and as Q/DQ around a float ``Conv`` (no integer kernel), and IREE llvm-cpu host (its module imported from the
-   ConvInteger graph). DFS's cost model says an 8-bit block costs (8/32)^2 = 6% of a full one, a 16-bit one 25%.
+   static graph, batch 1, one thread (the forced option nested outermost): onnxruntime with the 8-bit option as ``ConvInteger`` (a real integer kernel),
+   as Q/DQ around a float ``Conv`` (no integer kernel) and in the ``qlinear`` form (BatchNorm folded, int8 weights,
+   which onnxruntime fuses into ``QLinearConv``, its fast int8 kernel), and IREE llvm-cpu host (modules imported
+   from the ConvInteger and from the qlinear graph). DFS's cost model says an 8-bit block costs (8/32)^2 = 6% of a full one, a 16-bit one 25%.
 2. **Each DFS checkpoint** (one per cp target): test accuracy and computation percentage in PyTorch; the deployed
-   graph on onnxruntime over the whole test split (accuracy as deployed, options chosen), per-input batch-1
-   latency on the first ``--images`` test images interleaved with the original (median of ``--rounds``), and its
+   graph on onnxruntime over the whole test split, in the ``integer`` and the ``qlinear`` form (accuracy as
+   deployed, options chosen), per-input batch-1 latency on the first ``--images`` test images interleaved with the original (median of ``--rounds``), and its
    spread.
 3. **One figure**: test accuracy vs computation percentage (DFS's definition: gated blocks' cost, k-bit at
    (k/32)^2; skipped 0) and vs measured latency relative to the original, for DFS, SkipNet (bench/results/
@@ -41,10 +42,12 @@ import torch  # noqa: E402
 from edgeskip.backends.iree import IreeSkipNet, SharedIreeExecutor  # noqa: E402
 from edgeskip.backends.ort import ort_session  # noqa: E402
 from edgeskip.data.batches import iterate  # noqa: E402
-from edgeskip.export.dfs_graph import export_dfs, switch_order, verify_dfs_onnx  # noqa: E402
+from edgeskip.export.dfs_graph import (calibrate_dfs, export_dfs, graph_reference, switch_order,  # noqa: E402
+                                      verify_dfs_onnx)
 from edgeskip.export.iree_compile import TARGETS, compile_mlir, import_onnx  # noqa: E402
 from edgeskip.export.onnx_export import export_static  # noqa: E402
 from edgeskip.export.shared_weights import build_shared_modules, rename_module  # noqa: E402
+from edgeskip.pareto.design import calibration_batches  # noqa: E402
 from edgeskip.pareto.latency import interleaved_median  # noqa: E402
 from edgeskip.train import evaluate, load_checkpoint  # noqa: E402
 from edgeskip.train.gates import evaluate_dfs  # noqa: E402
@@ -117,6 +120,9 @@ def plot(doc: dict, out: Path) -> None:
     a1.plot([m["cp"] for m in ds], [100 * m["test_accuracy"] for m in ds], "D-", color="C3", label="DFS (cp targets)")
     a2.plot([m["latency_vs_original"] for m in ds], [100 * m["deployed_test_accuracy"] for m in ds], "D-", color="C3",
             label="DFS, onnxruntime ConvInteger")
+    if all("qlinear" in m for m in ds):
+        a2.plot([m["qlinear"]["latency_vs_original"] for m in ds], [100 * m["qlinear"]["test_accuracy"] for m in ds],
+                "D--", color="C1", label="DFS, onnxruntime QLinearConv (qlinear form)")
     for m in ds:
         a1.annotate(f"{m['cp_target']:g}", (m["cp"], 100 * m["test_accuracy"]), fontsize=7)
     for name, m in doc["skipnet"]["models"].items():
@@ -146,6 +152,8 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=500, help="test images timed one by one")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=200, help="rounds of the per-option table")
+    ap.add_argument("--calibration-images", type=int, default=512, help="training images that calibrate the "
+                    "qlinear form (as compile's --calibration-images)")
     ap.add_argument("--out", default="bench/results")
     args = ap.parse_args()
     if args.replot:
@@ -171,6 +179,11 @@ def main() -> None:
         if ck.dataset_id != orig_ck.dataset_id or ck.gate_cfg is None or ck.gate_cfg.kind != "dfs":
             sys.exit(f"{p} is not a DFS checkpoint on the original's data")
     bits = dfs_cks[0].gate_cfg.options
+    # the qlinear form's one calibrated range (the second convolution's output): the seeded training images
+    # `edgeskip compile` calibrates on
+    calib = calibration_batches(splits, args.calibration_images)
+    doc["calibration_images"] = sum(len(x) for x in calib)
+    forms = ("integer", "qdq", "qlinear")
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -188,24 +201,26 @@ def main() -> None:
         for o, b in enumerate(bits):
             m = forced(dfs_cks[0].model(), o)
             order = switch_order([float(k == o) for k in range(len(bits))])  # the forced option outermost
-            for form in ("integer", "qdq"):
-                path = export_dfs(m, work / f"forced{o}_{form}.onnx", int8=form, order=order)
+            cal = calibrate_dfs(m, calib)
+            for form in forms:
+                path = export_dfs(m, work / f"forced{o}_{form}.onnx", int8=form, order=order, calibration=cal)
                 sess = ort_session(path, threads=1)
                 runners.append(lambda s=sess: s.run(None, {"image": x0}))
                 names.append(f"{OPTION_NAMES[b]} onnxruntime {form}")
-                if form == "integer":
+                if form in ("integer", "qlinear"):
+                    suffix = "" if form == "integer" else " qlinear"
                     try:
-                        mod = compile_iree(path, work, f"forced{o}")
+                        mod = compile_iree(path, work, f"forced{o}_{form}")
                         runners.append(lambda mod=mod: mod.run(x0))
-                        names.append(f"{OPTION_NAMES[b]} iree")
+                        names.append(f"{OPTION_NAMES[b]} iree{suffix}")
                     except Exception as e:  # noqa: BLE001 - recorded in the report
-                        iree_errors[OPTION_NAMES[b]] = str(e).splitlines()[0][:300]
+                        iree_errors[f"{OPTION_NAMES[b]}{suffix}"] = str(e).splitlines()[0][:300]
         print("timing the per-option table ...", flush=True)
         med = dict(zip(names, interleaved_median(runners, args.repeats, 5)))
         table = {}
         for b in bits:
             row = {"dfs_cost_model": (b / 32) ** 2}
-            for be, ref in (("onnxruntime integer", "onnxruntime"), ("onnxruntime qdq", "onnxruntime"), ("iree", "iree")):
+            for be, ref in [(f"onnxruntime {f}", "onnxruntime") for f in forms] + [("iree", "iree"), ("iree qlinear", "iree")]:
                 key = f"{OPTION_NAMES[b]} {be}"
                 if key in med:
                     full_key = f"full {be}"
@@ -225,34 +240,47 @@ def main() -> None:
             model = ck.model()
             st = evaluate_dfs(model, splits.test, splits.norm)
             order = switch_order(evaluate_dfs(model, splits.val, splits.norm).option_rates)  # as `compile` nests them
-            onnx_path = export_dfs(model, work / f"{name.replace(' ', '_')}.onnx", order=order)
-            check = verify_dfs_onnx(model, torch.from_numpy(xs[:64]), onnx_path)
-            sess = ort_session(onnx_path, threads=1)
-            pred, opts = [], []
-            for x in xs:
-                logits, options = sess.run(None, {"image": x[None]})
-                pred.append(int(np.argmax(logits)))
-                opts.append(np.asarray(options))
-            opts = np.stack(opts)
+            cal = calibrate_dfs(model, calib)
+            sessions, deployed = {}, {}
+            for form in ("integer", "qlinear"):
+                onnx_path = export_dfs(model, work / f"{name.replace(' ', '_')}_{form}.onnx", int8=form, order=order,
+                                       calibration=cal)
+                check = verify_dfs_onnx(model, torch.from_numpy(xs[:64]), onnx_path,
+                                        reference=graph_reference(model, order, cal if form == "qlinear" else None))
+                sess = sessions[form] = ort_session(onnx_path, threads=1)
+                pred, opts = [], []
+                for x in xs:
+                    logits, options = sess.run(None, {"image": x[None]})
+                    pred.append(int(np.argmax(logits)))
+                    opts.append(np.asarray(options))
+                opts = np.stack(opts)
+                deployed[form] = {"test_accuracy": float(np.mean(np.array(pred) == ys)), "onnx_check": check,
+                                  "option_rates": {OPTION_NAMES[b]: float((opts == o).mean()) for o, b in enumerate(bits)}}
             n = min(args.images, len(xs))
-            lat = np.zeros((2, args.rounds, n))
+            runs = [orig_sess, sessions["integer"], sessions["qlinear"]]
+            lat = np.zeros((len(runs), args.rounds, n))
             for r in range(args.rounds):
-                for i in range(n):  # input by input, original and DFS in turn: the same conditions for both
-                    for k, s in enumerate((orig_sess, sess)):
+                for i in range(n):  # input by input, the original and both DFS forms in turn: the same conditions
+                    for k, s in enumerate(runs):
                         t = time.perf_counter()
                         s.run(None, {"image": xs[i:i + 1]})
                         lat[k, r, i] = time.perf_counter() - t
             per_input = np.median(lat, 1)
+            for k, form in ((1, "integer"), (2, "qlinear")):
+                deployed[form].update(latency_vs_original=float(per_input[k].mean() / per_input[0].mean()),
+                                      latency=spread(per_input[k]))
             models[name] = {
                 "checkpoint": path, "cp_target": ck.gate_training["cp_target"], "training": ck.gate_training,
                 "history": ck.history, "test_accuracy": st.accuracy, "cp": st.mean_cp, "mean_skipped": st.mean_skipped,
                 "option_rates": dict(zip([OPTION_NAMES[b] for b in bits], st.option_rates)),
                 "skip_rate_per_gate": st.skip_rate_per_gate, "mean_macs": st.mean_macs,
-                "deployed_test_accuracy": float(np.mean(np.array(pred) == ys)),
-                "deployed_option_rates": {OPTION_NAMES[b]: float((opts == o).mean()) for o, b in enumerate(bits)},
-                "onnx_check": check, "switch_order": [OPTION_NAMES[bits[o]] for o in order],
-                "latency_vs_original": float(per_input[1].mean() / per_input[0].mean()),
-                "latency": spread(per_input[1]), "original_latency": spread(per_input[0])}
+                # the integer (ConvInteger) form, the exact DFS arithmetic, under the keys of earlier runs
+                "deployed_test_accuracy": deployed["integer"]["test_accuracy"],
+                "deployed_option_rates": deployed["integer"]["option_rates"],
+                "onnx_check": deployed["integer"]["onnx_check"], "switch_order": [OPTION_NAMES[bits[o]] for o in order],
+                "latency_vs_original": deployed["integer"]["latency_vs_original"],
+                "latency": deployed["integer"]["latency"], "original_latency": spread(per_input[0]),
+                "qlinear": deployed["qlinear"]}
         doc["models"] = models
     doc["skipnet"] = skipnet_points(Path(args.skipnet), cfg.num_gates)
     doc["weightless"] = weightless_points(Path(args.fractional))
@@ -273,7 +301,8 @@ def main() -> None:
         print(f"{name:<12} acc {100 * m['test_accuracy']:.2f}% (deployed {100 * m['deployed_test_accuracy']:.2f}%)  "
               f"cp {m['cp']:.3f}  skipped {m['mean_skipped']:.2f}  options "
               + " ".join(f"{k} {v:.2f}" for k, v in m["option_rates"].items())
-              + f"  latency x{m['latency_vs_original']:.3f} of original  p99/p1 {m['latency']['p99_over_p1']:.2f}")
+              + f"  latency x{m['latency_vs_original']:.3f} of original  p99/p1 {m['latency']['p99_over_p1']:.2f}"
+              + f"  | qlinear acc {100 * m['qlinear']['test_accuracy']:.2f}% latency x{m['qlinear']['latency_vs_original']:.3f}")
     print(f"original acc {100 * doc['original']['test_accuracy']:.2f}%; {doc['seconds']:.0f} s")
 
 

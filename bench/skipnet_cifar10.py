@@ -59,10 +59,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--skipnet", action="append", required=True, help="SkipNet checkpoint (repeatable)")
     ap.add_argument("--original", required=True, help="the backbone the SkipNets started from")
-    ap.add_argument("--edgeskip", required=True, help="an edgeskip bundle on the same data")
+    ap.add_argument("--edgeskip", help="an edgeskip bundle on the same data (its Pareto configs are timed alongside)")
     ap.add_argument("--images", type=int, default=1000, help="test images timed one by one")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", default="bench/results")
+    ap.add_argument("--name", default="skipnet_r20", help="results file stem (JSON + PNG)")
     args = ap.parse_args()
     torch.set_num_threads(1)
 
@@ -83,15 +84,17 @@ def main() -> None:
         orig_ex = SharedIreeExecutor(full.weights, full.modules)
         runners["original"] = lambda x: orig_ex.run(0, x)
         # the edgeskip bundle's Pareto configs, as the runtime runs them: functions of one merged module
-        es_configs = load_manifest(args.edgeskip).configs
-        es_ck = load_checkpoint(Path(args.edgeskip) / "model.pt")
-        if es_ck.dataset_id != orig_ck.dataset_id:
-            sys.exit("edgeskip bundle and original are on different data")
-        skips = [list(c.skip) for c in es_configs]
-        sm = build_shared_modules(es_ck.model(), skips, TARGETS["host"], work / "es", work / "esw")
-        names = [module_name(s) for s in skips]
-        vmfb = compile_mlir(merge_modules(dict(zip(names, sm.mlir)), work / "es.mlir"), TARGETS["host"], work / "es.vmfb")
-        es_ex = SharedIreeExecutor(sm.weights, [vmfb], functions=names)
+        es_configs = load_manifest(args.edgeskip).configs if args.edgeskip else []
+        if es_configs:
+            es_ck = load_checkpoint(Path(args.edgeskip) / "model.pt")
+            if es_ck.dataset_id != orig_ck.dataset_id:
+                sys.exit("edgeskip bundle and original are on different data")
+            skips = [list(c.skip) for c in es_configs]
+            sm = build_shared_modules(es_ck.model(), skips, TARGETS["host"], work / "es", work / "esw")
+            names = [module_name(s) for s in skips]
+            vmfb = compile_mlir(merge_modules(dict(zip(names, sm.mlir)), work / "es.mlir"), TARGETS["host"],
+                                work / "es.vmfb")
+            es_ex = SharedIreeExecutor(sm.weights, [vmfb], functions=names)
         for k, c in enumerate(es_configs):
             name = f"edgeskip config {k}"
             models[name] = {"test_accuracy": c.test_accuracy, "mean_skipped": float(c.n_skipped), "mean_macs": c.macs}
@@ -102,7 +105,7 @@ def main() -> None:
             if ck.dataset_id != orig_ck.dataset_id:
                 sys.exit(f"{path} is on different data")
             model = ck.model()
-            name = f"skipnet {ck.gate_cfg.kind} {ck.gate_training.get('mode', '?')}"
+            name = f"skipnet {ck.gate_cfg.kind} {ck.gate_training.get('mode', '?')} ({Path(path).stem})"
             st = evaluate_gated(model, splits.test, splits.norm)
             mod, onnx_path = compile_skipnet(model, work, name.replace(" ", "_"))
             xb, _ = next(iterate(splits.test, splits.norm, 32))
@@ -138,7 +141,7 @@ def main() -> None:
             for k in np.unique(executed)}
     doc["models"] = models
     out = Path(args.out)
-    write_json(out / "skipnet_r20.json", doc)
+    write_json(out / f"{args.name}.json", doc)
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
     es = [n for n in models if n.startswith("edgeskip")]
@@ -152,7 +155,7 @@ def main() -> None:
     a1.set_ylabel("test accuracy (%)")
     a1.grid(alpha=0.3)
     a1.legend(fontsize=7)
-    names = ["original", *es[:1], *es[-1:], *decisions]
+    names = ["original", *dict.fromkeys([*es[:1], *es[-1:]]), *decisions]
     a2.boxplot([1e3 * per_input[n] for n in names], whis=(1, 99), showfliers=True, flierprops={"ms": 2})
     a2.set_xticks(range(1, len(names) + 1), [n.replace("edgeskip ", "es ").replace("skipnet ", "SN ") for n in names],
                   rotation=20, fontsize=7)
@@ -160,7 +163,7 @@ def main() -> None:
     a2.set_title("spread of per-input latency (whiskers p1-p99)", fontsize=9)
     a2.grid(alpha=0.3)
     fig.tight_layout()
-    write_with(out / "skipnet_r20.png", lambda p: fig.savefig(p, dpi=110, format="png"))
+    write_with(out / f"{args.name}.png", lambda p: fig.savefig(p, dpi=110, format="png"))
     for n, m in models.items():
         print(f"{n:<28} acc {100 * m['test_accuracy']:5.2f}%  skipped {m['mean_skipped']:.2f}  "
               f"MACs x{m['macs_vs_original']:.3f}  latency {m['latency']['mean_ms']:.3f} ms (x{m['latency_vs_original']:.3f})"

@@ -213,7 +213,8 @@ def skipnet_summary(m: "Manifest") -> str:
     if m.kind == "dfs":
         rates = ", ".join(f"{'skip' if b == 0 else 'full' if b == 32 else f'{b}-bit'} {r:.1%}"
                           for b, r in zip(c.extra["options_bits"], c.extra["test_option_rates"]))
-        dfs = f"DFS cp {c.extra['test_cp']:.3f} (options: {rates}); "
+        form = c.extra.get("int8_form", "integer")
+        dfs = f"DFS cp {c.extra['test_cp']:.3f} (options: {rates}; 8 bits as {form}); "
     return (f"{dfs}{'DFS' if dfs else 'SkipNet'}: val accuracy {c.val_accuracy:.4f}, test accuracy {c.test_accuracy:.4f}, "
             f"mean skipped {c.extra['test_mean_skipped']:.2f}/{m.num_gates} blocks, mean MACs {c.macs:.0f} (gates "
             f"included), host latency mean {c.latency_s * 1e3:.3f} ms [{c.extra['latency_s_min'] * 1e3:.3f}, "
@@ -291,6 +292,9 @@ def apply_recipe(ctx: click.Context, params: dict) -> dict:
 @click.option("--dfs-bits", default="8,16", show_default=True,
               help="DFS: bit widths of the options besides skip and full precision (of 4, 8, 16).")
 @click.option("--beta", type=float, default=1.0, show_default=True, help="HRL: weight of the loss in the reward.")
+@click.option("--hrl-credit", type=click.Choice(("shared", "to-go")), default="shared", show_default=True,
+              help="HRL: every gate gets the input's whole reward (shared), or SkipNet's return from that gate on "
+                   "(to-go: the loss plus the skips from that gate on).")
 @click.option("--gate-threshold", type=float, default=0.5, show_default=True,
               help="With --gates: execute a block iff its gate probability is >= this.")
 @click.pass_context
@@ -313,7 +317,7 @@ def _train(dataset, data_dir, download, val_fraction, image_size, seed, recipe, 
            init_weights, depth, width, shortcut, sd, sd_mode,
            p_last, sd_scope, epochs, batch_size, lr, momentum, nesterov, weight_decay, schedule, warmup, label_smoothing, augment,
            zero_init_last, amp, compile_, out, resume, stop_after, threads, quiet, gates, init, gate_mode, alpha, beta,
-           cp_target, dfs_bits, gate_threshold) -> None:
+           hrl_credit, cp_target, dfs_bits, gate_threshold) -> None:
     import dataclasses
 
     from edgeskip.utils.atomic import ensure_parent
@@ -352,7 +356,7 @@ def _train(dataset, data_dir, download, val_fraction, image_size, seed, recipe, 
             raise EdgeskipError(f"--dfs-bits must be comma-separated integers, got {dfs_bits!r}") from None
         mode = gate_mode or ("dfs-full" if gates == "dfs" else "sp")
         ck = train_gates(out, gate_data or data, GateConfig(gates, gate_threshold, bits=bits), train_cfg,
-                         GateTraining(mode, alpha, beta, cp_target=cp_target), init=init, model_cfg=model_cfg,
+                         GateTraining(mode, alpha, beta, cp_target=cp_target, credit=hrl_credit), init=init, model_cfg=model_cfg,
                          resume=resume, progress=not quiet)
         last = ck.history[-1] if ck.history else {}
         cp = f"  cp {last['val_cp']:.3f}" if "val_cp" in last else ""
@@ -485,7 +489,11 @@ def evaluate(checkpoint, skip, split, data_dir, calibration_images) -> None:
               help="Fractional depth: int8 variants of the gated blocks (post-training, calibrated on training "
                    "images) as a third option beside full and skip; each back end steps through its own front.")
 @click.option("--calibration-images", type=click.IntRange(1, 100000), default=512, show_default=True,
-              help="Training images that calibrate the int8 activation ranges (with --int8).")
+              help="Training images that calibrate the int8 activation ranges (with --int8, and DFS's qlinear form).")
+@click.option("--dfs-int8", type=click.Choice(("qlinear", "integer", "qdq")), default="qlinear", show_default=True,
+              help="DFS checkpoints: the 8-bit option as onnxruntime's fused int8 convolution (qlinear: BatchNorm "
+                   "folded, int8 weights, one calibrated rounding more than DFS's model), as ConvInteger + float "
+                   "rescale (integer: DFS's arithmetic exactly, no faster than float), or Q/DQ around a float Conv.")
 @click.option("--out", type=click.Path(file_okay=False), default="bundles/model", show_default=True,
               help="Bundle folder (built in a temporary folder, then renamed).")
 @click.option("--force", is_flag=True, help="Replace an existing bundle.")
@@ -493,7 +501,7 @@ def evaluate(checkpoint, skip, split, data_dir, calibration_images) -> None:
 @click.option("--quiet", is_flag=True, help="No progress output.")
 def compile_cmd(checkpoint, dataset, data_dir, download, val_fraction, image_size, seed, model_spec, model_args,
                 block_names, init_weights, depth, epochs, targets,
-                repeats, int8, calibration_images, out, force, threads, quiet) -> None:
+                repeats, int8, calibration_images, dfs_int8, out, force, threads, quiet) -> None:
     """Train (or --checkpoint), rank, measure, export, compile and verify: a deployment bundle."""
     from edgeskip.export.bundle import build_bundle
     from edgeskip.export.iree_compile import parse_targets
@@ -522,7 +530,8 @@ def compile_cmd(checkpoint, dataset, data_dir, download, val_fraction, image_siz
         if int8:
             raise EdgeskipError("--int8 applies to edgeskip models; learned gates (SkipNet, DFS) decide per input")
 
-        bundle = build_skipnet_bundle(ck, splits, out_dir, target_list, force=force, log=log)
+        bundle = build_skipnet_bundle(ck, splits, out_dir, target_list, force=force, log=log, dfs_int8=dfs_int8,
+                                      calibration_images=calibration_images)
         m = load_manifest(bundle)
         click.echo(skipnet_summary(m))
         click.echo(f"wrote {'DFS' if m.kind == 'dfs' else 'SkipNet'} bundle {bundle}; bundle digest {m.digest}")

@@ -6,7 +6,8 @@ Layout (``<kind>`` is ``skipnet`` or ``dfs``)::
     manifest.json                  kind, architecture, gates, input, normalisation, hashes
     model.pt                       slim checkpoint
     onnx/<kind>.onnx               batch 1; SkipNet: one If per gate, driven by the gate's own decision;
-                                   DFS: one switch per gate over its options (nested Ifs), int8 as ConvInteger
+                                   DFS: one switch per gate over its options (nested Ifs), 8 bits in the
+                                   form chosen (default qlinear: int8 QLinearConv on onnxruntime)
     iree/weights.irpa              weights (backbone and gates)
     iree/<target>/<kind>.vmfb      per target
 
@@ -36,12 +37,14 @@ from edgeskip.export.iree_compile import COMMON_FLAGS, Target, compile_many, imp
 from edgeskip.backends.ort import ort_session
 from edgeskip.export.onnx_export import INT8_TOLERANCE, max_abs_diff
 from edgeskip.export.shared_weights import rename_module
-from edgeskip.export.dfs_graph import export_dfs, switch_order, verify_dfs_onnx
+from edgeskip.export.dfs_graph import (INT8_MODES, calibrate_dfs, export_dfs, graph_reference, switch_order,
+                                       verify_dfs_onnx)
 from edgeskip.export.skipnet_graph import export_skipnet, verify_skipnet_onnx
 from edgeskip.manifest import DECISIONS, ConfigEntry, InputSpec, IreeEntry, Manifest, Normalization
 from edgeskip.models.dfs import DFSResNet
 from edgeskip.models.skipnet import SkipNetResNet, gate_costs
 from edgeskip.models.cost import block_macs
+from edgeskip.pareto.design import calibration_batches
 from edgeskip.train.checkpoint import Checkpoint
 from edgeskip.train.gates import evaluate_dfs, evaluate_gated
 
@@ -86,16 +89,33 @@ def _dfs_stats(model: Any, ds: Any, norm: Any) -> dict[str, Any]:
     return asdict(evaluate_dfs(model, ds, norm))
 
 
-def family(model: Any) -> Family:
+def family(model: Any, dfs_int8: str = "integer", calibration: Any = None) -> Family:
+    """The family of ``model``; DFS: the 8-bit form of its graph (``calibration``: :func:`calibrate_dfs`'s ranges,
+    for ``qlinear``)."""
     if isinstance(model, SkipNetResNet):
         return Family("skipnet", lambda m, dest, val: export_skipnet(m, dest), verify_skipnet_onnx,
                       _skipnet_stats)
     if isinstance(model, DFSResNet):
-        def export(m: Any, dest: Path, val: dict[str, Any]) -> Path:  # most frequent option outermost
-            return export_dfs(m, dest, order=switch_order(val["option_rates"]))
+        cal = calibration if dfs_int8 == "qlinear" else None
 
-        return Family("dfs", export, verify_dfs_onnx, _dfs_stats, relative=True)
+        def export(m: Any, dest: Path, val: dict[str, Any]) -> Path:  # most frequent option outermost
+            return export_dfs(m, dest, int8=dfs_int8, order=switch_order(val["option_rates"]), calibration=cal)
+
+        def verify(m: Any, images: Any, path: Path) -> dict[str, Any]:
+            return verify_dfs_onnx(m, images, path, reference=graph_reference(m, None, cal))
+
+        return Family("dfs", export, verify, _dfs_stats, relative=True)
     raise EdgeskipError("checkpoint has no learned gates (SkipNet or DFS)")
+
+
+def deployed_accuracy(onnx_path: Path, ds: Any, norm: Any) -> float:
+    """Accuracy of the exported batch-1 graph on onnxruntime over ``ds``, image by image."""
+    sess = ort_session(onnx_path, threads=1)
+    correct = 0
+    for xb, yb in iterate(ds, norm, 256):
+        for x, y in zip(xb.numpy().astype(np.float32), yb.numpy()):
+            correct += int(np.argmax(sess.run(None, {"image": x[None]})[0]) == y)
+    return correct / max(1, len(ds))
 
 
 def per_input_latency(run: Callable[[np.ndarray], Any], images: np.ndarray, rounds: int = 3) -> np.ndarray:
@@ -156,14 +176,21 @@ def _verify(tmp: Path, fam: Family, targets: Sequence[Target], images: np.ndarra
 
 
 def build_skipnet_bundle(ck: Checkpoint, splits: Splits, out: str | os.PathLike, targets: Sequence[Target],
-                         repeats: int = 3, force: bool = False, log: Log = print) -> Path:
-    """Evaluate, export, compile, verify and time a SkipNet or DFS checkpoint; write the bundle atomically."""
+                         repeats: int = 3, force: bool = False, log: Log = print, dfs_int8: str = "qlinear",
+                         calibration_images: int = 512) -> Path:
+    """Evaluate, export, compile, verify and time a SkipNet or DFS checkpoint; write the bundle atomically.
+    DFS: ``dfs_int8`` is the 8-bit option's form (:mod:`edgeskip.export.dfs_graph`); ``qlinear`` calibrates on
+    ``calibration_images`` training images, and the bundle's accuracies are then the deployed graph's."""
     out, targets = Path(out), with_host(targets)
     if ck.gate_cfg is None:
         raise EdgeskipError("checkpoint has no learned gates (SkipNet or DFS)")
+    if dfs_int8 not in INT8_MODES:
+        raise EdgeskipError(f"the DFS 8-bit form must be one of {', '.join(INT8_MODES)}, got {dfs_int8!r}")
     check_out(out, force)
     model = ck.model()
-    fam = family(model)
+    fused = isinstance(model, DFSResNet) and dfs_int8 == "qlinear" and 8 in model.gate_cfg.bits
+    calibration = calibrate_dfs(model, calibration_batches(splits, calibration_images)) if fused else None
+    fam = family(model, dfs_int8, calibration)
     kind = fam.kind
     with staging(out) as (tmp, work):
         t0 = time.time()
@@ -176,6 +203,10 @@ def build_skipnet_bundle(ck: Checkpoint, splits: Splits, out: str | os.PathLike,
         onnx_path = fam.export(model, tmp / "onnx" / f"{kind}.onnx", val)
         xb, _ = next(iterate(splits.test, splits.norm, 16))
         onnx_check = fam.verify(model, xb, onnx_path)
+        accuracy = {"val": val["accuracy"], "test": test["accuracy"]}
+        if fused:  # the graph rounds once more than the model: its accuracy is what the bundle delivers
+            log("measuring the deployed graph's accuracy (onnxruntime) ...")
+            accuracy = {k: deployed_accuracy(onnx_path, getattr(splits, k), splits.norm) for k in accuracy}
 
         log("compiling IREE modules: " + ", ".join(t.name for t in targets) + " ...")
         weights = tmp / "iree" / "weights.irpa"
@@ -209,13 +240,16 @@ def build_skipnet_bundle(ck: Checkpoint, splits: Splits, out: str | os.PathLike,
                      "latency_s_onnxruntime_min": float(ort_lat.min()), "latency_s_onnxruntime_max": float(ort_lat.max())}
         if kind == "dfs":
             extra_cfg.update(val_cp=val["mean_cp"], test_cp=test["mean_cp"], test_option_rates=test["option_rates"],
-                             options_bits=list(g.options), switch_order=switch_order(val["option_rates"]))
+                             options_bits=list(g.options), switch_order=switch_order(val["option_rates"]),
+                             int8_form=dfs_int8, model_val_accuracy=val["accuracy"],
+                             model_test_accuracy=test["accuracy"],
+                             calibration_images=calibration_images if fused else 0)
         decisions = {"dtype": fam.dtype.name, "shape": [cfg.num_gates]}
         manifest = Manifest(
             kind=kind, model=cfg.to_dict(), input=InputSpec((1, cfg.in_channels, *cfg.input_size)),
             normalization=Normalization(tuple(ck.norm.mean), tuple(ck.norm.std)), class_names=tuple(ck.class_names),
             dataset_id=ck.dataset_id, num_gates=cfg.num_gates, gated_blocks=tuple(cfg.gated_blocks),
-            configs=(ConfigEntry(0, FUNCTION, round(test["mean_skipped"], 3), val["accuracy"], test["accuracy"],
+            configs=(ConfigEntry(0, FUNCTION, round(test["mean_skipped"], 3), accuracy["val"], accuracy["test"],
                                  test["mean_macs"], float(np.mean(lat)), None, extra_cfg),),
             targets=targets_manifest(targets),
             iree=IreeEntry("iree/weights.irpa", f"{kind}.vmfb", (FUNCTION,), common_flags=tuple(COMMON_FLAGS)),

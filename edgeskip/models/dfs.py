@@ -17,7 +17,7 @@ their full cost (the stem, the stage entries and the head always run and are not
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -75,8 +75,9 @@ class QuantRanges(nn.Module):
         return lo, hi
 
 
-def run_block_bits(block: nn.Module, ranges: QuantRanges, x: torch.Tensor, bits: int) -> torch.Tensor:
-    """``block`` (identity shortcut) with its convolutions' inputs and weights quantised to ``bits``."""
+def residual_bits(block: nn.Module, ranges: QuantRanges, x: torch.Tensor, bits: int) -> torch.Tensor:
+    """The residual branch ``bn2(conv2(relu(bn1(conv1(x)))))`` of ``block`` with its convolutions' inputs and
+    weights quantised to ``bits``."""
     def conv(conv_: nn.Conv2d, h: torch.Tensor, k: int) -> torch.Tensor:
         lo, hi = ranges.range(h, bits, k)
         w = conv_.weight
@@ -84,7 +85,12 @@ def run_block_bits(block: nn.Module, ranges: QuantRanges, x: torch.Tensor, bits:
         return F.conv2d(fake_quant(h, bits, lo, hi), wq, None, conv_.stride, conv_.padding)
 
     h = F.relu(block.bn1(conv(block.conv1, x, 0)))
-    return F.relu(x + block.bn2(conv(block.conv2, h, 1)))
+    return block.bn2(conv(block.conv2, h, 1))
+
+
+def run_block_bits(block: nn.Module, ranges: QuantRanges, x: torch.Tensor, bits: int) -> torch.Tensor:
+    """``block`` (identity shortcut) with its convolutions' inputs and weights quantised to ``bits``."""
+    return F.relu(x + residual_bits(block, ranges, x, bits))
 
 
 @dataclass
@@ -136,14 +142,16 @@ class DFSResNet(CifarResNet):
             return block(h)
         return run_block_bits(block, self.ranges[self.gate_of[b]], h, bits)
 
-    def run(self, x: torch.Tensor) -> DFSOutput:
+    def run(self, x: torch.Tensor, probe: Callable[[int, torch.Tensor], None] | None = None) -> DFSOutput:
         """Training: every option's output mixed by the straight-through one-hot; eval: only the chosen
-        option is computed, per input."""
+        option is computed, per input. ``probe(b, h)`` sees each gated block's input (calibration)."""
         state: list = [None]
         choices, probs = [], []
         n_opt = len(self.gate_cfg.options)
 
         def step(b: int, block: nn.Module, h: torch.Tensor) -> torch.Tensor:
+            if probe is not None:
+                probe(b, h)
             logit, state[0] = self.gates[self.gate_of[b]](h, state[0])
             logit = logit.view(-1, n_opt)
             p = F.softmax(logit, dim=1)

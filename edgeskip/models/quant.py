@@ -126,7 +126,9 @@ class Int8Block(nn.Module):
         return q.y.fake(F.relu(x + c))
 
 
-class _Range:
+class MinMax:
+    """Running min and max of the tensors seen."""
+
     def __init__(self) -> None:
         self.lo, self.hi = math.inf, -math.inf
 
@@ -139,7 +141,7 @@ def calibrate(model: nn.Module, batches: Iterable[torch.Tensor], blocks: Iterabl
     """Activation ranges of ``blocks`` (global indices) over ``batches`` of normalised images, run through the
     full float network in eval mode; returns each block's :class:`BlockQuant`."""
     wanted = [int(b) for b in blocks]
-    ranges = {b: {k: _Range() for k in "xhcy"} for b in wanted}
+    ranges = {b: {k: MinMax() for k in "xhcy"} for b in wanted}
     was_training = model.training
     model.eval()
     seen = 0

@@ -32,12 +32,14 @@ MODES = ("hard", "st", "sample")
 
 @dataclass
 class GatedOutput:
-    """Logits [N, classes], decisions [N, B_s] (1 = executed), gate probabilities and log-probabilities."""
+    """Logits [N, classes], decisions [N, B_s] (1 = executed), gate probabilities and the sampled decisions'
+    log-probabilities: per gate [N, B_s] and summed [N]."""
 
     logits: torch.Tensor
     execute: torch.Tensor
     probs: torch.Tensor
     log_prob: torch.Tensor | None = None
+    log_probs: torch.Tensor | None = None
 
 
 class SkipNetResNet(CifarResNet):
@@ -93,8 +95,8 @@ class SkipNetResNet(CifarResNet):
         n = x.shape[0]
         execute = torch.stack(execs, 1) if execs else torch.ones(n, 0, dtype=torch.bool)
         prob = torch.stack(probs, 1) if probs else torch.ones(n, 0)
-        log_prob = torch.stack(logps, 1).sum(1) if logps else None
-        return GatedOutput(logits, execute, prob, log_prob)
+        log_probs = torch.stack(logps, 1) if logps else None
+        return GatedOutput(logits, execute, prob, None if log_probs is None else log_probs.sum(1), log_probs)
 
 
 def gate_costs(cfg: ResNetConfig, gate_cfg: GateConfig) -> list[int]:

@@ -4,7 +4,10 @@ Dynamic Fractional Skipping's two steps.
 - ``sp`` (SkipNet Eq. 7): hard decisions forward, soft probabilities backward, cross-entropy only.
 - ``hrl``: decisions sampled from the gates' Bernoulli policy; the network is trained on the
   cross-entropy of the executed path, the gates by REINFORCE with per-input reward
-  ``-beta * loss + alpha / B_s * skipped`` (mean reward of the batch as baseline).
+  ``-beta * loss + alpha / B_s * skipped`` (mean reward of the batch as baseline). ``credit="shared"``: every
+  gate's decision gets that one reward; ``credit="to-go"`` (SkipNet's own, discount 1): gate i's decision gets
+  ``-beta * loss + alpha / B_s * (blocks skipped from gate i on)``, with a per-gate batch-mean baseline, so a
+  gate is no longer credited with the skips of the gates before it.
 - ``dfs-full`` (DFS step 1; ``--gates dfs``): the backbone frozen, the gate learns to choose full precision for
   every block.
 - ``dfs`` (DFS step 2): joint training on cross-entropy + alpha * cp, the sign of alpha switched per batch so that
@@ -38,6 +41,7 @@ from edgeskip.train.engine import run_epochs
 from edgeskip.train.loop import make_optimizer
 
 DFS_MODES = ("dfs-full", "dfs")
+HRL_CREDIT = ("shared", "to-go")
 
 
 @dataclass(frozen=True)
@@ -49,10 +53,13 @@ class GateTraining:
     beta: float = 1.0
     init: str | None = None  # checkpoint the run started from (None: from scratch)
     cp_target: float = 0.5  # DFS: the computation percentage step 2 steers toward
+    credit: str = "shared"  # HRL: which reward each gate's decision gets (see the module docstring)
 
     def __post_init__(self) -> None:
         if self.mode not in GATE_MODES:
             raise EdgeskipError(f"gate training mode must be one of {', '.join(GATE_MODES)}, got {self.mode!r}")
+        if self.credit not in HRL_CREDIT:
+            raise EdgeskipError(f"HRL credit must be one of {', '.join(HRL_CREDIT)}, got {self.credit!r}")
         if self.alpha < 0 or self.beta < 0:
             raise EdgeskipError("alpha and beta must be >= 0")
         if not 0.0 < float(self.cp_target) <= 1.0:
@@ -122,8 +129,13 @@ class GateObjective:
             return F.cross_entropy(out.logits, yb, label_smoothing=self.label_smoothing), out.logits, skipped
         ce = F.cross_entropy(out.logits, yb, reduction="none", label_smoothing=self.label_smoothing)
         g = max(1, out.execute.shape[1])
-        reward = -gt.beta * ce.detach() + gt.alpha / g * (~out.execute).sum(1).float()
-        policy = -(out.log_prob * (reward - reward.mean())).mean()
+        skips = (~out.execute).float()
+        if gt.credit == "to-go":  # [N, B_s]: the loss plus the skips from each gate on
+            reward = -gt.beta * ce.detach()[:, None] + gt.alpha / g * skips.flip(1).cumsum(1).flip(1)
+            policy = -(out.log_probs * (reward - reward.mean(0))).sum(1).mean()
+        else:
+            reward = -gt.beta * ce.detach() + gt.alpha / g * skips.sum(1)
+            policy = -(out.log_prob * (reward - reward.mean())).mean()
         return ce.mean() + policy, out.logits, skipped
 
     def validate(self, splits: Splits, ddp: Any) -> dict[str, float]:

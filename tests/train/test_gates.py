@@ -55,6 +55,29 @@ def test_hrl_skip_reward_increases_skipping(tmp_path, sp_checkpoint, digits_spli
     assert after.accuracy > 0.85
 
 
+@pytest.mark.parametrize("credit", ["shared", "to-go"])
+def test_hrl_credit_assignment(credit):
+    """Input 0 skips only the first gated block, input 1 executes both; equal losses. Shared credit rewards both
+    of input 0's decisions for that skip; SkipNet's return-to-go credits only the first gate (and the gates before
+    a skip), so the second gate's decisions get no gradient."""
+    from edgeskip.models.skipnet import GatedOutput
+    from edgeskip.train.gates import GateObjective
+
+    logps = torch.full((2, 2), -0.5, requires_grad=True)
+    out = GatedOutput(torch.zeros(2, 3, requires_grad=True), torch.tensor([[False, True], [True, True]]),
+                      torch.full((2, 2), 0.5), logps.sum(1), logps)
+    obj = GateObjective(None, GateTraining("hrl", alpha=2.0, credit=credit))
+    loss, _, stats = obj.loss(out, torch.zeros(2, dtype=torch.long))
+    loss.backward()
+    assert stats["skipped"] == 1.0
+    g = logps.grad
+    assert g[0, 0] < 0 and g[1, 0] > 0  # the skip is rewarded at the first gate either way
+    if credit == "to-go":
+        assert torch.equal(g[:, 1], torch.zeros(2))
+    else:
+        assert torch.equal(g[:, 1], g[:, 0])
+
+
 def test_resume_after_interruption_matches_uninterrupted(tmp_path, sp_checkpoint):
     args = (None, GateConfig("ffgate1"), TrainConfig(epochs=3, batch_size=64, lr=0.01), GateTraining("hrl", alpha=0.5))
     full = train_gates(tmp_path / "full.pt", *args, init=sp_checkpoint, progress=False)
@@ -77,6 +100,8 @@ def test_bad_gate_training_inputs(tmp_path, tiny_checkpoint, sp_checkpoint):
         train_gates(tmp_path / "x.pt", None, GateConfig("rnn"), TrainConfig(epochs=1), GateTraining(), init=sp_checkpoint)
     with pytest.raises(EdgeskipError, match="no gates"):
         train_gates(tiny_checkpoint, None, GateConfig(), TrainConfig(epochs=1), GateTraining(), resume=True)
+    with pytest.raises(EdgeskipError, match="HRL credit must be one of"):
+        GateTraining("hrl", credit="per-block")
     with pytest.raises(EdgeskipError, match="mode"):
         GateTraining("rl")
     with pytest.raises(EdgeskipError, match="exists"):
