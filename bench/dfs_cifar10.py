@@ -126,8 +126,9 @@ def plot(doc: dict, out: Path) -> None:
     for m in ds:
         a1.annotate(f"{m['cp_target']:g}", (m["cp"], 100 * m["test_accuracy"]), fontsize=7)
     for name, m in doc["skipnet"]["models"].items():
-        a1.plot(m["cp"], 100 * m["test_accuracy"], "^", ms=8, label=f"{name} (older backbone)")
-        a2.plot(m["latency_vs_original"], 100 * m["test_accuracy"], "^", ms=8, label=f"{name} (IREE)")
+        short = name.replace("skipnet rnn hrl (r20_hrl_rnn_", "SkipNet HRL ").replace("_e8)", ", 8 epochs")
+        a1.plot(m["cp"], 100 * m["test_accuracy"], "^", ms=8, label=short)
+        a2.plot(m["latency_vs_original"], 100 * m["test_accuracy"], "^", ms=8, label=f"{short} (IREE)")
     a1.plot(1.0, 100 * doc["original"]["test_accuracy"], "ks", label="original (conventional)")
     a2.plot(1.0, 100 * doc["original"]["test_accuracy"], "ks", label="original")
     a1.set_xlabel("computation percentage of the gated blocks (DFS: k-bit = (k/32)^2)")
@@ -147,7 +148,8 @@ def main() -> None:
     ap.add_argument("--dfs", action="append", help="DFS checkpoint (repeatable)")
     ap.add_argument("--original", help="the backbone the DFS models started from")
     ap.add_argument("--replot", action="store_true", help="only redraw the figure from --out's dfs_r20.json")
-    ap.add_argument("--skipnet", default="bench/results/skipnet_r20.json")
+    ap.add_argument("--skipnet", default="bench/results/skipnet_hrl_r20_e8.json",
+                    help="SkipNet results (skipnet_cifar10.py) on the same backbone")
     ap.add_argument("--fractional", default="bench/results/fractional_front.json")
     ap.add_argument("--images", type=int, default=500, help="test images timed one by one")
     ap.add_argument("--rounds", type=int, default=3)
@@ -156,8 +158,13 @@ def main() -> None:
                     "qlinear form (as compile's --calibration-images)")
     ap.add_argument("--out", default="bench/results")
     args = ap.parse_args()
-    if args.replot:
-        plot(json.loads((Path(args.out) / "dfs_r20.json").read_text()), Path(args.out))
+    if args.replot:  # redraw; the SkipNet and weightless points are re-read (they are other benchmarks' results)
+        doc = json.loads((Path(args.out) / "dfs_r20.json").read_text())
+        doc["skipnet"] = skipnet_points(Path(args.skipnet), len(doc["models"]["dfs cp 0.2"]["skip_rate_per_gate"]))
+        doc["weightless"] = weightless_points(Path(args.fractional))
+        doc["replot_command"] = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+        write_json(Path(args.out) / "dfs_r20.json", doc)
+        plot(doc, Path(args.out))
         return
     if not args.dfs or not args.original:
         ap.error("--dfs and --original are required")

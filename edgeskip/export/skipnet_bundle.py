@@ -37,8 +37,8 @@ from edgeskip.export.iree_compile import COMMON_FLAGS, Target, compile_many, imp
 from edgeskip.backends.ort import ort_session
 from edgeskip.export.onnx_export import INT8_TOLERANCE, max_abs_diff
 from edgeskip.export.shared_weights import rename_module
-from edgeskip.export.dfs_graph import (INT8_MODES, calibrate_dfs, export_dfs, graph_reference, switch_order,
-                                       verify_dfs_onnx)
+from edgeskip.export.dfs_graph import (INT8_MODES, calibrate_dfs, export_dfs, graph_reference, rounding_tolerated,
+                                       switch_order, verify_dfs_onnx)
 from edgeskip.export.skipnet_graph import export_skipnet, verify_skipnet_onnx
 from edgeskip.manifest import DECISIONS, ConfigEntry, InputSpec, IreeEntry, Manifest, Normalization
 from edgeskip.models.dfs import DFSResNet
@@ -139,17 +139,23 @@ def _verify(tmp: Path, fam: Family, targets: Sequence[Target], images: np.ndarra
     weights = tmp / "iree" / "weights.irpa"
     sess = ort_session(tmp / "onnx" / f"{fam.kind}.onnx")
     host = IreeSkipNet(weights, tmp / "iree" / "host" / f"{fam.kind}.vmfb")
-    worst, flips = 0.0, 0
+    diffs, flips, decisions = [], 0, 0
     host_out = []
     for x in images:
         ref_l, ref_e = sess.run(None, {"image": x[None]})
         got_l, got_e = host.run(x[None])
         host_out.append((got_l, got_e))
-        worst = max(worst, fam.diff(got_l, ref_l))
+        diffs.append(fam.diff(got_l, ref_l))
         flips += _same(ref_e, got_e, fam.dtype)
-    if worst > fam.tolerance or flips:
+        decisions += np.asarray(ref_e).size
+    worst = max(diffs, default=0.0)
+    # a quantised graph (DFS): onnxruntime's integer kernels and IREE's float arithmetic may round a value on a
+    # boundary one step apart (verify_dfs_onnx's rule); a float graph (SkipNet) must agree on every image
+    ok = rounding_tolerated(diffs, flips, decisions, fam.tolerance) if fam.relative else worst <= fam.tolerance and not flips
+    if not ok:
         raise EdgeskipError(f"host IREE {fam.kind} differs from onnxruntime: {worst:.2e}, {flips} decisions differ")
-    out: dict[str, Any] = {"host": {"iree_vs_onnxruntime": worst, "decisions_differing": 0, "images": len(images)}}
+    out: dict[str, Any] = {"host": {"iree_vs_onnxruntime": worst, "decisions_differing": flips, "images": len(images),
+                                    "images_past_tolerance": sum(d > fam.tolerance for d in diffs)}}
     for t in targets:
         if t.name == "host":
             continue

@@ -16,7 +16,8 @@ import torch
 from edgeskip.data.batches import iterate
 from edgeskip.errors import EdgeskipError
 from edgeskip.export import emulate
-from edgeskip.export.dfs_graph import calibrate_dfs, export_dfs, graph_reference, switch_order, verify_dfs_onnx
+from edgeskip.export.dfs_graph import (calibrate_dfs, export_dfs, graph_reference, rounding_tolerated, switch_order,
+                                      verify_dfs_onnx)
 from edgeskip.export.onnx_export import INT8_TOLERANCE
 from edgeskip.backends.ort import ort_session
 from edgeskip.manifest import load_manifest
@@ -145,6 +146,15 @@ def test_qlinear_needs_calibration(test_batch, tmp_path):
         export_dfs(model, tmp_path / "x.onnx", int8="qlinear")
     with pytest.raises(EdgeskipError, match="calibration data is empty"):
         calibrate_dfs(model, [])
+
+
+def test_rounding_rule():
+    """One image past the tolerance is a rounding step (or 5% of a larger set); more, or 1% of the decisions
+    differing, is a wrong graph."""
+    assert rounding_tolerated([0.0] * 15 + [0.02], 0, 96, 0.01)
+    assert not rounding_tolerated([0.0] * 14 + [0.02, 0.02], 0, 96, 0.01)
+    assert rounding_tolerated([0.0] * 60 + [0.02] * 3, 0, 384, 0.01)
+    assert not rounding_tolerated([0.0] * 16, 1, 96, 0.01) and rounding_tolerated([0.0] * 64, 3, 384, 0.01)
 
 
 def test_switch_order_is_most_frequent_first():
