@@ -214,7 +214,8 @@ def skipnet_summary(m: "Manifest") -> str:
         rates = ", ".join(f"{'skip' if b == 0 else 'full' if b == 32 else f'{b}-bit'} {r:.1%}"
                           for b, r in zip(c.extra["options_bits"], c.extra["test_option_rates"]))
         form = c.extra.get("int8_form", "integer")
-        dfs = f"DFS cp {c.extra['test_cp']:.3f} (options: {rates}; 8 bits as {form}); "
+        form = f"; 8 bits as {form}" if form else ""
+        dfs = f"DFS cp {c.extra['test_cp']:.3f} (options: {rates}{form}); "
     return (f"{dfs}{'DFS' if dfs else 'SkipNet'}: val accuracy {c.val_accuracy:.4f}, test accuracy {c.test_accuracy:.4f}, "
             f"mean skipped {c.extra['test_mean_skipped']:.2f}/{m.num_gates} blocks, mean MACs {c.macs:.0f} (gates "
             f"included), host latency mean {c.latency_s * 1e3:.3f} ms [{c.extra['latency_s_min'] * 1e3:.3f}, "

@@ -247,7 +247,7 @@ def build_skipnet_bundle(ck: Checkpoint, splits: Splits, out: str | os.PathLike,
         if kind == "dfs":
             extra_cfg.update(val_cp=val["mean_cp"], test_cp=test["mean_cp"], test_option_rates=test["option_rates"],
                              options_bits=list(g.options), switch_order=switch_order(val["option_rates"]),
-                             int8_form=dfs_int8, model_val_accuracy=val["accuracy"],
+                             int8_form=dfs_int8 if 8 in g.bits else None, model_val_accuracy=val["accuracy"],
                              model_test_accuracy=test["accuracy"],
                              calibration_images=calibration_images if fused else 0)
         decisions = {"dtype": fam.dtype.name, "shape": [cfg.num_gates]}
