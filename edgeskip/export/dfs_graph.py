@@ -46,9 +46,15 @@ from edgeskip.errors import EdgeskipError
 from edgeskip.export.onnx_export import INT8_TOLERANCE, export_graph, max_abs_diff
 from edgeskip.models.blocknet import ExportView
 from edgeskip.models.dfs import FULL_BITS, DFSResNet, quant_params, residual_bits
-from edgeskip.models.quant import I8, I32, TensorQuant, MinMax, qd
+from edgeskip.models.quant import I8, I32, MinMax, TensorQuant, bn_affine, qd
 
 INT8_MODES = ("integer", "qdq", "qlinear")
+
+
+def _require_trained(lo: torch.Tensor, hi: torch.Tensor) -> None:
+    """Quantisation ranges are NaN until DFS training has set them."""
+    if torch.isnan(lo).any() or torch.isnan(hi).any():
+        raise EdgeskipError("a DFS model whose quantisation ranges were never trained cannot be exported")
 
 
 class FrozenBitsConv(nn.Module):
@@ -56,8 +62,7 @@ class FrozenBitsConv(nn.Module):
 
     def __init__(self, conv: nn.Conv2d, lo: torch.Tensor, hi: torch.Tensor, bits: int) -> None:
         super().__init__()
-        if torch.isnan(lo) or torch.isnan(hi):
-            raise EdgeskipError("a DFS model whose quantisation ranges were never trained cannot be exported")
+        _require_trained(lo, hi)
         self.bits, self.stride, self.padding = bits, conv.stride, conv.padding
         w = conv.weight.detach()
         s_w, z_w = quant_params(bits, w.min(), w.max())
@@ -99,8 +104,7 @@ def _fold_int8(conv: nn.Conv2d, bn: nn.BatchNorm2d, s_in: float) -> tuple[torch.
     w = conv.weight.detach()
     s_w, z_w = quant_params(8, w.min(), w.max())
     n = torch.clamp(torch.round(w / s_w) + z_w, 0, 255) - z_w  # DFS's integer weight
-    k = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
-    bias = bn.bias.detach() - bn.running_mean * k
+    k, bias = bn_affine(bn)
     ints = n * torch.sign(k)[:, None, None, None]
     scale = s_w * k.abs()
     folded = n * s_w * k[:, None, None, None]
@@ -122,8 +126,7 @@ class FusedInt8Block(nn.Module):
 
     def __init__(self, block: nn.Module, lo: torch.Tensor, hi: torch.Tensor, c: TensorQuant) -> None:
         super().__init__()
-        if torch.isnan(lo).any() or torch.isnan(hi).any():
-            raise EdgeskipError("a DFS model whose quantisation ranges were never trained cannot be exported")
+        _require_trained(lo, hi)
         qx, qh = (quant_params(8, lo[i], hi[i]) for i in (0, 1))
         if int(qx[1]) or int(qh[1]):
             raise EdgeskipError("int8='qlinear' needs the convolutions' inputs >= 0 (zero point 0)")
@@ -154,8 +157,8 @@ def calibrate_dfs(model: DFSResNet, batches: Iterable[torch.Tensor]) -> dict[int
     bits = 8
     if bits not in model.gate_cfg.bits:
         raise EdgeskipError("this DFS model has no 8-bit option")
-    if any(torch.isnan(r.lo).any() or torch.isnan(r.hi).any() for r in model.ranges):
-        raise EdgeskipError("a DFS model whose quantisation ranges were never trained cannot be exported")
+    for r in model.ranges:
+        _require_trained(r.lo, r.hi)
     ranges = {b: MinMax() for b in model.gate_of}
     was = model.training
     model.eval()

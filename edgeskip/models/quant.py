@@ -78,11 +78,16 @@ class BlockQuant:
         return cls(**parts)
 
 
+def bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """(per-channel factor, offset) of ``bn`` in eval mode: ``bn(y) = factor * y + offset``."""
+    k = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
+    return k, bn.bias.detach() - bn.running_mean * k
+
+
 def fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     """(weight, bias) of ``bn(conv(x))`` in eval mode as one convolution."""
-    k = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
+    k, b = bn_affine(bn)
     w = conv.weight.detach() * k[:, None, None, None]
-    b = bn.bias.detach() - bn.running_mean * k
     if conv.bias is not None:
         b = b + conv.bias.detach() * k
     return w, b
