@@ -36,6 +36,8 @@ def main() -> None:
     ap.add_argument("--dir", type=Path, default=Path("bench/work/diag"))
     ap.add_argument("--order", default="", help="Run names in table order (default: all, base first).")
     ap.add_argument("--out", type=Path, default=Path("bench/results/train_diagnosis"))
+    ap.add_argument("--made-by", default="EPOCHS=10 bash bench/train_diagnosis.sh",
+                    help="The command that trained the runs (recorded in the JSON).")
     args = ap.parse_args()
     torch.set_num_threads(2)
     names = args.order.split() or sorted((p.stem for p in args.dir.glob("*.pt")), key=lambda n: (n != "base", n))
@@ -58,7 +60,7 @@ def main() -> None:
               f"test {test:.4f}  {rows[-1]['seconds_per_epoch']:.0f} s/epoch  {rows[-1]['change']}")
     doc = {
         "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
-        "runs_made_by": "bash bench/train_diagnosis.sh (see its header for the baseline and the changes)",
+        "runs_made_by": args.made_by + " (see the script's header for the baseline and the changes)",
         "edgeskip_version": __version__, "torch": torch.__version__, "host": platform.processor() or platform.machine(),
         "data_note": "CIFAR-10 JPEG re-encoding (../shared/datasets/cifar10-jpeg); 45k/5k train/val split; "
                      "test = the official 10k test images, reported only",

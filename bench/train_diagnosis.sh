@@ -5,13 +5,31 @@
 # A killed run is resumed from its checkpoint when the script is started again.
 # Then bench/diagnosis.py tabulates val/test accuracy and curves into bench/results/train_diagnosis.{json,png}.
 #   EPOCHS=10 bash bench/train_diagnosis.sh
+# STAGE=regularise: the second round, against the cifar-resnet recipe the first round produced (its 200-epoch
+# models fit their training data, so regularisers are tried), written to bench/results/train_regularise.*:
+#   STAGE=regularise EPOCHS=40 SLOTS=3 bash bench/train_diagnosis.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/datasets/cifar10-jpeg}
 EPOCHS=${EPOCHS:-10}
-OUT=${OUT:-bench/work/diag}
+STAGE=${STAGE:-recipe}
 SLOTS=${SLOTS:-2}
-mkdir -p "$OUT"
+if [ "$STAGE" = regularise ]; then
+OUT=${OUT:-bench/work/diag_reg}
+RESULT=bench/results/train_regularise
+BASE="--dataset imagefolder --data-dir $DATA --recipe cifar-resnet --depth 20 --seed 0 --threads 1
+      --epochs $EPOCHS --quiet"
+declare -A V=(
+  [base]="--no-sd"
+  [cutout16]="--no-sd --cutout 16"
+  [ls0.1]="--no-sd --label-smoothing 0.1"
+  [sd_base]="--sd"
+  [sd_cutout16]="--sd --cutout 16"
+)
+ORDER=${ORDER:-"base cutout16 ls0.1"}
+else
+OUT=${OUT:-bench/work/diag}
+RESULT=bench/results/train_diagnosis
 # today's recipe (the 45-epoch run's settings); every variant changes one thing
 BASE="--dataset imagefolder --data-dir $DATA --depth 20 --batch-size 128 --lr 0.1 --weight-decay 5e-4
       --schedule cosine --seed 0 --threads 1 --epochs $EPOCHS --quiet --shortcut pad --zero-init-last
@@ -35,6 +53,8 @@ declare -A V=(
 )
 ORDER=${ORDER:-"base fp32 wd1e-4 no_zero_init warmup2 proj bs256 proj_no_zero_init sd_base sd_row sd_no_zero_init
                 sd_gated sd_proj_no_zero_init sd_proj_no_zero_init_gated"}
+fi
+mkdir -p "$OUT"
 running() { pgrep -fc "edgeskip train .*--out $OUT/" || true; }
 run() {
   local v=$1 resume=()
@@ -50,4 +70,5 @@ for v in $ORDER; do
   sleep 5
 done
 while [ "$(running)" -gt 0 ]; do sleep 10; done
-python bench/diagnosis.py --dir "$OUT" --order "$ORDER" --out bench/results/train_diagnosis
+python bench/diagnosis.py --dir "$OUT" --order "$ORDER" --out "$RESULT" \
+  --made-by "STAGE=$STAGE EPOCHS=$EPOCHS bash bench/train_diagnosis.sh"

@@ -266,6 +266,8 @@ def apply_recipe(ctx: click.Context, params: dict) -> dict:
 @click.option("--warmup", type=float, default=0.0, show_default=True, help="Linear warm-up epochs.")
 @click.option("--label-smoothing", type=float, default=0.0, show_default=True)
 @click.option("--augment/--no-augment", default=None, help="Crop+flip augmentation [default: on for RGB >= 32x32].")
+@click.option("--cutout", type=int, default=0, show_default=True,
+              help="Cutout: with augmentation, zero a random square of this side (pixels) in each training image (0: off).")
 @click.option("--zero-init-last/--no-zero-init-last", default=False, show_default=True,
               help="Zero-initialise each block's last BN scale (every block starts as the identity; slower to train).")
 @click.option("--amp", type=click.Choice(AMP_CHOICES), default="auto", show_default=True,
@@ -317,7 +319,7 @@ RESNET_ONLY = ("depth", "width", "shortcut", "sd_scope", "zero_init_last")
 def _train(dataset, data_dir, download, val_fraction, image_size, seed, recipe, model_spec, model_args, block_names,
            init_weights, depth, width, shortcut, sd, sd_mode,
            p_last, sd_scope, epochs, batch_size, lr, momentum, nesterov, weight_decay, schedule, warmup, label_smoothing, augment,
-           zero_init_last, amp, compile_, out, resume, stop_after, threads, quiet, gates, init, gate_mode, alpha, beta,
+           cutout, zero_init_last, amp, compile_, out, resume, stop_after, threads, quiet, gates, init, gate_mode, alpha, beta,
            hrl_credit, cp_target, dfs_bits, gate_threshold) -> None:
     import dataclasses
 
@@ -332,7 +334,7 @@ def _train(dataset, data_dir, download, val_fraction, image_size, seed, recipe, 
                              zero_init_last=zero_init_last, sd_scope=sd_scope)
     train_cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, nesterov=nesterov,
                             weight_decay=weight_decay, schedule=schedule, warmup_epochs=warmup,
-                            label_smoothing=label_smoothing, augment=augment, seed=seed, amp=amp,
+                            label_smoothing=label_smoothing, augment=augment, cutout=cutout, seed=seed, amp=amp,
                             compile=compile_, recipe=recipe or "")
     data = DataSpec(dataset, data_dir, val_fraction, seed=seed, image_size=_size(image_size), download=download)
     if gates is None and init is not None:

@@ -45,6 +45,7 @@ def test_main_job_on_digits_end_to_end(tmp_path):
     (["--recipe", "imagenet"], ["--recipe", "he2016"]),
     (["--amp", "fp16"], ["--amp", "bf16"]),
     (["--stop-after", "0"], ["--stop-after"]),
+    (["--cutout", "-2"], ["cutout", ">= 0"]),
     (["--gates", "rnn", "--stop-after", "1"], ["--stop-after"]),
 ])
 def test_train_bad_input(tmp_path, args, fragments):

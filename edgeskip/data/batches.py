@@ -29,6 +29,24 @@ def random_crop_flip(x: "torch.Tensor | _Rows", gen: torch.Generator, pad: int =
     return torch.where(flip[:, None, None, None], out.flip(3), out)
 
 
+def cutout(x: torch.Tensor, gen: torch.Generator, size: int, n: int, rows: slice = slice(None)) -> torch.Tensor:
+    """Cutout (DeVries & Taylor 2017) on a normalised batch: one ``size`` x ``size`` square per image set to 0
+    (the data mean), its centre uniform over the image, so the square may be clipped at the border.
+
+    The centres are drawn for the whole batch of ``n`` images; ``x`` holds its ``rows`` (as in
+    :func:`random_crop_flip`).
+    """
+    h, w = x.shape[-2:]
+    cy = torch.randint(0, h, (n,), generator=gen)[rows]
+    cx = torch.randint(0, w, (n,), generator=gen)[rows]
+    lo = size // 2
+    ys, xs = torch.arange(h)[None, :], torch.arange(w)[None, :]
+    in_y = (ys >= (cy[:, None] - lo)) & (ys < (cy[:, None] - lo + size))  # (n, h)
+    in_x = (xs >= (cx[:, None] - lo)) & (xs < (cx[:, None] - lo + size))  # (n, w)
+    hole = (in_y[:, :, None] & in_x[:, None, :])[:, None]  # (n, 1, h, w)
+    return x.masked_fill(hole, 0.0)
+
+
 def iterate(
     ds: ArrayDataset,
     norm: Normalization,
@@ -38,8 +56,11 @@ def iterate(
     seed: int = 0,
     drop_last: bool = False,
     shard: tuple[int, int] = (0, 1),
+    cutout_size: int = 0,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield normalised (images, labels) batches; deterministic for a given ``seed``.
+
+    ``cutout_size`` > 0 (with ``augment``) adds :func:`cutout` after normalisation.
 
     ``shard=(rank, world)`` yields rank's equal share of each batch (data-parallel training): the
     shuffling and augmentation draws are those of the whole batch, so the union over ranks is the
@@ -56,10 +77,12 @@ def iterate(
         rows = slice(rank * per, (rank + 1) * per if rank < world - 1 else None)  # the last rank takes a remainder
         if augment:
             # draws for the whole batch (same on every rank), pixels only for this rank's rows
-            xb = random_crop_flip(_Rows(ds.x, idx), gen, rows=rows)
+            xb = norm.apply(random_crop_flip(_Rows(ds.x, idx), gen, rows=rows))
+            if cutout_size:
+                xb = cutout(xb, gen, cutout_size, len(idx), rows)
         else:
-            xb = to_float(ds.x[idx[rows]])
-        yield norm.apply(xb), torch.from_numpy(ds.y[idx[rows]])
+            xb = norm.apply(to_float(ds.x[idx[rows]]))
+        yield xb, torch.from_numpy(ds.y[idx[rows]])
 
 
 class _Rows:

@@ -60,6 +60,7 @@ class TrainConfig:
     warmup_epochs: float = 0.0
     label_smoothing: float = 0.0
     augment: bool | None = None
+    cutout: int = 0  # side of the Cutout square in pixels (0: off); applies with augment
     seed: int = 0
     amp: str = "auto"
     recipe: str = ""
@@ -82,6 +83,8 @@ class TrainConfig:
             raise EdgeskipError(f"learning rate must be > 0, got {self.lr}")
         if self.schedule not in SCHEDULES:
             raise EdgeskipError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.cutout < 0:
+            raise EdgeskipError(f"cutout must be a square side in pixels >= 0 (0: off), got {self.cutout}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise EdgeskipError(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
 

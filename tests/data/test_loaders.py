@@ -9,7 +9,7 @@ from PIL import Image
 
 from edgeskip.data import load_splits
 from edgeskip.data import imagefolder
-from edgeskip.data.batches import iterate, random_crop_flip
+from edgeskip.data.batches import cutout, iterate, random_crop_flip
 from edgeskip.data.cifar import load_cifar
 from edgeskip.errors import EdgeskipError
 
@@ -172,6 +172,37 @@ def test_crop_flip_equals_a_per_image_reference():
         ref = padded[:, oy[i]:oy[i] + 32, ox[i]:ox[i] + 32]
         assert torch.equal(out[i], ref.flip(2) if flip[i] else ref)
     assert 0 < int(flip.sum()) < 16 and len(set(oy.tolist())) > 1
+
+
+def test_cutout_zeroes_one_square_per_image():
+    x = torch.rand(64, 3, 32, 32) + 1.0  # no zeros before
+    out = cutout(x, torch.Generator().manual_seed(1), 16, 64)
+    holes = out == 0
+    assert torch.equal(holes[:, :1].expand_as(holes), holes)  # the same square in every channel
+    for i in range(64):
+        ys, xs = holes[i, 0].nonzero(as_tuple=True)
+        h, w = int(ys.max() - ys.min() + 1), int(xs.max() - xs.min() + 1)
+        assert len(ys) == h * w and 8 <= h <= 16 and 8 <= w <= 16  # a rectangle, clipped at most to half
+        assert torch.equal(out[i][~holes[i]], x[i][~holes[i]])
+    assert (holes[:, 0].sum((1, 2)) == 256).sum() > 5  # whole 16x16 squares where the centre is inside
+    assert torch.equal(out, cutout(x, torch.Generator().manual_seed(1), 16, 64))
+
+
+def test_cutout_shards_union_to_the_whole_batch():
+    # a data-parallel rank draws what the single-process run draws and keeps its rows
+    x = torch.rand(8, 3, 32, 32) + 1.0
+    whole = cutout(x, torch.Generator().manual_seed(5), 16, 8)
+    parts = [cutout(x[r], torch.Generator().manual_seed(5), 16, 8, r) for r in (slice(0, 4), slice(4, None))]
+    assert torch.equal(torch.cat(parts), whole)
+
+
+def test_iterate_with_cutout(digits_splits):
+    s = digits_splits
+    plain = next(iterate(s.train, s.norm, 64, shuffle=True, augment=True, seed=2))[0]
+    cut = next(iterate(s.train, s.norm, 64, shuffle=True, augment=True, seed=2, cutout_size=4))[0]
+    differ = cut != plain
+    assert torch.equal(cut[differ], torch.zeros_like(cut[differ]))  # only zeroed pixels differ
+    assert 0 < differ.float().mean() < 0.5
 
 
 def test_iterate_is_seeded(digits_splits):
