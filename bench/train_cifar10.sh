@@ -16,6 +16,9 @@ RECIPE=${RECIPE:-cifar-resnet}
 RUNS=${RUNS:-bench/checkpoints}
 DEPTH=${DEPTH:-20}
 EXTRA=${EXTRA:-}
+# Figure 1's random band: ResNet-20 has 64 skip arrays (all of them, whole test split); deeper nets sample
+# 500 per N on a seeded 1,000-image test subset (the whole split would take days of CPU)
+FIG_ARGS=${FIG_ARGS:-$([ "$DEPTH" = 20 ] || echo "--band-images 1000")}
 mkdir -p "$RUNS"
 for v in sd plain; do
   flag=$([ $v = sd ] && echo --sd || echo --no-sd)
@@ -32,4 +35,5 @@ from edgeskip.train import load_checkpoint
 sys.exit(0 if all(load_checkpoint(f"{sys.argv[1]}/r{sys.argv[2]}_{v}.pt").complete for v in ("sd", "plain")) else 1)
 PY
 python bench/sd_vs_plain.py --sd "$RUNS/r${DEPTH}_sd.pt" --plain "$RUNS/r${DEPTH}_plain.pt" \
-  --name "cifar10_r${DEPTH}_sd_vs_plain" --slim "r${DEPTH}_sd.pt,r${DEPTH}_plain.pt" --out bench/results
+  --name "cifar10_r${DEPTH}_sd_vs_plain" --slim "r${DEPTH}_sd.pt,r${DEPTH}_plain.pt" --out bench/results \
+  --title "ResNet-${DEPTH}, CIFAR-10 (JPEG copy)" $FIG_ARGS
