@@ -41,7 +41,7 @@ def random_band(model, splits, num_gates: int, per_n: int, seed: int = 0, images
     """Test accuracy over random distinct skip arrays for each number of skipped blocks N.
 
     ``images`` > 0: on a seeded random subset of that many test images (deep models: 500 arrays per N over
-    24+ gates are 12,000 evaluations, days of CPU on the whole test split).
+    24 gates are ~11,000 evaluations per model, ~17 h of CPU each on the whole test split).
     """
     rng = random.Random(seed)
     test = splits.test

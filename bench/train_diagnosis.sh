@@ -23,8 +23,6 @@ declare -A V=(
   [base]="--no-sd"
   [cutout16]="--no-sd --cutout 16"
   [ls0.1]="--no-sd --label-smoothing 0.1"
-  [sd_base]="--sd"
-  [sd_cutout16]="--sd --cutout 16"
 )
 ORDER=${ORDER:-"base cutout16 ls0.1"}
 else

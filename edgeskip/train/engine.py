@@ -90,7 +90,7 @@ def run_epochs(model: torch.nn.Module, objective: Objective, opt: torch.optim.Op
         extra_sums: dict[str, float] = {}
         batches = iterate(splits.train, splits.norm, cfg.batch_size, shuffle=True, augment=augment,
                           seed=cfg.seed * 100_003 + epoch, drop_last=True, shard=shard,
-                          cutout_size=cfg.cutout if augment else 0)
+                          cutout_size=cfg.cutout)
         bar = tqdm(batches, total=steps, desc=f"{objective.label}epoch {epoch + 1}/{cfg.epochs}", leave=False,
                    disable=not progress or not sys.stderr.isatty(), file=sys.stderr, dynamic_ncols=True)
         for xb, yb in bar:
