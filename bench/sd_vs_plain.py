@@ -7,12 +7,20 @@ arrays per N, or all of them where fewer exist; mean and min-max band, the paper
 the weight-L2 / random rankings. Writes ``NAME.{json,png}`` and slim copies of both checkpoints.
 
     python bench/sd_vs_plain.py --sd bench/work/r20_sd.pt --plain bench/work/r20_plain.pt --out bench/results
+
+The band is the expensive part for deep models (ResNet-56: ~50 min per model on 2 threads over 500 test
+images). ``--band-cache DIR`` keeps it per checkpoint, written after every N, so an interrupted run continues;
+``--only sd`` computes one model's band into the cache while the other model is still training:
+
+    python bench/sd_vs_plain.py --only sd --sd bench/checkpoints/r56_sd.pt --band-cache bench/checkpoints \
+        --band-images 500 --threads 1
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import math
 import platform
 import random
@@ -35,20 +43,25 @@ from edgeskip.pareto.evaluate import evaluate_skip_arrays  # noqa: E402
 from edgeskip.pareto.latency import TorchLatency  # noqa: E402
 from edgeskip.train import load_checkpoint  # noqa: E402
 from edgeskip.utils.atomic import write_json, write_with  # noqa: E402
+from edgeskip.utils.hashing import file_digest  # noqa: E402
 
 
-def random_band(model, splits, num_gates: int, per_n: int, seed: int = 0, images: int = 0) -> list[dict]:
+def random_band(model, splits, num_gates: int, per_n: int, seed: int = 0, images: int = 0,
+                cache: Path | None = None, cache_key: dict | None = None) -> list[dict]:
     """Test accuracy over random distinct skip arrays for each number of skipped blocks N.
 
     ``images`` > 0: on a seeded random subset of that many test images (deep models: 500 arrays per N over
     24 gates are ~11,000 evaluations per model, ~17 h of CPU each on the whole test split).
+    ``cache``: a JSON file that holds each finished N (written atomically after every N) under ``cache_key``;
+    a later call with the same key continues where an interrupted one stopped, on the same arrays and images (the
+    arrays are drawn up front from the seed, and each N is evaluated on its own). A file under another key
+    is ignored and replaced.
     """
     rng = random.Random(seed)
     test = splits.test
     if 0 < images < len(test):
         test = test.subset(np.sort(np.random.default_rng(seed).choice(len(test), images, replace=False)))
-    arrays: list[tuple[int, ...]] = []
-    owner: list[int] = []
+    picks_by_n: list[list[tuple[int, ...]]] = []
     for n in range(num_gates + 1):
         if math.comb(num_gates, n) <= per_n:
             picks = [set(c) for c in itertools.combinations(range(num_gates), n)]
@@ -57,32 +70,51 @@ def random_band(model, splits, num_gates: int, per_n: int, seed: int = 0, images
             while len(seen) < per_n:
                 seen.add(tuple(sorted(rng.sample(range(num_gates), n))))
             picks = [set(c) for c in sorted(seen)]
-        for off in picks:
-            arrays.append(tuple(0 if g in off else 1 for g in range(num_gates)))
-            owner.append(n)
-    accs = evaluate_skip_arrays(model, test, splits.norm, arrays)
+        picks_by_n.append([tuple(0 if g in off else 1 for g in range(num_gates)) for off in picks])
+    done: dict[int, dict] = {}
+    if cache is not None and cache.exists():
+        stored = json.loads(cache.read_text())
+        if stored.get("key") == cache_key:
+            done = {row["n_skipped"]: row for row in stored["band"]}
     band = []
-    for n in range(num_gates + 1):
-        a = [acc for acc, o in zip(accs, owner) if o == n]
-        band.append({"n_skipped": n, "configs": len(a), "all_configs": len(a) == math.comb(num_gates, n),
-                     "test_images": len(test), "mean": statistics.fmean(a), "min": min(a), "max": max(a)})
+    for n, arrays in enumerate(picks_by_n):
+        if n not in done:
+            t0 = time.time()
+            a = evaluate_skip_arrays(model, test, splits.norm, arrays)
+            done[n] = {"n_skipped": n, "configs": len(a), "all_configs": len(a) == math.comb(num_gates, n),
+                       "test_images": len(test), "mean": statistics.fmean(a), "min": min(a), "max": max(a),
+                       "seconds": time.time() - t0}
+            if cache is not None:
+                write_json(cache, {"key": cache_key, "band": [done[k] for k in sorted(done)]})
+        band.append(done[n])
     return band
 
 
-def summarize(path: Path, splits_cache: dict, per_n: int = 500, band_images: int = 0) -> dict:
+def load(path: Path, splits_cache: dict):
     ck = load_checkpoint(path)
-    model = ck.model()
     key = (ck.data.name, ck.data.data_dir, ck.data.val_fraction, ck.data.seed)
     if key not in splits_cache:
         splits_cache[key] = ck.data.load()
     splits = splits_cache[key]
     splits.norm = ck.norm
+    return ck, ck.model(), splits
+
+
+def band_of(path: Path, ck, model, splits, per_n: int, band_images: int, cache_dir: Path | None) -> list[dict]:
+    """The random-config band of one checkpoint, continued from ``cache_dir/<name>.band.json`` if given."""
+    cache = None if cache_dir is None else cache_dir / f"{path.stem}.band.json"
+    key = {"checkpoint_sha256": file_digest(path), "per_n": per_n, "band_images": band_images, "seed": 0}
+    return random_band(model, splits, ck.model_cfg.num_gates, per_n, images=band_images, cache=cache, cache_key=key)
+
+
+def summarize(path: Path, splits_cache: dict, per_n: int = 500, band_images: int = 0,
+              cache_dir: Path | None = None) -> dict:
+    ck, model, splits = load(path, splits_cache)
     t0 = time.time()
     sens, front = design_space(model, splits, ck.dataset_id, latency=TorchLatency(model, repeats=50, threads=1))
     curve = sens["curves"]["sensitivity"]
     analysis = time.time() - t0
-    t1 = time.time()
-    band = random_band(model, splits, ck.model_cfg.num_gates, per_n, images=band_images)
+    band = band_of(path, ck, model, splits, per_n, band_images, cache_dir)
     return {
         "checkpoint": str(path), "stochastic_depth": ck.model_cfg.sd_mode != "none", "model": ck.model_cfg.to_dict(),
         "train": ck.train_cfg.to_dict(), "epochs_done": ck.epoch,
@@ -90,7 +122,8 @@ def summarize(path: Path, splits_cache: dict, per_n: int = 500, band_images: int
         "full_test_accuracy": sens["full_test_accuracy"], "ranking": sens["rankings"]["sensitivity"],
         "blocks": sens["blocks"], "curve": curve, "curves_other_rankings": {k: v for k, v in sens["curves"].items() if k != "sensitivity"},
         "pareto": front["configs"], "latency_source": front["latency_source"], "analysis_seconds": analysis,
-        "random_configs": band, "random_configs_seconds": time.time() - t1,
+        # CPU seconds the band took, summed over N (also where parts of it came from --band-cache)
+        "random_configs": band, "random_configs_seconds": sum(row["seconds"] for row in band),
     }, ck
 
 
@@ -125,8 +158,8 @@ def plot(results: dict, dest: Path, title: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sd", type=Path, required=True, help="checkpoint trained with stochastic depth")
-    ap.add_argument("--plain", type=Path, required=True, help="checkpoint trained without")
+    ap.add_argument("--sd", type=Path, help="checkpoint trained with stochastic depth")
+    ap.add_argument("--plain", type=Path, help="checkpoint trained without")
     ap.add_argument("--out", type=Path, default=Path("bench/results"))
     ap.add_argument("--name", default="cifar10_r20_sd_vs_plain")
     ap.add_argument("--slim", default="r20_sd.pt,r20_plain.pt", help="file names of the slim checkpoint copies")
@@ -134,12 +167,30 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--band-images", type=int, default=0,
                     help="evaluate the random configs on a seeded subset of this many test images (0: all)")
     ap.add_argument("--title", default="ResNet-20, CIFAR-10 (JPEG copy)")
+    ap.add_argument("--band-cache", type=Path, default=None,
+                    help="keep each model's band in DIR/<checkpoint name>.band.json, written after every N, so an "
+                         "interrupted run continues (keyed by the checkpoint's SHA-256 and the band settings)")
+    ap.add_argument("--only", choices=("sd", "plain"), default=None,
+                    help="compute just this model's band into --band-cache and stop (e.g. while the other trains)")
+    ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     cache: dict = {}
+    for flag in ("sd", "plain") if args.only is None else (args.only,):
+        if getattr(args, flag) is None:
+            ap.error(f"--{flag} is required" + (f" with --only {flag}" if args.only else ""))
+    if args.only:
+        if args.band_cache is None:
+            ap.error("--only needs --band-cache")
+        path = args.sd if args.only == "sd" else args.plain
+        ck, model, splits = load(path, cache)
+        band = band_of(path, ck, model, splits, args.random_configs, args.band_images, args.band_cache)
+        print(f"{args.only}: band of {len(band)} N values in {args.band_cache / (path.stem + '.band.json')} "
+              f"({sum(r['seconds'] for r in band):.0f} s of evaluation)")
+        return
     results, cks = {}, {}
     for name, path in (("stochastic depth", args.sd), ("conventional", args.plain)):
-        results[name], cks[name] = summarize(path, cache, args.random_configs, args.band_images)
+        results[name], cks[name] = summarize(path, cache, args.random_configs, args.band_images, args.band_cache)
     doc = {
         "command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])]),
         "edgeskip_version": __version__, "torch": torch.__version__, "host": platform.processor() or platform.machine(),
