@@ -21,20 +21,29 @@ EXTRA=${EXTRA:-}
 # ~11,000 arrays per model; the whole split would take ~17 h per model)
 FIG_ARGS=${FIG_ARGS:-$([ "$DEPTH" = 20 ] || echo "--band-images 500")}
 mkdir -p "$RUNS"
-for v in sd plain; do
-  flag=$([ $v = sd ] && echo --sd || echo --no-sd)
-  resume=$([ -f "$RUNS/r${DEPTH}_$v.pt" ] && echo --resume || true)
-  # on --resume the checkpoint's stored settings win; EXTRA only shapes a new run
-  edgeskip train --dataset imagefolder --data-dir "$DATA" --depth "$DEPTH" --recipe "$RECIPE" $flag --seed 0 \
-    --threads 1 $EXTRA --out "$RUNS/r${DEPTH}_$v.pt" $resume ${STOP_AFTER:+--stop-after $STOP_AFTER} \
-    >> "$RUNS/train_r${DEPTH}_$v.log" 2>&1 &
-done
-wait
-python - "$RUNS" "$DEPTH" <<'PY' || { echo "runs not complete yet; run this script again to continue them"; exit 0; }
+complete() {  # exit 0 when every checkpoint named is trained to its last epoch
+  python - "$@" <<'PY'
 import sys
 from edgeskip.train import load_checkpoint
-sys.exit(0 if all(load_checkpoint(f"{sys.argv[1]}/r{sys.argv[2]}_{v}.pt").complete for v in ("sd", "plain")) else 1)
+sys.exit(0 if all(load_checkpoint(p).complete for p in sys.argv[1:]) else 1)
 PY
-python bench/sd_vs_plain.py --sd "$RUNS/r${DEPTH}_sd.pt" --plain "$RUNS/r${DEPTH}_plain.pt" \
+}
+for v in sd plain; do
+  flag=$([ $v = sd ] && echo --sd || echo --no-sd)
+  ck="$RUNS/r${DEPTH}_$v.pt"
+  resume=$([ -f "$ck" ] && echo --resume || true)
+  # on --resume the checkpoint's stored settings win; EXTRA only shapes a new run. A model that finishes
+  # first computes its half of Figure 1's band on the core it frees (kept in $RUNS/r${DEPTH}_$v.band.json,
+  # continued if interrupted) while the other still trains
+  ( edgeskip train --dataset imagefolder --data-dir "$DATA" --depth "$DEPTH" --recipe "$RECIPE" $flag --seed 0 \
+      --threads 1 $EXTRA --out "$ck" $resume ${STOP_AFTER:+--stop-after $STOP_AFTER} >> "$RUNS/train_r${DEPTH}_$v.log" 2>&1
+    if complete "$ck"; then
+      python bench/sd_vs_plain.py --only $v --$v "$ck" --band-cache "$RUNS" --threads 1 $FIG_ARGS
+    fi ) &
+done
+wait
+complete "$RUNS/r${DEPTH}_sd.pt" "$RUNS/r${DEPTH}_plain.pt" \
+  || { echo "runs not complete yet; run this script again to continue them"; exit 0; }
+python bench/sd_vs_plain.py --sd "$RUNS/r${DEPTH}_sd.pt" --plain "$RUNS/r${DEPTH}_plain.pt" --band-cache "$RUNS" \
   --name "cifar10_r${DEPTH}_sd_vs_plain" --slim "r${DEPTH}_sd.pt,r${DEPTH}_plain.pt" --out bench/results \
   --title "ResNet-${DEPTH}, CIFAR-10 (JPEG copy)" $FIG_ARGS
