@@ -32,12 +32,13 @@ for v in sd plain; do
   flag=$([ $v = sd ] && echo --sd || echo --no-sd)
   ck="$RUNS/r${DEPTH}_$v.pt"
   resume=$([ -f "$ck" ] && echo --resume || true)
+  other="$RUNS/r${DEPTH}_$([ $v = sd ] && echo plain || echo sd).pt"
   # on --resume the checkpoint's stored settings win; EXTRA only shapes a new run. A model that finishes
-  # first computes its half of Figure 1's band on the core it frees (kept in $RUNS/r${DEPTH}_$v.band.json,
-  # continued if interrupted) while the other still trains
+  # while the other still trains computes its half of Figure 1's band on the core it frees (kept in
+  # $RUNS/r${DEPTH}_$v.band.json, continued if interrupted); otherwise the figure below does it on 2 threads
   ( edgeskip train --dataset imagefolder --data-dir "$DATA" --depth "$DEPTH" --recipe "$RECIPE" $flag --seed 0 \
       --threads 1 $EXTRA --out "$ck" $resume ${STOP_AFTER:+--stop-after $STOP_AFTER} >> "$RUNS/train_r${DEPTH}_$v.log" 2>&1
-    if complete "$ck"; then
+    if complete "$ck" && ! { [ -f "$other" ] && complete "$other"; }; then
       python bench/sd_vs_plain.py --only $v --$v "$ck" --band-cache "$RUNS" --threads 1 $FIG_ARGS
     fi ) &
 done
