@@ -9,6 +9,8 @@
 #   bash bench/train_cifar10.sh                        # ResNet-20, run to the end
 #   STOP_AFTER=60 bash bench/train_cifar10.sh          # stop after epoch 60 (commit $RUNS, continue later)
 #   DEPTH=56 EXTRA="--warmup 2" bash bench/train_cifar10.sh   # ResNet-56 (lr 0.1 needs a warm-up at this depth)
+#   THREADS=2 ... bash bench/train_cifar10.sh          # one model left to train (the other complete, its band
+#                                                      # cached): give it both cores (~1.8x a one-thread epoch)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/datasets/cifar10-jpeg}
@@ -16,6 +18,7 @@ RECIPE=${RECIPE:-cifar-resnet}
 RUNS=${RUNS:-bench/checkpoints}
 DEPTH=${DEPTH:-20}
 EXTRA=${EXTRA:-}
+THREADS=${THREADS:-1}  # per training process
 # Figure 1's random band: ResNet-20 has 64 skip arrays (all of them, whole test split); deeper nets sample
 # 500 per N on a seeded 500-image test subset (ResNet-56: 0.56 s per array on 1,000 images with 2 threads,
 # ~11,000 arrays per model; the whole split would take ~17 h per model)
@@ -37,7 +40,7 @@ for v in sd plain; do
   # while the other still trains computes its half of Figure 1's band on the core it frees (kept in
   # $RUNS/r${DEPTH}_$v.band.json, continued if interrupted); otherwise the figure below does it on 2 threads
   ( edgeskip train --dataset imagefolder --data-dir "$DATA" --depth "$DEPTH" --recipe "$RECIPE" $flag --seed 0 \
-      --threads 1 $EXTRA --out "$ck" $resume ${STOP_AFTER:+--stop-after $STOP_AFTER} >> "$RUNS/train_r${DEPTH}_$v.log" 2>&1
+      --threads "$THREADS" $EXTRA --out "$ck" $resume ${STOP_AFTER:+--stop-after $STOP_AFTER} >> "$RUNS/train_r${DEPTH}_$v.log" 2>&1
     if complete "$ck" && ! { [ -f "$other" ] && complete "$other"; }; then
       python bench/sd_vs_plain.py --only $v --$v "$ck" --band-cache "$RUNS" --threads 1 $FIG_ARGS
     fi ) &
