@@ -8,8 +8,9 @@ the weight-L2 / random rankings. Writes ``NAME.{json,png}`` and slim copies of b
 
     python bench/sd_vs_plain.py --sd bench/work/r20_sd.pt --plain bench/work/r20_plain.pt --out bench/results
 
-The band is the expensive part for deep models (ResNet-56: ~50 min per model on 2 threads over 500 test
-images). ``--band-cache DIR`` keeps it per checkpoint, written after every N, so an interrupted run continues;
+The band is the expensive part for deep models (ResNet-56, 500 arrays per N over 500 test images: 54 min on one
+thread beside a training run, 32 min on 2 threads alone). ``--band-cache DIR`` keeps it per checkpoint, written
+after every N, so an interrupted run continues;
 ``--only sd`` computes one model's band into the cache while the other model is still training:
 
     python bench/sd_vs_plain.py --only sd --sd bench/checkpoints/r56_sd.pt --band-cache bench/checkpoints \
