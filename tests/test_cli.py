@@ -94,8 +94,11 @@ def test_resume_cli(tmp_path):
     first = run("train", "--epochs", "1", "--depth", "14", "--width", "4", "--out", out, "--quiet")
     assert first.returncode == 0, first.stderr
     one_line_error(run("train", "--epochs", "1", "--out", out, "--quiet"), "--resume")
+    before = out.read_bytes()
     again = run("train", "--resume", "--out", out, "--quiet")
     assert again.returncode == 0 and "epoch 1/1" in again.stdout
+    assert "already complete, nothing written" in again.stdout and "wrote" not in again.stdout
+    assert out.read_bytes() == before
 
 
 def test_recipe_options_are_train_options():
