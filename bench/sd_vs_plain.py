@@ -9,7 +9,8 @@ the weight-L2 / random rankings. Writes ``NAME.{json,png}`` and slim copies of b
     python bench/sd_vs_plain.py --sd bench/work/r20_sd.pt --plain bench/work/r20_plain.pt --out bench/results
 
 The band is the expensive part for deep models (ResNet-56, 500 arrays per N over 500 test images: 54 min on one
-thread beside a training run, 32 min on 2 threads alone). ``--band-cache DIR`` keeps it per checkpoint, written
+thread beside a training run, 32 min on 2 threads alone); the rankings are then re-measured on the same subset
+(``curves_on_band_images``) to compare with the band like for like. ``--band-cache DIR`` keeps it per checkpoint, written
 after every N, so an interrupted run continues;
 ``--only sd`` computes one model's band into the cache while the other model is still training:
 
@@ -47,6 +48,24 @@ from edgeskip.utils.atomic import write_json, write_with  # noqa: E402
 from edgeskip.utils.hashing import file_digest  # noqa: E402
 
 
+def band_test_set(splits, images: int, seed: int = 0):
+    """The test images the band is measured on: all of them, or a seeded subset of ``images``."""
+    test = splits.test
+    if 0 < images < len(test):
+        test = test.subset(np.sort(np.random.default_rng(seed).choice(len(test), images, replace=False)))
+    return test
+
+
+def curves_on(model, test, norm, curves: dict, num_gates: int) -> dict:
+    """Each ranking's configs re-measured on ``test`` (the band's subset), so they compare with the band like
+    for like: {ranking: [accuracy at N = 0, 1, ...]}."""
+    out = {}
+    for name, curve in curves.items():
+        arrays = [tuple(0 if g in c["skipped_gates"] else 1 for g in range(num_gates)) for c in curve]
+        out[name] = evaluate_skip_arrays(model, test, norm, arrays)
+    return out
+
+
 def random_band(model, splits, num_gates: int, per_n: int, seed: int = 0, images: int = 0,
                 cache: Path | None = None, cache_key: dict | None = None) -> list[dict]:
     """Test accuracy over random distinct skip arrays for each number of skipped blocks N.
@@ -59,9 +78,7 @@ def random_band(model, splits, num_gates: int, per_n: int, seed: int = 0, images
     is ignored and replaced.
     """
     rng = random.Random(seed)
-    test = splits.test
-    if 0 < images < len(test):
-        test = test.subset(np.sort(np.random.default_rng(seed).choice(len(test), images, replace=False)))
+    test = band_test_set(splits, images, seed)
     picks_by_n: list[list[tuple[int, ...]]] = []
     for n in range(num_gates + 1):
         if math.comb(num_gates, n) <= per_n:
@@ -116,6 +133,10 @@ def summarize(path: Path, splits_cache: dict, per_n: int = 500, band_images: int
     curve = sens["curves"]["sensitivity"]
     analysis = time.time() - t0
     band = band_of(path, ck, model, splits, per_n, band_images, cache_dir)
+    on_band = None
+    if band_images:  # the band is on a subset: the rankings on the same images, to compare like for like
+        on_band = curves_on(model, band_test_set(splits, band_images), splits.norm, sens["curves"],
+                            ck.model_cfg.num_gates)
     return {
         "checkpoint": str(path), "stochastic_depth": ck.model_cfg.sd_mode != "none", "model": ck.model_cfg.to_dict(),
         "train": ck.train_cfg.to_dict(), "epochs_done": ck.epoch,
@@ -125,20 +146,27 @@ def summarize(path: Path, splits_cache: dict, per_n: int = 500, band_images: int
         "pareto": front["configs"], "latency_source": front["latency_source"], "analysis_seconds": analysis,
         # CPU seconds the band took, summed over N (also where parts of it came from --band-cache)
         "random_configs": band, "random_configs_seconds": sum(row["seconds"] for row in band),
+        "random_configs_test_images": band[0]["test_images"],
+        **({"curves_on_band_images": on_band} if on_band is not None else {}),
     }, ck
 
 
 def plot(results: dict, dest: Path, title: str) -> None:
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 5.6))
     for name, r in results.items():
         n = [c["n_skipped"] for c in r["curve"]]
         ax1.plot(n, [100 * c["test_accuracy"] for c in r["curve"]], "-o", label=f"{name} (test)")
         color = ax1.lines[-1].get_color()
         b = r["random_configs"]
+        on = f", {b[0]['test_images']} test images" if "curves_on_band_images" in r else ""
         ax1.fill_between([c["n_skipped"] for c in b], [100 * c["min"] for c in b], [100 * c["max"] for c in b],
-                         color=color, alpha=0.15, label=f"{name}: random configs (min-max)")
+                         color=color, alpha=0.15, label=f"{name}: random configs (min-max{on})")
         ax1.plot([c["n_skipped"] for c in b], [100 * c["mean"] for c in b], "--", color=color, alpha=0.7,
-                 label=f"{name}: random configs (mean)")
+                 label=f"{name}: random configs (mean{on})")
+        if "curves_on_band_images" in r:
+            same = r["curves_on_band_images"]["sensitivity"]
+            ax1.plot(range(len(same)), [100 * a for a in same], "-", lw=0.8, color=color, alpha=0.8,
+                     label=f"{name}: sensitivity ranking{on}")
         for (rank_name, other), marker in zip(r["curves_other_rankings"].items(), "xs^"):
             ax1.plot([c["n_skipped"] for c in other], [100 * c["test_accuracy"] for c in other], marker=marker,
                      linestyle=":", lw=0.8, color=color, alpha=0.6, label=f"{name}: {rank_name} ranking")
@@ -147,14 +175,15 @@ def plot(results: dict, dest: Path, title: str) -> None:
     ax1.set_ylabel("top-1 accuracy (%)")
     ax1.set_title(title)
     ax1.grid(alpha=0.3)
-    ax1.legend(fontsize=6.5, ncol=2)
+    handles, labels = ax1.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=7, frameon=False)  # below both panels
     ax2.set_xlabel("MMACs per image")
     ax2.set_ylabel("test top-1 accuracy (%)")
     ax2.set_title("accuracy vs compute")
     ax2.grid(alpha=0.3)
     ax2.legend(fontsize=8)
-    fig.tight_layout()
-    write_with(dest, lambda p: fig.savefig(p, dpi=110, format="png"))
+    fig.tight_layout(rect=(0, 0.036 * math.ceil(len(labels) / 2) + 0.04, 1, 1))
+    write_with(dest, lambda p: fig.savefig(p, dpi=110, format="png", bbox_inches="tight"))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -174,7 +203,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--only", choices=("sd", "plain"), default=None,
                     help="compute just this model's band into --band-cache and stop (e.g. while the other trains)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--replot", action="store_true", help="redraw OUT/NAME.png from OUT/NAME.json and stop")
     args = ap.parse_args(argv)
+    if args.replot:
+        doc = json.loads((args.out / f"{args.name}.json").read_text())
+        plot(doc["results"], args.out / f"{args.name}.png", args.title)
+        return
     torch.set_num_threads(args.threads)
     cache: dict = {}
     for flag in ("sd", "plain") if args.only is None else (args.only,):
