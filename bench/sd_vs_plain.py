@@ -42,6 +42,7 @@ import torch  # noqa: E402
 from edgeskip import __version__  # noqa: E402
 from edgeskip.pareto.design import design_space  # noqa: E402
 from edgeskip.pareto.evaluate import evaluate_skip_arrays  # noqa: E402
+from edgeskip.pareto.front import candidates_from_order  # noqa: E402
 from edgeskip.pareto.latency import TorchLatency  # noqa: E402
 from edgeskip.train import load_checkpoint  # noqa: E402
 from edgeskip.utils.atomic import write_json, write_with  # noqa: E402
@@ -56,14 +57,13 @@ def band_test_set(splits, images: int, seed: int = 0):
     return test
 
 
-def curves_on(model, test, norm, curves: dict, num_gates: int) -> dict:
+def curves_on(model, test, norm, rankings: dict, num_gates: int) -> dict:
     """Each ranking's configs re-measured on ``test`` (the band's subset), so they compare with the band like
-    for like: {ranking: [accuracy at N = 0, 1, ...]}."""
-    out = {}
-    for name, curve in curves.items():
-        arrays = [tuple(0 if g in c["skipped_gates"] else 1 for g in range(num_gates)) for c in curve]
-        out[name] = evaluate_skip_arrays(model, test, norm, arrays)
-    return out
+    for like: {ranking: [accuracy at N = 0, 1, ...]}. Configs the rankings share are evaluated once."""
+    cands = {name: candidates_from_order(order, num_gates) for name, order in rankings.items()}
+    distinct = sorted({s for cs in cands.values() for s in cs})
+    acc = dict(zip(distinct, evaluate_skip_arrays(model, test, norm, distinct)))
+    return {name: [acc[s] for s in cs] for name, cs in cands.items()}
 
 
 def random_band(model, splits, num_gates: int, per_n: int, seed: int = 0, images: int = 0,
@@ -135,7 +135,7 @@ def summarize(path: Path, splits_cache: dict, per_n: int = 500, band_images: int
     band = band_of(path, ck, model, splits, per_n, band_images, cache_dir)
     on_band = None
     if band_images:  # the band is on a subset: the rankings on the same images, to compare like for like
-        on_band = curves_on(model, band_test_set(splits, band_images), splits.norm, sens["curves"],
+        on_band = curves_on(model, band_test_set(splits, band_images), splits.norm, sens["rankings"],
                             ck.model_cfg.num_gates)
     return {
         "checkpoint": str(path), "stochastic_depth": ck.model_cfg.sd_mode != "none", "model": ck.model_cfg.to_dict(),
