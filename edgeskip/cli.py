@@ -343,17 +343,15 @@ def _train(dataset, data_dir, download, val_fraction, image_size, seed, recipe, 
         raise EdgeskipError("--init-weights starts plain training; learned gates start from a checkpoint (--init)")
     if gates is not None and stop_after is not None:
         raise EdgeskipError("--stop-after applies to plain training, not to --gates")
-    # resuming a complete checkpoint returns it as is: say so rather than "wrote"
-    from edgeskip.train import load_checkpoint
-
-    done_before = resume and Path(out).is_file() and load_checkpoint(out).complete
-    said = f"{out} was already complete, nothing written:" if done_before else f"wrote {out}"
+    before = _stamp(out)  # a resumed checkpoint that is already complete comes back unwritten
     if gates is not None:
         from edgeskip.models.gates import GateConfig
         from edgeskip.train.gates import GateTraining, train_gates
 
         gate_data = None
         if init is not None:  # the backbone's splits; --data-dir may point at its data elsewhere
+            from edgeskip.train import load_checkpoint
+
             spec = load_checkpoint(init).data
             gate_data = dataclasses.replace(spec, data_dir=data_dir) if data_dir else spec
         try:
@@ -366,14 +364,30 @@ def _train(dataset, data_dir, download, val_fraction, image_size, seed, recipe, 
                          resume=resume, progress=not quiet)
         last = ck.history[-1] if ck.history else {}
         cp = f"  cp {last['val_cp']:.3f}" if "val_cp" in last else ""
-        click.echo(f"{said}  epoch {ck.epoch}/{ck.train_cfg.epochs}  val_acc {last.get('val_acc', float('nan')):.4f}  "
+        click.echo(f"{_said(out, before, ck)}  epoch {ck.epoch}/{ck.train_cfg.epochs}  val_acc {last.get('val_acc', float('nan')):.4f}  "
                    f"skipped {last.get('val_skipped', float('nan')):.2f}/{ck.model_cfg.num_gates} blocks{cp}")
         return
     ck = run_train(out, data, model_cfg, train_cfg, resume=resume, progress=not quiet, stop_after=stop_after,
                    init_weights=init_weights)
     last = ck.history[-1] if ck.history else {}
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the run
-        click.echo(f"{said}  epoch {ck.epoch}/{ck.train_cfg.epochs}  val_acc {last.get('val_acc', float('nan')):.4f}")
+        click.echo(f"{_said(out, before, ck)}  epoch {ck.epoch}/{ck.train_cfg.epochs}  val_acc {last.get('val_acc', float('nan')):.4f}")
+
+
+def _stamp(path) -> tuple[int, int] | None:
+    """(inode, mtime in ns) of ``path``, None if absent: atomic writes replace the file, so both change."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns
+
+
+def _said(out, before, ck) -> str:
+    """How a training command opens its last line: what it wrote, or that it wrote nothing and why."""
+    if _stamp(out) != before:
+        return f"wrote {out}"
+    return f"{out} was already {'complete' if ck.complete else f'at epoch {ck.epoch}'}, nothing written:"
 
 
 def _load_for_eval(checkpoint: str, data_dir: str | None):
