@@ -76,10 +76,15 @@ def stall(port: int, png: bytes, seconds: float) -> dict:
     th.join()
     conn.close()
     h = np.array(health) * 1e3
-    return {"healthz_checks": len(h), "healthz_p50_ms": float(np.percentile(h, 50)),
-            "healthz_p99_ms": float(np.percentile(h, 99)), "healthz_max_ms": float(h.max()),
-            "attacker_requests": len(attacker), "attacker_statuses": sorted({s for s, _ in attacker}),
-            "attacker_median_s": statistics.median([d for _, d in attacker]) if attacker else None}
+    return {
+        "healthz_checks": len(h),
+        "healthz_p50_ms": float(np.percentile(h, 50)),
+        "healthz_p99_ms": float(np.percentile(h, 99)),
+        "healthz_max_ms": float(h.max()),
+        "attacker_requests": len(attacker),
+        "attacker_statuses": sorted({s for s, _ in attacker}),
+        "attacker_median_s": statistics.median([d for _, d in attacker]) if attacker else None,
+    }
 
 
 def throughput(port: int, body: bytes, clients: int, seconds: float) -> dict:
@@ -117,8 +122,10 @@ def stalled_uploads(port: int, pid: int, body: bytes, conns: int, sent: int, dec
     import socket
 
     base = rss_mib(pid)
-    head = (f"POST /v1/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
-            f"Content-Length: {declared}\r\n\r\n").encode()
+    head = (
+        f"POST /v1/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
+        f"Content-Length: {declared}\r\n\r\n"
+    ).encode()
     chunk = b"\0" * sent
     socks, peak, answers = [], base, {}
     t0 = time.perf_counter()
@@ -156,9 +163,18 @@ def stalled_uploads(port: int, pid: int, body: bytes, conns: int, sent: int, dec
     for c in socks:
         c.close()
     time.sleep(6.0)  # the daemon gives freed heap pages back every 5 s when over its baseline
-    return {"connections": conns, "bytes_sent_each": sent, "declared_each": declared, "sending_s": sending_s,
-            "rss_before_mib": base, "rss_growth_mib": peak - base, "answers": answers,
-            "good_request_status": status, "good_request_s": good, "rss_after_close_mib": rss_mib(pid)}
+    return {
+        "connections": conns,
+        "bytes_sent_each": sent,
+        "declared_each": declared,
+        "sending_s": sending_s,
+        "rss_before_mib": base,
+        "rss_growth_mib": peak - base,
+        "answers": answers,
+        "good_request_status": status,
+        "good_request_s": good,
+        "rss_after_close_mib": rss_mib(pid),
+    }
 
 
 def overload(port: int, body: bytes, seconds: float) -> dict:
@@ -174,27 +190,40 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seconds", type=float, default=8.0, help="length of each measurement")
     ap.add_argument("--rounds", type=int, default=3, help="overload measurements per variant, interleaved")
     ap.add_argument("--out", type=Path, default=Path("bench/results"))
-    ap.add_argument("--queue-depth", type=int, default=0,
-                    help="also measure overload on the new daemon with this --queue-depth (requests wait, no drops)")
+    ap.add_argument(
+        "--queue-depth",
+        type=int,
+        default=0,
+        help="also measure overload on the new daemon with this --queue-depth (requests wait, no drops)",
+    )
     args = ap.parse_args(argv)
     shape = json.loads((args.bundle / "manifest.json").read_text())["input"]["shape"][1:]
     body = np.random.default_rng(0).standard_normal(shape).astype(np.float32).tobytes()
     png = big_png()
     work = Path(tempfile.mkdtemp(prefix="attacks-"))
-    res: dict = {"command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])]),
-                 "bundle": str(args.bundle), "old": args.old, "png_bytes": len(png), "variants": {}}
-    runs = [("old", work / "old", (), 100), ("new", REPO, (), 1000),  # as started by default: adaptive (paper)
-            ("old --config 0", work / "old", ("--config", "0"), 0), ("new --config 0", REPO, ("--config", "0"), 0),
-            ("new --config 0 --loop-nice 0", REPO, ("--config", "0", "--loop-nice", "0"), 0),
-            ("new --config 0 --loop-nice 10", REPO, ("--config", "0", "--loop-nice", "10"), 0)]
+    res: dict = {
+        "command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])]),
+        "bundle": str(args.bundle),
+        "old": args.old,
+        "png_bytes": len(png),
+        "variants": {},
+    }
+    runs = [
+        ("old", work / "old", (), 100),
+        ("new", REPO, (), 1000),  # as started by default: adaptive (paper)
+        ("old --config 0", work / "old", ("--config", "0"), 0),
+        ("new --config 0", REPO, ("--config", "0"), 0),
+        ("new --config 0 --loop-nice 0", REPO, ("--config", "0", "--loop-nice", "0"), 0),
+        ("new --config 0 --loop-nice 10", REPO, ("--config", "0", "--loop-nice", "10"), 0),
+    ]
     if args.queue_depth:
         runs.append((f"new --queue-depth {args.queue_depth}", REPO, ("--queue-depth", str(args.queue_depth)), 0))
     try:
         add_old_worktree(args.old, work)
         bundle = v1_copy(args.bundle, work / args.bundle.name)
-        for name, root, extra, _ in runs:  # attacks: once each
+        for name, _root, _extra, _ in runs:  # attacks: once each
             res["variants"][name] = {"overload": []}
-        for r in range(args.rounds):  # overload: the variants in turn, each round
+        for _ in range(args.rounds):  # overload: the variants in turn, each round
             for name, root, extra, _ in runs:
                 d = Daemon(name, root, bundle, "iree", extra)
                 try:
@@ -222,18 +251,26 @@ def main(argv: list[str] | None = None) -> None:
     write_json(args.out / "attacks.json", res)
     for name, v in res["variants"].items():
         ratios = [o["overload_over_sequential"] for o in v["overload"]]
-        print(f"{name}: useful throughput 40 clients / sequential: "
-              + ", ".join(f"{o['overload_40']['useful_per_s']:.0f}/{o['sequential']['useful_per_s']:.0f}" for o in v["overload"])
-              + f" = {min(ratios):.2f}-{max(ratios):.2f}x")
+        print(
+            f"{name}: useful throughput 40 clients / sequential: "
+            + ", ".join(
+                f"{o['overload_40']['useful_per_s']:.0f}/{o['sequential']['useful_per_s']:.0f}" for o in v["overload"]
+            )
+            + f" = {min(ratios):.2f}-{max(ratios):.2f}x"
+        )
         if "stall" not in v:
             continue
         s = v["stall"]
-        print(f"{name}: big PNG: /healthz p99 {s['healthz_p99_ms']:.1f} ms (max {s['healthz_max_ms']:.1f}), attacker "
-              f"answers {s['attacker_statuses']} in {s['attacker_median_s']:.3f} s")
+        print(
+            f"{name}: big PNG: /healthz p99 {s['healthz_p99_ms']:.1f} ms (max {s['healthz_max_ms']:.1f}), attacker "
+            f"answers {s['attacker_statuses']} in {s['attacker_median_s']:.3f} s"
+        )
         for u in v["stalled_uploads"]:
-            print(f"{name}: {u['connections']} stalled uploads: RSS +{u['rss_growth_mib']:.0f} MiB (from "
-                  f"{u['rss_before_mib']:.0f}), answers {u['answers']}, good request {u['good_request_status']} in "
-                  f"{u['good_request_s']:.3f} s, RSS after close {u['rss_after_close_mib']:.0f} MiB")
+            print(
+                f"{name}: {u['connections']} stalled uploads: RSS +{u['rss_growth_mib']:.0f} MiB (from "
+                f"{u['rss_before_mib']:.0f}), answers {u['answers']}, good request {u['good_request_status']} in "
+                f"{u['good_request_s']:.3f} s, RSS after close {u['rss_after_close_mib']:.0f} MiB"
+            )
 
 
 if __name__ == "__main__":

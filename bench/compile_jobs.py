@@ -56,10 +56,16 @@ def main(argv: list[str] | None = None) -> None:
         many = build_seconds(model, skips, None)
         pairs.append({"one_job_s": one, "default_jobs_s": many, "speedup": one / many})
         print(f"1 job {one:.1f} s, {default_jobs} jobs {many:.1f} s: {one / many:.2f}x")
-    doc = {"command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])]),
-           "host": platform.processor() or platform.machine(), "cores": os.cpu_count(), "default_jobs": default_jobs,
-           "model": f"ResNet-{args.depth} (untrained, 32x32)", "configs": len(skips), "pairs": pairs,
-           "median_speedup": statistics.median(p["speedup"] for p in pairs)}
+    doc = {
+        "command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])]),
+        "host": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "default_jobs": default_jobs,
+        "model": f"ResNet-{args.depth} (untrained, 32x32)",
+        "configs": len(skips),
+        "pairs": pairs,
+        "median_speedup": statistics.median(p["speedup"] for p in pairs),
+    }
     write_json(args.out / "compile_jobs.json", doc)
     print(f"median speed-up {doc['median_speedup']:.2f}x ({len(skips)} modules, {default_jobs} jobs)")
 

@@ -36,8 +36,11 @@ def main() -> None:
     ap.add_argument("--dir", type=Path, default=Path("bench/work/diag"))
     ap.add_argument("--order", default="", help="Run names in table order (default: all, base first).")
     ap.add_argument("--out", type=Path, default=Path("bench/results/train_diagnosis"))
-    ap.add_argument("--made-by", default="EPOCHS=10 bash bench/train_diagnosis.sh",
-                    help="The command that trained the runs (recorded in the JSON).")
+    ap.add_argument(
+        "--made-by",
+        default="EPOCHS=10 bash bench/train_diagnosis.sh",
+        help="The command that trained the runs (recorded in the JSON).",
+    )
     args = ap.parse_args()
     torch.set_num_threads(2)
     names = args.order.split() or sorted((p.stem for p in args.dir.glob("*.pt")), key=lambda n: (n != "base", n))
@@ -50,21 +53,34 @@ def main() -> None:
     for n, ck in cks.items():
         h = ck.history
         test = evaluate(ck.model(), splits.test, ck.norm)
-        rows.append({
-            "run": n, "change": changes(flat["base"], flat[n]), "epochs_done": ck.epoch, "epochs": ck.train_cfg.epochs,
-            "train_acc": h[-1]["train_acc"], "val_acc": h[-1]["val_acc"], "test_acc": test,
-            "seconds_per_epoch": sum(r["seconds"] for r in h) / len(h), "val_curve": [r["val_acc"] for r in h],
-            "train_curve": [r["train_acc"] for r in h],
-        })
-        print(f"{n:14s} epochs {ck.epoch:3d}  train {h[-1]['train_acc']:.4f}  val {h[-1]['val_acc']:.4f}  "
-              f"test {test:.4f}  {rows[-1]['seconds_per_epoch']:.0f} s/epoch  {rows[-1]['change']}")
+        rows.append(
+            {
+                "run": n,
+                "change": changes(flat["base"], flat[n]),
+                "epochs_done": ck.epoch,
+                "epochs": ck.train_cfg.epochs,
+                "train_acc": h[-1]["train_acc"],
+                "val_acc": h[-1]["val_acc"],
+                "test_acc": test,
+                "seconds_per_epoch": sum(r["seconds"] for r in h) / len(h),
+                "val_curve": [r["val_acc"] for r in h],
+                "train_curve": [r["train_acc"] for r in h],
+            }
+        )
+        print(
+            f"{n:14s} epochs {ck.epoch:3d}  train {h[-1]['train_acc']:.4f}  val {h[-1]['val_acc']:.4f}  "
+            f"test {test:.4f}  {rows[-1]['seconds_per_epoch']:.0f} s/epoch  {rows[-1]['change']}"
+        )
     doc = {
         "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
         "runs_made_by": args.made_by + " (see the script's header for the baseline and the changes)",
-        "edgeskip_version": __version__, "torch": torch.__version__, "host": platform.processor() or platform.machine(),
+        "edgeskip_version": __version__,
+        "torch": torch.__version__,
+        "host": platform.processor() or platform.machine(),
         "data_note": "CIFAR-10 JPEG re-encoding (../shared/datasets/cifar10-jpeg); 45k/5k train/val split; "
-                     "test = the official 10k test images, reported only",
-        "baseline": flat["base"], "runs": rows,
+        "test = the official 10k test images, reported only",
+        "baseline": flat["base"],
+        "runs": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_json(args.out.with_suffix(".json"), doc)

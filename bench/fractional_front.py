@@ -41,12 +41,17 @@ def plot(doc: dict, dest: Path) -> None:
     rows = doc["candidates"]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for ax, split in zip(axes, ("val", "test")):
-        for src, style in (("probe", dict(c="0.75", s=12)), ("greedy", dict(c="tab:orange", s=18)),
-                           ("skip-only", dict(c="tab:blue", s=18))):
+        for src, style in (
+            ("probe", dict(c="0.75", s=12)),
+            ("greedy", dict(c="tab:orange", s=18)),
+            ("skip-only", dict(c="tab:blue", s=18)),
+        ):
             pts = [(r["latency_s"] * 1e6, r[f"{split}_accuracy"] * 100) for r in rows if r["source"] == src]
             ax.scatter(*zip(*pts), label=f"{src} candidates", **style)
-        for key, label, color in (("skip_front", "skip-only front", "tab:blue"),
-                                  ("front", "fractional front (full/int8/skip)", "tab:red")):
+        for key, label, color in (
+            ("skip_front", "skip-only front", "tab:blue"),
+            ("front", "fractional front (full/int8/skip)", "tab:red"),
+        ):
             pts = sorted((rows[i]["latency_s"] * 1e6, rows[i][f"{split}_accuracy"] * 100) for i in doc[key])
             ax.step(*zip(*pts), where="post", color=color, label=label)
         ax.set_xlabel("measured latency, onnxruntime, batch 1 (µs)")
@@ -59,8 +64,12 @@ def plot(doc: dict, dest: Path) -> None:
 
 
 # what compiles an int8 ResNet-20 here: IREE's defaults (no data tiling, no micro-kernels), the stack check off
-RELAXED = ["--iree-hal-target-device=local", "--iree-hal-local-target-device-backends=llvm-cpu",
-           "--iree-llvmcpu-target-cpu=host", "--iree-llvmcpu-fail-on-out-of-bounds-stack-allocation=false"]
+RELAXED = [
+    "--iree-hal-target-device=local",
+    "--iree-hal-local-target-device-backends=llvm-cpu",
+    "--iree-llvmcpu-target-cpu=host",
+    "--iree-llvmcpu-fail-on-out-of-bounds-stack-allocation=false",
+]
 
 
 def iree_host(model, configs: dict[str, tuple[int, ...]], work: Path, repeats: int) -> dict:
@@ -83,8 +92,9 @@ def iree_host(model, configs: dict[str, tuple[int, ...]], work: Path, repeats: i
         except EdgeskipError as e:
             out[f"{name}_error"] = str(e).splitlines()[0][:300]
             vmfb = work / f"iree_{name}_relaxed.vmfb"
-            proc = subprocess.run([compiler_binary(), str(mlir), *RELAXED, "-o", str(vmfb)], capture_output=True,
-                                  text=True)
+            proc = subprocess.run(
+                [compiler_binary(), str(mlir), *RELAXED, "-o", str(vmfb)], capture_output=True, text=True
+            )
             if proc.returncode == 0:
                 mods[f"{name} (relaxed flags)"] = IreeModule(vmfb)
             else:
@@ -110,13 +120,19 @@ def main(argv: list[str] | None = None) -> None:
     model.attach_int8(calibrate(model, calibration_batches(splits, args.calibration_images), model.cfg.gated_blocks))
     work = Path(tempfile.mkdtemp(prefix="fractional-"))
     _, pareto = design_space(model, splits, ck.dataset_id, latency=None)
-    doc = fractional_space(model, splits, OrtLatency(model, work / "ort", repeats=args.repeats),
-                           [c["skip"] for c in pareto["candidates"]])
+    doc = fractional_space(
+        model, splits, OrtLatency(model, work / "ort", repeats=args.repeats), [c["skip"] for c in pareto["candidates"]]
+    )
     g = model.cfg.num_gates
     full, all8 = (1,) * g, (8,) * g
-    doc.update({"command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])]),
-                "checkpoint": str(args.checkpoint), "repeats": args.repeats,
-                "calibration_images": args.calibration_images})
+    doc.update(
+        {
+            "command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])]),
+            "checkpoint": str(args.checkpoint),
+            "repeats": args.repeats,
+            "calibration_images": args.calibration_images,
+        }
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "fractional_front.json", doc)  # the onnxruntime results first: the IREE part may fail
     plot(doc, args.out / "fractional_front.png")
@@ -129,25 +145,40 @@ def main(argv: list[str] | None = None) -> None:
     from edgeskip.export.bundle import int8_weight_bytes
 
     sizes = int8_weight_bytes(model)
-    doc.update({"iree_host": iree, "int8_onnxruntime_vs_torch_relative": parity, "int8_weight_bytes": sizes,
-                "seconds": round(time.time() - t0, 1)})
+    doc.update(
+        {
+            "iree_host": iree,
+            "int8_onnxruntime_vs_torch_relative": parity,
+            "int8_weight_bytes": sizes,
+            "seconds": round(time.time() - t0, 1),
+        }
+    )
     rows = doc["candidates"]
     for key in ("skip_front", "front"):
         print(key)
         for i in doc[key]:
             r = rows[i]
-            print(f"  {''.join(map(str, r['options']))}  val {r['val_accuracy']:.4f}  test {r['test_accuracy']:.4f}  "
-                  f"{r['latency_s'] * 1e6:7.0f} us  (model {r['latency_model_s'] * 1e6:5.0f})  {r['source']}")
+            print(
+                f"  {''.join(map(str, r['options']))}  val {r['val_accuracy']:.4f}  test {r['test_accuracy']:.4f}  "
+                f"{r['latency_s'] * 1e6:7.0f} us  (model {r['latency_model_s'] * 1e6:5.0f})  {r['source']}"
+            )
     for split in ("val", "test"):
         c = doc["comparison"][split]
-        print(f"{split}: best accuracy gain at no more latency {c['max_accuracy_gain'] * 100:+.2f} points; "
-              f"least latency at no less accuracy {c['min_latency_ratio']:.2f}x")
+        print(
+            f"{split}: best accuracy gain at no more latency {c['max_accuracy_gain'] * 100:+.2f} points; "
+            f"least latency at no less accuracy {c['min_latency_ratio']:.2f}x"
+        )
     print(f"all-int8 graph, onnxruntime vs PyTorch on 256 test images: {parity:.2e} of the largest logit")
     print(f"latency model R^2 {doc['latency_model']['r2']:.3f} on {doc['latency_model']['probes']} probes")
-    print("IREE host: " + ", ".join(f"{k} {v * 1e6:.0f} us" for k, v in iree["latency_s"].items())
-          + "".join(f"\n  {k}: {v}" for k, v in iree.items() if k.endswith("error")))
-    print(f"int8 variants: {sizes['int8']:,} bytes beside {sizes['float']:,} bytes of the gated blocks' float conv "
-          f"weights ({sizes['int8'] / sizes['float']:.3f})")
+    print(
+        "IREE host: "
+        + ", ".join(f"{k} {v * 1e6:.0f} us" for k, v in iree["latency_s"].items())
+        + "".join(f"\n  {k}: {v}" for k, v in iree.items() if k.endswith("error"))
+    )
+    print(
+        f"int8 variants: {sizes['int8']:,} bytes beside {sizes['float']:,} bytes of the gated blocks' float conv "
+        f"weights ({sizes['int8'] / sizes['float']:.3f})"
+    )
     write_json(args.out / "fractional_front.json", doc)
     plot(doc, args.out / "fractional_front.png")
     print(f"{doc['seconds']:.0f} s")

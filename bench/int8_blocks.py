@@ -43,15 +43,17 @@ class Block(torch.nn.Module):
 
 
 def export(module: torch.nn.Module, shape: tuple[int, ...], path: Path) -> None:
-    torch.onnx.export(module, (torch.zeros(shape),), str(path), input_names=["x"], output_names=["y"],
-                      opset_version=17, dynamo=False)
+    torch.onnx.export(
+        module, (torch.zeros(shape),), str(path), input_names=["x"], output_names=["y"], opset_version=17, dynamo=False
+    )
 
 
 QUANT = {"s8s8": "QInt8", "u8s8": "QUInt8"}  # activation type (weights are int8, symmetric, per tensor)
 
 
-def quantize(src: Path, dst: Path, shape: tuple[int, ...], act: str, n: int = 32,
-             calibration: list[np.ndarray] | None = None) -> None:
+def quantize(
+    src: Path, dst: Path, shape: tuple[int, ...], act: str, n: int = 32, calibration: list[np.ndarray] | None = None
+) -> None:
     """QDQ int8 of ``src``: onnxruntime's pre-processing first (BN folded into initializer biases: without
     it the biases stay float and the convolutions are not fused into int8 kernels), then static
     quantisation with ``act`` activations ("s8s8": symmetric int8; "u8s8": asymmetric uint8, the pairing
@@ -71,9 +73,16 @@ def quantize(src: Path, dst: Path, shape: tuple[int, ...], act: str, n: int = 32
 
     pre = dst.with_name(dst.stem + "_pre.onnx")
     quant_pre_process(str(src), str(pre))
-    quantize_static(str(pre), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=False,
-                    activation_type=getattr(QuantType, QUANT[act]), weight_type=QuantType.QInt8,
-                    extra_options={"ActivationSymmetric": act == "s8s8", "WeightSymmetric": True})
+    quantize_static(
+        str(pre),
+        str(dst),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=False,
+        activation_type=getattr(QuantType, QUANT[act]),
+        weight_type=QuantType.QInt8,
+        extra_options={"ActivationSymmetric": act == "s8s8", "WeightSymmetric": True},
+    )
 
 
 def time_interleaved(fns: dict[str, object], repeats: int, warmup: int = 20) -> dict[str, float]:
@@ -118,7 +127,7 @@ def measure_block(label: str, model: torch.nn.Module, i: int, work: Path, repeat
     y32 = None
     for kind, path in graphs.items():
         sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        fns[f"ort_{kind}"] = (lambda s=sess: s.run(None, {"x": x}))
+        fns[f"ort_{kind}"] = lambda s=sess: s.run(None, {"x": x})
         y = sess.run(None, {"x": x})[0]
         y32 = y if y32 is None else y32
         row[f"ort_{kind}_rel_error"] = float(np.abs(y - y32).max() / (np.abs(y32).max() + 1e-12))
@@ -126,16 +135,24 @@ def measure_block(label: str, model: torch.nn.Module, i: int, work: Path, repeat
         if mod is None:
             row[f"iree_{kind}_error"] = why
             continue
-        fns[f"iree_{kind}"] = (lambda m=mod: m(x))
+        fns[f"iree_{kind}"] = lambda m=mod: m(x)
         row[f"iree_{kind}_rel_error"] = float(np.abs(np.asarray(mod(x)) - y32).max() / (np.abs(y32).max() + 1e-12))
     med = time_interleaved(fns, repeats)
     row["median_s"] = med
-    row["int8_over_fp32"] = {f"{be}_{act}": med[f"{be}_{act}"] / med[f"{be}_fp32"] for be in ("ort", "iree")
-                             for act in QUANT if f"{be}_{act}" in med and f"{be}_fp32" in med}
-    print(f"{label}: block {i} {shape}: " + "  ".join(f"{k} {v * 1e6:.1f} us" for k, v in med.items())
-          + "  int8/fp32: " + ", ".join(f"{k} {v:.2f}x" for k, v in row["int8_over_fp32"].items())
-          + "".join(f"  [{k}: {v[:120]}]" for k, v in row.items() if k.endswith("_error") and isinstance(v, str)),
-          flush=True)
+    row["int8_over_fp32"] = {
+        f"{be}_{act}": med[f"{be}_{act}"] / med[f"{be}_fp32"]
+        for be in ("ort", "iree")
+        for act in QUANT
+        if f"{be}_{act}" in med and f"{be}_fp32" in med
+    }
+    print(
+        f"{label}: block {i} {shape}: "
+        + "  ".join(f"{k} {v * 1e6:.1f} us" for k, v in med.items())
+        + "  int8/fp32: "
+        + ", ".join(f"{k} {v:.2f}x" for k, v in row["int8_over_fp32"].items())
+        + "".join(f"  [{k}: {v[:120]}]" for k, v in row.items() if k.endswith("_error") and isinstance(v, str)),
+        flush=True,
+    )
     return row
 
 
@@ -151,9 +168,16 @@ def whole_network(ck_path: Path, work: Path, repeats: int, calib_images: int = 5
     splits = ck.data.load()
     shape = (1, *splits.shape)
     f32 = work / "net.onnx"
-    torch.onnx.export(model, (torch.zeros(shape),), str(f32),  # every block executed (no skip input)
-                      input_names=["x"], output_names=["y"], opset_version=17, dynamo=False,
-                      dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
+    torch.onnx.export(
+        model,
+        (torch.zeros(shape),),
+        str(f32),  # every block executed (no skip input)
+        input_names=["x"],
+        output_names=["y"],
+        opset_version=17,
+        dynamo=False,
+        dynamic_axes={"x": {0: "n"}, "y": {0: "n"}},
+    )
     calib = [xb.numpy() for xb, _ in iterate(splits.train, splits.norm, 64, shuffle=True, seed=12345)]
     calib = calib[: max(1, calib_images // 64)]
     graphs = {"fp32": f32}
@@ -176,8 +200,11 @@ def whole_network(ck_path: Path, work: Path, repeats: int, calib_images: int = 5
     out["median_s"] = med
     out["int8_over_fp32"] = {act: med[act] / med["fp32"] for act in QUANT}
     acc = out["accuracy"]
-    print("whole network, onnxruntime: " + "  ".join(
-        f"{k}: val {acc['val'][k]:.4f} test {acc['test'][k]:.4f} {med[k] * 1e6:.0f} us" for k in sess), flush=True)
+    print(
+        "whole network, onnxruntime: "
+        + "  ".join(f"{k}: val {acc['val'][k]:.4f} test {acc['test'][k]:.4f} {med[k] * 1e6:.0f} us" for k in sess),
+        flush=True,
+    )
     return out
 
 
@@ -185,11 +212,18 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", type=Path, default=Path("bench/results/r20_sd.pt"))
     ap.add_argument("--repeats", type=int, default=300)
-    ap.add_argument("--wide", type=int, default=4,
-                    help="also time the blocks of a randomly initialised ResNet-20 this many times wider "
-                         "(0: skip), to see where int8 starts to pay")
-    ap.add_argument("--network", action="store_true",
-                    help="also the whole network in int8 on onnxruntime: accuracy (val/test) and latency")
+    ap.add_argument(
+        "--wide",
+        type=int,
+        default=4,
+        help="also time the blocks of a randomly initialised ResNet-20 this many times wider "
+        "(0: skip), to see where int8 starts to pay",
+    )
+    ap.add_argument(
+        "--network",
+        action="store_true",
+        help="also the whole network in int8 on onnxruntime: accuracy (val/test) and latency",
+    )
     ap.add_argument("--out", type=Path, default=Path("bench/results"))
     args = ap.parse_args(argv)
     import onnxruntime as ort
@@ -205,11 +239,20 @@ def main(argv: list[str] | None = None) -> None:
         wide = ResNetConfig(**{**cfg.to_dict(), "widths": tuple(w * args.wide for w in cfg.widths)})
         models.append((f"ResNet-20 x{args.wide} random", build_model(wide).eval()))
     work = Path(tempfile.mkdtemp(prefix="int8-"))
-    res: dict = {"command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])]),
-                 "checkpoint": str(args.checkpoint), "onnxruntime": ort.__version__,
-                 "cpu_flags": sorted({f for f in Path("/proc/cpuinfo").read_text().split()
-                                      if f in ("avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8")}),
-                 "calibration": "random normal activations (scales only; accuracy not measured)", "blocks": []}
+    res: dict = {
+        "command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])]),
+        "checkpoint": str(args.checkpoint),
+        "onnxruntime": ort.__version__,
+        "cpu_flags": sorted(
+            {
+                f
+                for f in Path("/proc/cpuinfo").read_text().split()
+                if f in ("avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8")
+            }
+        ),
+        "calibration": "random normal activations (scales only; accuracy not measured)",
+        "blocks": [],
+    }
     try:
         for label, model in models:
             per_stage = (model.cfg.depth - 2) // 6

@@ -75,17 +75,44 @@ def main() -> None:
                     arr = arrivals("paper", a.count, service_time / load, seed)
                     s = summarize(run_http(url, arr, images, ys), test_acc)
                     rows.setdefault(f"{load:g}", {}).setdefault(label, []).append(
-                        {k: s[k] for k in ("processed", "dropped", "accuracy", "expected_accuracy", "per_config",
-                                           "drop_reasons", "latency_s", "e2e_s", "errors")})
-                    print(f"{label:>10} load {load:g} seed {seed}: {s['processed']} processed, {s['dropped']} dropped, "
-                          f"{s['errors']} errors, accuracy {s['accuracy']:.4f}", flush=True)
+                        {
+                            k: s[k]
+                            for k in (
+                                "processed",
+                                "dropped",
+                                "accuracy",
+                                "expected_accuracy",
+                                "per_config",
+                                "drop_reasons",
+                                "latency_s",
+                                "e2e_s",
+                                "errors",
+                            )
+                        }
+                    )
+                    print(
+                        f"{label:>10} load {load:g} seed {seed}: {s['processed']} processed, {s['dropped']} dropped, "
+                        f"{s['errors']} errors, accuracy {s['accuracy']:.4f}",
+                        flush=True,
+                    )
         finally:
             d.stop()
     table = sweep_table(rows)
-    doc = {"command": "python " + " ".join(shlex.quote(x) for x in sys.argv), "bundle": str(a.bundle),
-           "pattern": "paper", "count": a.count, "seeds": a.seeds, "loads": loads, "min_acc": a.min_acc,
-           "target": "http (one daemon per run)", "service_time_s": service_time, "daemons": daemons,
-           "seconds": time.time() - t0, "table": table, "rows": rows}
+    doc = {
+        "command": "python " + " ".join(shlex.quote(x) for x in sys.argv),
+        "bundle": str(a.bundle),
+        "pattern": "paper",
+        "count": a.count,
+        "seeds": a.seeds,
+        "loads": loads,
+        "min_acc": a.min_acc,
+        "target": "http (one daemon per run)",
+        "service_time_s": service_time,
+        "daemons": daemons,
+        "seconds": time.time() - t0,
+        "table": table,
+        "rows": rows,
+    }
     a.out.mkdir(parents=True, exist_ok=True)
     write_json(a.out / "policy_http.json", doc)
     plot_sweep(table, a.out / "policy_http.png", f"paper workload over HTTP, {a.seeds} seeds, one daemon per run")

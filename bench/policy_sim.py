@@ -42,9 +42,13 @@ def one(pattern: str, load: float, seed: int, spec, val_acc, test_acc, lat, min_
     done = [o for o in out if not o.dropped]
     lat_e2e = np.array([o.finish - o.arrival for o in done]) if done else np.array([np.nan])
     acc = float(np.mean([test_acc[o.config] for o in done])) if done else None
-    return {"processed": len(done), "accuracy": acc, "expected_accuracy": acc,
-            "p99_ms": float(np.percentile(lat_e2e, 99) * 1e3),
-            "per_config": np.bincount([o.config for o in done], minlength=len(lat)).tolist()}
+    return {
+        "processed": len(done),
+        "accuracy": acc,
+        "expected_accuracy": acc,
+        "p99_ms": float(np.percentile(lat_e2e, 99) * 1e3),
+        "per_config": np.bincount([o.config for o in done], minlength=len(lat)).tolist(),
+    }
 
 
 def main() -> None:
@@ -74,19 +78,29 @@ def main() -> None:
     for pattern in a.patterns.split(","):
         for load in loads:
             for spec in specs:
-                rows = [one(pattern, load, seed, spec, val, test, lat, min_acc, a.count, a.jitter)
-                        for seed in range(a.seeds)]
+                rows = [
+                    one(pattern, load, seed, spec, val, test, lat, min_acc, a.count, a.jitter)
+                    for seed in range(a.seeds)
+                ]
                 results.setdefault(pattern, {}).setdefault(str(load), {})[spec.label] = rows
     tables = {pattern: sweep_table(by_load) for pattern, by_load in results.items()}
     summary = {pattern: {str(r["load"]): {} for r in table} for pattern, table in tables.items()}
     for pattern, table in tables.items():
         for r in table:
             summary[pattern][str(r["load"])][r["run"]] = r
-    doc = {"command": "python " + " ".join(shlex.quote(x) for x in sys.argv), "bundle": str(a.bundle),
-           "min_acc": min_acc, "configs": [{"val_accuracy": v, "test_accuracy": t, "latency_s": s}
-                                           for v, t, s in zip(val, test, lat)],
-           "runs": {s.label: s.describe() for s in specs}, "seeds": a.seeds, "count": a.count, "jitter": a.jitter,
-           "seconds": time.time() - t0, "tables": tables, "results": results}
+    doc = {
+        "command": "python " + " ".join(shlex.quote(x) for x in sys.argv),
+        "bundle": str(a.bundle),
+        "min_acc": min_acc,
+        "configs": [{"val_accuracy": v, "test_accuracy": t, "latency_s": s} for v, t, s in zip(val, test, lat)],
+        "runs": {s.label: s.describe() for s in specs},
+        "seeds": a.seeds,
+        "count": a.count,
+        "jitter": a.jitter,
+        "seconds": time.time() - t0,
+        "tables": tables,
+        "results": results,
+    }
     a.out.mkdir(parents=True, exist_ok=True)
     write_json(a.out / "policy_sim.json", doc)
     plot(summary, loads, [s.label for s in specs], a.out / "policy_sim.png")
@@ -111,8 +125,9 @@ def plot(summary: dict, loads: list[float], labels: list[str], dest: Path) -> No
                 ax = axes[i][j]
                 mean = [r[f"{key}_mean"] for r in rows]
                 ax.plot(loads, mean, "o-", ms=3, color=f"C{k}", label=label)
-                ax.fill_between(loads, [r[f"{key}_min"] for r in rows], [r[f"{key}_max"] for r in rows],
-                                color=f"C{k}", alpha=0.15)
+                ax.fill_between(
+                    loads, [r[f"{key}_min"] for r in rows], [r[f"{key}_max"] for r in rows], color=f"C{k}", alpha=0.15
+                )
         axes[0][j].set_title(f"{p} arrivals")
         axes[0][j].set_ylabel("processed ÷ original")
         axes[1][j].set_ylabel("accuracy change (pp)")

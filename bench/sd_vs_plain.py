@@ -66,8 +66,16 @@ def curves_on(model, test, norm, rankings: dict, num_gates: int) -> dict:
     return {name: [acc[s] for s in cs] for name, cs in cands.items()}
 
 
-def random_band(model, splits, num_gates: int, per_n: int, seed: int = 0, images: int = 0,
-                cache: Path | None = None, cache_key: dict | None = None) -> list[dict]:
+def random_band(
+    model,
+    splits,
+    num_gates: int,
+    per_n: int,
+    seed: int = 0,
+    images: int = 0,
+    cache: Path | None = None,
+    cache_key: dict | None = None,
+) -> list[dict]:
     """Test accuracy over random distinct skip arrays for each number of skipped blocks N.
 
     ``images`` > 0: on a seeded random subset of that many test images (deep models: 500 arrays per N over
@@ -99,9 +107,16 @@ def random_band(model, splits, num_gates: int, per_n: int, seed: int = 0, images
         if n not in done:
             t0 = time.time()
             a = evaluate_skip_arrays(model, test, splits.norm, arrays)
-            done[n] = {"n_skipped": n, "configs": len(a), "all_configs": len(a) == math.comb(num_gates, n),
-                       "test_images": len(test), "mean": statistics.fmean(a), "min": min(a), "max": max(a),
-                       "seconds": time.time() - t0}
+            done[n] = {
+                "n_skipped": n,
+                "configs": len(a),
+                "all_configs": len(a) == math.comb(num_gates, n),
+                "test_images": len(test),
+                "mean": statistics.fmean(a),
+                "min": min(a),
+                "max": max(a),
+                "seconds": time.time() - t0,
+            }
             if cache is not None:
                 write_json(cache, {"key": cache_key, "band": [done[k] for k in sorted(done)]})
         band.append(done[n])
@@ -125,8 +140,9 @@ def band_of(path: Path, ck, model, splits, per_n: int, band_images: int, cache_d
     return random_band(model, splits, ck.model_cfg.num_gates, per_n, images=band_images, cache=cache, cache_key=key)
 
 
-def summarize(path: Path, splits_cache: dict, per_n: int = 500, band_images: int = 0,
-              cache_dir: Path | None = None) -> dict:
+def summarize(
+    path: Path, splits_cache: dict, per_n: int = 500, band_images: int = 0, cache_dir: Path | None = None
+) -> dict:
     ck, model, splits = load(path, splits_cache)
     t0 = time.time()
     sens, front = design_space(model, splits, ck.dataset_id, latency=TorchLatency(model, repeats=50, threads=1))
@@ -135,17 +151,28 @@ def summarize(path: Path, splits_cache: dict, per_n: int = 500, band_images: int
     band = band_of(path, ck, model, splits, per_n, band_images, cache_dir)
     on_band = None
     if band_images:  # the band is on a subset: the rankings on the same images, to compare like for like
-        on_band = curves_on(model, band_test_set(splits, band_images), splits.norm, sens["rankings"],
-                            ck.model_cfg.num_gates)
+        on_band = curves_on(
+            model, band_test_set(splits, band_images), splits.norm, sens["rankings"], ck.model_cfg.num_gates
+        )
     return {
-        "checkpoint": str(path), "stochastic_depth": ck.model_cfg.sd_mode != "none", "model": ck.model_cfg.to_dict(),
-        "train": ck.train_cfg.to_dict(), "epochs_done": ck.epoch,
-        "train_hours": sum(h["seconds"] for h in ck.history) / 3600, "final_val_accuracy": sens["full_val_accuracy"],
-        "full_test_accuracy": sens["full_test_accuracy"], "ranking": sens["rankings"]["sensitivity"],
-        "blocks": sens["blocks"], "curve": curve, "curves_other_rankings": {k: v for k, v in sens["curves"].items() if k != "sensitivity"},
-        "pareto": front["configs"], "latency_source": front["latency_source"], "analysis_seconds": analysis,
+        "checkpoint": str(path),
+        "stochastic_depth": ck.model_cfg.sd_mode != "none",
+        "model": ck.model_cfg.to_dict(),
+        "train": ck.train_cfg.to_dict(),
+        "epochs_done": ck.epoch,
+        "train_hours": sum(h["seconds"] for h in ck.history) / 3600,
+        "final_val_accuracy": sens["full_val_accuracy"],
+        "full_test_accuracy": sens["full_test_accuracy"],
+        "ranking": sens["rankings"]["sensitivity"],
+        "blocks": sens["blocks"],
+        "curve": curve,
+        "curves_other_rankings": {k: v for k, v in sens["curves"].items() if k != "sensitivity"},
+        "pareto": front["configs"],
+        "latency_source": front["latency_source"],
+        "analysis_seconds": analysis,
         # CPU seconds the band took, summed over N (also where parts of it came from --band-cache)
-        "random_configs": band, "random_configs_seconds": sum(row["seconds"] for row in band),
+        "random_configs": band,
+        "random_configs_seconds": sum(row["seconds"] for row in band),
         "random_configs_test_images": band[0]["test_images"],
         **({"curves_on_band_images": on_band} if on_band is not None else {}),
     }, ck
@@ -159,18 +186,47 @@ def plot(results: dict, dest: Path, title: str) -> None:
         color = ax1.lines[-1].get_color()
         b = r["random_configs"]
         on = f", {b[0]['test_images']} test images" if "curves_on_band_images" in r else ""
-        ax1.fill_between([c["n_skipped"] for c in b], [100 * c["min"] for c in b], [100 * c["max"] for c in b],
-                         color=color, alpha=0.15, label=f"{name}: random configs (min-max{on})")
-        ax1.plot([c["n_skipped"] for c in b], [100 * c["mean"] for c in b], "--", color=color, alpha=0.7,
-                 label=f"{name}: random configs (mean{on})")
+        ax1.fill_between(
+            [c["n_skipped"] for c in b],
+            [100 * c["min"] for c in b],
+            [100 * c["max"] for c in b],
+            color=color,
+            alpha=0.15,
+            label=f"{name}: random configs (min-max{on})",
+        )
+        ax1.plot(
+            [c["n_skipped"] for c in b],
+            [100 * c["mean"] for c in b],
+            "--",
+            color=color,
+            alpha=0.7,
+            label=f"{name}: random configs (mean{on})",
+        )
         if "curves_on_band_images" in r:
             same = r["curves_on_band_images"]["sensitivity"]
-            ax1.plot(range(len(same)), [100 * a for a in same], "-", lw=0.8, color=color, alpha=0.8,
-                     label=f"{name}: sensitivity ranking{on}")
+            ax1.plot(
+                range(len(same)),
+                [100 * a for a in same],
+                "-",
+                lw=0.8,
+                color=color,
+                alpha=0.8,
+                label=f"{name}: sensitivity ranking{on}",
+            )
         for (rank_name, other), marker in zip(r["curves_other_rankings"].items(), "xs^"):
-            ax1.plot([c["n_skipped"] for c in other], [100 * c["test_accuracy"] for c in other], marker=marker,
-                     linestyle=":", lw=0.8, color=color, alpha=0.6, label=f"{name}: {rank_name} ranking")
-        ax2.plot([c["macs"] / 1e6 for c in r["curve"]], [100 * c["test_accuracy"] for c in r["curve"]], "-o", label=name)
+            ax1.plot(
+                [c["n_skipped"] for c in other],
+                [100 * c["test_accuracy"] for c in other],
+                marker=marker,
+                linestyle=":",
+                lw=0.8,
+                color=color,
+                alpha=0.6,
+                label=f"{name}: {rank_name} ranking",
+            )
+        ax2.plot(
+            [c["macs"] / 1e6 for c in r["curve"]], [100 * c["test_accuracy"] for c in r["curve"]], "-o", label=name
+        )
     ax1.set_xlabel("skipped blocks (least sensitive first, ranked on validation data)")
     ax1.set_ylabel("top-1 accuracy (%)")
     ax1.set_title(title)
@@ -194,14 +250,26 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--name", default="cifar10_r20_sd_vs_plain")
     ap.add_argument("--slim", default="r20_sd.pt,r20_plain.pt", help="file names of the slim checkpoint copies")
     ap.add_argument("--random-configs", type=int, default=500, help="random skip arrays per number of skipped blocks")
-    ap.add_argument("--band-images", type=int, default=0,
-                    help="evaluate the random configs on a seeded subset of this many test images (0: all)")
+    ap.add_argument(
+        "--band-images",
+        type=int,
+        default=0,
+        help="evaluate the random configs on a seeded subset of this many test images (0: all)",
+    )
     ap.add_argument("--title", default="ResNet-20, CIFAR-10 (JPEG copy)")
-    ap.add_argument("--band-cache", type=Path, default=None,
-                    help="keep each model's band in DIR/<checkpoint name>.band.json, written after every N, so an "
-                         "interrupted run continues (keyed by the checkpoint's SHA-256 and the band settings)")
-    ap.add_argument("--only", choices=("sd", "plain"), default=None,
-                    help="compute just this model's band into --band-cache and stop (e.g. while the other trains)")
+    ap.add_argument(
+        "--band-cache",
+        type=Path,
+        default=None,
+        help="keep each model's band in DIR/<checkpoint name>.band.json, written after every N, so an "
+        "interrupted run continues (keyed by the checkpoint's SHA-256 and the band settings)",
+    )
+    ap.add_argument(
+        "--only",
+        choices=("sd", "plain"),
+        default=None,
+        help="compute just this model's band into --band-cache and stop (e.g. while the other trains)",
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--replot", action="store_true", help="redraw OUT/NAME.png from OUT/NAME.json and stop")
     args = ap.parse_args(argv)
@@ -220,18 +288,23 @@ def main(argv: list[str] | None = None) -> None:
         path = args.sd if args.only == "sd" else args.plain
         ck, model, splits = load(path, cache)
         band = band_of(path, ck, model, splits, args.random_configs, args.band_images, args.band_cache)
-        print(f"{args.only}: band of {len(band)} N values in {args.band_cache / (path.stem + '.band.json')} "
-              f"({sum(r['seconds'] for r in band):.0f} s of evaluation)")
+        print(
+            f"{args.only}: band of {len(band)} N values in {args.band_cache / (path.stem + '.band.json')} "
+            f"({sum(r['seconds'] for r in band):.0f} s of evaluation)"
+        )
         return
     results, cks = {}, {}
     for name, path in (("stochastic depth", args.sd), ("conventional", args.plain)):
         results[name], cks[name] = summarize(path, cache, args.random_configs, args.band_images, args.band_cache)
     doc = {
         "command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])]),
-        "edgeskip_version": __version__, "torch": torch.__version__, "host": platform.processor() or platform.machine(),
+        "edgeskip_version": __version__,
+        "torch": torch.__version__,
+        "host": platform.processor() or platform.machine(),
         "data_note": "CIFAR-10 JPEG re-encoding (../shared/datasets/cifar10-jpeg); figures can differ slightly from "
-                     "ones published on the original pickled batches",
-        "selection_split": "val", "results": results,
+        "ones published on the original pickled batches",
+        "selection_split": "val",
+        "results": results,
     }
     write_json(args.out / f"{args.name}.json", doc)
     plot(results, args.out / f"{args.name}.png", args.title)
@@ -240,8 +313,12 @@ def main(argv: list[str] | None = None) -> None:
         ck.save(args.out / (slim_sd if name == "stochastic depth" else slim_plain), slim=True)
     for name, r in results.items():
         accs = " ".join(f"{100 * c['test_accuracy']:.1f}" for c in r["curve"])
-        print(f"{name:>17}: full test {100 * r['full_test_accuracy']:.2f}%  by skipped blocks 0..{len(r['curve']) - 1}: {accs}")
-        band = " ".join(f"{100 * c['mean']:.1f}[{100 * c['min']:.1f},{100 * c['max']:.1f}]" for c in r["random_configs"])
+        print(
+            f"{name:>17}: full test {100 * r['full_test_accuracy']:.2f}%  by skipped blocks 0..{len(r['curve']) - 1}: {accs}"
+        )
+        band = " ".join(
+            f"{100 * c['mean']:.1f}[{100 * c['min']:.1f},{100 * c['max']:.1f}]" for c in r["random_configs"]
+        )
         print(f"{'':>17}  random configs mean[min,max]: {band}  ({r['random_configs_seconds']:.0f} s)")
 
 

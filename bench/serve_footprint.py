@@ -62,8 +62,9 @@ def v1_copy(bundle: Path, dest: Path) -> Path:
 
 def add_old_worktree(rev: str, work: Path) -> Path:
     """``work/old``: a git worktree of this repository at ``rev``, for old-vs-new runs (see :func:`drop_work`)."""
-    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(work / "old"), rev], check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["git", "-C", str(REPO), "worktree", "add", "--detach", str(work / "old"), rev], check=True, capture_output=True
+    )
     return work / "old"
 
 
@@ -84,8 +85,10 @@ class LeanClient:
     def __init__(self, port: int, body: bytes) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port))
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.req = (f"POST /v1/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/octet-stream\r\n"
-                    f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+        self.req = (
+            f"POST /v1/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/octet-stream\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode() + body
 
     def post(self) -> bytes:
         self.sock.sendall(self.req)
@@ -107,9 +110,13 @@ class Daemon:
         self.name = name
         env = {**os.environ, "PYTHONPATH": str(code_root), "OMP_NUM_THREADS": "1"}
         t0 = time.perf_counter()
-        self.proc = subprocess.Popen([sys.executable, "-m", "edgeskip.cli", "serve", str(bundle), "--port", "0",
-                                      "--backend", backend, *extra], stdout=subprocess.PIPE, text=True, env=env,
-                                     cwd=code_root)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "edgeskip.cli", "serve", str(bundle), "--port", "0", "--backend", backend, *extra],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=code_root,
+        )
         url = self.proc.stdout.readline().split()[2]
         host, port = url.removeprefix("http://").split(":")
         self.port = int(port)
@@ -142,23 +149,26 @@ class Floor(Daemon):
 
     def __init__(self, kind: str) -> None:  # noqa: D107 - same client side as a daemon
         self.name = f"floor_{kind}"
-        self.proc = subprocess.Popen([sys.executable, __file__, "--serve-floor", kind], stdout=subprocess.PIPE,
-                                     text=True, cwd=REPO)
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--serve-floor", kind], stdout=subprocess.PIPE, text=True, cwd=REPO
+        )
         url = self.proc.stdout.readline().split()[2]
         self.port = int(url.rsplit(":", 1)[1])
         self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
         self.ready_s = 0.0
 
 
-FLOOR_REPLY = json.dumps({"top": [{"class": "airplane", "index": 0, "score": 0.5}] * 5, "config": 0,
-                          "skipped_blocks": 0, "latency_s": 0.0}).encode()
+FLOOR_REPLY = json.dumps(
+    {"top": [{"class": "airplane", "index": 0, "score": 0.5}] * 5, "config": 0, "skipped_blocks": 0, "latency_s": 0.0}
+).encode()
 
 
 async def serve_floor(kind: str) -> None:
     """Serve the canned reply until killed (``--serve-floor``)."""
     if kind == "asyncio":
-        reply = (f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(FLOOR_REPLY)}\r\n"
-                 "\r\n").encode() + FLOOR_REPLY
+        reply = (
+            f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(FLOOR_REPLY)}\r\n\r\n"
+        ).encode() + FLOOR_REPLY
 
         class Proto(asyncio.Protocol):
             def connection_made(self, transport):
@@ -169,10 +179,13 @@ async def serve_floor(kind: str) -> None:
                 end = self.buf.find(b"\r\n\r\n")
                 if end < 0:
                     return
-                n = next(int(l.split(b":")[1]) for l in self.buf[:end].split(b"\r\n")
-                         if l.lower().startswith(b"content-length:"))
+                n = next(
+                    int(l.split(b":")[1])
+                    for l in self.buf[:end].split(b"\r\n")
+                    if l.lower().startswith(b"content-length:")
+                )
                 if len(self.buf) >= end + 4 + n:
-                    self.buf = self.buf[end + 4 + n:]
+                    self.buf = self.buf[end + 4 + n :]
                     self.t.write(reply)
 
         server = await asyncio.get_running_loop().create_server(Proto, "127.0.0.1", 0)
@@ -244,14 +257,23 @@ def main(argv: list[str] | None = None) -> None:
     try:
         old_root = add_old_worktree(args.old, work)
         bundle = v1_copy(args.bundle, work / args.bundle.name)
-        res: dict = {"command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])]),
-                     "bundle": str(args.bundle), "old": args.old,
-                     "new": subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                                           capture_output=True, text=True).stdout.strip() + "+worktree",
-                     "backend": args.backend, "clients": "sequential keep-alive: http.client, lean socket client",
-                     "variants": {}}
-        for name, root, extra in (("old", old_root, ()), ("new", REPO, ()),
-                                  ("new_uvloop", REPO, ("--event-loop", "uvloop"))):
+        res: dict = {
+            "command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])]),
+            "bundle": str(args.bundle),
+            "old": args.old,
+            "new": subprocess.run(
+                ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+            ).stdout.strip()
+            + "+worktree",
+            "backend": args.backend,
+            "clients": "sequential keep-alive: http.client, lean socket client",
+            "variants": {},
+        }
+        for name, root, extra in (
+            ("old", old_root, ()),
+            ("new", REPO, ()),
+            ("new_uvloop", REPO, ("--event-loop", "uvloop")),
+        ):
             t0 = time.perf_counter()
             d = Daemon(name, root, bundle, args.backend, extra)
             first = d.first_answer(body, t0)
@@ -259,8 +281,12 @@ def main(argv: list[str] | None = None) -> None:
                 d.request(body)
             rss, hwm = rss_kib(d.proc.pid)
             daemons[name] = d
-            res["variants"][name] = {"start_to_listening_s": d.ready_s, "start_to_first_answer_s": first,
-                                     "rss_after_100_requests_mib": rss / 1024, "peak_rss_mib": hwm / 1024}
+            res["variants"][name] = {
+                "start_to_listening_s": d.ready_s,
+                "start_to_first_answer_s": first,
+                "rss_after_100_requests_mib": rss / 1024,
+                "peak_rss_mib": hwm / 1024,
+            }
         for kind in ("asyncio", "aiohttp"):
             daemons[f"floor_{kind}"] = Floor(kind)
         servers: dict = dict(daemons)
@@ -284,19 +310,23 @@ def main(argv: list[str] | None = None) -> None:
         for name, client in runs:
             over = [r - i for r, i in zip(rtt[name, client], inf[name, client])]
             v = res["variants"].setdefault(name, {})
-            v[client] = {"median_round_trip_ms": 1e3 * statistics.median(rtt[name, client]),
-                         "median_inference_ms": 1e3 * statistics.median(inf[name, client]),
-                         "median_overhead_ms": 1e3 * statistics.median(over),
-                         "p90_overhead_ms": 1e3 * float(np.percentile(over, 90))}
+            v[client] = {
+                "median_round_trip_ms": 1e3 * statistics.median(rtt[name, client]),
+                "median_inference_ms": 1e3 * statistics.median(inf[name, client]),
+                "median_overhead_ms": 1e3 * statistics.median(over),
+                "p90_overhead_ms": 1e3 * float(np.percentile(over, 90)),
+            }
         for name in servers:
             for client in CLIENTS:  # what the daemon adds above a bare asyncio server, same client
                 v = res["variants"][name][client]
-                v["above_asyncio_floor_ms"] = (v["median_overhead_ms"]
-                                               - res["variants"]["floor_asyncio"][client]["median_overhead_ms"])
+                v["above_asyncio_floor_ms"] = (
+                    v["median_overhead_ms"] - res["variants"]["floor_asyncio"][client]["median_overhead_ms"]
+                )
         o, n_ = res["variants"]["old"], res["variants"]["new"]
         res["new_over_old"] = {
             **{f"median_overhead_{c}": n_[c]["median_overhead_ms"] / o[c]["median_overhead_ms"] for c in CLIENTS},
-            **{k: n_[k] / o[k] for k in ("rss_after_100_requests_mib", "start_to_first_answer_s")}}
+            **{k: n_[k] / o[k] for k in ("rss_after_100_requests_mib", "start_to_first_answer_s")},
+        }
         for s in servers.values():
             s.stop()
         for c in leans.values():
@@ -310,13 +340,17 @@ def main(argv: list[str] | None = None) -> None:
     plot(res, args.out / "serve_footprint.png")
     for name, v in res["variants"].items():
         if "start_to_first_answer_s" in v:
-            print(f"{name:14s} start->first answer {v['start_to_first_answer_s']:.2f} s  "
-                  f"RSS after 100 requests {v['rss_after_100_requests_mib']:.1f} MiB (peak {v['peak_rss_mib']:.1f})")
+            print(
+                f"{name:14s} start->first answer {v['start_to_first_answer_s']:.2f} s  "
+                f"RSS after 100 requests {v['rss_after_100_requests_mib']:.1f} MiB (peak {v['peak_rss_mib']:.1f})"
+            )
         for c in CLIENTS:
             w = v[c]
-            print(f"{name:14s} {c:11s} round trip {w['median_round_trip_ms']:.3f} ms  inference "
-                  f"{w['median_inference_ms']:.3f} ms  overhead {w['median_overhead_ms']:.3f} ms "
-                  f"(p90 {w['p90_overhead_ms']:.3f}; above the bare-asyncio floor {w['above_asyncio_floor_ms']:.3f})")
+            print(
+                f"{name:14s} {c:11s} round trip {w['median_round_trip_ms']:.3f} ms  inference "
+                f"{w['median_inference_ms']:.3f} ms  overhead {w['median_overhead_ms']:.3f} ms "
+                f"(p90 {w['p90_overhead_ms']:.3f}; above the bare-asyncio floor {w['above_asyncio_floor_ms']:.3f})"
+            )
     print("new/old: " + ", ".join(f"{k} {v:.2f}x" for k, v in res["new_over_old"].items()))
 
 

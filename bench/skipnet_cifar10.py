@@ -28,13 +28,17 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from edgeskip.backends.iree import IreeSkipNet, SharedIreeExecutor  # noqa: E402
 from edgeskip.data.batches import iterate  # noqa: E402
 from edgeskip.export.iree_compile import TARGETS, compile_mlir, import_onnx  # noqa: E402
-from edgeskip.manifest import load_manifest  # noqa: E402
-from edgeskip.backends.iree import IreeSkipNet, SharedIreeExecutor  # noqa: E402
 from edgeskip.export.shared_weights import (  # noqa: E402
-    build_shared_modules, merge_modules, module_name, rename_module)
+    build_shared_modules,
+    merge_modules,
+    module_name,
+    rename_module,
+)
 from edgeskip.export.skipnet_graph import export_skipnet, verify_skipnet_onnx  # noqa: E402
+from edgeskip.manifest import load_manifest  # noqa: E402
 from edgeskip.models import macs  # noqa: E402
 from edgeskip.train import evaluate, load_checkpoint  # noqa: E402
 from edgeskip.train.gates import evaluate_gated  # noqa: E402
@@ -42,9 +46,16 @@ from edgeskip.utils.atomic import write_json, write_with  # noqa: E402
 
 
 def stats(lat: np.ndarray) -> dict[str, float]:
-    return {"mean_ms": 1e3 * lat.mean(), "p50_ms": 1e3 * np.median(lat), "p1_ms": 1e3 * np.percentile(lat, 1),
-            "p99_ms": 1e3 * np.percentile(lat, 99), "min_ms": 1e3 * lat.min(), "max_ms": 1e3 * lat.max(),
-            "max_over_min": float(lat.max() / lat.min()), "p99_over_p1": float(np.percentile(lat, 99) / np.percentile(lat, 1))}
+    return {
+        "mean_ms": 1e3 * lat.mean(),
+        "p50_ms": 1e3 * np.median(lat),
+        "p1_ms": 1e3 * np.percentile(lat, 1),
+        "p99_ms": 1e3 * np.percentile(lat, 99),
+        "min_ms": 1e3 * lat.min(),
+        "max_ms": 1e3 * lat.max(),
+        "max_over_min": float(lat.max() / lat.min()),
+        "p99_over_p1": float(np.percentile(lat, 99) / np.percentile(lat, 1)),
+    }
 
 
 def compile_skipnet(model, work: Path, name: str) -> tuple[IreeSkipNet, Path]:
@@ -71,16 +82,31 @@ def main() -> None:
     splits = orig_ck.data.load()
     splits.norm = orig_ck.norm
     original = orig_ck.model()
-    doc: dict = {"command": "python " + " ".join(shlex.quote(a) for a in sys.argv), "machine": platform.machine(),
-                 "processor": platform.processor(), "images_timed": args.images, "rounds": args.rounds,
-                 "backend": "IREE llvm-cpu host, local-sync, batch 1", "test_images": len(splits.test)}
-    models: dict[str, dict] = {"original": {"test_accuracy": evaluate(original, splits.test, splits.norm),
-                                            "mean_skipped": 0.0, "mean_macs": macs(original.cfg)}}
-    xs = np.concatenate([x.numpy() for x, _ in iterate(splits.test, splits.norm, 500)])[: args.images].astype(np.float32)
+    doc: dict = {
+        "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+        "images_timed": args.images,
+        "rounds": args.rounds,
+        "backend": "IREE llvm-cpu host, local-sync, batch 1",
+        "test_images": len(splits.test),
+    }
+    models: dict[str, dict] = {
+        "original": {
+            "test_accuracy": evaluate(original, splits.test, splits.norm),
+            "mean_skipped": 0.0,
+            "mean_macs": macs(original.cfg),
+        }
+    }
+    xs = np.concatenate([x.numpy() for x, _ in iterate(splits.test, splits.norm, 500)])[: args.images].astype(
+        np.float32
+    )
     runners = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        full = build_shared_modules(original, [[1] * original.cfg.num_gates], TARGETS["host"], work / "orig", work / "ow")
+        full = build_shared_modules(
+            original, [[1] * original.cfg.num_gates], TARGETS["host"], work / "orig", work / "ow"
+        )
         orig_ex = SharedIreeExecutor(full.weights, full.modules)
         runners["original"] = lambda x: orig_ex.run(0, x)
         # the edgeskip bundle's Pareto configs, as the runtime runs them: functions of one merged module
@@ -92,8 +118,9 @@ def main() -> None:
             skips = [list(c.skip) for c in es_configs]
             sm = build_shared_modules(es_ck.model(), skips, TARGETS["host"], work / "es", work / "esw")
             names = [module_name(s) for s in skips]
-            vmfb = compile_mlir(merge_modules(dict(zip(names, sm.mlir)), work / "es.mlir"), TARGETS["host"],
-                                work / "es.vmfb")
+            vmfb = compile_mlir(
+                merge_modules(dict(zip(names, sm.mlir)), work / "es.mlir"), TARGETS["host"], work / "es.vmfb"
+            )
             es_ex = SharedIreeExecutor(sm.weights, [vmfb], functions=names)
         for k, c in enumerate(es_configs):
             name = f"edgeskip config {k}"
@@ -110,9 +137,15 @@ def main() -> None:
             mod, onnx_path = compile_skipnet(model, work, name.replace(" ", "_"))
             xb, _ = next(iterate(splits.test, splits.norm, 32))
             verify_skipnet_onnx(model, xb, onnx_path)
-            models[name] = {"test_accuracy": st.accuracy, "mean_skipped": st.mean_skipped, "mean_macs": st.mean_macs,
-                            "skip_rate_per_gate": st.skip_rate_per_gate, "gate_kind": ck.gate_cfg.kind,
-                            "training": ck.gate_training, "history": ck.history}
+            models[name] = {
+                "test_accuracy": st.accuracy,
+                "mean_skipped": st.mean_skipped,
+                "mean_macs": st.mean_macs,
+                "skip_rate_per_gate": st.skip_rate_per_gate,
+                "gate_kind": ck.gate_cfg.kind,
+                "training": ck.gate_training,
+                "history": ck.history,
+            }
             runners[name] = mod.run
             decisions[name] = np.stack([mod.run(x[None])[1] for x in xs]).astype(bool)
 
@@ -138,17 +171,26 @@ def main() -> None:
         executed = d.sum(1)
         models[n]["latency_by_executed_blocks"] = {
             int(k): {"inputs": int((executed == k).sum()), "mean_ms": 1e3 * float(per_input[n][executed == k].mean())}
-            for k in np.unique(executed)}
+            for k in np.unique(executed)
+        }
     doc["models"] = models
     out = Path(args.out)
     write_json(out / f"{args.name}.json", doc)
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
     es = [n for n in models if n.startswith("edgeskip")]
-    a1.plot([models[n]["latency"]["mean_ms"] for n in es], [100 * models[n]["test_accuracy"] for n in es], "o-",
-            label="edgeskip configs (SD backbone)")
-    a1.plot(models["original"]["latency"]["mean_ms"], 100 * models["original"]["test_accuracy"], "ks",
-            label="original (conventional backbone)")
+    a1.plot(
+        [models[n]["latency"]["mean_ms"] for n in es],
+        [100 * models[n]["test_accuracy"] for n in es],
+        "o-",
+        label="edgeskip configs (SD backbone)",
+    )
+    a1.plot(
+        models["original"]["latency"]["mean_ms"],
+        100 * models["original"]["test_accuracy"],
+        "ks",
+        label="original (conventional backbone)",
+    )
     for n in decisions:
         a1.plot(models[n]["latency"]["mean_ms"], 100 * models[n]["test_accuracy"], "^", ms=9, label=n)
     a1.set_xlabel("mean batch-1 latency (ms, IREE host)")
@@ -157,17 +199,23 @@ def main() -> None:
     a1.legend(fontsize=7)
     names = ["original", *dict.fromkeys([*es[:1], *es[-1:]]), *decisions]
     a2.boxplot([1e3 * per_input[n] for n in names], whis=(1, 99), showfliers=True, flierprops={"ms": 2})
-    a2.set_xticks(range(1, len(names) + 1), [n.replace("edgeskip ", "es ").replace("skipnet ", "SN ") for n in names],
-                  rotation=20, fontsize=7)
+    a2.set_xticks(
+        range(1, len(names) + 1),
+        [n.replace("edgeskip ", "es ").replace("skipnet ", "SN ") for n in names],
+        rotation=20,
+        fontsize=7,
+    )
     a2.set_ylabel("per-input latency (ms)")
     a2.set_title("spread of per-input latency (whiskers p1-p99)", fontsize=9)
     a2.grid(alpha=0.3)
     fig.tight_layout()
     write_with(out / f"{args.name}.png", lambda p: fig.savefig(p, dpi=110, format="png"))
     for n, m in models.items():
-        print(f"{n:<28} acc {100 * m['test_accuracy']:5.2f}%  skipped {m['mean_skipped']:.2f}  "
-              f"MACs x{m['macs_vs_original']:.3f}  latency {m['latency']['mean_ms']:.3f} ms (x{m['latency_vs_original']:.3f})"
-              f"  max/min {m['latency']['max_over_min']:.2f}  p99/p1 {m['latency']['p99_over_p1']:.2f}")
+        print(
+            f"{n:<28} acc {100 * m['test_accuracy']:5.2f}%  skipped {m['mean_skipped']:.2f}  "
+            f"MACs x{m['macs_vs_original']:.3f}  latency {m['latency']['mean_ms']:.3f} ms (x{m['latency_vs_original']:.3f})"
+            f"  max/min {m['latency']['max_over_min']:.2f}  p99/p1 {m['latency']['p99_over_p1']:.2f}"
+        )
 
 
 if __name__ == "__main__":

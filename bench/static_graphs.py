@@ -37,8 +37,9 @@ MODELS = {
     "edgeskip:resnet20": lambda: ResNetConfig(depth=20),
     "edgeskip:resnet56": lambda: ResNetConfig(depth=56),
     "torchvision:mobilenet_v2 (width 0.5)": lambda: NetConfig("torchvision:mobilenet_v2", kwargs={"width_mult": 0.5}),
-    "timm:resnet34 (channels 16-128)": lambda: NetConfig("timm:resnet34", kwargs={"channels": [16, 32, 64, 128],
-                                                                                  "stem_width": 16}),
+    "timm:resnet34 (channels 16-128)": lambda: NetConfig(
+        "timm:resnet34", kwargs={"channels": [16, 32, 64, 128], "stem_width": 16}
+    ),
 }
 
 
@@ -69,17 +70,33 @@ def bench_model(label: str, cfg, configs: int, work: Path) -> dict:
         cut_s = time.perf_counter() - t0
         (ops_t, names_t), (ops_c, names_c) = graph_facts(traced), graph_facts(cut)
         diff = max_abs_diff(ort_session(traced).run(None, {"image": x})[0], ort_session(cut).run(None, {"image": x})[0])
-        rows.append({"n_skipped": n, "traced_s": traced_s, "cut_s": cut_s, "speedup": traced_s / cut_s,
-                     "same_operators": ops_t == ops_c, "same_weight_names": names_t == names_c, "max_abs_diff": diff})
-        print(f"{label:40s} {n:2d}/{g} skipped: traced {traced_s:6.2f} s, cut {cut_s * 1e3:6.1f} ms "
-              f"({traced_s / cut_s:5.0f}x)  same ops {ops_t == ops_c}, same weights {names_t == names_c}, "
-              f"max |diff| {diff:.1e}")
+        rows.append(
+            {
+                "n_skipped": n,
+                "traced_s": traced_s,
+                "cut_s": cut_s,
+                "speedup": traced_s / cut_s,
+                "same_operators": ops_t == ops_c,
+                "same_weight_names": names_t == names_c,
+                "max_abs_diff": diff,
+            }
+        )
+        print(
+            f"{label:40s} {n:2d}/{g} skipped: traced {traced_s:6.2f} s, cut {cut_s * 1e3:6.1f} ms "
+            f"({traced_s / cut_s:5.0f}x)  same ops {ops_t == ops_c}, same weights {names_t == names_c}, "
+            f"max |diff| {diff:.1e}"
+        )
     # `compile` exports the gated graph either way (the bundle ships it): before, every static graph was traced
     # beside it; now they are cut from it
-    return {"model": label, "gates": g, "gated_export_s": gated_s, "rows": rows,
-            "median_speedup": statistics.median(r["speedup"] for r in rows),
-            "gated_plus_traced_s": gated_s + sum(r["traced_s"] for r in rows),
-            "gated_plus_cut_s": gated_s + sum(r["cut_s"] for r in rows)}
+    return {
+        "model": label,
+        "gates": g,
+        "gated_export_s": gated_s,
+        "rows": rows,
+        "median_speedup": statistics.median(r["speedup"] for r in rows),
+        "gated_plus_traced_s": gated_s + sum(r["traced_s"] for r in rows),
+        "gated_plus_cut_s": gated_s + sum(r["cut_s"] for r in rows),
+    }
 
 
 def plot(doc: dict, dest: Path) -> None:
@@ -115,15 +132,22 @@ def main(argv: list[str] | None = None) -> None:
     for label in chosen:
         with tempfile.TemporaryDirectory() as tmp:
             models.append(bench_model(label, MODELS[label](), args.configs, Path(tmp)))
-    doc = {"command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])]),
-           "host": platform.processor() or platform.machine(), "cores": os.cpu_count(), "threads": 1,
-           "configs": args.configs, "models": models}
+    doc = {
+        "command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])]),
+        "host": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "threads": 1,
+        "configs": args.configs,
+        "models": models,
+    }
     write_json(args.out / "static_graphs.json", doc)
     plot(doc, args.out / "static_graphs.png")
     for m in models:
-        print(f"{m['model']}: gated + {args.configs} static graphs {m['gated_plus_traced_s']:.1f} s traced, "
-              f"{m['gated_plus_cut_s']:.1f} s cut ({m['gated_plus_traced_s'] / m['gated_plus_cut_s']:.1f}x); "
-              f"per static graph median {m['median_speedup']:.0f}x (gated export {m['gated_export_s']:.1f} s)")
+        print(
+            f"{m['model']}: gated + {args.configs} static graphs {m['gated_plus_traced_s']:.1f} s traced, "
+            f"{m['gated_plus_cut_s']:.1f} s cut ({m['gated_plus_traced_s'] / m['gated_plus_cut_s']:.1f}x); "
+            f"per static graph median {m['median_speedup']:.0f}x (gated export {m['gated_export_s']:.1f} s)"
+        )
     print(json.dumps({m["model"]: round(m["median_speedup"]) for m in models}))
 
 

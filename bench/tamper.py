@@ -23,8 +23,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serve_footprint import REPO, add_old_worktree, drop_work, v1_copy  # noqa: E402
@@ -110,7 +110,9 @@ def classifier_rows_permuted(doc, root):  # consistent: every prediction shifted
     import onnx
     from onnx import numpy_helper
 
-    for name, rel in [("gated", doc["gated"]["onnx"])] + [(c["module"], f"onnx/{c['module']}.onnx") for c in doc["configs"]]:
+    for _name, rel in [("gated", doc["gated"]["onnx"])] + [
+        (c["module"], f"onnx/{c['module']}.onnx") for c in doc["configs"]
+    ]:
         p = root / rel
         if not p.is_file():
             continue
@@ -227,13 +229,25 @@ def run_cmd(root: Path, argv: list[str], timeout: float = 120) -> dict:
     env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
     if argv[0] != "serve":
         try:
-            r = subprocess.run([sys.executable, "-m", "edgeskip.cli", *argv], capture_output=True, text=True,
-                               timeout=timeout, env=env, cwd=root)
+            r = subprocess.run(
+                [sys.executable, "-m", "edgeskip.cli", *argv],
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                env=env,
+                cwd=root,
+            )
         except subprocess.TimeoutExpired:
             return {"outcome": "other", "rc": None, "line": f"timed out after {timeout} s"}
         return outcome(r.returncode, r.stdout, r.stderr)
-    p = subprocess.Popen([sys.executable, "-m", "edgeskip.cli", *argv, "--port", "0"], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, env=env, cwd=root)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "edgeskip.cli", *argv, "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=root,
+    )
     line = p.stdout.readline()  # the readiness line, or EOF when it exits
     started = "listening on" in line
     if started:
@@ -253,8 +267,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=Path("bench/results"))
     args = ap.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="tamper-"))
-    res: dict = {"command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])]),
-                 "bundle": str(args.bundle), "old": args.old, "cases": []}
+    res: dict = {
+        "command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])]),
+        "bundle": str(args.bundle),
+        "old": args.old,
+        "cases": [],
+    }
     t0 = time.perf_counter()
     try:
         add_old_worktree(args.old, work)
@@ -278,8 +296,13 @@ def main(argv: list[str] | None = None) -> None:
                     "bench": run_cmd(root, ["bench", str(b), "--count", "20", "--backend", backend, *pin]),
                 }
             res["cases"].append(row)
-            print(f"{name:45s} old: " + " ".join(f"{c}={row['old'][c]['outcome']}" for c in row["old"])
-                  + "   new: " + " ".join(f"{c}={row['new'][c]['outcome']}" for c in row["new"]), flush=True)
+            print(
+                f"{name:45s} old: "
+                + " ".join(f"{c}={row['old'][c]['outcome']}" for c in row["old"])
+                + "   new: "
+                + " ".join(f"{c}={row['new'][c]['outcome']}" for c in row["new"]),
+                flush=True,
+            )
             shutil.rmtree(case_dir, ignore_errors=True)
     finally:
         drop_work(work)

@@ -57,8 +57,17 @@ def worker(args: argparse.Namespace) -> None:
     model = build_model(ResNetConfig(sd_mode=args.sd)).to(memory_format=fmt)
     forward = training_forward(model, cfg, ddp)
     opt, sched = make_optimizer(model, cfg, 10_000)
-    batches = list(iterate(splits.train.subset(torch.arange(args.batch * 24).numpy()), splits.norm, args.batch,
-                           shuffle=True, augment=True, drop_last=True, shard=(ddp.rank, ddp.world_size)))
+    batches = list(
+        iterate(
+            splits.train.subset(torch.arange(args.batch * 24).numpy()),
+            splits.norm,
+            args.batch,
+            shuffle=True,
+            augment=True,
+            drop_last=True,
+            shard=(ddp.rank, ddp.world_size),
+        )
+    )
     batches = [(x.contiguous(memory_format=fmt), y) for x, y in batches]
     for x, y in batches[:8]:  # warm-up (and compilation)
         train_step(forward, opt, sched, x, y, cfg)
@@ -99,10 +108,31 @@ def pipeline(data: str, batch: int, seconds: float) -> float:
 
 def run_variant(spec: tuple, data: str, seconds: float) -> float:
     procs, threads, amp, compile_, batch, sd = spec[:6]
-    args = [__file__, "--worker", "--data", data, "--threads", str(threads), "--amp", amp, "--batch", str(batch),
-            "--sd", sd, "--seconds", str(seconds)] + (["--compile"] if compile_ else []) + (["--nchw"] if spec[6:] else [])
-    cmd = ([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs), "--master_port", "29533"]
-           if procs > 1 else [sys.executable]) + args
+    args = (
+        [
+            __file__,
+            "--worker",
+            "--data",
+            data,
+            "--threads",
+            str(threads),
+            "--amp",
+            amp,
+            "--batch",
+            str(batch),
+            "--sd",
+            sd,
+            "--seconds",
+            str(seconds),
+        ]
+        + (["--compile"] if compile_ else [])
+        + (["--nchw"] if spec[6:] else [])
+    )
+    cmd = (
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs), "--master_port", "29533"]
+        if procs > 1
+        else [sys.executable]
+    ) + args
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
     lines = [ln for ln in res.stdout.splitlines() if ln.startswith("{")]
@@ -143,19 +173,37 @@ def main() -> None:
             print(f"round {r + 1}: {name:28s} {runs[name][-1]:7.0f} img/s", flush=True)
     pipe = pipeline(args.data, 128, args.seconds)
     base = statistics.median(runs["fp32 2thr bs128 (before)"])
-    rows = [{"variant": k, "processes": VARIANTS[k][0], "threads": VARIANTS[k][1], "amp": VARIANTS[k][2],
-             "compile": VARIANTS[k][3], "batch": VARIANTS[k][4], "sd_mode": VARIANTS[k][5],
-             "memory_format": (VARIANTS[k][6:] or ("channels_last",))[0],
-             "images_per_s": v, "median": statistics.median(v), "ratio_to_before": statistics.median(v) / base}
-            for k, v in runs.items()]
+    rows = [
+        {
+            "variant": k,
+            "processes": VARIANTS[k][0],
+            "threads": VARIANTS[k][1],
+            "amp": VARIANTS[k][2],
+            "compile": VARIANTS[k][3],
+            "batch": VARIANTS[k][4],
+            "sd_mode": VARIANTS[k][5],
+            "memory_format": (VARIANTS[k][6:] or ("channels_last",))[0],
+            "images_per_s": v,
+            "median": statistics.median(v),
+            "ratio_to_before": statistics.median(v) / base,
+        }
+        for k, v in runs.items()
+    ]
     for row in rows:
         print(f"{row['variant']:28s} {row['median']:7.0f} img/s  x{row['ratio_to_before']:.2f}")
     print(f"data pipeline alone (1 thread): {pipe:.0f} img/s")
-    doc = {"command": "python " + " ".join(shlex.quote(a) for a in sys.argv), "edgeskip_version": __version__,
-           "torch": torch.__version__, "host": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-           "model": "ResNet-20 (CIFAR-10, 32x32), conventional unless marked SD (batch mode, p_L 0.5)",
-           "seconds_per_variant_and_round": args.seconds, "rounds": args.rounds,
-           "pipeline_images_per_s_1thread": pipe, "variants": rows}
+    doc = {
+        "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
+        "edgeskip_version": __version__,
+        "torch": torch.__version__,
+        "host": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "model": "ResNet-20 (CIFAR-10, 32x32), conventional unless marked SD (batch mode, p_L 0.5)",
+        "seconds_per_variant_and_round": args.seconds,
+        "rounds": args.rounds,
+        "pipeline_images_per_s_1thread": pipe,
+        "variants": rows,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_json(args.out.with_suffix(".json"), doc)
     fig, ax = plt.subplots(figsize=(8, 4.5))

@@ -19,31 +19,64 @@ from edgeskip.manifest import Manifest, load_manifest, model_label
 from edgeskip.recipes import AMP_CHOICES, GATE_KINDS, GATE_MODES, RECIPE_NAMES, RECIPES, SD_SCOPES
 from edgeskip.runtime.choices import BACKENDS, DRIVERS, EVENT_LOOPS, PATTERNS, POLICIES
 
-
-DIGEST_OPTION = click.option("--digest", default=None, metavar="SHA256",
-                             help="Refuse the bundle unless its manifest has this digest (printed by compile).")
-VERIFY_KEY_OPTION = click.option("--verify-key", type=click.Path(dir_okay=False), default=None,
-                                 help="Refuse the bundle unless signed by this public key (edgeskip sign).")
-
+DIGEST_OPTION = click.option(
+    "--digest",
+    default=None,
+    metavar="SHA256",
+    help="Refuse the bundle unless its manifest has this digest (printed by compile).",
+)
+VERIFY_KEY_OPTION = click.option(
+    "--verify-key",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Refuse the bundle unless signed by this public key (edgeskip sign).",
+)
 
 
 def policy_options(f):
     """--policy and its parameters, --queue-depth and --deadline-ms (serve and bench)."""
     opts = [
-        click.option("--policy", type=click.Choice(POLICIES), default="paper", show_default=True,
-                     help="Adaptation policy: paper = Algorithm 1; rate = utilisation target with hysteresis; "
-                          "mix = rate, time-sharing two neighbouring configs."),
-        click.option("--target-util", type=float, default=None,
-                     help="rate/mix: utilisation the chosen config may reach, in (0, 1] [default: 0.95; 1.0 with "
-                          "--queue-depth]."),
-        click.option("--hysteresis", type=float, default=None,
-                     help="rate/mix: margin a slower config needs before moving back to it, in [0, 0.9] [default: 0.05]."),
-        click.option("--policy-param", "policy_param", multiple=True, metavar="KEY=VALUE",
-                     help="rate/mix parameter (target_util, hysteresis, attack, release, drain); repeatable."),
-        click.option("--queue-depth", type=int, default=0, show_default=True,
-                     help="Requests that may wait for the executor (0: drop when busy, as the paper)."),
-        click.option("--deadline-ms", type=float, default=None,
-                     help="With a queue: drop a request that cannot finish within this many ms of its arrival."),
+        click.option(
+            "--policy",
+            type=click.Choice(POLICIES),
+            default="paper",
+            show_default=True,
+            help="Adaptation policy: paper = Algorithm 1; rate = utilisation target with hysteresis; "
+            "mix = rate, time-sharing two neighbouring configs.",
+        ),
+        click.option(
+            "--target-util",
+            type=float,
+            default=None,
+            help="rate/mix: utilisation the chosen config may reach, in (0, 1] [default: 0.95; 1.0 with "
+            "--queue-depth].",
+        ),
+        click.option(
+            "--hysteresis",
+            type=float,
+            default=None,
+            help="rate/mix: margin a slower config needs before moving back to it, in [0, 0.9] [default: 0.05].",
+        ),
+        click.option(
+            "--policy-param",
+            "policy_param",
+            multiple=True,
+            metavar="KEY=VALUE",
+            help="rate/mix parameter (target_util, hysteresis, attack, release, drain); repeatable.",
+        ),
+        click.option(
+            "--queue-depth",
+            type=int,
+            default=0,
+            show_default=True,
+            help="Requests that may wait for the executor (0: drop when busy, as the paper).",
+        ),
+        click.option(
+            "--deadline-ms",
+            type=float,
+            default=None,
+            help="With a queue: drop a request that cannot finish within this many ms of its arrival.",
+        ),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -74,8 +107,17 @@ def deadline_s(deadline_ms: float | None) -> float | None:
 
 
 # packages of the `design` extra (import names): a runtime-only install lacks them
-DESIGN_MODULES = ("torch", "sklearn", "matplotlib", "tqdm", "onnx", "onnxscript", "iree.compiler", "elftools",
-                  "mlperf_loadgen")
+DESIGN_MODULES = (
+    "torch",
+    "sklearn",
+    "matplotlib",
+    "tqdm",
+    "onnx",
+    "onnxscript",
+    "iree.compiler",
+    "elftools",
+    "mlperf_loadgen",
+)
 
 
 class _Group(click.Group):
@@ -87,8 +129,11 @@ class _Group(click.Group):
             if not any(name == m or name.startswith(m + ".") for m in DESIGN_MODULES):
                 raise
             command = ctx.invoked_subcommand or "this command"
-            click.echo(f"error: edgeskip {command} needs the design-time packages ({name} is not installed): "
-                       "pip install 'edgeskip[design]'", err=True)
+            click.echo(
+                f"error: edgeskip {command} needs the design-time packages ({name} is not installed): "
+                "pip install 'edgeskip[design]'",
+                err=True,
+            )
             ctx.exit(2)
         except EdgeskipError as e:
             click.echo(f"error: {e}", err=True)
@@ -118,13 +163,27 @@ def _size(value: str | None) -> tuple[int, int] | None:
 def data_options(f):
     """Options shared by every command that loads a data set."""
     opts = [
-        click.option("--dataset", type=click.Choice(["digits", "cifar10", "cifar100", "imagefolder"]),
-                     default="digits", show_default=True, help="Data set (digits is bundled and offline)."),
-        click.option("--data-dir", type=click.Path(file_okay=False), default=None,
-                     help="Folder with the CIFAR archive/pickles, or the image-folder root."),
+        click.option(
+            "--dataset",
+            type=click.Choice(["digits", "cifar10", "cifar100", "imagefolder"]),
+            default="digits",
+            show_default=True,
+            help="Data set (digits is bundled and offline).",
+        ),
+        click.option(
+            "--data-dir",
+            type=click.Path(file_okay=False),
+            default=None,
+            help="Folder with the CIFAR archive/pickles, or the image-folder root.",
+        ),
         click.option("--download", is_flag=True, help="Download CIFAR (checksum-verified) if missing."),
-        click.option("--val-fraction", type=float, default=0.1, show_default=True,
-                     help="Fraction of training data held out for validation (design-time selection)."),
+        click.option(
+            "--val-fraction",
+            type=float,
+            default=0.1,
+            show_default=True,
+            help="Fraction of training data held out for validation (design-time selection).",
+        ),
         click.option("--image-size", default=None, help="Resize image-folder images to HxW."),
         click.option("--seed", type=int, default=0, show_default=True, help="Seed for splits, init and order."),
     ]
@@ -136,18 +195,37 @@ def data_options(f):
 def model_options(f):
     """Options choosing the network, shared by every command that may train one."""
     opts = [
-        click.option("--model", "model_spec", default=None, metavar="SOURCE:NAME",
-                     help="Network: edgeskip:resnet20 (any resnet<6n+2>; --depth is the shortcut), torchvision:NAME "
-                          "(resnet18, mobilenet_v2, ...), timm:NAME or package.module:factory (called with "
-                          "num_classes= and in_channels= where it takes them)."),
-        click.option("--model-arg", "model_args", multiple=True, metavar="KEY=VALUE",
-                     help="Extra argument of the model's factory, e.g. width_mult=0.25 (repeatable)."),
-        click.option("--blocks", "block_names", default=None, metavar="PATHS",
-                     help="Gated blocks: comma-separated module paths or globs (layer*.1); default: every residual "
-                          "block with an identity shortcut, found by tracing."),
-        click.option("--init-weights", type=click.Path(dir_okay=False), default=None,
-                     help="Local state dict (torch.save or .safetensors) loaded into a new model before training; "
-                          "entries whose name and shape differ (another classifier) stay initialised."),
+        click.option(
+            "--model",
+            "model_spec",
+            default=None,
+            metavar="SOURCE:NAME",
+            help="Network: edgeskip:resnet20 (any resnet<6n+2>; --depth is the shortcut), torchvision:NAME "
+            "(resnet18, mobilenet_v2, ...), timm:NAME or package.module:factory (called with "
+            "num_classes= and in_channels= where it takes them).",
+        ),
+        click.option(
+            "--model-arg",
+            "model_args",
+            multiple=True,
+            metavar="KEY=VALUE",
+            help="Extra argument of the model's factory, e.g. width_mult=0.25 (repeatable).",
+        ),
+        click.option(
+            "--blocks",
+            "block_names",
+            default=None,
+            metavar="PATHS",
+            help="Gated blocks: comma-separated module paths or globs (layer*.1); default: every residual "
+            "block with an identity shortcut, found by tracing.",
+        ),
+        click.option(
+            "--init-weights",
+            type=click.Path(dir_okay=False),
+            default=None,
+            help="Local state dict (torch.save or .safetensors) loaded into a new model before training; "
+            "entries whose name and shape differ (another classifier) stay initialised.",
+        ),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -162,8 +240,15 @@ def _arg_value(text: str) -> object:
         return text
 
 
-def model_config(model_spec: str | None, model_args: tuple[str, ...], block_names: str | None, depth: int,
-                 sd_mode: str = "batch", p_last: float = 0.5, **resnet: object):
+def model_config(
+    model_spec: str | None,
+    model_args: tuple[str, ...],
+    block_names: str | None,
+    depth: int,
+    sd_mode: str = "batch",
+    p_last: float = 0.5,
+    **resnet: object,
+):
     """The ModelConfig the model options describe (``resnet``: the built-in ResNet's own settings)."""
     from edgeskip.models import NetConfig, ResNetConfig
     from edgeskip.models.zoo import builtin_depth
@@ -171,8 +256,10 @@ def model_config(model_spec: str | None, model_args: tuple[str, ...], block_name
     d = builtin_depth(model_spec) if model_spec else depth
     if d is not None:
         if model_args or block_names:
-            raise EdgeskipError("--model-arg and --blocks apply to torchvision, timm and your own models; the "
-                                "built-in ResNet gates every block but each stage's first")
+            raise EdgeskipError(
+                "--model-arg and --blocks apply to torchvision, timm and your own models; the "
+                "built-in ResNet gates every block but each stage's first"
+            )
         return ResNetConfig(depth=d, sd_mode=sd_mode, p_last=p_last, **resnet)  # type: ignore[arg-type]
     kwargs = {}
     for a in model_args:
@@ -200,26 +287,32 @@ def configs_summary(m) -> str:
         out += f"\n{backend} front (stepping order): configs {list(idx)}"
     if m.int8 is not None and "weight_bytes" in m.int8:
         wb = m.int8["weight_bytes"]
-        out += (f"\nint8 variants: {wb['int8']:,} bytes beside the gated blocks' {wb['float']:,} bytes of float "
-                f"weights; IREE: {m.int8.get('iree', '')[:60]}...")
+        out += (
+            f"\nint8 variants: {wb['int8']:,} bytes beside the gated blocks' {wb['float']:,} bytes of float "
+            f"weights; IREE: {m.int8.get('iree', '')[:60]}..."
+        )
     return out
 
 
-def skipnet_summary(m: "Manifest") -> str:
+def skipnet_summary(m: Manifest) -> str:
     """One learned-gate bundle's figures: accuracy, skipped blocks, MACs with gates, latency spread (DFS: also
     its computation percentage and how often each option runs)."""
     c = m.configs[0]
     dfs = ""
     if m.kind == "dfs":
-        rates = ", ".join(f"{'skip' if b == 0 else 'full' if b == 32 else f'{b}-bit'} {r:.1%}"
-                          for b, r in zip(c.extra["options_bits"], c.extra["test_option_rates"]))
+        rates = ", ".join(
+            f"{'skip' if b == 0 else 'full' if b == 32 else f'{b}-bit'} {r:.1%}"
+            for b, r in zip(c.extra["options_bits"], c.extra["test_option_rates"])
+        )
         form = c.extra.get("int8_form", "integer")
         form = f"; 8 bits as {form}" if form else ""
         dfs = f"DFS cp {c.extra['test_cp']:.3f} (options: {rates}{form}); "
-    return (f"{dfs}{'DFS' if dfs else 'SkipNet'}: val accuracy {c.val_accuracy:.4f}, test accuracy {c.test_accuracy:.4f}, "
-            f"mean skipped {c.extra['test_mean_skipped']:.2f}/{m.num_gates} blocks, mean MACs {c.macs:.0f} (gates "
-            f"included), host latency mean {c.latency_s * 1e3:.3f} ms [{c.extra['latency_s_min'] * 1e3:.3f}, "
-            f"{c.extra['latency_s_max'] * 1e3:.3f}]")
+    return (
+        f"{dfs}{'DFS' if dfs else 'SkipNet'}: val accuracy {c.val_accuracy:.4f}, test accuracy {c.test_accuracy:.4f}, "
+        f"mean skipped {c.extra['test_mean_skipped']:.2f}/{m.num_gates} blocks, mean MACs {c.macs:.0f} (gates "
+        f"included), host latency mean {c.latency_s * 1e3:.3f} ms [{c.extra['latency_s_min'] * 1e3:.3f}, "
+        f"{c.extra['latency_s_max'] * 1e3:.3f}]"
+    )
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -242,20 +335,41 @@ def apply_recipe(ctx: click.Context, params: dict) -> dict:
 
 @cli.command()
 @data_options
-@click.option("--recipe", type=click.Choice(RECIPE_NAMES), default=None,
-              help="Named training recipe: its settings become the defaults (options given here still win). "
-                   + "; ".join(f"{r.name}: {r.description}" for r in RECIPES.values()))
+@click.option(
+    "--recipe",
+    type=click.Choice(RECIPE_NAMES),
+    default=None,
+    help="Named training recipe: its settings become the defaults (options given here still win). "
+    + "; ".join(f"{r.name}: {r.description}" for r in RECIPES.values()),
+)
 @model_options
 @click.option("--depth", type=int, default=20, show_default=True, help="ResNet depth 6n+2 (20, 32, 56, 110, ...).")
 @click.option("--width", type=int, default=16, show_default=True, help="Channels of the first stage (x1, x2, x4).")
-@click.option("--shortcut", type=click.Choice(["pad", "proj"]), default="pad", show_default=True,
-              help="Stage-transition shortcut: zero-pad (option A) or 1x1 projection (option B).")
+@click.option(
+    "--shortcut",
+    type=click.Choice(["pad", "proj"]),
+    default="pad",
+    show_default=True,
+    help="Stage-transition shortcut: zero-pad (option A) or 1x1 projection (option B).",
+)
 @click.option("--sd/--no-sd", default=True, show_default=True, help="Stochastic depth on/off (off = baseline).")
-@click.option("--sd-mode", type=click.Choice(["batch", "row"]), default="batch", show_default=True,
-              help="Drop a branch per mini-batch (not computed) or per sample.")
-@click.option("--p-last", "p_last", type=float, default=0.5, show_default=True, help="Survival probability p_L of the last block.")
-@click.option("--sd-scope", type=click.Choice(SD_SCOPES), default="all", show_default=True,
-              help="Drop every block's branch (Huang et al.) or only the gated blocks' (the ones skipped at inference).")
+@click.option(
+    "--sd-mode",
+    type=click.Choice(["batch", "row"]),
+    default="batch",
+    show_default=True,
+    help="Drop a branch per mini-batch (not computed) or per sample.",
+)
+@click.option(
+    "--p-last", "p_last", type=float, default=0.5, show_default=True, help="Survival probability p_L of the last block."
+)
+@click.option(
+    "--sd-scope",
+    type=click.Choice(SD_SCOPES),
+    default="all",
+    show_default=True,
+    help="Drop every block's branch (Huang et al.) or only the gated blocks' (the ones skipped at inference).",
+)
 @click.option("--epochs", type=int, default=30, show_default=True)
 @click.option("--batch-size", type=int, default=128, show_default=True)
 @click.option("--lr", type=float, default=0.1, show_default=True)
@@ -266,48 +380,113 @@ def apply_recipe(ctx: click.Context, params: dict) -> dict:
 @click.option("--warmup", type=float, default=0.0, show_default=True, help="Linear warm-up epochs.")
 @click.option("--label-smoothing", type=float, default=0.0, show_default=True)
 @click.option("--augment/--no-augment", default=None, help="Crop+flip augmentation [default: on for RGB >= 32x32].")
-@click.option("--cutout", type=int, default=0, show_default=True,
-              help="Cutout: with augmentation, zero a random square of this side (pixels) in each training image (0: off).")
-@click.option("--zero-init-last/--no-zero-init-last", default=False, show_default=True,
-              help="Zero-initialise each block's last BN scale (every block starts as the identity; slower to train).")
-@click.option("--amp", type=click.Choice(AMP_CHOICES), default="auto", show_default=True,
-              help="Training precision: bf16 autocast where the CPU has native bf16 (auto), or force one.")
-@click.option("--compile/--no-compile", "compile_", default=False, show_default=True,
-              help="torch.compile the training forward pass.")
-@click.option("--out", type=click.Path(dir_okay=False), default="runs/model.pt", show_default=True, help="Checkpoint path.")
+@click.option(
+    "--cutout",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Cutout: with augmentation, zero a random square of this side (pixels) in each training image (0: off).",
+)
+@click.option(
+    "--zero-init-last/--no-zero-init-last",
+    default=False,
+    show_default=True,
+    help="Zero-initialise each block's last BN scale (every block starts as the identity; slower to train).",
+)
+@click.option(
+    "--amp",
+    type=click.Choice(AMP_CHOICES),
+    default="auto",
+    show_default=True,
+    help="Training precision: bf16 autocast where the CPU has native bf16 (auto), or force one.",
+)
+@click.option(
+    "--compile/--no-compile",
+    "compile_",
+    default=False,
+    show_default=True,
+    help="torch.compile the training forward pass.",
+)
+@click.option(
+    "--out", type=click.Path(dir_okay=False), default="runs/model.pt", show_default=True, help="Checkpoint path."
+)
 @click.option("--resume", is_flag=True, help="Continue the run stored in --out.")
-@click.option("--stop-after", type=click.IntRange(min=1), default=None,
-              help="End this invocation after writing this epoch's checkpoint (continue later with --resume).")
+@click.option(
+    "--stop-after",
+    type=click.IntRange(min=1),
+    default=None,
+    help="End this invocation after writing this epoch's checkpoint (continue later with --resume).",
+)
 @click.option("--threads", type=int, default=None, help="Torch CPU threads.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
-@click.option("--gates", type=click.Choice(GATE_KINDS), default=None,
-              help="Train a learned-gate baseline (in front of the same blocks as edgeskip's): SkipNet with "
-                   "ffgate1/ffgate2/rnn gates, or Dynamic Fractional Skipping with dfs.")
-@click.option("--init", "init", type=click.Path(dir_okay=False), default=None,
-              help="With --gates: start from this backbone or SkipNet checkpoint (its data splits are reused).")
-@click.option("--gate-mode", type=click.Choice(GATE_MODES), default=None,
-              help="With --gates: SkipNet's sp (supervised pre-training, the default) or hrl (hybrid RL); DFS's "
-                   "dfs-full (step 1: backbone frozen, gates learn full precision, the default) or dfs (step 2).")
-@click.option("--alpha", type=float, default=0.1, show_default=True,
-              help="HRL: reward per skipped block (x1/B_s); DFS step 2: weight of the computation loss.")
-@click.option("--cp-target", type=float, default=0.5, show_default=True,
-              help="DFS step 2: the computation percentage (of the gated blocks' full cost) to steer toward, in (0, 1].")
-@click.option("--dfs-bits", default="8,16", show_default=True,
-              help="DFS: bit widths of the options besides skip and full precision (of 4, 8, 16).")
+@click.option(
+    "--gates",
+    type=click.Choice(GATE_KINDS),
+    default=None,
+    help="Train a learned-gate baseline (in front of the same blocks as edgeskip's): SkipNet with "
+    "ffgate1/ffgate2/rnn gates, or Dynamic Fractional Skipping with dfs.",
+)
+@click.option(
+    "--init",
+    "init",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="With --gates: start from this backbone or SkipNet checkpoint (its data splits are reused).",
+)
+@click.option(
+    "--gate-mode",
+    type=click.Choice(GATE_MODES),
+    default=None,
+    help="With --gates: SkipNet's sp (supervised pre-training, the default) or hrl (hybrid RL); DFS's "
+    "dfs-full (step 1: backbone frozen, gates learn full precision, the default) or dfs (step 2).",
+)
+@click.option(
+    "--alpha",
+    type=float,
+    default=0.1,
+    show_default=True,
+    help="HRL: reward per skipped block (x1/B_s); DFS step 2: weight of the computation loss.",
+)
+@click.option(
+    "--cp-target",
+    type=float,
+    default=0.5,
+    show_default=True,
+    help="DFS step 2: the computation percentage (of the gated blocks' full cost) to steer toward, in (0, 1].",
+)
+@click.option(
+    "--dfs-bits",
+    default="8,16",
+    show_default=True,
+    help="DFS: bit widths of the options besides skip and full precision (of 4, 8, 16).",
+)
 @click.option("--beta", type=float, default=1.0, show_default=True, help="HRL: weight of the loss in the reward.")
-@click.option("--hrl-credit", type=click.Choice(("shared", "to-go")), default="shared", show_default=True,
-              help="HRL: every gate gets the input's whole reward (shared), or SkipNet's return from that gate on "
-                   "(to-go: the loss plus the skips from that gate on).")
-@click.option("--gate-threshold", type=float, default=0.5, show_default=True,
-              help="With --gates: execute a block iff its gate probability is >= this.")
+@click.option(
+    "--hrl-credit",
+    type=click.Choice(("shared", "to-go")),
+    default="shared",
+    show_default=True,
+    help="HRL: every gate gets the input's whole reward (shared), or SkipNet's return from that gate on "
+    "(to-go: the loss plus the skips from that gate on).",
+)
+@click.option(
+    "--gate-threshold",
+    type=float,
+    default=0.5,
+    show_default=True,
+    help="With --gates: execute a block iff its gate probability is >= this.",
+)
 @click.pass_context
 def train(ctx, **params) -> None:
     """Train a network with stochastic depth (the built-in CIFAR ResNet, or --model), or a SkipNet/DFS with
     --gates; checkpoint every epoch."""
     spec = params.get("model_spec")
     if spec and not spec.startswith("edgeskip:"):
-        given = [f"--{k.replace('_', '-')}" for k in RESNET_ONLY
-                 if ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE]
+        given = [
+            f"--{k.replace('_', '-')}"
+            for k in RESNET_ONLY
+            if ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE
+        ]
         if given:
             raise EdgeskipError(f"{', '.join(given)} shape(s) the built-in ResNet, not --model {spec}")
     _train(**apply_recipe(ctx, params))
@@ -316,29 +495,97 @@ def train(ctx, **params) -> None:
 RESNET_ONLY = ("depth", "width", "shortcut", "sd_scope", "zero_init_last")
 
 
-def _train(dataset, data_dir, download, val_fraction, image_size, seed, recipe, model_spec, model_args, block_names,
-           init_weights, depth, width, shortcut, sd, sd_mode,
-           p_last, sd_scope, epochs, batch_size, lr, momentum, nesterov, weight_decay, schedule, warmup, label_smoothing, augment,
-           cutout, zero_init_last, amp, compile_, out, resume, stop_after, threads, quiet, gates, init, gate_mode, alpha, beta,
-           hrl_credit, cp_target, dfs_bits, gate_threshold) -> None:
+def _train(
+    dataset,
+    data_dir,
+    download,
+    val_fraction,
+    image_size,
+    seed,
+    recipe,
+    model_spec,
+    model_args,
+    block_names,
+    init_weights,
+    depth,
+    width,
+    shortcut,
+    sd,
+    sd_mode,
+    p_last,
+    sd_scope,
+    epochs,
+    batch_size,
+    lr,
+    momentum,
+    nesterov,
+    weight_decay,
+    schedule,
+    warmup,
+    label_smoothing,
+    augment,
+    cutout,
+    zero_init_last,
+    amp,
+    compile_,
+    out,
+    resume,
+    stop_after,
+    threads,
+    quiet,
+    gates,
+    init,
+    gate_mode,
+    alpha,
+    beta,
+    hrl_credit,
+    cp_target,
+    dfs_bits,
+    gate_threshold,
+) -> None:
     import dataclasses
 
     from edgeskip.utils.atomic import ensure_parent
 
     ensure_parent(out)  # before hours of training, not after
-    from edgeskip.train import DataSpec, TrainConfig, train as run_train
+    from edgeskip.train import DataSpec, TrainConfig
+    from edgeskip.train import train as run_train
 
     _threads(threads)
-    model_cfg = model_config(model_spec, model_args, block_names, depth, sd_mode=sd_mode if sd else "none",
-                             p_last=p_last, widths=(width, 2 * width, 4 * width), shortcut=shortcut,
-                             zero_init_last=zero_init_last, sd_scope=sd_scope)
-    train_cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, nesterov=nesterov,
-                            weight_decay=weight_decay, schedule=schedule, warmup_epochs=warmup,
-                            label_smoothing=label_smoothing, augment=augment, cutout=cutout, seed=seed, amp=amp,
-                            compile=compile_, recipe=recipe or "")
+    model_cfg = model_config(
+        model_spec,
+        model_args,
+        block_names,
+        depth,
+        sd_mode=sd_mode if sd else "none",
+        p_last=p_last,
+        widths=(width, 2 * width, 4 * width),
+        shortcut=shortcut,
+        zero_init_last=zero_init_last,
+        sd_scope=sd_scope,
+    )
+    train_cfg = TrainConfig(
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        momentum=momentum,
+        nesterov=nesterov,
+        weight_decay=weight_decay,
+        schedule=schedule,
+        warmup_epochs=warmup,
+        label_smoothing=label_smoothing,
+        augment=augment,
+        cutout=cutout,
+        seed=seed,
+        amp=amp,
+        compile=compile_,
+        recipe=recipe or "",
+    )
     data = DataSpec(dataset, data_dir, val_fraction, seed=seed, image_size=_size(image_size), download=download)
     if gates is None and init is not None:
-        raise EdgeskipError("--init needs --gates (plain training starts from scratch; pretrained weights: --init-weights)")
+        raise EdgeskipError(
+            "--init needs --gates (plain training starts from scratch; pretrained weights: --init-weights)"
+        )
     if gates is not None and init_weights is not None:
         raise EdgeskipError("--init-weights starts plain training; learned gates start from a checkpoint (--init)")
     if gates is not None and stop_after is not None:
@@ -359,19 +606,39 @@ def _train(dataset, data_dir, download, val_fraction, image_size, seed, recipe, 
         except ValueError:
             raise EdgeskipError(f"--dfs-bits must be comma-separated integers, got {dfs_bits!r}") from None
         mode = gate_mode or ("dfs-full" if gates == "dfs" else "sp")
-        ck = train_gates(out, gate_data or data, GateConfig(gates, gate_threshold, bits=bits), train_cfg,
-                         GateTraining(mode, alpha, beta, cp_target=cp_target, credit=hrl_credit), init=init, model_cfg=model_cfg,
-                         resume=resume, progress=not quiet)
+        ck = train_gates(
+            out,
+            gate_data or data,
+            GateConfig(gates, gate_threshold, bits=bits),
+            train_cfg,
+            GateTraining(mode, alpha, beta, cp_target=cp_target, credit=hrl_credit),
+            init=init,
+            model_cfg=model_cfg,
+            resume=resume,
+            progress=not quiet,
+        )
         last = ck.history[-1] if ck.history else {}
         cp = f"  cp {last['val_cp']:.3f}" if "val_cp" in last else ""
-        click.echo(f"{_said(out, before, ck)}  epoch {ck.epoch}/{ck.train_cfg.epochs}  val_acc {last.get('val_acc', float('nan')):.4f}  "
-                   f"skipped {last.get('val_skipped', float('nan')):.2f}/{ck.model_cfg.num_gates} blocks{cp}")
+        click.echo(
+            f"{_said(out, before, ck)}  epoch {ck.epoch}/{ck.train_cfg.epochs}  val_acc {last.get('val_acc', float('nan')):.4f}  "
+            f"skipped {last.get('val_skipped', float('nan')):.2f}/{ck.model_cfg.num_gates} blocks{cp}"
+        )
         return
-    ck = run_train(out, data, model_cfg, train_cfg, resume=resume, progress=not quiet, stop_after=stop_after,
-                   init_weights=init_weights)
+    ck = run_train(
+        out,
+        data,
+        model_cfg,
+        train_cfg,
+        resume=resume,
+        progress=not quiet,
+        stop_after=stop_after,
+        init_weights=init_weights,
+    )
     last = ck.history[-1] if ck.history else {}
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the run
-        click.echo(f"{_said(out, before, ck)}  epoch {ck.epoch}/{ck.train_cfg.epochs}  val_acc {last.get('val_acc', float('nan')):.4f}")
+        click.echo(
+            f"{_said(out, before, ck)}  epoch {ck.epoch}/{ck.train_cfg.epochs}  val_acc {last.get('val_acc', float('nan')):.4f}"
+        )
 
 
 def _stamp(path) -> tuple[int, int] | None:
@@ -400,31 +667,65 @@ def _load_for_eval(checkpoint: str, data_dir: str | None):
     spec = dataclasses.replace(ck.data, data_dir=data_dir) if data_dir else ck.data
     splits = spec.load()
     if splits.shape != (model.cfg.in_channels, *model.cfg.input_size):
-        raise EdgeskipError(f"data shape {splits.shape} does not match the model input "
-                            f"{(model.cfg.in_channels, *model.cfg.input_size)}")
+        raise EdgeskipError(
+            f"data shape {splits.shape} does not match the model input {(model.cfg.in_channels, *model.cfg.input_size)}"
+        )
     splits.norm = ck.norm  # always the normalisation the model was trained with
     return model, ck, splits
 
 
 @cli.command()
-@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
-              help="Trained checkpoint. Without it, a model is first trained on --dataset into OUT/model.pt.")
+@click.option(
+    "--checkpoint",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Trained checkpoint. Without it, a model is first trained on --dataset into OUT/model.pt.",
+)
 @data_options
 @model_options
 @click.option("--depth", type=int, default=20, show_default=True, help="Depth when training first.")
 @click.option("--epochs", type=int, default=30, show_default=True, help="Epochs when training first.")
-@click.option("--ranking", type=click.Choice(["sensitivity", "weight_l2", "random"]), default="sensitivity",
-              show_default=True, help="Block ordering used for the candidates and the front.")
-@click.option("--latency", type=click.Choice(["none", "torch"]), default="torch", show_default=True,
-              help="Latency source for the front's cost (none = MACs).")
+@click.option(
+    "--ranking",
+    type=click.Choice(["sensitivity", "weight_l2", "random"]),
+    default="sensitivity",
+    show_default=True,
+    help="Block ordering used for the candidates and the front.",
+)
+@click.option(
+    "--latency",
+    type=click.Choice(["none", "torch"]),
+    default="torch",
+    show_default=True,
+    help="Latency source for the front's cost (none = MACs).",
+)
 @click.option("--repeats", type=int, default=30, show_default=True, help="Latency repeats per config.")
 @click.option("--batch-size", type=int, default=500, show_default=True, help="Evaluation batch size.")
 @click.option("--out", type=click.Path(file_okay=False), default="runs/pareto", show_default=True)
 @click.option("--threads", type=int, default=None, help="Torch CPU threads.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
-def pareto(checkpoint, dataset, data_dir, download, val_fraction, image_size, seed, model_spec, model_args,
-           block_names, init_weights, depth, epochs, ranking,
-           latency, repeats, batch_size, out, threads, quiet) -> None:
+def pareto(
+    checkpoint,
+    dataset,
+    data_dir,
+    download,
+    val_fraction,
+    image_size,
+    seed,
+    model_spec,
+    model_args,
+    block_names,
+    init_weights,
+    depth,
+    epochs,
+    ranking,
+    latency,
+    repeats,
+    batch_size,
+    out,
+    threads,
+    quiet,
+) -> None:
     """Sensitivity list, rankings and Pareto front of a trained model (train first if no checkpoint)."""
     from edgeskip.pareto.design import design_space, format_table, write_design
     from edgeskip.pareto.latency import make_source
@@ -432,17 +733,25 @@ def pareto(checkpoint, dataset, data_dir, download, val_fraction, image_size, se
     _threads(threads)
     out_dir = Path(out)
     if checkpoint is None:
-        from edgeskip.train import DataSpec, TrainConfig, train as run_train
+        from edgeskip.train import DataSpec, TrainConfig
+        from edgeskip.train import train as run_train
 
         checkpoint = str(out_dir / "model.pt")
         data = DataSpec(dataset, data_dir, val_fraction, seed=seed, image_size=_size(image_size), download=download)
-        run_train(checkpoint, data, model_config(model_spec, model_args, block_names, depth),
-                  TrainConfig(epochs=epochs, seed=seed), resume=Path(checkpoint).exists(), progress=not quiet,
-                  init_weights=init_weights)
+        run_train(
+            checkpoint,
+            data,
+            model_config(model_spec, model_args, block_names, depth),
+            TrainConfig(epochs=epochs, seed=seed),
+            resume=Path(checkpoint).exists(),
+            progress=not quiet,
+            init_weights=init_weights,
+        )
         data_dir = None
     model, ck, splits = _load_for_eval(checkpoint, data_dir)
-    sens, front = design_space(model, splits, ck.dataset_id, use=ranking, latency=make_source(latency, model, repeats),
-                               seed=seed)
+    sens, front = design_space(
+        model, splits, ck.dataset_id, use=ranking, latency=make_source(latency, model, repeats), seed=seed
+    )
     paths = write_design(out_dir, sens, front)
     click.echo(format_table(front))
     click.echo("wrote " + ", ".join(str(p) for p in paths))
@@ -450,13 +759,21 @@ def pareto(checkpoint, dataset, data_dir, download, val_fraction, image_size, se
 
 @cli.command()
 @click.option("--checkpoint", type=click.Path(dir_okay=False), required=True)
-@click.option("--skip", "skip", default=None,
-              help="Skip array, e.g. 110111 (1 = execute), or option array with 8 = int8, e.g. 818011; default: "
-                   "no skipping.")
+@click.option(
+    "--skip",
+    "skip",
+    default=None,
+    help="Skip array, e.g. 110111 (1 = execute), or option array with 8 = int8, e.g. 818011; default: no skipping.",
+)
 @click.option("--split", type=click.Choice(["val", "test"]), default="test", show_default=True)
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Override the data folder.")
-@click.option("--calibration-images", type=click.IntRange(1, 100000), default=512, show_default=True,
-              help="Training images that calibrate the int8 blocks of an option array.")
+@click.option(
+    "--calibration-images",
+    type=click.IntRange(1, 100000),
+    default=512,
+    show_default=True,
+    help="Training images that calibrate the int8 blocks of an option array.",
+)
 def evaluate(checkpoint, skip, split, data_dir, calibration_images) -> None:
     """Accuracy and MACs of one skip (or option) array."""
     from edgeskip.models import macs
@@ -469,17 +786,21 @@ def evaluate(checkpoint, skip, split, data_dir, calibration_images) -> None:
 
         st = evaluate_dfs(model, getattr(splits, split), splits.norm)
         names = ["skip", *(f"{b}-bit" for b in ck.gate_cfg.bits), "full"]
-        click.echo(f"{split} accuracy {st.accuracy:.4f}  cp {st.mean_cp:.3f} (of the gated blocks' full cost, a k-bit "
-                   f"block costing (k/32)^2)  mean skipped {st.mean_skipped:.2f}/{model.cfg.num_gates}  options "
-                   + " ".join(f"{n} {r:.2f}" for n, r in zip(names, st.option_rates)))
+        click.echo(
+            f"{split} accuracy {st.accuracy:.4f}  cp {st.mean_cp:.3f} (of the gated blocks' full cost, a k-bit "
+            f"block costing (k/32)^2)  mean skipped {st.mean_skipped:.2f}/{model.cfg.num_gates}  options "
+            + " ".join(f"{n} {r:.2f}" for n, r in zip(names, st.option_rates))
+        )
         return
     if ck.gate_cfg is not None and skip is None:
         from edgeskip.train.gates import evaluate_gated
 
         st = evaluate_gated(model, getattr(splits, split), splits.norm)
-        click.echo(f"{split} accuracy {st.accuracy:.4f}  mean MACs {st.mean_macs:.0f} (gates included)  "
-                   f"mean skipped {st.mean_skipped:.2f}/{model.cfg.num_gates}  skip rate per gate "
-                   + " ".join(f"{v:.2f}" for v in st.skip_rate_per_gate))
+        click.echo(
+            f"{split} accuracy {st.accuracy:.4f}  mean MACs {st.mean_macs:.0f} (gates included)  "
+            f"mean skipped {st.mean_skipped:.2f}/{model.cfg.num_gates}  skip rate per gate "
+            + " ".join(f"{v:.2f}" for v in st.skip_rate_per_gate)
+        )
         return
     s = normalize_options(skip, model.cfg.num_gates) if skip is not None else None
     int8 = ""
@@ -491,37 +812,87 @@ def evaluate(checkpoint, skip, split, data_dir, calibration_images) -> None:
         model.attach_int8(calibrate(model, calibration_batches(splits, calibration_images), blocks))
         int8 = f"  int8 {s.count(INT8)} (calibrated on {calibration_images} training images)"
     acc = run_eval(model, getattr(splits, split), splits.norm, s)
-    click.echo(f"{split} accuracy {acc:.4f}  MACs {macs(model.cfg, s)}  skipped {0 if s is None else s.count(0)}"
-               f"/{model.cfg.num_gates}{int8}")
+    click.echo(
+        f"{split} accuracy {acc:.4f}  MACs {macs(model.cfg, s)}  skipped {0 if s is None else s.count(0)}"
+        f"/{model.cfg.num_gates}{int8}"
+    )
 
 
 @cli.command(name="compile")
-@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
-              help="Trained checkpoint. Without it, a model is first trained on --dataset.")
+@click.option(
+    "--checkpoint",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Trained checkpoint. Without it, a model is first trained on --dataset.",
+)
 @data_options
 @model_options
 @click.option("--depth", type=int, default=20, show_default=True, help="Depth when training first.")
 @click.option("--epochs", type=int, default=30, show_default=True, help="Epochs when training first.")
-@click.option("--target", "targets", default="host,aarch64,odroid-xu4", show_default=True,
-              help="Comma-separated targets: host, aarch64, aarch64-cortex-a53/-a72/-a76, aarch64-i8mm, odroid-xu4.")
+@click.option(
+    "--target",
+    "targets",
+    default="host,aarch64,odroid-xu4",
+    show_default=True,
+    help="Comma-separated targets: host, aarch64, aarch64-cortex-a53/-a72/-a76, aarch64-i8mm, odroid-xu4.",
+)
 @click.option("--repeats", type=int, default=30, show_default=True, help="Latency repeats per config.")
-@click.option("--int8", is_flag=True,
-              help="Fractional depth: int8 variants of the gated blocks (post-training, calibrated on training "
-                   "images) as a third option beside full and skip; each back end steps through its own front.")
-@click.option("--calibration-images", type=click.IntRange(1, 100000), default=512, show_default=True,
-              help="Training images that calibrate the int8 activation ranges (with --int8, and DFS's qlinear form).")
-@click.option("--dfs-int8", type=click.Choice(("qlinear", "integer", "qdq")), default="qlinear", show_default=True,
-              help="DFS checkpoints: the 8-bit option as onnxruntime's fused int8 convolution (qlinear: BatchNorm "
-                   "folded, int8 weights, one calibrated rounding more than DFS's model), as ConvInteger + float "
-                   "rescale (integer: DFS's arithmetic exactly, no faster than float), or Q/DQ around a float Conv.")
-@click.option("--out", type=click.Path(file_okay=False), default="bundles/model", show_default=True,
-              help="Bundle folder (built in a temporary folder, then renamed).")
+@click.option(
+    "--int8",
+    is_flag=True,
+    help="Fractional depth: int8 variants of the gated blocks (post-training, calibrated on training "
+    "images) as a third option beside full and skip; each back end steps through its own front.",
+)
+@click.option(
+    "--calibration-images",
+    type=click.IntRange(1, 100000),
+    default=512,
+    show_default=True,
+    help="Training images that calibrate the int8 activation ranges (with --int8, and DFS's qlinear form).",
+)
+@click.option(
+    "--dfs-int8",
+    type=click.Choice(("qlinear", "integer", "qdq")),
+    default="qlinear",
+    show_default=True,
+    help="DFS checkpoints: the 8-bit option as onnxruntime's fused int8 convolution (qlinear: BatchNorm "
+    "folded, int8 weights, one calibrated rounding more than DFS's model), as ConvInteger + float "
+    "rescale (integer: DFS's arithmetic exactly, no faster than float), or Q/DQ around a float Conv.",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default="bundles/model",
+    show_default=True,
+    help="Bundle folder (built in a temporary folder, then renamed).",
+)
 @click.option("--force", is_flag=True, help="Replace an existing bundle.")
 @click.option("--threads", type=int, default=None, help="Torch CPU threads.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
-def compile_cmd(checkpoint, dataset, data_dir, download, val_fraction, image_size, seed, model_spec, model_args,
-                block_names, init_weights, depth, epochs, targets,
-                repeats, int8, calibration_images, dfs_int8, out, force, threads, quiet) -> None:
+def compile_cmd(
+    checkpoint,
+    dataset,
+    data_dir,
+    download,
+    val_fraction,
+    image_size,
+    seed,
+    model_spec,
+    model_args,
+    block_names,
+    init_weights,
+    depth,
+    epochs,
+    targets,
+    repeats,
+    int8,
+    calibration_images,
+    dfs_int8,
+    out,
+    force,
+    threads,
+    quiet,
+) -> None:
     """Train (or --checkpoint), rank, measure, export, compile and verify: a deployment bundle."""
     from edgeskip.export.bundle import build_bundle
     from edgeskip.export.iree_compile import parse_targets
@@ -534,14 +905,22 @@ def compile_cmd(checkpoint, dataset, data_dir, download, val_fraction, image_siz
         raise EdgeskipError(f"{out_dir} exists; pass --force to replace it")
     log = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
     if checkpoint is None:
-        from edgeskip.train import DataSpec, TrainConfig, train as run_train
+        from edgeskip.train import DataSpec, TrainConfig
+        from edgeskip.train import train as run_train
 
         checkpoint = str(out_dir.parent / f".{out_dir.name}.model.pt")
         data = DataSpec(dataset, data_dir, val_fraction, seed=seed, image_size=_size(image_size), download=download)
         cfg = model_config(model_spec, model_args, block_names, depth)
         log(f"training {cfg.name} on {dataset} ...")
-        run_train(checkpoint, data, cfg, TrainConfig(epochs=epochs, seed=seed), resume=Path(checkpoint).exists(),
-                  progress=not quiet, init_weights=init_weights)
+        run_train(
+            checkpoint,
+            data,
+            cfg,
+            TrainConfig(epochs=epochs, seed=seed),
+            resume=Path(checkpoint).exists(),
+            progress=not quiet,
+            init_weights=init_weights,
+        )
         data_dir = None
     _, ck, splits = _load_for_eval(checkpoint, data_dir)
     if ck.gate_cfg is not None:  # SkipNet or DFS: no ranking or front, the gates decide per input
@@ -550,14 +929,31 @@ def compile_cmd(checkpoint, dataset, data_dir, download, val_fraction, image_siz
         if int8:
             raise EdgeskipError("--int8 applies to edgeskip models; learned gates (SkipNet, DFS) decide per input")
 
-        bundle = build_skipnet_bundle(ck, splits, out_dir, target_list, force=force, log=log, dfs_int8=dfs_int8,
-                                      calibration_images=calibration_images)
+        bundle = build_skipnet_bundle(
+            ck,
+            splits,
+            out_dir,
+            target_list,
+            force=force,
+            log=log,
+            dfs_int8=dfs_int8,
+            calibration_images=calibration_images,
+        )
         m = load_manifest(bundle)
         click.echo(skipnet_summary(m))
         click.echo(f"wrote {'DFS' if m.kind == 'dfs' else 'SkipNet'} bundle {bundle}; bundle digest {m.digest}")
         return
-    bundle = build_bundle(ck, splits, out_dir, target_list, repeats=repeats, force=force, log=log, int8=int8,
-                          calibration_images=calibration_images)
+    bundle = build_bundle(
+        ck,
+        splits,
+        out_dir,
+        target_list,
+        repeats=repeats,
+        force=force,
+        log=log,
+        int8=int8,
+        calibration_images=calibration_images,
+    )
     if checkpoint.endswith(f".{out_dir.name}.model.pt"):
         Path(checkpoint).unlink(missing_ok=True)  # the bundle carries its own copy (model.pt)
     manifest = load_manifest(bundle)
@@ -565,8 +961,10 @@ def compile_cmd(checkpoint, dataset, data_dir, download, val_fraction, image_siz
         click.echo(configs_summary(manifest))
     else:
         click.echo(format_table(json.loads((bundle / "pareto.json").read_text())))
-    click.echo(f"wrote bundle {bundle} ({len(manifest.artifacts)} artifacts, targets "
-               f"{', '.join(manifest.targets)}; fastest host backend: {manifest.host_fastest})")
+    click.echo(
+        f"wrote bundle {bundle} ({len(manifest.artifacts)} artifacts, targets "
+        f"{', '.join(manifest.targets)}; fastest host backend: {manifest.host_fastest})"
+    )
     click.echo(f"bundle digest {manifest.digest}  (serve/bench/inspect --digest refuse any other manifest)")
 
 
@@ -579,18 +977,25 @@ def inspect(bundle, digest, verify_key) -> None:
 
     m = load_manifest(bundle, digest=digest, verify_key=verify_key)
     skipnet = m.learned_gates
-    what = (f"{'DFS' if m.kind == 'dfs' else 'SkipNet'} ({m.extra.get('gates', {}).get('kind', '?')} gates)" if skipnet
-            else f"{len(m.configs)} Pareto configs")
-    click.echo(f"bundle {bundle}: {model_label(m.model)} on {m.dataset_id}, input {list(m.input.shape)}, "
-               f"B_s = {m.num_gates}, {what}, manifest version {m.version}")
+    what = (
+        f"{'DFS' if m.kind == 'dfs' else 'SkipNet'} ({m.extra.get('gates', {}).get('kind', '?')} gates)"
+        if skipnet
+        else f"{len(m.configs)} Pareto configs"
+    )
+    click.echo(
+        f"bundle {bundle}: {model_label(m.model)} on {m.dataset_id}, input {list(m.input.shape)}, "
+        f"B_s = {m.num_gates}, {what}, manifest version {m.version}"
+    )
     click.echo("tools: " + ", ".join(f"{k} {v}" for k, v in m.extra.get("tools", {}).items()))
     for name, t in m.targets.items():
         v = m.extra.get("verification", {}).get("iree", {}).get(name, {})
         click.echo(f"target {name}: {t.triple}  verification: {json.dumps(v)}")
     click.echo(f"fastest host backend: {m.host_fastest}")
     click.echo(skipnet_summary(m) if skipnet else configs_summary(m))
-    click.echo(f"all {len(m.artifacts)} artifact hashes match; bundle digest {m.digest}"
-               + ("; signature verified" if verify_key else ""))
+    click.echo(
+        f"all {len(m.artifacts)} artifact hashes match; bundle digest {m.digest}"
+        + ("; signature verified" if verify_key else "")
+    )
 
 
 @cli.command()
@@ -606,46 +1011,133 @@ def sign(bundle, key) -> None:
 
 @cli.command()
 @click.argument("bundle", type=click.Path(file_okay=False))
-@click.option("--min-acc", type=float, default=0.0, show_default=True,
-              help="Drop Pareto configs whose validation accuracy is below this (0..1).")
-@click.option("--delta-req", type=float, default=None,
-              help="paper: idle gap (s) before moving toward less skipping [default: measured end-to-end service "
-                   "time of the no-skip config].")
+@click.option(
+    "--min-acc",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Drop Pareto configs whose validation accuracy is below this (0..1).",
+)
+@click.option(
+    "--delta-req",
+    type=float,
+    default=None,
+    help="paper: idle gap (s) before moving toward less skipping [default: measured end-to-end service "
+    "time of the no-skip config].",
+)
 @click.option("--config", "fixed", type=int, default=None, help="Fixed-config mode (baselines): always this config.")
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True,
-              help="0 picks a free port (printed).")
-@click.option("--max-body", type=click.IntRange(min=1), default=8 * 1024 * 1024, show_default=True,
-              help="Largest request body (bytes).")
-@click.option("--max-pixels", type=click.IntRange(min=1), default=4096 * 4096, show_default=True,
-              help="Largest image (width x height) decoded; larger ones get 413 before decoding.")
-@click.option("--max-inflight-bytes", type=click.IntRange(min=1), default=32 * 1024 * 1024, show_default=True,
-              help="Request bodies received at once, by declared length; beyond it 503 at once.")
-@click.option("--body-timeout", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
-              help="Seconds to receive a whole request body (then 408).")
-@click.option("--max-connections", type=click.IntRange(min=1), default=256, show_default=True,
-              help="Open connections at once; beyond it a new one gets 503 and is closed.")
-@click.option("--idle-timeout", type=click.FloatRange(min=0, min_open=True), default=15.0, show_default=True,
-              help="Seconds a connection may go without a complete request header (new, between requests, or "
-                   "trickling one); then it is closed.")
-@click.option("--target", "target", default="auto", show_default=True,
-              help="Which of the bundle's IREE targets to run (auto: this machine's).")
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=8080, show_default=True, help="0 picks a free port (printed)."
+)
+@click.option(
+    "--max-body",
+    type=click.IntRange(min=1),
+    default=8 * 1024 * 1024,
+    show_default=True,
+    help="Largest request body (bytes).",
+)
+@click.option(
+    "--max-pixels",
+    type=click.IntRange(min=1),
+    default=4096 * 4096,
+    show_default=True,
+    help="Largest image (width x height) decoded; larger ones get 413 before decoding.",
+)
+@click.option(
+    "--max-inflight-bytes",
+    type=click.IntRange(min=1),
+    default=32 * 1024 * 1024,
+    show_default=True,
+    help="Request bodies received at once, by declared length; beyond it 503 at once.",
+)
+@click.option(
+    "--body-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=10.0,
+    show_default=True,
+    help="Seconds to receive a whole request body (then 408).",
+)
+@click.option(
+    "--max-connections",
+    type=click.IntRange(min=1),
+    default=256,
+    show_default=True,
+    help="Open connections at once; beyond it a new one gets 503 and is closed.",
+)
+@click.option(
+    "--idle-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=15.0,
+    show_default=True,
+    help="Seconds a connection may go without a complete request header (new, between requests, or "
+    "trickling one); then it is closed.",
+)
+@click.option(
+    "--target",
+    "target",
+    default="auto",
+    show_default=True,
+    help="Which of the bundle's IREE targets to run (auto: this machine's).",
+)
 @click.option("--driver", type=click.Choice(DRIVERS), default="local-sync", show_default=True, help="IREE HAL driver.")
-@click.option("--threads", "ort_threads", type=click.IntRange(min=1), default=1, show_default=True,
-              help="onnxruntime intra-op threads.")
+@click.option(
+    "--threads",
+    "ort_threads",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="onnxruntime intra-op threads.",
+)
 @click.option("--model-name", default=None, help="Model name on the KServe v2 API [default: the bundle folder's name].")
 @DIGEST_OPTION
 @VERIFY_KEY_OPTION
-@click.option("--event-loop", type=click.Choice(EVENT_LOOPS), default="asyncio", show_default=True,
-              help="uvloop: slightly less time per request, ~8 MB more memory (needs uvloop installed).")
-@click.option("--loop-nice", type=click.IntRange(0, 19), default=5, show_default=True,
-              help="Run the event loop thread this much nicer than the inference thread (Linux; 0: same priority). "
-                   "Under overload inference then gets the CPU before yet more drops are answered.")
+@click.option(
+    "--event-loop",
+    type=click.Choice(EVENT_LOOPS),
+    default="asyncio",
+    show_default=True,
+    help="uvloop: slightly less time per request, ~8 MB more memory (needs uvloop installed).",
+)
+@click.option(
+    "--loop-nice",
+    type=click.IntRange(0, 19),
+    default=5,
+    show_default=True,
+    help="Run the event loop thread this much nicer than the inference thread (Linux; 0: same priority). "
+    "Under overload inference then gets the CPU before yet more drops are answered.",
+)
 @policy_options
-def serve(bundle, min_acc, delta_req, fixed, backend, host, port, max_body, max_pixels, max_inflight_bytes,
-          body_timeout, max_connections, idle_timeout, target, driver, ort_threads, model_name, event_loop, loop_nice,
-          digest, verify_key, policy, target_util, hysteresis, policy_param, queue_depth, deadline_ms) -> None:
+def serve(
+    bundle,
+    min_acc,
+    delta_req,
+    fixed,
+    backend,
+    host,
+    port,
+    max_body,
+    max_pixels,
+    max_inflight_bytes,
+    body_timeout,
+    max_connections,
+    idle_timeout,
+    target,
+    driver,
+    ort_threads,
+    model_name,
+    event_loop,
+    loop_nice,
+    digest,
+    verify_key,
+    policy,
+    target_util,
+    hysteresis,
+    policy_param,
+    queue_depth,
+    deadline_ms,
+) -> None:
     """Serve inference over HTTP (/v1 and KServe v2), adapting depth to load (--policy)."""
     import logging
 
@@ -653,63 +1145,173 @@ def serve(bundle, min_acc, delta_req, fixed, backend, host, port, max_body, max_
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     params = policy_params(target_util, hysteresis, policy_param)
-    run(run_daemon(bundle, min_acc, delta_req, fixed, backend, host, port, max_body,
-                   on_ready=lambda msg: click.echo(msg, err=False), model_name=model_name, max_pixels=max_pixels,
-                   max_inflight_bytes=max_inflight_bytes, body_timeout=body_timeout, policy=policy,
-                   queue_depth=queue_depth, deadline=deadline_s(deadline_ms), policy_params=params,
-                   max_connections=max_connections, idle_timeout=idle_timeout, loop_nice=loop_nice, target=target, driver=driver, threads=ort_threads, digest=digest, verify_key=verify_key),
-        event_loop)
+    run(
+        run_daemon(
+            bundle,
+            min_acc,
+            delta_req,
+            fixed,
+            backend,
+            host,
+            port,
+            max_body,
+            on_ready=lambda msg: click.echo(msg, err=False),
+            model_name=model_name,
+            max_pixels=max_pixels,
+            max_inflight_bytes=max_inflight_bytes,
+            body_timeout=body_timeout,
+            policy=policy,
+            queue_depth=queue_depth,
+            deadline=deadline_s(deadline_ms),
+            policy_params=params,
+            max_connections=max_connections,
+            idle_timeout=idle_timeout,
+            loop_nice=loop_nice,
+            target=target,
+            driver=driver,
+            threads=ort_threads,
+            digest=digest,
+            verify_key=verify_key,
+        ),
+        event_loop,
+    )
 
 
 @cli.command(name="bench")
 @click.argument("bundle", type=click.Path(file_okay=False))
-@click.option("--pattern", type=click.Choice(PATTERNS), default="paper", show_default=True,
-              help="paper: base period, +-25% change every 10th request; poisson; onoff: bursts at 2x the rate; "
-                   "ramp: rate rising 0.5x -> 1.5x; or a trace file.")
-@click.option("--count", type=click.IntRange(min=1), default=1000, show_default=True, help="Requests to send (bounded).")
-@click.option("--period", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Base period (s) [default: the original's end-to-end service time / --load].")
-@click.option("--load", type=click.FloatRange(min=0, min_open=True), default=1.25, show_default=True,
-              help="Offered load relative to the original network.")
+@click.option(
+    "--pattern",
+    type=click.Choice(PATTERNS),
+    default="paper",
+    show_default=True,
+    help="paper: base period, +-25% change every 10th request; poisson; onoff: bursts at 2x the rate; "
+    "ramp: rate rising 0.5x -> 1.5x; or a trace file.",
+)
+@click.option(
+    "--count", type=click.IntRange(min=1), default=1000, show_default=True, help="Requests to send (bounded)."
+)
+@click.option(
+    "--period",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Base period (s) [default: the original's end-to-end service time / --load].",
+)
+@click.option(
+    "--load",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1.25,
+    show_default=True,
+    help="Offered load relative to the original network.",
+)
 @click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=None, help="Poisson rate (requests/s).")
 @click.option("--trace", type=click.Path(dir_okay=False), default=None, help="Arrival times to replay.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--min-acc", type=float, default=0.0, show_default=True)
-@click.option("--delta-req", type=float, default=None,
-              help="paper: Delta_req (s) [default: the original's measured end-to-end service time].")
+@click.option(
+    "--delta-req",
+    type=float,
+    default=None,
+    help="paper: Delta_req (s) [default: the original's measured end-to-end service time].",
+)
 @click.option("--configs", default=None, help="Fixed configs to compare, e.g. 0,2 [default: all].")
 @click.option("--url", default=None, help="A running daemon (loopback only); default: drive the executor in-process.")
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True)
-@click.option("--compare", type=click.Path(file_okay=False), default=None,
-              help="A SkipNet bundle of the same data set, replayed on the same arrivals (run 'skipnet').")
-@click.option("--loadgen", is_flag=True, help="Drive the daemon at --url with MLPerf LoadGen's server scenario "
-              "(Poisson arrivals at --rate; drops completed at once and counted separately).")
-@click.option("--images", "images_file", type=click.Path(dir_okay=False), default=None,
-              help="Labelled images (.npz: images float32 [N,C,H,W] normalised, labels) [default: the bundle's "
-                   "test split, which needs the design packages].")
+@click.option(
+    "--compare",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="A SkipNet bundle of the same data set, replayed on the same arrivals (run 'skipnet').",
+)
+@click.option(
+    "--loadgen",
+    is_flag=True,
+    help="Drive the daemon at --url with MLPerf LoadGen's server scenario "
+    "(Poisson arrivals at --rate; drops completed at once and counted separately).",
+)
+@click.option(
+    "--images",
+    "images_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Labelled images (.npz: images float32 [N,C,H,W] normalised, labels) [default: the bundle's "
+    "test split, which needs the design packages].",
+)
 @DIGEST_OPTION
 @VERIFY_KEY_OPTION
-@click.option("--save-images", type=click.Path(dir_okay=False), default=None,
-              help="Write the labelled images used to this .npz (for a runtime-only install's --images).")
+@click.option(
+    "--save-images",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write the labelled images used to this .npz (for a runtime-only install's --images).",
+)
 @click.option("--out", type=click.Path(file_okay=False), default="runs/bench", show_default=True)
-@click.option("--target", "target", default="auto", show_default=True,
-              help="Which of the bundle's IREE targets to run (auto: this machine's).")
+@click.option(
+    "--target",
+    "target",
+    default="auto",
+    show_default=True,
+    help="Which of the bundle's IREE targets to run (auto: this machine's).",
+)
 @click.option("--driver", type=click.Choice(DRIVERS), default="local-sync", show_default=True, help="IREE HAL driver.")
-@click.option("--threads", "ort_threads", type=click.IntRange(min=1), default=1, show_default=True,
-              help="onnxruntime intra-op threads.")
+@click.option(
+    "--threads",
+    "ort_threads",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="onnxruntime intra-op threads.",
+)
 @policy_options
-@click.option("--runs", default=None, metavar="LABELS",
-              help="Runs to compare instead of --policy + --configs, e.g. original,paper,rate,mix+q4+d2 "
-                   "(NAME[+qDEPTH][+dDEADLINE_MS]; NAME: original, config K or a policy).")
-@click.option("--loads", default=None, metavar="L1,L2,...",
-              help="Load sweep: every run at each of these loads (x the original's capacity) and --seeds seeds; "
-                   "writes sweep.json and sweep.png. Without --runs: original,paper,rate,mix and the run that "
-                   "--policy/--queue-depth/--deadline-ms describe.")
+@click.option(
+    "--runs",
+    default=None,
+    metavar="LABELS",
+    help="Runs to compare instead of --policy + --configs, e.g. original,paper,rate,mix+q4+d2 "
+    "(NAME[+qDEPTH][+dDEADLINE_MS]; NAME: original, config K or a policy).",
+)
+@click.option(
+    "--loads",
+    default=None,
+    metavar="L1,L2,...",
+    help="Load sweep: every run at each of these loads (x the original's capacity) and --seeds seeds; "
+    "writes sweep.json and sweep.png. Without --runs: original,paper,rate,mix and the run that "
+    "--policy/--queue-depth/--deadline-ms describe.",
+)
 @click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True, help="Seeds per load (--loads).")
-def bench_cmd(bundle, pattern, count, period, load, rate, trace, seed, min_acc, delta_req, configs, url, backend,
-              compare, loadgen, images_file, digest, verify_key, save_images, out, target, driver,
-              ort_threads, policy, target_util, hysteresis, policy_param, queue_depth, deadline_ms, runs, loads,
-              seeds) -> None:
+def bench_cmd(
+    bundle,
+    pattern,
+    count,
+    period,
+    load,
+    rate,
+    trace,
+    seed,
+    min_acc,
+    delta_req,
+    configs,
+    url,
+    backend,
+    compare,
+    loadgen,
+    images_file,
+    digest,
+    verify_key,
+    save_images,
+    out,
+    target,
+    driver,
+    ort_threads,
+    policy,
+    target_util,
+    hysteresis,
+    policy_param,
+    queue_depth,
+    deadline_ms,
+    runs,
+    loads,
+    seeds,
+) -> None:
     """Replay a workload against adaptive depth and fixed configs (the paper's Table I), or sweep the load."""
     import shlex
 
@@ -731,9 +1333,11 @@ def bench_cmd(bundle, pattern, count, period, load, rate, trace, seed, min_acc, 
         doc = run_loadgen(url, images, labels, rate, count, out, seed)
         doc["command"] = "edgeskip " + " ".join(shlex.quote(a) for a in sys.argv[1:])
         write_json(Path(out) / "loadgen.json", doc)
-        click.echo(f"LoadGen server scenario at {rate:g} QPS: {doc['processed']} processed, {doc['dropped']} dropped, "
-                   f"{doc['errors']} errors, accuracy {doc['accuracy'] if doc['accuracy'] is None else round(doc['accuracy'], 4)}, "
-                   f"configs {doc['per_config']}; LoadGen log in {out}")
+        click.echo(
+            f"LoadGen server scenario at {rate:g} QPS: {doc['processed']} processed, {doc['dropped']} dropped, "
+            f"{doc['errors']} errors, accuracy {doc['accuracy'] if doc['accuracy'] is None else round(doc['accuracy'], 4)}, "
+            f"configs {doc['per_config']}; LoadGen log in {out}"
+        )
         return
 
     params = policy_params(target_util, hysteresis, policy_param)
@@ -747,16 +1351,38 @@ def bench_cmd(bundle, pattern, count, period, load, rate, trace, seed, min_acc, 
         except ValueError:
             raise EdgeskipError(f"--loads must be comma-separated numbers, e.g. 0.5,1,1.25,2; got {loads!r}") from None
         if pattern == "trace" or rate is not None or period is not None:
-            raise EdgeskipError("--loads sets the period itself: it takes a synthetic --pattern, not --trace, "
-                                "--rate or --period")
+            raise EdgeskipError(
+                "--loads sets the period itself: it takes a synthetic --pattern, not --trace, --rate or --period"
+            )
         from edgeskip.bench.sweep import default_runs
 
         runs = runs or default_runs(policy, queue_depth, deadline_ms)
-        doc = run_sweep(bundle, out, values, seeds, runs, pattern, count, min_acc,
-                        delta_req, url, backend, command, compare, images_file, params, target=target, driver=driver,
-                        threads=ort_threads, digest=digest, verify_key=verify_key)
-        click.echo(f"{pattern} workload, {count} requests per run, original's service time "
-                   f"{doc['service_time_s'] * 1e3:.3f} ms, backend {doc['backend']}, target {doc['target']}")
+        doc = run_sweep(
+            bundle,
+            out,
+            values,
+            seeds,
+            runs,
+            pattern,
+            count,
+            min_acc,
+            delta_req,
+            url,
+            backend,
+            command,
+            compare,
+            images_file,
+            params,
+            target=target,
+            driver=driver,
+            threads=ort_threads,
+            digest=digest,
+            verify_key=verify_key,
+        )
+        click.echo(
+            f"{pattern} workload, {count} requests per run, original's service time "
+            f"{doc['service_time_s'] * 1e3:.3f} ms, backend {doc['backend']}, target {doc['target']}"
+        )
         click.echo(format_sweep(doc["table"]))
         png = f", {Path(out) / doc['sweep_png']}" if doc["sweep_png"] else " (no plot: matplotlib is not installed)"
         click.echo(f"wrote {Path(out) / 'sweep.json'}{png}")
@@ -765,16 +1391,45 @@ def bench_cmd(bundle, pattern, count, period, load, rate, trace, seed, min_acc, 
         fixed = [int(c) for c in configs.split(",")] if configs else None
     except ValueError:
         raise EdgeskipError(f"--configs must be comma-separated config indices, e.g. 0,2; got {configs!r}") from None
-    doc = run_benchmark(bundle, out, pattern, count, period, load, rate, trace, seed, min_acc, delta_req, fixed, url,
-                        backend, command=command, compare=compare, images=images_file, save_images=save_images,
-                        policy=policy, policy_params=params, queue_depth=queue_depth,
-                        deadline=deadline_s(deadline_ms), runs=runs, target=target, driver=driver,
-                        threads=ort_threads, digest=digest, verify_key=verify_key)
-    click.echo(f"{doc['pattern']} workload, {doc['count']} requests, base period {doc['base_period_s'] * 1e3:.3f} ms, "
-               f"original's service time {doc['service_time_s'] * 1e3:.3f} ms (load {doc['load']:.2f}), "
-               f"policy {doc['policy']}, backend {doc['backend']}, target {doc['target']}")
+    doc = run_benchmark(
+        bundle,
+        out,
+        pattern,
+        count,
+        period,
+        load,
+        rate,
+        trace,
+        seed,
+        min_acc,
+        delta_req,
+        fixed,
+        url,
+        backend,
+        command=command,
+        compare=compare,
+        images=images_file,
+        save_images=save_images,
+        policy=policy,
+        policy_params=params,
+        queue_depth=queue_depth,
+        deadline=deadline_s(deadline_ms),
+        runs=runs,
+        target=target,
+        driver=driver,
+        threads=ort_threads,
+        digest=digest,
+        verify_key=verify_key,
+    )
+    click.echo(
+        f"{doc['pattern']} workload, {doc['count']} requests, base period {doc['base_period_s'] * 1e3:.3f} ms, "
+        f"original's service time {doc['service_time_s'] * 1e3:.3f} ms (load {doc['load']:.2f}), "
+        f"policy {doc['policy']}, backend {doc['backend']}, target {doc['target']}"
+    )
     click.echo(format_table(doc["table"]))
-    png = f", {Path(out) / doc['timeline_png']}" if doc["timeline_png"] else " (no timeline: matplotlib is not installed)"
+    png = (
+        f", {Path(out) / doc['timeline_png']}" if doc["timeline_png"] else " (no timeline: matplotlib is not installed)"
+    )
     click.echo(f"wrote {Path(out) / 'bench.json'}{png}")
 
 

@@ -16,13 +16,14 @@ one-line error rather than guessed at; a change of shape bumps :data:`VERSION` a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
-import dataclasses
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Mapping
+from typing import Any
 
 from edgeskip.errors import EdgeskipError
 from edgeskip.utils.hashing import file_digest
@@ -87,7 +88,7 @@ class InputSpec:
         return tuple(int(v) for v in self.shape[1:])  # type: ignore[return-value]
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "InputSpec":
+    def from_dict(cls, d: Mapping[str, Any]) -> InputSpec:
         shape = _req(d, "shape", list, "input")
         if len(shape) != 4 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape[1:]):
             raise ManifestError(f"manifest: input.shape must be [N, C, H, W] with positive sizes, got {shape}")
@@ -104,7 +105,7 @@ class Normalization:
     std: tuple[float, ...]
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], channels: int) -> "Normalization":
+    def from_dict(cls, d: Mapping[str, Any], channels: int) -> Normalization:
         mean, std = _req(d, "mean", list, "normalization"), _req(d, "std", list, "normalization")
         if len(mean) != channels or len(std) != channels:
             raise ManifestError(f"manifest: normalization needs {channels} mean and std values")
@@ -151,29 +152,56 @@ class ConfigEntry:
         return {**d, **self.extra}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], i: int, num_gates: int) -> "ConfigEntry":
+    def from_dict(cls, d: Mapping[str, Any], i: int, num_gates: int) -> ConfigEntry:
         w = f"configs[{i}]"
         if _req(d, "index", int, w) != i:
             raise ManifestError(f"manifest: {w}.index must be {i}")
         skip = d.get("skip")
         if skip is not None:
-            if not isinstance(skip, list) or len(skip) != num_gates or any(v not in (0, 1) or isinstance(v, float) for v in skip):
+            if (
+                not isinstance(skip, list)
+                or len(skip) != num_gates
+                or any(v not in (0, 1) or isinstance(v, float) for v in skip)
+            ):
                 raise ManifestError(f"manifest: {w}.skip must be {num_gates} values of 0/1")
             skip = tuple(int(v) for v in skip)
             if _num(d, "n_skipped", w) != skip.count(0):
                 raise ManifestError(f"manifest: {w}.n_skipped does not match its skip array")
         options = d.get("options")
         if options is not None:
-            if (skip is None or not isinstance(options, list) or len(options) != num_gates
-                    or any(isinstance(v, (bool, float)) or v not in OPTION_VALUES for v in options)):
+            if (
+                skip is None
+                or not isinstance(options, list)
+                or len(options) != num_gates
+                or any(isinstance(v, (bool, float)) or v not in OPTION_VALUES for v in options)
+            ):
                 raise ManifestError(f"manifest: {w}.options must be {num_gates} values of 0/1/8 beside a skip array")
             options = tuple(int(v) for v in options)
             if tuple(int(v != 0) for v in options) != skip:
                 raise ManifestError(f"manifest: {w}.skip is not the executed mask of its options")
-        known = {"index", "module", "n_skipped", "val_accuracy", "test_accuracy", "macs", "latency_s", "skip", "options"}
-        return cls(i, _req(d, "module", str, w), _num(d, "n_skipped", w, 0, num_gates),
-                   _num(d, "val_accuracy", w, 0, 1), _num(d, "test_accuracy", w, 0, 1), _num(d, "macs", w, 0),
-                   _num(d, "latency_s", w, 0), skip, {k: v for k, v in d.items() if k not in known}, options)
+        known = {
+            "index",
+            "module",
+            "n_skipped",
+            "val_accuracy",
+            "test_accuracy",
+            "macs",
+            "latency_s",
+            "skip",
+            "options",
+        }
+        return cls(
+            i,
+            _req(d, "module", str, w),
+            _num(d, "n_skipped", w, 0, num_gates),
+            _num(d, "val_accuracy", w, 0, 1),
+            _num(d, "test_accuracy", w, 0, 1),
+            _num(d, "macs", w, 0),
+            _num(d, "latency_s", w, 0),
+            skip,
+            {k: v for k, v in d.items() if k not in known},
+            options,
+        )
 
 
 @dataclass(frozen=True)
@@ -188,9 +216,11 @@ class TargetEntry:
         return {"triple": self.triple, "flags": list(self.flags), "dir": self.dir}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], name: str) -> "TargetEntry":
+    def from_dict(cls, d: Mapping[str, Any], name: str) -> TargetEntry:
         w = f"targets.{name}"
-        return cls(_req(d, "triple", str, w), tuple(_req(d, "flags", list, w)), _rel_path(_req(d, "dir", str, w), w + ".dir"))
+        return cls(
+            _req(d, "triple", str, w), tuple(_req(d, "flags", list, w)), _rel_path(_req(d, "dir", str, w), w + ".dir")
+        )
 
 
 @dataclass(frozen=True)
@@ -205,18 +235,28 @@ class IreeEntry:
     common_flags: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"weights": self.weights, "parameter_scope": self.parameter_scope, "driver": self.driver,
-                "module": self.module, "functions": list(self.functions), "common_flags": list(self.common_flags)}
+        return {
+            "weights": self.weights,
+            "parameter_scope": self.parameter_scope,
+            "driver": self.driver,
+            "module": self.module,
+            "functions": list(self.functions),
+            "common_flags": list(self.common_flags),
+        }
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "IreeEntry":
+    def from_dict(cls, d: Mapping[str, Any]) -> IreeEntry:
         fns = _req(d, "functions", list, "iree")
         if not fns or not all(isinstance(f, str) and f for f in fns):
             raise ManifestError("manifest: iree.functions must be a non-empty list of names")
-        return cls(_rel_path(_req(d, "weights", str, "iree"), "iree.weights"),
-                   _rel_path(_req(d, "module", str, "iree"), "iree.module"), tuple(fns),
-                   _req(d, "parameter_scope", str, "iree"), str(d.get("driver", "local-sync")),
-                   tuple(d.get("common_flags", ())))
+        return cls(
+            _rel_path(_req(d, "weights", str, "iree"), "iree.weights"),
+            _rel_path(_req(d, "module", str, "iree"), "iree.module"),
+            tuple(fns),
+            _req(d, "parameter_scope", str, "iree"),
+            str(d.get("driver", "local-sync")),
+            tuple(d.get("common_flags", ())),
+        )
 
 
 @dataclass(frozen=True)
@@ -260,13 +300,13 @@ class Manifest:
     @property
     def by_skip(self) -> dict[tuple[bool, ...], int]:
         """Config index of each Pareto skip array (float configs only: an int8 config computes other numbers)."""
-        return {c.skip_tuple: c.index for c in self.configs if c.skip is not None and c.n_int8 == 0}
+        return {s: c.index for c in self.configs if (s := c.skip_tuple) is not None and c.n_int8 == 0}
 
     def front(self, backend: str) -> tuple[int, ...]:
         """Indices of the configs ``backend`` steps through, in order (every config where no front is named)."""
         return self.fronts.get(backend, tuple(range(len(self.configs))))
 
-    def for_backend(self, backend: str) -> "Manifest":
+    def for_backend(self, backend: str) -> Manifest:
         """This manifest as ``backend``'s runtime sees it: its front's configs, re-indexed 0..n-1 in stepping
         order (policies, pins and metrics count in these indices)."""
         picked = tuple(dataclasses.replace(self.configs[i], index=k) for k, i in enumerate(self.front(backend)))
@@ -274,19 +314,34 @@ class Manifest:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON document (``manifest.json``)."""
-        d: dict[str, Any] = {"format": self.format, "version": self.version, "kind": self.kind, **{
-            k: v for k, v in self.extra.items() if k in ("created_unix", "tools")}}
-        d.update({
-            "model": self.model, "input": {"name": self.input.name, "dtype": self.input.dtype,
-                                           "shape": list(self.input.shape), "layout": self.input.layout,
-                                           "range": self.input.range},
-            "normalization": {"mean": list(self.normalization.mean), "std": list(self.normalization.std)},
-            "class_names": list(self.class_names), "dataset_id": self.dataset_id, "num_gates": self.num_gates,
-            "gated_blocks": list(self.gated_blocks), "onnx": dict(self.onnx),
-            "configs": [c.to_dict() for c in self.configs],
-            "targets": {k: t.to_dict() for k, t in self.targets.items()}, "iree": self.iree.to_dict(),
-            "backend": {"host_fastest": self.host_fastest, **self.extra.get("backend", {})},
-        })
+        d: dict[str, Any] = {
+            "format": self.format,
+            "version": self.version,
+            "kind": self.kind,
+            **{k: v for k, v in self.extra.items() if k in ("created_unix", "tools")},
+        }
+        d.update(
+            {
+                "model": self.model,
+                "input": {
+                    "name": self.input.name,
+                    "dtype": self.input.dtype,
+                    "shape": list(self.input.shape),
+                    "layout": self.input.layout,
+                    "range": self.input.range,
+                },
+                "normalization": {"mean": list(self.normalization.mean), "std": list(self.normalization.std)},
+                "class_names": list(self.class_names),
+                "dataset_id": self.dataset_id,
+                "num_gates": self.num_gates,
+                "gated_blocks": list(self.gated_blocks),
+                "onnx": dict(self.onnx),
+                "configs": [c.to_dict() for c in self.configs],
+                "targets": {k: t.to_dict() for k, t in self.targets.items()},
+                "iree": self.iree.to_dict(),
+                "backend": {"host_fastest": self.host_fastest, **self.extra.get("backend", {})},
+            }
+        )
         if self.sample is not None:
             d["sample"] = self.sample
         if self.fronts:
@@ -298,13 +353,14 @@ class Manifest:
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "Manifest":
+    def from_dict(cls, d: Mapping[str, Any]) -> Manifest:
         """Validate a parsed ``manifest.json``; raises :class:`ManifestError` naming the first bad field."""
         if not isinstance(d, Mapping) or d.get("format") != FORMAT:
             raise ManifestError("not an edgeskip bundle manifest")
         if d.get("version") not in READS:
-            raise ManifestError(f"bundle version {d.get('version')!r}; this edgeskip reads versions "
-                                f"{', '.join(map(str, READS))}")
+            raise ManifestError(
+                f"bundle version {d.get('version')!r}; this edgeskip reads versions {', '.join(map(str, READS))}"
+            )
         if d["version"] == 1:
             d = _upgrade_v1(d)
         d = {**d, "version": VERSION}  # a version-2 document is a version-3 one without int8
@@ -364,14 +420,49 @@ class Manifest:
         sample = d.get("sample")
         if sample is not None:
             _rel_path(sample, "sample")
-        known = {"format", "version", "kind", "model", "input", "normalization", "class_names", "dataset_id",
-                 "num_gates", "gated_blocks", "configs", "targets", "iree", "onnx", "artifacts", "sample", "fronts",
-                 "int8"}
+        known = {
+            "format",
+            "version",
+            "kind",
+            "model",
+            "input",
+            "normalization",
+            "class_names",
+            "dataset_id",
+            "num_gates",
+            "gated_blocks",
+            "configs",
+            "targets",
+            "iree",
+            "onnx",
+            "artifacts",
+            "sample",
+            "fronts",
+            "int8",
+        }
         extra = {k: v for k, v in d.items() if k not in known}
         extra["backend"] = {k: v for k, v in backend.items() if k != "host_fastest"}
-        return cls(kind, model, inp, Normalization.from_dict(_req(d, "normalization", dict, "manifest"), inp.chw[0]),
-                   tuple(names), str(_req(d, "dataset_id", str, "manifest")), g, tuple(int(b) for b in blocks), cfgs,
-                   targets, iree, fastest, onnx, None, sample, dict(artifacts), extra, fronts=fronts, int8=int8)
+        return cls(
+            kind,
+            model,
+            inp,
+            Normalization.from_dict(_req(d, "normalization", dict, "manifest"), inp.chw[0]),
+            tuple(names),
+            str(_req(d, "dataset_id", str, "manifest")),
+            g,
+            tuple(int(b) for b in blocks),
+            cfgs,
+            targets,
+            iree,
+            fastest,
+            onnx,
+            None,
+            sample,
+            dict(artifacts),
+            extra,
+            fronts=fronts,
+            int8=int8,
+        )
 
 
 def model_label(model: Mapping[str, Any]) -> str:
@@ -389,16 +480,21 @@ def _fronts(value: object, n: int) -> dict[str, tuple[int, ...]]:
     for backend, idx in value.items():
         if backend not in BACKENDS:
             raise ManifestError(f"manifest: fronts.{backend}: not a back end ({', '.join(BACKENDS)})")
-        if (not isinstance(idx, list) or not idx or idx[0] != 0 or len(set(idx)) != len(idx)
-                or any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < n for i in idx)):
+        if (
+            not isinstance(idx, list)
+            or not idx
+            or idx[0] != 0
+            or len(set(idx)) != len(idx)
+            or any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < n for i in idx)
+        ):
             raise ManifestError(f"manifest: fronts.{backend} must list distinct config indices, starting with 0")
         out[str(backend)] = tuple(idx)
     return out
 
 
-def _upgrade_v1(d: Mapping[str, Any]) -> dict[str, Any]:
+def _upgrade_v1(v1: Mapping[str, Any]) -> dict[str, Any]:
     """A version-1 document in the version-2 shape (the graphs' paths were implied by convention)."""
-    d = json.loads(json.dumps(d))  # deep copy
+    d: dict[str, Any] = json.loads(json.dumps(v1))  # deep copy
     configs, iree = d.get("configs"), d.get("iree")
     if not isinstance(configs, list) or not isinstance(iree, dict):
         return d  # from_dict names what is missing
@@ -410,9 +506,17 @@ def _upgrade_v1(d: Mapping[str, Any]) -> dict[str, Any]:
                 c["module"] = fn
         d["onnx"] = {fn: "onnx/skipnet.onnx"}
     else:
-        gated = d.get("gated", {}).get("onnx", "onnx/gated.onnx") if isinstance(d.get("gated"), dict) else "onnx/gated.onnx"
-        d["onnx"] = {"gated": gated, **{c["module"]: f"onnx/{c['module']}.onnx" for c in configs
-                                         if isinstance(c, dict) and isinstance(c.get("module"), str)}}
+        gated = (
+            d.get("gated", {}).get("onnx", "onnx/gated.onnx") if isinstance(d.get("gated"), dict) else "onnx/gated.onnx"
+        )
+        d["onnx"] = {
+            "gated": gated,
+            **{
+                c["module"]: f"onnx/{c['module']}.onnx"
+                for c in configs
+                if isinstance(c, dict) and isinstance(c.get("module"), str)
+            },
+        }
     d["version"] = VERSION
     return d
 
@@ -426,8 +530,12 @@ def bundle_digest(doc: Mapping[str, Any]) -> str:
     return "sha256:" + hashlib.sha256(canonical).hexdigest()
 
 
-def load_manifest(bundle: str | os.PathLike, check_hashes: bool = True, digest: str | None = None,
-                  verify_key: str | os.PathLike | None = None) -> Manifest:
+def load_manifest(
+    bundle: str | os.PathLike,
+    check_hashes: bool = True,
+    digest: str | None = None,
+    verify_key: str | os.PathLike | None = None,
+) -> Manifest:
     """Read and validate a bundle's manifest; with ``check_hashes`` every artifact it lists must exist inside
     the bundle with the recorded sha256, and every file the runtime opens must be listed. With ``digest``
     (printed by `edgeskip compile` and `inspect`), the manifest itself must be the one that was built; with
@@ -455,8 +563,12 @@ def load_manifest(bundle: str | os.PathLike, check_hashes: bool = True, digest: 
         raise ManifestError(f"{path}: {e}") from None
     m = dataclasses.replace(m, digest=bundle_digest(doc))
     if check_hashes:
-        used = [m.iree.weights, *m.onnx.values(), *(f"{t.dir}/{m.iree.module}" for t in m.targets.values()),
-                *([m.sample] if m.sample else [])]
+        used = [
+            m.iree.weights,
+            *m.onnx.values(),
+            *(f"{t.dir}/{m.iree.module}" for t in m.targets.values()),
+            *([m.sample] if m.sample else []),
+        ]
         unlisted = [u for u in used if u not in m.artifacts]
         if unlisted:
             raise ManifestError(f"bundle {bundle}: {unlisted[0]} is used but not hashed in the manifest")

@@ -26,8 +26,9 @@ def _library():
         import model_signing
         from model_signing import hashing
     except ImportError as e:
-        raise EdgeskipError(f"bundle signatures need the signing extra ({e.name} is not installed): "
-                            "pip install 'edgeskip[signing]'") from None
+        raise EdgeskipError(
+            f"bundle signatures need the signing extra ({e.name} is not installed): pip install 'edgeskip[signing]'"
+        ) from None
     return model_signing, hashing
 
 
@@ -51,8 +52,9 @@ def sign_bundle(bundle: str | os.PathLike, key: str | os.PathLike) -> Path:
     sig = bundle / SIGNATURE
     tmp = bundle.parent / f".{bundle.name}.{SIGNATURE}.tmp"
     try:
-        ms.signing.Config().set_hashing_config(hashing.Config().set_ignored_paths(paths=[sig, tmp])) \
-            .use_elliptic_key_signer(private_key=_key(key, "private key")).sign(bundle, tmp)
+        ms.signing.Config().set_hashing_config(
+            hashing.Config().set_ignored_paths(paths=[sig, tmp])
+        ).use_elliptic_key_signer(private_key=_key(key, "private key")).sign(bundle, tmp)
         os.replace(tmp, sig)
     except EdgeskipError:
         raise
@@ -71,8 +73,9 @@ def verify_bundle(bundle: str | os.PathLike, public_key: str | os.PathLike) -> N
     if not sig.is_file():
         raise EdgeskipError(f"bundle {bundle} is not signed (no {SIGNATURE}); --verify-key refuses it")
     try:
-        ms.verifying.Config().set_hashing_config(hashing.Config().set_ignored_paths(paths=[sig])) \
-            .use_elliptic_key_verifier(public_key=_key(public_key, "public key")).verify(bundle, sig)
+        ms.verifying.Config().set_hashing_config(
+            hashing.Config().set_ignored_paths(paths=[sig])
+        ).use_elliptic_key_verifier(public_key=_key(public_key, "public key")).verify(bundle, sig)
     except EdgeskipError:
         raise
     except Exception as e:  # noqa: BLE001 - mismatches, wrong keys and damaged signatures alike

@@ -6,10 +6,9 @@ Option arrays generalise them (issue #15, fractional depth): one value per gated
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from edgeskip.errors import EdgeskipError
-
 
 SKIP, FULL, INT8 = 0, 1, 8
 OPTIONS = {SKIP: "skip", FULL: "full", INT8: "int8"}
@@ -57,7 +56,7 @@ def normalize_options(options: object, num_gates: int) -> tuple[int, ...]:
     return tuple(_parse(options, num_gates, (SKIP, FULL, INT8), "option array"))
 
 
-def options_to_str(options: Sequence[object]) -> str:
+def options_to_str(options: Sequence[int | bool]) -> str:
     """Compact text form of an option (or skip) array, e.g. ``"118011"``."""
     return "".join(str(int(v)) for v in options)
 

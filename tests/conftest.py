@@ -1,4 +1,8 @@
-"""Shared fixtures: digits splits and one tiny trained model (trained once per session)."""
+"""Shared fixtures: digits splits, tiny trained models and their bundles, each built once per test session.
+
+The suite runs on pytest-xdist workers (pyproject's addopts). A model or bundle is built by the first worker that
+asks for it, under a file lock in the run's shared temporary folder; the other workers wait for it and reuse it.
+Without xdist the same code builds into the session's temporary folder. Artefacts are never reused across runs."""
 
 from __future__ import annotations
 
@@ -7,9 +11,12 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
+from filelock import FileLock
 
 from edgeskip.models import ResNetConfig
 from edgeskip.train import DataSpec, TrainConfig, load_checkpoint, train
@@ -17,6 +24,8 @@ from edgeskip.train import DataSpec, TrainConfig, load_checkpoint, train
 torch.set_num_threads(1)  # tests run beside other work on a 2-core machine; keep them predictable
 
 TINY = ResNetConfig(depth=20, widths=(8, 16, 32))
+# the learned-gate baselines' backbone: 3 gated blocks, because exporting a DFS switch costs ~10 s per gate
+TINY14 = ResNetConfig(depth=14, widths=(8, 16, 32))
 
 
 def edited_bundle(src, dest, edit):
@@ -45,18 +54,68 @@ def inflate_accuracies(doc):
         c["val_accuracy"] = 0.999
 
 
+def cli(*args, timeout=900, env=None, **kw):
+    """Run ``edgeskip ARGS`` in a fresh interpreter (one thread per engine), capturing its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "edgeskip.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+        **kw,
+    )
+
+
+def shared(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Path:
+    """Folder ``name`` that ``build(folder)`` fills, built once per run and shared by every xdist worker.
+
+    The first worker to ask builds it into a scratch folder and renames it into place (so no worker sees half an
+    artefact); the others wait on the lock. A failed build leaves nothing behind and fails every test that needs
+    it, each with the build's own error."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the run's folder, above each worker's own
+    final = root / "shared" / name
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(final) + ".lock"):
+        if not final.is_dir():
+            scratch = final.with_name(name + ".building")
+            shutil.rmtree(scratch, ignore_errors=True)
+            scratch.mkdir()
+            try:
+                build(scratch)
+            except BaseException:
+                shutil.rmtree(scratch, ignore_errors=True)
+                raise
+            scratch.rename(final)
+    return final
+
+
+def compiled(checkpoint: Path, out: Path, *args: str, expect: str) -> None:
+    """``edgeskip compile`` of ``checkpoint`` into ``out`` (real CLI), asserting success and ``expect`` in stdout."""
+    res = cli("compile", "--checkpoint", checkpoint, "--out", out, "--quiet", *args)
+    assert res.returncode == 0, res.stderr
+    assert expect in res.stdout, res.stdout
+
+
 @pytest.fixture(scope="session")
 def digits_splits():
     return DataSpec("digits").load()
 
 
 @pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory, digits_splits):
+def tiny_checkpoint(tmp_path_factory):
     """Path of a ResNet-20 (width 8) trained 12 epochs on digits with stochastic depth."""
-    path = tmp_path_factory.mktemp("tiny") / "model.pt"
-    train(path, DataSpec("digits"), TINY, TrainConfig(epochs=12, batch_size=64, lr=0.1), splits=digits_splits,
-          progress=False)
-    return path
+    return (
+        shared(
+            tmp_path_factory,
+            "tiny",
+            lambda d: train(
+                d / "model.pt", DataSpec("digits"), TINY, TrainConfig(epochs=12, batch_size=64, lr=0.1), progress=False
+            ),
+        )
+        / "model.pt"
+    )
 
 
 @pytest.fixture(scope="session")
@@ -67,13 +126,22 @@ def tiny_model(tiny_checkpoint):
 @pytest.fixture(scope="session")
 def bundle(tmp_path_factory, tiny_checkpoint):
     """A bundle of the tiny model for host, aarch64 and odroid-xu4, built with the real CLI."""
-    out = tmp_path_factory.mktemp("b") / "bundle"
-    res = subprocess.run([sys.executable, "-m", "edgeskip.cli", "compile", "--checkpoint", str(tiny_checkpoint),
-                          "--target", "host,aarch64,odroid-xu4", "--out", str(out), "--repeats", "3", "--quiet"],
-                         capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert res.returncode == 0, res.stderr
-    assert "wrote bundle" in res.stdout
-    return out
+    return (
+        shared(
+            tmp_path_factory,
+            "bundle",
+            lambda d: compiled(
+                tiny_checkpoint,
+                d / "bundle",
+                "--target",
+                "host,aarch64,odroid-xu4",
+                "--repeats",
+                "3",
+                expect="wrote bundle",
+            ),
+        )
+        / "bundle"
+    )
 
 
 # wide enough that onnxruntime's int8 kernels beat its float ones (8-channel blocks are too small to gain)
@@ -81,19 +149,25 @@ WIDE = ResNetConfig(depth=14, widths=(32, 64, 128))
 
 
 @pytest.fixture(scope="session")
-def int8_bundle(tmp_path_factory, digits_splits):
+def int8_bundle(tmp_path_factory):
     """A fractional-depth bundle (`compile --int8`, host) of a ResNet-14 of widths 32/64/128 trained on digits."""
-    d = tmp_path_factory.mktemp("int8")
-    train(d / "model.pt", DataSpec("digits"), WIDE, TrainConfig(epochs=8, batch_size=64, lr=0.1), splits=digits_splits,
-          progress=False)
-    out = d / "bundle"
-    res = subprocess.run([sys.executable, "-m", "edgeskip.cli", "compile", "--checkpoint", str(d / "model.pt"),
-                          "--target", "host", "--int8", "--calibration-images", "128", "--out", str(out),
-                          "--repeats", "10", "--quiet"],
-                         capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert res.returncode == 0, res.stderr
-    assert "onnxruntime front (stepping order)" in res.stdout
-    return out
+
+    def build(d):
+        train(d / "model.pt", DataSpec("digits"), WIDE, TrainConfig(epochs=8, batch_size=64, lr=0.1), progress=False)
+        compiled(
+            d / "model.pt",
+            d / "bundle",
+            "--target",
+            "host",
+            "--int8",
+            "--calibration-images",
+            "128",
+            "--repeats",
+            "10",
+            expect="onnxruntime front (stepping order)",
+        )
+
+    return shared(tmp_path_factory, "int8", build) / "bundle"
 
 
 @pytest.fixture(scope="session")
@@ -102,48 +176,101 @@ def skipnet_checkpoint(tmp_path_factory, tiny_checkpoint):
     from edgeskip.models.gates import GateConfig
     from edgeskip.train.gates import GateTraining, train_gates
 
-    d = tmp_path_factory.mktemp("skipnet")
-    train_gates(d / "sp.pt", None, GateConfig("ffgate1"), TrainConfig(epochs=1, batch_size=64, lr=0.01),
-                GateTraining("sp"), init=tiny_checkpoint, progress=False)
-    train_gates(d / "hrl.pt", None, GateConfig("ffgate1"), TrainConfig(epochs=8, batch_size=64, lr=0.01),
-                GateTraining("hrl", alpha=1.0), init=d / "sp.pt", progress=False)
-    return d / "hrl.pt"
+    def build(d):
+        train_gates(
+            d / "sp.pt",
+            None,
+            GateConfig("ffgate1"),
+            TrainConfig(epochs=1, batch_size=64, lr=0.01),
+            GateTraining("sp"),
+            init=tiny_checkpoint,
+            progress=False,
+        )
+        train_gates(
+            d / "hrl.pt",
+            None,
+            GateConfig("ffgate1"),
+            TrainConfig(epochs=8, batch_size=64, lr=0.01),
+            GateTraining("hrl", alpha=1.0),
+            init=d / "sp.pt",
+            progress=False,
+        )
+
+    return shared(tmp_path_factory, "skipnet", build) / "hrl.pt"
 
 
 @pytest.fixture(scope="session")
 def skipnet_bundle(tmp_path_factory, skipnet_checkpoint):
     """The SkipNet bundle for host, aarch64 and odroid-xu4, built with the real CLI."""
-    out = tmp_path_factory.mktemp("sb") / "skipnet"
-    res = subprocess.run([sys.executable, "-m", "edgeskip.cli", "compile", "--checkpoint", str(skipnet_checkpoint),
-                          "--target", "host,aarch64,odroid-xu4", "--out", str(out), "--quiet"],
-                         capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert res.returncode == 0, res.stderr
-    assert "wrote SkipNet bundle" in res.stdout
-    return out
+    return (
+        shared(
+            tmp_path_factory,
+            "skipnet_bundle",
+            lambda d: compiled(
+                skipnet_checkpoint, d / "skipnet", "--target", "host,aarch64,odroid-xu4", expect="wrote SkipNet bundle"
+            ),
+        )
+        / "skipnet"
+    )
 
 
 @pytest.fixture(scope="session")
-def dfs_checkpoint(tmp_path_factory, tiny_checkpoint):
-    """A DFS model on the tiny backbone: step 1 (full precision), then step 2 toward cp 0.4, so options vary (8-bit
+def tiny14_checkpoint(tmp_path_factory):
+    """Path of a ResNet-14 (width 8, 3 gated blocks) trained 12 epochs on digits with stochastic depth."""
+    return (
+        shared(
+            tmp_path_factory,
+            "tiny14",
+            lambda d: train(
+                d / "model.pt",
+                DataSpec("digits"),
+                TINY14,
+                TrainConfig(epochs=12, batch_size=64, lr=0.1),
+                progress=False,
+            ),
+        )
+        / "model.pt"
+    )
+
+
+@pytest.fixture(scope="session")
+def dfs_checkpoint(tmp_path_factory, tiny14_checkpoint):
+    """A DFS model on the ResNet-14 backbone: step 1 (full precision), then step 2 toward cp 0.4, so options vary (8-bit
     and full precision on digits)."""
     from edgeskip.models.gates import GateConfig
     from edgeskip.train.gates import GateTraining, train_gates
 
-    d = tmp_path_factory.mktemp("dfs")
-    train_gates(d / "full.pt", None, GateConfig("dfs"), TrainConfig(epochs=1, batch_size=64, lr=0.05),
-                GateTraining("dfs-full"), init=tiny_checkpoint, progress=False)
-    train_gates(d / "cp.pt", None, GateConfig("dfs"), TrainConfig(epochs=3, batch_size=64, lr=0.05),
-                GateTraining("dfs", alpha=2.0, cp_target=0.4), init=d / "full.pt", progress=False)
-    return d / "cp.pt"
+    def build(d):
+        train_gates(
+            d / "full.pt",
+            None,
+            GateConfig("dfs"),
+            TrainConfig(epochs=1, batch_size=64, lr=0.05),
+            GateTraining("dfs-full"),
+            init=tiny14_checkpoint,
+            progress=False,
+        )
+        train_gates(
+            d / "cp.pt",
+            None,
+            GateConfig("dfs"),
+            TrainConfig(epochs=3, batch_size=64, lr=0.05),
+            GateTraining("dfs", alpha=2.0, cp_target=0.4),
+            init=d / "full.pt",
+            progress=False,
+        )
+
+    return shared(tmp_path_factory, "dfs", build) / "cp.pt"
 
 
 @pytest.fixture(scope="session")
 def dfs_bundle(tmp_path_factory, dfs_checkpoint):
     """The DFS bundle for host and aarch64, built with the real CLI."""
-    out = tmp_path_factory.mktemp("db") / "dfs"
-    res = subprocess.run([sys.executable, "-m", "edgeskip.cli", "compile", "--checkpoint", str(dfs_checkpoint),
-                          "--target", "host,aarch64", "--out", str(out), "--quiet"],
-                         capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert res.returncode == 0, res.stderr
-    assert "wrote DFS bundle" in res.stdout
-    return out
+    return (
+        shared(
+            tmp_path_factory,
+            "dfs_bundle",
+            lambda d: compiled(dfs_checkpoint, d / "dfs", "--target", "host,aarch64", expect="wrote DFS bundle"),
+        )
+        / "dfs"
+    )

@@ -11,8 +11,14 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def run(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "edgeskip.cli", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, env=ENV, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "edgeskip.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=ENV,
+        timeout=300,
+    )
 
 
 def one_line_error(res, *fragments):
@@ -36,18 +42,21 @@ def test_main_job_on_digits_end_to_end(tmp_path):
     assert ev.returncode == 0 and "test accuracy" in ev.stdout and "skipped 1/6" in ev.stdout
 
 
-@pytest.mark.parametrize("args,fragments", [
-    (["--depth", "21"], ["6n+2"]),
-    (["--p-last", "0"], ["(0, 1]"]),
-    (["--p-last", "1.2"], ["(0, 1]"]),
-    (["--dataset", "cifar10", "--data-dir", "{tmp}/missing"], ["does not exist"]),
-    (["--dataset", "imagefolder", "--data-dir", "{tmp}/missing"], ["does not exist"]),
-    (["--recipe", "imagenet"], ["--recipe", "he2016"]),
-    (["--amp", "fp16"], ["--amp", "bf16"]),
-    (["--stop-after", "0"], ["--stop-after"]),
-    (["--cutout", "-2"], ["cutout", ">= 0"]),
-    (["--gates", "rnn", "--stop-after", "1"], ["--stop-after"]),
-])
+@pytest.mark.parametrize(
+    "args,fragments",
+    [
+        (["--depth", "21"], ["6n+2"]),
+        (["--p-last", "0"], ["(0, 1]"]),
+        (["--p-last", "1.2"], ["(0, 1]"]),
+        (["--dataset", "cifar10", "--data-dir", "{tmp}/missing"], ["does not exist"]),
+        (["--dataset", "imagefolder", "--data-dir", "{tmp}/missing"], ["does not exist"]),
+        (["--recipe", "imagenet"], ["--recipe", "he2016"]),
+        (["--amp", "fp16"], ["--amp", "bf16"]),
+        (["--stop-after", "0"], ["--stop-after"]),
+        (["--cutout", "-2"], ["cutout", ">= 0"]),
+        (["--gates", "rnn", "--stop-after", "1"], ["--stop-after"]),
+    ],
+)
 def test_train_bad_input(tmp_path, args, fragments):
     out = tmp_path / "m.pt"
     res = run("train", *[a.replace("{tmp}", str(tmp_path)) for a in args], "--epochs", "1", "--out", out, "--quiet")
@@ -75,17 +84,22 @@ def test_bad_checkpoint_and_skip_arrays(tmp_path, tiny_checkpoint):
 
 def test_evaluate_an_option_array_with_int8_blocks(tiny_checkpoint, tmp_path):
     full = run("evaluate", "--checkpoint", tiny_checkpoint, "--split", "val")
-    mixed = run("evaluate", "--checkpoint", tiny_checkpoint, "--skip", "818011", "--split", "val",
-                "--calibration-images", "128")
+    mixed = run(
+        "evaluate", "--checkpoint", tiny_checkpoint, "--skip", "818011", "--split", "val", "--calibration-images", "128"
+    )
     assert full.returncode == 0 and mixed.returncode == 0, mixed.stderr
     assert "skipped 1/6  int8 2 (calibrated on 128 training images)" in mixed.stdout
     acc = [float(r.stdout.split()[2]) for r in (full, mixed)]
     assert abs(acc[0] - acc[1]) <= 0.05
-    one_line_error(run("evaluate", "--checkpoint", tiny_checkpoint, "--skip", "818011", "--calibration-images", "0"),
-                   "--calibration-images")
+    one_line_error(
+        run("evaluate", "--checkpoint", tiny_checkpoint, "--skip", "818011", "--calibration-images", "0"),
+        "--calibration-images",
+    )
     out = tmp_path / "b"
-    one_line_error(run("compile", "--checkpoint", tiny_checkpoint, "--int8", "--calibration-images", "-5",
-                       "--out", out), "--calibration-images")
+    one_line_error(
+        run("compile", "--checkpoint", tiny_checkpoint, "--int8", "--calibration-images", "-5", "--out", out),
+        "--calibration-images",
+    )
     assert not out.exists()
 
 
@@ -114,8 +128,22 @@ def test_recipe_sets_defaults_and_given_options_win(tmp_path):
     import torch
 
     out = tmp_path / "m.pt"
-    res = run("train", "--recipe", "he2016", "--epochs", "1", "--depth", "8", "--shortcut", "proj", "--out", out,
-              "--quiet", "--threads", "1")
+    res = run(
+        "train",
+        "--recipe",
+        "he2016",
+        "--epochs",
+        "1",
+        "--depth",
+        "8",
+        "--shortcut",
+        "proj",
+        "--out",
+        out,
+        "--quiet",
+        "--threads",
+        "1",
+    )
     assert res.returncode == 0, res.stderr
     ck = torch.load(out, weights_only=True)
     t, m = ck["train"], ck["model"]
@@ -125,8 +153,10 @@ def test_recipe_sets_defaults_and_given_options_win(tmp_path):
 
 def test_int8_refused_for_a_skipnet(skipnet_checkpoint, tmp_path):
     out = tmp_path / "b"
-    one_line_error(run("compile", "--checkpoint", skipnet_checkpoint, "--int8", "--target", "host", "--out", out),
-                   "--int8 applies to edgeskip models")
+    one_line_error(
+        run("compile", "--checkpoint", skipnet_checkpoint, "--int8", "--target", "host", "--out", out),
+        "--int8 applies to edgeskip models",
+    )
     assert not out.exists()
 
 
@@ -136,15 +166,24 @@ def test_dfs_cli_trains_evaluates_and_refuses_bad_settings(tmp_path, tiny_checkp
     assert res.returncode == 0, res.stderr
     assert "cp 1.000" in res.stdout  # step 1 (dfs-full, the default for dfs gates): every block at full precision
     ev = run("evaluate", "--checkpoint", s1, "--split", "val")
-    assert ev.returncode == 0 and "cp 1.000" in ev.stdout and "options skip 0.00 8-bit 0.00 16-bit 0.00 full 1.00" in ev.stdout
+    assert (
+        ev.returncode == 0
+        and "cp 1.000" in ev.stdout
+        and "options skip 0.00 8-bit 0.00 16-bit 0.00 full 1.00" in ev.stdout
+    )
     out = tmp_path / "x.pt"
     one_line_error(run("train", "--gates", "dfs", "--dfs-bits", "3", "--epochs", "1", "--out", out), "4, 8, 16")
     one_line_error(run("train", "--gates", "dfs", "--dfs-bits", "8,x", "--epochs", "1", "--out", out), "--dfs-bits")
-    one_line_error(run("train", "--gates", "dfs", "--gate-mode", "dfs", "--cp-target", "0", "--epochs", "1",
-                       "--out", out), "cp target must be in (0, 1]")
-    one_line_error(run("train", "--gates", "rnn", "--gate-mode", "dfs", "--epochs", "1", "--out", out),
-                   "does not train rnn gates")
+    one_line_error(
+        run("train", "--gates", "dfs", "--gate-mode", "dfs", "--cp-target", "0", "--epochs", "1", "--out", out),
+        "cp target must be in (0, 1]",
+    )
+    one_line_error(
+        run("train", "--gates", "rnn", "--gate-mode", "dfs", "--epochs", "1", "--out", out), "does not train rnn gates"
+    )
     one_line_error(run("train", "--gates", "lstm", "--epochs", "1", "--out", out), "--gates")
-    one_line_error(run("compile", "--checkpoint", s1, "--int8", "--target", "host", "--out", tmp_path / "b"),
-                   "--int8 applies to edgeskip models")
+    one_line_error(
+        run("compile", "--checkpoint", s1, "--int8", "--target", "host", "--out", tmp_path / "b"),
+        "--int8 applies to edgeskip models",
+    )
     assert not out.exists() and not (tmp_path / "b").exists()

@@ -12,29 +12,55 @@ from edgeskip.utils.hashing import file_digest
 
 def valid_doc() -> dict:
     skips = [[1, 1, 1, 1], [1, 0, 1, 0], [0, 0, 0, 0]]
-    configs = [{"index": i, "n_skipped": s.count(0), "skip": s, "module": "static_" + "".join(map(str, s)),
-                "val_accuracy": 0.9 - 0.1 * i, "test_accuracy": 0.89 - 0.1 * i, "macs": 1000 - 200 * i,
-                "latency_s": 1e-3 - 2e-4 * i, "latency_s_onnxruntime": 9e-4} for i, s in enumerate(skips)]
+    configs = [
+        {
+            "index": i,
+            "n_skipped": s.count(0),
+            "skip": s,
+            "module": "static_" + "".join(map(str, s)),
+            "val_accuracy": 0.9 - 0.1 * i,
+            "test_accuracy": 0.89 - 0.1 * i,
+            "macs": 1000 - 200 * i,
+            "latency_s": 1e-3 - 2e-4 * i,
+            "latency_s_onnxruntime": 9e-4,
+        }
+        for i, s in enumerate(skips)
+    ]
     return {
-        "format": "edgeskip-bundle", "version": 2, "kind": "edgeskip", "created_unix": 1, "tools": {"edgeskip": "0"},
-        "model": {"depth": 14, "num_classes": 3}, "input": {"name": "image", "dtype": "float32",
-                                                           "shape": ["N", 3, 8, 8], "layout": "NCHW"},
-        "normalization": {"mean": [0.5, 0.5, 0.5], "std": [0.2, 0.2, 0.2]}, "class_names": ["a", "b", "c"],
-        "dataset_id": "toy", "num_gates": 4, "gated_blocks": [1, 3, 5, 7],
+        "format": "edgeskip-bundle",
+        "version": 2,
+        "kind": "edgeskip",
+        "created_unix": 1,
+        "tools": {"edgeskip": "0"},
+        "model": {"depth": 14, "num_classes": 3},
+        "input": {"name": "image", "dtype": "float32", "shape": ["N", 3, 8, 8], "layout": "NCHW"},
+        "normalization": {"mean": [0.5, 0.5, 0.5], "std": [0.2, 0.2, 0.2]},
+        "class_names": ["a", "b", "c"],
+        "dataset_id": "toy",
+        "num_gates": 4,
+        "gated_blocks": [1, 3, 5, 7],
         "onnx": {"gated": "onnx/gated.onnx", **{c["module"]: f"onnx/{c['module']}.onnx" for c in configs}},
         "configs": configs,
         "targets": {"host": {"triple": "host", "flags": ["-x"], "dir": "iree/host"}},
-        "iree": {"weights": "iree/weights.irpa", "parameter_scope": "model", "module": "model.vmfb",
-                 "functions": ["gated", *[c["module"] for c in configs]]},
+        "iree": {
+            "weights": "iree/weights.irpa",
+            "parameter_scope": "model",
+            "module": "model.vmfb",
+            "functions": ["gated", *[c["module"] for c in configs]],
+        },
         "backend": {"host_fastest": "iree", "latency_source": "test"},
-        "verification": {"tolerance": 1e-4}, "artifacts": {},
+        "verification": {"tolerance": 1e-4},
+        "artifacts": {},
     }
 
 
 def write_bundle(root, doc: dict) -> None:
     """Files for every path the runtime opens, hashed into ``doc``."""
-    files = [doc["iree"]["weights"], *doc["onnx"].values(),
-             *(f"{t['dir']}/{doc['iree']['module']}" for t in doc["targets"].values())]
+    files = [
+        doc["iree"]["weights"],
+        *doc["onnx"].values(),
+        *(f"{t['dir']}/{doc['iree']['module']}" for t in doc["targets"].values()),
+    ]
     for rel in files:
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_bytes(rel.encode())
@@ -53,31 +79,34 @@ def test_round_trip_and_typed_fields():
     assert set(again) == set(doc) and again["configs"] == doc["configs"] and again["backend"] == doc["backend"]
 
 
-@pytest.mark.parametrize("edit, fragment", [
-    (lambda d: d.update(version=99), "bundle version 99"),
-    (lambda d: d.update(format="other"), "not an edgeskip bundle manifest"),
-    (lambda d: d["normalization"].update(std=[0.2, 0.0, 0.2]), "std > 0"),
-    (lambda d: d["normalization"].update(mean=[0.5]), "needs 3 mean and std"),
-    (lambda d: d.update(class_names=["a", "b"]), "2 class_names for a model of 3 classes"),
-    (lambda d: d.update(class_names=["a", "a", "b"]), "distinct"),
-    (lambda d: d["configs"][1].update(val_accuracy=1.5), "configs[1].val_accuracy"),
-    (lambda d: d["configs"][1].update(skip=[1, 0, 1]), "configs[1].skip must be 4 values"),
-    (lambda d: d["configs"][1].update(n_skipped=0), "n_skipped does not match"),
-    (lambda d: d["configs"][2].update(index=5), "configs[2].index must be 2"),
-    (lambda d: d["configs"][2].update(skip=[1, 1, 1, 1], n_skipped=0), "sorted by skipped blocks"),
-    (lambda d: d["configs"][0].update(module="static_nope"), "functions the module lacks: static_nope"),
-    (lambda d: d["iree"].update(functions=d["iree"]["functions"][1:]), "needs the function 'gated'"),
-    (lambda d: d["iree"].update(weights="../../outside.irpa"), "points outside the bundle"),
-    (lambda d: d["onnx"].update(gated="/etc/passwd"), "points outside the bundle"),
-    (lambda d: d["targets"]["host"].update(dir="../x"), "points outside the bundle"),
-    (lambda d: d["backend"].update(host_fastest="tvm"), "host_fastest"),
-    (lambda d: d.update(artifacts={"../x": "0" * 64}), "points outside the bundle"),
-    (lambda d: d.pop("configs"), "configs is missing"),
-    (lambda d: d.update(configs=[]), "configs is empty"),
-    (lambda d: d.update(num_gates=True), "num_gates has the wrong type"),
-    (lambda d: d["input"].update(shape=["N", 3, 0, 8]), "positive sizes"),
-    (lambda d: d.update(kind="magic"), "kind must be one of"),
-])
+@pytest.mark.parametrize(
+    "edit, fragment",
+    [
+        (lambda d: d.update(version=99), "bundle version 99"),
+        (lambda d: d.update(format="other"), "not an edgeskip bundle manifest"),
+        (lambda d: d["normalization"].update(std=[0.2, 0.0, 0.2]), "std > 0"),
+        (lambda d: d["normalization"].update(mean=[0.5]), "needs 3 mean and std"),
+        (lambda d: d.update(class_names=["a", "b"]), "2 class_names for a model of 3 classes"),
+        (lambda d: d.update(class_names=["a", "a", "b"]), "distinct"),
+        (lambda d: d["configs"][1].update(val_accuracy=1.5), "configs[1].val_accuracy"),
+        (lambda d: d["configs"][1].update(skip=[1, 0, 1]), "configs[1].skip must be 4 values"),
+        (lambda d: d["configs"][1].update(n_skipped=0), "n_skipped does not match"),
+        (lambda d: d["configs"][2].update(index=5), "configs[2].index must be 2"),
+        (lambda d: d["configs"][2].update(skip=[1, 1, 1, 1], n_skipped=0), "sorted by skipped blocks"),
+        (lambda d: d["configs"][0].update(module="static_nope"), "functions the module lacks: static_nope"),
+        (lambda d: d["iree"].update(functions=d["iree"]["functions"][1:]), "needs the function 'gated'"),
+        (lambda d: d["iree"].update(weights="../../outside.irpa"), "points outside the bundle"),
+        (lambda d: d["onnx"].update(gated="/etc/passwd"), "points outside the bundle"),
+        (lambda d: d["targets"]["host"].update(dir="../x"), "points outside the bundle"),
+        (lambda d: d["backend"].update(host_fastest="tvm"), "host_fastest"),
+        (lambda d: d.update(artifacts={"../x": "0" * 64}), "points outside the bundle"),
+        (lambda d: d.pop("configs"), "configs is missing"),
+        (lambda d: d.update(configs=[]), "configs is empty"),
+        (lambda d: d.update(num_gates=True), "num_gates has the wrong type"),
+        (lambda d: d["input"].update(shape=["N", 3, 0, 8]), "positive sizes"),
+        (lambda d: d.update(kind="magic"), "kind must be one of"),
+    ],
+)
 def test_contract_violations_are_named(edit, fragment):
     doc = valid_doc()
     edit(doc)
@@ -159,25 +188,31 @@ def test_version_3_options_and_fronts():
     assert m.by_skip == {(True,) * 4: 0, (False,) * 4: 2}  # an int8 config is not its skip array's float config
     assert Manifest.from_dict(m.to_dict()) == m
     iree = m.for_backend("iree")
-    assert [c.module for c in iree.configs] == ["static_1111", "static_0000"] and [c.index for c in iree.configs] == [0, 1]
+    assert [c.module for c in iree.configs] == ["static_1111", "static_0000"] and [c.index for c in iree.configs] == [
+        0,
+        1,
+    ]
     assert len(m.for_backend("onnxruntime").configs) == 3
     v2 = Manifest.from_dict(valid_doc())  # a version-2 document: every back end steps through every config
     assert v2.version == VERSION == 3 and v2.front("iree") == (0, 1, 2) and v2.int8 is None
 
 
-@pytest.mark.parametrize("edit, fragment", [
-    (lambda d: d["configs"][1].update(options=[8, 1, 8, 0]), "not the executed mask"),
-    (lambda d: d["configs"][1].update(options=[2, 0, 8, 0]), "values of 0/1/8"),
-    (lambda d: d["configs"][1].update(options=[8, 0, 8]), "values of 0/1/8"),
-    (lambda d: d.pop("int8"), "int8 section is missing"),
-    (lambda d: d.update(fronts={"iree": [1, 2]}), "starting with 0"),
-    (lambda d: d.update(fronts={"iree": [0, 0]}), "distinct"),
-    (lambda d: d.update(fronts={"iree": [0, 7]}), "distinct config indices"),
-    (lambda d: d.update(fronts={"tflite": [0]}), "not a back end"),
-    (lambda d: d.update(fronts={"iree": [0, 1]}), "functions the module lacks: static_8080"),
-    (lambda d: d.update(fronts={"onnxruntime": [0, 1]}), "must name the IREE front"),
-    (lambda d: d["onnx"].pop("static_8080"), "without a graph: static_8080"),
-])
+@pytest.mark.parametrize(
+    "edit, fragment",
+    [
+        (lambda d: d["configs"][1].update(options=[8, 1, 8, 0]), "not the executed mask"),
+        (lambda d: d["configs"][1].update(options=[2, 0, 8, 0]), "values of 0/1/8"),
+        (lambda d: d["configs"][1].update(options=[8, 0, 8]), "values of 0/1/8"),
+        (lambda d: d.pop("int8"), "int8 section is missing"),
+        (lambda d: d.update(fronts={"iree": [1, 2]}), "starting with 0"),
+        (lambda d: d.update(fronts={"iree": [0, 0]}), "distinct"),
+        (lambda d: d.update(fronts={"iree": [0, 7]}), "distinct config indices"),
+        (lambda d: d.update(fronts={"tflite": [0]}), "not a back end"),
+        (lambda d: d.update(fronts={"iree": [0, 1]}), "functions the module lacks: static_8080"),
+        (lambda d: d.update(fronts={"onnxruntime": [0, 1]}), "must name the IREE front"),
+        (lambda d: d["onnx"].pop("static_8080"), "without a graph: static_8080"),
+    ],
+)
 def test_version_3_violations_are_named(edit, fragment):
     doc = int8_doc()
     edit(doc)

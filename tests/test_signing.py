@@ -13,24 +13,28 @@ from tests.conftest import edited_bundle, inflate_accuracies
 
 
 def edgeskip(*args, timeout=180):
-    return subprocess.run([sys.executable, "-m", "edgeskip", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "edgeskip", *map(str, args)], capture_output=True, text=True, timeout=timeout
+    )
 
 
 def keypair(folder, name):
     k = ec.generate_private_key(ec.SECP256R1())
     key, pub = folder / f"{name}.pem", folder / f"{name}.pub.pem"
-    key.write_bytes(k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                    serialization.NoEncryption()))
-    pub.write_bytes(k.public_key().public_bytes(serialization.Encoding.PEM,
-                                                serialization.PublicFormat.SubjectPublicKeyInfo))
+    key.write_bytes(
+        k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    pub.write_bytes(
+        k.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
     return key, pub
 
 
 def one_line(res, fragment):
     lines = res.stderr.strip().splitlines()
-    assert res.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], \
+    assert res.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], (
         res.stderr
+    )
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,9 @@ switching configs calls another function; weights are never reloaded.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -33,9 +34,15 @@ class SharedIreeExecutor:
     in that order.
     """
 
-    def __init__(self, weights: str | os.PathLike, modules: Sequence[str | os.PathLike], driver: str = "local-sync",
-                 function: str = "main_graph", functions: Sequence[str] | None = None,
-                 scope: str = PARAM_SCOPE) -> None:
+    def __init__(
+        self,
+        weights: str | os.PathLike,
+        modules: Sequence[str | os.PathLike],
+        driver: str = "local-sync",
+        function: str = "main_graph",
+        functions: Sequence[str] | None = None,
+        scope: str = PARAM_SCOPE,
+    ) -> None:
         import iree.runtime as rt
 
         self.config = rt.Config(driver)
@@ -46,7 +53,11 @@ class SharedIreeExecutor:
         self.vm_modules = [rt.VmModule.mmap(inst, str(p)) for p in modules]
         self.context = rt.VmContext(inst, modules=[hal, params, *self.vm_modules])
         self.invokers = []
-        wanted = [(m, function) for m in self.vm_modules] if functions is None else [(self.vm_modules[0], f) for f in functions]
+        wanted = (
+            [(m, function) for m in self.vm_modules]
+            if functions is None
+            else [(self.vm_modules[0], f) for f in functions]
+        )
         for m, name in wanted:
             fn = m.lookup_function(name)
             if fn is None:
@@ -87,8 +98,13 @@ class IreeSkipNet:
     """A learned-gate module (SkipNet or DFS) over its weight archive: ``run(image) -> (logits, decisions)``
     (SkipNet: executed, bool; DFS: the option chosen per block)."""
 
-    def __init__(self, weights: str | os.PathLike, vmfb: str | os.PathLike, driver: str = "local-sync",
-                 function: str = "main_graph") -> None:
+    def __init__(
+        self,
+        weights: str | os.PathLike,
+        vmfb: str | os.PathLike,
+        driver: str = "local-sync",
+        function: str = "main_graph",
+    ) -> None:
         self.ex = SharedIreeExecutor(weights, [vmfb], driver=driver, function=function)
 
     def run(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -19,7 +19,9 @@ def ort_session(path: str | os.PathLike, threads: int = 0):
     try:
         return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types on damaged graphs
-        raise EdgeskipError(f"onnxruntime cannot load {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        raise EdgeskipError(
+            f"onnxruntime cannot load {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        ) from None
 
 
 def available() -> bool:

@@ -10,9 +10,9 @@ import json
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from typing import Sequence
 from urllib.parse import urlparse
 
 import numpy as np
@@ -43,10 +43,16 @@ class Record:
 def to_columns(records: Sequence[Record]) -> dict[str, list]:
     """Records as columns (compact JSON): times rounded to the microsecond."""
     r6 = lambda v: None if v is None else round(v, 6)  # noqa: E731
-    return {"sent": [r6(r.sent) for r in records], "outcome": [r.outcome for r in records],
-            "config": [r.config for r in records], "latency_s": [r6(r.latency_s) for r in records],
-            "correct": [r.correct for r in records], "skipped": [r.skipped for r in records],
-            "reason": [r.reason for r in records], "e2e_s": [r6(r.e2e_s) for r in records]}
+    return {
+        "sent": [r6(r.sent) for r in records],
+        "outcome": [r.outcome for r in records],
+        "config": [r.config for r in records],
+        "latency_s": [r6(r.latency_s) for r in records],
+        "correct": [r.correct for r in records],
+        "skipped": [r.skipped for r in records],
+        "reason": [r.reason for r in records],
+        "e2e_s": [r6(r.e2e_s) for r in records],
+    }
 
 
 def _sleep_until(t0: float, t: float, spin: float = 0.0) -> None:
@@ -61,9 +67,16 @@ def _sleep_until(t0: float, t: float, spin: float = 0.0) -> None:
 SPIN = 3e-4  # in-process: busy-wait the last 0.3 ms before an arrival (the thread has nothing else to do)
 
 
-def run_inprocess(executor: BundleExecutor, policy: Policy, arrivals: Sequence[float], images: np.ndarray,
-                  labels: np.ndarray, queue_depth: int = 0, deadline: float | None = None,
-                  prior: Sequence[float] | None = None) -> list[Record]:
+def run_inprocess(
+    executor: BundleExecutor,
+    policy: Policy,
+    arrivals: Sequence[float],
+    images: np.ndarray,
+    labels: np.ndarray,
+    queue_depth: int = 0,
+    deadline: float | None = None,
+    prior: Sequence[float] | None = None,
+) -> list[Record]:
     """Real-time replay against ``executor`` on this thread, in event order, through the daemon's Dispatcher.
 
     Requests are released at their arrival times; one runs at a time on the real executor. Arrivals that
@@ -91,9 +104,15 @@ def run_inprocess(executor: BundleExecutor, policy: Policy, arrivals: Sequence[f
             logits = executor.infer(images[i % len(images)][None], config=start.config)  # type: ignore[index]
             f = time.perf_counter()
             end = f - t0
-            records[i] = Record(arrivals[i], "processed", start.config, f - s,  # type: ignore[index]
-                                bool(logits[0].argmax() == labels[i % len(labels)]), executor.last_skipped,  # type: ignore[index]
-                                e2e_s=end - arrivals[i])  # type: ignore[index]
+            records[i] = Record(
+                arrivals[i],
+                "processed",
+                start.config,
+                f - s,  # type: ignore[index]
+                bool(logits[0].argmax() == labels[i % len(labels)]),
+                executor.last_skipped,  # type: ignore[index]
+                e2e_s=end - arrivals[i],
+            )  # type: ignore[index]
             while nxt < n and arrivals[nxt] < end:  # arrived while it ran: admitted in order, at their times
                 a = disp.arrive(arrivals[nxt], nxt)
                 if isinstance(a, Drop):
@@ -149,8 +168,15 @@ def probe_daemon(url: str) -> None:
         raise EdgeskipError(f"no edgeskip daemon answers at {url}: {reason}") from None
 
 
-def run_http(url: str, arrivals: Sequence[float], images: np.ndarray, labels: np.ndarray,
-             timeout: float = 30.0, max_in_flight: int = 64, pin: int | None = None) -> list[Record]:
+def run_http(
+    url: str,
+    arrivals: Sequence[float],
+    images: np.ndarray,
+    labels: np.ndarray,
+    timeout: float = 30.0,
+    max_in_flight: int = 64,
+    pin: int | None = None,
+) -> list[Record]:
     """Open-loop HTTP replay against a daemon at ``url`` (raw float32 bodies); ``pin``: every request pinned
     to that config (``/v1/infer?config=K``; still admitted by the daemon's own policy and queue)."""
     check_loopback(url)
@@ -165,8 +191,15 @@ def run_http(url: str, arrivals: Sequence[float], images: np.ndarray, labels: np
             with urllib.request.urlopen(req, timeout=timeout) as r:
                 doc = json.loads(r.read())
             pred = doc["top"][0]["index"]
-            records[i] = Record(sent, "processed", doc["config"], doc["latency_s"], pred == int(labels[i % len(labels)]),
-                                doc.get("skipped_blocks"), e2e_s=time.perf_counter() - t0 - sent)
+            records[i] = Record(
+                sent,
+                "processed",
+                doc["config"],
+                doc["latency_s"],
+                pred == int(labels[i % len(labels)]),
+                doc.get("skipped_blocks"),
+                e2e_s=time.perf_counter() - t0 - sent,
+            )
         except urllib.error.HTTPError as e:
             doc = json.loads(e.read() or b"{}")
             if e.code == 503 and doc.get("dropped"):

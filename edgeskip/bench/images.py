@@ -17,6 +17,7 @@ from edgeskip.utils.atomic import write_with
 
 def save_images(dest: str | os.PathLike, images: np.ndarray, labels: np.ndarray) -> None:
     """Write ``images`` and ``labels`` atomically."""
+
     def write(p: Path) -> None:
         with open(p, "wb") as f:
             np.savez(f, images=images.astype(np.float32), labels=labels.astype(np.int64))
@@ -26,6 +27,7 @@ def save_images(dest: str | os.PathLike, images: np.ndarray, labels: np.ndarray)
 
 def save_pixels(dest: str | os.PathLike, pixels: np.ndarray, labels: np.ndarray) -> None:
     """Write uint8 ``pixels`` [N, C, H, W] and ``labels`` (a bundle's evaluation sample) atomically."""
+
     def write(p: Path) -> None:
         with open(p, "wb") as f:
             np.savez_compressed(f, pixels=pixels.astype(np.uint8), labels=labels.astype(np.int64))
@@ -51,10 +53,13 @@ def load_images(path: str | os.PathLike, manifest: Manifest, limit: int) -> tupl
             else:
                 images = f["images"]
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as e:
-        raise EdgeskipError(f"{path} is not an images file (.npz with 'images' or 'pixels', and 'labels'): {e}") \
-            from None
+        raise EdgeskipError(
+            f"{path} is not an images file (.npz with 'images' or 'pixels', and 'labels'): {e}"
+        ) from None
     if images.ndim != 4 or tuple(images.shape[1:]) != (c, h, w) or images.dtype != np.float32:
-        raise EdgeskipError(f"{path}: images must be float32 [N, {c}, {h}, {w}], got {images.dtype} {list(images.shape)}")
+        raise EdgeskipError(
+            f"{path}: images must be float32 [N, {c}, {h}, {w}], got {images.dtype} {list(images.shape)}"
+        )
     if labels.ndim != 1 or len(labels) != len(images) or labels.dtype.kind not in "iu":
         raise EdgeskipError(f"{path}: labels must be {len(images)} integers")
     if len(images) == 0 or labels.min() < 0 or labels.max() >= len(manifest.class_names):

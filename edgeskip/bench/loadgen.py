@@ -24,13 +24,24 @@ from edgeskip.bench.drivers import check_loopback
 from edgeskip.errors import EdgeskipError
 
 
-def run_loadgen(url: str, images: np.ndarray, labels: np.ndarray, target_qps: float, count: int, out: str | os.PathLike,
-                seed: int = 0, timeout: float = 30.0, max_in_flight: int = 64) -> dict[str, Any]:
+def run_loadgen(
+    url: str,
+    images: np.ndarray,
+    labels: np.ndarray,
+    target_qps: float,
+    count: int,
+    out: str | os.PathLike,
+    seed: int = 0,
+    timeout: float = 30.0,
+    max_in_flight: int = 64,
+) -> dict[str, Any]:
     """Run LoadGen's server scenario (performance mode) against the daemon at ``url``."""
     try:
         import mlperf_loadgen as lg
     except ImportError:
-        raise EdgeskipError("MLPerf LoadGen mode needs the mlcommons-loadgen package (pip install mlcommons-loadgen)") from None
+        raise EdgeskipError(
+            "MLPerf LoadGen mode needs the mlcommons-loadgen package (pip install mlcommons-loadgen)"
+        ) from None
     check_loopback(url)
     if target_qps <= 0 or count < 1:
         raise EdgeskipError("LoadGen needs a positive --rate and --count")
@@ -96,9 +107,15 @@ def run_loadgen(url: str, images: np.ndarray, labels: np.ndarray, target_qps: fl
     summary = summary_file.read_text() if summary_file.exists() else ""
     line = next((l for l in summary.splitlines() if "Completed samples per second" in l), "")
     return {
-        "harness": "mlperf-loadgen server scenario", "target_qps": target_qps, "queries": count, "wall_s": wall,
-        "processed": stats["processed"], "dropped": stats["dropped"], "errors": stats["errors"],
+        "harness": "mlperf-loadgen server scenario",
+        "target_qps": target_qps,
+        "queries": count,
+        "wall_s": wall,
+        "processed": stats["processed"],
+        "dropped": stats["dropped"],
+        "errors": stats["errors"],
         "accuracy": stats["correct"] / stats["processed"] if stats["processed"] else None,
-        "per_config": dict(sorted(configs.items())), "loadgen_completed_per_s": line.split(":")[-1].strip() or None,
+        "per_config": dict(sorted(configs.items())),
+        "loadgen_completed_per_s": line.split(":")[-1].strip() or None,
         "loadgen_log": str(summary_file),
     }

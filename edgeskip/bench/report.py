@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -24,15 +25,21 @@ def summarize(records: Sequence[Record], test_accuracy: Sequence[float] | None =
     e2e = np.array([r.e2e_s for r in done if r.e2e_s is not None], float)
     e2e_pct = {f"p{q}": float(np.percentile(e2e, q)) if len(e2e) else None for q in (50, 99)}
     return {
-        "sent": len(records), "processed": len(done), "dropped": sum(r.outcome == "dropped" for r in records),
+        "sent": len(records),
+        "processed": len(done),
+        "dropped": sum(r.outcome == "dropped" for r in records),
         "errors": sum(r.outcome == "error" for r in records),
         "accuracy": float(np.mean([r.correct for r in done])) if done else None,
         "expected_accuracy": float(np.mean([test_accuracy[r.config] for r in done]))
-        if done and test_accuracy is not None and all(r.config is not None for r in done) else None,
-        "latency_s": pct, "e2e_s": e2e_pct,
+        if done and test_accuracy is not None and all(r.config is not None for r in done)
+        else None,
+        "latency_s": pct,
+        "e2e_s": e2e_pct,
         "drop_reasons": dict(sorted(Counter(r.reason for r in records if r.outcome == "dropped").items())),
         "per_config": dict(sorted(Counter(r.config for r in done).items())),
-        "mean_skipped": float(np.mean([r.skipped for r in done])) if done and all(r.skipped is not None for r in done) else None,
+        "mean_skipped": float(np.mean([r.skipped for r in done]))
+        if done and all(r.skipped is not None for r in done)
+        else None,
         "latency_max_over_min": float(lat.max() / lat.min()) if len(lat) else None,
     }
 
@@ -42,16 +49,23 @@ def table_rows(summaries: dict[str, dict[str, Any]], reference: str = "original"
     ref = summaries[reference]
     rows = []
     for name, s in summaries.items():
-        rows.append({
-            "mode": name, "processed": s["processed"], "dropped": s["dropped"], "accuracy": s["accuracy"],
-            "accuracy_change_pp": None if s["accuracy"] is None or ref["accuracy"] is None
-            else 100 * (s["accuracy"] - ref["accuracy"]),
-            "expected_accuracy_change_pp": None if s.get("expected_accuracy") is None
-            or ref.get("expected_accuracy") is None else 100 * (s["expected_accuracy"] - ref["expected_accuracy"]),
-            "processed_ratio": s["processed"] / ref["processed"] if ref["processed"] else None,
-            "p50_ms": None if s["latency_s"]["p50"] is None else 1e3 * s["latency_s"]["p50"],
-            "p99_ms": None if s["latency_s"]["p99"] is None else 1e3 * s["latency_s"]["p99"],
-        })
+        rows.append(
+            {
+                "mode": name,
+                "processed": s["processed"],
+                "dropped": s["dropped"],
+                "accuracy": s["accuracy"],
+                "accuracy_change_pp": None
+                if s["accuracy"] is None or ref["accuracy"] is None
+                else 100 * (s["accuracy"] - ref["accuracy"]),
+                "expected_accuracy_change_pp": None
+                if s.get("expected_accuracy") is None or ref.get("expected_accuracy") is None
+                else 100 * (s["expected_accuracy"] - ref["expected_accuracy"]),
+                "processed_ratio": s["processed"] / ref["processed"] if ref["processed"] else None,
+                "p50_ms": None if s["latency_s"]["p50"] is None else 1e3 * s["latency_s"]["p50"],
+                "p99_ms": None if s["latency_s"]["p99"] is None else 1e3 * s["latency_s"]["p99"],
+            }
+        )
     return rows
 
 
@@ -63,19 +77,38 @@ def sweep_table(rows: dict[str, dict[str, list[dict[str, Any]]]]) -> list[dict[s
         ref = by_run["original"]
         for label, runs in by_run.items():
             ratio = [r["processed"] / o["processed"] for r, o in zip(runs, ref) if o["processed"]]
-            dacc = [100 * (r["accuracy"] - o["accuracy"]) for r, o in zip(runs, ref)
-                    if r["accuracy"] is not None and o["accuracy"] is not None]
-            dexp = [100 * (r["expected_accuracy"] - o["expected_accuracy"]) for r, o in zip(runs, ref)
-                    if r.get("expected_accuracy") is not None and o.get("expected_accuracy") is not None]
-            table.append({"load": float(load), "run": label, "seeds": len(runs),
-                          **{f"ratio_{k}": f(ratio) if ratio else None for k, f in (("mean", np.mean), ("min", np.min),
-                                                                                   ("max", np.max))},
-                          **{f"dacc_pp_{k}": f(dacc) if dacc else None for k, f in (("mean", np.mean), ("min", np.min),
-                                                                                   ("max", np.max))},
-                          **{f"dexp_pp_{k}": f(dexp) if dexp else None for k, f in (("mean", np.mean), ("min", np.min),
-                                                                                   ("max", np.max))},
-                          "accuracy_mean": float(np.mean([r["accuracy"] for r in runs if r["accuracy"] is not None]))
-                          if any(r["accuracy"] is not None for r in runs) else None})
+            dacc = [
+                100 * (r["accuracy"] - o["accuracy"])
+                for r, o in zip(runs, ref)
+                if r["accuracy"] is not None and o["accuracy"] is not None
+            ]
+            dexp = [
+                100 * (r["expected_accuracy"] - o["expected_accuracy"])
+                for r, o in zip(runs, ref)
+                if r.get("expected_accuracy") is not None and o.get("expected_accuracy") is not None
+            ]
+            table.append(
+                {
+                    "load": float(load),
+                    "run": label,
+                    "seeds": len(runs),
+                    **{
+                        f"ratio_{k}": f(ratio) if ratio else None
+                        for k, f in (("mean", np.mean), ("min", np.min), ("max", np.max))
+                    },
+                    **{
+                        f"dacc_pp_{k}": f(dacc) if dacc else None
+                        for k, f in (("mean", np.mean), ("min", np.min), ("max", np.max))
+                    },
+                    **{
+                        f"dexp_pp_{k}": f(dexp) if dexp else None
+                        for k, f in (("mean", np.mean), ("min", np.min), ("max", np.max))
+                    },
+                    "accuracy_mean": float(np.mean([r["accuracy"] for r in runs if r["accuracy"] is not None]))
+                    if any(r["accuracy"] is not None for r in runs)
+                    else None,
+                }
+            )
     for row in table:
         for k, v in row.items():
             if isinstance(v, np.floating):
@@ -90,11 +123,15 @@ def format_sweep(table: list[dict[str, Any]]) -> str:
     f = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
     key = "dexp_pp_mean" if all(r.get("dexp_pp_mean") is not None for r in table) else "dacc_pp_mean"
     what = "expected (configs' test accuracy)" if key == "dexp_pp_mean" else "measured"
-    lines = [f"processed ratio / {what} accuracy change (pp) vs original, mean over seeds",
-             f"{'load':>5} " + "".join(f"{r:>18}" for r in runs)]
+    lines = [
+        f"processed ratio / {what} accuracy change (pp) vs original, mean over seeds",
+        f"{'load':>5} " + "".join(f"{r:>18}" for r in runs),
+    ]
     for load in loads:
-        lines.append(f"{load:>5g} " + "".join(
-            f"{f(cell[load, r]['ratio_mean'], '.2f'):>9}/{f(cell[load, r][key], '+.2f'):<8}" for r in runs))
+        lines.append(
+            f"{load:>5g} "
+            + "".join(f"{f(cell[load, r]['ratio_mean'], '.2f'):>9}/{f(cell[load, r][key], '+.2f'):<8}" for r in runs)
+        )
     return "\n".join(lines)
 
 
@@ -118,8 +155,9 @@ def plot_sweep(table: list[dict[str, Any]], dest: str | os.PathLike, title: str)
         acc_key = "dexp_pp" if all(r.get("dexp_pp_mean") is not None for r in rows) else "dacc_pp"
         for ax, key in zip(axes, ("ratio", acc_key)):
             ax.plot(x, [r[f"{key}_mean"] for r in rows], "o-", ms=3, color=f"C{k % 10}", label=run)
-            ax.fill_between(x, [r[f"{key}_min"] for r in rows], [r[f"{key}_max"] for r in rows], color=f"C{k % 10}",
-                            alpha=0.15)
+            ax.fill_between(
+                x, [r[f"{key}_min"] for r in rows], [r[f"{key}_max"] for r in rows], color=f"C{k % 10}", alpha=0.15
+            )
     axes[0].set_ylabel("processed inferences ÷ original")
     axes[1].set_ylabel("accuracy change vs original (pp; expected where known)")
     for ax in axes:
@@ -135,14 +173,20 @@ def plot_sweep(table: list[dict[str, Any]], dest: str | os.PathLike, title: str)
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     f = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
-    lines = [f"{'mode':<12} {'processed':>9} {'dropped':>8} {'accuracy':>8} {'Δacc pp':>8} {'Δexp pp':>8} "
-             f"{'proc ×':>7} {'p50 ms':>8} {'p99 ms':>8}"]
+    lines = [
+        f"{'mode':<12} {'processed':>9} {'dropped':>8} {'accuracy':>8} {'Δacc pp':>8} {'Δexp pp':>8} "
+        f"{'proc ×':>7} {'p50 ms':>8} {'p99 ms':>8}"
+    ]
     for r in rows:
-        lines.append(f"{r['mode']:<12} {r['processed']:>9} {r['dropped']:>8} {f(r['accuracy'], '.4f'):>8} "
-                     f"{f(r['accuracy_change_pp'], '+.2f'):>8} {f(r.get('expected_accuracy_change_pp'), '+.2f'):>8} "
-                     f"{f(r['processed_ratio'], '.3f'):>7} {f(r['p50_ms'], '.3f'):>8} {f(r['p99_ms'], '.3f'):>8}")
-    lines.append("Δexp: change of the expected accuracy (each processed request's config at its whole-test-split "
-                 "accuracy; free of which images a run happened to process)")
+        lines.append(
+            f"{r['mode']:<12} {r['processed']:>9} {r['dropped']:>8} {f(r['accuracy'], '.4f'):>8} "
+            f"{f(r['accuracy_change_pp'], '+.2f'):>8} {f(r.get('expected_accuracy_change_pp'), '+.2f'):>8} "
+            f"{f(r['processed_ratio'], '.3f'):>7} {f(r['p50_ms'], '.3f'):>8} {f(r['p99_ms'], '.3f'):>8}"
+        )
+    lines.append(
+        "Δexp: change of the expected accuracy (each processed request's config at its whole-test-split "
+        "accuracy; free of which images a run happened to process)"
+    )
     return "\n".join(lines)
 
 

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from edgeskip.bench.drivers import Record, probe_daemon, run_http, run_inprocess, to_columns
 from edgeskip.bench.report import plot_sweep, plot_timeline, summarize, sweep_table, table_rows
 from edgeskip.bench.sweep import RunSpec, parse_run, parse_runs
-from edgeskip.bench.workload import arrivals as synthetic_arrivals, load_trace
+from edgeskip.bench.workload import arrivals as synthetic_arrivals
+from edgeskip.bench.workload import load_trace
 from edgeskip.errors import EdgeskipError
 from edgeskip.manifest import Manifest
 from edgeskip.runtime.daemon import measure_config_latencies, measure_no_skip_latency
@@ -22,8 +24,9 @@ from edgeskip.runtime.policies import FixedController
 from edgeskip.utils.atomic import write_json
 
 
-def test_images(bundle: Path, limit: int, images: str | os.PathLike | None = None,
-                manifest: Manifest | None = None) -> tuple[np.ndarray, np.ndarray]:
+def test_images(
+    bundle: Path, limit: int, images: str | os.PathLike | None = None, manifest: Manifest | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Normalised labelled images: from ``images`` (.npz, see :mod:`edgeskip.bench.images`), else the bundle's
     own evaluation sample (hashed in its manifest). Never from the data spec inside ``model.pt``: a bundle
     must not choose files for this process to read. ``manifest``: the bundle's, if already read and verified."""
@@ -33,14 +36,16 @@ def test_images(bundle: Path, limit: int, images: str | os.PathLike | None = Non
     manifest = manifest or load_manifest(bundle)
     if images is None:
         if manifest.sample is None:
-            raise EdgeskipError(f"bundle {bundle} carries no evaluation sample (built before it had one); pass "
-                                "--images FILE.npz")
+            raise EdgeskipError(
+                f"bundle {bundle} carries no evaluation sample (built before it had one); pass --images FILE.npz"
+            )
         images = bundle / manifest.sample
     return load_images(images, manifest, limit)
 
 
-def _images(bundle: Path, limit: int, images: str | os.PathLike | None, save: str | os.PathLike | None,
-            manifest: Manifest) -> tuple[np.ndarray, np.ndarray]:
+def _images(
+    bundle: Path, limit: int, images: str | os.PathLike | None, save: str | os.PathLike | None, manifest: Manifest
+) -> tuple[np.ndarray, np.ndarray]:
     xs, ys = test_images(bundle, limit, images, manifest)
     if save is not None:
         from edgeskip.bench.images import save_images
@@ -49,8 +54,9 @@ def _images(bundle: Path, limit: int, images: str | os.PathLike | None, save: st
     return xs, ys
 
 
-def arrivals_for(pattern: str, count: int, period: float | None, rate: float | None, trace: str | None,
-                 seed: int) -> list[float]:
+def arrivals_for(
+    pattern: str, count: int, period: float | None, rate: float | None, trace: str | None, seed: int
+) -> list[float]:
     if pattern == "trace":
         if not trace:
             raise EdgeskipError("--pattern trace needs --trace FILE")
@@ -70,8 +76,9 @@ def http_service_time(url: str, image: np.ndarray, repeats: int = 30) -> float:
     body = np.ascontiguousarray(image, np.float32).tobytes()
     times = []
     for _ in range(repeats + 3):
-        req = urllib.request.Request(url.rstrip("/") + "/v1/infer?config=0", data=body,
-                                     headers={"Content-Type": "application/octet-stream"})
+        req = urllib.request.Request(
+            url.rstrip("/") + "/v1/infer?config=0", data=body, headers={"Content-Type": "application/octet-stream"}
+        )
         t0 = time.perf_counter()
         with urllib.request.urlopen(req, timeout=30) as r:
             r.read()
@@ -79,8 +86,9 @@ def http_service_time(url: str, image: np.ndarray, repeats: int = 30) -> float:
     return statistics.median(times[3:])
 
 
-def default_runs(policy: str, queue_depth: int, deadline: float | None, fixed: Sequence[int],
-                 params: dict[str, float] | None) -> list[RunSpec]:
+def default_runs(
+    policy: str, queue_depth: int, deadline: float | None, fixed: Sequence[int], params: dict[str, float] | None
+) -> list[RunSpec]:
     """The adaptive run (``--policy`` with the queue options, named "adaptive"), then the fixed configs."""
     runs = [replace(parse_run(policy, params), label="adaptive", queue_depth=queue_depth, deadline=deadline)]
     runs += [parse_run("original" if k == 0 else f"config {k}") for k in fixed]
@@ -92,8 +100,17 @@ def default_runs(policy: str, queue_depth: int, deadline: float | None, fixed: S
 class _Bench:
     """What one benchmark needs once: the executor, its measured service times, images, and the runs."""
 
-    def __init__(self, bundle: Path, backend: str, url: str | None, limit: int, images: Any, save_images: Any,
-                 compare: Any, executor_options: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        bundle: Path,
+        backend: str,
+        url: str | None,
+        limit: int,
+        images: Any,
+        save_images: Any,
+        compare: Any,
+        executor_options: dict[str, Any],
+    ) -> None:
         self.bundle, self.url = bundle, url
         if url:
             probe_daemon(url)
@@ -101,13 +118,16 @@ class _Bench:
         self.skipnet = isinstance(self.executor, SkipNetExecutor)
         self.other = None
         if compare is not None:
-            other = open_executor(compare, backend, **{k: v for k, v in executor_options.items()
-                                                       if k not in ("digest", "verify_key")})
+            other = open_executor(
+                compare, backend, **{k: v for k, v in executor_options.items() if k not in ("digest", "verify_key")}
+            )
             if not isinstance(other, SkipNetExecutor):
                 raise EdgeskipError(f"--compare expects a SkipNet or DFS bundle; {compare} is an edgeskip bundle")
             if other.manifest.dataset_id != self.executor.manifest.dataset_id:
-                raise EdgeskipError(f"--compare bundle was built on {other.manifest.dataset_id}, "
-                                    f"not {self.executor.manifest.dataset_id}")
+                raise EdgeskipError(
+                    f"--compare bundle was built on {other.manifest.dataset_id}, "
+                    f"not {self.executor.manifest.dataset_id}"
+                )
             self.other = other
         # the learned-gate run's label: the kind of the learned-gate bundle ("skipnet" or "dfs"), if any
         learned = self.executor if self.skipnet else self.other
@@ -128,22 +148,43 @@ class _Bench:
         if spec.label == self.gated:
             return run_inprocess(self.other, FixedController(0), arrivals, self.images, self.labels)
         if self.url:
-            return run_http(self.url, arrivals, self.images, self.labels,
-                            pin=None if spec.label == "adaptive" else spec.fixed)
-        policy, depth, deadline = spec.build(self.accs, min_acc, self.latencies,
-                                             self.service_time if delta_req is None else delta_req)
-        return run_inprocess(self.executor, policy, arrivals, self.images, self.labels, depth, deadline,
-                             prior=self.latencies)
+            return run_http(
+                self.url, arrivals, self.images, self.labels, pin=None if spec.label == "adaptive" else spec.fixed
+            )
+        policy, depth, deadline = spec.build(
+            self.accs, min_acc, self.latencies, self.service_time if delta_req is None else delta_req
+        )
+        return run_inprocess(
+            self.executor, policy, arrivals, self.images, self.labels, depth, deadline, prior=self.latencies
+        )
 
 
-def run_benchmark(bundle: str | os.PathLike, out: str | os.PathLike, pattern: str = "paper", count: int = 1000,
-                  period: float | None = None, load: float = 1.25, rate: float | None = None, trace: str | None = None,
-                  seed: int = 0, min_acc: float = 0.0, delta_req: float | None = None,
-                  fixed: Sequence[int] | None = None, url: str | None = None, backend: str = "auto",
-                  command: str = "", compare: str | os.PathLike | None = None, images: str | os.PathLike | None = None,
-                  save_images: str | os.PathLike | None = None, policy: str = "paper",
-                  policy_params: dict[str, float] | None = None, queue_depth: int = 0, deadline: float | None = None,
-                  runs: str | None = None, **executor_options: Any) -> dict[str, Any]:
+def run_benchmark(
+    bundle: str | os.PathLike,
+    out: str | os.PathLike,
+    pattern: str = "paper",
+    count: int = 1000,
+    period: float | None = None,
+    load: float = 1.25,
+    rate: float | None = None,
+    trace: str | None = None,
+    seed: int = 0,
+    min_acc: float = 0.0,
+    delta_req: float | None = None,
+    fixed: Sequence[int] | None = None,
+    url: str | None = None,
+    backend: str = "auto",
+    command: str = "",
+    compare: str | os.PathLike | None = None,
+    images: str | os.PathLike | None = None,
+    save_images: str | os.PathLike | None = None,
+    policy: str = "paper",
+    policy_params: dict[str, float] | None = None,
+    queue_depth: int = 0,
+    deadline: float | None = None,
+    runs: str | None = None,
+    **executor_options: Any,
+) -> dict[str, Any]:
     """Replay one workload against adaptive depth (``policy``) and fixed configs; write bench.json and timeline.png.
 
     Default period: the original's end-to-end service time (in-process: its inference; over HTTP: its round
@@ -167,8 +208,10 @@ def run_benchmark(bundle: str | os.PathLike, out: str | os.PathLike, pattern: st
     elif runs:
         specs = parse_runs(runs, policy_params)
         if url:
-            raise EdgeskipError("--runs drives policies in-process; over HTTP the daemon's own policy is the "
-                                "adaptive run (start one daemon per policy)")
+            raise EdgeskipError(
+                "--runs drives policies in-process; over HTTP the daemon's own policy is the "
+                "adaptive run (start one daemon per policy)"
+            )
     else:
         n = len(b.executor.configs)
         ks = list(range(n)) if fixed is None else list(fixed)
@@ -183,34 +226,63 @@ def run_benchmark(bundle: str | os.PathLike, out: str | os.PathLike, pattern: st
     tests = {name: b.test_accuracies(name) for name in done}
     summaries = {name: summarize(recs, tests[name]) for name, recs in done.items()}
     doc = {
-        "command": command, "bundle": str(bundle), "backend": b.executor.backend, "pattern": pattern,
-        "count": len(arrivals), "seed": seed, "base_period_s": period, "no_skip_latency_s": b.no_skip,
-        "service_time_s": b.service_time, "load": b.service_time / period, "config_latency_s": b.latencies,
-        "policy": None if b.skipnet else policy, "policy_params": policy_params or {},
+        "command": command,
+        "bundle": str(bundle),
+        "backend": b.executor.backend,
+        "pattern": pattern,
+        "count": len(arrivals),
+        "seed": seed,
+        "base_period_s": period,
+        "no_skip_latency_s": b.no_skip,
+        "service_time_s": b.service_time,
+        "load": b.service_time / period,
+        "config_latency_s": b.latencies,
+        "policy": None if b.skipnet else policy,
+        "policy_params": policy_params or {},
         "delta_req_s": (b.service_time if delta_req is None else delta_req) if policy == "paper" else None,
-        "min_acc": None if b.skipnet else min_acc, "target": url or "in-process",
+        "min_acc": None if b.skipnet else min_acc,
+        "target": url or "in-process",
         "runs": {s.label: s.describe() for s in specs},
         "configs": [c.to_dict() for c in b.executor.configs],
-        "compare": None if b.other is None or b.skipnet else {"bundle": str(compare),
-                                                              "configs": [c.to_dict() for c in b.other.configs]},
-        "summaries": summaries, "table": table_rows(summaries, reference=reference),
+        "compare": None
+        if b.other is None or b.skipnet
+        else {"bundle": str(compare), "configs": [c.to_dict() for c in b.other.configs]},
+        "summaries": summaries,
+        "table": table_rows(summaries, reference=reference),
         "records": {name: to_columns(recs) for name, recs in done.items()},
     }
     first = next(iter(done))
     out = Path(out)
     title = f"{b.gated} (fixed policy)" if b.skipnet else f"{first} ({policy})" if first == "adaptive" else first
-    drawn = plot_timeline(done[first], out / "timeline.png", f"{title}, {pattern} workload, period "
-                          f"{period * 1e3:.3f} ms (original's service time {b.service_time * 1e3:.3f} ms)")
+    drawn = plot_timeline(
+        done[first],
+        out / "timeline.png",
+        f"{title}, {pattern} workload, period "
+        f"{period * 1e3:.3f} ms (original's service time {b.service_time * 1e3:.3f} ms)",
+    )
     doc["timeline_png"] = "timeline.png" if drawn else None
     write_json(out / "bench.json", doc)
     return doc
 
 
-def run_sweep(bundle: str | os.PathLike, out: str | os.PathLike, loads: Sequence[float], seeds: int = 3,
-              runs: str = "original,paper,rate,mix", pattern: str = "paper", count: int = 1000, min_acc: float = 0.0,
-              delta_req: float | None = None, url: str | None = None, backend: str = "auto", command: str = "",
-              compare: str | os.PathLike | None = None, images: str | os.PathLike | None = None,
-              policy_params: dict[str, float] | None = None, **executor_options: Any) -> dict[str, Any]:
+def run_sweep(
+    bundle: str | os.PathLike,
+    out: str | os.PathLike,
+    loads: Sequence[float],
+    seeds: int = 3,
+    runs: str = "original,paper,rate,mix",
+    pattern: str = "paper",
+    count: int = 1000,
+    min_acc: float = 0.0,
+    delta_req: float | None = None,
+    url: str | None = None,
+    backend: str = "auto",
+    command: str = "",
+    compare: str | os.PathLike | None = None,
+    images: str | os.PathLike | None = None,
+    policy_params: dict[str, float] | None = None,
+    **executor_options: Any,
+) -> dict[str, Any]:
     """A load sweep: every run at every load (× the original's capacity) and seed on the same arrivals;
     processed ratio and accuracy change vs the original with their spread; sweep.json and sweep.png.
 
@@ -232,14 +304,38 @@ def run_sweep(bundle: str | os.PathLike, out: str | os.PathLike, loads: Sequence
             for spec in specs:
                 s = summarize(b.run(spec, arr, min_acc, delta_req), b.test_accuracies(spec.label))
                 rows.setdefault(f"{load:g}", {}).setdefault(spec.label, []).append(
-                    {k: s[k] for k in ("processed", "dropped", "accuracy", "expected_accuracy", "per_config",
-                                       "drop_reasons", "latency_s", "e2e_s")})
+                    {
+                        k: s[k]
+                        for k in (
+                            "processed",
+                            "dropped",
+                            "accuracy",
+                            "expected_accuracy",
+                            "per_config",
+                            "drop_reasons",
+                            "latency_s",
+                            "e2e_s",
+                        )
+                    }
+                )
     table = sweep_table(rows)
-    doc = {"command": command, "bundle": str(bundle), "backend": b.executor.backend, "pattern": pattern,
-           "count": count, "seeds": seeds, "loads": list(loads), "min_acc": min_acc, "target": url or "in-process",
-           "service_time_s": b.service_time, "config_latency_s": b.latencies,
-           "configs": [c.to_dict() for c in b.executor.configs], "runs": {s.label: s.describe() for s in specs},
-           "table": table, "rows": rows}
+    doc = {
+        "command": command,
+        "bundle": str(bundle),
+        "backend": b.executor.backend,
+        "pattern": pattern,
+        "count": count,
+        "seeds": seeds,
+        "loads": list(loads),
+        "min_acc": min_acc,
+        "target": url or "in-process",
+        "service_time_s": b.service_time,
+        "config_latency_s": b.latencies,
+        "configs": [c.to_dict() for c in b.executor.configs],
+        "runs": {s.label: s.describe() for s in specs},
+        "table": table,
+        "rows": rows,
+    }
     out = Path(out)
     drawn = plot_sweep(table, out / "sweep.png", f"{pattern} workload, {seeds} seeds, {url or 'in-process'}")
     doc["sweep_png"] = "sweep.png" if drawn else None

@@ -7,10 +7,11 @@ only the executor is simulated: a request started at ``t`` with config ``c`` fin
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import cast
 
-from edgeskip.runtime.dispatch import Drop, Dispatcher, Start, service_model_for
+from edgeskip.runtime.dispatch import Dispatcher, Drop, Queued, Start, service_model_for
 from edgeskip.runtime.policies import Policy
 
 
@@ -26,9 +27,14 @@ class Outcome:
     reason: str | None = None
 
 
-def simulate(arrivals: Sequence[float], service_time: Callable[[int], float], policy: Policy,
-             queue_depth: int = 0, deadline: float | None = None,
-             prior: Sequence[float] | None = None) -> list[Outcome]:
+def simulate(
+    arrivals: Sequence[float],
+    service_time: Callable[[int], float],
+    policy: Policy,
+    queue_depth: int = 0,
+    deadline: float | None = None,
+    prior: Sequence[float] | None = None,
+) -> list[Outcome]:
     """Replay ``arrivals`` (s); returns one outcome per request, in arrival order.
 
     ``prior``: service-time estimates per config for deadline admission when the policy keeps none of its
@@ -44,10 +50,11 @@ def simulate(arrivals: Sequence[float], service_time: Callable[[int], float], po
     def apply(actions: Sequence[Start | Drop], now: float) -> None:
         for a in actions:
             if isinstance(a, Drop):
-                out[a.rid] = Outcome(times[a.rid], True, a.config, None, None, a.reason)  # type: ignore[index]
+                rid = cast(int, a.rid)  # this simulation's request ids are arrival indices
+                out[rid] = Outcome(times[rid], True, a.config, None, None, a.reason)
             else:
                 finish = now + service_time(a.config)
-                run.update(rid=a.rid, config=a.config, start=now, finish=finish)  # type: ignore[arg-type]
+                run.update(rid=cast(int, a.rid), config=a.config, start=now, finish=finish)
 
     def settle(until: float) -> None:
         while disp.busy and run["finish"] <= until:
@@ -58,7 +65,7 @@ def simulate(arrivals: Sequence[float], service_time: Callable[[int], float], po
     for i, t in enumerate(times):
         settle(t)
         a = disp.arrive(t, i)
-        if not hasattr(a, "position"):
-            apply([a], t)  # type: ignore[list-item]
+        if not isinstance(a, Queued):
+            apply([a], t)
     settle(float("inf"))
     return [o for o in out if o is not None]

@@ -8,8 +8,9 @@ A run label is ``NAME[+qDEPTH][+dDEADLINE_MS]``: NAME is ``original`` (config 0,
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from edgeskip.errors import EdgeskipError
 from edgeskip.runtime.choices import POLICIES
@@ -30,26 +31,42 @@ class RunSpec:
     deadline: float | None = None
     params: dict[str, float] = field(default_factory=dict)
 
-    def build(self, accuracies: Sequence[float], min_acc: float, service_prior: Sequence[float],
-              delta_req: float, **_: Any) -> tuple[Policy, int, float | None]:
+    def build(
+        self, accuracies: Sequence[float], min_acc: float, service_prior: Sequence[float], delta_req: float, **_: Any
+    ) -> tuple[Policy, int, float | None]:
         """A fresh policy for one run, with this spec's queue depth and deadline."""
         if self.fixed is not None and not 0 <= self.fixed < len(accuracies):
             raise EdgeskipError(f"run {self.label!r}: config {self.fixed} out of range 0..{len(accuracies) - 1}")
-        policy = make_policy(self.policy, accuracies, min_acc, delta_req=delta_req, service_prior=service_prior,
-                             fixed=self.fixed, queue_depth=self.queue_depth, **self.params)
+        policy = make_policy(
+            self.policy,
+            accuracies,
+            min_acc,
+            delta_req=delta_req,
+            service_prior=service_prior,
+            fixed=self.fixed,
+            queue_depth=self.queue_depth,
+            **self.params,
+        )
         return policy, self.queue_depth, self.deadline
 
     def describe(self) -> dict[str, Any]:
-        return {"policy": self.policy, "fixed": self.fixed, "queue_depth": self.queue_depth,
-                "deadline_ms": None if self.deadline is None else self.deadline * 1e3, **self.params}
+        return {
+            "policy": self.policy,
+            "fixed": self.fixed,
+            "queue_depth": self.queue_depth,
+            "deadline_ms": None if self.deadline is None else self.deadline * 1e3,
+            **self.params,
+        }
 
 
 def parse_run(label: str, params: dict[str, float] | None = None) -> RunSpec:
     """A run label (see the module docstring) as a RunSpec; a one-line error for anything else."""
     m = _LABEL.match(label.strip())
     if not m:
-        raise EdgeskipError(f"bad run {label!r}: expected NAME[+qDEPTH][+dDEADLINE_MS], NAME one of original, "
-                            f"config K, {', '.join(POLICIES)}")
+        raise EdgeskipError(
+            f"bad run {label!r}: expected NAME[+qDEPTH][+dDEADLINE_MS], NAME one of original, "
+            f"config K, {', '.join(POLICIES)}"
+        )
     name, q, d = m["name"], int(m["q"] or 0), (float(m["d"]) / 1e3 if m["d"] else None)
     check_queue(q, d)
     if name == "original":

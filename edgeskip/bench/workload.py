@@ -22,8 +22,9 @@ from edgeskip.errors import EdgeskipError
 from edgeskip.runtime.choices import PATTERNS  # noqa: F401 - declared once, re-exported
 
 
-
-def paper_arrivals(count: int, base_period: float, seed: int = 0, deviation: float = 0.25, every: int = 10) -> list[float]:
+def paper_arrivals(
+    count: int, base_period: float, seed: int = 0, deviation: float = 0.25, every: int = 10
+) -> list[float]:
     """Arrival times (s, first at 0) of the paper's workload."""
     _check(count, base_period)
     rng = np.random.default_rng(seed)
@@ -50,7 +51,8 @@ def onoff_arrivals(count: int, base_period: float, seed: int = 0, phase: int = 5
     if not 1.0 < high <= 2.0:
         raise EdgeskipError(f"burst factor must be in (1, 2], got {high}")
     rng = np.random.default_rng(seed)
-    t, out, on = 0.0, [], True
+    t, on = 0.0, True
+    out: list[float] = []
     while len(out) < count:
         n = max(1, int(round(phase * rng.uniform(0.5, 1.5))))
         period = base_period / high if on else base_period * (2.0 - 1.0 / high)
@@ -73,8 +75,12 @@ def ramp_arrivals(count: int, base_period: float, seed: int = 0, start: float = 
 
 def arrivals(pattern: str, count: int, base_period: float, seed: int = 0) -> list[float]:
     """Arrival times of a named synthetic pattern (see the module docstring) at mean period ``base_period``."""
-    makers = {"paper": paper_arrivals, "poisson": lambda n, p, s: poisson_arrivals(n, 1.0 / p, s),
-              "onoff": onoff_arrivals, "ramp": ramp_arrivals}
+    makers = {
+        "paper": paper_arrivals,
+        "poisson": lambda n, p, s: poisson_arrivals(n, 1.0 / p, s),
+        "onoff": onoff_arrivals,
+        "ramp": ramp_arrivals,
+    }
     if pattern not in makers:
         raise EdgeskipError(f"unknown pattern {pattern!r}; choose from {', '.join(makers)} (or a trace file)")
     return makers[pattern](count, base_period, seed)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -10,8 +10,9 @@ import torch
 from edgeskip.data.dataset import ArrayDataset, Normalization, to_float
 
 
-def random_crop_flip(x: "torch.Tensor | _Rows", gen: torch.Generator, pad: int = 4,
-                     rows: slice = slice(None)) -> torch.Tensor:
+def random_crop_flip(
+    x: torch.Tensor | _Rows, gen: torch.Generator, pad: int = 4, rows: slice = slice(None)
+) -> torch.Tensor:
     """Standard CIFAR augmentation on a batch: random crop with ``pad`` zero padding, horizontal flip.
 
     The random draws are made for the whole batch ``x`` describes; only ``x[rows]`` is transformed

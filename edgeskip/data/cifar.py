@@ -11,9 +11,9 @@ import io
 import pickle
 import tarfile
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -38,14 +38,26 @@ class CifarSpec:
 
 SPECS = {
     "cifar10": CifarSpec(
-        "cifar-10-batches-py", "cifar-10-python.tar.gz",
-        "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a",
-        tuple(f"data_batch_{i}" for i in range(1, 6)), ("test_batch",), "batches.meta", b"labels", b"label_names",
+        "cifar-10-batches-py",
+        "cifar-10-python.tar.gz",
+        "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+        "c58f30108f718f92721af3b95e74349a",
+        tuple(f"data_batch_{i}" for i in range(1, 6)),
+        ("test_batch",),
+        "batches.meta",
+        b"labels",
+        b"label_names",
     ),
     "cifar100": CifarSpec(
-        "cifar-100-python", "cifar-100-python.tar.gz",
-        "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85",
-        ("train",), ("test",), "meta", b"fine_labels", b"fine_label_names",
+        "cifar-100-python",
+        "cifar-100-python.tar.gz",
+        "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+        "eb9058c3a382ffc7106e4002c42a8d85",
+        ("train",),
+        ("test",),
+        "meta",
+        b"fine_labels",
+        b"fine_label_names",
     ),
 }
 
@@ -70,10 +82,17 @@ class _CifarUnpickler(pickle.Unpickler):
     Any other global a pickle names (``os.system``, ``builtins.eval``, ...) is refused before it is
     looked up, so a crafted file cannot run code."""
 
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),  # numpy scalars
-               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),  # bytes under protocol 2
-               ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer")}  # arrays, protocol 5
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),  # numpy scalars
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),  # bytes under protocol 2
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
+    }  # arrays, protocol 5
 
     def find_class(self, module: str, name: str):  # noqa: D102 - pickle hook
         if (module, name) not in self.ALLOWED:
@@ -106,11 +125,13 @@ def _unpickle(raw: bytes, name: str) -> dict:
 def _reader(spec: CifarSpec, data_dir: Path, allow_download: bool) -> Callable[[str], dict]:
     folder = data_dir / spec.folder
     if folder.is_dir():
+
         def read(name: str) -> dict:
             p = folder / name
             if not p.is_file():
                 raise EdgeskipError(f"missing CIFAR file {p}")
             return _unpickle(p.read_bytes(), str(p))
+
         return read
     archive = data_dir / spec.archive
     if not archive.is_file():

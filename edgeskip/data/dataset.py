@@ -30,7 +30,7 @@ class ArrayDataset:
     def __len__(self) -> int:
         return len(self.y)
 
-    def subset(self, idx: np.ndarray) -> "ArrayDataset":
+    def subset(self, idx: np.ndarray) -> ArrayDataset:
         return ArrayDataset(self.x[idx], self.y[idx], self.class_names)
 
     @property
@@ -52,7 +52,7 @@ class Normalization:
     std: tuple[float, ...]
 
     @classmethod
-    def fit(cls, ds: ArrayDataset, chunk: int = 4096) -> "Normalization":
+    def fit(cls, ds: ArrayDataset, chunk: int = 4096) -> Normalization:
         c = ds.x.shape[1]
         s = np.zeros(c, np.float64)
         s2 = np.zeros(c, np.float64)
@@ -75,7 +75,7 @@ class Normalization:
         return {"mean": list(self.mean), "std": list(self.std)}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Normalization":
+    def from_dict(cls, d: dict) -> Normalization:
         return cls(tuple(d["mean"]), tuple(d["std"]))
 
 

@@ -24,17 +24,20 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from contextlib import contextmanager
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
 from edgeskip import __version__
+from edgeskip.backends.iree import SharedIreeExecutor
+from edgeskip.backends.ort import ort_session
 from edgeskip.data.batches import iterate
 from edgeskip.data.dataset import Splits
 from edgeskip.errors import EdgeskipError
@@ -42,9 +45,7 @@ from edgeskip.export import emulate
 from edgeskip.export.elf_check import check_no_imports
 from edgeskip.export.iree_compile import COMMON_FLAGS, Target, compile_many
 from edgeskip.export.latency import IreeLatency, ort_static_latency
-from edgeskip.backends.ort import ort_session
 from edgeskip.export.onnx_export import logit_diff, verify_int8, verify_onnx
-from edgeskip.backends.iree import SharedIreeExecutor
 from edgeskip.export.shared_weights import import_shared, merge_modules, module_name
 from edgeskip.manifest import ConfigEntry, InputSpec, IreeEntry, Manifest, Normalization, TargetEntry
 from edgeskip.pareto.design import calibration_batches, design_space, fractional_space, write_design
@@ -68,8 +69,14 @@ def tool_versions() -> dict[str, str]:
     return out
 
 
-def _verify_iree(bundle: Path, targets: Sequence[Target], images: np.ndarray, configs: list[dict],
-                 extra_skips: list[tuple[bool, ...]], log: Log) -> dict[str, Any]:
+def _verify_iree(
+    bundle: Path,
+    targets: Sequence[Target],
+    images: np.ndarray,
+    configs: list[dict],
+    extra_skips: list[tuple[bool, ...]],
+    log: Log,
+) -> dict[str, Any]:
     """Host modules vs onnxruntime; aarch64 under qemu vs host; ARM32 ELF import check."""
     out: dict[str, Any] = {}
     weights = bundle / "iree" / "weights.irpa"
@@ -111,8 +118,12 @@ def _verify_iree(bundle: Path, targets: Sequence[Target], images: np.ndarray, co
             out[t.name] = {"executed": True, "emulator": "qemu-aarch64-static", "aarch64_vs_host": worst}
         else:
             elfs = [e for f in files for e in check_no_imports(f)]
-            out[t.name] = {"executed": False, "reason": "no armv7 IREE runtime is published",
-                           "elf_checked": len(elfs), "undefined_symbols": 0}
+            out[t.name] = {
+                "executed": False,
+                "reason": "no armv7 IREE runtime is published",
+                "elf_checked": len(elfs),
+                "undefined_symbols": 0,
+            }
     return out
 
 
@@ -195,7 +206,9 @@ def _union_configs(front: dict[str, Any], frac: dict[str, Any]) -> list[dict[str
     """The skip-only front's configs and the fractional front's, once each, sorted by skipped then int8 blocks."""
     rows: dict[tuple[int, ...], dict[str, Any]] = {}
     for c in front["configs"]:
-        rows[tuple(int(v) for v in c["skip"])] = {k: c[k] for k in ("n_skipped", "val_accuracy", "test_accuracy", "macs")}
+        rows[tuple(int(v) for v in c["skip"])] = {
+            k: c[k] for k in ("n_skipped", "val_accuracy", "test_accuracy", "macs")
+        }
     for i in frac["front"]:
         r = frac["candidates"][i]
         rows.setdefault(tuple(r["options"]), {k: r[k] for k in ("n_skipped", "val_accuracy", "test_accuracy", "macs")})
@@ -217,9 +230,11 @@ def backend_front(configs: Sequence[dict[str, Any]], key: str) -> list[int]:
     return [0] + sorted((i for i in keep if i != 0), key=lambda i: (-configs[i][key], i))
 
 
-IREE_INT8 = ("not compiled: IREE's llvm-cpu int8 path ran 3.5-5.3x slower than its float path per ResNet-20 block on "
-             "this CPU, and iree-compile rejects the whole int8 ResNet-20 with the bundle's flags (bench/README.md "
-             "section 9); IREE targets step through the skip-only front")
+IREE_INT8 = (
+    "not compiled: IREE's llvm-cpu int8 path ran 3.5-5.3x slower than its float path per ResNet-20 block on "
+    "this CPU, and iree-compile rejects the whole int8 ResNet-20 with the bundle's flags (bench/README.md "
+    "section 9); IREE targets step through the skip-only front"
+)
 
 
 def int8_weight_bytes(model: Any) -> dict[str, int]:
@@ -238,9 +253,17 @@ def fastest_front(configs: Sequence[dict[str, Any]], front: Sequence[int], key: 
     return min(configs[i][key] for i in front)
 
 
-def build_bundle(ck: Checkpoint, splits: Splits, out: str | os.PathLike, targets: Sequence[Target],
-                 repeats: int = 30, force: bool = False, log: Log = print, int8: bool = False,
-                 calibration_images: int = 512) -> Path:
+def build_bundle(
+    ck: Checkpoint,
+    splits: Splits,
+    out: str | os.PathLike,
+    targets: Sequence[Target],
+    repeats: int = 30,
+    force: bool = False,
+    log: Log = print,
+    int8: bool = False,
+    calibration_images: int = 512,
+) -> Path:
     """Sensitivity, measured-latency Pareto front, export, compile, verify; write the bundle atomically.
 
     ``int8``: fractional depth (int8 block variants calibrated on ``calibration_images`` training images; the
@@ -271,8 +294,12 @@ def build_bundle(ck: Checkpoint, splits: Splits, out: str | os.PathLike, targets
             from edgeskip.export.latency import OrtLatency
 
             log("fractional design space {full, int8, skip} per block, measured on onnxruntime ...")
-            frac = fractional_space(model, splits, OrtLatency(model, work / "ort", repeats=repeats),
-                                    [c["skip"] for c in front["candidates"]])
+            frac = fractional_space(
+                model,
+                splits,
+                OrtLatency(model, work / "ort", repeats=repeats),
+                [c["skip"] for c in front["candidates"]],
+            )
             configs = _union_configs(front, frac)
             new = [c["skip"] for c in configs if "options" not in c and module_name(c["skip"]) not in lat.built]
             if new:  # float configs of the fractional front; int8 ones run on onnxruntime only (IREE_INT8)
@@ -320,8 +347,9 @@ def build_bundle(ck: Checkpoint, splits: Splits, out: str | os.PathLike, targets
         iree_check = _verify_iree(tmp, targets, images, floats, extra, log)
 
         log("measuring onnxruntime vs IREE on the front ...")
-        ort_lat = ort_static_latency(model, [c.get("options", c["skip"]) for c in configs], tmp / "onnx",
-                                     repeats=repeats)
+        ort_lat = ort_static_latency(
+            model, [c.get("options", c["skip"]) for c in configs], tmp / "onnx", repeats=repeats
+        )
         if int8:  # one interleaved IREE run over its configs (the front's were timed apart from the others)
             iree_lat = host_latency(tmp, floats, (model.cfg.in_channels, *model.cfg.input_size), repeats)
             for c, t in zip(floats, iree_lat):
@@ -332,12 +360,17 @@ def build_bundle(ck: Checkpoint, splits: Splits, out: str | os.PathLike, targets
                 c["latency_s"] = o  # onnxruntime is the only back end that runs it
             else:
                 c["iree_over_onnxruntime"] = c["latency_s"] / o
-        faster = ("onnxruntime" if sum(c["latency_s_onnxruntime"] for c in floats) < sum(c["latency_s"] for c in floats)
-                  else "iree")
+        faster = (
+            "onnxruntime"
+            if sum(c["latency_s_onnxruntime"] for c in floats) < sum(c["latency_s"] for c in floats)
+            else "iree"
+        )
         fronts = {}
         if int8:
-            fronts = {"iree": [floats[i]["index"] for i in backend_front(floats, "latency_s")],
-                      "onnxruntime": backend_front(configs, "latency_s_onnxruntime")}
+            fronts = {
+                "iree": [floats[i]["index"] for i in backend_front(floats, "latency_s")],
+                "onnxruntime": backend_front(configs, "latency_s_onnxruntime"),
+            }
             if fastest_front(configs, fronts["onnxruntime"]) < fastest_front(configs, fronts["iree"], "latency_s"):
                 faster = "onnxruntime"
 
@@ -350,30 +383,53 @@ def build_bundle(ck: Checkpoint, splits: Splits, out: str | os.PathLike, targets
         functions = ("gated", *[c["module"] for c in floats])
         int8_doc = None
         if calibration is not None:
-            int8_doc = {"blocks": {str(b): q.to_dict() for b, q in calibration.items()},
-                        "calibration": {"split": "train", "images": calibration_images, "method": "minmax"},
-                        "scheme": "QDQ: activations uint8 per tensor, weights int8 symmetric per tensor, BN folded",
-                        "iree": IREE_INT8, "weight_bytes": int8_weight_bytes(model)}
+            int8_doc = {
+                "blocks": {str(b): q.to_dict() for b, q in calibration.items()},
+                "calibration": {"split": "train", "images": calibration_images, "method": "minmax"},
+                "scheme": "QDQ: activations uint8 per tensor, weights int8 symmetric per tensor, BN folded",
+                "iree": IREE_INT8,
+                "weight_bytes": int8_weight_bytes(model),
+            }
         manifest = Manifest(
-            kind="edgeskip", model=cfg.to_dict(), input=InputSpec(("N", cfg.in_channels, *cfg.input_size)),
-            normalization=Normalization(tuple(ck.norm.mean), tuple(ck.norm.std)), class_names=tuple(ck.class_names),
-            dataset_id=ck.dataset_id, num_gates=g, gated_blocks=tuple(cfg.gated_blocks),
-            configs=tuple(ConfigEntry(c["index"], c["module"], c["n_skipped"], c["val_accuracy"], c["test_accuracy"],
-                                      c["macs"], c["latency_s"], tuple(int(v) for v in c["skip"]),
-                                      {"latency_s_onnxruntime": c["latency_s_onnxruntime"]},
-                                      tuple(c["options"]) if "options" in c else None)
-                          for c in configs),
+            kind="edgeskip",
+            model=cfg.to_dict(),
+            input=InputSpec(("N", cfg.in_channels, *cfg.input_size)),
+            normalization=Normalization(tuple(ck.norm.mean), tuple(ck.norm.std)),
+            class_names=tuple(ck.class_names),
+            dataset_id=ck.dataset_id,
+            num_gates=g,
+            gated_blocks=tuple(cfg.gated_blocks),
+            configs=tuple(
+                ConfigEntry(
+                    c["index"],
+                    c["module"],
+                    c["n_skipped"],
+                    c["val_accuracy"],
+                    c["test_accuracy"],
+                    c["macs"],
+                    c["latency_s"],
+                    tuple(int(v) for v in c["skip"]),
+                    {"latency_s_onnxruntime": c["latency_s_onnxruntime"]},
+                    tuple(c["options"]) if "options" in c else None,
+                )
+                for c in configs
+            ),
             targets=targets_manifest(targets),
             iree=IreeEntry("iree/weights.irpa", "model.vmfb", functions, common_flags=tuple(COMMON_FLAGS)),
             host_fastest=faster,
             onnx={"gated": "onnx/gated.onnx", **{c["module"]: f"onnx/{c['module']}.onnx" for c in configs}},
             sample=sample,
-            extra={"created_unix": int(time.time()), "tools": tool_versions(),
-                   "gated": {"inputs": ["image", "skip"], "skip": {"dtype": "bool", "shape": [g]}},
-                   "backend": {"latency_source": lat.name, "onnxruntime_threads": 1, "iree_driver": "local-sync"},
-                   "verification": {"tolerance": TOLERANCE, "onnx": onnx_check, "iree": iree_check},
-                   "build_seconds": round(time.time() - t0, 1)},
-            fronts={k: tuple(v) for k, v in fronts.items()}, int8=int8_doc)
+            extra={
+                "created_unix": int(time.time()),
+                "tools": tool_versions(),
+                "gated": {"inputs": ["image", "skip"], "skip": {"dtype": "bool", "shape": [g]}},
+                "backend": {"latency_source": lat.name, "onnxruntime_threads": 1, "iree_driver": "local-sync"},
+                "verification": {"tolerance": TOLERANCE, "onnx": onnx_check, "iree": iree_check},
+                "build_seconds": round(time.time() - t0, 1),
+            },
+            fronts={k: tuple(v) for k, v in fronts.items()},
+            int8=int8_doc,
+        )
         finish_bundle(tmp, out, manifest)
     return out
 
@@ -383,7 +439,8 @@ def host_latency(bundle: Path, configs: Sequence[dict[str, Any]], shape: Sequenc
     from edgeskip.pareto.latency import interleaved_median
 
     weights = bundle / "iree" / "weights.irpa"
-    ex = SharedIreeExecutor(weights, [bundle / "iree" / "host" / "model.vmfb"],
-                            functions=["gated", *[c["module"] for c in configs]])
+    ex = SharedIreeExecutor(
+        weights, [bundle / "iree" / "host" / "model.vmfb"], functions=["gated", *[c["module"] for c in configs]]
+    )
     x = np.random.default_rng(0).standard_normal((1, *shape), np.float32)
     return interleaved_median([lambda k=k: ex.run(k, x) for k in range(1, len(configs) + 1)], repeats, 3)

@@ -33,8 +33,9 @@ runs that:
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -68,7 +69,7 @@ class FrozenBitsConv(nn.Module):
         s_w, z_w = quant_params(bits, w.min(), w.max())
         s_x, z_x = quant_params(bits, lo, hi)
         self.s_w, self.z_w, self.s_x, self.z_x = float(s_w), int(z_w), float(s_x), int(z_x)
-        q = torch.clamp(torch.round(w / s_w) + z_w, 0, 2 ** bits - 1)
+        q = torch.clamp(torch.round(w / s_w) + z_w, 0, 2**bits - 1)
         self.register_buffer("wq", q.to(torch.uint8) if bits == 8 else q)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -77,7 +78,7 @@ class FrozenBitsConv(nn.Module):
             xd = qd.dequantize_per_tensor(xq, self.s_x, self.z_x, 0, 255, torch.uint8)
             wd = qd.dequantize_per_tensor(self.wq, self.s_w, self.z_w, 0, 255, torch.uint8)
         else:
-            levels = 2 ** self.bits - 1
+            levels = 2**self.bits - 1
             xd = (torch.clamp(torch.round(x / self.s_x) + self.z_x, 0, levels) - self.z_x) * self.s_x
             wd = (self.wq - self.z_w) * self.s_w
         return F.conv2d(xd, wd, None, self.stride, self.padding)
@@ -180,8 +181,9 @@ def _switch(h: torch.Tensor, c: torch.Tensor, branches: list[nn.Module], order: 
     """``branches[c](h)`` as nested ``torch.cond`` (one ONNX ``If`` per remaining option), ``order[0]`` outermost."""
     if len(order) == 1:
         return branches[order[0]](h)
-    return torch.cond(c == order[0], lambda t, c: branches[order[0]](t),
-                      lambda t, c: _switch(t, c, branches, order[1:]), (h, c))
+    return torch.cond(
+        c == order[0], lambda t, c: branches[order[0]](t), lambda t, c: _switch(t, c, branches, order[1:]), (h, c)
+    )
 
 
 class _Skip(nn.Module):
@@ -192,8 +194,9 @@ class _Skip(nn.Module):
 class DFSGraph(ExportView):
     """``forward(image) -> (logits, options)``: the shared LSTM gate before each gated block, then the switch."""
 
-    def __init__(self, model: DFSResNet, order: list[int] | None = None,
-                 fused: dict[int, TensorQuant] | None = None) -> None:
+    def __init__(
+        self, model: DFSResNet, order: list[int] | None = None, fused: dict[int, TensorQuant] | None = None
+    ) -> None:
         super().__init__(model)
         n = len(model.gate_cfg.options)
         self.order = list(range(n))[::-1] if order is None else [int(o) for o in order]
@@ -243,8 +246,12 @@ def _conv_integer(graph, produced: dict) -> int:
             if attr.type == attr.GRAPH:
                 n += _conv_integer(attr.g, scope)
         dq = [scope.get(i) for i in node.input[:2]]
-        if (node.op_type != "Conv" or len(node.input) > 2 and node.input[2]
-                or not all(d is not None and d.op_type == "DequantizeLinear" and len(d.input) == 3 for d in dq)):
+        if (
+            node.op_type != "Conv"
+            or len(node.input) > 2
+            and node.input[2]
+            or not all(d is not None and d.op_type == "DequantizeLinear" and len(d.input) == 3 for d in dq)
+        ):
             new_nodes.append(node)
             continue
         (x, sx, zx), (w, sw, zw) = (tuple(d.input) for d in dq)
@@ -282,8 +289,13 @@ def switch_order(option_rates: list[float]) -> list[int]:
     return sorted(range(len(option_rates)), key=lambda o: (-option_rates[o], -o))
 
 
-def export_dfs(model: DFSResNet, dest: str | os.PathLike, int8: str = "integer",
-               order: list[int] | None = None, calibration: dict[int, TensorQuant] | None = None) -> Path:
+def export_dfs(
+    model: DFSResNet,
+    dest: str | os.PathLike,
+    int8: str = "integer",
+    order: list[int] | None = None,
+    calibration: dict[int, TensorQuant] | None = None,
+) -> Path:
     """Export the batch-1 DFS graph to one self-contained .onnx file, atomically. ``order``: the options' nesting,
     outermost first (:func:`switch_order` of their rates; default full precision first, then fewer bits).
     ``int8="qlinear"`` needs ``calibration`` (:func:`calibrate_dfs`)."""
@@ -305,8 +317,9 @@ def export_dfs(model: DFSResNet, dest: str | os.PathLike, int8: str = "integer",
     return path
 
 
-def graph_reference(model: DFSResNet, order: list[int] | None = None,
-                    calibration: dict[int, TensorQuant] | None = None) -> Any:
+def graph_reference(
+    model: DFSResNet, order: list[int] | None = None, calibration: dict[int, TensorQuant] | None = None
+) -> Any:
     """What :func:`export_dfs` computes, in PyTorch: ``ref(x) -> (logits, options)`` for one image. Without
     ``calibration`` (``integer``, ``qdq``) that is the DFS model itself; with it, the ``qlinear`` form."""
     model.eval()
@@ -319,12 +332,20 @@ def rounding_tolerated(diffs: list[float], flips: int, decisions: int, tol: floa
     """Two runs of one quantised graph agree up to rounding: at most max(1, 5%) of the images' relative logit
     differences past ``tol``, none past 10 x ``tol`` (a wrong branch is off by far more than a rounding step
     carried on), and at most 1% of the decisions differing (see :func:`verify_dfs_onnx`)."""
-    return (sum(d > tol for d in diffs) <= max(1, 0.05 * len(diffs)) and all(d <= 10 * tol for d in diffs)
-            and flips <= 0.01 * decisions)
+    return (
+        sum(d > tol for d in diffs) <= max(1, 0.05 * len(diffs))
+        and all(d <= 10 * tol for d in diffs)
+        and flips <= 0.01 * decisions
+    )
 
 
-def verify_dfs_onnx(model: DFSResNet, images: torch.Tensor, onnx_path: str | os.PathLike,
-                    tol: float = INT8_TOLERANCE, reference: Any = None) -> dict[str, float]:
+def verify_dfs_onnx(
+    model: DFSResNet,
+    images: torch.Tensor,
+    onnx_path: str | os.PathLike,
+    tol: float = INT8_TOLERANCE,
+    reference: Any = None,
+) -> dict[str, float]:
     """onnxruntime vs PyTorch per image: logits within ``tol`` (relative to the largest logit, as for edgeskip's
     int8 graphs) and the same options chosen. A quantised branch may round a value that sits on a rounding
     boundary one step apart (PyTorch divides by the scale, a kernel may multiply by its inverse) and the step
@@ -348,6 +369,8 @@ def verify_dfs_onnx(model: DFSResNet, images: torch.Tensor, onnx_path: str | os.
     over = sum(d > tol for d in diffs)
     worst = max(diffs, default=0.0)
     if not rounding_tolerated(diffs, flips, total, tol):
-        raise EdgeskipError(f"exported DFS graph does not match PyTorch: {over} of {len(images)} images past the "
-                            f"relative tolerance {tol:g} (max {worst:.2e}), {flips} of {total} gate decisions differ")
+        raise EdgeskipError(
+            f"exported DFS graph does not match PyTorch: {over} of {len(images)} images past the "
+            f"relative tolerance {tol:g} (max {worst:.2e}), {flips} of {total} gate decisions differ"
+        )
     return {"dfs_vs_torch": worst, "images_past_tolerance": over, "decisions_differing": flips, "decisions": total}

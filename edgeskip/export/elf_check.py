@@ -67,5 +67,7 @@ def check_no_imports(vmfb: str | os.PathLike, machine: str | None = None) -> lis
         if machine and e.machine != machine:
             raise EdgeskipError(f"{vmfb}: embedded ELF is {e.machine}, expected {machine}")
         if e.undefined:
-            raise EdgeskipError(f"{vmfb}: embedded ELF imports {', '.join(e.undefined)}; the IREE runtime will refuse it")
+            raise EdgeskipError(
+                f"{vmfb}: embedded ELF imports {', '.join(e.undefined)}; the IREE runtime will refuse it"
+            )
     return elfs

@@ -22,9 +22,9 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -64,10 +64,24 @@ def fetch() -> Path:
     if run_module_binary().is_file():
         return run_module_binary()
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-               "--platform", "manylinux_2_28_aarch64", "--platform", "manylinux_2_17_aarch64",
-               "--python-version", f"{sys.version_info.major}.{sys.version_info.minor}",
-               f"iree-base-runtime=={runtime_version()}", "-d", tmp]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--platform",
+            "manylinux_2_28_aarch64",
+            "--platform",
+            "manylinux_2_17_aarch64",
+            "--python-version",
+            f"{sys.version_info.major}.{sys.version_info.minor}",
+            f"iree-base-runtime=={runtime_version()}",
+            "-d",
+            tmp,
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         wheels = list(Path(tmp).glob("*.whl"))
         if proc.returncode != 0 or not wheels:
@@ -82,9 +96,14 @@ def fetch() -> Path:
     return run_module_binary()
 
 
-def run_aarch64(vmfb: str | os.PathLike, inputs: Sequence[np.ndarray], function: str = "main_graph",
-                driver: str = "local-sync", parameters: str | os.PathLike | None = None,
-                timeout: float = 300) -> np.ndarray:
+def run_aarch64(
+    vmfb: str | os.PathLike,
+    inputs: Sequence[np.ndarray],
+    function: str = "main_graph",
+    driver: str = "local-sync",
+    parameters: str | os.PathLike | None = None,
+    timeout: float = 300,
+) -> np.ndarray:
     """Execute ``function`` of an aarch64 module under qemu and return its (single) output.
 
     ``parameters``: the .irpa archive of a module compiled with externalised weights (scope ``model``).
@@ -92,9 +111,15 @@ def run_aarch64(vmfb: str | os.PathLike, inputs: Sequence[np.ndarray], function:
     return run_aarch64_outputs(vmfb, inputs, 1, function, driver, parameters, timeout)[0]
 
 
-def run_aarch64_outputs(vmfb: str | os.PathLike, inputs: Sequence[np.ndarray], outputs: int,
-                        function: str = "main_graph", driver: str = "local-sync",
-                        parameters: str | os.PathLike | None = None, timeout: float = 300) -> list[np.ndarray]:
+def run_aarch64_outputs(
+    vmfb: str | os.PathLike,
+    inputs: Sequence[np.ndarray],
+    outputs: int,
+    function: str = "main_graph",
+    driver: str = "local-sync",
+    parameters: str | os.PathLike | None = None,
+    timeout: float = 300,
+) -> list[np.ndarray]:
     """As :func:`run_aarch64` for a function with ``outputs`` results; returns them in order."""
     why = missing()
     if why:
@@ -106,8 +131,17 @@ def run_aarch64_outputs(vmfb: str | os.PathLike, inputs: Sequence[np.ndarray], o
             np.save(p, np.ascontiguousarray(a))
             args.append(f"--input=@{p}")
         outs = [Path(tmp) / f"out{k}.npy" for k in range(outputs)]
-        cmd = [QEMU, "-L", str(SYSROOT), str(run_module_binary()), f"--device={driver}", f"--module={vmfb}",
-               f"--function={function}", *args, *[f"--output=@{o}" for o in outs]]
+        cmd = [
+            QEMU,
+            "-L",
+            str(SYSROOT),
+            str(run_module_binary()),
+            f"--device={driver}",
+            f"--module={vmfb}",
+            f"--function={function}",
+            *args,
+            *[f"--output=@{o}" for o in outs],
+        ]
         if parameters is not None:
             cmd.insert(4, f"--parameters=model={parameters}")
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
@@ -122,18 +156,37 @@ PYTHON_VERSION = "3.11"
 # crypt, dbm, readline, curses) and the C/C++ runtime the wheels link against. Not included: libnsl2
 # (the deprecated ``nis`` module; it pulls in Kerberos).
 DEB_PACKAGES: tuple[str, ...] = (
-    "python3.11-minimal:arm64", "libpython3.11-minimal:arm64", "libpython3.11-stdlib:arm64",
-    "libc6:arm64", "libgcc-s1:arm64", "libstdc++6:arm64", "libexpat1:arm64", "zlib1g:arm64",
-    "libssl3:arm64", "libffi8:arm64", "libbz2-1.0:arm64", "liblzma5:arm64", "libcrypt1:arm64",
-    "libuuid1:arm64", "libsqlite3-0:arm64", "libreadline8:arm64", "libtinfo6:arm64", "libncursesw6:arm64",
-    "libdb5.3:arm64", "media-types",
+    "python3.11-minimal:arm64",
+    "libpython3.11-minimal:arm64",
+    "libpython3.11-stdlib:arm64",
+    "libc6:arm64",
+    "libgcc-s1:arm64",
+    "libstdc++6:arm64",
+    "libexpat1:arm64",
+    "zlib1g:arm64",
+    "libssl3:arm64",
+    "libffi8:arm64",
+    "libbz2-1.0:arm64",
+    "liblzma5:arm64",
+    "libcrypt1:arm64",
+    "libuuid1:arm64",
+    "libsqlite3-0:arm64",
+    "libreadline8:arm64",
+    "libtinfo6:arm64",
+    "libncursesw6:arm64",
+    "libdb5.3:arm64",
+    "media-types",
 )
 # What ``python -m edgeskip serve`` imports (pip resolves their dependencies); iree-base-runtime is pinned
 # to the host's version.
 RUNTIME_WHEELS: tuple[str, ...] = ("numpy", "iree-base-runtime", "aiohttp", "pillow", "prometheus-client", "click")
 # bookworm's glibc is 2.36; pip also accepts the older manylinux tags below each of these
-WHEEL_PLATFORMS: tuple[str, ...] = ("manylinux_2_36_aarch64", "manylinux_2_28_aarch64", "manylinux_2_17_aarch64",
-                                    "manylinux2014_aarch64")
+WHEEL_PLATFORMS: tuple[str, ...] = (
+    "manylinux_2_36_aarch64",
+    "manylinux_2_28_aarch64",
+    "manylinux_2_17_aarch64",
+    "manylinux2014_aarch64",
+)
 _APT_HINT = "run as root: dpkg --add-architecture arm64 && apt-get update"
 
 
@@ -228,8 +281,11 @@ def _fetch_sysroot(dest: Path, work: Path) -> list[str]:
             link.symlink_to(os.path.relpath(dest / target.lstrip("/"), link.parent))
     # Debian's site.py adds these: empty ones in the sysroot keep qemu (-L falls back to host paths)
     # from showing the host's x86 packages to the aarch64 interpreter
-    for sub in (f"usr/local/lib/python{PYTHON_VERSION}/dist-packages", "usr/lib/python3/dist-packages",
-                f"usr/lib/python{PYTHON_VERSION}/dist-packages"):
+    for sub in (
+        f"usr/local/lib/python{PYTHON_VERSION}/dist-packages",
+        "usr/lib/python3/dist-packages",
+        f"usr/lib/python{PYTHON_VERSION}/dist-packages",
+    ):
         (dest / sub).mkdir(parents=True, exist_ok=True)
     if not (dest / "usr" / "bin" / f"python{PYTHON_VERSION}").is_file():
         raise EdgeskipError(f"the arm64 packages have no usr/bin/python{PYTHON_VERSION}")
@@ -255,10 +311,28 @@ def _fetch_site(dest: Path, work: Path, requested: Sequence[str]) -> list[str]:
     """``pip download`` the cp311 aarch64 wheels of ``requested`` (with dependencies) and unpack them into ``dest``."""
     work.mkdir(parents=True)
     platforms = [a for p in WHEEL_PLATFORMS for a in ("--platform", p)]
-    _run([sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--only-binary=:all:",
-          *platforms, "--python-version", PYTHON_VERSION, "--implementation", "cp",
-          "--abi", f"cp{PYTHON_VERSION.replace('.', '')}", "-d", str(work), *requested],
-         "pip download of the aarch64 wheels")
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--only-binary=:all:",
+            *platforms,
+            "--python-version",
+            PYTHON_VERSION,
+            "--implementation",
+            "cp",
+            "--abi",
+            f"cp{PYTHON_VERSION.replace('.', '')}",
+            "-d",
+            str(work),
+            *requested,
+        ],
+        "pip download of the aarch64 wheels",
+    )
     wheels = sorted(work.glob("*.whl"))
     if not wheels:
         raise EdgeskipError("pip download of the aarch64 wheels gave no wheels")
@@ -276,10 +350,26 @@ def _precompile(tmp: Path) -> None:
     if f"{sys.version_info.major}.{sys.version_info.minor}" != PYTHON_VERSION:
         argv, env = _command(tmp, ())
         env.pop("PYTHONDONTWRITEBYTECODE")
-    subprocess.run([*argv, "-m", "compileall", "-q", "-j", "1", "-x", r"lib2to3/tests|/test/|/tests/",
-                    "-s", str(tmp), "-p", str(python_dir()),
-                    str(tmp / "sysroot" / "usr" / "lib" / f"python{PYTHON_VERSION}"), str(tmp / "site")],
-                   env=env, capture_output=True)
+    subprocess.run(
+        [
+            *argv,
+            "-m",
+            "compileall",
+            "-q",
+            "-j",
+            "1",
+            "-x",
+            r"lib2to3/tests|/test/|/tests/",
+            "-s",
+            str(tmp),
+            "-p",
+            str(python_dir()),
+            str(tmp / "sysroot" / "usr" / "lib" / f"python{PYTHON_VERSION}"),
+            str(tmp / "site"),
+        ],
+        env=env,
+        capture_output=True,
+    )
 
 
 def fetch_python(packages: Sequence[str] = RUNTIME_WHEELS) -> Path:
@@ -291,8 +381,11 @@ def fetch_python(packages: Sequence[str] = RUNTIME_WHEELS) -> Path:
     dest = python_dir()
     requested = _pinned(packages)
     old = _manifest(dest)
-    if (old.get("requested") == requested and old.get("debs_requested") == list(DEB_PACKAGES)
-            and python_missing() is None):
+    if (
+        old.get("requested") == requested
+        and old.get("debs_requested") == list(DEB_PACKAGES)
+        and python_missing() is None
+    ):
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
@@ -306,8 +399,11 @@ def fetch_python(packages: Sequence[str] = RUNTIME_WHEELS) -> Path:
         wheels = _fetch_site(tmp / "site", tmp / "wheels", requested)
         shutil.rmtree(tmp / "wheels")
         _precompile(tmp)
-        (tmp / "manifest.json").write_text(json.dumps(
-            {"debs_requested": list(DEB_PACKAGES), "debs": debs, "requested": requested, "wheels": wheels}, indent=1))
+        (tmp / "manifest.json").write_text(
+            json.dumps(
+                {"debs_requested": list(DEB_PACKAGES), "debs": debs, "requested": requested, "wheels": wheels}, indent=1
+            )
+        )
         tmp.chmod(0o755)
         if dest.exists():
             trash = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old.", dir=dest.parent))
@@ -336,13 +432,25 @@ def _command(root: Path, extra_path: Sequence[str | os.PathLike]) -> tuple[list[
     """argv prefix and environment of the aarch64 Python in ``root`` (which need not be in place yet)."""
     sysroot = root / "sysroot"
     # the host's paths mean nothing to it; a pycache prefix would bypass the precompiled .pyc files
-    drop = ("PYTHONPATH", "PYTHONHOME", "PYTHONUSERBASE", "PYTHONPYCACHEPREFIX", "PYTHONSTARTUP",
-            "PYTHONEXECUTABLE", "VIRTUAL_ENV", "QEMU_LD_PREFIX", "QEMU_SET_ENV", "QEMU_UNSET_ENV")
+    drop = (
+        "PYTHONPATH",
+        "PYTHONHOME",
+        "PYTHONUSERBASE",
+        "PYTHONPYCACHEPREFIX",
+        "PYTHONSTARTUP",
+        "PYTHONEXECUTABLE",
+        "VIRTUAL_ENV",
+        "QEMU_LD_PREFIX",
+        "QEMU_SET_ENV",
+        "QEMU_UNSET_ENV",
+    )
     env = {k: v for k, v in os.environ.items() if k not in drop}
-    env.update(PYTHONPATH=os.pathsep.join([str(root / "site"), *map(str, extra_path)]),
-               PYTHONHOME=str(sysroot / "usr"),  # found from argv[0] anyway; explicit is safer
-               PYTHONNOUSERSITE="1",  # no ~/.local/lib/python3.11 (x86 packages)
-               PYTHONDONTWRITEBYTECODE="1")  # qemu -L could map new files to host paths; .pyc are precompiled
+    env.update(
+        PYTHONPATH=os.pathsep.join([str(root / "site"), *map(str, extra_path)]),
+        PYTHONHOME=str(sysroot / "usr"),  # found from argv[0] anyway; explicit is safer
+        PYTHONNOUSERSITE="1",  # no ~/.local/lib/python3.11 (x86 packages)
+        PYTHONDONTWRITEBYTECODE="1",
+    )  # qemu -L could map new files to host paths; .pyc are precompiled
     argv = [shutil.which(QEMU) or QEMU, "-L", str(sysroot), str(sysroot / "usr" / "bin" / f"python{PYTHON_VERSION}")]
     return argv, env
 

@@ -7,7 +7,7 @@ graphs of different configs and the gated graph name each weight identically.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -35,8 +35,9 @@ class GatedGraph(ExportView):
         self.bypass = {b: bypass_branch(model, b) for b in self.gate_of}
 
     def forward(self, image: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        return self.walk(image, lambda b, block, h: torch.cond(skip[self.gate_of[b]], lambda t: block(t),
-                                                               self.bypass[b], (h,)))
+        return self.walk(
+            image, lambda b, block, h: torch.cond(skip[self.gate_of[b]], lambda t: block(t), self.bypass[b], (h,))
+        )
 
 
 class StaticGraph(ExportView):

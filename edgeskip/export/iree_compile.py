@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,8 +59,12 @@ TARGETS: dict[str, Target] = {
     "aarch64-i8mm": Target("aarch64-i8mm", "aarch64-linux-gnu", cpu="generic", features="+neon,+dotprod,+i8mm"),
     # Odroid XU4 (Cortex-A15/A7): ARM32 rejects a bare CPU name in some IREE versions, so give features;
     # debug symbols off, or the module imports __aeabi_unwind_cpp_pr0 and the runtime refuses to load it.
-    "odroid-xu4": Target("odroid-xu4", "armv7a-linux-gnueabihf", features="+neon,+vfp4,+thumb2",
-                         extra=("--iree-llvmcpu-debug-symbols=false",)),
+    "odroid-xu4": Target(
+        "odroid-xu4",
+        "armv7a-linux-gnueabihf",
+        features="+neon,+vfp4,+thumb2",
+        extra=("--iree-llvmcpu-debug-symbols=false",),
+    ),
 }
 
 
@@ -124,7 +128,9 @@ def compile_many(jobs: Sequence[tuple[str | os.PathLike, Target, str | os.PathLi
         return list(pool.map(lambda j: compile_mlir(*j), jobs))
 
 
-def compile_mlir(mlir: str | os.PathLike, target: Target, dest: str | os.PathLike, extra: list[str] | None = None) -> Path:
+def compile_mlir(
+    mlir: str | os.PathLike, target: Target, dest: str | os.PathLike, extra: list[str] | None = None
+) -> Path:
     """MLIR -> .vmfb for ``target``, written atomically; compiler errors raise a one-line error."""
     dest = Path(dest)
     with atomic_path(dest, suffix=".vmfb") as tmp:

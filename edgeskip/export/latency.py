@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
-from edgeskip.export.iree_compile import TARGETS
-from edgeskip.backends.ort import ort_session
-from edgeskip.export.onnx_export import export_gated, export_static
 from edgeskip.backends.iree import SharedIreeExecutor
+from edgeskip.backends.ort import ort_session
+from edgeskip.export.iree_compile import TARGETS
+from edgeskip.export.onnx_export import export_gated, export_static
 from edgeskip.export.shared_weights import build_shared_modules, module_name
 from edgeskip.models import BlockNet
-from edgeskip.skip import normalize_options
 from edgeskip.pareto.latency import interleaved_median
+from edgeskip.skip import normalize_options
 
 
 class IreeLatency:
@@ -25,8 +25,14 @@ class IreeLatency:
 
     name = "iree-host-local-sync-b1"
 
-    def __init__(self, model: BlockNet, out_dir: str | os.PathLike, work_dir: str | os.PathLike,
-                 repeats: int = 30, warmup: int = 3) -> None:
+    def __init__(
+        self,
+        model: BlockNet,
+        out_dir: str | os.PathLike,
+        work_dir: str | os.PathLike,
+        repeats: int = 30,
+        warmup: int = 3,
+    ) -> None:
         self.model, self.out, self.work = model, Path(out_dir), Path(work_dir)
         self.repeats, self.warmup = repeats, warmup
         cfg = model.cfg
@@ -44,11 +50,19 @@ class IreeLatency:
         self.weights = built.weights
         self.built.update({module_name(s): paths for s, *paths in zip(skips, built.modules, built.onnx, built.mlir)})
         ex = SharedIreeExecutor(built.weights, built.modules)
-        return interleaved_median([lambda k=k: ex.run(k, self.image) for k in range(len(ex))], self.repeats, self.warmup)
+        return interleaved_median(
+            [lambda k=k: ex.run(k, self.image) for k in range(len(ex))], self.repeats, self.warmup
+        )
 
 
-def ort_static_latency(model: BlockNet, skip_arrays: Sequence[object], work_dir: str | os.PathLike,
-                       repeats: int = 30, warmup: int = 3, threads: int = 1) -> list[float]:
+def ort_static_latency(
+    model: BlockNet,
+    skip_arrays: Sequence[object],
+    work_dir: str | os.PathLike,
+    repeats: int = 30,
+    warmup: int = 3,
+    threads: int = 1,
+) -> list[float]:
     """onnxruntime batch-1 latency of each config's static graph (interleaved medians); skip or option arrays
     (an int8 block runs onnxruntime's int8 kernels).
 
@@ -71,8 +85,9 @@ class OrtLatency:
 
     name = "onnxruntime-host-1thread-b1"
 
-    def __init__(self, model: BlockNet, work_dir: str | os.PathLike, repeats: int = 30, warmup: int = 3,
-                 threads: int = 1) -> None:
+    def __init__(
+        self, model: BlockNet, work_dir: str | os.PathLike, repeats: int = 30, warmup: int = 3, threads: int = 1
+    ) -> None:
         self.model, self.work = model, Path(work_dir)
         self.repeats, self.warmup, self.threads = repeats, warmup, threads
 

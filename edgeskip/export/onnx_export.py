@@ -11,8 +11,8 @@ import io
 import logging
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -32,8 +32,14 @@ TOLERANCE = 1e-4
 INT8_TOLERANCE = 0.01
 
 
-def export_graph(module: torch.nn.Module, args: tuple, names: list[str], dest: str | os.PathLike,
-                 outputs: list[str] | None = None, dynamic_batch: bool = True) -> Path:
+def export_graph(
+    module: torch.nn.Module,
+    args: tuple,
+    names: list[str],
+    dest: str | os.PathLike,
+    outputs: list[str] | None = None,
+    dynamic_batch: bool = True,
+) -> Path:
     """Export ``module`` quietly to a single self-contained .onnx file, atomically.
 
     ``names`` are the input names; ``image`` gets a dynamic batch dimension unless ``dynamic_batch`` is off.
@@ -49,9 +55,16 @@ def export_graph(module: torch.nn.Module, args: tuple, names: list[str], dest: s
         warnings.simplefilter("ignore")
         logging.getLogger("torch.onnx").setLevel(logging.ERROR)
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            program = torch.onnx.export(module, args, dynamo=True, input_names=names,
-                                        output_names=outputs or ["logits"], dynamic_shapes=shapes,
-                                        opset_version=OPSET, optimize=True)
+            program = torch.onnx.export(
+                module,
+                args,
+                dynamo=True,
+                input_names=names,
+                output_names=outputs or ["logits"],
+                dynamic_shapes=shapes,
+                opset_version=OPSET,
+                optimize=True,
+            )
         model = program.model_proto
         crop_dead_taps(model)
         onnx.checker.check_model(model)
@@ -109,16 +122,26 @@ def crop_dead_taps(model) -> int:
                 if w is not None:  # a stored weight: store the cropped copy beside it (every graph names it alike)
                     if name not in inits:
                         inits[name] = numpy_helper.from_array(
-                            numpy_helper.to_array(w)[:, :, lo[0]:hi[0], lo[1]:hi[1]].copy(), name)
+                            numpy_helper.to_array(w)[:, :, lo[0] : hi[0], lo[1] : hi[1]].copy(), name
+                        )
                         model.graph.initializer.append(inits[name])
                 else:  # a computed weight (dequantised int8): slice it in the graph
                     consts = {}
                     for key, vals in (("starts", lo), ("ends", hi), ("axes", [2, 3])):
                         consts[key] = f"{name}_{key}"
-                        out_nodes.append(helper.make_node("Constant", [], [consts[key]], value=numpy_helper.from_array(
-                            np.array(vals, dtype=np.int64))))
-                    out_nodes.append(helper.make_node("Slice", [n.input[1], consts["starts"], consts["ends"],
-                                                                consts["axes"]], [name]))
+                        out_nodes.append(
+                            helper.make_node(
+                                "Constant",
+                                [],
+                                [consts[key]],
+                                value=numpy_helper.from_array(np.array(vals, dtype=np.int64)),
+                            )
+                        )
+                    out_nodes.append(
+                        helper.make_node(
+                            "Slice", [n.input[1], consts["starts"], consts["ends"], consts["axes"]], [name]
+                        )
+                    )
                 n.input[1] = name
                 del at["kernel_shape"].ints[:]
                 at["kernel_shape"].ints.extend([hi[0] - lo[0], hi[1] - lo[1]])
@@ -188,8 +211,9 @@ def export_gated(model: BlockNet, dest: str | os.PathLike) -> Path:
     return export_graph(GatedGraph(model), (image, skip), ["image", "skip"], dest)
 
 
-def export_static(model: BlockNet, skip: Sequence[object], dest: str | os.PathLike,
-                  gated: str | os.PathLike | None = None) -> Path:
+def export_static(
+    model: BlockNet, skip: Sequence[object], dest: str | os.PathLike, gated: str | os.PathLike | None = None
+) -> Path:
     """Static graph of one config: bypassed blocks removed, no control flow.
 
     ``gated``: the model's gated graph (:func:`export_gated`). A skip array is then cut from it
@@ -218,8 +242,10 @@ def specialise(gated: str | os.PathLike, skip: Sequence[bool], dest: str | os.Pa
         raise EdgeskipError(f"{gated} is not a gated graph: it has no 'skip' input")
     dims = [d.dim_value for d in inputs[0].type.tensor_type.shape.dim]
     if dims != [len(skip)]:
-        raise EdgeskipError(f"{gated} gates {dims[0] if dims else '?'} blocks, the skip array has {len(skip)}: "
-                            "not this model's gated graph")
+        raise EdgeskipError(
+            f"{gated} gates {dims[0] if dims else '?'} blocks, the skip array has {len(skip)}: "
+            "not this model's gated graph"
+        )
     model.graph.input.remove(inputs[0])
     model.graph.initializer.append(numpy_helper.from_array(np.array(skip, dtype=bool), "skip"))
     with warnings.catch_warnings():
@@ -248,9 +274,14 @@ def logit_diff(out: np.ndarray, ref: np.ndarray) -> float:
     return max_abs_diff(out, ref) / max(1.0, float(np.abs(np.asarray(ref)).max()))
 
 
-def verify_onnx(model: BlockNet, images: torch.Tensor, gated: str | os.PathLike | None = None,
-                skip_arrays: Sequence[object] = (), static: dict[tuple[bool, ...], str | os.PathLike] | None = None,
-                tol: float = TOLERANCE) -> dict[str, float]:
+def verify_onnx(
+    model: BlockNet,
+    images: torch.Tensor,
+    gated: str | os.PathLike | None = None,
+    skip_arrays: Sequence[object] = (),
+    static: dict[tuple[bool, ...], str | os.PathLike] | None = None,
+    tol: float = TOLERANCE,
+) -> dict[str, float]:
     """onnxruntime vs PyTorch for each skip array (gated graph) and each static graph at its config.
 
     Also checks every static graph against the gated graph at its config. Returns the worst
@@ -276,12 +307,15 @@ def verify_onnx(model: BlockNet, images: torch.Tensor, gated: str | os.PathLike 
                     worst["static_vs_gated"] = max(worst["static_vs_gated"], logit_diff(out, gated_out[s]))
     bad = {k: v for k, v in worst.items() if v > tol}
     if bad:
-        raise EdgeskipError(f"exported graph does not match PyTorch: {', '.join(f'{k} {v:.2e}' for k, v in bad.items())} > {tol:g}")
+        raise EdgeskipError(
+            f"exported graph does not match PyTorch: {', '.join(f'{k} {v:.2e}' for k, v in bad.items())} > {tol:g}"
+        )
     return worst
 
 
-def verify_int8(model: BlockNet, images: torch.Tensor, graphs: dict[tuple[int, ...], str | os.PathLike],
-                tol: float = INT8_TOLERANCE) -> float:
+def verify_int8(
+    model: BlockNet, images: torch.Tensor, graphs: dict[tuple[int, ...], str | os.PathLike], tol: float = INT8_TOLERANCE
+) -> float:
     """onnxruntime's int8 kernels vs PyTorch's simulation of them, for each option array's static graph: the worst
     difference relative to the largest logit (raises EdgeskipError above ``tol``)."""
     worst = 0.0

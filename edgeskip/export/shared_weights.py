@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -29,8 +29,13 @@ from edgeskip.utils.atomic import atomic_path
 def rename_module(mlir: Path, name: str) -> None:
     """Give the MLIR module a symbol name, so several compiled modules can live in one context."""
     text = mlir.read_text()
-    new, n = re.subn(r"^module\s*(attributes\s*\{[^}]*\}\s*)?\{", lambda m: f"module @{name} {m.group(1) or ''}{{",
-                     text, count=1, flags=re.M)
+    new, n = re.subn(
+        r"^module\s*(attributes\s*\{[^}]*\}\s*)?\{",
+        lambda m: f"module @{name} {m.group(1) or ''}{{",
+        text,
+        count=1,
+        flags=re.M,
+    )
     if n != 1:
         raise EdgeskipError(f"cannot rename module in {mlir}: no top-level 'module {{'")
     with atomic_path(mlir, suffix=".mlir") as tmp:
@@ -40,8 +45,10 @@ def rename_module(mlir: Path, name: str) -> None:
 def _entries(path: Path) -> dict[str, np.ndarray]:
     import iree.runtime as rt
 
-    return {name: np.array(rt.parameter_index_entry_as_numpy_flat_ndarray(entry))
-            for name, entry in parameter_index(path).items()}
+    return {
+        name: np.array(rt.parameter_index_entry_as_numpy_flat_ndarray(entry))
+        for name, entry in parameter_index(path).items()
+    }
 
 
 def check_shared(weights: Path, config_params: Path) -> int:
@@ -59,8 +66,9 @@ def module_name(skip: Sequence[object]) -> str:
     return "static_" + options_to_str(skip)
 
 
-def write_weights(model: BlockNet, dest: str | os.PathLike, work_dir: str | os.PathLike,
-                  gated: Path | None = None) -> Path:
+def write_weights(
+    model: BlockNet, dest: str | os.PathLike, work_dir: str | os.PathLike, gated: Path | None = None
+) -> Path:
     """The shared archive: every parameter of the full network (BN folded), by module path (``gated``: see
     :func:`export_static`)."""
     work = Path(work_dir)
@@ -159,7 +167,11 @@ def merge_modules(mlirs: dict[str, Path], dest: Path, name: str = "model") -> Pa
             resources.append(found.group(1).strip().rstrip(","))
     out = f"module @{name} {{\n" + "\n".join(globals_.values()) + "\n" + "\n".join(funcs) + "\n}\n"
     if resources:
-        out += "\n{-#\n  dialect_resources: {\n    builtin: {\n      " + ",\n      ".join(resources) + "\n    }\n  }\n#-}\n"
+        out += (
+            "\n{-#\n  dialect_resources: {\n    builtin: {\n      "
+            + ",\n      ".join(resources)
+            + "\n    }\n  }\n#-}\n"
+        )
     with atomic_path(dest, suffix=".mlir") as tmp:
         tmp.write_text(out)
     return dest
@@ -175,9 +187,15 @@ class SharedModules:
     mlir: tuple[Path, ...]
 
 
-def build_shared_modules(model: BlockNet, skip_arrays: Sequence[Sequence[object]], target: Target,
-                         out_dir: str | os.PathLike, work_dir: str | os.PathLike,
-                         gated: Path | None = None, weights: Path | None = None) -> SharedModules:
+def build_shared_modules(
+    model: BlockNet,
+    skip_arrays: Sequence[Sequence[object]],
+    target: Target,
+    out_dir: str | os.PathLike,
+    work_dir: str | os.PathLike,
+    gated: Path | None = None,
+    weights: Path | None = None,
+) -> SharedModules:
     """Export, import and compile one static module per skip array, all using ``weights.irpa``. With the model's
     ``gated`` graph, every static graph is cut from it (:func:`export_static`) rather than traced. ``weights``: the
     archive of an earlier call, to add these configs to (rewriting it would drop the constants the earlier
@@ -193,5 +211,7 @@ def build_shared_modules(model: BlockNet, skip_arrays: Sequence[Sequence[object]
         graphs.append(export_static(model, skip, work / f"{name}.onnx", gated))
         mlirs.append(import_shared(graphs[-1], weights, work, name))
     # ... then compile them side by side
-    modules = compile_many([(m, target, out / f"{module_name(s)}.{target.name}.vmfb") for m, s in zip(mlirs, skip_arrays)])
+    modules = compile_many(
+        [(m, target, out / f"{module_name(s)}.{target.name}.vmfb") for m, s in zip(mlirs, skip_arrays)]
+    )
     return SharedModules(weights, tuple(modules), tuple(graphs), tuple(mlirs))

@@ -19,31 +19,47 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
+from edgeskip.backends.iree import IreeSkipNet
+from edgeskip.backends.ort import ort_session
 from edgeskip.data.batches import iterate
 from edgeskip.data.dataset import Splits
-from edgeskip.backends.iree import IreeSkipNet
 from edgeskip.errors import EdgeskipError
 from edgeskip.export import emulate
-from edgeskip.export.bundle import (TOLERANCE, check_out, finish_bundle, staging, targets_manifest, tool_versions,
-                                    with_host, write_sample)
+from edgeskip.export.bundle import (
+    TOLERANCE,
+    check_out,
+    finish_bundle,
+    staging,
+    targets_manifest,
+    tool_versions,
+    with_host,
+    write_sample,
+)
+from edgeskip.export.dfs_graph import (
+    INT8_MODES,
+    calibrate_dfs,
+    export_dfs,
+    graph_reference,
+    rounding_tolerated,
+    switch_order,
+    verify_dfs_onnx,
+)
 from edgeskip.export.elf_check import check_no_imports
 from edgeskip.export.iree_compile import COMMON_FLAGS, Target, compile_many, import_onnx
-from edgeskip.backends.ort import ort_session
 from edgeskip.export.onnx_export import INT8_TOLERANCE, max_abs_diff
 from edgeskip.export.shared_weights import rename_module
-from edgeskip.export.dfs_graph import (INT8_MODES, calibrate_dfs, export_dfs, graph_reference, rounding_tolerated,
-                                       switch_order, verify_dfs_onnx)
 from edgeskip.export.skipnet_graph import export_skipnet, verify_skipnet_onnx
 from edgeskip.manifest import DECISIONS, ConfigEntry, InputSpec, IreeEntry, Manifest, Normalization
+from edgeskip.models.cost import block_macs
 from edgeskip.models.dfs import DFSResNet
 from edgeskip.models.skipnet import SkipNetResNet, gate_costs
-from edgeskip.models.cost import block_macs
 from edgeskip.pareto.design import calibration_batches
 from edgeskip.train.checkpoint import Checkpoint
 from edgeskip.train.gates import evaluate_dfs, evaluate_gated
@@ -93,8 +109,7 @@ def family(model: Any, dfs_int8: str = "integer", calibration: Any = None) -> Fa
     """The family of ``model``; DFS: the 8-bit form of its graph (``calibration``: :func:`calibrate_dfs`'s ranges,
     for ``qlinear``)."""
     if isinstance(model, SkipNetResNet):
-        return Family("skipnet", lambda m, dest, val: export_skipnet(m, dest), verify_skipnet_onnx,
-                      _skipnet_stats)
+        return Family("skipnet", lambda m, dest, val: export_skipnet(m, dest), verify_skipnet_onnx, _skipnet_stats)
     if isinstance(model, DFSResNet):
         cal = calibration if dfs_int8 == "qlinear" else None
 
@@ -151,11 +166,21 @@ def _verify(tmp: Path, fam: Family, targets: Sequence[Target], images: np.ndarra
     worst = max(diffs, default=0.0)
     # a quantised graph (DFS): onnxruntime's integer kernels and IREE's float arithmetic may round a value on a
     # boundary one step apart (verify_dfs_onnx's rule); a float graph (SkipNet) must agree on every image
-    ok = rounding_tolerated(diffs, flips, decisions, fam.tolerance) if fam.relative else worst <= fam.tolerance and not flips
+    ok = (
+        rounding_tolerated(diffs, flips, decisions, fam.tolerance)
+        if fam.relative
+        else worst <= fam.tolerance and not flips
+    )
     if not ok:
         raise EdgeskipError(f"host IREE {fam.kind} differs from onnxruntime: {worst:.2e}, {flips} decisions differ")
-    out: dict[str, Any] = {"host": {"iree_vs_onnxruntime": worst, "decisions_differing": flips, "images": len(images),
-                                    "images_past_tolerance": sum(d > fam.tolerance for d in diffs)}}
+    out: dict[str, Any] = {
+        "host": {
+            "iree_vs_onnxruntime": worst,
+            "decisions_differing": flips,
+            "images": len(images),
+            "images_past_tolerance": sum(d > fam.tolerance for d in diffs),
+        }
+    }
     for t in targets:
         if t.name == "host":
             continue
@@ -172,18 +197,32 @@ def _verify(tmp: Path, fam: Family, targets: Sequence[Target], images: np.ndarra
                 worst = max(worst, fam.diff(got_l, ref_l))
                 flips += _same(got_e, ref_e, fam.dtype)
             if worst > fam.tolerance or flips:
-                raise EdgeskipError(f"{t.name} {fam.kind} under qemu differs from the host: {worst:.2e}, {flips} decisions")
+                raise EdgeskipError(
+                    f"{t.name} {fam.kind} under qemu differs from the host: {worst:.2e}, {flips} decisions"
+                )
             out[t.name] = {"executed": True, "emulator": "qemu-aarch64-static", "aarch64_vs_host": worst, "images": 2}
         else:
             elfs = check_no_imports(vmfb)
-            out[t.name] = {"executed": False, "reason": "no armv7 IREE runtime is published",
-                           "elf_checked": len(elfs), "undefined_symbols": 0}
+            out[t.name] = {
+                "executed": False,
+                "reason": "no armv7 IREE runtime is published",
+                "elf_checked": len(elfs),
+                "undefined_symbols": 0,
+            }
     return out
 
 
-def build_skipnet_bundle(ck: Checkpoint, splits: Splits, out: str | os.PathLike, targets: Sequence[Target],
-                         repeats: int = 3, force: bool = False, log: Log = print, dfs_int8: str = "qlinear",
-                         calibration_images: int = 512) -> Path:
+def build_skipnet_bundle(
+    ck: Checkpoint,
+    splits: Splits,
+    out: str | os.PathLike,
+    targets: Sequence[Target],
+    repeats: int = 3,
+    force: bool = False,
+    log: Log = print,
+    dfs_int8: str = "qlinear",
+    calibration_images: int = 512,
+) -> Path:
     """Evaluate, export, compile, verify and time a SkipNet or DFS checkpoint; write the bundle atomically.
     DFS: ``dfs_int8`` is the 8-bit option's form (:mod:`edgeskip.export.dfs_graph`); ``qlinear`` calibrates on
     ``calibration_images`` training images, and the bundle's accuracies are then the deployed graph's."""
@@ -203,8 +242,10 @@ def build_skipnet_bundle(ck: Checkpoint, splits: Splits, out: str | os.PathLike,
         log("evaluating the gates on validation and test data ...")
         val, test = fam.evaluate(model, splits.val, splits.norm), fam.evaluate(model, splits.test, splits.norm)
 
-        log(f"exporting ONNX ({'one If per gate' if kind == 'skipnet' else 'one switch per gate over its options'}, "
-            "batch 1) and verifying against PyTorch ...")
+        log(
+            f"exporting ONNX ({'one If per gate' if kind == 'skipnet' else 'one switch per gate over its options'}, "
+            "batch 1) and verifying against PyTorch ..."
+        )
         (tmp / "onnx").mkdir()
         onnx_path = fam.export(model, tmp / "onnx" / f"{kind}.onnx", val)
         xb, _ = next(iterate(splits.test, splits.norm, 16))
@@ -229,7 +270,9 @@ def build_skipnet_bundle(ck: Checkpoint, splits: Splits, out: str | os.PathLike,
 
         log("measuring per-input latency on this host ...")
         host = IreeSkipNet(weights, tmp / "iree" / "host" / f"{kind}.vmfb")
-        lat_images = np.concatenate([x.numpy() for x, _ in iterate(splits.test, splits.norm, 100)])[:100].astype(np.float32)
+        lat_images = np.concatenate([x.numpy() for x, _ in iterate(splits.test, splits.norm, 100)])[:100].astype(
+            np.float32
+        )
         lat = per_input_latency(host.run, lat_images, repeats)
         sess = ort_session(onnx_path, threads=1)
         ort_lat = per_input_latency(lambda x: sess.run(None, {"image": x}), lat_images, repeats)
@@ -239,34 +282,81 @@ def build_skipnet_bundle(ck: Checkpoint, splits: Splits, out: str | os.PathLike,
         cfg, g = model.cfg, model.gate_cfg
         bm = block_macs(cfg)
         gc = gate_costs(cfg, g)
-        extra_cfg = {"policy": "learned gates (per input)", "val_mean_skipped": val["mean_skipped"],
-                     "test_mean_skipped": test["mean_skipped"], "test_skip_rate_per_gate": test["skip_rate_per_gate"],
-                     "latency_s_p50": float(np.median(lat)), "latency_s_min": float(lat.min()),
-                     "latency_s_max": float(lat.max()), "latency_s_onnxruntime": float(np.mean(ort_lat)),
-                     "latency_s_onnxruntime_min": float(ort_lat.min()), "latency_s_onnxruntime_max": float(ort_lat.max())}
+        extra_cfg = {
+            "policy": "learned gates (per input)",
+            "val_mean_skipped": val["mean_skipped"],
+            "test_mean_skipped": test["mean_skipped"],
+            "test_skip_rate_per_gate": test["skip_rate_per_gate"],
+            "latency_s_p50": float(np.median(lat)),
+            "latency_s_min": float(lat.min()),
+            "latency_s_max": float(lat.max()),
+            "latency_s_onnxruntime": float(np.mean(ort_lat)),
+            "latency_s_onnxruntime_min": float(ort_lat.min()),
+            "latency_s_onnxruntime_max": float(ort_lat.max()),
+        }
         if kind == "dfs":
-            extra_cfg.update(val_cp=val["mean_cp"], test_cp=test["mean_cp"], test_option_rates=test["option_rates"],
-                             options_bits=list(g.options), switch_order=switch_order(val["option_rates"]),
-                             int8_form=dfs_int8 if 8 in g.bits else None, model_val_accuracy=val["accuracy"],
-                             model_test_accuracy=test["accuracy"],
-                             calibration_images=calibration_images if fused else 0)
+            extra_cfg.update(
+                val_cp=val["mean_cp"],
+                test_cp=test["mean_cp"],
+                test_option_rates=test["option_rates"],
+                options_bits=list(g.options),
+                switch_order=switch_order(val["option_rates"]),
+                int8_form=dfs_int8 if 8 in g.bits else None,
+                model_val_accuracy=val["accuracy"],
+                model_test_accuracy=test["accuracy"],
+                calibration_images=calibration_images if fused else 0,
+            )
         decisions = {"dtype": fam.dtype.name, "shape": [cfg.num_gates]}
         manifest = Manifest(
-            kind=kind, model=cfg.to_dict(), input=InputSpec((1, cfg.in_channels, *cfg.input_size)),
-            normalization=Normalization(tuple(ck.norm.mean), tuple(ck.norm.std)), class_names=tuple(ck.class_names),
-            dataset_id=ck.dataset_id, num_gates=cfg.num_gates, gated_blocks=tuple(cfg.gated_blocks),
-            configs=(ConfigEntry(0, FUNCTION, round(test["mean_skipped"], 3), accuracy["val"], accuracy["test"],
-                                 test["mean_macs"], float(np.mean(lat)), None, extra_cfg),),
+            kind=kind,
+            model=cfg.to_dict(),
+            input=InputSpec((1, cfg.in_channels, *cfg.input_size)),
+            normalization=Normalization(tuple(ck.norm.mean), tuple(ck.norm.std)),
+            class_names=tuple(ck.class_names),
+            dataset_id=ck.dataset_id,
+            num_gates=cfg.num_gates,
+            gated_blocks=tuple(cfg.gated_blocks),
+            configs=(
+                ConfigEntry(
+                    0,
+                    FUNCTION,
+                    round(test["mean_skipped"], 3),
+                    accuracy["val"],
+                    accuracy["test"],
+                    test["mean_macs"],
+                    float(np.mean(lat)),
+                    None,
+                    extra_cfg,
+                ),
+            ),
             targets=targets_manifest(targets),
             iree=IreeEntry("iree/weights.irpa", f"{kind}.vmfb", (FUNCTION,), common_flags=tuple(COMMON_FLAGS)),
-            host_fastest=faster, onnx={FUNCTION: f"onnx/{kind}.onnx"}, sample=sample,
-            extra={"created_unix": int(time.time()), "tools": tool_versions(),
-                   "gates": {**g.to_dict(), "training": ck.gate_training or {}, "gate_macs": gc,
-                             "gate_over_block": [c / bm[b] for c, b in zip(gc, cfg.gated_blocks)]},
-                   "outputs": {"logits": [1, cfg.num_classes], fam.output: decisions},
-                   "backend": {"latency_source": "iree-host-local-sync-b1-per-input", "onnxruntime_threads": 1,
-                               "iree_driver": "local-sync"},
-                   "verification": {"tolerance": fam.tolerance, "relative": fam.relative, "onnx": onnx_check, "iree": iree_check},
-                   "build_seconds": round(time.time() - t0, 1)})
+            host_fastest=faster,
+            onnx={FUNCTION: f"onnx/{kind}.onnx"},
+            sample=sample,
+            extra={
+                "created_unix": int(time.time()),
+                "tools": tool_versions(),
+                "gates": {
+                    **g.to_dict(),
+                    "training": ck.gate_training or {},
+                    "gate_macs": gc,
+                    "gate_over_block": [c / bm[b] for c, b in zip(gc, cfg.gated_blocks)],
+                },
+                "outputs": {"logits": [1, cfg.num_classes], fam.output: decisions},
+                "backend": {
+                    "latency_source": "iree-host-local-sync-b1-per-input",
+                    "onnxruntime_threads": 1,
+                    "iree_driver": "local-sync",
+                },
+                "verification": {
+                    "tolerance": fam.tolerance,
+                    "relative": fam.relative,
+                    "onnx": onnx_check,
+                    "iree": iree_check,
+                },
+                "build_seconds": round(time.time() - t0, 1),
+            },
+        )
         finish_bundle(tmp, out, manifest)
     return out

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgeskip.errors import EdgeskipError
 from edgeskip.backends.ort import ort_session
+from edgeskip.errors import EdgeskipError
 from edgeskip.export.onnx_export import TOLERANCE, export_graph, max_abs_diff
 from edgeskip.models.blocknet import ExportView
 from edgeskip.models.skipnet import SkipNetResNet
@@ -53,8 +53,9 @@ def export_skipnet(model: SkipNetResNet, dest: str | os.PathLike) -> Path:
     return export_graph(SkipNetGraph(model), (image,), ["image"], dest, ["logits", "executed"], dynamic_batch=False)
 
 
-def verify_skipnet_onnx(model: SkipNetResNet, images: torch.Tensor, onnx_path: str | os.PathLike,
-                        tol: float = TOLERANCE) -> dict[str, float]:
+def verify_skipnet_onnx(
+    model: SkipNetResNet, images: torch.Tensor, onnx_path: str | os.PathLike, tol: float = TOLERANCE
+) -> dict[str, float]:
     """onnxruntime vs PyTorch per image: logits within ``tol`` and identical gate decisions."""
     model.eval()
     sess = ort_session(onnx_path)
@@ -66,6 +67,8 @@ def verify_skipnet_onnx(model: SkipNetResNet, images: torch.Tensor, onnx_path: s
             worst = max(worst, max_abs_diff(logits, ref.logits.numpy()))
             flips += int((np.asarray(executed, bool) != ref.execute[0].numpy()).sum())
     if worst > tol or flips:
-        raise EdgeskipError(f"exported SkipNet does not match PyTorch: max diff {worst:.2e} (tol {tol:g}), "
-                            f"{flips} gate decisions differ")
+        raise EdgeskipError(
+            f"exported SkipNet does not match PyTorch: max diff {worst:.2e} (tol {tol:g}), "
+            f"{flips} gate decisions differ"
+        )
     return {"skipnet_vs_torch": worst, "decisions_differing": flips}

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from edgeskip.models.blocknet import BlockNet
 from edgeskip.models.config import ModelConfig, NetConfig, ResNetConfig, config_from_dict
+from edgeskip.models.cost import block_macs, macs
 from edgeskip.models.resnet import CifarResNet, remove_blocks
 from edgeskip.skip import normalize_skip, skip_from_indices
-from edgeskip.models.cost import macs, block_macs
 
 
 def build_model(cfg: ModelConfig, init_weights: str | None = None) -> BlockNet:

@@ -8,14 +8,14 @@ the gated and static export graphs, the shared-prefix evaluator and the learned-
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch import nn
 
 from edgeskip.errors import EdgeskipError
 from edgeskip.skip import INT8, SKIP, normalize_options
-
 
 Step = Callable[[int, nn.Module, torch.Tensor], torch.Tensor]
 

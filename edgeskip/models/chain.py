@@ -17,11 +17,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgeskip.errors import EdgeskipError
+from edgeskip.models import zoo  # noqa: E402 - submodule import, no cycle
 from edgeskip.models.blocknet import BlockNet
 from edgeskip.models.config import NetConfig
 from edgeskip.models.residual import ResidualSplit, find_blocks, is_relu, select_blocks, why_not_residual
 from edgeskip.models.stochastic_depth import residual
-from edgeskip.models import zoo  # noqa: E402 - submodule import, no cycle
 
 _MAXPOOLS = (nn.MaxPool2d, nn.AdaptiveMaxPool2d)
 
@@ -85,8 +85,9 @@ def _nonneg(gm: fx.GraphModule, node: fx.Node, splits: dict[str, ResidualSplit])
         return True
     if node.op == "call_module" and str(node.target) in splits:
         return splits[str(node.target)].tail_is_relu
-    pool = (node.op == "call_module" and isinstance(gm.get_submodule(str(node.target)), _MAXPOOLS)) or \
-        (node.op == "call_function" and node.target in (F.max_pool2d, F.adaptive_max_pool2d))
+    pool = (node.op == "call_module" and isinstance(gm.get_submodule(str(node.target)), _MAXPOOLS)) or (
+        node.op == "call_function" and node.target in (F.max_pool2d, F.adaptive_max_pool2d)
+    )
     return pool and isinstance(node.args[0], fx.Node) and _nonneg(gm, node.args[0], splits)
 
 
@@ -101,21 +102,27 @@ class ChainNet(BlockNet):
         else:  # the user's --blocks (paths or globs), else every residual block with an identity shortcut
             blocks = select_blocks(source, cfg.blocks) if cfg.blocks else find_blocks(source)
         if not blocks:
-            raise EdgeskipError(f"{cfg.model} has no residual block with an identity shortcut: nothing to skip "
-                                f"(name blocks with --blocks)")
+            raise EdgeskipError(
+                f"{cfg.model} has no residual block with an identity shortcut: nothing to skip "
+                f"(name blocks with --blocks)"
+            )
         splits: dict[str, ResidualSplit] = {}
         for b in blocks:
             if b not in mods:
                 raise EdgeskipError(f"block {b!r} is not a module of {cfg.model}")
             r = why_not_residual(mods[b])
             if not isinstance(r, ResidualSplit):
-                raise EdgeskipError(f"block {b!r} of {cfg.model} is not a residual block with an identity shortcut: {r}")
+                raise EdgeskipError(
+                    f"block {b!r} of {cfg.model} is not a residual block with an identity shortcut: {r}"
+                )
             splits[b] = r
         try:
             graph = _Tracer(set(blocks)).trace(source)
         except Exception as e:  # noqa: BLE001 - fx fails in many ways on untraceable code
-            raise EdgeskipError(f"cannot trace {cfg.model} with torch.fx ({type(e).__name__}: "
-                                f"{str(e).splitlines()[0][:100] if str(e) else ''})") from None
+            raise EdgeskipError(
+                f"cannot trace {cfg.model} with torch.fx ({type(e).__name__}: "
+                f"{str(e).splitlines()[0][:100] if str(e) else ''})"
+            ) from None
         gm = fx.GraphModule(source, graph)
         nodes = list(graph.nodes)
         inputs = [n for n in nodes if n.op == "placeholder"]
@@ -142,8 +149,10 @@ class ChainNet(BlockNet):
             for u in n.users:
                 if seg[u] != seg[n] and not (seg[u] == seg[n] + 1 and u is calls[seg[n]] and u.args[0] is n):
                     where = calls[seg[n] - 1].target if seg[n] else "the stem"
-                    raise EdgeskipError(f"{cfg.model} is not a chain of blocks: value {n.name!r} (after {where}) "
-                                        f"is used past the next gated block")
+                    raise EdgeskipError(
+                        f"{cfg.model} is not a chain of blocks: value {n.name!r} (after {where}) "
+                        f"is used past the next gated block"
+                    )
         out_node = next(n for n in nodes if n.op == "output")
         between = [[n for n in nodes if seg[n] == k and n not in calls] for k in range(len(calls) + 1)]
 
@@ -167,10 +176,14 @@ class ChainNet(BlockNet):
         self.blocks = nn.ModuleDict(units)
         self.head_net = _segment(gm, between[-1], calls[-1], out_node.args[0])
         resolved = dataclasses.replace(cfg, blocks=tuple(called), num_blocks=len(units), gated_blocks=tuple(gated))
-        if cfg.resolved and (cfg.blocks, cfg.num_blocks, cfg.gated_blocks) != (resolved.blocks, resolved.num_blocks,
-                                                                              resolved.gated_blocks):
-            raise EdgeskipError(f"{cfg.model} no longer cuts into the blocks its checkpoint records "
-                                f"(another version of its library?)")
+        if cfg.resolved and (cfg.blocks, cfg.num_blocks, cfg.gated_blocks) != (
+            resolved.blocks,
+            resolved.num_blocks,
+            resolved.gated_blocks,
+        ):
+            raise EdgeskipError(
+                f"{cfg.model} no longer cuts into the blocks its checkpoint records (another version of its library?)"
+            )
         self.cfg = resolved
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
@@ -203,10 +216,13 @@ def check_input_size(net: BlockNet) -> None:
         with torch.no_grad():
             y = net.eval()(torch.zeros(1, c, h, w))
     except Exception as e:  # noqa: BLE001 - shape errors come as RuntimeError/ValueError/IndexError
-        raise EdgeskipError(f"{net.cfg.name} cannot take {c}x{h}x{w} inputs ({type(e).__name__}: "
-                            f"{str(e).splitlines()[0][:120] if str(e) else ''})") from None
+        raise EdgeskipError(
+            f"{net.cfg.name} cannot take {c}x{h}x{w} inputs ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:120] if str(e) else ''})"
+        ) from None
     finally:
         net.train(was)
     if tuple(y.shape) != (1, net.cfg.num_classes):
-        raise EdgeskipError(f"{net.cfg.name} returns shape {tuple(y.shape)} for one image, not (1, "
-                            f"{net.cfg.num_classes}) logits")
+        raise EdgeskipError(
+            f"{net.cfg.name} returns shape {tuple(y.shape)} for one image, not (1, {net.cfg.num_classes}) logits"
+        )

@@ -12,7 +12,7 @@ SHORTCUTS = ("pad", "proj")
 SD_MODES = ("batch", "row", "none")
 
 
-def _validate_common(cfg: "ResNetConfig | NetConfig") -> None:
+def _validate_common(cfg: ResNetConfig | NetConfig) -> None:
     """Checks every model description shares: survival, SD mode, class count, input shape."""
     if not (0.0 < float(cfg.p_last) <= 1.0):
         raise EdgeskipError(f"p_L (survival probability of the last block) must be in (0, 1], got {cfg.p_last}")
@@ -59,7 +59,9 @@ class ResNetConfig:
     def validate(self) -> None:
         """Raise :class:`EdgeskipError` on an invalid architecture."""
         if not isinstance(self.depth, int) or self.depth < 8 or (self.depth - 2) % 6 != 0:
-            raise EdgeskipError(f"depth must be of the form 6n+2 with n >= 1 (20, 32, 44, 56, 110, ...), got {self.depth}")
+            raise EdgeskipError(
+                f"depth must be of the form 6n+2 with n >= 1 (20, 32, 44, 56, 110, ...), got {self.depth}"
+            )
         if self.shortcut not in SHORTCUTS:
             raise EdgeskipError(f"shortcut must be one of {SHORTCUTS}, got {self.shortcut!r}")
         if self.sd_scope not in SD_SCOPES:
@@ -110,7 +112,7 @@ class ResNetConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ResNetConfig":
+    def from_dict(cls, d: dict[str, Any]) -> ResNetConfig:
         known = {f for f in cls.__dataclass_fields__}
         unknown = set(d) - known
         if unknown:
@@ -157,9 +159,12 @@ class NetConfig:
         for k, v in self.kwargs.items():
             scalars = (int, float, str, bool)
             if k in ("num_classes", "in_channels", "in_chans") or not (
-                    isinstance(v, scalars) or (isinstance(v, list) and all(isinstance(e, scalars) for e in v))):
-                raise EdgeskipError(f"model argument {k}={v!r}: give scalars or lists of them, and not the class or "
-                                    f"channel count (they come from the data)")
+                isinstance(v, scalars) or (isinstance(v, list) and all(isinstance(e, scalars) for e in v))
+            ):
+                raise EdgeskipError(
+                    f"model argument {k}={v!r}: give scalars or lists of them, and not the class or "
+                    f"channel count (they come from the data)"
+                )
 
     @property
     def num_gates(self) -> int:
@@ -190,7 +195,7 @@ class NetConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "NetConfig":
+    def from_dict(cls, d: dict[str, Any]) -> NetConfig:
         unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
             raise EdgeskipError(f"unknown model config keys: {sorted(unknown)}")

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from edgeskip.models.blocknet import BlockNet
 
 
-def count_macs(net: "BlockNet") -> CostBreakdown:
+def count_macs(net: BlockNet) -> CostBreakdown:
     """Per-part MACs of ``net`` measured on one forward pass at its input size: each ``Conv2d`` counts
     k_h*k_w*C_in/groups per output element, each ``Linear`` its input features per output element."""
     import torch
@@ -75,8 +75,9 @@ def count_macs(net: "BlockNet") -> CostBreakdown:
         net.train(was)
         for h in handles:
             h.remove()
-    return CostBreakdown(parts.get("stem", 0), tuple(parts.get(i, 0) for i in range(net.cfg.num_blocks)),
-                         parts.get("head", 0))
+    return CostBreakdown(
+        parts.get("stem", 0), tuple(parts.get(i, 0) for i in range(net.cfg.num_blocks)), parts.get("head", 0)
+    )
 
 
 @lru_cache(maxsize=16)

@@ -16,8 +16,9 @@ their full cost (the stem, the stage entries and the head always run and are not
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +41,7 @@ def option_costs(gate_cfg: GateConfig) -> tuple[float, ...]:
 def quant_params(bits: int, lo: torch.Tensor | float, hi: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale and integer zero point of ``bits``-bit affine quantisation of [lo, hi] widened to include 0, so that
     0 (a convolution's padding) is exact; the convention of ONNX ``QuantizeLinear`` and of integer kernels."""
-    levels = 2 ** bits - 1
+    levels = 2**bits - 1
     lo_t, hi_t = torch.as_tensor(lo, dtype=torch.float32), torch.as_tensor(hi, dtype=torch.float32)
     lo_t, hi_t = torch.minimum(lo_t, torch.zeros(())), torch.maximum(hi_t, torch.zeros(()))
     scale = torch.clamp(hi_t - lo_t, min=1e-8) / levels
@@ -51,7 +52,7 @@ def fake_quant(x: torch.Tensor, bits: int, lo: torch.Tensor | float, hi: torch.T
     """``bits``-bit affine quantisation of ``x`` on [lo, hi] (see :func:`quant_params`), dequantised, with a
     straight-through gradient: ``(clamp(round(x / s) + z, 0, 2^bits - 1) - z) * s``."""
     scale, zp = quant_params(bits, lo, hi)
-    q = (torch.clamp(torch.round(x / scale) + zp, 0, 2 ** bits - 1) - zp) * scale
+    q = (torch.clamp(torch.round(x / scale) + zp, 0, 2**bits - 1) - zp) * scale
     return x + (q - x).detach()
 
 
@@ -78,6 +79,7 @@ class QuantRanges(nn.Module):
 def residual_bits(block: nn.Module, ranges: QuantRanges, x: torch.Tensor, bits: int) -> torch.Tensor:
     """The residual branch ``bn2(conv2(relu(bn1(conv1(x)))))`` of ``block`` with its convolutions' inputs and
     weights quantised to ``bits``."""
+
     def conv(conv_: nn.Conv2d, h: torch.Tensor, k: int) -> torch.Tensor:
         lo, hi = ranges.range(h, bits, k)
         w = conv_.weight

@@ -43,8 +43,9 @@ class GateConfig:
             raise EdgeskipError(f"gate kind must be one of {', '.join(GATE_KINDS)}, got {self.kind!r}")
         object.__setattr__(self, "bits", tuple(sorted(int(b) for b in self.bits)))
         if any(b not in DFS_BITS for b in self.bits) or len(set(self.bits)) != len(self.bits):
-            raise EdgeskipError(f"DFS bit widths must be distinct values of {', '.join(map(str, DFS_BITS))}, "
-                                f"got {list(self.bits)}")
+            raise EdgeskipError(
+                f"DFS bit widths must be distinct values of {', '.join(map(str, DFS_BITS))}, got {list(self.bits)}"
+            )
         if not 0.0 < float(self.threshold) < 1.0:
             raise EdgeskipError(f"gate threshold must be in (0, 1), got {self.threshold}")
         if self.embed_dim < 1 or self.hidden_dim < 1:
@@ -59,7 +60,7 @@ class GateConfig:
         return {**asdict(self), "bits": list(self.bits)}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "GateConfig":
+    def from_dict(cls, d: dict[str, Any]) -> GateConfig:
         unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
             raise EdgeskipError(f"unknown gate config keys: {sorted(unknown)}")

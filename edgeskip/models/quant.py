@@ -18,8 +18,9 @@ calibration images (training data) with 0 included, onnxruntime's MinMax calibra
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import torch
 import torch.ao.quantization.fx._decomposed  # noqa: F401 - registers torch.ops.quantized_decomposed
@@ -42,7 +43,7 @@ class TensorQuant:
     zero_point: int
 
     @classmethod
-    def from_range(cls, lo: float, hi: float) -> "TensorQuant":
+    def from_range(cls, lo: float, hi: float) -> TensorQuant:
         lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
         scale = (hi - lo) / 255 if hi > lo else 1.0
         return cls(scale, int(min(255, max(0, round(-lo / scale)))))
@@ -67,7 +68,7 @@ class BlockQuant:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "BlockQuant":
+    def from_dict(cls, d: Mapping[str, Any]) -> BlockQuant:
         try:
             parts = {k: TensorQuant(float(d[k]["scale"]), int(d[k]["zero_point"])) for k in "xhcy"}
         except (KeyError, TypeError, ValueError):

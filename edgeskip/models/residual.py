@@ -12,9 +12,9 @@ not ``x``). The split gives edgeskip the branch and the tail as separate modules
 from __future__ import annotations
 
 import operator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from typing import Iterable
 
 import torch
 import torch.fx as fx

@@ -7,18 +7,18 @@ blocks removed shares parameter names with the full one.
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgeskip.errors import EdgeskipError
 from edgeskip.models.blocknet import BlockNet
 from edgeskip.models.config import ResNetConfig
-from edgeskip.errors import EdgeskipError
 from edgeskip.models.quant import BlockQuant, Int8Block
-from edgeskip.skip import INT8, normalize_skip
 from edgeskip.models.stochastic_depth import residual
+from edgeskip.skip import INT8, normalize_skip
 
 
 class PadShortcut(nn.Module):
@@ -73,7 +73,9 @@ class CifarResNet(BlockNet):
         super().__init__()
         self.cfg = cfg
         w1, w2, w3 = cfg.widths
-        self.stem = nn.Sequential(nn.Conv2d(cfg.in_channels, w1, 3, 1, 1, bias=False), nn.BatchNorm2d(w1), nn.ReLU(inplace=True))
+        self.stem = nn.Sequential(
+            nn.Conv2d(cfg.in_channels, w1, 3, 1, 1, bias=False), nn.BatchNorm2d(w1), nn.ReLU(inplace=True)
+        )
         n = cfg.blocks_per_stage
         probs = cfg.survival_probs() if cfg.sd_mode != "none" else [1.0] * cfg.num_blocks
         keep_set = set(range(cfg.num_blocks)) if keep is None else set(keep)
@@ -135,4 +137,3 @@ def remove_blocks(model: CifarResNet, skip: Sequence[int] | object) -> CifarResN
     static.load_state_dict(state, strict=True)
     static.train(model.training)
     return static
-

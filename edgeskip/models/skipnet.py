@@ -105,7 +105,7 @@ def gate_costs(cfg: ResNetConfig, gate_cfg: GateConfig) -> list[int]:
     out = []
     for b in cfg.gated_blocks:
         s = b // cfg.blocks_per_stage
-        f = 2 ** s
+        f = 2**s
         out.append(gate_macs(gate_cfg, cfg.widths[s], -(-h // f), -(-w // f)))
     return out
 

@@ -7,7 +7,7 @@ mode the block is the plain ``x + F(x)`` -- the deployed network needs no rescal
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -21,8 +21,9 @@ def keep_branch(p_survive: float, training: bool) -> bool:
     return bool(torch.rand(()) < p_survive)
 
 
-def residual(x: torch.Tensor, identity: torch.Tensor, branch: Fn, finish: Fn, p_survive: float, mode: str,
-             training: bool) -> torch.Tensor:
+def residual(
+    x: torch.Tensor, identity: torch.Tensor, branch: Fn, finish: Fn, p_survive: float, mode: str, training: bool
+) -> torch.Tensor:
     """``finish(identity + F(x))`` with stochastic depth on ``F = branch``: ``"batch"`` drops it for the whole
     mini-batch (and does not compute it), ``"row"`` per sample, ``"none"`` never."""
     if mode == "batch":

@@ -18,8 +18,9 @@ import importlib
 import importlib.util
 import inspect
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -35,13 +36,16 @@ def parse_model(spec: str) -> tuple[str, str]:
     """``"torchvision:resnet18"`` -> ``("torchvision", "resnet18")``; a user factory -> ``("module", "pkg.mod:fn")``."""
     source, sep, name = spec.partition(":")
     if not sep or not source or not name:
-        raise EdgeskipError(f"--model must be SOURCE:NAME (edgeskip:resnet20, torchvision:resnet18, timm:resnet18 or "
-                            f"package.module:factory), got {spec!r}")
+        raise EdgeskipError(
+            f"--model must be SOURCE:NAME (edgeskip:resnet20, torchvision:resnet18, timm:resnet18 or "
+            f"package.module:factory), got {spec!r}"
+        )
     if source in SOURCES:
         return source, name
     if not re.fullmatch(r"[A-Za-z_][\w.]*", source) or not name.isidentifier():
-        raise EdgeskipError(f"unknown model source {source!r} in {spec!r}: use one of {', '.join(SOURCES)} or "
-                            f"package.module:factory")
+        raise EdgeskipError(
+            f"unknown model source {source!r} in {spec!r}: use one of {', '.join(SOURCES)} or package.module:factory"
+        )
     return "module", spec
 
 
@@ -150,8 +154,9 @@ def create(spec: str, num_classes: int, in_channels: int, kwargs: dict[str, Any]
     except EdgeskipError:
         raise
     except Exception as e:  # noqa: BLE001 - a factory can raise anything; the user needs one line
-        raise EdgeskipError(f"--model {spec}: the factory raised {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-                            ) from None
+        raise EdgeskipError(
+            f"--model {spec}: the factory raised {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        ) from None
     if not isinstance(model, nn.Module):
         raise EdgeskipError(f"--model {spec}: the factory returned {type(model).__name__}, not a torch.nn.Module")
     if source == "torchvision" and in_channels != 3:
@@ -164,8 +169,17 @@ def _first_conv_input(model: nn.Module, channels: int, spec: str) -> None:
     for name, m in model.named_modules():
         if isinstance(m, nn.Conv2d):
             parent, _, attr = name.rpartition(".")
-            new = nn.Conv2d(channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation, m.groups,
-                            m.bias is not None, m.padding_mode)
+            new = nn.Conv2d(
+                channels,
+                m.out_channels,
+                m.kernel_size,
+                m.stride,
+                m.padding,
+                m.dilation,
+                m.groups,
+                m.bias is not None,
+                m.padding_mode,
+            )
             setattr(model.get_submodule(parent) if parent else model, attr, new)
             return
     raise EdgeskipError(f"--model {spec} has no convolution to take {channels}-channel images")
@@ -193,7 +207,9 @@ def load_weights(model: nn.Module, path: str | Path) -> tuple[int, list[str]]:
     own = model.state_dict()
     ok = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if len(ok) < len(own) / 2:
-        raise EdgeskipError(f"--init-weights {p} matches {len(ok)} of the model's {len(own)} tensors by name and "
-                            f"shape: weights of another model?")
+        raise EdgeskipError(
+            f"--init-weights {p} matches {len(ok)} of the model's {len(own)} tensors by name and "
+            f"shape: weights of another model?"
+        )
     model.load_state_dict(ok, strict=False)
     return len(ok), sorted(set(own) - set(ok))

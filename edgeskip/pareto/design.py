@@ -7,8 +7,9 @@ Output schemas: docs/formats.md.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from edgeskip import __version__
 from edgeskip.data.dataset import Splits
@@ -49,7 +50,9 @@ def design_space(
     cfg = model.cfg
     g = cfg.num_gates
     if g == 0:
-        raise EdgeskipError(f"{cfg.name} has no skippable blocks" + (" (use depth >= 14)" if hasattr(cfg, "depth") else ""))
+        raise EdgeskipError(
+            f"{cfg.name} has no skippable blocks" + (" (use depth >= 14)" if hasattr(cfg, "depth") else "")
+        )
     full = tuple([True] * g)
     singles = single_skip_arrays(g)
     acc = evaluate_skip_arrays(model, splits.val, splits.norm, [full, *singles], batch_size)
@@ -65,22 +68,50 @@ def design_space(
     bd = breakdown(cfg)
     l2 = block_weight_l2(model)
     blocks = [
-        {"gate": k, "block": b, "module": cfg.gated_names[k], "accuracy_when_skipped": alone[k],
-         "drop": full_val - alone[k], "weight_l2": l2[k], "macs": bd.blocks[b]}
+        {
+            "gate": k,
+            "block": b,
+            "module": cfg.gated_names[k],
+            "accuracy_when_skipped": alone[k],
+            "drop": full_val - alone[k],
+            "weight_l2": l2[k],
+            "macs": bd.blocks[b],
+        }
         for k, b in enumerate(cfg.gated_blocks)
     ]
     curves = {
-        kind: [{"n_skipped": i, "skipped_gates": orders[kind][:i], "val_accuracy": val[s], "test_accuracy": test[s],
-                "macs": cost[s]} for i, s in enumerate(cands[kind])]
+        kind: [
+            {
+                "n_skipped": i,
+                "skipped_gates": orders[kind][:i],
+                "val_accuracy": val[s],
+                "test_accuracy": test[s],
+                "macs": cost[s],
+            }
+            for i, s in enumerate(cands[kind])
+        ]
         for kind in rankings
     }
-    common = {"edgeskip_version": __version__, "model": cfg.to_dict(), "dataset_id": dataset_id,
-              "num_gates": g, "gated_blocks": list(cfg.gated_blocks)}
+    common = {
+        "edgeskip_version": __version__,
+        "model": cfg.to_dict(),
+        "dataset_id": dataset_id,
+        "num_gates": g,
+        "gated_blocks": list(cfg.gated_blocks),
+    }
     sensitivity = {
-        "format": SENSITIVITY_FORMAT, "version": SCHEMA_VERSION, **common,
-        "selection_split": "val", "num_val": len(splits.val), "num_test": len(splits.test),
-        "full_val_accuracy": full_val, "full_test_accuracy": test[full], "blocks": blocks,
-        "rankings": orders, "random_seed": seed, "curves": curves,
+        "format": SENSITIVITY_FORMAT,
+        "version": SCHEMA_VERSION,
+        **common,
+        "selection_split": "val",
+        "num_val": len(splits.val),
+        "num_test": len(splits.test),
+        "full_val_accuracy": full_val,
+        "full_test_accuracy": test[full],
+        "blocks": blocks,
+        "rankings": orders,
+        "random_seed": seed,
+        "curves": curves,
     }
 
     chosen = cands[use]
@@ -88,11 +119,18 @@ def design_space(
     rows = []
     for i, s in enumerate(chosen):
         skipped = orders[use][:i]
-        rows.append({
-            "n_skipped": i, "skip": _skip_list(s), "skipped_gates": skipped,
-            "skipped_blocks": [cfg.gated_blocks[k] for k in skipped], "val_accuracy": val[s],
-            "test_accuracy": test[s], "macs": cost[s], "latency_s": lat[i] if lat else None,
-        })
+        rows.append(
+            {
+                "n_skipped": i,
+                "skip": _skip_list(s),
+                "skipped_gates": skipped,
+                "skipped_blocks": [cfg.gated_blocks[k] for k in skipped],
+                "val_accuracy": val[s],
+                "test_accuracy": test[s],
+                "macs": cost[s],
+                "latency_s": lat[i] if lat else None,
+            }
+        )
     cost_key = "latency_s" if lat else "macs"
     points = [Point(r["val_accuracy"], r[cost_key], r["n_skipped"]) for r in rows]
     strict = set(non_dominated(points))
@@ -101,9 +139,15 @@ def design_space(
         r["pareto"] = i in strict  # strictly non-dominated; row 0 is in `configs` regardless (anchor)
     configs = [{"index": j, **rows[i]} for j, i in enumerate(front)]
     pareto = {
-        "format": PARETO_FORMAT, "version": SCHEMA_VERSION, **common, "ranking": use, "cost": cost_key,
-        "latency_source": latency.name if latency is not None else None, "full_macs": macs(cfg),
-        "candidates": rows, "configs": configs,
+        "format": PARETO_FORMAT,
+        "version": SCHEMA_VERSION,
+        **common,
+        "ranking": use,
+        "cost": cost_key,
+        "latency_source": latency.name if latency is not None else None,
+        "full_macs": macs(cfg),
+        "candidates": rows,
+        "configs": configs,
     }
     return sensitivity, pareto
 
@@ -140,9 +184,14 @@ def calibration_batches(splits: Splits, images: int = 512, seed: int = 12345, ba
     return out
 
 
-def fractional_space(model: BlockNet, splits: Splits, latency: LatencySource,
-                     skip_candidates: Sequence[Sequence[object]], seed: int = 0,
-                     batch_size: int = 500) -> dict[str, Any]:
+def fractional_space(
+    model: BlockNet,
+    splits: Splits,
+    latency: LatencySource,
+    skip_candidates: Sequence[Sequence[object]],
+    seed: int = 0,
+    batch_size: int = 500,
+) -> dict[str, Any]:
     """The design space over {full, int8, skip} per gated block (``model`` must carry int8 variants:
     :meth:`CifarResNet.attach_int8`): probe configs measured to fit the latency model, the greedy path, the
     skip-only ``skip_candidates``; every candidate's accuracy (val, test) and *measured* latency, interleaved in
@@ -171,34 +220,63 @@ def fractional_space(model: BlockNet, splits: Splits, latency: LatencySource,
     bd = breakdown(cfg)
     rows = []
     for i, o in enumerate(cands):
-        rows.append({
-            "options": list(o), "n_skipped": o.count(SKIP), "n_int8": o.count(INT8), "skip_only": INT8 not in o,
-            "source": "skip-only" if o in skip_only else ("greedy" if any(s.options == o for s in path) else "probe"),
-            "val_accuracy": val[i], "test_accuracy": test[i], "macs": macs(cfg, o),
-            "int8_macs": sum(bd.blocks[b] for b, v in zip(cfg.gated_blocks, o) if v == INT8),
-            "latency_s": lat[i], "latency_model_s": fit.predict(o),
-        })
+        rows.append(
+            {
+                "options": list(o),
+                "n_skipped": o.count(SKIP),
+                "n_int8": o.count(INT8),
+                "skip_only": INT8 not in o,
+                "source": "skip-only"
+                if o in skip_only
+                else ("greedy" if any(s.options == o for s in path) else "probe"),
+                "val_accuracy": val[i],
+                "test_accuracy": test[i],
+                "macs": macs(cfg, o),
+                "int8_macs": sum(bd.blocks[b] for b, v in zip(cfg.gated_blocks, o) if v == INT8),
+                "latency_s": lat[i],
+                "latency_model_s": fit.predict(o),
+            }
+        )
     pts = [Point(r["val_accuracy"], r["latency_s"], r["n_skipped"]) for r in rows]
     full = cands.index((1,) * g)
     alone = {o: i for i, o in enumerate(cands)}
     blocks = []  # each gated block's options alone (the probes include them): the int8 sensitivity list
     for k, b in enumerate(cfg.gated_blocks):
         one = {name: alone[(1,) * k + (v,) + (1,) * (g - k - 1)] for name, v in (("int8", INT8), ("skip", SKIP))}
-        blocks.append({"gate": k, "block": b, **{f"val_accuracy_{n}": rows[i]["val_accuracy"] for n, i in one.items()},
-                       **{f"latency_s_{n}": rows[i]["latency_s"] for n, i in one.items()}})
+        blocks.append(
+            {
+                "gate": k,
+                "block": b,
+                **{f"val_accuracy_{n}": rows[i]["val_accuracy"] for n, i in one.items()},
+                **{f"latency_s_{n}": rows[i]["latency_s"] for n, i in one.items()},
+            }
+        )
     skip_idx = [i for i, r in enumerate(rows) if r["skip_only"]]
     skip_front = [skip_idx[j] for j in front_with_anchor([pts[i] for i in skip_idx], skip_idx.index(full))]
     frac_front = front_with_anchor(pts, full)
     return {
-        "format": FRACTIONAL_FORMAT, "version": SCHEMA_VERSION, "edgeskip_version": __version__,
-        "model": cfg.to_dict(), "num_gates": g, "gated_blocks": list(cfg.gated_blocks),
-        "options": {"0": "skip", "1": "full", "8": "int8"}, "selection_split": "val",
+        "format": FRACTIONAL_FORMAT,
+        "version": SCHEMA_VERSION,
+        "edgeskip_version": __version__,
+        "model": cfg.to_dict(),
+        "num_gates": g,
+        "gated_blocks": list(cfg.gated_blocks),
+        "options": {"0": "skip", "1": "full", "8": "int8"},
+        "selection_split": "val",
         "latency_source": latency.name,
         "latency_model": {"coef": list(fit.coef), "r2": fit.r2, "probes": len(probes)},
-        "full_val_accuracy": rows[full]["val_accuracy"], "full_latency_s": rows[full]["latency_s"], "blocks": blocks,
-        "greedy_path": [list(s.options) for s in path], "candidates": rows,
-        "skip_front": skip_front, "front": frac_front,
-        "comparison": {split: compare_fronts([(rows[i][f"{split}_accuracy"], rows[i]["latency_s"]) for i in skip_front],
-                                             [(rows[i][f"{split}_accuracy"], rows[i]["latency_s"]) for i in frac_front])
-                       for split in ("val", "test")},
+        "full_val_accuracy": rows[full]["val_accuracy"],
+        "full_latency_s": rows[full]["latency_s"],
+        "blocks": blocks,
+        "greedy_path": [list(s.options) for s in path],
+        "candidates": rows,
+        "skip_front": skip_front,
+        "front": frac_front,
+        "comparison": {
+            split: compare_fronts(
+                [(rows[i][f"{split}_accuracy"], rows[i]["latency_s"]) for i in skip_front],
+                [(rows[i][f"{split}_accuracy"], rows[i]["latency_s"]) for i in frac_front],
+            )
+            for split in ("val", "test")
+        },
     }

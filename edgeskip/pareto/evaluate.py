@@ -9,8 +9,8 @@ fraction of the blocks that evaluating every config separately would.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -22,7 +22,7 @@ from edgeskip.models import BlockNet
 
 @dataclass
 class _Node:
-    children: dict[nn.Module | None, "_Node"] = field(default_factory=dict)  # None: the block is bypassed
+    children: dict[nn.Module | None, _Node] = field(default_factory=dict)  # None: the block is bypassed
     configs: list[int] = field(default_factory=list)
 
 
@@ -45,18 +45,22 @@ class SharedPrefixEvaluator:
     @property
     def naive_block_runs(self) -> int:
         """Blocks executed per batch if every config ran separately."""
+
         def walk(node: _Node, executed: int) -> int:
             total = executed * len(node.configs)
             for d, child in node.children.items():
                 total += walk(child, executed + int(d is not None))
             return total
+
         return walk(self.root, 0)
 
     @property
     def shared_block_runs(self) -> int:
         """Blocks executed per batch by the shared walk (one per execute-edge of the trie)."""
+
         def walk(node: _Node) -> int:
             return sum(int(d is not None) + walk(c) for d, c in node.children.items())
+
         return walk(self.root)
 
     @torch.no_grad()

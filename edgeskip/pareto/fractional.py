@@ -11,8 +11,8 @@ model. No I/O here: callers pass the measurements.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -43,8 +43,9 @@ def int8_runs(options: Sequence[int], gated_pos: Sequence[int] | None = None) ->
 def features(options: Sequence[int], gated_pos: Sequence[int] | None = None) -> np.ndarray:
     """Regressors of the latency model: 1, int8 indicator per gate, skip indicator per gate, int8 runs."""
     o = np.asarray(options)
-    return np.concatenate([[1.0], (o == INT8).astype(float), (o == SKIP).astype(float),
-                           [float(int8_runs(options, gated_pos))]])
+    return np.concatenate(
+        [[1.0], (o == INT8).astype(float), (o == SKIP).astype(float), [float(int8_runs(options, gated_pos))]]
+    )
 
 
 @dataclass(frozen=True)
@@ -59,8 +60,9 @@ class LatencyModel:
         return float(features(options, self.gated_pos) @ np.asarray(self.coef))
 
 
-def fit_latency_model(measured: Sequence[tuple[Sequence[int], float]],
-                      gated_pos: Sequence[int] | None = None) -> LatencyModel:
+def fit_latency_model(
+    measured: Sequence[tuple[Sequence[int], float]], gated_pos: Sequence[int] | None = None
+) -> LatencyModel:
     """Fit the model to (option array, seconds) pairs (minimum-norm least squares where underdetermined)."""
     if not measured:
         raise ValueError("the latency model needs measured configs")
@@ -70,7 +72,7 @@ def fit_latency_model(measured: Sequence[tuple[Sequence[int], float]],
     coef = np.linalg.lstsq(X, y, rcond=None)[0]
     resid = y - X @ coef
     tot = float(((y - y.mean()) ** 2).sum())
-    r2 = 1.0 - float((resid ** 2).sum()) / tot if tot > 0 else 1.0
+    r2 = 1.0 - float((resid**2).sum()) / tot if tot > 0 else 1.0
     return LatencyModel(tuple(float(c) for c in coef), gp, r2)
 
 
@@ -81,7 +83,11 @@ def probe_configs(num_gates: int, seed: int = 0, random: int | None = None) -> l
     full, all8 = (FULL,) * g, (INT8,) * g
     out = [full, all8]
     for k in range(g):
-        out += [full[:k] + (INT8,) + full[k + 1:], full[:k] + (SKIP,) + full[k + 1:], all8[:k] + (FULL,) + all8[k + 1:]]
+        out += [
+            full[:k] + (INT8,) + full[k + 1 :],
+            full[:k] + (SKIP,) + full[k + 1 :],
+            all8[:k] + (FULL,) + all8[k + 1 :],
+        ]
     rng = np.random.default_rng(seed)
     out += [tuple(int(v) for v in rng.choice([SKIP, FULL, INT8], g)) for _ in range(g if random is None else random)]
     return list(dict.fromkeys(out))
@@ -96,7 +102,7 @@ def next_states(options: Options) -> list[Options]:
     for k, o in enumerate(options):
         for a, b in MOVES:
             if o == a:
-                out.append(options[:k] + (b,) + options[k + 1:])
+                out.append(options[:k] + (b,) + options[k + 1 :])
     return out
 
 
@@ -108,8 +114,9 @@ class Step:
     val_accuracy: float
 
 
-def greedy_walk(num_gates: int, evaluate: Callable[[list[Options]], list[float]],
-                predict: Callable[[Options], float]) -> list[Step]:
+def greedy_walk(
+    num_gates: int, evaluate: Callable[[list[Options]], list[float]], predict: Callable[[Options], float]
+) -> list[Step]:
     """The greedy path from all-full to all-skip (or until no move saves predicted latency).
 
     ``evaluate`` returns the validation accuracy of each option array given (one call per step, so a
@@ -125,11 +132,9 @@ def greedy_walk(num_gates: int, evaluate: Callable[[list[Options]], list[float]]
         accs = evaluate(moves)
         acc = path[-1].val_accuracy
 
-        def score(i: int) -> tuple[float, float, int]:
-            saved = lat - predict(moves[i])
-            return ((acc - accs[i]) / saved, -saved, i)
-
-        best = min(range(len(moves)), key=score)
+        saved = [lat - predict(m) for m in moves]
+        # least accuracy lost per second saved; ties: the larger saving, then the first move
+        best = min(range(len(moves)), key=lambda i: ((acc - accs[i]) / saved[i], -saved[i], i))
         state = moves[best]
         path.append(Step(state, accs[best]))
 
@@ -141,10 +146,18 @@ def compare_fronts(base: Sequence[tuple[float, float]], other: Sequence[tuple[fl
     for acc, lat in base:
         at_lat = [a for a, t in other if t <= lat]
         at_acc = [t for a, t in other if a >= acc]
-        points.append({"accuracy": acc, "latency_s": lat,
-                       "accuracy_gain_at_latency": max(at_lat) - acc if at_lat else None,
-                       "latency_ratio_at_accuracy": min(at_acc) / lat if at_acc else None})
+        points.append(
+            {
+                "accuracy": acc,
+                "latency_s": lat,
+                "accuracy_gain_at_latency": max(at_lat) - acc if at_lat else None,
+                "latency_ratio_at_accuracy": min(at_acc) / lat if at_acc else None,
+            }
+        )
     gains = [p["accuracy_gain_at_latency"] for p in points if p["accuracy_gain_at_latency"] is not None]
     ratios = [p["latency_ratio_at_accuracy"] for p in points if p["latency_ratio_at_accuracy"] is not None]
-    return {"points": points, "max_accuracy_gain": max(gains, default=None),
-            "min_latency_ratio": min(ratios, default=None)}
+    return {
+        "points": points,
+        "max_accuracy_gain": max(gains, default=None),
+        "min_latency_ratio": min(ratios, default=None),
+    }

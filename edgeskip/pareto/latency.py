@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Callable, Protocol, Sequence
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import torch
 
@@ -27,8 +28,9 @@ class LatencySource(Protocol):
     def measure(self, skip_arrays: Sequence[object]) -> list[float]: ...
 
 
-def interleaved_median(runners: Sequence[Callable[[], object]], repeats: int, warmup: int,
-                       clock: Callable[[], float] = time.perf_counter) -> list[float]:
+def interleaved_median(
+    runners: Sequence[Callable[[], object]], repeats: int, warmup: int, clock: Callable[[], float] = time.perf_counter
+) -> list[float]:
     """Median wall time of each runner over ``repeats`` round-robin rounds (after ``warmup`` rounds)."""
     samples: list[list[float]] = [[] for _ in runners]
     for r in range(warmup + repeats):

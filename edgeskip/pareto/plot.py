@@ -22,8 +22,14 @@ def plot_design_space(sensitivity: dict[str, Any], pareto: dict[str, Any], dest:
         n = [r["n_skipped"] for r in curve]
         ax1.plot(n, [r["val_accuracy"] for r in curve], styles.get(kind, "-"), ms=4, label=f"{kind} (val)")
     main = sensitivity["curves"][pareto["ranking"]]
-    ax1.plot([r["n_skipped"] for r in main], [r["test_accuracy"] for r in main], "-x", color="k", ms=5,
-             label=f"{pareto['ranking']} (test)")
+    ax1.plot(
+        [r["n_skipped"] for r in main],
+        [r["test_accuracy"] for r in main],
+        "-x",
+        color="k",
+        ms=5,
+        label=f"{pareto['ranking']} (test)",
+    )
     ax1.set_xlabel("skipped blocks")
     ax1.set_ylabel("top-1 accuracy")
     ax1.set_title(f"{sensitivity['dataset_id']}  {model_label(sensitivity['model'])}")
@@ -34,13 +40,28 @@ def plot_design_space(sensitivity: dict[str, Any], pareto: dict[str, Any], dest:
     scale, unit = (1e3, "latency (ms, batch 1)") if cost_key == "latency_s" else (1e-6, "MMACs")
     cands = pareto["candidates"]
     front = pareto["configs"]
-    ax2.plot([r[cost_key] * scale for r in cands], [r["val_accuracy"] for r in cands], "o", color="0.6",
-             label="candidates (val)")
-    ax2.plot([r[cost_key] * scale for r in front], [r["val_accuracy"] for r in front], "-o", color="C3",
-             label="Pareto front (val)")
+    ax2.plot(
+        [r[cost_key] * scale for r in cands],
+        [r["val_accuracy"] for r in cands],
+        "o",
+        color="0.6",
+        label="candidates (val)",
+    )
+    ax2.plot(
+        [r[cost_key] * scale for r in front],
+        [r["val_accuracy"] for r in front],
+        "-o",
+        color="C3",
+        label="Pareto front (val)",
+    )
     for r in front:
-        ax2.annotate(str(r["n_skipped"]), (r[cost_key] * scale, r["val_accuracy"]), fontsize=7,
-                     xytext=(3, 3), textcoords="offset points")
+        ax2.annotate(
+            str(r["n_skipped"]),
+            (r[cost_key] * scale, r["val_accuracy"]),
+            fontsize=7,
+            xytext=(3, 3),
+            textcoords="offset points",
+        )
     ax2.set_xlabel(unit)
     ax2.set_ylabel("top-1 accuracy")
     ax2.set_title(f"accuracy vs {'latency' if cost_key == 'latency_s' else 'MACs'} (labels: skipped blocks)")

@@ -8,7 +8,7 @@ Ties are broken by gate index, so every ranking is deterministic.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -40,8 +40,9 @@ def order_by(scores: Sequence[float], descending: bool) -> list[int]:
     return sorted(idx, key=lambda k: (-scores[k] if descending else scores[k], k))
 
 
-def rank_blocks(kind: str, model: BlockNet, skipped_alone_acc: Sequence[float] | None = None,
-                seed: int = 0) -> list[int]:
+def rank_blocks(
+    kind: str, model: BlockNet, skipped_alone_acc: Sequence[float] | None = None, seed: int = 0
+) -> list[int]:
     """Gate indices from least to most important according to ``kind``."""
     g = model.cfg.num_gates
     if kind == "sensitivity":

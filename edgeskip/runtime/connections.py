@@ -18,7 +18,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
@@ -32,8 +33,10 @@ IDLE_TIMEOUT = 15.0  # seconds
 def canned(status: int, reason: str, message: str) -> bytes:
     """A complete HTTP/1.1 response that closes the connection, with a one-line JSON error body."""
     body = json.dumps({"error": message}).encode()
-    return (f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json; charset=utf-8\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\nServer: edgeskip\r\n\r\n").encode() + body
+    return (
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json; charset=utf-8\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\nServer: edgeskip\r\n\r\n"
+    ).encode() + body
 
 
 TOO_MANY = canned(503, "Service Unavailable", "too many open connections; retry later")
@@ -51,8 +54,12 @@ class Guard:
     """Counts open connections and makes each one's protocol: a :class:`GuardedHandler`, or :class:`Refuse`
     over the cap. ``count(status)`` is told of every refused connection (503) and malformed request (400)."""
 
-    def __init__(self, max_connections: int = MAX_CONNECTIONS, count: Callable[[int], None] = lambda status: None,
-                 idle_timeout: float = IDLE_TIMEOUT) -> None:
+    def __init__(
+        self,
+        max_connections: int = MAX_CONNECTIONS,
+        count: Callable[[int], None] = lambda status: None,
+        idle_timeout: float = IDLE_TIMEOUT,
+    ) -> None:
         self.max_connections, self.count, self.idle_timeout = max_connections, count, idle_timeout
         self.open = 0
 
@@ -116,8 +123,9 @@ class GuardedHandler(RequestHandler):
         """Did the last feed end in a parse error (aiohttp queues an error message for it)?"""
         return len(self._messages) > before and type(self._messages[-1][0]).__name__ == "_ErrInfo"
 
-    def handle_error(self, request: Any, status: int = 500, exc: BaseException | None = None,
-                     message: str | None = None) -> web.StreamResponse:
+    def handle_error(
+        self, request: Any, status: int = 500, exc: BaseException | None = None, message: str | None = None
+    ) -> web.StreamResponse:
         """One-line JSON that echoes nothing of the request, one log line, counted (400s as bad requests)."""
         if status >= 500:
             log.error("internal error in the HTTP layer: %s", type(exc).__name__)
@@ -151,4 +159,5 @@ class GuardedSite(web.BaseSite):
         server = self._runner.server
         assert server is not None
         self._server = await asyncio.get_running_loop().create_server(
-            lambda: self._guard.protocol(server), self._host, self._port, backlog=self._backlog, reuse_address=True)
+            lambda: self._guard.protocol(server), self._host, self._port, backlog=self._backlog, reuse_address=True
+        )

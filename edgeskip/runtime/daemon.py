@@ -8,8 +8,9 @@ import signal
 import statistics
 import sys
 import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, Callable, Coroutine
+from typing import Any
 
 import numpy as np
 from aiohttp import web
@@ -18,8 +19,8 @@ from edgeskip.errors import EdgeskipError
 from edgeskip.runtime.choices import EVENT_LOOPS
 from edgeskip.runtime.connections import IDLE_TIMEOUT, MAX_CONNECTIONS, Guard, GuardedSite
 from edgeskip.runtime.dispatch import Dispatcher, check_queue, service_model_for
-from edgeskip.runtime.policies import make_policy
 from edgeskip.runtime.executor import BundleExecutor, open_executor
+from edgeskip.runtime.policies import make_policy
 from edgeskip.runtime.server import InferenceService, make_app
 
 
@@ -43,8 +44,9 @@ def check_module(executor: BundleExecutor) -> None:
         logits = np.asarray(executor.infer(x, config=0))
     except Exception as e:  # noqa: BLE001 - each engine raises its own types; any failure here is the bundle's
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-        raise EdgeskipError(f"the bundle's module does not run on its manifest's input shape "
-                            f"{[1, *executor.input_shape]}: {first}") from None
+        raise EdgeskipError(
+            f"the bundle's module does not run on its manifest's input shape {[1, *executor.input_shape]}: {first}"
+        ) from None
     classes = len(executor.manifest.class_names)
     if logits.ndim != 2 or logits.shape[1] != classes:
         raise EdgeskipError(f"the bundle's module gives {list(logits.shape)} logits for {classes} class names")
@@ -97,9 +99,18 @@ def measure_service_time(executor: BundleExecutor, repeats: int = 20) -> float:
     return statistics.median(times)
 
 
-def make_service(bundle: str, min_acc: float, delta_req: float | None, fixed: int | None,
-                 backend: str = "auto", policy: str = "paper", queue_depth: int = 0, deadline: float | None = None,
-                 policy_params: dict[str, float] | None = None, **executor_options: object) -> InferenceService:
+def make_service(
+    bundle: str,
+    min_acc: float,
+    delta_req: float | None,
+    fixed: int | None,
+    backend: str = "auto",
+    policy: str = "paper",
+    queue_depth: int = 0,
+    deadline: float | None = None,
+    policy_params: dict[str, float] | None = None,
+    **executor_options: object,
+) -> InferenceService:
     """Open the bundle and build the daemon's service: ``fixed`` (a config index) or the adaptation ``policy``.
 
     The end-to-end service time of the no-skip config (decoding a raw body, inference, checks: what the
@@ -121,9 +132,16 @@ def make_service(bundle: str, min_acc: float, delta_req: float | None, fixed: in
     uses_prior = name in ("rate", "mix") or deadline is not None
     latencies = measure_config_latencies(executor) if uses_prior else [c.latency_s for c in executor.configs]
     prior = [t + max(e2e - latencies[0], 0.0) for t in latencies]  # the same per-request overhead on each
-    chosen = make_policy(name, [c.val_accuracy for c in executor.configs], min_acc,
-                         delta_req=e2e if delta_req is None else delta_req, service_prior=prior, fixed=fixed,
-                         queue_depth=queue_depth, **(policy_params or {}))
+    chosen = make_policy(
+        name,
+        [c.val_accuracy for c in executor.configs],
+        min_acc,
+        delta_req=e2e if delta_req is None else delta_req,
+        service_prior=prior,
+        fixed=fixed,
+        queue_depth=queue_depth,
+        **(policy_params or {}),
+    )
     dispatcher = Dispatcher(chosen, service_model_for(chosen, prior), queue_depth, deadline)
     return InferenceService(executor, dispatcher, None if fixed is not None else min_acc, service_time_s=e2e)
 
@@ -212,14 +230,29 @@ def lower_priority(nice: int) -> None:
 SHUTDOWN_TIMEOUT = 3.0  # seconds for handlers in flight once SIGTERM/SIGINT arrives; then connections close
 
 
-async def run_daemon(bundle: str, min_acc: float, delta_req: float | None, fixed: int | None, backend: str,
-                     host: str, port: int, max_body: int, on_ready: Callable[[str], None] = print,
-                     model_name: str | None = None, max_pixels: int | None = None,
-                     max_inflight_bytes: int | None = None, body_timeout: float | None = None,
-                     policy: str = "paper", queue_depth: int = 0, deadline: float | None = None,
-                     policy_params: dict[str, float] | None = None, max_connections: int = MAX_CONNECTIONS,
-                     idle_timeout: float = IDLE_TIMEOUT, loop_nice: int = LOOP_NICE,
-                     **executor_options: object) -> None:
+async def run_daemon(
+    bundle: str,
+    min_acc: float,
+    delta_req: float | None,
+    fixed: int | None,
+    backend: str,
+    host: str,
+    port: int,
+    max_body: int,
+    on_ready: Callable[[str], None] = print,
+    model_name: str | None = None,
+    max_pixels: int | None = None,
+    max_inflight_bytes: int | None = None,
+    body_timeout: float | None = None,
+    policy: str = "paper",
+    queue_depth: int = 0,
+    deadline: float | None = None,
+    policy_params: dict[str, float] | None = None,
+    max_connections: int = MAX_CONNECTIONS,
+    idle_timeout: float = IDLE_TIMEOUT,
+    loop_nice: int = LOOP_NICE,
+    **executor_options: object,
+) -> None:
     """Serve until SIGTERM or SIGINT; then stop accepting, answer the request in flight, close every
     connection (slow and idle ones included) and return, within ``SHUTDOWN_TIMEOUT`` + the inference.
 
@@ -232,16 +265,25 @@ async def run_daemon(bundle: str, min_acc: float, delta_req: float | None, fixed
     name = model_name or default_model_name(bundle)
     if not name or "/" in name or name.strip() != name:
         raise EdgeskipError(f"--model-name must be a non-empty name without '/' or surrounding spaces, got {name!r}")
-    service = make_service(bundle, min_acc, delta_req, fixed, backend, policy, queue_depth, deadline, policy_params,
-                           **executor_options)
+    service = make_service(
+        bundle, min_acc, delta_req, fixed, backend, policy, queue_depth, deadline, policy_params, **executor_options
+    )
     lower_priority(loop_nice)  # this thread, the event loop's; the inference thread, made before, keeps its own
-    for attr, value in (("max_pixels", max_pixels), ("max_inflight_bytes", max_inflight_bytes),
-                        ("body_timeout", body_timeout)):
+    for attr, value in (
+        ("max_pixels", max_pixels),
+        ("max_inflight_bytes", max_inflight_bytes),
+        ("body_timeout", body_timeout),
+    ):
         if value is not None:
             setattr(service, attr, value)
-    runner = web.AppRunner(make_app(service, max_body, name), handle_signals=False, access_log=None,
-                           shutdown_timeout=SHUTDOWN_TIMEOUT, keepalive_timeout=idle_timeout,
-                           lingering_time=0)  # a body the daemon refused is not read: the answer, then close
+    runner = web.AppRunner(
+        make_app(service, max_body, name),
+        handle_signals=False,
+        access_log=None,
+        shutdown_timeout=SHUTDOWN_TIMEOUT,
+        keepalive_timeout=idle_timeout,
+        lingering_time=0,
+    )  # a body the daemon refused is not read: the answer, then close
     try:
         await runner.setup()
         site = GuardedSite(runner, host, port, Guard(max_connections, service.count_status, idle_timeout))
@@ -253,11 +295,16 @@ async def run_daemon(bundle: str, min_acc: float, delta_req: float | None, fixed
             bound = runner.addresses[0][1]
             c, d = service.policy, service.dispatcher
             extra = f"  delta_req {c.delta_req * 1e3:.3f} ms" if c.name == "paper" else ""
-            queue = f"  queue {d.queue_depth}" + (f" deadline {d.deadline * 1e3:g} ms" if d.deadline else "") \
-                if d.queue_depth else ""
-            on_ready(f"listening on http://{host}:{bound}  model {name}  backend {service.executor.backend}  target "
-                     f"{service.executor.target}  policy {c.name}{extra}{queue}  service "
-                     f"{service.service_time_s * 1e3:.3f} ms  configs {list(c.allowed)}")
+            queue = (
+                f"  queue {d.queue_depth}" + (f" deadline {d.deadline * 1e3:g} ms" if d.deadline else "")
+                if d.queue_depth
+                else ""
+            )
+            on_ready(
+                f"listening on http://{host}:{bound}  model {name}  backend {service.executor.backend}  target "
+                f"{service.executor.target}  policy {c.name}{extra}{queue}  service "
+                f"{service.service_time_s * 1e3:.3f} ms  configs {list(c.allowed)}"
+            )
             sys.stdout.flush()
             release_startup_memory()
             janitor = asyncio.ensure_future(memory_janitor(resident_kib()))

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Hashable, Sequence
 
 from edgeskip.errors import EdgeskipError
 from edgeskip.runtime.policies import Policy, ServiceModel
@@ -59,8 +59,9 @@ def check_queue(queue_depth: int, deadline: float | None) -> None:
     if deadline is not None and not (deadline > 0 and math.isfinite(deadline)):
         raise EdgeskipError(f"--deadline-ms must be > 0, got {deadline!r}")
     if deadline is not None and queue_depth == 0:
-        raise EdgeskipError("--deadline-ms needs --queue-depth >= 1 (without a queue every request starts at once "
-                            "or is dropped)")
+        raise EdgeskipError(
+            "--deadline-ms needs --queue-depth >= 1 (without a queue every request starts at once or is dropped)"
+        )
 
 
 @dataclass
@@ -114,14 +115,17 @@ class Dispatcher:
             return self._drop(rid, "busy")
         if len(self.queue) >= self.queue_depth:
             return self._drop(rid, "queue_full")
-        if self.deadline is not None and \
-                self._free_at(now) + self.service.estimate(self.policy.config) > now + self.deadline:
+        if (
+            self.deadline is not None
+            and self._free_at(now) + self.service.estimate(self.policy.config) > now + self.deadline
+        ):
             return self._drop(rid, "deadline")
         self.queue.append((rid, now))
         return Queued(rid, len(self.queue) - 1)
 
-    def finish(self, now: float, service_s: float, config: int | None = None,
-               observed: bool = True) -> list[Start | Drop]:
+    def finish(
+        self, now: float, service_s: float, config: int | None = None, observed: bool = True
+    ) -> list[Start | Drop]:
         """The running request finished at ``now`` after ``service_s`` s (``config``: what it actually ran, if
         not the one it was started with, e.g. a pinned request; ``observed`` False: it failed, its time says
         nothing about the config). Returns what happens next, in order."""

@@ -5,15 +5,15 @@ weights. Back ends: IREE (the bundle's modules for this machine's target) and on
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence, TypeVar
+from typing import TypeVar
 
 import numpy as np
 
 from edgeskip.errors import EdgeskipError
 from edgeskip.manifest import Manifest, load_manifest
 from edgeskip.runtime.choices import BACKENDS
-
 from edgeskip.skip import normalize_skip
 
 T = TypeVar("T")
@@ -25,10 +25,14 @@ def load_iree(make: Callable[[], T], target: str, driver: str) -> T:
         return make()
     except (RuntimeError, ValueError) as e:
         text = str(e)
-        why = ("it was compiled for another CPU" if "INCOMPATIBLE" in text
-               else (text.strip().splitlines() or [type(e).__name__])[0][:160])
-        raise EdgeskipError(f"IREE cannot load the bundle's {target} module with driver {driver} on this "
-                            f"machine: {why}") from None
+        why = (
+            "it was compiled for another CPU"
+            if "INCOMPATIBLE" in text
+            else (text.strip().splitlines() or [type(e).__name__])[0][:160]
+        )
+        raise EdgeskipError(
+            f"IREE cannot load the bundle's {target} module with driver {driver} on this machine: {why}"
+        ) from None
 
 
 class BundleExecutor:
@@ -56,10 +60,14 @@ class BundleExecutor:
     def check_image(self, image: np.ndarray) -> np.ndarray:
         image = np.asarray(image)
         if image.ndim != 4 or tuple(image.shape[1:]) != self.input_shape:
-            raise EdgeskipError(f"input must have shape [N, {', '.join(map(str, self.input_shape))}], got {list(image.shape)}")
+            raise EdgeskipError(
+                f"input must have shape [N, {', '.join(map(str, self.input_shape))}], got {list(image.shape)}"
+            )
         return np.ascontiguousarray(image, dtype=np.float32)
 
-    def infer(self, image: np.ndarray, config: int | None = None, skip: Sequence[object] | str | None = None) -> np.ndarray:
+    def infer(
+        self, image: np.ndarray, config: int | None = None, skip: Sequence[object] | str | None = None
+    ) -> np.ndarray:
         """Logits for ``image`` with Pareto config ``config`` or an arbitrary skip array (default: config 0)."""
         x = self.check_image(image)
         if skip is not None:
@@ -86,15 +94,28 @@ class IreeBundleExecutor(BundleExecutor):
 
     backend = "iree"
 
-    def __init__(self, bundle: str | os.PathLike, target: str = "host", driver: str = "local-sync",
-                 manifest: Manifest | None = None) -> None:
+    def __init__(
+        self,
+        bundle: str | os.PathLike,
+        target: str = "host",
+        driver: str = "local-sync",
+        manifest: Manifest | None = None,
+    ) -> None:
         super().__init__(bundle, manifest)
         from edgeskip.backends.iree import SharedIreeExecutor
 
         iree, self.target = self.manifest.iree, target
-        self.iree = load_iree(lambda: SharedIreeExecutor(self.bundle / iree.weights, [self.target_dir(target) / iree.module],
-                                                         driver=driver, functions=iree.functions,
-                                                         scope=iree.parameter_scope), target, driver)
+        self.iree = load_iree(
+            lambda: SharedIreeExecutor(
+                self.bundle / iree.weights,
+                [self.target_dir(target) / iree.module],
+                driver=driver,
+                functions=iree.functions,
+                scope=iree.parameter_scope,
+            ),
+            target,
+            driver,
+        )
         self._fn = {c.index: iree.functions.index(c.module) for c in self.configs}
         self._gated_fn = iree.functions.index("gated")
 
@@ -116,8 +137,10 @@ class OrtBundleExecutor(BundleExecutor):
         from edgeskip.backends.ort import ort_session
 
         graphs = self.manifest.onnx
-        self.sessions = {name: ort_session(self.bundle / graphs[name], threads)
-                         for name in ("gated", *(c.module for c in self.configs))}
+        self.sessions = {
+            name: ort_session(self.bundle / graphs[name], threads)
+            for name in ("gated", *(c.module for c in self.configs))
+        }
 
     def _static(self, k: int, x: np.ndarray) -> np.ndarray:
         return self.sessions[self.configs[k].module].run(None, {"image": x})[0]
@@ -140,19 +163,26 @@ class SkipNetExecutor(BundleExecutor):
         self.decisions = np.zeros((0, self.num_gates), self.dtype)
         self.executed = np.zeros((0, self.num_gates), bool)
 
-    def infer(self, image: np.ndarray, config: int | None = None, skip: Sequence[object] | str | None = None) -> np.ndarray:
+    def infer(
+        self, image: np.ndarray, config: int | None = None, skip: Sequence[object] | str | None = None
+    ) -> np.ndarray:
         kind = self.manifest.kind
         if skip is not None:
             raise EdgeskipError(f"a {kind} bundle picks its blocks per input; it takes no skip array")
         if config not in (None, 0):
             raise EdgeskipError(f"a {kind} bundle has one config (0), not {config}")
         x = self.check_image(image)
-        outs = [self._one(x[i:i + 1]) for i in range(len(x))]
-        self.decisions = (np.stack([np.asarray(d).astype(self.dtype) for _, d in outs]) if outs
-                          else np.zeros((0, self.num_gates), self.dtype))
+        outs = [self._one(x[i : i + 1]) for i in range(len(x))]
+        self.decisions = (
+            np.stack([np.asarray(d).astype(self.dtype) for _, d in outs])
+            if outs
+            else np.zeros((0, self.num_gates), self.dtype)
+        )
         self.executed = self.decisions != 0
         self.last_skipped = int((~self.executed[-1]).sum()) if outs else None
-        return np.concatenate([l for l, _ in outs]) if outs else np.zeros((0, len(self.manifest.class_names)), np.float32)
+        return (
+            np.concatenate([l for l, _ in outs]) if outs else np.zeros((0, len(self.manifest.class_names)), np.float32)
+        )
 
     def _one(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
@@ -161,14 +191,27 @@ class SkipNetExecutor(BundleExecutor):
 class IreeSkipNetExecutor(SkipNetExecutor):
     backend = "iree"
 
-    def __init__(self, bundle: str | os.PathLike, target: str = "host", driver: str = "local-sync",
-                 manifest: Manifest | None = None) -> None:
+    def __init__(
+        self,
+        bundle: str | os.PathLike,
+        target: str = "host",
+        driver: str = "local-sync",
+        manifest: Manifest | None = None,
+    ) -> None:
         super().__init__(bundle, manifest)
         from edgeskip.backends.iree import IreeSkipNet
 
         iree, self.target = self.manifest.iree, target
-        self.module = load_iree(lambda: IreeSkipNet(self.bundle / iree.weights, self.target_dir(target) / iree.module,
-                                                    driver=driver, function=self.configs[0].module), target, driver)
+        self.module = load_iree(
+            lambda: IreeSkipNet(
+                self.bundle / iree.weights,
+                self.target_dir(target) / iree.module,
+                driver=driver,
+                function=self.configs[0].module,
+            ),
+            target,
+            driver,
+        )
 
     def _one(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.module.run(x)
@@ -208,9 +251,15 @@ def machine_target(manifest: Manifest, machine: str | None = None) -> str:
     raise EdgeskipError(f"bundle has no modules for this machine ({machine}); it has {', '.join(targets)}")
 
 
-def open_executor(bundle: str | os.PathLike, backend: str = "auto", target: str = "auto", driver: str = "local-sync",
-                  threads: int = 1, digest: str | None = None,
-                  verify_key: str | os.PathLike | None = None) -> BundleExecutor:
+def open_executor(
+    bundle: str | os.PathLike,
+    backend: str = "auto",
+    target: str = "auto",
+    driver: str = "local-sync",
+    threads: int = 1,
+    digest: str | None = None,
+    verify_key: str | os.PathLike | None = None,
+) -> BundleExecutor:
     """An executor for ``bundle``. ``backend`` auto: the one the bundle measured fastest on x86 hosts (IREE
     where onnxruntime is not installed), IREE elsewhere (onnxruntime graphs are not compiled per target).
     ``target`` auto: this machine's modules. ``driver`` is IREE's HAL driver, ``threads`` onnxruntime's

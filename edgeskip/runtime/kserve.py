@@ -100,13 +100,21 @@ class KServeV2:
         except BadRequest as e:
             return _error(e)
         ex = self.service.executor
-        return web.json_response({
-            "name": self.name, "versions": [VERSION], "platform": f"edgeskip_{ex.backend}",
-            "inputs": [{"name": "image", "datatype": "FP32", "shape": [-1, *self.chw]}],
-            "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, len(self.classes)]}],
-            "parameters": {"kind": ex.manifest.kind, "num_configs": len(ex.configs), "num_gates": ex.num_gates,
-                           "class_names": list(self.classes)},
-        })
+        return web.json_response(
+            {
+                "name": self.name,
+                "versions": [VERSION],
+                "platform": f"edgeskip_{ex.backend}",
+                "inputs": [{"name": "image", "datatype": "FP32", "shape": [-1, *self.chw]}],
+                "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, len(self.classes)]}],
+                "parameters": {
+                    "kind": ex.manifest.kind,
+                    "num_configs": len(ex.configs),
+                    "num_gates": ex.num_gates,
+                    "class_names": list(self.classes),
+                },
+            }
+        )
 
     async def infer(self, request: web.Request) -> web.Response:
         try:
@@ -119,14 +127,22 @@ class KServeV2:
         except Exception as e:  # noqa: BLE001 - answered and counted, never a traceback page
             return self.service.internal_error(e)
         if out.dropped:
-            why = {"busy": "the executor was busy", "queue_full": "the queue was full",
-                   "deadline": "it could not finish within the deadline"}[out.reason or "busy"]
-            return web.json_response({"error": f"dropped ({out.reason}): {why}; now at config {out.config}"},
-                                     status=503)
+            why = {
+                "busy": "the executor was busy",
+                "queue_full": "the queue was full",
+                "deadline": "it could not finish within the deadline",
+            }[out.reason or "busy"]
+            return web.json_response(
+                {"error": f"dropped ({out.reason}): {why}; now at config {out.config}"}, status=503
+            )
         outputs: dict[str, dict] = out.extra["outputs"]  # type: ignore[index]
         logits = np.ascontiguousarray(out.logits, dtype=np.float32)
-        head: dict[str, Any] = {"model_name": self.name, "model_version": VERSION, "outputs": [], "parameters": {
-            "config": out.config, "skipped_blocks": out.skipped, "latency_s": out.latency_s}}
+        head: dict[str, Any] = {
+            "model_name": self.name,
+            "model_version": VERSION,
+            "outputs": [],
+            "parameters": {"config": out.config, "skipped_blocks": out.skipped, "latency_s": out.latency_s},
+        }
         if "id" in out.extra:  # type: ignore[operator]
             head["id"] = out.extra["id"]  # type: ignore[index]
         blobs: list[bytes] = []
@@ -151,5 +167,6 @@ class KServeV2:
         text = json.dumps(head).encode()
         if not blobs:
             return web.Response(body=text, content_type="application/json")
-        return web.Response(body=b"".join([text, *blobs]), content_type="application/octet-stream",
-                            headers={HEADER: str(len(text))})
+        return web.Response(
+            body=b"".join([text, *blobs]), content_type="application/octet-stream", headers={HEADER: str(len(text))}
+        )

@@ -22,8 +22,9 @@ Policies (:data:`edgeskip.runtime.choices.POLICIES`):
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import Protocol
 
 from edgeskip.errors import EdgeskipError
 
@@ -42,7 +43,9 @@ class Policy(Protocol):
     """The interface every policy implements (see the module docstring)."""
 
     name: str
-    allowed: list[int]
+
+    @property
+    def allowed(self) -> list[int]: ...
 
     @property
     def config(self) -> int: ...
@@ -190,9 +193,20 @@ class ServiceModel:
 
 # parameters of the rate-based policies: name -> (default, lower bound, upper bound, open-lower, help)
 RATE_PARAMS: dict[str, tuple[float, float, float, bool, str]] = {
-    "target_util": (0.95, 0.0, 1.0, True, "utilisation (arrival rate x service time) the chosen config may reach "
-                    "(1.0 with a queue)"),
-    "hysteresis": (0.05, 0.0, 0.9, False, "extra margin a slower (more accurate) config needs before moving back to it"),
+    "target_util": (
+        0.95,
+        0.0,
+        1.0,
+        True,
+        "utilisation (arrival rate x service time) the chosen config may reach (1.0 with a queue)",
+    ),
+    "hysteresis": (
+        0.05,
+        0.0,
+        0.9,
+        False,
+        "extra margin a slower (more accurate) config needs before moving back to it",
+    ),
     "attack": (8.0, 1.0, 1000.0, False, "gap estimator's window (requests) when arrivals speed up"),
     "release": (8.0, 1.0, 1000.0, False, "gap estimator's window (requests) when arrivals slow down"),
     "drain": (8.0, 1.0, 1000.0, False, "requests over which a queue backlog is to be worked off"),
@@ -207,10 +221,16 @@ def check_param(name: str, value: float) -> float:
     if name not in RATE_PARAMS:
         raise EdgeskipError(f"unknown policy parameter {name!r}; choose from {', '.join(RATE_PARAMS)}")
     _, lo, hi, open_lo, _ = RATE_PARAMS[name]
-    ok = isinstance(value, (int, float)) and math.isfinite(value) and (value > lo if open_lo else value >= lo) \
+    ok = (
+        isinstance(value, (int, float))
+        and math.isfinite(value)
+        and (value > lo if open_lo else value >= lo)
         and value <= hi
+    )
     if not ok:
-        raise EdgeskipError(f"policy parameter {name} must be in {'(' if open_lo else '['}{lo:g}, {hi:g}], got {value!r}")
+        raise EdgeskipError(
+            f"policy parameter {name} must be in {'(' if open_lo else '['}{lo:g}, {hi:g}], got {value!r}"
+        )
     return float(value)
 
 
@@ -309,9 +329,13 @@ class RatePolicy:
 
     def state(self) -> dict[str, object]:
         b = self.budget()
-        return {"policy": self.name, "gap_s": self.gap, "budget_s": None if math.isinf(b) else b,
-                **{p: getattr(self, p) for p in RATE_PARAMS},
-                "service_estimate_s": [self.service.estimate(c) for c in range(len(self.accuracies))]}
+        return {
+            "policy": self.name,
+            "gap_s": self.gap,
+            "budget_s": None if math.isinf(b) else b,
+            **{p: getattr(self, p) for p in RATE_PARAMS},
+            "service_estimate_s": [self.service.estimate(c) for c in range(len(self.accuracies))],
+        }
 
 
 @dataclass
@@ -334,8 +358,11 @@ class MixPolicy(RatePolicy):
         lo = self._fits(b)
         if lo is None or lo == 0 or math.isinf(b):
             self.credit = 0.0
-            self.position = lo if lo is not None else min(
-                range(len(self.allowed)), key=lambda p: (self.service.estimate(self.allowed[p]), p))
+            self.position = (
+                lo
+                if lo is not None
+                else min(range(len(self.allowed)), key=lambda p: (self.service.estimate(self.allowed[p]), p))
+            )
             return self.config
         hi = lo - 1
         s_hi = self.service.estimate(self.allowed[hi])
@@ -358,9 +385,17 @@ class MixPolicy(RatePolicy):
         return {**super().state(), "credit_s": self.credit, "strict": self.strict}
 
 
-def make_policy(name: str, accuracies: Sequence[float], min_acc: float = 0.0, *, delta_req: float | None = None,
-                service_prior: Sequence[float] | None = None, fixed: int | None = None, queue_depth: int = 0,
-                **params: float) -> Policy:
+def make_policy(
+    name: str,
+    accuracies: Sequence[float],
+    min_acc: float = 0.0,
+    *,
+    delta_req: float | None = None,
+    service_prior: Sequence[float] | None = None,
+    fixed: int | None = None,
+    queue_depth: int = 0,
+    **params: float,
+) -> Policy:
     """The policy ``name`` over configs of ``accuracies``; one-line errors for bad names and parameters.
 
     ``paper`` needs ``delta_req``; ``rate``/``mix`` need ``service_prior`` (seconds per config) and take

@@ -108,8 +108,9 @@ def decode_image(body: bytes, ctype: str, manifest: Manifest, max_pixels: int = 
         with Image.open(io.BytesIO(body), formats=[want]) as im:  # reads the header only
             width, height = im.size
             if width * height > max_pixels:
-                raise BadRequest(f"image of {width}x{height} pixels exceeds the limit of {max_pixels} pixels",
-                                 status=413)
+                raise BadRequest(
+                    f"image of {width}x{height} pixels exceeds the limit of {max_pixels} pixels", status=413
+                )
             if want == "JPEG":
                 im.draft("RGB" if c == 3 else "L", (w, h))  # let the JPEG decoder scale down on the way
             im = im.convert("RGB" if c == 3 else "L").resize((w, h), Image.BILINEAR)
@@ -147,7 +148,9 @@ def decode(body: bytes, ctype: str, manifest: Manifest, max_pixels: int = MAX_PI
     raise BadRequest(f"unsupported content type {ctype!r}; use one of {', '.join(TYPES)}", status=415)
 
 
-def decode_kserve(body: bytes, header_length: str | None, manifest: Manifest) -> tuple[dict, np.ndarray, dict[str, dict]]:
+def decode_kserve(
+    body: bytes, header_length: str | None, manifest: Manifest
+) -> tuple[dict, np.ndarray, dict[str, dict]]:
     """A KServe v2 inference request (JSON, optionally followed by binary tensor data of ``header_length``
     bytes of JSON) -> (request JSON, images [N, C, H, W], requested outputs by name); raises BadRequest."""
     chw, classes = manifest.input.chw, manifest.class_names
@@ -173,8 +176,12 @@ def decode_kserve(body: bytes, header_length: str | None, manifest: Manifest) ->
         raise BadRequest(f"input 'image' must be FP32, got {inp.get('datatype')!r}")
     shape = inp.get("shape")
     c, h, w = chw
-    if not isinstance(shape, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in shape) \
-            or tuple(shape[-3:]) != (c, h, w) or len(shape) not in (3, 4):
+    if (
+        not isinstance(shape, list)
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in shape)
+        or tuple(shape[-3:]) != (c, h, w)
+        or len(shape) not in (3, 4)
+    ):
         raise BadRequest(f"input 'image' must have shape [N, {c}, {h}, {w}], got {shape}")
     batch = 1 if len(shape) == 3 else shape[0]
     if not 1 <= batch <= MAX_BATCH:
@@ -186,8 +193,10 @@ def decode_kserve(body: bytes, header_length: str | None, manifest: Manifest) ->
     if "binary_data_size" in params:
         size = params["binary_data_size"]
         if size != want * 4 or len(binary) != size:
-            raise BadRequest(f"binary data for 'image' must be {want * 4} bytes (FP32 {shape}), "
-                             f"declared {size}, received {len(binary)}")
+            raise BadRequest(
+                f"binary data for 'image' must be {want * 4} bytes (FP32 {shape}), "
+                f"declared {size}, received {len(binary)}"
+            )
         x = finite(np.frombuffer(binary, dtype="<f4").astype(np.float32).reshape(batch, c, h, w), "input 'image'")
     else:
         if len(binary):
@@ -197,8 +206,9 @@ def decode_kserve(body: bytes, header_length: str | None, manifest: Manifest) ->
     binary_default = bool((doc.get("parameters") or {}).get("binary_data_output", False))
     for o in doc.get("outputs") or [{"name": "logits"}]:
         if not isinstance(o, dict) or o.get("name") != "logits":
-            raise BadRequest(f"unknown output {o.get('name') if isinstance(o, dict) else o!r}; "
-                             "this model's output is 'logits'")
+            raise BadRequest(
+                f"unknown output {o.get('name') if isinstance(o, dict) else o!r}; this model's output is 'logits'"
+            )
         p = o.get("parameters") or {}
         k = p.get("classification", 0)
         if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= len(classes):

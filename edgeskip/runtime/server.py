@@ -18,8 +18,9 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 from aiohttp import ClientError, web
@@ -59,20 +60,27 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter("edgeskip_requests", "Inference requests by outcome", ["outcome"], registry=self.registry)
-        self.per_config = Counter("edgeskip_config_requests", "Processed requests per config", ["config"],
-                                  registry=self.registry)
-        self.latency = Histogram("edgeskip_inference_latency_seconds", "Inference latency",
-                                 buckets=(1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 1.0),
-                                 registry=self.registry)
+        self.requests = Counter(
+            "edgeskip_requests", "Inference requests by outcome", ["outcome"], registry=self.registry
+        )
+        self.per_config = Counter(
+            "edgeskip_config_requests", "Processed requests per config", ["config"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "edgeskip_inference_latency_seconds",
+            "Inference latency",
+            buckets=(1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 1.0),
+            registry=self.registry,
+        )
         self.current = Gauge("edgeskip_current_config", "Config index currently selected", registry=self.registry)
         # bound children: the request path touches no label lookup
         self.processed, self.dropped = self.requests.labels("processed"), self.requests.labels("dropped")
         self.bad = self.requests.labels("bad_request")
         self.error = self.requests.labels("error")
         self.refused = self.requests.labels("refused")
-        self.drops = Counter("edgeskip_dropped_requests", "Dropped requests by reason", ["reason"],
-                             registry=self.registry)
+        self.drops = Counter(
+            "edgeskip_dropped_requests", "Dropped requests by reason", ["reason"], registry=self.registry
+        )
         self.drop_reason = {r: self.drops.labels(r) for r in DROP_REASONS}
         self.queued = Gauge("edgeskip_queued_requests", "Requests waiting for the executor", registry=self.registry)
         self._per_config: dict[object, Any] = {}
@@ -102,8 +110,15 @@ class Outcome:
 class InferenceService:
     """State of the daemon: executor, dispatcher (policy + queue), counters. ``clock`` is injectable."""
 
-    def __init__(self, executor: BundleExecutor, dispatcher: Dispatcher, min_acc: float | None,
-                 clock: Callable[[], float] = time.monotonic, topk: int = 5, service_time_s: float | None = None) -> None:
+    def __init__(
+        self,
+        executor: BundleExecutor,
+        dispatcher: Dispatcher,
+        min_acc: float | None,
+        clock: Callable[[], float] = time.monotonic,
+        topk: int = 5,
+        service_time_s: float | None = None,
+    ) -> None:
         self.executor, self.dispatcher, self.clock = executor, dispatcher, clock
         self.min_acc, self.topk, self.service_time_s = min_acc, topk, service_time_s
         self.counts = {"processed": 0, "dropped": 0, "bad_request": 0, "refused": 0, "error": 0}
@@ -202,10 +217,13 @@ class InferenceService:
     def _release(self, start: float, chosen: int) -> Callable[[Any], Callable[[], None]]:
         """The worker's ``after``: frees the executor the moment the job ends (on the worker thread), and
         hands the result of that over on the loop."""
+
         def after(result: Any) -> Callable[[], None]:
-            actions = self._finish(self.clock() - start, chosen if result is None else result.config,
-                                   observed=result is not None)
+            actions = self._finish(
+                self.clock() - start, chosen if result is None else result.config, observed=result is not None
+            )
             return lambda: self._hand_over(actions)
+
         return after
 
     async def submit(self, job: Prepared) -> Outcome:
@@ -255,10 +273,17 @@ class InferenceService:
             return web.json_response({"dropped": True, "reason": out.reason, "config": out.config}, status=503)
         names = self.executor.manifest.class_names
         top = top_scores(out.logits[0], self.topk)  # type: ignore[index]
-        return web.Response(body=json.dumps({
-            "top": [{"class": names[i], "index": i, "score": p} for i, p in top],
-            "config": out.config, "skipped_blocks": out.skipped, "latency_s": out.latency_s,
-        }).encode(), content_type="application/json")
+        return web.Response(
+            body=json.dumps(
+                {
+                    "top": [{"class": names[i], "index": i, "score": p} for i, p in top],
+                    "config": out.config,
+                    "skipped_blocks": out.skipped,
+                    "latency_s": out.latency_s,
+                }
+            ).encode(),
+            content_type="application/json",
+        )
 
     def count_bad(self, status: int = 400) -> None:
         """Count a request refused as malformed (4xx) or for lack of resources (408/503 before admission)."""
@@ -281,15 +306,26 @@ class InferenceService:
 
     async def status(self, request: web.Request) -> web.Response:
         c, d = self.policy, self.dispatcher
-        return web.json_response({
-            "config": c.config, "skipped_blocks": self.executor.configs[c.config].n_skipped,
-            "allowed_configs": list(c.allowed), "mode": "fixed" if c.name == "fixed" else "adaptive",
-            "policy": c.state(), "queue_depth": d.queue_depth, "queued": d.queued,
-            "deadline_s": d.deadline, "service_time_s": self.service_time_s,
-            "delta_req_s": getattr(c, "delta_req", None),
-            "counts": self.counts, "drops": self.drops, "min_acc": self.min_acc, "busy": self.busy,
-            "backend": self.executor.backend, "num_configs": len(self.executor.configs),
-        })
+        return web.json_response(
+            {
+                "config": c.config,
+                "skipped_blocks": self.executor.configs[c.config].n_skipped,
+                "allowed_configs": list(c.allowed),
+                "mode": "fixed" if c.name == "fixed" else "adaptive",
+                "policy": c.state(),
+                "queue_depth": d.queue_depth,
+                "queued": d.queued,
+                "deadline_s": d.deadline,
+                "service_time_s": self.service_time_s,
+                "delta_req_s": getattr(c, "delta_req", None),
+                "counts": self.counts,
+                "drops": self.drops,
+                "min_acc": self.min_acc,
+                "busy": self.busy,
+                "backend": self.executor.backend,
+                "num_configs": len(self.executor.configs),
+            }
+        )
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"ok": True})

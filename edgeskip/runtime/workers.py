@@ -11,8 +11,9 @@ import asyncio
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -79,7 +80,7 @@ def execute(executor: Any, job: Prepared, chosen: int, max_pixels: int) -> Resul
     return Result(logits, config, latency, executor.last_skipped, extra)
 
 
-After = Callable[[Optional[Result]], Optional[Callable[[], None]]]
+After = Callable[[Result | None], Callable[[], None] | None]
 
 
 class Worker:
@@ -124,8 +125,9 @@ class Worker:
             self._thread.join()
 
 
-def _settle(fut: asyncio.Future, result: Any, error: BaseException | None,
-            follow: Callable[[], None] | None = None) -> None:
+def _settle(
+    fut: asyncio.Future, result: Any, error: BaseException | None, follow: Callable[[], None] | None = None
+) -> None:
     if follow is not None:
         follow()
     if fut.cancelled():

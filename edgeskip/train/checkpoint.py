@@ -54,10 +54,18 @@ class Checkpoint:
 
     def to_obj(self, slim: bool = False) -> dict[str, Any]:
         obj: dict[str, Any] = {
-            "format": FORMAT, "version": VERSION, "edgeskip_version": __version__,
-            "model": self.model_cfg.to_dict(), "state_dict": self.state_dict, "norm": self.norm.to_dict(),
-            "class_names": list(self.class_names), "dataset_id": self.dataset_id, "data": self.data.to_dict(),
-            "train": self.train_cfg.to_dict(), "epoch": self.epoch, "history": self.history,
+            "format": FORMAT,
+            "version": VERSION,
+            "edgeskip_version": __version__,
+            "model": self.model_cfg.to_dict(),
+            "state_dict": self.state_dict,
+            "norm": self.norm.to_dict(),
+            "class_names": list(self.class_names),
+            "dataset_id": self.dataset_id,
+            "data": self.data.to_dict(),
+            "train": self.train_cfg.to_dict(),
+            "epoch": self.epoch,
+            "history": self.history,
         }
         if self.gate_cfg is not None:
             obj["gates"] = self.gate_cfg.to_dict()
@@ -77,7 +85,9 @@ def build_network(cfg: ModelConfig, gate_cfg: GateConfig | None = None) -> Block
     if gate_cfg is None:
         return build_model(cfg)
     if not isinstance(cfg, ResNetConfig):
-        raise EdgeskipError(f"learned gates (--gates {gate_cfg.kind}) are built for edgeskip's own ResNet, not {cfg.name}")
+        raise EdgeskipError(
+            f"learned gates (--gates {gate_cfg.kind}) are built for edgeskip's own ResNet, not {cfg.name}"
+        )
     if gate_cfg.kind == "dfs":
         from edgeskip.models.dfs import DFSResNet
 
@@ -101,12 +111,18 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         raise EdgeskipError(f"{path} has checkpoint version {obj.get('version')}, this edgeskip reads {VERSION}")
     try:
         ck = Checkpoint(
-            model_cfg=config_from_dict(obj["model"]), state_dict=obj["state_dict"],
-            norm=Normalization.from_dict(obj["norm"]), class_names=list(obj["class_names"]),
-            dataset_id=obj["dataset_id"], data=DataSpec.from_dict(obj["data"]),
-            train_cfg=TrainConfig.from_dict(obj["train"]), epoch=int(obj["epoch"]),
-            history=list(obj.get("history", [])), optimizer=obj.get("optimizer"),
-            scheduler=obj.get("scheduler"), rng=obj.get("rng"),
+            model_cfg=config_from_dict(obj["model"]),
+            state_dict=obj["state_dict"],
+            norm=Normalization.from_dict(obj["norm"]),
+            class_names=list(obj["class_names"]),
+            dataset_id=obj["dataset_id"],
+            data=DataSpec.from_dict(obj["data"]),
+            train_cfg=TrainConfig.from_dict(obj["train"]),
+            epoch=int(obj["epoch"]),
+            history=list(obj.get("history", [])),
+            optimizer=obj.get("optimizer"),
+            scheduler=obj.get("scheduler"),
+            rng=obj.get("rng"),
             gate_cfg=GateConfig.from_dict(obj["gates"]) if obj.get("gates") else None,
             gate_training=obj.get("gate_training"),
         )

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from edgeskip.data.registry import load_splits
 from edgeskip.data.dataset import Splits
+from edgeskip.data.registry import load_splits
 from edgeskip.errors import EdgeskipError
 from edgeskip.recipes import AMP_CHOICES, RECIPE_NAMES
 
@@ -27,8 +27,14 @@ class DataSpec:
 
     def load(self, cache_dir: str | None = None) -> Splits:
         return load_splits(
-            self.name, self.data_dir, self.val_fraction, self.test_fraction, self.seed,
-            cache_dir, self.image_size, self.download,
+            self.name,
+            self.data_dir,
+            self.val_fraction,
+            self.test_fraction,
+            self.seed,
+            cache_dir,
+            self.image_size,
+            self.download,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -37,7 +43,7 @@ class DataSpec:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "DataSpec":
+    def from_dict(cls, d: dict[str, Any]) -> DataSpec:
         d = dict(d)
         if d.get("image_size"):
             d["image_size"] = tuple(d["image_size"])
@@ -94,7 +100,7 @@ class TrainConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         d = dict(d)
         d["milestones"] = tuple(d.get("milestones", (0.5, 0.75)))
         d.setdefault("amp", "fp32")  # checkpoints from before mixed precision trained in fp32

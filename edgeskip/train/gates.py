@@ -21,9 +21,10 @@ SkipNet checkpoint (e.g. HRL after SP). Both are objectives of the one training 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -33,8 +34,8 @@ from edgeskip.data.dataset import ArrayDataset, Normalization, Splits
 from edgeskip.errors import EdgeskipError
 from edgeskip.models import ModelConfig, ResNetConfig
 from edgeskip.models.gates import GateConfig
-from edgeskip.recipes import GATE_MODES
 from edgeskip.models.skipnet import SkipNetResNet, skipnet_macs
+from edgeskip.recipes import GATE_MODES
 from edgeskip.train.checkpoint import Checkpoint, build_network, load_checkpoint
 from edgeskip.train.config import DataSpec, TrainConfig
 from edgeskip.train.engine import run_epochs
@@ -80,8 +81,9 @@ class GateStats:
 
 
 @torch.no_grad()
-def _eval_pass(model: Any, ds: ArrayDataset, norm: Normalization, run: Callable[[torch.Tensor], Any],
-               batch_size: int) -> tuple[int, list[Any]]:
+def _eval_pass(
+    model: Any, ds: ArrayDataset, norm: Normalization, run: Callable[[torch.Tensor], Any], batch_size: int
+) -> tuple[int, list[Any]]:
     """One eval-mode pass of ``run`` over ``ds``: (correct predictions, each batch's output)."""
     was = model.training
     model.eval()
@@ -106,8 +108,9 @@ def evaluate_gated(model: SkipNetResNet, ds: ArrayDataset, norm: Normalization, 
     """Hard per-input decisions on ``ds`` (eval mode)."""
     correct, outs = _eval_pass(model, ds, norm, lambda xb: model.run(xb, "hard"), batch_size)
     ex = torch.cat([o.execute for o in outs]).float()
-    return GateStats(correct / len(ds), float((1 - ex).sum(1).mean()), _mean_macs(model, ex),
-                     [float(v) for v in (1 - ex).mean(0)])
+    return GateStats(
+        correct / len(ds), float((1 - ex).sum(1).mean()), _mean_macs(model, ex), [float(v) for v in (1 - ex).mean(0)]
+    )
 
 
 class GateObjective:
@@ -165,9 +168,14 @@ def evaluate_dfs(model: Any, ds: ArrayDataset, norm: Normalization, batch_size: 
     correct, outs = _eval_pass(model, ds, norm, model.run, batch_size)
     ch = torch.cat([o.choice for o in outs])
     n_opt = len(model.gate_cfg.options)
-    return DFSStats(correct / len(ds), float(torch.cat([o.cp for o in outs]).mean()), float((ch == 0).sum(1).float().mean()),
-                    [float((ch == o).float().mean()) for o in range(n_opt)],
-                    [float(v) for v in (ch == 0).float().mean(0)], _mean_macs(model, ch != 0))
+    return DFSStats(
+        correct / len(ds),
+        float(torch.cat([o.cp for o in outs]).mean()),
+        float((ch == 0).sum(1).float().mean()),
+        [float((ch == o).float().mean()) for o in range(n_opt)],
+        [float(v) for v in (ch == 0).float().mean(0)],
+        _mean_macs(model, ch != 0),
+    )
 
 
 class DFSObjective:
@@ -205,8 +213,9 @@ def _start(init: Checkpoint | None, model_cfg: ModelConfig | None, gate_cfg: Gat
     """Model config and initial weights (backbone or SkipNet checkpoint, or fresh)."""
     if init is None:
         c, h, w = splits.shape
-        cfg = replace(model_cfg or ResNetConfig(), num_classes=len(splits.class_names), in_channels=c,
-                      input_size=(h, w))
+        cfg = replace(
+            model_cfg or ResNetConfig(), num_classes=len(splits.class_names), in_channels=c, input_size=(h, w)
+        )
         return cfg, None
     if splits.shape != (init.model_cfg.in_channels, *init.model_cfg.input_size):
         raise EdgeskipError(f"data shape {splits.shape} does not match the initial checkpoint's model input")
@@ -244,8 +253,9 @@ def train_gates(
         if resumed.complete:
             return resumed
         data, gate_cfg, train_cfg = resumed.data, resumed.gate_cfg, resumed.train_cfg
-        gate_training = GateTraining(**{k: v for k, v in (resumed.gate_training or {}).items()
-                                        if k in GateTraining.__dataclass_fields__})
+        gate_training = GateTraining(
+            **{k: v for k, v in (resumed.gate_training or {}).items() if k in GateTraining.__dataclass_fields__}
+        )
     elif out.exists():
         raise EdgeskipError(f"{out} exists; pass --resume to continue it or choose another --out")
     else:  # gate training has no fast path yet: it runs eager fp32, and its checkpoint says so
@@ -268,8 +278,10 @@ def train_gates(
     splits.norm = norm
 
     if (gate_cfg.kind == "dfs") != (gate_training.mode in DFS_MODES):
-        raise EdgeskipError(f"gate mode {gate_training.mode} does not train {gate_cfg.kind} gates "
-                            f"(dfs gates: {', '.join(DFS_MODES)}; SkipNet gates: sp, hrl)")
+        raise EdgeskipError(
+            f"gate mode {gate_training.mode} does not train {gate_cfg.kind} gates "
+            f"(dfs gates: {', '.join(DFS_MODES)}; SkipNet gates: sp, hrl)"
+        )
     torch.manual_seed(train_cfg.seed)
     model = build_network(cfg, gate_cfg)
     if state is not None:
@@ -282,8 +294,17 @@ def train_gates(
             param.requires_grad_(name.startswith(("gates.", "gate_core.")))
     steps = num_batches(len(splits.train), train_cfg.batch_size, drop_last=True)
     opt, sched = make_optimizer(model, train_cfg, steps)
-    ck = Checkpoint(cfg, model.state_dict(), norm, splits.class_names, splits.dataset_id, data, train_cfg,
-                    gate_cfg=gate_cfg, gate_training=gate_training.to_dict())
+    ck = Checkpoint(
+        cfg,
+        model.state_dict(),
+        norm,
+        splits.class_names,
+        splits.dataset_id,
+        data,
+        train_cfg,
+        gate_cfg=gate_cfg,
+        gate_training=gate_training.to_dict(),
+    )
     if resumed is not None:
         ck = resumed
         opt.load_state_dict(ck.optimizer)
@@ -294,5 +315,6 @@ def train_gates(
         objective: Any = DFSObjective(model, gate_training, train_cfg.label_smoothing)
     else:
         objective = GateObjective(model, gate_training, train_cfg.label_smoothing)
-    return run_epochs(model, objective, opt, sched, splits, ck, out, steps, progress=progress,
-                      on_epoch_end=on_epoch_end)
+    return run_epochs(
+        model, objective, opt, sched, splits, ck, out, steps, progress=progress, on_epoch_end=on_epoch_end
+    )

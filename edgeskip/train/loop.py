@@ -6,8 +6,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -27,8 +27,14 @@ EpochHook = Callable[[Checkpoint], None]
 
 
 @torch.no_grad()
-def evaluate(model: BlockNet, ds: ArrayDataset, norm: Normalization, skip: object | None = None,
-             batch_size: int = 500, ddp: Distributed | None = None) -> float:
+def evaluate(
+    model: BlockNet,
+    ds: ArrayDataset,
+    norm: Normalization,
+    skip: object | None = None,
+    batch_size: int = 500,
+    ddp: Distributed | None = None,
+) -> float:
     """Top-1 accuracy of ``model`` (eval mode) on ``ds`` with the given skip array.
 
     With ``ddp`` each rank evaluates its share of every batch and the counts are summed.
@@ -69,7 +75,9 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, steps_per_epoch: in
         (no_decay if p.ndim <= 1 else decay).append(p)
     opt = torch.optim.SGD(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        nesterov=cfg.nesterov,
     )
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, steps_per_epoch))
 
@@ -80,8 +88,9 @@ class CrossEntropy:
 
     label = ""
 
-    def __init__(self, forward: Callable[[torch.Tensor], torch.Tensor], model: torch.nn.Module,
-                 label_smoothing: float = 0.0) -> None:
+    def __init__(
+        self, forward: Callable[[torch.Tensor], torch.Tensor], model: torch.nn.Module, label_smoothing: float = 0.0
+    ) -> None:
         self._forward, self.model, self.label_smoothing = forward, model, label_smoothing
 
     def forward(self, xb: torch.Tensor) -> torch.Tensor:
@@ -97,12 +106,25 @@ class CrossEntropy:
         return ""
 
 
-def train_step(forward: Callable[[torch.Tensor], torch.Tensor], opt: torch.optim.Optimizer,
-               sched: torch.optim.lr_scheduler.LRScheduler, xb: torch.Tensor, yb: torch.Tensor,
-               cfg: TrainConfig, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+def train_step(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    xb: torch.Tensor,
+    yb: torch.Tensor,
+    cfg: TrainConfig,
+    device: str = "cpu",
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One cross-entropy optimizer step on a batch: (loss, fp32 logits). ``cfg.amp`` must be resolved."""
-    loss, logits, _ = step(CrossEntropy(forward, None, cfg.label_smoothing), opt, sched, xb, yb,  # type: ignore[arg-type]
-                           cfg.amp, device)
+    loss, logits, _ = step(
+        CrossEntropy(forward, None, cfg.label_smoothing),
+        opt,
+        sched,
+        xb,
+        yb,  # type: ignore[arg-type]
+        cfg.amp,
+        device,
+    )
     return loss, logits
 
 
@@ -144,9 +166,11 @@ def train(
         resumed = load_checkpoint(out)
         data, model_cfg, train_cfg = resumed.data, resumed.model_cfg, resumed.train_cfg
         if resumed.train_cfg.world_size != ddp.world_size:
-            raise EdgeskipError(f"--resume: {out} was trained by {resumed.train_cfg.world_size} process(es), this run "
-                                f"has {ddp.world_size}; resume with torchrun --nproc_per_node "
-                                f"{resumed.train_cfg.world_size} (the world size is part of the run)")
+            raise EdgeskipError(
+                f"--resume: {out} was trained by {resumed.train_cfg.world_size} process(es), this run "
+                f"has {ddp.world_size}; resume with torchrun --nproc_per_node "
+                f"{resumed.train_cfg.world_size} (the world size is part of the run)"
+            )
         resolve_amp(train_cfg.amp, ddp.device)  # refuses a bf16 run resumed where bf16 is not native
         if resumed.complete:
             return resumed
@@ -154,15 +178,17 @@ def train(
         raise EdgeskipError(f"{out} exists; pass --resume to continue it or choose another --out")
     else:  # the precision actually used and the world size are part of the recipe stored in the checkpoint
         train_cfg = train_cfg or TrainConfig()
-        train_cfg = dataclasses.replace(train_cfg, amp=resolve_amp(train_cfg.amp, ddp.device),
-                                        world_size=ddp.world_size)
+        train_cfg = dataclasses.replace(
+            train_cfg, amp=resolve_amp(train_cfg.amp, ddp.device), world_size=ddp.world_size
+        )
     if train_cfg.batch_size % ddp.world_size:
         raise EdgeskipError(f"batch size {train_cfg.batch_size} does not split evenly over {ddp.world_size} processes")
     splits = splits or data.load()
     c, h, w = splits.shape
     if not resume:
-        model_cfg = dataclasses.replace(model_cfg or ResNetConfig(), num_classes=len(splits.class_names),
-                                        in_channels=c, input_size=(h, w))
+        model_cfg = dataclasses.replace(
+            model_cfg or ResNetConfig(), num_classes=len(splits.class_names), in_channels=c, input_size=(h, w)
+        )
 
     torch.manual_seed(train_cfg.seed)
     model = build_model(model_cfg, None if resume else init_weights)
@@ -171,8 +197,7 @@ def train(
     model.to(device=ddp.device, memory_format=torch.channels_last)  # ~10% faster convolutions on CPU
     steps = num_batches(len(splits.train), train_cfg.batch_size, drop_last=True)
     opt, sched = make_optimizer(model, train_cfg, steps)
-    ck = Checkpoint(model_cfg, model.state_dict(), splits.norm, splits.class_names, splits.dataset_id,
-                    data, train_cfg)
+    ck = Checkpoint(model_cfg, model.state_dict(), splits.norm, splits.class_names, splits.dataset_id, data, train_cfg)
     if resume:
         ck = resumed
         model.load_state_dict(ck.state_dict)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import platform
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -20,7 +20,7 @@ from edgeskip.recipes import AMP_CHOICES
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
 
 
-@lru_cache(maxsize=None)
+@cache
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU has bf16 instructions (read from /proc/cpuinfo; False where unknown)."""
     try:
@@ -47,8 +47,10 @@ def resolve_amp(amp: str, device: str = "cpu") -> str:
         return "bf16" if native else "fp32"
     if amp == "bf16" and not native:
         where = "this GPU" if device == "cuda" else f"this CPU ({platform.processor() or platform.machine()})"
-        raise EdgeskipError(f"--amp bf16: {where} has no native bf16 arithmetic (emulated bf16 is slower "
-                            "than fp32); use --amp fp32 or auto")
+        raise EdgeskipError(
+            f"--amp bf16: {where} has no native bf16 arithmetic (emulated bf16 is slower "
+            "than fp32); use --amp fp32 or auto"
+        )
     return amp
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 
 def format_pareto_table(rows: Sequence[Mapping[str, Any]], num_gates: int, latency: bool = True) -> str:
@@ -13,8 +14,13 @@ def format_pareto_table(rows: Sequence[Mapping[str, Any]], num_gates: int, laten
     lines = [head + (f" {'latency ms':>10}" if latency else "") + (f" {'ORT ms':>8}" if ort else "")]
     for r in rows:
         s = "".join(map(str, r.get("options") or r["skip"]))  # option arrays: 8 = the block runs in int8
-        line = (f"{r['index']:>3} {r['n_skipped']:>7} {s:<{width}} {r['val_accuracy']:>8.4f} "
-                f"{r['test_accuracy']:>8.4f} {r['macs'] / 1e6:>8.2f}")
-        lines.append(line + (f" {r['latency_s'] * 1e3:>10.3f}" if latency else "")
-                     + (f" {r['latency_s_onnxruntime'] * 1e3:>8.3f}" if ort and "latency_s_onnxruntime" in r else ""))
+        line = (
+            f"{r['index']:>3} {r['n_skipped']:>7} {s:<{width}} {r['val_accuracy']:>8.4f} "
+            f"{r['test_accuracy']:>8.4f} {r['macs'] / 1e6:>8.2f}"
+        )
+        lines.append(
+            line
+            + (f" {r['latency_s'] * 1e3:>10.3f}" if latency else "")
+            + (f" {r['latency_s_onnxruntime'] * 1e3:>8.3f}" if ort and "latency_s_onnxruntime" in r else "")
+        )
     return "\n".join(lines)

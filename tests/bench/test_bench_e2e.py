@@ -10,8 +10,13 @@ from tests.conftest import edited_bundle
 
 
 def run(*args):
-    return subprocess.run([sys.executable, "-m", "edgeskip.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return subprocess.run(
+        [sys.executable, "-m", "edgeskip.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
 
 
 def test_bench_in_process(bundle, tmp_path):
@@ -31,8 +36,12 @@ def test_bench_in_process(bundle, tmp_path):
 
 
 def test_bench_against_daemon(bundle, tmp_path):
-    proc = subprocess.Popen([sys.executable, "-m", "edgeskip.cli", "serve", str(bundle), "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgeskip.cli", "serve", str(bundle), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         url = proc.stdout.readline().split()[2]
         res = run("bench", bundle, "--url", url, "--count", "200", "--configs", "0", "--load", "0.5", "--out", tmp_path)
@@ -43,8 +52,20 @@ def test_bench_against_daemon(bundle, tmp_path):
         assert s["processed"] + s["dropped"] == 200
         assert doc["summaries"]["original"]["per_config"] == {"0": doc["summaries"]["original"]["processed"]}
         # a load sweep over HTTP: the daemon as started, and the original pinned to config 0 (?config=0)
-        res = run("bench", bundle, "--url", url, "--count", "60", "--loads", "0.5,2", "--seeds", "1",
-                  "--out", tmp_path / "sweep")
+        res = run(
+            "bench",
+            bundle,
+            "--url",
+            url,
+            "--count",
+            "60",
+            "--loads",
+            "0.5,2",
+            "--seeds",
+            "1",
+            "--out",
+            tmp_path / "sweep",
+        )
         assert res.returncode == 0, res.stderr
         doc = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
         assert doc["target"] == url and {r["run"] for r in doc["table"]} == {"original", "adaptive"}
@@ -62,8 +83,12 @@ def test_bench_bad_input(bundle, tmp_path):
 
 
 def test_loadgen_server_scenario_against_daemon(bundle, tmp_path):
-    proc = subprocess.Popen([sys.executable, "-m", "edgeskip.cli", "serve", str(bundle), "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgeskip.cli", "serve", str(bundle), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         url = proc.stdout.readline().split()[2]
         res = run("bench", bundle, "--loadgen", "--url", url, "--rate", "500", "--count", "200", "--out", tmp_path)
@@ -86,13 +111,17 @@ def test_bench_on_a_runtime_only_install(bundle, tmp_path):
     saved = tmp_path / "images.npz"
     res = run("bench", bundle, "--count", "100", "--configs", "0", "--save-images", saved, "--out", tmp_path / "a")
     assert res.returncode == 0, res.stderr
-    blocked = "; ".join(f"sys.modules[{m!r}] = None" for m in ("torch", "sklearn", "matplotlib", "onnx", "onnxscript",
-                                                             "onnxruntime", "iree.compiler", "tqdm"))
+    blocked = "; ".join(
+        f"sys.modules[{m!r}] = None"
+        for m in ("torch", "sklearn", "matplotlib", "onnx", "onnxscript", "onnxruntime", "iree.compiler", "tqdm")
+    )
 
     def runtime_only(bundle_dir, out, *extra):
-        code = (f"import sys; {blocked}\nfrom edgeskip.cli import main\n"
-                f"sys.argv = ['edgeskip', 'bench', {str(bundle_dir)!r}, '--count', '100', '--configs', '0', "
-                f"'--backend', 'iree', '--out', {str(out)!r}, *{list(map(str, extra))!r}]\nmain()")
+        code = (
+            f"import sys; {blocked}\nfrom edgeskip.cli import main\n"
+            f"sys.argv = ['edgeskip', 'bench', {str(bundle_dir)!r}, '--count', '100', '--configs', '0', "
+            f"'--backend', 'iree', '--out', {str(out)!r}, *{list(map(str, extra))!r}]\nmain()"
+        )
         return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
 
     for name, extra in (("b", ()), ("c", ("--images", saved))):
@@ -104,6 +133,7 @@ def test_bench_on_a_runtime_only_install(bundle, tmp_path):
         assert doc["summaries"]["adaptive"]["errors"] == 0
     a = json.loads((tmp_path / "a" / "bench.json").read_text())
     assert a["timeline_png"] == "timeline.png"
+
     # a bundle without a sample (older ones) asks for --images in one line; model.pt's data spec is never read
     def without_sample(doc):
         del doc["sample"], doc["artifacts"]["eval/sample.npz"]
@@ -118,8 +148,22 @@ def test_bench_on_a_runtime_only_install(bundle, tmp_path):
 
 
 def test_bench_policy_and_load_sweep(bundle, tmp_path):
-    res = run("bench", bundle, "--count", "200", "--configs", "0", "--policy", "rate", "--queue-depth", "2",
-              "--deadline-ms", "50", "--out", tmp_path / "one")
+    res = run(
+        "bench",
+        bundle,
+        "--count",
+        "200",
+        "--configs",
+        "0",
+        "--policy",
+        "rate",
+        "--queue-depth",
+        "2",
+        "--deadline-ms",
+        "50",
+        "--out",
+        tmp_path / "one",
+    )
     assert res.returncode == 0, res.stderr
     doc = json.loads((tmp_path / "one" / "bench.json").read_text())
     assert doc["policy"] == "rate" and doc["runs"]["adaptive"]["queue_depth"] == 2
@@ -127,13 +171,26 @@ def test_bench_policy_and_load_sweep(bundle, tmp_path):
     s = doc["summaries"]["adaptive"]
     assert s["processed"] + s["dropped"] == 200 and set(s["drop_reasons"]) <= {"queue_full", "deadline"}
     assert doc["summaries"]["original"]["drop_reasons"].keys() <= {"busy"}
-    res = run("bench", bundle, "--count", "150", "--loads", "0.5,2", "--seeds", "2",
-              "--runs", "original,paper,rate,mix+q2", "--out", tmp_path / "sweep")
+    res = run(
+        "bench",
+        bundle,
+        "--count",
+        "150",
+        "--loads",
+        "0.5,2",
+        "--seeds",
+        "2",
+        "--runs",
+        "original,paper,rate,mix+q2",
+        "--out",
+        tmp_path / "sweep",
+    )
     assert res.returncode == 0, res.stderr
     doc = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
     assert (tmp_path / "sweep" / "sweep.png").read_bytes()[:4] == b"\x89PNG"
-    assert {(r["load"], r["run"]) for r in doc["table"]} == {(l, r) for l in (0.5, 2.0)
-                                                             for r in ("original", "paper", "rate", "mix+q2")}
+    assert {(r["load"], r["run"]) for r in doc["table"]} == {
+        (l, r) for l in (0.5, 2.0) for r in ("original", "paper", "rate", "mix+q2")
+    }
     for r in doc["table"]:
         assert r["seeds"] == 2 and r["ratio_min"] <= r["ratio_mean"] <= r["ratio_max"]
         if r["run"] == "original":
@@ -142,21 +199,37 @@ def test_bench_policy_and_load_sweep(bundle, tmp_path):
 
 
 def test_bench_bad_policy_input(bundle, tmp_path):
-    for args, fragment in ((("--runs", "original,fast"), "unknown policy 'fast'"),
-                           (("--runs", "rate+x"), "bad run 'rate+x'"),
-                           (("--loads", "0.5,abc"), "--loads must be comma-separated numbers"),
-                           (("--loads", "0,1"), "--loads must be positive"),
-                           (("--loads", "1", "--pattern", "trace"), "synthetic --pattern"),
-                           (("--policy", "mix", "--target-util", "0"), "target_util must be in (0, 1]"),
-                           (("--queue-depth", "-3"), "--queue-depth must be an integer >= 0"),
-                           (("--pattern", "paper", "--rate", "100"), "--rate applies to --pattern poisson only")):
+    for args, fragment in (
+        (("--runs", "original,fast"), "unknown policy 'fast'"),
+        (("--runs", "rate+x"), "bad run 'rate+x'"),
+        (("--loads", "0.5,abc"), "--loads must be comma-separated numbers"),
+        (("--loads", "0,1"), "--loads must be positive"),
+        (("--loads", "1", "--pattern", "trace"), "synthetic --pattern"),
+        (("--policy", "mix", "--target-util", "0"), "target_util must be in (0, 1]"),
+        (("--queue-depth", "-3"), "--queue-depth must be an integer >= 0"),
+        (("--pattern", "paper", "--rate", "100"), "--rate applies to --pattern poisson only"),
+    ):
         res = run("bench", bundle, "--count", "10", *args, "--out", tmp_path)
         assert res.returncode == 2 and fragment in res.stderr and res.stderr.count("\n") == 1, (args, res.stderr)
 
 
 def test_load_sweep_with_skipnet(bundle, skipnet_bundle, tmp_path):
-    res = run("bench", bundle, "--count", "100", "--loads", "1.25", "--seeds", "1", "--runs", "original,rate",
-              "--compare", skipnet_bundle, "--out", tmp_path)
+    res = run(
+        "bench",
+        bundle,
+        "--count",
+        "100",
+        "--loads",
+        "1.25",
+        "--seeds",
+        "1",
+        "--runs",
+        "original,rate",
+        "--compare",
+        skipnet_bundle,
+        "--out",
+        tmp_path,
+    )
     assert res.returncode == 0, res.stderr
     doc = json.loads((tmp_path / "sweep.json").read_text())
     assert {r["run"] for r in doc["table"]} == {"original", "rate", "skipnet"}

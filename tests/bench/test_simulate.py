@@ -16,8 +16,11 @@ def run(name, pattern, load, seed=0, depth=0, deadline=None):
     arr = arrivals(pattern, 3000, LAT[0] / load, seed)
     noise = np.random.default_rng(seed).lognormal(0, 0.03, 10000)
     it = iter(range(10**6))
-    policy = FixedController(0) if name == "original" else make_policy(name, ACC, ACC[0] - 0.1, delta_req=LAT[0],
-                                                                     service_prior=LAT, queue_depth=depth)
+    policy = (
+        FixedController(0)
+        if name == "original"
+        else make_policy(name, ACC, ACC[0] - 0.1, delta_req=LAT[0], service_prior=LAT, queue_depth=depth)
+    )
     out = simulate(arr, lambda c: LAT[c] * noise[next(it)], policy, depth, deadline, prior=LAT)
     done = [o for o in out if not o.dropped]
     assert len(out) == 3000

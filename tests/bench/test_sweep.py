@@ -17,8 +17,10 @@ def test_labels():
     assert policy.name == "rate" and depth == 2 and deadline is None
 
 
-@pytest.mark.parametrize("label,fragment", [("fast", "unknown policy 'fast'"), ("rate+x", "bad run"),
-                                            ("rate+d5", "needs --queue-depth"), ("", "bad run")])
+@pytest.mark.parametrize(
+    "label,fragment",
+    [("fast", "unknown policy 'fast'"), ("rate+x", "bad run"), ("rate+d5", "needs --queue-depth"), ("", "bad run")],
+)
 def test_bad_labels(label, fragment):
     with pytest.raises(EdgeskipError, match=fragment):
         parse_run(label)
@@ -29,10 +31,18 @@ def test_bad_labels(label, fragment):
 
 
 def test_sweep_table_ratios_against_the_original_on_the_same_seed():
-    rows = {"1.25": {"original": [{"processed": 100, "accuracy": 0.9, "expected_accuracy": 0.9},
-                                  {"processed": 200, "accuracy": 0.9, "expected_accuracy": 0.9}],
-                     "rate": [{"processed": 150, "accuracy": 0.88, "expected_accuracy": 0.89},
-                              {"processed": 400, "accuracy": 0.86, "expected_accuracy": 0.87}]}}
+    rows = {
+        "1.25": {
+            "original": [
+                {"processed": 100, "accuracy": 0.9, "expected_accuracy": 0.9},
+                {"processed": 200, "accuracy": 0.9, "expected_accuracy": 0.9},
+            ],
+            "rate": [
+                {"processed": 150, "accuracy": 0.88, "expected_accuracy": 0.89},
+                {"processed": 400, "accuracy": 0.86, "expected_accuracy": 0.87},
+            ],
+        }
+    }
     t = {r["run"]: r for r in sweep_table(rows)}
     assert t["original"]["ratio_mean"] == 1.0 and t["original"]["dexp_pp_mean"] == 0.0
     assert t["rate"]["ratio_min"] == 1.5 and t["rate"]["ratio_max"] == 2.0 and t["rate"]["ratio_mean"] == 1.75

@@ -14,7 +14,7 @@ def test_paper_pattern_changes_period_every_10th_request_within_25_percent():
     # requests 0..9 use the base period; the period may change only at multiples of 10
     assert np.allclose(gaps[:10], 0.01)
     for block in range(1, 9):
-        g = gaps[10 * block: 10 * block + 10]
+        g = gaps[10 * block : 10 * block + 10]
         assert np.allclose(g, g[0]) and 0.0075 <= g[0] <= 0.0125
     assert len({round(g, 12) for g in gaps}) > 3  # it does change
     assert paper_arrivals(100, 0.01, seed=3) == t and paper_arrivals(100, 0.01, seed=4) != t
@@ -48,15 +48,26 @@ def test_loopback_only():
     check_loopback("http://localhost:1")
     check_loopback("http://127.1.2.3:80")
     check_loopback("http://[::1]:80")
-    for bad in ("http://10.0.0.1:80", "http://192.168.1.2", "http://example.com", "http://127.evil.example.com/",
-                "http://127.0.0.1.nip.io:80", "https://127.0.0.1:443", "http://127.0.0.1:99999"):
+    for bad in (
+        "http://10.0.0.1:80",
+        "http://192.168.1.2",
+        "http://example.com",
+        "http://127.evil.example.com/",
+        "http://127.0.0.1.nip.io:80",
+        "https://127.0.0.1:443",
+        "http://127.0.0.1:99999",
+    ):
         with pytest.raises(EdgeskipError, match="loopback|bad --url"):
             check_loopback(bad)
 
 
 def test_summary_and_table():
-    recs = [Record(0.0, "processed", 0, 0.010, True), Record(0.1, "dropped", 1, None, None),
-            Record(0.2, "processed", 1, 0.005, False), Record(0.3, "processed", 1, 0.006, True)]
+    recs = [
+        Record(0.0, "processed", 0, 0.010, True),
+        Record(0.1, "dropped", 1, None, None),
+        Record(0.2, "processed", 1, 0.005, False),
+        Record(0.3, "processed", 1, 0.006, True),
+    ]
     s = summarize(recs)
     assert (s["sent"], s["processed"], s["dropped"], s["errors"]) == (4, 3, 1, 0)
     assert s["accuracy"] == pytest.approx(2 / 3) and s["per_config"] == {0: 1, 1: 2}

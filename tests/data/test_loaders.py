@@ -7,16 +7,18 @@ import pytest
 import torch
 from PIL import Image
 
-from edgeskip.data import load_splits
-from edgeskip.data import imagefolder
+from edgeskip.data import imagefolder, load_splits
 from edgeskip.data.batches import cutout, iterate, random_crop_flip
 from edgeskip.data.cifar import load_cifar
 from edgeskip.errors import EdgeskipError
 
 
 def _batch(n, rng, label_key=b"labels", classes=10):
-    return {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), label_key: list(rng.integers(0, classes, n)),
-            b"batch_label": b"synthetic"}
+    return {
+        b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+        label_key: list(rng.integers(0, classes, n)),
+        b"batch_label": b"synthetic",
+    }
 
 
 def write_cifar10(root, as_archive=True, per_batch=30, corrupt_member=None):
@@ -24,8 +26,10 @@ def write_cifar10(root, as_archive=True, per_batch=30, corrupt_member=None):
     rng = np.random.default_rng(0)
     files = {f"data_batch_{i}": _batch(per_batch, rng) for i in range(1, 6)}
     files["test_batch"] = _batch(per_batch, rng)
-    files["batches.meta"] = {b"label_names": [n.encode() for n in "plane car bird cat deer dog frog horse ship truck".split()],
-                             b"num_cases_per_batch": per_batch}
+    files["batches.meta"] = {
+        b"label_names": [n.encode() for n in "plane car bird cat deer dog frog horse ship truck".split()],
+        b"num_cases_per_batch": per_batch,
+    }
     blobs = {k: pickle.dumps(v) for k, v in files.items()}
     if corrupt_member:
         blobs[corrupt_member] = b"not a pickle"
@@ -56,8 +60,11 @@ def test_cifar10_real_format(tmp_path, as_archive):
 
 def test_cifar100_real_format(tmp_path):
     rng = np.random.default_rng(1)
-    blobs = {"train": _batch(40, rng, b"fine_labels", 100), "test": _batch(20, rng, b"fine_labels", 100),
-             "meta": {b"fine_label_names": [f"c{i}".encode() for i in range(100)]}}
+    blobs = {
+        "train": _batch(40, rng, b"fine_labels", 100),
+        "test": _batch(20, rng, b"fine_labels", 100),
+        "meta": {b"fine_label_names": [f"c{i}".encode() for i in range(100)]},
+    }
     d = tmp_path / "cifar-100-python"
     d.mkdir()
     for k, v in blobs.items():
@@ -111,8 +118,9 @@ def test_imagefolder_with_cache(tmp_path, monkeypatch):
 
 def test_imagefolder_jpeg_and_resize(tmp_path):
     _write_tree(tmp_path / "imgs", size=(20, 20), fmt="JPEG")
-    splits = load_splits("imagefolder", tmp_path / "imgs", val_fraction=0.34, cache_dir=tmp_path / "c",
-                         image_size=(8, 8))
+    splits = load_splits(
+        "imagefolder", tmp_path / "imgs", val_fraction=0.34, cache_dir=tmp_path / "c", image_size=(8, 8)
+    )
     assert splits.shape == (3, 8, 8)
 
 
@@ -134,7 +142,10 @@ def test_digits_splits_are_disjoint_stratified_and_seeded(digits_splits):
     s = digits_splits
     assert s.shape == (1, 8, 8) and len(s.class_names) == 10
     assert len(s.train) + len(s.val) + len(s.test) == 1797
-    rows = lambda ds: {r.tobytes() for r in ds.x}
+
+    def rows(ds):
+        return {r.tobytes() for r in ds.x}
+
     assert not rows(s.val) & rows(s.test)
     assert np.bincount(s.val.y, minlength=10).min() >= 10  # stratified
     again = load_splits("digits")
@@ -169,7 +180,7 @@ def test_crop_flip_equals_a_per_image_reference():
     for i in range(16):
         padded = torch.zeros(3, 40, 40)
         padded[:, 4:36, 4:36] = x[i]
-        ref = padded[:, oy[i]:oy[i] + 32, ox[i]:ox[i] + 32]
+        ref = padded[:, oy[i] : oy[i] + 32, ox[i] : ox[i] + 32]
         assert torch.equal(out[i], ref.flip(2) if flip[i] else ref)
     assert 0 < int(flip.sum()) < 16 and len(set(oy.tolist())) > 1
 

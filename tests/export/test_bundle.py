@@ -5,15 +5,19 @@ import os
 import subprocess
 import sys
 
-
 from edgeskip.export import emulate
 from edgeskip.manifest import load_manifest
 from edgeskip.utils.hashing import file_digest as sha256
 
 
 def run(*args):
-    return subprocess.run([sys.executable, "-m", "edgeskip.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return subprocess.run(
+        [sys.executable, "-m", "edgeskip.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
 
 
 def one_line_error(res, fragment):
@@ -70,8 +74,10 @@ def test_inspect_and_tampering(bundle, tmp_path):
 
 def test_compile_bad_input(tmp_path, tiny_checkpoint, bundle):
     out = tmp_path / "b"
-    one_line_error(run("compile", "--checkpoint", tiny_checkpoint, "--target", "host,riscv", "--out", out),
-                   "unsupported target riscv")
+    one_line_error(
+        run("compile", "--checkpoint", tiny_checkpoint, "--target", "host,riscv", "--out", out),
+        "unsupported target riscv",
+    )
     one_line_error(run("compile", "--checkpoint", tiny_checkpoint, "--out", bundle), "--force")
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"junk")

@@ -56,8 +56,9 @@ def test_int8_graphs_hold_int8_weights_at_a_quarter_of_the_float(int8_bundle):
 
 
 def test_inspect_shows_options_and_fronts(int8_bundle):
-    res = subprocess.run([sys.executable, "-m", "edgeskip.cli", "inspect", str(int8_bundle)], capture_output=True,
-                         text=True, timeout=300)
+    res = subprocess.run(
+        [sys.executable, "-m", "edgeskip.cli", "inspect", str(int8_bundle)], capture_output=True, text=True, timeout=300
+    )
     assert res.returncode == 0, res.stderr
     assert "manifest version 3" in res.stdout and "onnxruntime front (stepping order)" in res.stdout
     assert "ORT ms" in res.stdout and "int8 variants:" in res.stdout

@@ -32,7 +32,10 @@ def _aarch64_python(code: str, timeout: float = 120) -> str:
 
 
 def test_pins_iree_runtime_to_the_host_version():
-    assert emulate._pinned(["numpy", "iree_base_runtime"]) == ["numpy", f"iree_base_runtime=={emulate.runtime_version()}"]
+    assert emulate._pinned(["numpy", "iree_base_runtime"]) == [
+        "numpy",
+        f"iree_base_runtime=={emulate.runtime_version()}",
+    ]
     assert "iree-base-runtime" in emulate.RUNTIME_WHEELS
 
 
@@ -40,7 +43,8 @@ def test_aarch64_python_imports_the_runtime_stack():
     out = _aarch64_python(
         "import json, platform, ssl, ctypes, asyncio, zlib, numpy, iree.runtime, aiohttp.web, PIL.Image, "
         "prometheus_client, click\n"
-        "print(json.dumps({'machine': platform.machine(), 'numpy': numpy.__version__, 'sum': float(numpy.arange(5).sum())}))")
+        "print(json.dumps({'machine': platform.machine(), 'numpy': numpy.__version__, 'sum': float(numpy.arange(5).sum())}))"
+    )
     got = json.loads(out.strip().splitlines()[-1])
     assert got == {"machine": "aarch64", "numpy": got["numpy"], "sum": 10.0}
 
@@ -54,6 +58,7 @@ def test_aarch64_python_runs_an_aarch64_iree_module(tmp_path):
         "import numpy as np, iree.runtime as rt\n"
         "cfg = rt.Config('local-sync'); ctx = rt.SystemContext(config=cfg)\n"
         f"ctx.add_vm_module(rt.VmModule.mmap(cfg.vm_instance, {str(vmfb)!r}))\n"
-        "print(np.asarray(ctx.modules.module.main(np.arange(4, dtype=np.float32), np.full(4, 2, np.float32)).to_host()).tolist())")
+        "print(np.asarray(ctx.modules.module.main(np.arange(4, dtype=np.float32), np.full(4, 2, np.float32)).to_host()).tolist())"
+    )
     a, b = np.arange(4, dtype=np.float32), np.full(4, 2, np.float32)
     assert json.loads(out.strip().splitlines()[-1]) == ((a + b) * b).tolist()

@@ -5,17 +5,16 @@ from collections import Counter
 import numpy as np
 import onnx
 import pytest
-from tests.conftest import require_aarch64
 
-from edgeskip.data.batches import iterate
-from edgeskip.errors import EdgeskipError
-from edgeskip.export import export_gated, export_static, verify_onnx
-from edgeskip.export import emulate
-from edgeskip.export.onnx_export import specialise
-from edgeskip.export.elf_check import check_no_imports, embedded_elfs
-from edgeskip.export.iree_compile import TARGETS, compile_mlir, import_onnx, parse_targets
 from edgeskip.backends.iree import IreeModule
 from edgeskip.backends.ort import ort_session
+from edgeskip.data.batches import iterate
+from edgeskip.errors import EdgeskipError
+from edgeskip.export import emulate, export_gated, export_static, verify_onnx
+from edgeskip.export.elf_check import check_no_imports, embedded_elfs
+from edgeskip.export.iree_compile import TARGETS, compile_mlir, import_onnx, parse_targets
+from edgeskip.export.onnx_export import specialise
+from tests.conftest import require_aarch64
 
 SKIPS = [(1, 1, 1, 1, 1, 1), (0, 0, 0, 0, 0, 0), (1, 0, 1, 1, 0, 1), (0, 1, 0, 1, 0, 1), (1, 1, 0, 0, 1, 1)]
 
@@ -24,8 +23,10 @@ SKIPS = [(1, 1, 1, 1, 1, 1), (0, 0, 0, 0, 0, 0), (1, 0, 1, 1, 0, 1), (0, 1, 0, 1
 def exported(tmp_path_factory, tiny_model):
     d = tmp_path_factory.mktemp("export")
     gated = export_gated(tiny_model, d / "gated.onnx")
-    static = {tuple(bool(v) for v in s): export_static(tiny_model, s, d / f"static_{''.join(map(str, s))}.onnx")
-              for s in SKIPS[:3]}
+    static = {
+        tuple(bool(v) for v in s): export_static(tiny_model, s, d / f"static_{''.join(map(str, s))}.onnx")
+        for s in SKIPS[:3]
+    }
     mlir = import_onnx(gated, d / "gated.mlir")
     return d, gated, static, mlir
 
@@ -62,8 +63,9 @@ def test_a_static_graph_cut_from_the_gated_graph_is_the_traced_one(exported, tin
         assert Counter(n.op_type for n in a.node) == Counter(n.op_type for n in b.node)
         named = lambda g: {t.name for t in g.initializer if "." in t.name}  # noqa: E731 (exporter constants aside)
         assert named(a) == named(b)
-        np.testing.assert_allclose(ort_session(cut).run(None, {"image": x})[0],
-                                   ort_session(traced).run(None, {"image": x})[0], atol=1e-5)
+        np.testing.assert_allclose(
+            ort_session(cut).run(None, {"image": x})[0], ort_session(traced).run(None, {"image": x})[0], atol=1e-5
+        )
     with pytest.raises(EdgeskipError, match="not a gated graph"):  # a static graph cannot be cut again
         export_static(tiny_model, SKIPS[1], d / "again.onnx", static[(True,) * 6])
     with pytest.raises(EdgeskipError, match="not this model's gated graph"):  # another model's gated graph
@@ -115,7 +117,9 @@ def test_armv7_modules_import_no_symbols(exported):
     elfs = check_no_imports(ok, machine="EM_ARM")
     assert elfs and all(e.elf_class == 32 for e in elfs)
     # the check can fail: with debug symbols on, the module imports the ARM EHABI personality routine
-    dbg = compile_mlir(mlir, TARGETS["odroid-xu4"], d / "gated_xu4_dbg.vmfb", extra=["--iree-llvmcpu-debug-symbols=true"])
+    dbg = compile_mlir(
+        mlir, TARGETS["odroid-xu4"], d / "gated_xu4_dbg.vmfb", extra=["--iree-llvmcpu-debug-symbols=true"]
+    )
     with pytest.raises(EdgeskipError, match="__aeabi_unwind_cpp_pr0"):
         check_no_imports(dbg)
 

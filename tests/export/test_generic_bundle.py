@@ -38,8 +38,9 @@ def run(*args, pythonpath=None):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if pythonpath:
         env["PYTHONPATH"] = os.pathsep.join([str(pythonpath), env.get("PYTHONPATH", "")])
-    return subprocess.run([sys.executable, "-m", "edgeskip.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=900, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "edgeskip.cli", *map(str, args)], capture_output=True, text=True, timeout=900, env=env
+    )
 
 
 @pytest.fixture(scope="module")
@@ -48,12 +49,24 @@ def user_bundle(tmp_path_factory):
     d = tmp_path_factory.mktemp("user")
     (d / "usermodels.py").write_text(textwrap.dedent(USER_MODULE))
     ck = d / "model.pt"
-    res = run("train", "--model", "usermodels:tiny", "--epochs", "8", "--out", ck, "--quiet", "--threads", "1",
-              pythonpath=d)
+    res = run(
+        "train", "--model", "usermodels:tiny", "--epochs", "8", "--out", ck, "--quiet", "--threads", "1", pythonpath=d
+    )
     assert res.returncode == 0, res.stderr
     out = d / "bundle"
-    res = run("compile", "--checkpoint", ck, "--target", "host,aarch64", "--out", out, "--repeats", "3", "--quiet",
-              pythonpath=d)
+    res = run(
+        "compile",
+        "--checkpoint",
+        ck,
+        "--target",
+        "host,aarch64",
+        "--out",
+        out,
+        "--repeats",
+        "3",
+        "--quiet",
+        pythonpath=d,
+    )
     assert res.returncode == 0, res.stderr
     return d, ck, out
 
@@ -91,11 +104,13 @@ def test_the_runtime_serves_a_users_model_as_pytorch_computes_it(user_bundle):
     ex = open_executor(out, backend="iree")
     with torch.no_grad():
         for k, c in enumerate(m.configs):  # the static config modules
-            np.testing.assert_allclose(ex.infer(x, config=k), model(torch.from_numpy(x), list(c.skip)).numpy(),
-                                       atol=1e-4, rtol=1e-4)
+            np.testing.assert_allclose(
+                ex.infer(x, config=k), model(torch.from_numpy(x), list(c.skip)).numpy(), atol=1e-4, rtol=1e-4
+            )
         for skip in ("0101", "1010"):  # any skip array: the gated module
-            np.testing.assert_allclose(ex.infer(x, skip=skip), model(torch.from_numpy(x), skip).numpy(),
-                                       atol=1e-4, rtol=1e-4)
+            np.testing.assert_allclose(
+                ex.infer(x, skip=skip), model(torch.from_numpy(x), skip).numpy(), atol=1e-4, rtol=1e-4
+            )
 
 
 # one tiny configuration per library, its design space bounded by --blocks to keep the test short (torchvision's
@@ -109,8 +124,25 @@ FAMILIES = [
 @pytest.mark.parametrize("spec,args,blocks", FAMILIES, ids=[f[0] for f in FAMILIES])
 def test_each_library_model_compiles_on_the_host(tmp_path, spec, args, blocks):
     extra = [a for arg in args for a in ("--model-arg", arg)]
-    res = run("compile", "--model", spec, *extra, "--blocks", blocks, "--epochs", "1", "--target", "host",
-              "--repeats", "2", "--out", tmp_path / "b", "--quiet", "--threads", "1")
+    res = run(
+        "compile",
+        "--model",
+        spec,
+        *extra,
+        "--blocks",
+        blocks,
+        "--epochs",
+        "1",
+        "--target",
+        "host",
+        "--repeats",
+        "2",
+        "--out",
+        tmp_path / "b",
+        "--quiet",
+        "--threads",
+        "1",
+    )
     assert res.returncode == 0, res.stderr
     m = load_manifest(tmp_path / "b")
     assert m.model["model"] == spec and m.num_gates == (2 if "mobilenet" in spec else 4)

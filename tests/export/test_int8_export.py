@@ -1,11 +1,9 @@
 """QDQ export of int8 blocks (#15): PyTorch vs onnxruntime vs IREE host, real int8 kernels, aarch64 under qemu."""
 
-
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from tests.conftest import require_aarch64
 import torch
 
 from edgeskip.backends.iree import IreeModule
@@ -16,6 +14,7 @@ from edgeskip.export.iree_compile import TARGETS, compile_mlir, import_onnx
 from edgeskip.export.onnx_export import INT8_TOLERANCE
 from edgeskip.models.quant import calibrate
 from edgeskip.pareto.design import calibration_batches
+from tests.conftest import require_aarch64
 
 MIXED = (8, 1, 0, 8, 8, 1)  # gate 0 int8, gate 2 skipped, gates 3 and 4 an int8 run
 

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+from edgeskip.backends.iree import SharedIreeExecutor
 from edgeskip.errors import EdgeskipError
 from edgeskip.export.iree_compile import TARGETS
-from edgeskip.backends.iree import SharedIreeExecutor
 from edgeskip.export.shared_weights import build_shared_modules, check_shared
 from edgeskip.models import build_model
 

@@ -15,15 +15,20 @@ import torch
 from edgeskip.data.batches import iterate
 from edgeskip.errors import EdgeskipError
 from edgeskip.export import emulate
-from edgeskip.manifest import load_manifest
 from edgeskip.export.skipnet_graph import export_skipnet, verify_skipnet_onnx
+from edgeskip.manifest import load_manifest
 from edgeskip.runtime.executor import IreeSkipNetExecutor, OrtSkipNetExecutor, open_executor
 from edgeskip.train import load_checkpoint
 
 
 def run(*args):
-    return subprocess.run([sys.executable, "-m", "edgeskip.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return subprocess.run(
+        [sys.executable, "-m", "edgeskip.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,10 @@ import torch
 from torch import nn
 
 from edgeskip.errors import EdgeskipError
-from edgeskip.models import NetConfig, ResNetConfig, build_model, macs
+from edgeskip.models import NetConfig, ResNetConfig, build_model, macs, zoo
 from edgeskip.models.chain import ChainNet, ResidualUnit
 from edgeskip.models.cost import breakdown, count_macs
 from edgeskip.models.residual import ResidualSplit, find_blocks, select_blocks, why_not_residual
-from edgeskip.models import zoo
 
 torch.set_num_threads(1)
 
@@ -69,8 +68,11 @@ def test_each_family_cuts_into_a_chain_that_computes_the_source_model(spec, kw, 
 
 
 def test_traced_mac_count_equals_the_builtin_resnets_formula():
-    for cfg in (ResNetConfig(depth=20), ResNetConfig(depth=14, widths=(8, 16, 32), shortcut="proj"),
-                ResNetConfig(depth=20, in_channels=1, input_size=(8, 8), num_classes=10)):
+    for cfg in (
+        ResNetConfig(depth=20),
+        ResNetConfig(depth=14, widths=(8, 16, 32), shortcut="proj"),
+        ResNetConfig(depth=20, in_channels=1, input_size=(8, 8), num_classes=10),
+    ):
         assert count_macs(build_model(cfg)) == breakdown(cfg)
 
 
@@ -165,7 +167,10 @@ def _user_module(tmp_path, monkeypatch, body):
 
 
 def test_a_users_factory_from_a_file(tmp_path, monkeypatch):
-    mod = _user_module(tmp_path, monkeypatch, """
+    mod = _user_module(
+        tmp_path,
+        monkeypatch,
+        """
         import torch
         from torch import nn
 
@@ -209,24 +214,36 @@ def test_a_users_factory_from_a_file(tmp_path, monkeypatch):
         def fixed8(num_classes, in_channels):  # its classifier takes the features of 8x8 images only
             return nn.Sequential(nn.Conv2d(in_channels, 4, 3, 1, 1), nn.ReLU(), Res(4), nn.Flatten(),
                                  nn.Linear(4 * 8 * 8, num_classes))
-    """)
+    """,
+    )
     net = build_model(NetConfig(f"{mod}:tiny", in_channels=1, input_size=(8, 8), kwargs={"width": 4}))
     assert net.cfg.blocks == ("2", "3", "5") and net.cfg.num_gates == 3
     assert net(torch.randn(2, 1, 8, 8), [1, 0, 1]).shape == (2, 10)
     assert build_model(NetConfig(f"{mod}:bare", in_channels=1, input_size=(8, 8))).cfg.num_gates == 3
-    for factory, msg in [("broken", "factory raised ValueError: no such width"), ("not_a_module", "returned int"),
-                         ("plain", "no residual block"), ("dense", "not a chain"), ("missing", "no callable")]:
+    for factory, msg in [
+        ("broken", "factory raised ValueError: no such width"),
+        ("not_a_module", "returned int"),
+        ("plain", "no residual block"),
+        ("dense", "not a chain"),
+        ("missing", "no callable"),
+    ]:
         with pytest.raises(EdgeskipError, match=msg):
             build_model(NetConfig(f"{mod}:{factory}", in_channels=1, input_size=(8, 8)))
     with pytest.raises(EdgeskipError, match="cannot take 1x5x5 inputs"):
         build_model(NetConfig(f"{mod}:fixed8", in_channels=1, input_size=(5, 5)))
 
 
-@pytest.mark.parametrize("spec,msg", [
-    ("resnet18", "SOURCE:NAME"), ("torchvision:no_such_net", "unknown torchvision model"),
-    ("timm:no_such_net", "unknown timm model"), ("edgeskip:vgg16", "unknown built-in model"),
-    ("9bad:x", "unknown model source"), ("no_such_module_xyz:f", "cannot import"),
-])
+@pytest.mark.parametrize(
+    "spec,msg",
+    [
+        ("resnet18", "SOURCE:NAME"),
+        ("torchvision:no_such_net", "unknown torchvision model"),
+        ("timm:no_such_net", "unknown timm model"),
+        ("edgeskip:vgg16", "unknown built-in model"),
+        ("9bad:x", "unknown model source"),
+        ("no_such_module_xyz:f", "cannot import"),
+    ],
+)
 def test_bad_model_sources(spec, msg):
     with pytest.raises(EdgeskipError, match=msg):
         if spec.startswith("edgeskip:"):
@@ -264,8 +281,9 @@ def test_resolved_config_round_trips_and_rebuilds_the_same_network():
         torch.testing.assert_close(again.eval()(x), net.eval()(x))
 
 
-@pytest.mark.parametrize("spec,gmacs", [("torchvision:resnet18", 1.81), ("torchvision:resnet50", 4.09),
-                                        ("torchvision:mobilenet_v2", 0.30)])
+@pytest.mark.parametrize(
+    "spec,gmacs", [("torchvision:resnet18", 1.81), ("torchvision:resnet50", 4.09), ("torchvision:mobilenet_v2", 0.30)]
+)
 def test_traced_macs_at_224_match_torchvisions_published_counts(spec, gmacs):
     """torchvision's model cards give GFLOPS (multiply-accumulates) at 224x224, 1000 classes."""
     net = build_model(NetConfig(spec, input_size=(224, 224), num_classes=1000))

@@ -83,14 +83,29 @@ def test_fake_quant_levels_and_gradient():
 
 
 def test_cp_controller_moves_cp_toward_the_target(tmp_path, digits_splits):
-    step1 = train_gates(tmp_path / "s1.pt", DataSpec("digits"), GateConfig("dfs"), TrainConfig(epochs=1, batch_size=64, lr=0.05),
-                        GateTraining("dfs-full"), model_cfg=TINY, splits=digits_splits, progress=False)
+    step1 = train_gates(
+        tmp_path / "s1.pt",
+        DataSpec("digits"),
+        GateConfig("dfs"),
+        TrainConfig(epochs=1, batch_size=64, lr=0.05),
+        GateTraining("dfs-full"),
+        model_cfg=TINY,
+        splits=digits_splits,
+        progress=False,
+    )
     m1 = load_checkpoint(tmp_path / "s1.pt").model()
     start = evaluate_dfs(m1, digits_splits.val, digits_splits.norm)
     assert start.mean_cp == pytest.approx(1.0)
-    ck = train_gates(tmp_path / "s2.pt", None, GateConfig("dfs"), TrainConfig(epochs=3, batch_size=64, lr=0.05),
-                     GateTraining("dfs", alpha=2.0, cp_target=0.3), init=tmp_path / "s1.pt", splits=digits_splits,
-                     progress=False)
+    ck = train_gates(
+        tmp_path / "s2.pt",
+        None,
+        GateConfig("dfs"),
+        TrainConfig(epochs=3, batch_size=64, lr=0.05),
+        GateTraining("dfs", alpha=2.0, cp_target=0.3),
+        init=tmp_path / "s1.pt",
+        splits=digits_splits,
+        progress=False,
+    )
     cps = [h["val_cp"] for h in ck.history]
     assert cps[-1] < start.mean_cp - 0.2, cps  # pulled down from 1.0 toward 0.3
     assert all(0.0 <= c <= 1.0 for c in cps)
@@ -98,21 +113,32 @@ def test_cp_controller_moves_cp_toward_the_target(tmp_path, digits_splits):
 
 
 def test_step1_freezes_the_backbone(tmp_path, digits_splits, tiny_checkpoint):
-    ck = train_gates(tmp_path / "s1.pt", None, GateConfig("dfs"), TrainConfig(epochs=1, batch_size=64, lr=0.05),
-                     GateTraining("dfs-full"), init=tiny_checkpoint, splits=digits_splits, progress=False)
+    ck = train_gates(
+        tmp_path / "s1.pt",
+        None,
+        GateConfig("dfs"),
+        TrainConfig(epochs=1, batch_size=64, lr=0.05),
+        GateTraining("dfs-full"),
+        init=tiny_checkpoint,
+        splits=digits_splits,
+        progress=False,
+    )
     base = load_checkpoint(tiny_checkpoint).state_dict
     for k, v in base.items():
         if k.endswith(("weight", "bias")) and "bn" not in k and "stem.1" not in k:
             assert torch.equal(ck.state_dict[k], v), k
 
 
-@pytest.mark.parametrize("make, fragment", [
-    (lambda: GateConfig("dfs", bits=(3,)), "DFS bit widths must be distinct values of 4, 8, 16"),
-    (lambda: GateConfig("dfs", bits=(8, 8)), "distinct"),
-    (lambda: GateConfig("lstm"), "gate kind must be one of"),
-    (lambda: GateTraining("dfs", cp_target=0.0), "cp target must be in (0, 1]"),
-    (lambda: GateTraining("dfs", cp_target=1.5), "cp target must be in (0, 1]"),
-])
+@pytest.mark.parametrize(
+    "make, fragment",
+    [
+        (lambda: GateConfig("dfs", bits=(3,)), "DFS bit widths must be distinct values of 4, 8, 16"),
+        (lambda: GateConfig("dfs", bits=(8, 8)), "distinct"),
+        (lambda: GateConfig("lstm"), "gate kind must be one of"),
+        (lambda: GateTraining("dfs", cp_target=0.0), "cp target must be in (0, 1]"),
+        (lambda: GateTraining("dfs", cp_target=1.5), "cp target must be in (0, 1]"),
+    ],
+)
 def test_bad_dfs_settings(make, fragment):
     with pytest.raises(EdgeskipError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
         make()
@@ -120,9 +146,25 @@ def test_bad_dfs_settings(make, fragment):
 
 def test_mode_must_fit_the_gate(tmp_path, digits_splits):
     with pytest.raises(EdgeskipError, match="does not train dfs gates"):
-        train_gates(tmp_path / "x.pt", DataSpec("digits"), GateConfig("dfs"), TrainConfig(epochs=1), GateTraining("sp"),
-                    model_cfg=TINY, splits=digits_splits, progress=False)
+        train_gates(
+            tmp_path / "x.pt",
+            DataSpec("digits"),
+            GateConfig("dfs"),
+            TrainConfig(epochs=1),
+            GateTraining("sp"),
+            model_cfg=TINY,
+            splits=digits_splits,
+            progress=False,
+        )
     with pytest.raises(EdgeskipError, match="does not train rnn gates"):
-        train_gates(tmp_path / "y.pt", DataSpec("digits"), GateConfig("rnn"), TrainConfig(epochs=1), GateTraining("dfs"),
-                    model_cfg=TINY, splits=digits_splits, progress=False)
+        train_gates(
+            tmp_path / "y.pt",
+            DataSpec("digits"),
+            GateConfig("rnn"),
+            TrainConfig(epochs=1),
+            GateTraining("dfs"),
+            model_cfg=TINY,
+            splits=digits_splits,
+            progress=False,
+        )
     assert not (tmp_path / "x.pt").exists() and not (tmp_path / "y.pt").exists()

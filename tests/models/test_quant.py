@@ -64,8 +64,14 @@ def test_option_arrays_run_the_int8_variants(quantized, digits_splits):
         assert torch.equal(m(xb, (1, 0, 1, 1, 0, 1)), m(xb, [True, False, True, True, False, True]))
     val = evaluate_skip_arrays(m, digits_splits.val, digits_splits.norm, [(1,) * g, (8,) * g])
     assert abs(val[0] - val[1]) <= 0.03  # int8 costs little accuracy on the tiny model
-    torch_val = float((m(torch.cat([x for x, _ in iterate(digits_splits.val, digits_splits.norm, 500)]),
-                        (8,) * g).argmax(1) == torch.as_tensor(digits_splits.val.y)).float().mean())
+    torch_val = float(
+        (
+            m(torch.cat([x for x, _ in iterate(digits_splits.val, digits_splits.norm, 500)]), (8,) * g).argmax(1)
+            == torch.as_tensor(digits_splits.val.y)
+        )
+        .float()
+        .mean()
+    )
     assert torch_val == pytest.approx(val[1])  # the shared-prefix evaluator runs the same int8 blocks
 
 

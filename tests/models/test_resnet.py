@@ -60,7 +60,10 @@ def test_gating_adds_no_parameters():
     m = build_model(ResNetConfig(depth=20))
     # hand count: stem conv+bn, 9 blocks of two conv+bn, fc (the standard 0.27M of He et al.)
     stem = 3 * 16 * 9 + 2 * 16
-    stage = lambda cin, c, n: (cin * c * 9 + 2 * c + c * c * 9 + 2 * c) + (n - 1) * 2 * (c * c * 9 + 2 * c)
+
+    def stage(cin, c, n):
+        return (cin * c * 9 + 2 * c + c * c * 9 + 2 * c) + (n - 1) * 2 * (c * c * 9 + 2 * c)
+
     fc = 64 * 10 + 10
     assert sum(p.numel() for p in m.parameters()) == stem + stage(16, 16, 3) + stage(16, 32, 3) + stage(32, 64, 3) + fc
     assert sum(p.numel() for p in m.parameters()) == 269_722
@@ -129,10 +132,17 @@ def test_eval_block_is_plain_residual():
     assert torch.equal(blk(x), torch.relu(x + blk.branch(x)))
 
 
-@pytest.mark.parametrize("kwargs,msg", [
-    ({"depth": 21}, "6n+2"), ({"depth": 2}, "6n+2"), ({"p_last": 0.0}, "(0, 1]"), ({"p_last": 1.5}, "(0, 1]"),
-    ({"shortcut": "x"}, "shortcut"), ({"sd_mode": "x"}, "mode"),
-])
+@pytest.mark.parametrize(
+    "kwargs,msg",
+    [
+        ({"depth": 21}, "6n+2"),
+        ({"depth": 2}, "6n+2"),
+        ({"p_last": 0.0}, "(0, 1]"),
+        ({"p_last": 1.5}, "(0, 1]"),
+        ({"shortcut": "x"}, "shortcut"),
+        ({"sd_mode": "x"}, "mode"),
+    ],
+)
 def test_bad_configs(kwargs, msg):
     with pytest.raises(EdgeskipError, match=re.escape(msg)):
         ResNetConfig(**kwargs)

@@ -42,7 +42,9 @@ def _hook_macs(model, x, skip):
     return total
 
 
-@pytest.mark.parametrize("depth,shortcut,size,ch", [(20, "pad", (32, 32), 3), (32, "proj", (8, 8), 1), (44, "pad", (15, 9), 2)])
+@pytest.mark.parametrize(
+    "depth,shortcut,size,ch", [(20, "pad", (32, 32), 3), (32, "proj", (8, 8), 1), (44, "pad", (15, 9), 2)]
+)
 def test_macs_match_counted_convolutions(depth, shortcut, size, ch):
     cfg = ResNetConfig(depth=depth, shortcut=shortcut, input_size=size, in_channels=ch)
     rng = random.Random(1)
@@ -59,8 +61,10 @@ def test_normalize_skip_forms():
     assert normalize_skip(torch.tensor([True, False]), 2) == (True, False)
 
 
-@pytest.mark.parametrize("bad,msg", [([1, 1], "length 2"), ([1, 2, 1], "0 or 1"), ("1a1", "only 0 and 1"),
-                                     ([0.5, 1, 1], "0 or 1"), (7, "sequence")])
+@pytest.mark.parametrize(
+    "bad,msg",
+    [([1, 1], "length 2"), ([1, 2, 1], "0 or 1"), ("1a1", "only 0 and 1"), ([0.5, 1, 1], "0 or 1"), (7, "sequence")],
+)
 def test_normalize_skip_rejects(bad, msg):
     with pytest.raises(EdgeskipError, match=msg):
         normalize_skip(bad, 3)

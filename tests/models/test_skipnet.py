@@ -33,7 +33,9 @@ def _measured_macs(module, x, *extra):
 
     def hook(mod, inp, out):
         if isinstance(mod, nn.Conv2d):
-            total[0] += out.numel() // out.shape[0] * mod.in_channels * mod.kernel_size[0] * mod.kernel_size[1] // mod.groups
+            total[0] += (
+                out.numel() // out.shape[0] * mod.in_channels * mod.kernel_size[0] * mod.kernel_size[1] // mod.groups
+            )
         elif isinstance(mod, nn.Linear):
             total[0] += mod.in_features * mod.out_features
         elif isinstance(mod, nn.LSTMCell):
@@ -108,10 +110,11 @@ def test_per_input_skipping_equals_the_network_without_those_blocks(kind):
     for i in range(len(x)):
         keep = m.executed_blocks(out.execute[i].tolist())
         static = CifarResNet(R20, keep=keep).eval()
-        static.load_state_dict({k: v for k, v in backbone_state.items()
-                                if not k.startswith("blocks.") or int(k.split(".")[1]) in keep})
-        torch.testing.assert_close(out.logits[i:i + 1], static(x[i:i + 1]), rtol=1e-5, atol=1e-5)
-        single = m.run(x[i:i + 1])  # batch of one decides the same
+        static.load_state_dict(
+            {k: v for k, v in backbone_state.items() if not k.startswith("blocks.") or int(k.split(".")[1]) in keep}
+        )
+        torch.testing.assert_close(out.logits[i : i + 1], static(x[i : i + 1]), rtol=1e-5, atol=1e-5)
+        single = m.run(x[i : i + 1])  # batch of one decides the same
         assert torch.equal(single.execute[0], out.execute[i])
 
 

@@ -1,7 +1,6 @@
 import json
 import random
 
-
 from edgeskip.models import macs
 from edgeskip.pareto import SharedPrefixEvaluator, evaluate_skip_arrays
 from edgeskip.pareto.design import design_space, write_design
@@ -63,7 +62,11 @@ def test_design_space_on_trained_model(tiny_model, digits_splits, tmp_path):
     paths = write_design(tmp_path, sens, front)
     assert [p.name for p in paths] == ["sensitivity.json", "pareto.json", "pareto.png"]
     doc = json.loads((tmp_path / "pareto.json").read_text())
-    assert doc["format"] == "edgeskip-pareto" and doc["version"] == 1 and doc["gated_blocks"] == list(tiny_model.cfg.gated_blocks)
+    assert (
+        doc["format"] == "edgeskip-pareto"
+        and doc["version"] == 1
+        and doc["gated_blocks"] == list(tiny_model.cfg.gated_blocks)
+    )
     assert (tmp_path / "pareto.png").read_bytes()[:4] == b"\x89PNG"
 
 

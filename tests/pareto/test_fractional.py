@@ -5,8 +5,15 @@ import itertools
 import numpy as np
 import pytest
 
-from edgeskip.pareto.fractional import (compare_fronts, features, fit_latency_model, greedy_walk, int8_runs,
-                                        next_states, probe_configs)
+from edgeskip.pareto.fractional import (
+    compare_fronts,
+    features,
+    fit_latency_model,
+    greedy_walk,
+    int8_runs,
+    next_states,
+    probe_configs,
+)
 
 
 def test_int8_runs():

@@ -14,9 +14,13 @@ class Server:
     """``python -m edgeskip serve BUNDLE --port 0 ARGS``; ``python`` may be an emulated interpreter's argv."""
 
     def __init__(self, bundle, *args, python=(sys.executable,), env=None, start_timeout=60):
-        self.proc = subprocess.Popen([*python, "-m", "edgeskip", "serve", str(bundle), "--port", "0", *args],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     env={**(env or os.environ), "OMP_NUM_THREADS": "1"})
+        self.proc = subprocess.Popen(
+            [*python, "-m", "edgeskip", "serve", str(bundle), "--port", "0", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**(env or os.environ), "OMP_NUM_THREADS": "1"},
+        )
         ready, _, _ = select.select([self.proc.stdout], [], [], start_timeout)
         line = self.proc.stdout.readline() if ready else ""
         if "listening on http://127.0.0.1:" not in line:

@@ -8,7 +8,6 @@ import time
 
 import numpy as np
 import pytest
-
 from daemon_process import Server
 
 
@@ -22,8 +21,9 @@ def body(server):
 
 
 def request(payload, path="/v1/infer", ctype="application/octet-stream"):
-    return (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\nContent-Length: {len(payload)}\r\n\r\n"
-            ).encode() + payload
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\nContent-Length: {len(payload)}\r\n\r\n"
+    ).encode() + payload
 
 
 def read_all(sock, limit=5.0):
@@ -34,7 +34,7 @@ def read_all(sock, limit=5.0):
     try:
         while time.monotonic() < deadline and (chunk := sock.recv(65536)):
             out += chunk
-    except (socket.timeout, ConnectionResetError):
+    except (TimeoutError, ConnectionResetError):
         pass
     return out
 
@@ -46,7 +46,7 @@ def closed_within(sock, seconds):
     try:
         while sock.recv(65536):
             pass
-    except socket.timeout:
+    except TimeoutError:
         return None
     except ConnectionResetError:
         pass
@@ -101,7 +101,7 @@ def test_idle_and_slow_header_connections_are_closed(capped):
                 if slow.recv(1) == b"":
                     closed = True
                     break
-            except socket.timeout:
+            except TimeoutError:
                 pass
         assert closed and time.monotonic() - t0 < 3.5
 
@@ -110,9 +110,11 @@ def test_malformed_http_is_one_line_that_echoes_nothing(bundle):
     s = Server(bundle)
     try:
         secret = b"SECRET-" + b"A" * 20000
-        for junk in (b"GET /" + secret + b" HTTP/1.1\x00\r\n\r\n",
-                     b"POST /v1/infer HTTP/1.1\r\nHost: x\r\nContent-Length: abc" + secret + b"\r\n\r\n",
-                     b"\x16\x03\x01" + secret + b"\r\n\r\n"):
+        for junk in (
+            b"GET /" + secret + b" HTTP/1.1\x00\r\n\r\n",
+            b"POST /v1/infer HTTP/1.1\r\nHost: x\r\nContent-Length: abc" + secret + b"\r\n\r\n",
+            b"\x16\x03\x01" + secret + b"\r\n\r\n",
+        ):
             with socket.create_connection(("127.0.0.1", port_of(s)), timeout=5) as c:
                 c.sendall(junk)
                 reply = read_all(c)

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
-
 from daemon_process import Server
+
 from edgeskip.export import emulate
 from edgeskip.runtime.executor import open_executor
 

@@ -33,8 +33,8 @@ def test_queue_waits_in_order_and_bounds_its_length():
 
 def test_deadline_drops_at_admission_and_when_dequeued():
     d = disp(depth=4, deadline=2.5)
-    d.arrive(0.0, "a")                                 # runs 0..1 (estimate 1.0)
-    assert d.arrive(0.1, "b") == Queued("b", 0)        # est. finish 2.0 <= 0.1 + 2.5
+    d.arrive(0.0, "a")  # runs 0..1 (estimate 1.0)
+    assert d.arrive(0.1, "b") == Queued("b", 0)  # est. finish 2.0 <= 0.1 + 2.5
     assert d.arrive(0.2, "c") == Drop("c", "deadline", 0)  # est. finish 3.0 > 2.7: dropped at once
     d2 = disp(depth=4, deadline=1.5)
     d2.arrive(0.0, "a")
@@ -63,8 +63,12 @@ def test_the_policy_sees_the_executor_and_the_queue():
 
 
 def test_bad_queue_settings_are_one_line_errors():
-    for depth, deadline, msg in ((-1, None, "queue-depth"), (1.5, None, "queue-depth"), (2, 0.0, "deadline"),
-                                 (0, 0.01, "needs --queue-depth")):
+    for depth, deadline, msg in (
+        (-1, None, "queue-depth"),
+        (1.5, None, "queue-depth"),
+        (2, 0.0, "deadline"),
+        (0, 0.01, "needs --queue-depth"),
+    ):
         with pytest.raises(EdgeskipError, match=msg):
             check_queue(depth, deadline)
     with pytest.raises(EdgeskipError, match="without a running"):

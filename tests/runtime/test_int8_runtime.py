@@ -5,8 +5,8 @@ import json
 
 import numpy as np
 import pytest
-
 from daemon_process import Server
+
 from edgeskip.backends.ort import ort_session
 from edgeskip.manifest import load_manifest
 from edgeskip.runtime.executor import open_executor
@@ -59,6 +59,10 @@ def test_config_index_counts_in_the_backends_front(int8_bundle, args, fragment):
     import subprocess
     import sys
 
-    res = subprocess.run([sys.executable, "-m", "edgeskip", "serve", str(int8_bundle), "--backend", "iree", *args],
-                         capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-m", "edgeskip", "serve", str(int8_bundle), "--backend", "iree", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 2 and fragment in res.stderr and len(res.stderr.strip().splitlines()) == 1

@@ -9,9 +9,9 @@ import urllib.request
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
+from daemon_process import Server
 from tritonclient.utils import InferenceServerException
 
-from daemon_process import Server
 from edgeskip.runtime.executor import open_executor
 
 
@@ -68,8 +68,13 @@ def test_infer_matches_the_executor(served, bundle, digits_splits, binary):
     x = images(digits_splits, 4)
     inp = httpclient.InferInput("image", list(x.shape), "FP32")
     inp.set_data_from_numpy(x, binary_data=binary)
-    outs = [httpclient.InferRequestedOutput("logits", binary_data=binary),
-            ] if not binary else None  # no outputs named: the client asks for all of them in binary
+    outs = (
+        [
+            httpclient.InferRequestedOutput("logits", binary_data=binary),
+        ]
+        if not binary
+        else None
+    )  # no outputs named: the client asks for all of them in binary
     res = client.infer("digits", [inp], outputs=outs, request_id="r1")
     logits = res.as_numpy("logits")
     params = res.get_response()["parameters"]
@@ -102,32 +107,103 @@ def test_classification_extension_and_pinned_configs(served, bundle, digits_spli
     assert res.get_response()["parameters"]["skipped_blocks"] == 3
 
 
-@pytest.mark.parametrize("doc, headers, fragment", [
-    (b"{bad", {}, "bad JSON"),
-    (json.dumps({"inputs": []}).encode(), {}, "exactly one input"),
-    (json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 1, 8, 8], "data": [0] * 64}]}).encode(),
-     {}, "unknown input 'x'"),
-    (json.dumps({"inputs": [{"name": "image", "datatype": "INT8", "shape": [1, 1, 8, 8], "data": [0] * 64}]}).encode(),
-     {}, "must be FP32"),
-    (json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 3, 8, 8], "data": [0] * 192}]}).encode(),
-     {}, "must have shape [N, 1, 8, 8]"),
-    (json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 1, 8, 8], "data": [0] * 10}]}).encode(),
-     {}, "has 10 values"),
-    (json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": [1000, 1, 8, 8], "data": [0]}]}).encode(),
-     {}, "batch size must be in 1..64"),
-    (json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 1, 8, 8], "data": ["NaN"] * 64}]}).encode(),
-     {}, "numbers only"),
-    (json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 1, 8, 8], "data": [0] * 64}],
-                 "outputs": [{"name": "probs"}]}).encode(), {}, "unknown output 'probs'"),
-    (json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 1, 8, 8], "data": [0] * 64}],
-                 "parameters": {"config": 99}}).encode(), {}, "config must be an integer"),
-    (json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 1, 8, 8], "data": [0] * 64}],
-                 "parameters": {"skip": "12"}}).encode(), {}, "skip array"),
-    (json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 1, 8, 8],
-                             "parameters": {"binary_data_size": 256}}]}).encode() + b"\0" * 10,
-     "header", "must be 256 bytes"),
-    (b"{}", {"Inference-Header-Content-Length": "999"}, "does not fit"),
-])
+@pytest.mark.parametrize(
+    "doc, headers, fragment",
+    [
+        (b"{bad", {}, "bad JSON"),
+        (json.dumps({"inputs": []}).encode(), {}, "exactly one input"),
+        (
+            json.dumps(
+                {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 1, 8, 8], "data": [0] * 64}]}
+            ).encode(),
+            {},
+            "unknown input 'x'",
+        ),
+        (
+            json.dumps(
+                {"inputs": [{"name": "image", "datatype": "INT8", "shape": [1, 1, 8, 8], "data": [0] * 64}]}
+            ).encode(),
+            {},
+            "must be FP32",
+        ),
+        (
+            json.dumps(
+                {"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 3, 8, 8], "data": [0] * 192}]}
+            ).encode(),
+            {},
+            "must have shape [N, 1, 8, 8]",
+        ),
+        (
+            json.dumps(
+                {"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 1, 8, 8], "data": [0] * 10}]}
+            ).encode(),
+            {},
+            "has 10 values",
+        ),
+        (
+            json.dumps(
+                {"inputs": [{"name": "image", "datatype": "FP32", "shape": [1000, 1, 8, 8], "data": [0]}]}
+            ).encode(),
+            {},
+            "batch size must be in 1..64",
+        ),
+        (
+            json.dumps(
+                {"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 1, 8, 8], "data": ["NaN"] * 64}]}
+            ).encode(),
+            {},
+            "numbers only",
+        ),
+        (
+            json.dumps(
+                {
+                    "inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 1, 8, 8], "data": [0] * 64}],
+                    "outputs": [{"name": "probs"}],
+                }
+            ).encode(),
+            {},
+            "unknown output 'probs'",
+        ),
+        (
+            json.dumps(
+                {
+                    "inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 1, 8, 8], "data": [0] * 64}],
+                    "parameters": {"config": 99},
+                }
+            ).encode(),
+            {},
+            "config must be an integer",
+        ),
+        (
+            json.dumps(
+                {
+                    "inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 1, 8, 8], "data": [0] * 64}],
+                    "parameters": {"skip": "12"},
+                }
+            ).encode(),
+            {},
+            "skip array",
+        ),
+        (
+            json.dumps(
+                {
+                    "inputs": [
+                        {
+                            "name": "image",
+                            "datatype": "FP32",
+                            "shape": [1, 1, 8, 8],
+                            "parameters": {"binary_data_size": 256},
+                        }
+                    ]
+                }
+            ).encode()
+            + b"\0" * 10,
+            "header",
+            "must be 256 bytes",
+        ),
+        (b"{}", {"Inference-Header-Content-Length": "999"}, "does not fit"),
+    ],
+)
 def test_bad_requests_get_one_line_4xx(served, digits_splits, doc, headers, fragment):
     s, client = served
     if headers == "header":
@@ -145,15 +221,25 @@ def test_bad_requests_get_one_line_4xx(served, digits_splits, doc, headers, frag
 def test_busy_requests_are_dropped_with_503(served, digits_splits):
     s, _ = served
     x = images(digits_splits, 1)
-    head = json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 1, 8, 8],
-                                   "parameters": {"binary_data_size": x.nbytes}}],
-                       "parameters": {"binary_data_output": True}}).encode()
+    head = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "image",
+                    "datatype": "FP32",
+                    "shape": [1, 1, 8, 8],
+                    "parameters": {"binary_data_size": x.nbytes},
+                }
+            ],
+            "parameters": {"binary_data_output": True},
+        }
+    ).encode()
     body, hdr = head + x.tobytes(), {"Inference-Header-Content-Length": str(len(head))}
     codes, errors = [], []
     for _ in range(20):  # bounded: rounds of simultaneous requests until some arrive while busy
         barrier = threading.Barrier(16)
 
-        def one():
+        def one(barrier=barrier):
             barrier.wait()
             status, raw, headers = request(s, "/v2/models/digits/infer", body, hdr)
             codes.append(status)

@@ -6,8 +6,18 @@ import re
 import subprocess
 import sys
 
-DESIGN = ("torch", "onnx", "onnxscript", "matplotlib", "sklearn", "iree.compiler", "onnxruntime", "tqdm",
-          "mlperf_loadgen", "elftools")
+DESIGN = (
+    "torch",
+    "onnx",
+    "onnxscript",
+    "matplotlib",
+    "sklearn",
+    "iree.compiler",
+    "onnxruntime",
+    "tqdm",
+    "mlperf_loadgen",
+    "elftools",
+)
 
 SERVE_PATH = """
 import asyncio, json, sys
@@ -37,10 +47,12 @@ def test_serve_path_loads_no_design_time_package(bundle):
 
 
 def test_design_command_without_design_packages_is_one_line(tmp_path):
-    code = ("import sys; sys.modules['torch'] = None\n"
-            "from edgeskip.cli import main\n"
-            f"sys.argv = ['edgeskip', 'train', '--epochs', '1', '--out', {str(tmp_path / 'x.pt')!r}]\n"
-            "main()")
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "from edgeskip.cli import main\n"
+        f"sys.argv = ['edgeskip', 'train', '--epochs', '1', '--out', {str(tmp_path / 'x.pt')!r}]\n"
+        "main()"
+    )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 2, res.stderr
     lines = res.stderr.strip().splitlines()
@@ -50,10 +62,12 @@ def test_design_command_without_design_packages_is_one_line(tmp_path):
 
 def test_inspect_works_without_design_packages(bundle):
     blocked = "; ".join(f"sys.modules[{m!r}] = None" for m in DESIGN)
-    code = (f"import sys; {blocked}\n"
-            "from edgeskip.cli import main\n"
-            f"sys.argv = ['edgeskip', 'inspect', {str(bundle)!r}]\n"
-            "main()")
+    code = (
+        f"import sys; {blocked}\n"
+        "from edgeskip.cli import main\n"
+        f"sys.argv = ['edgeskip', 'inspect', {str(bundle)!r}]\n"
+        "main()"
+    )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert re.search(r"all \d+ artifact hashes match", res.stdout) and "skip array" in res.stdout

@@ -2,8 +2,8 @@
 
 import pytest
 
-from edgeskip.errors import EdgeskipError
 from edgeskip.bench.simulate import simulate
+from edgeskip.errors import EdgeskipError
 from edgeskip.runtime.policies import AdaptiveController, FixedController
 
 ACC = [0.92, 0.91, 0.89, 0.85, 0.70]  # Pareto configs 0..4, 0 = no skipping
@@ -150,8 +150,13 @@ def test_mix_time_shares_neighbours_to_meet_the_budget():
 
 
 def test_policy_parameters_and_names_are_checked():
-    for name, bad in (("target_util", 0.0), ("target_util", 1.5), ("hysteresis", -0.1), ("attack", 0.5),
-                      ("drain", float("nan"))):
+    for name, bad in (
+        ("target_util", 0.0),
+        ("target_util", 1.5),
+        ("hysteresis", -0.1),
+        ("attack", 0.5),
+        ("drain", float("nan")),
+    ):
         with pytest.raises(EdgeskipError, match=name):
             check_param(name, bad)
     with pytest.raises(EdgeskipError, match="unknown policy parameter"):

@@ -8,10 +8,9 @@ import threading
 
 import numpy as np
 import pytest
+from daemon_process import Server
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
-
-from daemon_process import Server
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +49,16 @@ def simultaneous(server, body, n):
 
 def test_infer_with_each_body_kind(server, digits_splits):
     label = str(digits_splits.test.y[0])
-    for body, ctype in ((raw_image(digits_splits), "application/octet-stream"), (png_image(digits_splits), "image/png"),
-                        (json.dumps({"data": np.frombuffer(raw_image(digits_splits), np.float32).reshape(1, 8, 8).tolist()}).encode(),
-                         "application/json")):
+    for body, ctype in (
+        (raw_image(digits_splits), "application/octet-stream"),
+        (png_image(digits_splits), "image/png"),
+        (
+            json.dumps(
+                {"data": np.frombuffer(raw_image(digits_splits), np.float32).reshape(1, 8, 8).tolist()}
+            ).encode(),
+            "application/json",
+        ),
+    ):
         status, doc = server.infer(body, ctype)
         assert status == 200, doc
         assert len(doc["top"]) == 5 and doc["top"][0]["score"] >= doc["top"][1]["score"]
@@ -63,15 +69,18 @@ def test_infer_with_each_body_kind(server, digits_splits):
     assert status == 200 and json.loads(raw)["ok"]
 
 
-@pytest.mark.parametrize("body,ctype,code,fragment", [
-    (b"\x00" * 12, "application/octet-stream", 400, "raw body must be 256 bytes"),
-    (b"not a png", "image/png", 400, "not a PNG image"),
-    (b"{bad json", "application/json", 400, "bad JSON"),
-    (b'{"data": [1, 2]}', "application/json", 400, "shape [1, 8, 8]"),
-    (b"hello", "text/plain", 415, "unsupported content type"),
-    (b"", "application/octet-stream", 400, "empty request body"),
-    (b"\x00" * 200_000, "application/octet-stream", 413, "larger than 100000 bytes"),
-])
+@pytest.mark.parametrize(
+    "body,ctype,code,fragment",
+    [
+        (b"\x00" * 12, "application/octet-stream", 400, "raw body must be 256 bytes"),
+        (b"not a png", "image/png", 400, "not a PNG image"),
+        (b"{bad json", "application/json", 400, "bad JSON"),
+        (b'{"data": [1, 2]}', "application/json", 400, "shape [1, 8, 8]"),
+        (b"hello", "text/plain", 415, "unsupported content type"),
+        (b"", "application/octet-stream", 400, "empty request body"),
+        (b"\x00" * 200_000, "application/octet-stream", 413, "larger than 100000 bytes"),
+    ],
+)
 def test_bad_input_gets_4xx_and_service_keeps_serving(server, digits_splits, body, ctype, code, fragment):
     status, doc = server.infer(body, ctype)
     assert status == code and fragment in doc["error"] and "\n" not in doc["error"]
@@ -118,11 +127,19 @@ def test_fixed_mode_and_bad_options(bundle, tmp_path):
     s = Server(bundle, "--config", "1")
     assert json.loads(s.call("/v1/status")[1])["mode"] == "fixed"
     assert s.stop() == 0
-    res = subprocess.run([sys.executable, "-m", "edgeskip.cli", "serve", str(bundle), "--min-acc", "1.0", "--port", "0"],
-                         capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        [sys.executable, "-m", "edgeskip.cli", "serve", str(bundle), "--min-acc", "1.0", "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert res.returncode == 2 and res.stderr.startswith("error: no config reaches --min-acc")
-    res = subprocess.run([sys.executable, "-m", "edgeskip.cli", "serve", str(tmp_path), "--port", "0"],
-                         capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        [sys.executable, "-m", "edgeskip.cli", "serve", str(tmp_path), "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert res.returncode == 2 and "no manifest.json" in res.stderr
 
 
@@ -150,20 +167,27 @@ def test_rate_policy_with_a_queue_serves_bursts_and_reports_itself(bundle, digit
         assert s.stop() == 0
 
 
-@pytest.mark.parametrize("args,fragment", [
-    (("--policy", "fast"), "Invalid value for '--policy'"),
-    (("--queue-depth", "-1"), "--queue-depth must be an integer >= 0"),
-    (("--deadline-ms", "5"), "--deadline-ms needs --queue-depth"),
-    (("--queue-depth", "2", "--deadline-ms", "0"), "--deadline-ms must be > 0"),
-    (("--policy", "rate", "--target-util", "1.5"), "target_util must be in (0, 1]"),
-    (("--policy", "rate", "--policy-param", "speed=2"), "unknown policy parameter 'speed'"),
-    (("--policy", "rate", "--policy-param", "drain"), "drain must be in"),
-    (("--policy", "rate", "--delta-req", "0.01"), "--delta-req applies to policy paper only"),
-    (("--policy", "paper", "--hysteresis", "0.1"), "policy paper takes no parameter hysteresis"),
-])
+@pytest.mark.parametrize(
+    "args,fragment",
+    [
+        (("--policy", "fast"), "Invalid value for '--policy'"),
+        (("--queue-depth", "-1"), "--queue-depth must be an integer >= 0"),
+        (("--deadline-ms", "5"), "--deadline-ms needs --queue-depth"),
+        (("--queue-depth", "2", "--deadline-ms", "0"), "--deadline-ms must be > 0"),
+        (("--policy", "rate", "--target-util", "1.5"), "target_util must be in (0, 1]"),
+        (("--policy", "rate", "--policy-param", "speed=2"), "unknown policy parameter 'speed'"),
+        (("--policy", "rate", "--policy-param", "drain"), "drain must be in"),
+        (("--policy", "rate", "--delta-req", "0.01"), "--delta-req applies to policy paper only"),
+        (("--policy", "paper", "--hysteresis", "0.1"), "policy paper takes no parameter hysteresis"),
+    ],
+)
 def test_bad_policy_options_are_one_line(bundle, args, fragment):
-    res = subprocess.run([sys.executable, "-m", "edgeskip.cli", "serve", str(bundle), "--port", "0", *args],
-                         capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        [sys.executable, "-m", "edgeskip.cli", "serve", str(bundle), "--port", "0", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert res.returncode == 2 and fragment in res.stderr and "Traceback" not in res.stderr, res.stderr
     if not fragment.startswith("Invalid value"):
         assert res.stderr.count("\n") == 1

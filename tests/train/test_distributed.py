@@ -14,16 +14,28 @@ TINY = ["--depth", "8", "--width", "4", "--batch-size", "64", "--epochs", "3", "
 
 
 def torchrun(*args, nproc=2, port=29561):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(port),
-           "-m", "edgeskip", *map(str, args)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(nproc),
+        "--master_port",
+        str(port),
+        "-m",
+        "edgeskip",
+        *map(str, args),
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=300)
 
 
 def test_sharded_batches_are_the_single_process_batches(digits_splits):
     s = digits_splits
     whole = list(iterate(s.train, s.norm, 64, shuffle=True, augment=True, seed=5, drop_last=True))
-    parts = [list(iterate(s.train, s.norm, 64, shuffle=True, augment=True, seed=5, drop_last=True, shard=(r, 2)))
-             for r in range(2)]
+    parts = [
+        list(iterate(s.train, s.norm, 64, shuffle=True, augment=True, seed=5, drop_last=True, shard=(r, 2)))
+        for r in range(2)
+    ]
     assert len(whole) == len(parts[0]) == len(parts[1])
     for (x, y), (x0, y0), (x1, y1) in zip(whole, *parts):
         assert len(y0) == len(y1) == 32
@@ -54,14 +66,32 @@ def test_torchrun_trains_checkpoints_and_resumes_exactly(tmp_path):
     assert [h["val_acc"] for h in resumed.history] == [h["val_acc"] for h in ck.history]
 
     # a resume under another world size is refused with one line, exit 2
-    one = subprocess.run([sys.executable, "-m", "edgeskip", "train", "--out", str(full), "--resume"],
-                         capture_output=True, text=True, env=ENV, timeout=120)
+    one = subprocess.run(
+        [sys.executable, "-m", "edgeskip", "train", "--out", str(full), "--resume"],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=120,
+    )
     assert one.returncode == 2 and one.stderr.strip().count("\n") == 0, one.stderr
     assert "2 process(es)" in one.stderr and "this run has 1" in one.stderr
 
 
 def test_batch_that_does_not_split_is_refused(tmp_path):
-    res = torchrun("train", "--depth", "8", "--width", "4", "--batch-size", "63", "--epochs", "1", "--quiet",
-                   "--out", tmp_path / "m.pt", port=29562)
+    res = torchrun(
+        "train",
+        "--depth",
+        "8",
+        "--width",
+        "4",
+        "--batch-size",
+        "63",
+        "--epochs",
+        "1",
+        "--quiet",
+        "--out",
+        tmp_path / "m.pt",
+        port=29562,
+    )
     assert res.returncode != 0 and "does not split evenly over 2 processes" in res.stderr
     assert not (tmp_path / "m.pt").exists()

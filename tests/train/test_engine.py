@@ -6,10 +6,10 @@ import torch
 
 from edgeskip.models.gates import GateConfig
 from edgeskip.train import DataSpec, TrainConfig, load_checkpoint, train
+from edgeskip.train.checkpoint import Checkpoint
 from edgeskip.train.engine import run_epochs
 from edgeskip.train.gates import GateTraining, train_gates
 from edgeskip.train.loop import CrossEntropy, make_optimizer
-from edgeskip.train.checkpoint import Checkpoint
 from tests.conftest import TINY
 
 TCFG = TrainConfig(epochs=3, batch_size=64, lr=0.05)
@@ -25,11 +25,21 @@ def run(kind, path, splits, resume=False, on_epoch_end=None):
             return train(path, DataSpec("digits"), resume=True, splits=splits, progress=False)
         return train(path, DataSpec("digits"), TINY, TCFG, splits=splits, progress=False, on_epoch_end=on_epoch_end)
     if resume:
-        return train_gates(path, None, GateConfig(), TrainConfig(), GateTraining(), resume=True, splits=splits,
-                           progress=False)
+        return train_gates(
+            path, None, GateConfig(), TrainConfig(), GateTraining(), resume=True, splits=splits, progress=False
+        )
     gates = GateConfig("dfs") if kind.startswith("dfs") else GateConfig("rnn")
-    return train_gates(path, DataSpec("digits"), gates, TCFG, GateTraining(kind, alpha=0.5, cp_target=0.5),
-                       model_cfg=TINY, splits=splits, progress=False, on_epoch_end=on_epoch_end)
+    return train_gates(
+        path,
+        DataSpec("digits"),
+        gates,
+        TCFG,
+        GateTraining(kind, alpha=0.5, cp_target=0.5),
+        model_cfg=TINY,
+        splits=splits,
+        progress=False,
+        on_epoch_end=on_epoch_end,
+    )
 
 
 @pytest.mark.parametrize("kind", ["ce", "sp", "hrl", "dfs-full", "dfs"])
@@ -48,8 +58,9 @@ def test_every_objective_resumes_exactly(tmp_path, digits_splits, kind):
     for k in full.state_dict:
         assert torch.equal(full.state_dict[k], resumed.state_dict[k]), k
     drop = ("seconds",)
-    assert [{k: v for k, v in h.items() if k not in drop} for h in full.history] == \
-        [{k: v for k, v in h.items() if k not in drop} for h in resumed.history]
+    assert [{k: v for k, v in h.items() if k not in drop} for h in full.history] == [
+        {k: v for k, v in h.items() if k not in drop} for h in resumed.history
+    ]
     if kind in ("sp", "hrl"):
         assert "train_skipped" in full.history[-1] and "val_macs" in full.history[-1]
     if kind.startswith("dfs"):
@@ -76,16 +87,22 @@ class Margin(CrossEntropy):
 
 def test_a_new_objective_plugs_in(tmp_path, digits_splits, capsys):
     torch.manual_seed(0)
-    from edgeskip.models import build_model
-    from edgeskip.models import ResNetConfig
+    from edgeskip.models import ResNetConfig, build_model
 
     cfg = ResNetConfig(**{**TINY.to_dict(), "num_classes": 10, "in_channels": 1, "input_size": (8, 8)})
     model = build_model(cfg).to(memory_format=torch.channels_last)
     tcfg = TrainConfig(epochs=2, batch_size=64, amp="fp32")
     steps = len(digits_splits.train) // 64
     opt, sched = make_optimizer(model, tcfg, steps)
-    ck = Checkpoint(cfg, model.state_dict(), digits_splits.norm, digits_splits.class_names, digits_splits.dataset_id,
-                    DataSpec("digits"), tcfg)
+    ck = Checkpoint(
+        cfg,
+        model.state_dict(),
+        digits_splits.norm,
+        digits_splits.class_names,
+        digits_splits.dataset_id,
+        DataSpec("digits"),
+        tcfg,
+    )
     ck = run_epochs(model, Margin(model, model), opt, sched, digits_splits, ck, tmp_path / "m.pt", steps)
     assert ck.epoch == 2 and load_checkpoint(tmp_path / "m.pt").epoch == 2
     rec = ck.history[-1]

@@ -5,8 +5,7 @@ import torch
 
 from edgeskip.errors import EdgeskipError
 from edgeskip.models import ResNetConfig, build_model
-from edgeskip.train import DataSpec, TrainConfig, load_checkpoint, train
-from edgeskip.train import precision
+from edgeskip.train import DataSpec, TrainConfig, load_checkpoint, precision, train
 from edgeskip.train.loop import make_optimizer, train_step
 
 TINY = ResNetConfig(depth=14, widths=(8, 16, 32), num_classes=10, in_channels=1, input_size=(8, 8), sd_mode="none")
@@ -57,16 +56,28 @@ def test_bf16_training_reaches_fp32_accuracy(tmp_path, digits_splits):
     cfg = ResNetConfig(depth=14, widths=(8, 16, 32))
     acc = {}
     for amp in ("fp32", "bf16"):
-        ck = train(tmp_path / f"{amp}.pt", DataSpec("digits"), cfg, TrainConfig(epochs=4, batch_size=64, amp=amp),
-                   splits=digits_splits, progress=False)
+        ck = train(
+            tmp_path / f"{amp}.pt",
+            DataSpec("digits"),
+            cfg,
+            TrainConfig(epochs=4, batch_size=64, amp=amp),
+            splits=digits_splits,
+            progress=False,
+        )
         assert ck.train_cfg.amp == amp
         acc[amp] = ck.history[-1]["val_acc"]
     assert acc["fp32"] > 0.8 and abs(acc["bf16"] - acc["fp32"]) <= 0.03, acc
 
 
 def test_auto_resolves_and_is_recorded(tmp_path, digits_splits):
-    ck = train(tmp_path / "a.pt", DataSpec("digits"), ResNetConfig(depth=8, widths=(4, 8, 16)),
-               TrainConfig(epochs=1, batch_size=64), splits=digits_splits, progress=False)
+    ck = train(
+        tmp_path / "a.pt",
+        DataSpec("digits"),
+        ResNetConfig(depth=8, widths=(4, 8, 16)),
+        TrainConfig(epochs=1, batch_size=64),
+        splits=digits_splits,
+        progress=False,
+    )
     want = "bf16" if precision.cpu_has_native_bf16() else "fp32"
     assert ck.train_cfg.amp == want and load_checkpoint(tmp_path / "a.pt").train_cfg.amp == want
 
@@ -81,8 +92,15 @@ def test_bf16_refused_without_native_support(monkeypatch):
 
 def test_resume_of_a_bf16_run_refused_without_bf16(tmp_path, digits_splits, monkeypatch):
     path = tmp_path / "r.pt"
-    train(path, DataSpec("digits"), ResNetConfig(depth=8, widths=(4, 8, 16)),
-          TrainConfig(epochs=2, batch_size=64, amp="fp32"), splits=digits_splits, progress=False, stop_after=1)
+    train(
+        path,
+        DataSpec("digits"),
+        ResNetConfig(depth=8, widths=(4, 8, 16)),
+        TrainConfig(epochs=2, batch_size=64, amp="fp32"),
+        splits=digits_splits,
+        progress=False,
+        stop_after=1,
+    )
     ck = load_checkpoint(path)
     ck.train_cfg = TrainConfig.from_dict({**ck.train_cfg.to_dict(), "amp": "bf16"})
     ck.save(path)

@@ -64,8 +64,9 @@ def test_truncated_checkpoint(tmp_path, tiny_checkpoint):
         load_checkpoint(cut)
 
 
-@pytest.mark.parametrize("kwargs", [{"epochs": 0}, {"lr": -1.0}, {"schedule": "linear"}, {"label_smoothing": 1.0},
-                                    {"cutout": -1}])
+@pytest.mark.parametrize(
+    "kwargs", [{"epochs": 0}, {"lr": -1.0}, {"schedule": "linear"}, {"label_smoothing": 1.0}, {"cutout": -1}]
+)
 def test_bad_train_configs(kwargs):
     with pytest.raises(EdgeskipError):
         TrainConfig(**kwargs)
