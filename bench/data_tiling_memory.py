@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
             finally:
                 iree_compile.COMMON_FLAGS = default_flags
             ex = SharedIreeExecutor(sm.weights, sm.modules)
-            lat = interleaved_median([lambda k=k: ex.run(k, x) for k in range(len(ex))], args.repeats, 3)
+            lat = interleaved_median([lambda k=k, ex=ex: ex.run(k, x) for k in range(len(ex))], args.repeats, 3)
             results[name] = {
                 "flags": list(flags),
                 "latency_s": dict(zip(map(str, counts), lat)),
@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> None:
                 mex = SharedIreeExecutor(sm.weights, [vmfb], functions=names)
                 n = len(names)
                 both = interleaved_median(
-                    [lambda k=k: mex.run(k, x) for k in range(n)] + [lambda k=k: ex.run(k, x) for k in range(n)],
+                    [lambda k=k, mex=mex: mex.run(k, x) for k in range(n)]
+                    + [lambda k=k, ex=ex: ex.run(k, x) for k in range(n)],
                     args.repeats,
                     3,
                 )
