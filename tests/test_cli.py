@@ -58,9 +58,16 @@ def test_main_job_on_digits_end_to_end(tmp_path):
     ],
 )
 def test_train_bad_input(tmp_path, args, fragments):
+    """Through the same click command in this process (a user's process, as the other tests here run it, would cost
+    a Python start and a torch import per case)."""
+    from click.testing import CliRunner
+
+    from edgeskip.cli import cli
+
     out = tmp_path / "m.pt"
-    res = run("train", *[a.replace("{tmp}", str(tmp_path)) for a in args], "--epochs", "1", "--out", out, "--quiet")
-    one_line_error(res, *fragments)
+    argv = ["train", *[a.replace("{tmp}", str(tmp_path)) for a in args], "--epochs", "1", "--out", str(out), "--quiet"]
+    res = CliRunner().invoke(cli, argv, prog_name="edgeskip")
+    one_line_error(subprocess.CompletedProcess(argv, res.exit_code, res.stdout, res.stderr), *fragments)
     assert not out.exists() and not list(tmp_path.glob(".*"))
 
 
@@ -160,6 +167,7 @@ def test_int8_refused_for_a_skipnet(skipnet_checkpoint, tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_dfs_cli_trains_evaluates_and_refuses_bad_settings(tmp_path, tiny_checkpoint):
     s1 = tmp_path / "dfs1.pt"
     res = run("train", "--gates", "dfs", "--init", tiny_checkpoint, "--epochs", "1", "--out", s1, "--quiet")

@@ -105,6 +105,7 @@ def mixed(test_batch, calibration_batches, tmp_path_factory):
     return m, xb, graph, cal
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("int8, conv_integer", [("integer", 2), ("qdq", 0), ("qlinear", 0)])
 def test_onnx_switch_per_gate_and_parity(mixed, int8, conv_integer):
     """Every option runs its block variant: per input, the graph chooses what PyTorch chooses and computes what
@@ -137,6 +138,7 @@ def test_verification_catches_a_wrong_graph(mixed):
             model.gate_core.out.bias.copy_(saved)
 
 
+@pytest.mark.slow
 def test_qlinear_form_fuses_into_integer_convolutions(mixed, tmp_path):
     """onnxruntime turns every 8-bit convolution of the qlinear form into its int8 ``QLinearConv`` (int8 weights,
     zero point 0: the fast kernel), inside the switch's branches; the DFS model's own arithmetic is close."""

@@ -76,6 +76,7 @@ def test_iree_host_matches_onnxruntime_on_int8(graphs, images):
     assert np.abs(IreeModule(vmfb)(x) - ref).max() <= INT8_TOLERANCE * max(1.0, np.abs(ref).max())
 
 
+@pytest.mark.slow
 def test_aarch64_int8_module_runs_under_qemu(graphs, images):
     require_aarch64()
     d, paths = graphs

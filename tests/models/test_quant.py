@@ -40,8 +40,10 @@ def test_int8_block_is_close_to_the_float_block(quantized, digits_splits):
             block = m.blocks[str(b)]
             if b in cal:
                 ref, got = block(h), m.int8[b](h)
-                # a few output steps: the input, the mid activation and the weights each round once
-                assert (got - ref).abs().max() <= 6 * cal[b].y.scale
+                # a few output steps: the input, the mid activation and the weights each round once, and the
+                # mid activation's error is summed over a 3x3 convolution (6.8 steps seen on the worst of 64 images
+                # with a model trained in fp32, under 6 with bf16); a wrong scale or zero point is off by far more
+                assert (got - ref).abs().max() <= 8 * cal[b].y.scale
                 assert (got - ref).abs().mean() <= cal[b].y.scale
                 # int8 weights: values in [-127, 127], the largest magnitude used
                 q = m.int8[b]

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from edgeskip.data.batches import iterate
@@ -45,6 +46,7 @@ def test_sharded_batches_are_the_single_process_batches(digits_splits):
     assert sum(len(y) for part in ev for _, y in part) == len(s.val)
 
 
+@pytest.mark.slow
 def test_torchrun_trains_checkpoints_and_resumes_exactly(tmp_path):
     full = tmp_path / "full.pt"
     res = torchrun("train", *TINY, "--out", full)

@@ -152,6 +152,7 @@ def _cli(*args):
     )
 
 
+@pytest.mark.slow
 def test_cli_train_and_evaluate_skipnet(tmp_path, tiny_checkpoint):
     out = tmp_path / "cli.pt"
     r = _cli(
