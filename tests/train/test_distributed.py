@@ -1,6 +1,7 @@
 """Data-parallel training under torchrun: 2 CPU processes (gloo) on a tiny model."""
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -14,7 +15,14 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 TINY = ["--depth", "8", "--width", "4", "--batch-size", "64", "--epochs", "3", "--quiet", "--threads", "1"]
 
 
-def torchrun(*args, nproc=2, port=29561):
+def free_port():
+    """A port free now on 127.0.0.1 (tests run in parallel workers, and other runs may share the machine)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(*args, nproc=2):
     cmd = [
         sys.executable,
         "-m",
@@ -22,7 +30,7 @@ def torchrun(*args, nproc=2, port=29561):
         "--nproc_per_node",
         str(nproc),
         "--master_port",
-        str(port),
+        str(free_port()),
         "-m",
         "edgeskip",
         *map(str, args),
@@ -93,7 +101,6 @@ def test_batch_that_does_not_split_is_refused(tmp_path):
         "--quiet",
         "--out",
         tmp_path / "m.pt",
-        port=29562,
     )
     assert res.returncode != 0 and "does not split evenly over 2 processes" in res.stderr
     assert not (tmp_path / "m.pt").exists()
