@@ -69,25 +69,25 @@ def cli(*args, timeout=900, env=None, **kw):
 def shared(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Path:
     """Folder ``name`` that ``build(folder)`` fills, built once per run and shared by every xdist worker.
 
-    The first worker to ask builds it into a scratch folder and renames it into place (so no worker sees half an
-    artefact); the others wait on the lock. A failed build leaves nothing behind and fails every test that needs
-    it, each with the build's own error."""
+    The first worker to ask builds it in place (paths inside it stay valid) and marks it complete; the others wait
+    on the lock, so no worker sees half an artefact. A failed build is removed and fails every test that needs it,
+    each with the build's own error. Tests must not write into a shared folder."""
     root = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
         root = root.parent  # the run's folder, above each worker's own
     final = root / "shared" / name
+    done = final.with_name(name + ".done")
     final.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(final) + ".lock"):
-        if not final.is_dir():
-            scratch = final.with_name(name + ".building")
-            shutil.rmtree(scratch, ignore_errors=True)
-            scratch.mkdir()
+        if not done.exists():
+            shutil.rmtree(final, ignore_errors=True)
+            final.mkdir()
             try:
-                build(scratch)
+                build(final)
             except BaseException:
-                shutil.rmtree(scratch, ignore_errors=True)
+                shutil.rmtree(final, ignore_errors=True)
                 raise
-            scratch.rename(final)
+            done.touch()
     return final
 
 

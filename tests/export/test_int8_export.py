@@ -14,7 +14,7 @@ from edgeskip.export.iree_compile import TARGETS, compile_mlir, import_onnx
 from edgeskip.export.onnx_export import INT8_TOLERANCE
 from edgeskip.models.quant import calibrate
 from edgeskip.pareto.design import calibration_batches
-from tests.conftest import require_aarch64
+from tests.conftest import require_aarch64, shared
 
 MIXED = (8, 1, 0, 8, 8, 1)  # gate 0 int8, gate 2 skipped, gates 3 and 4 an int8 run
 
@@ -30,8 +30,11 @@ def quantized(tiny_checkpoint, digits_splits):
 
 @pytest.fixture(scope="module")
 def graphs(tmp_path_factory, quantized):
-    d = tmp_path_factory.mktemp("int8")
-    return d, {o: export_static(quantized, o, d / f"static_{''.join(map(str, o))}.onnx") for o in [MIXED, (8,) * 6]}
+    """(a folder for the tests' own outputs, the QDQ graphs of two option arrays), exported once per run."""
+    name = lambda o: f"static_{''.join(map(str, o))}.onnx"  # noqa: E731
+    options = [MIXED, (8,) * 6]
+    g = shared(tmp_path_factory, "int8_graphs", lambda g: [export_static(quantized, o, g / name(o)) for o in options])
+    return tmp_path_factory.mktemp("int8"), {o: g / name(o) for o in options}
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,8 @@
 """Config-specialised IREE modules over one shared weight archive."""
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -7,16 +10,26 @@ import torch
 from edgeskip.backends.iree import SharedIreeExecutor
 from edgeskip.errors import EdgeskipError
 from edgeskip.export.iree_compile import TARGETS
-from edgeskip.export.shared_weights import build_shared_modules, check_shared
+from edgeskip.export.shared_weights import SharedModules, build_shared_modules, check_shared
 from edgeskip.models import build_model
+from tests.conftest import shared as shared_artefact
 
 CONFIGS = [(1, 1, 1, 1, 1, 1), (1, 0, 1, 1, 0, 1), (0, 0, 0, 0, 0, 0)]
 
 
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory, tiny_model):
-    d = tmp_path_factory.mktemp("shared")
-    return d, build_shared_modules(tiny_model, CONFIGS, TARGETS["host"], d / "out", d / "work")
+    """The modules of CONFIGS over one archive, built once per run (tests/conftest.py: shared)."""
+
+    def build(d):
+        sm = build_shared_modules(tiny_model, CONFIGS, TARGETS["host"], d / "out", d / "work")
+        doc = {k: [str(p) for p in v] for k, v in vars(sm).items() if k != "weights"}
+        (d / "sm.json").write_text(json.dumps({**doc, "weights": str(sm.weights)}))
+
+    d = shared_artefact(tmp_path_factory, "shared_weights", build)
+    doc = json.loads((d / "sm.json").read_text())
+    weights = Path(doc.pop("weights"))
+    return d, SharedModules(weights=weights, **{k: tuple(map(Path, v)) for k, v in doc.items()})
 
 
 def test_all_configs_in_one_context_match_pytorch(shared, tiny_model, digits_splits):
@@ -40,13 +53,13 @@ def test_weights_live_only_in_the_archive(shared, tiny_model):
         assert w not in m.read_bytes()
 
 
-def test_check_shared_rejects_foreign_weights(shared, tiny_model):
+def test_check_shared_rejects_foreign_weights(shared, tiny_model, tmp_path):
     d, sm = shared
     other = build_model(tiny_model.cfg).eval()  # same names, different values
     with torch.no_grad():
         for p in other.parameters():
             p.add_(1.0)
-    foreign = build_shared_modules(other, CONFIGS[:1], TARGETS["host"], d / "other", d / "other_work")
+    foreign = build_shared_modules(other, CONFIGS[:1], TARGETS["host"], tmp_path / "other", tmp_path / "other_work")
     assert check_shared(sm.weights, d / "work" / "static_101101.irpa") > 0
     with pytest.raises(EdgeskipError, match="differs from the shared archive"):
         check_shared(foreign.weights, d / "work" / "static_101101.irpa")
