@@ -1,0 +1,146 @@
+"""Minimal reproducer: torch's dynamo ONNX exporter and nested ``torch.cond`` (issue #36; upstream-report style).
+
+DFS bundles switch each gated block between ``n`` options with nested ``torch.cond`` (``edgeskip.export.dfs_graph.
+_switch``: one ONNX ``If`` per remaining option). Exporting that graph costs ~10 s per gate on this machine, which
+made the DFS fixtures the longest chain of the test suite and makes ``compile`` of a DFS model slow. This script
+isolates the cost with plain PyTorch (no edgeskip code in the measured path):
+
+  k gates in a row, each choosing among n branches (a 3x3 convolution + ReLU each; branch 0 the identity), as
+  - ``nested``: cond(c == 0, b0, cond(c == 1, b1, ... bn-1)), what edgeskip exports today, and
+  - ``flat``:   n - 1 independent conds in sequence, y = cond(c == i, b_i(x), y), the same count of ``If`` nodes at
+    depth 1 (a different graph: it evaluates n - 1 conditions per gate; shown to separate nesting from count).
+
+Each is exported with ``torch.onnx.export(..., dynamo=True, optimize=True)`` as edgeskip does, in one process, one
+thread, alternating the variants; the minimum of ``--repeats`` is reported, with ratios to k = 1, n = 2.
+
+    python bench/export_cond_cost.py --out bench/results     # ~3 min on the 2-core machine
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import logging
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+class Branch(nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.conv(x))
+
+
+class Identity(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.clone()
+
+
+def nested(x: torch.Tensor, c: torch.Tensor, branches: list[nn.Module], i: int = 0) -> torch.Tensor:
+    if i == len(branches) - 1:
+        return branches[i](x)
+    return torch.cond(c == i, lambda t, c: branches[i](t), lambda t, c: nested(t, c, branches, i + 1), (x, c))
+
+
+def flat(x: torch.Tensor, c: torch.Tensor, branches: list[nn.Module]) -> torch.Tensor:
+    y = branches[-1](x)
+    for i in range(len(branches) - 1):
+        y = torch.cond(c == i, lambda t, y, b=branches[i]: b(t), lambda t, y: y.clone(), (x, y))
+    return y
+
+
+class Switches(nn.Module):
+    """k gates; gate g picks branch ``choice[g]`` of its n."""
+
+    def __init__(self, k: int, n: int, form: str, c: int = 8) -> None:
+        super().__init__()
+        self.form = form
+        self.gates = nn.ModuleList(nn.ModuleList([Identity()] + [Branch(c) for _ in range(n - 1)]) for _ in range(k))
+
+    def forward(self, x: torch.Tensor, choice: torch.Tensor) -> torch.Tensor:
+        for g, branches in enumerate(self.gates):
+            f = nested if self.form == "nested" else flat
+            x = f(x, choice[g], list(branches))
+        return x
+
+
+def export_seconds(model: nn.Module, k: int, dest: Path) -> float:
+    x, choice = torch.zeros(1, 8, 8, 8), torch.zeros(k, dtype=torch.int64)
+    t = time.perf_counter()
+    with (
+        warnings.catch_warnings(),
+        contextlib.redirect_stdout(io.StringIO()),
+        contextlib.redirect_stderr(io.StringIO()),
+    ):
+        warnings.simplefilter("ignore")
+        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+        torch.onnx.export(model.eval(), (x, choice), str(dest), dynamo=True, optimize=True, opset_version=18)
+    return time.perf_counter() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--gates", default="1,2,3", help="gate counts k")
+    ap.add_argument("--options", default="2,3,4", help="options per gate n (DFS has 4)")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=Path("bench/results"))
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    ks, ns = [int(v) for v in args.gates.split(",")], [int(v) for v in args.options.split(",")]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for k in ks:
+            for n in ns:
+                times: dict[str, list[float]] = {"nested": [], "flat": []}
+                for _ in range(args.repeats):
+                    for form in times:  # alternating
+                        times[form].append(export_seconds(Switches(k, n, form), k, Path(tmp) / "m.onnx"))
+                rows.append({"gates": k, "options": n, **{f"{f}_s": min(v) for f, v in times.items()}})
+                r = rows[-1]
+                print(f"k={k} n={n}: nested {r['nested_s']:.2f} s, flat {r['flat_s']:.2f} s", flush=True)
+    base = rows[0]["nested_s"]
+    for r in rows:
+        r["nested_vs_k1_n2"] = r["nested_s"] / base
+        r["nested_vs_flat"] = r["nested_s"] / r["flat_s"]
+    doc = {
+        "command": "python " + " ".join(sys.argv),
+        "torch": torch.__version__,
+        "rows": rows,
+        "note": "minimum of repeats, one thread, one process, variants alternating",
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "export_cond_cost.json").write_text(json.dumps(doc, indent=1))
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for n in ns:
+            sel = [r for r in rows if r["options"] == n]
+            ax.plot([r["gates"] for r in sel], [r["nested_s"] for r in sel], "o-", label=f"nested, n={n}")
+            ax.plot([r["gates"] for r in sel], [r["flat_s"] for r in sel], "x--", label=f"flat, n={n}")
+        ax.set_xlabel("gates k")
+        ax.set_ylabel("export time (s)")
+        ax.set_title(f"dynamo ONNX export of torch.cond switches (torch {torch.__version__})")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(args.out / "export_cond_cost.png", dpi=120)
+    except ImportError:
+        print("matplotlib not installed: no plot")
+
+
+if __name__ == "__main__":
+    main()
