@@ -98,6 +98,32 @@ def compiled(checkpoint: Path, out: Path, *args: str, expect: str) -> None:
     assert expect in res.stdout, res.stdout
 
 
+def trained(tmp_path_factory, name: str, cfg: ResNetConfig, epochs: int = 12) -> Path:
+    """Checkpoint of ``cfg`` trained ``epochs`` on digits with stochastic depth, built once per run."""
+    tc = TrainConfig(epochs=epochs, batch_size=64, lr=0.1)
+
+    def build(d):
+        train(d / "model.pt", DataSpec("digits"), cfg, tc, progress=False)
+
+    return shared(tmp_path_factory, name, build) / "model.pt"
+
+
+def gates_trained(tmp_path_factory, name: str, kind: str, init: Path, steps: list) -> Path:
+    """Learned gates of ``kind`` on the backbone ``init``, trained step by step, each step from the one before:
+    ``steps`` are (file name, epochs, lr, GateTraining); returns the last step's checkpoint, built once per run."""
+    from edgeskip.models.gates import GateConfig
+    from edgeskip.train.gates import train_gates
+
+    def build(d):
+        prev = init
+        for file, epochs, lr, how in steps:
+            tc = TrainConfig(epochs=epochs, batch_size=64, lr=lr)
+            train_gates(d / file, None, GateConfig(kind), tc, how, init=prev, progress=False)
+            prev = d / file
+
+    return shared(tmp_path_factory, name, build) / steps[-1][0]
+
+
 @pytest.fixture(scope="session")
 def digits_splits():
     return DataSpec("digits").load()
@@ -106,16 +132,7 @@ def digits_splits():
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
     """Path of a ResNet-20 (width 8) trained 12 epochs on digits with stochastic depth."""
-    return (
-        shared(
-            tmp_path_factory,
-            "tiny",
-            lambda d: train(
-                d / "model.pt", DataSpec("digits"), TINY, TrainConfig(epochs=12, batch_size=64, lr=0.1), progress=False
-            ),
-        )
-        / "model.pt"
-    )
+    return trained(tmp_path_factory, "tiny", TINY)
 
 
 @pytest.fixture(scope="session")
@@ -151,11 +168,11 @@ WIDE = ResNetConfig(depth=14, widths=(32, 64, 128))
 @pytest.fixture(scope="session")
 def int8_bundle(tmp_path_factory):
     """A fractional-depth bundle (`compile --int8`, host) of a ResNet-14 of widths 32/64/128 trained on digits."""
+    model = trained(tmp_path_factory, "wide", WIDE, epochs=8)
 
     def build(d):
-        train(d / "model.pt", DataSpec("digits"), WIDE, TrainConfig(epochs=8, batch_size=64, lr=0.1), progress=False)
         compiled(
-            d / "model.pt",
+            model,
             d / "bundle",
             "--target",
             "host",
@@ -173,30 +190,10 @@ def int8_bundle(tmp_path_factory):
 @pytest.fixture(scope="session")
 def skipnet_checkpoint(tmp_path_factory, tiny_checkpoint):
     """A SkipNet (FFGate-I) on the tiny backbone: SP, then HRL with a skip reward so decisions vary by input."""
-    from edgeskip.models.gates import GateConfig
-    from edgeskip.train.gates import GateTraining, train_gates
+    from edgeskip.train.gates import GateTraining
 
-    def build(d):
-        train_gates(
-            d / "sp.pt",
-            None,
-            GateConfig("ffgate1"),
-            TrainConfig(epochs=1, batch_size=64, lr=0.01),
-            GateTraining("sp"),
-            init=tiny_checkpoint,
-            progress=False,
-        )
-        train_gates(
-            d / "hrl.pt",
-            None,
-            GateConfig("ffgate1"),
-            TrainConfig(epochs=8, batch_size=64, lr=0.01),
-            GateTraining("hrl", alpha=1.0),
-            init=d / "sp.pt",
-            progress=False,
-        )
-
-    return shared(tmp_path_factory, "skipnet", build) / "hrl.pt"
+    steps = [("sp.pt", 1, 0.01, GateTraining("sp")), ("hrl.pt", 8, 0.01, GateTraining("hrl", alpha=1.0))]
+    return gates_trained(tmp_path_factory, "skipnet", "ffgate1", tiny_checkpoint, steps)
 
 
 @pytest.fixture(scope="session")
@@ -217,50 +214,20 @@ def skipnet_bundle(tmp_path_factory, skipnet_checkpoint):
 @pytest.fixture(scope="session")
 def tiny14_checkpoint(tmp_path_factory):
     """Path of a ResNet-14 (width 8, 3 gated blocks) trained 12 epochs on digits with stochastic depth."""
-    return (
-        shared(
-            tmp_path_factory,
-            "tiny14",
-            lambda d: train(
-                d / "model.pt",
-                DataSpec("digits"),
-                TINY14,
-                TrainConfig(epochs=12, batch_size=64, lr=0.1),
-                progress=False,
-            ),
-        )
-        / "model.pt"
-    )
+    return trained(tmp_path_factory, "tiny14", TINY14)
 
 
 @pytest.fixture(scope="session")
 def dfs_checkpoint(tmp_path_factory, tiny14_checkpoint):
     """A DFS model on the ResNet-14 backbone: step 1 (full precision), then step 2 toward cp 0.4, so options vary (8-bit
     and full precision on digits)."""
-    from edgeskip.models.gates import GateConfig
-    from edgeskip.train.gates import GateTraining, train_gates
+    from edgeskip.train.gates import GateTraining
 
-    def build(d):
-        train_gates(
-            d / "full.pt",
-            None,
-            GateConfig("dfs"),
-            TrainConfig(epochs=1, batch_size=64, lr=0.05),
-            GateTraining("dfs-full"),
-            init=tiny14_checkpoint,
-            progress=False,
-        )
-        train_gates(
-            d / "cp.pt",
-            None,
-            GateConfig("dfs"),
-            TrainConfig(epochs=3, batch_size=64, lr=0.05),
-            GateTraining("dfs", alpha=2.0, cp_target=0.4),
-            init=d / "full.pt",
-            progress=False,
-        )
-
-    return shared(tmp_path_factory, "dfs", build) / "cp.pt"
+    steps = [
+        ("full.pt", 1, 0.05, GateTraining("dfs-full")),
+        ("cp.pt", 3, 0.05, GateTraining("dfs", alpha=2.0, cp_target=0.4)),
+    ]
+    return gates_trained(tmp_path_factory, "dfs", "dfs", tiny14_checkpoint, steps)
 
 
 @pytest.fixture(scope="session")

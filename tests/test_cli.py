@@ -1,24 +1,15 @@
 """The CLI as a user runs it: real subprocesses, one-line errors, no partial outputs."""
 
 import json
-import os
 import subprocess
-import sys
 
 import pytest
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+from tests.conftest import cli
 
 
 def run(*args, cwd=None):
-    return subprocess.run(
-        [sys.executable, "-m", "edgeskip.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=ENV,
-        timeout=300,
-    )
+    return cli(*args, timeout=300, cwd=cwd)
 
 
 def one_line_error(res, *fragments):

@@ -1,22 +1,15 @@
 """`edgeskip bench` end to end on a digits bundle: in-process, and over HTTP against a real daemon."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
 
-from tests.conftest import edited_bundle
+from tests.conftest import cli, edited_bundle
 
 
 def run(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "edgeskip.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+    return cli(*args, timeout=600)
 
 
 def test_bench_in_process(bundle, tmp_path):

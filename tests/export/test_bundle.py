@@ -1,23 +1,12 @@
 """`edgeskip compile` and `edgeskip inspect` end to end on a tiny digits model."""
 
 import json
-import os
 import subprocess
-import sys
 
 from edgeskip.export import emulate
 from edgeskip.manifest import load_manifest
 from edgeskip.utils.hashing import file_digest as sha256
-
-
-def run(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "edgeskip.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+from tests.conftest import cli as run
 
 
 def one_line_error(res, fragment):

@@ -4,7 +4,6 @@ onnxruntime executors, aarch64 under qemu, serving and replaying a DFS bundle.""
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -29,17 +28,8 @@ from edgeskip.export.onnx_export import INT8_TOLERANCE
 from edgeskip.manifest import load_manifest
 from edgeskip.runtime.executor import IreeSkipNetExecutor, OrtSkipNetExecutor, open_executor
 from edgeskip.train import load_checkpoint
+from tests.conftest import cli as run
 from tests.conftest import shared
-
-
-def run(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "edgeskip.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
 
 
 def ops(path):

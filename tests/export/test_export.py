@@ -14,6 +14,7 @@ from edgeskip.export import emulate, export_gated, export_static, verify_onnx
 from edgeskip.export.elf_check import check_no_imports, embedded_elfs
 from edgeskip.export.iree_compile import TARGETS, compile_mlir, import_onnx, parse_targets
 from edgeskip.export.onnx_export import specialise
+from edgeskip.export.shared_weights import module_name
 from tests.conftest import require_aarch64, shared
 
 SKIPS = [(1, 1, 1, 1, 1, 1), (0, 0, 0, 0, 0, 0), (1, 0, 1, 1, 0, 1), (0, 1, 0, 1, 0, 1), (1, 1, 0, 0, 1, 1)]
@@ -23,16 +24,15 @@ SKIPS = [(1, 1, 1, 1, 1, 1), (0, 0, 0, 0, 0, 0), (1, 0, 1, 1, 0, 1), (0, 1, 0, 1
 def exported(tmp_path_factory, tiny_model):
     """(a folder for the tests' own outputs, the gated graph, three traced static graphs, the gated MLIR); the
     graphs are exported once per run and shared by the xdist workers (tests/conftest.py: shared)."""
-    name = lambda s: f"static_{''.join(map(str, s))}.onnx"  # noqa: E731
 
     def build(g):
         export_gated(tiny_model, g / "gated.onnx")
         for s in SKIPS[:3]:
-            export_static(tiny_model, s, g / name(s))
+            export_static(tiny_model, s, g / f"{module_name(s)}.onnx")
         import_onnx(g / "gated.onnx", g / "gated.mlir")
 
     g = shared(tmp_path_factory, "export_graphs", build)
-    static = {tuple(bool(v) for v in s): g / name(s) for s in SKIPS[:3]}
+    static = {tuple(bool(v) for v in s): g / f"{module_name(s)}.onnx" for s in SKIPS[:3]}
     return tmp_path_factory.mktemp("export"), g / "gated.onnx", static, g / "gated.mlir"
 
 

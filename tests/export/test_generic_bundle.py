@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import textwrap
 
@@ -13,6 +12,7 @@ import pytest
 
 from edgeskip.export import emulate
 from edgeskip.manifest import load_manifest
+from tests.conftest import cli
 
 USER_MODULE = """
     from torch import nn
@@ -35,12 +35,8 @@ USER_MODULE = """
 
 
 def run(*args, pythonpath=None):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    if pythonpath:
-        env["PYTHONPATH"] = os.pathsep.join([str(pythonpath), env.get("PYTHONPATH", "")])
-    return subprocess.run(
-        [sys.executable, "-m", "edgeskip.cli", *map(str, args)], capture_output=True, text=True, timeout=900, env=env
-    )
+    env = {"PYTHONPATH": os.pathsep.join([str(pythonpath), os.environ.get("PYTHONPATH", "")])} if pythonpath else None
+    return cli(*args, timeout=900, env=env)
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ from edgeskip.data.batches import iterate
 from edgeskip.export import emulate, export_static
 from edgeskip.export.iree_compile import TARGETS, compile_mlir, import_onnx
 from edgeskip.export.onnx_export import INT8_TOLERANCE
+from edgeskip.export.shared_weights import module_name
 from edgeskip.models.quant import calibrate
 from edgeskip.pareto.design import calibration_batches
 from tests.conftest import require_aarch64, shared
@@ -31,10 +32,11 @@ def quantized(tiny_checkpoint, digits_splits):
 @pytest.fixture(scope="module")
 def graphs(tmp_path_factory, quantized):
     """(a folder for the tests' own outputs, the QDQ graphs of two option arrays), exported once per run."""
-    name = lambda o: f"static_{''.join(map(str, o))}.onnx"  # noqa: E731
-    options = [MIXED, (8,) * 6]
-    g = shared(tmp_path_factory, "int8_graphs", lambda g: [export_static(quantized, o, g / name(o)) for o in options])
-    return tmp_path_factory.mktemp("int8"), {o: g / name(o) for o in options}
+    paths = {o: f"{module_name(o)}.onnx" for o in [MIXED, (8,) * 6]}
+    g = shared(
+        tmp_path_factory, "int8_graphs", lambda g: [export_static(quantized, o, g / f) for o, f in paths.items()]
+    )
+    return tmp_path_factory.mktemp("int8"), {o: g / f for o, f in paths.items()}
 
 
 @pytest.fixture(scope="module")

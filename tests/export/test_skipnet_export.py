@@ -3,7 +3,6 @@ executors, aarch64 under qemu, armv7 ELF check, and the bench replaying one trac
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -19,16 +18,7 @@ from edgeskip.export.skipnet_graph import export_skipnet, verify_skipnet_onnx
 from edgeskip.manifest import load_manifest
 from edgeskip.runtime.executor import IreeSkipNetExecutor, OrtSkipNetExecutor, open_executor
 from edgeskip.train import load_checkpoint
-
-
-def run(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "edgeskip.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+from tests.conftest import cli as run
 
 
 @pytest.fixture(scope="module")
