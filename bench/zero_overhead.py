@@ -125,7 +125,7 @@ def bench_model(label: str, model, ck, counts, repeats: int, work: Path) -> dict
         runners += [
             lambda k=k: runtime.run(k + 1, x),
             lambda k=k: separate[k](x),
-            lambda skip=skip: runtime.invokers[0](x, skip).to_host(),
+            lambda skip=skip: runtime.run(0, x, skip),
         ]
     med = interleaved_median(runners, repeats, warmup=5)
     ort = ort_static_latency(model, skips, work / "shared_work", repeats=repeats)

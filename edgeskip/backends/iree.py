@@ -6,6 +6,7 @@ switching configs calls another function; weights are never reloaded.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +19,14 @@ from edgeskip.errors import EdgeskipError
 PARAM_SCOPE = "model"
 
 
+def _abi(fn: Any) -> dict:
+    """A VM function's ``iree.abi`` reflection ({"a": args, "r": results}); {} when it has none."""
+    import json
+
+    text = fn.reflection.get("iree.abi")
+    return json.loads(text) if text else {}
+
+
 def parameter_index(path: str | os.PathLike):
     """An ``iree.runtime.ParameterIndex`` over the archive at ``path``."""
     import iree.runtime as rt
@@ -27,10 +36,21 @@ def parameter_index(path: str | os.PathLike):
     return idx
 
 
+@functools.cache
+def _dtypes() -> dict[int, np.dtype]:
+    """HAL element type -> numpy dtype, for the results the bundles' functions return."""
+    from iree.runtime import HalElementType as E
+
+    pairs = [(E.FLOAT_32, np.float32), (E.FLOAT_16, np.float16), (E.FLOAT_64, np.float64), (E.BOOL_8, np.bool_)]
+    pairs += [(E.INT_8, np.int8), (E.SINT_8, np.int8), (E.UINT_8, np.uint8), (E.INT_32, np.int32)]
+    pairs += [(E.SINT_32, np.int32), (E.INT_64, np.int64), (E.SINT_64, np.int64)]
+    return {int(e): np.dtype(d) for e, d in pairs}
+
+
 class SharedIreeExecutor:
     """All config modules in one VmContext over one ParameterIndex: ``run(k, image)``.
 
-    With ``functions``, ``modules`` must be a single (merged) module and the invokers are its functions
+    With ``functions``, ``modules`` must be a single (merged) module and ``run(k)`` calls its k-th function
     in that order.
     """
 
@@ -52,7 +72,7 @@ class SharedIreeExecutor:
         hal = rt.create_hal_module(inst, self.config.device)
         self.vm_modules = [rt.VmModule.mmap(inst, str(p)) for p in modules]
         self.context = rt.VmContext(inst, modules=[hal, params, *self.vm_modules])
-        self.invokers = []
+        self.functions = []
         wanted = (
             [(m, function) for m in self.vm_modules]
             if functions is None
@@ -62,20 +82,42 @@ class SharedIreeExecutor:
             fn = m.lookup_function(name)
             if fn is None:
                 raise EdgeskipError(f"module {m.name} has no function {name}")
-            self.invokers.append(rt.FunctionInvoker(self.context, self.config.device, fn))
+            self.functions.append(fn)
+        self._arity = [max(1, len(_abi(fn).get("r", []))) for fn in self.functions]
+        self._rt, self._types = rt, _dtypes()
+        self._device = self.config.device
+        self._allocate = self._device.allocator.allocate_buffer_copy
+        self._memory, self._usage = rt.MemoryType.DEVICE_LOCAL, rt.BufferUsage.DEFAULT  # as FunctionInvoker
 
     def __len__(self) -> int:
-        return len(self.invokers)
+        return len(self.functions)
 
-    def run(self, k: int, *args: Any) -> np.ndarray:
+    def run(self, k: int, *args: np.ndarray) -> np.ndarray:
         """First result of function ``k`` on host memory."""
-        out = self.invokers[k](*args)
-        return np.asarray((out[0] if isinstance(out, (tuple, list)) else out).to_host())
+        return self.run_all(k, *args)[0]
 
-    def run_all(self, k: int, *args: Any) -> list[np.ndarray]:
-        """Every result of function ``k`` on host memory."""
-        out = self.invokers[k](*args)
-        return [np.asarray(o.to_host()) for o in (out if isinstance(out, (tuple, list)) else [out])]
+    def run_all(self, k: int, *args: np.ndarray) -> list[np.ndarray]:
+        """Every result of function ``k`` on host memory.
+
+        The VM's own invocation, not ``FunctionInvoker``: one buffer copy per input, the function called
+        directly, each result read through a host mapping (bench/README section 14: 18 us less per call here)."""
+        rt = self._rt
+        inputs = rt.VmVariantList(len(args))
+        for a in args:
+            a = np.ascontiguousarray(a)
+            element = rt.array_interop.map_dtype_to_element_type(a.dtype)
+            view = self._allocate(self._memory, self._usage, self._device, a, element)
+            inputs.push_ref(view)
+        results = rt.VmVariantList(self._arity[k])
+        self.context.invoke(self.functions[k], inputs, results)
+        out = []
+        for i in range(results.size):
+            view = results.get_as_object(i, rt.HalBufferView)
+            dtype = self._types.get(int(view.element_type))
+            if dtype is None:
+                raise EdgeskipError(f"function {k} returns an unsupported element type {view.element_type}")
+            out.append(np.array(view.map().asarray(view.shape, dtype)))  # a copy: the device buffer is released
+        return out
 
 
 class IreeModule:

@@ -3,6 +3,12 @@
 Flags: the best found on x86 for these networks (~9x faster than IREE's defaults on ResNet-110):
 data tiling for matmuls and convolutions plus all micro-kernels. Run with the ``local-sync``
 driver (``local-task`` adds a host wait per ``If`` gate; 32-bit ARM runtimes only have local-sync).
+
+Static (``If``-free) functions are also converted to channels-last convolutions
+(:data:`CHANNELS_LAST`, bench/README section 14): ONNX's NCHW convolutions codegen poorly on CPUs
+without AVX-512, strided and 1x1 ones worst (a 1x1 stride-2 shortcut 12x slower). The pass cannot run
+on the gated graph: inside an ``If`` it leaves an NHWC input with an FCHW filter, a convolution IREE
+does not vectorise (15x slower), so it runs per function, by attribute, after input conversion.
 """
 
 from __future__ import annotations
@@ -68,6 +74,9 @@ TARGETS: dict[str, Target] = {
 }
 
 
+CHANNELS_LAST = "iree-preprocessing-convert-conv-to-channels-last"
+
+
 def parse_targets(text: str) -> list[Target]:
     """``"host,aarch64,odroid-xu4"`` -> targets; unknown names raise a one-line error."""
     names = [t.strip() for t in text.split(",") if t.strip()]
@@ -118,24 +127,76 @@ def compile_jobs() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
 
-def compile_many(jobs: Sequence[tuple[str | os.PathLike, Target, str | os.PathLike]]) -> list[Path]:
+def compile_many(
+    jobs: Sequence[tuple[str | os.PathLike, Target, str | os.PathLike]], channels_last: Sequence[str] = ()
+) -> list[Path]:
     """:func:`compile_mlir` for each (mlir, target, dest), :func:`compile_jobs` at a time; the first error raises."""
     from concurrent.futures import ThreadPoolExecutor
 
     if len(jobs) <= 1 or compile_jobs() == 1:
-        return [compile_mlir(*j) for j in jobs]
+        return [compile_mlir(*j, channels_last=channels_last) for j in jobs]
     with ThreadPoolExecutor(max_workers=min(len(jobs), compile_jobs())) as pool:
-        return list(pool.map(lambda j: compile_mlir(*j), jobs))
+        return list(pool.map(lambda j: compile_mlir(*j, channels_last=channels_last), jobs))
+
+
+def annotate_pipeline(text: str, functions: Sequence[str], pipeline: str) -> str:
+    """Input-phase MLIR (``--compile-to=input``) with ``pipeline`` attached to each of ``functions`` (its
+    ``$async`` body and its wrapper), for IREE's attribute-based preprocessing; a missing function raises."""
+    attr = f'preprocessing_pipeline = #util.preprocessing_pipeline<"{pipeline}">, '
+    for fn in functions:
+        found = False
+        for name in (f"{fn}$async", fn):
+            head = f"util.func public @{name}("
+            start = text.find(head)
+            if start < 0:
+                continue
+            found = True
+            brace = text.find("attributes {", start)
+            body = text.find("\n", start)
+            if brace < 0 or brace > body:  # no attribute dictionary on the signature line: add one
+                sig_end = text.rfind("{", start, body)
+                text = text[:sig_end] + "attributes {" + attr.rstrip(", ") + "} " + text[sig_end:]
+            else:
+                at = brace + len("attributes {")
+                text = text[:at] + attr + text[at:]
+        if not found:
+            raise EdgeskipError(f"cannot set {pipeline} on function {fn}: not in the module")
+    return text
 
 
 def compile_mlir(
-    mlir: str | os.PathLike, target: Target, dest: str | os.PathLike, extra: list[str] | None = None
+    mlir: str | os.PathLike,
+    target: Target,
+    dest: str | os.PathLike,
+    extra: list[str] | None = None,
+    channels_last: Sequence[str] = (),
 ) -> Path:
-    """MLIR -> .vmfb for ``target``, written atomically; compiler errors raise a one-line error."""
+    """MLIR -> .vmfb for ``target``, written atomically; compiler errors raise a one-line error.
+
+    ``channels_last``: functions whose convolutions run channels-last (:data:`CHANNELS_LAST`; only
+    ``If``-free functions): compiled in two phases, input conversion, then the rest with the pass
+    attached to those functions."""
     dest = Path(dest)
+    flags = [*target.flags(), *(extra or [])]
     with atomic_path(dest, suffix=".vmfb") as tmp:
-        cmd = [compiler_binary(), str(mlir), *target.flags(), *(extra or []), "-o", str(tmp)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        source, phase = str(mlir), []
+        if channels_last:
+            source = str(tmp) + ".input.mlir"
+            proc = subprocess.run(
+                [compiler_binary(), str(mlir), *flags, "--compile-to=input", "-o", source],
+                capture_output=True,
+                text=True,
+            )
+            if proc.returncode != 0:
+                raise _tool_error(f"iree-compile for {target.name}", proc)
+            Path(source).write_text(annotate_pipeline(Path(source).read_text(), channels_last, CHANNELS_LAST))
+            phase = ["--compile-from=input"]
+        try:
+            cmd = [compiler_binary(), source, *flags, *phase, "-o", str(tmp)]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+        finally:
+            if channels_last:
+                Path(source).unlink(missing_ok=True)
         if proc.returncode != 0:
             raise _tool_error(f"iree-compile for {target.name}", proc)
     return dest

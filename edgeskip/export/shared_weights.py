@@ -212,6 +212,7 @@ def build_shared_modules(
         mlirs.append(import_shared(graphs[-1], weights, work, name))
     # ... then compile them side by side
     modules = compile_many(
-        [(m, target, out / f"{module_name(s)}.{target.name}.vmfb") for m, s in zip(mlirs, skip_arrays)]
+        [(m, target, out / f"{module_name(s)}.{target.name}.vmfb") for m, s in zip(mlirs, skip_arrays)],
+        channels_last=("main_graph",),  # static graphs, compiled as the bundle's merged module compiles them
     )
     return SharedModules(weights, tuple(modules), tuple(graphs), tuple(mlirs))

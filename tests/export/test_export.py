@@ -12,7 +12,14 @@ from edgeskip.data.batches import iterate
 from edgeskip.errors import EdgeskipError
 from edgeskip.export import emulate, export_gated, export_static, verify_onnx
 from edgeskip.export.elf_check import check_no_imports, embedded_elfs
-from edgeskip.export.iree_compile import TARGETS, compile_mlir, import_onnx, parse_targets
+from edgeskip.export.iree_compile import (
+    CHANNELS_LAST,
+    TARGETS,
+    annotate_pipeline,
+    compile_mlir,
+    import_onnx,
+    parse_targets,
+)
 from edgeskip.export.onnx_export import specialise
 from edgeskip.export.shared_weights import module_name
 from tests.conftest import require_aarch64, shared
@@ -127,6 +134,32 @@ def test_armv7_modules_import_no_symbols(exported):
     )
     with pytest.raises(EdgeskipError, match="__aeabi_unwind_cpp_pr0"):
         check_no_imports(dbg)
+
+
+def test_static_graphs_compile_channels_last_with_the_same_numbers(exported, images):
+    d, _, static, _ = exported
+    graph = static[(True,) * 6]
+    mlir = import_onnx(graph, d / "static_full.mlir")
+    nchw = IreeModule(compile_mlir(mlir, TARGETS["host"], d / "full_nchw.vmfb"))
+    cl = IreeModule(compile_mlir(mlir, TARGETS["host"], d / "full_cl.vmfb", channels_last=("main_graph",)))
+    assert sorted(p.name for p in d.iterdir() if p.name.startswith("full_")) == ["full_cl.vmfb", "full_nchw.vmfb"]
+    x = images.numpy()
+    ref = ort_session(graph).run(None, {"image": x})[0]
+    assert np.abs(cl(x) - ref).max() <= 1e-4 and np.abs(cl(x) - nchw(x)).max() <= 1e-4
+    with pytest.raises(EdgeskipError, match="cannot set .* on function gated: not in the module"):
+        compile_mlir(mlir, TARGETS["host"], d / "none.vmfb", channels_last=("gated",))
+    assert not (d / "none.vmfb").exists()
+
+
+def test_the_pipeline_attribute_goes_on_the_body_and_the_wrapper():
+    text = (
+        "  util.func public @f$async(%a: !hal.buffer_view) -> !hal.buffer_view attributes {iree.abi.stub} {\n"
+        "  util.func public @f(%a: !hal.buffer_view) -> !hal.buffer_view attributes {iree.abi.stub} {\n"
+        "  util.func public @g(%a: !hal.buffer_view) -> !hal.buffer_view attributes {iree.abi.stub} {\n"
+    )
+    out = annotate_pipeline(text, ["f"], CHANNELS_LAST).splitlines()
+    attr = f'attributes {{preprocessing_pipeline = #util.preprocessing_pipeline<"{CHANNELS_LAST}">, iree.abi.stub}}'
+    assert attr in out[0] and attr in out[1] and "preprocessing" not in out[2]
 
 
 def test_bad_targets_and_compiler_failures(tmp_path):
