@@ -164,6 +164,12 @@ def annotate_pipeline(text: str, functions: Sequence[str], pipeline: str) -> str
     return text
 
 
+def _run_compiler(args: list[str], target: Target) -> None:
+    proc = subprocess.run([compiler_binary(), *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise _tool_error(f"iree-compile for {target.name}", proc)
+
+
 def compile_mlir(
     mlir: str | os.PathLike,
     target: Target,
@@ -179,24 +185,15 @@ def compile_mlir(
     dest = Path(dest)
     flags = [*target.flags(), *(extra or [])]
     with atomic_path(dest, suffix=".vmfb") as tmp:
-        source, phase = str(mlir), []
-        if channels_last:
-            source = str(tmp) + ".input.mlir"
-            proc = subprocess.run(
-                [compiler_binary(), str(mlir), *flags, "--compile-to=input", "-o", source],
-                capture_output=True,
-                text=True,
-            )
-            if proc.returncode != 0:
-                raise _tool_error(f"iree-compile for {target.name}", proc)
-            Path(source).write_text(annotate_pipeline(Path(source).read_text(), channels_last, CHANNELS_LAST))
-            phase = ["--compile-from=input"]
+        source, phase = Path(mlir), []
         try:
-            cmd = [compiler_binary(), source, *flags, *phase, "-o", str(tmp)]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if channels_last:
+                source = Path(str(tmp) + ".input.mlir")
+                _run_compiler([str(mlir), *flags, "--compile-to=input", "-o", str(source)], target)
+                source.write_text(annotate_pipeline(source.read_text(), channels_last, CHANNELS_LAST))
+                phase = ["--compile-from=input"]
+            _run_compiler([str(source), *flags, *phase, "-o", str(tmp)], target)
         finally:
             if channels_last:
-                Path(source).unlink(missing_ok=True)
-        if proc.returncode != 0:
-            raise _tool_error(f"iree-compile for {target.name}", proc)
+                source.unlink(missing_ok=True)
     return dest

@@ -148,7 +148,7 @@ def test_static_graphs_compile_channels_last_with_the_same_numbers(exported, ima
     assert np.abs(cl(x) - ref).max() <= 1e-4 and np.abs(cl(x) - nchw(x)).max() <= 1e-4
     with pytest.raises(EdgeskipError, match="cannot set .* on function gated: not in the module"):
         compile_mlir(mlir, TARGETS["host"], d / "none.vmfb", channels_last=("gated",))
-    assert not (d / "none.vmfb").exists()
+    assert not [p for p in d.iterdir() if "none" in p.name]  # neither the module nor the input-phase MLIR
 
 
 def test_the_pipeline_attribute_goes_on_the_body_and_the_wrapper():
