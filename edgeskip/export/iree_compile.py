@@ -13,6 +13,7 @@ does not vectorise (15x slower), so it runs per function, by attribute, after in
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -75,6 +76,7 @@ TARGETS: dict[str, Target] = {
 
 
 CHANNELS_LAST = "iree-preprocessing-convert-conv-to-channels-last"
+log = logging.getLogger("edgeskip.compile")
 
 
 def parse_targets(text: str) -> list[Target]:
@@ -181,9 +183,22 @@ def compile_mlir(
 
     ``channels_last``: functions whose convolutions run channels-last (:data:`CHANNELS_LAST`; only
     ``If``-free functions): compiled in two phases, input conversion, then the rest with the pass
-    attached to those functions."""
+    attached to those functions. Where IREE's pass fails (it does on some graphs with a dynamic batch, e.g.
+    MobileNetV2's: "'tensor.empty' op incorrect number of dynamic sizes"), the module is compiled as
+    it is instead, and a warning names the target and the reason."""
     dest = Path(dest)
     flags = [*target.flags(), *(extra or [])]
+    if channels_last:
+        try:
+            return _compile(mlir, target, dest, flags, channels_last)
+        except EdgeskipError as e:
+            log.warning("channels-last compile for %s failed, compiling NCHW: %s", target.name, str(e)[-160:])
+    return _compile(mlir, target, dest, flags, ())
+
+
+def _compile(
+    mlir: str | os.PathLike, target: Target, dest: Path, flags: list[str], channels_last: Sequence[str]
+) -> Path:
     with atomic_path(dest, suffix=".vmfb") as tmp:
         source, phase = Path(mlir), []
         try:

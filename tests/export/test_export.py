@@ -1,5 +1,6 @@
 """Export parity on real images: PyTorch vs onnxruntime vs IREE (host, aarch64 under qemu), armv7 ELF checks."""
 
+import logging
 from collections import Counter
 
 import numpy as np
@@ -136,7 +137,7 @@ def test_armv7_modules_import_no_symbols(exported):
         check_no_imports(dbg)
 
 
-def test_static_graphs_compile_channels_last_with_the_same_numbers(exported, images):
+def test_static_graphs_compile_channels_last_with_the_same_numbers(exported, images, caplog):
     d, _, static, _ = exported
     graph = static[(True,) * 6]
     mlir = import_onnx(graph, d / "static_full.mlir")
@@ -146,9 +147,12 @@ def test_static_graphs_compile_channels_last_with_the_same_numbers(exported, ima
     x = images.numpy()
     ref = ort_session(graph).run(None, {"image": x})[0]
     assert np.abs(cl(x) - ref).max() <= 1e-4 and np.abs(cl(x) - nchw(x)).max() <= 1e-4
-    with pytest.raises(EdgeskipError, match="cannot set .* on function gated: not in the module"):
-        compile_mlir(mlir, TARGETS["host"], d / "none.vmfb", channels_last=("gated",))
-    assert not [p for p in d.iterdir() if "none" in p.name]  # neither the module nor the input-phase MLIR
+    # where the channels-last compile fails (here: no such function), the module is compiled as it is
+    with caplog.at_level(logging.WARNING, logger="edgeskip.compile"):
+        plain = IreeModule(compile_mlir(mlir, TARGETS["host"], d / "plain.vmfb", channels_last=("gated",)))
+    assert "cannot set" in caplog.text and "on function gated: not in the module" in caplog.text
+    assert np.abs(plain(x) - nchw(x)).max() == 0
+    assert not [p for p in d.iterdir() if "input.mlir" in p.name]  # the input-phase MLIR is gone
 
 
 def test_the_pipeline_attribute_goes_on_the_body_and_the_wrapper():
