@@ -1091,6 +1091,12 @@ def sign(bundle, key) -> None:
     help="onnxruntime intra-op threads.",
 )
 @click.option("--model-name", default=None, help="Model name on the KServe v2 API [default: the bundle folder's name].")
+@click.option(
+    "--grpc-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Also serve KServe v2 over gRPC on this port (0 picks a free one; needs edgeskip[grpc]). Off unless given.",
+)
 @DIGEST_OPTION
 @VERIFY_KEY_OPTION
 @click.option(
@@ -1127,6 +1133,7 @@ def serve(
     driver,
     ort_threads,
     model_name,
+    grpc_port,
     event_loop,
     loop_nice,
     digest,
@@ -1167,6 +1174,7 @@ def serve(
             max_connections=max_connections,
             idle_timeout=idle_timeout,
             loop_nice=loop_nice,
+            grpc_port=grpc_port,
             target=target,
             driver=driver,
             threads=ort_threads,

@@ -24,6 +24,8 @@ from typing import Any
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
+from edgeskip.runtime.responses import json_response
+
 log = logging.getLogger("edgeskip.serve")
 
 MAX_CONNECTIONS = 256
@@ -135,7 +137,7 @@ class GuardedHandler(RequestHandler):
         if request.writer.output_size > 0:
             raise ConnectionError("response already started; cannot send an error page")
         text = "malformed HTTP request" if status < 500 else "internal error (counted in /v1/status and /metrics)"
-        resp = web.json_response({"error": text}, status=status)
+        resp = json_response({"error": text}, status=status)
         resp.headers["Server"] = "edgeskip"
         resp.force_close()
         return resp

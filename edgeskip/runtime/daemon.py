@@ -251,10 +251,12 @@ async def run_daemon(
     max_connections: int = MAX_CONNECTIONS,
     idle_timeout: float = IDLE_TIMEOUT,
     loop_nice: int = LOOP_NICE,
+    grpc_port: int | None = None,
     **executor_options: object,
 ) -> None:
     """Serve until SIGTERM or SIGINT; then stop accepting, answer the request in flight, close every
     connection (slow and idle ones included) and return, within ``SHUTDOWN_TIMEOUT`` + the inference.
+    ``grpc_port``: also serve KServe v2 over gRPC there (:mod:`edgeskip.runtime.kserve_grpc`; 0: a free port).
 
     The signal handlers are installed first: a signal during start-up (or right after the readiness line)
     ends the daemon cleanly too."""
@@ -284,6 +286,7 @@ async def run_daemon(
         keepalive_timeout=idle_timeout,
         lingering_time=0,
     )  # a body the daemon refused is not read: the answer, then close
+    grpc_server = None
     try:
         await runner.setup()
         site = GuardedSite(runner, host, port, Guard(max_connections, service.count_status, idle_timeout))
@@ -291,6 +294,19 @@ async def run_daemon(
             await site.start()
         except OSError as e:
             raise EdgeskipError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+        grpc_note = ""
+        if grpc_port is not None:
+            try:
+                from edgeskip.runtime.kserve_grpc import start_grpc
+            except ImportError as e:
+                raise EdgeskipError(
+                    f"--grpc-port needs grpcio: pip install 'edgeskip[grpc]' ({e.name} missing)"
+                ) from None
+            try:
+                grpc_server, bound_grpc = await start_grpc(service, name, host, grpc_port, max_body)
+            except (OSError, RuntimeError) as e:
+                raise EdgeskipError(f"cannot listen for gRPC on {host}:{grpc_port}: {e}") from None
+            grpc_note = f"  grpc {host}:{bound_grpc}"
         if not stop.is_set():
             bound = runner.addresses[0][1]
             c, d = service.policy, service.dispatcher
@@ -301,7 +317,7 @@ async def run_daemon(
                 else ""
             )
             on_ready(
-                f"listening on http://{host}:{bound}  model {name}  backend {service.executor.backend}  target "
+                f"listening on http://{host}:{bound}{grpc_note}  model {name}  backend {service.executor.backend}  target "
                 f"{service.executor.target}  policy {c.name}{extra}{queue}  service "
                 f"{service.service_time_s * 1e3:.3f} ms  configs {list(c.allowed)}"
             )
@@ -311,5 +327,7 @@ async def run_daemon(
             await stop.wait()
             janitor.cancel()
     finally:
+        if grpc_server is not None:
+            await grpc_server.stop(SHUTDOWN_TIMEOUT)  # refuses new RPCs, lets those in flight finish
         await runner.cleanup()  # closes the listener, waits for handlers in flight, closes connections
         service.close()

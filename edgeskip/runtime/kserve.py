@@ -2,11 +2,18 @@
 
 Routes (``{model}`` is the bundle folder's name unless ``--model-name`` says otherwise; version ``1``)::
 
-    GET  /v2                                 server metadata (extensions: binary_tensor_data, classification)
+    GET  /v2[/]                              server metadata (extensions below)
     GET  /v2/health/live | /v2/health/ready
     GET  /v2/models/{model}[/versions/1]     inputs/outputs, datatypes, shapes
     GET  /v2/models/{model}[/versions/1]/ready
     POST /v2/models/{model}[/versions/1]/infer
+    GET  /v2/models/{model}[/versions/1]/config   Triton's model configuration extension
+    GET  /v2/models[/{model}[/versions/1]]/stats  Triton's statistics extension (counts, cumulative ns)
+    POST /v2/repository/index                Triton's model repository extension (index; one model, READY)
+    POST /v2/repository/models/{model}/load|unload   400: a daemon serves the one bundle it started with
+
+Triton's tools (``perf_analyzer``, ``tritonclient``'s ``get_model_config``/``get_inference_statistics``/
+``get_model_repository_index``) read these. Every error is ``{"error": "..."}`` as ``application/json``.
 
 Inference: one input ``image``, FP32 ``[N, C, H, W]`` (``[C, H, W]`` is taken as N = 1), in JSON ``data`` or as
 binary tensor data (``Inference-Header-Content-Length``). Outputs: ``logits`` FP32 ``[N, classes]``; with the
@@ -25,6 +32,9 @@ from __future__ import annotations
 
 import json
 import struct
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -32,11 +42,12 @@ from aiohttp import web
 
 from edgeskip import __version__
 from edgeskip.runtime.preprocess import KSERVE_HEADER as HEADER
-from edgeskip.runtime.preprocess import BadRequest
+from edgeskip.runtime.preprocess import MAX_BATCH, BadRequest
+from edgeskip.runtime.responses import json_response
 from edgeskip.runtime.workers import Job
 
 VERSION = "1"
-EXTENSIONS = ["binary_tensor_data", "classification"]
+EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration", "statistics", "model_repository"]
 
 
 class NotFound(BadRequest):
@@ -45,12 +56,72 @@ class NotFound(BadRequest):
 
 
 def _error(e: BadRequest) -> web.Response:
-    return web.json_response({"error": str(e)}, status=e.status)
+    return json_response({"error": str(e)}, status=e.status)
 
 
 def _bytes_tensor(items: list[str]) -> bytes:
     """BYTES elements as the binary tensor extension lays them out: 4-byte little-endian length, then bytes."""
     return b"".join(struct.pack("<I", len(b)) + b for b in (s.encode() for s in items))
+
+
+@dataclass(frozen=True)
+class OutputTensor:
+    """One requested output: raw little-endian bytes (binary data, gRPC) and the JSON ``data`` form."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+    raw: bytes
+    data: list
+    binary: bool
+
+
+def output_tensors(logits: np.ndarray, outputs: list[dict], classes: Sequence[str]) -> list[OutputTensor]:
+    """The requested outputs of one answer, in request order: ``logits`` FP32, or with ``classification`` k the
+    BYTES tensor ``[N, k]`` of ``"score:index:label"`` (softmax scores)."""
+    got = []
+    for want in outputs:
+        k = want["classification"]
+        if k:
+            p = np.exp(logits - logits.max(axis=1, keepdims=True))
+            p /= p.sum(axis=1, keepdims=True)
+            top = np.argsort(-p, axis=1)[:, :k]
+            items = [f"{p[i, j]:.6f}:{j}:{classes[j]}" for i in range(len(p)) for j in top[i]]
+            got.append(OutputTensor(want["name"], "BYTES", [len(p), k], _bytes_tensor(items), items, want["binary"]))
+        else:
+            raw, data = logits.astype("<f4").tobytes(), logits.ravel().tolist()
+            got.append(OutputTensor(want["name"], "FP32", list(logits.shape), raw, data, want["binary"]))
+    return got
+
+
+def drop_message(reason: str | None, config: int | None) -> str:
+    """The one-line error of a dropped request (HTTP 503, gRPC UNAVAILABLE)."""
+    why = {
+        "busy": "the executor was busy",
+        "queue_full": "the queue was full",
+        "deadline": "it could not finish within the deadline",
+    }[reason or "busy"]
+    return f"dropped ({reason}): {why}; now at config {config}"
+
+
+def model_config(name: str, service: Any) -> dict:
+    """The model as Triton's model configuration extension describes it (batch dimension outside ``dims``)."""
+    ex = service.executor
+    return {
+        "name": name,
+        "platform": f"edgeskip_{ex.backend}",
+        "backend": "edgeskip",
+        "version_policy": {"latest": {"num_versions": 1}},
+        "max_batch_size": MAX_BATCH,
+        "input": [{"name": "image", "data_type": "TYPE_FP32", "format": "FORMAT_NCHW", "dims": list(ex.input_shape)}],
+        "output": [{"name": "logits", "data_type": "TYPE_FP32", "dims": [len(ex.manifest.class_names)]}],
+        "instance_group": [{"name": name, "kind": "KIND_CPU", "count": 1}],
+        "parameters": {
+            "num_configs": {"string_value": str(len(ex.configs))},
+            "num_gates": {"string_value": str(ex.num_gates)},
+            "queue_depth": {"string_value": str(service.dispatcher.queue_depth)},
+        },
+    }
 
 
 class KServeV2:
@@ -64,12 +135,18 @@ class KServeV2:
 
     def add_routes(self, router: web.UrlDispatcher) -> None:
         router.add_get("/v2", self.server_metadata)
+        router.add_get("/v2/", self.server_metadata)
         router.add_get("/v2/health/live", self.live)
         router.add_get("/v2/health/ready", self.ready)
+        router.add_get("/v2/models/stats", self.all_stats)
+        router.add_post("/v2/repository/index", self.repository_index)
+        router.add_post("/v2/repository/models/{model}/{action:load|unload}", self.load_unload)
         for base in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
             router.add_get(base, self.model_metadata)
             router.add_get(base + "/ready", self.model_ready)
             router.add_post(base + "/infer", self.infer)
+            router.add_get(base + "/config", self.model_config)
+            router.add_get(base + "/stats", self.model_stats)
 
     def _check_model(self, request: web.Request) -> None:
         model, version = request.match_info["model"], request.match_info.get("version")
@@ -79,20 +156,20 @@ class KServeV2:
             raise NotFound(f"unknown version {version!r} of model {self.name!r}; it has version {VERSION}")
 
     async def server_metadata(self, request: web.Request) -> web.Response:
-        return web.json_response({"name": "edgeskip", "version": __version__, "extensions": EXTENSIONS})
+        return json_response({"name": "edgeskip", "version": __version__, "extensions": EXTENSIONS})
 
     async def live(self, request: web.Request) -> web.Response:
-        return web.json_response({"live": True})
+        return json_response({"live": True})
 
     async def ready(self, request: web.Request) -> web.Response:
-        return web.json_response({"ready": True})
+        return json_response({"ready": True})
 
     async def model_ready(self, request: web.Request) -> web.Response:
         try:
             self._check_model(request)
         except BadRequest as e:
             return _error(e)
-        return web.json_response({"name": self.name, "ready": True})
+        return json_response({"name": self.name, "ready": True})
 
     async def model_metadata(self, request: web.Request) -> web.Response:
         try:
@@ -100,7 +177,7 @@ class KServeV2:
         except BadRequest as e:
             return _error(e)
         ex = self.service.executor
-        return web.json_response(
+        return json_response(
             {
                 "name": self.name,
                 "versions": [VERSION],
@@ -116,6 +193,31 @@ class KServeV2:
             }
         )
 
+    async def model_config(self, request: web.Request) -> web.Response:
+        """The model as Triton's model configuration describes it (batch dimension outside ``dims``)."""
+        try:
+            self._check_model(request)
+        except BadRequest as e:
+            return _error(e)
+        return json_response(model_config(self.name, self.service))
+
+    async def model_stats(self, request: web.Request) -> web.Response:
+        try:
+            self._check_model(request)
+        except BadRequest as e:
+            return _error(e)
+        return json_response({"model_stats": [self.service.stats.as_triton(self.name, VERSION)]})
+
+    async def all_stats(self, request: web.Request) -> web.Response:
+        return json_response({"model_stats": [self.service.stats.as_triton(self.name, VERSION)]})
+
+    async def repository_index(self, request: web.Request) -> web.Response:
+        return json_response([{"name": self.name, "version": VERSION, "state": "READY"}])
+
+    async def load_unload(self, request: web.Request) -> web.Response:
+        action = request.match_info["action"]
+        return _error(BadRequest(f"cannot {action} models: this daemon serves the one bundle it started with"))
+
     async def infer(self, request: web.Request) -> web.Response:
         try:
             self._check_model(request)
@@ -127,46 +229,35 @@ class KServeV2:
         except Exception as e:  # noqa: BLE001 - answered and counted, never a traceback page
             return self.service.internal_error(e)
         if out.dropped:
-            why = {
-                "busy": "the executor was busy",
-                "queue_full": "the queue was full",
-                "deadline": "it could not finish within the deadline",
-            }[out.reason or "busy"]
-            return web.json_response(
-                {"error": f"dropped ({out.reason}): {why}; now at config {out.config}"}, status=503
-            )
-        outputs: dict[str, dict] = out.extra["outputs"]  # type: ignore[index]
+            return json_response({"error": drop_message(out.reason, out.config)}, status=503)
+        t0 = time.perf_counter()
+        outputs: list[dict] = out.extra["outputs"]  # type: ignore[index]
         logits = np.ascontiguousarray(out.logits, dtype=np.float32)
+        params = {"config": out.config, "skipped_blocks": out.skipped, "latency_s": out.latency_s}
         head: dict[str, Any] = {
             "model_name": self.name,
             "model_version": VERSION,
             "outputs": [],
-            "parameters": {"config": out.config, "skipped_blocks": out.skipped, "latency_s": out.latency_s},
+            # parameters are strings, numbers or booleans: a pinned skip array off the front has no config
+            "parameters": {k: v for k, v in params.items() if v is not None},
         }
         if "id" in out.extra:  # type: ignore[operator]
             head["id"] = out.extra["id"]  # type: ignore[index]
         blobs: list[bytes] = []
-        for name, want in outputs.items():
-            if want["classification"]:
-                k = want["classification"]
-                p = np.exp(logits - logits.max(axis=1, keepdims=True))
-                p /= p.sum(axis=1, keepdims=True)
-                top = np.argsort(-p, axis=1)[:, :k]
-                items = [f"{p[i, j]:.6f}:{j}:{self.classes[j]}" for i in range(len(p)) for j in top[i]]
-                entry: dict[str, Any] = {"name": name, "datatype": "BYTES", "shape": [len(p), k]}
-                raw, data = _bytes_tensor(items), items
+        for tensor in output_tensors(logits, outputs, self.classes):
+            entry: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": tensor.shape}
+            if tensor.binary:
+                entry["parameters"] = {"binary_data_size": len(tensor.raw)}
+                blobs.append(tensor.raw)
             else:
-                entry = {"name": name, "datatype": "FP32", "shape": list(logits.shape)}
-                raw, data = logits.astype("<f4").tobytes(), logits.ravel().tolist()
-            if want["binary"]:
-                entry["parameters"] = {"binary_data_size": len(raw)}
-                blobs.append(raw)
-            else:
-                entry["data"] = data
+                entry["data"] = tensor.data
             head["outputs"].append(entry)
         text = json.dumps(head).encode()
         if not blobs:
-            return web.Response(body=text, content_type="application/json")
-        return web.Response(
-            body=b"".join([text, *blobs]), content_type="application/octet-stream", headers={HEADER: str(len(text))}
-        )
+            resp = web.Response(body=text, content_type="application/json")
+        else:
+            resp = web.Response(
+                body=b"".join([text, *blobs]), content_type="application/octet-stream", headers={HEADER: str(len(text))}
+            )
+        self.service.stats.add("compute_output", time.perf_counter() - t0)
+        return resp

@@ -68,6 +68,8 @@ def parse_json(body: bytes | memoryview) -> Any:
         return json.loads(bytes(body), parse_constant=_reject_constant)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BadRequest(f"bad JSON: {e}") from None
+    except ValueError:  # Python's limit on integer digits (4300)
+        raise BadRequest("bad JSON: a number with too many digits") from None
     except RecursionError:
         raise BadRequest("bad JSON: nested too deeply") from None
 
@@ -148,12 +150,42 @@ def decode(body: bytes, ctype: str, manifest: Manifest, max_pixels: int = MAX_PI
     raise BadRequest(f"unsupported content type {ctype!r}; use one of {', '.join(TYPES)}", status=415)
 
 
-def decode_kserve(
-    body: bytes, header_length: str | None, manifest: Manifest
-) -> tuple[dict, np.ndarray, dict[str, dict]]:
+def check_image_input(name: object, datatype: object, shape: object, manifest: Manifest) -> int:
+    """The Open Inference Protocol's input tensor header (HTTP or gRPC): its batch size, or BadRequest."""
+    if name != "image":
+        raise BadRequest(f"unknown input {name!r}; this model's input is 'image'")
+    if datatype != "FP32":
+        raise BadRequest(f"input 'image' must be FP32, got {datatype!r}")
+    c, h, w = manifest.input.chw
+    if (
+        not isinstance(shape, list)
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in shape)
+        or tuple(shape[-3:]) != (c, h, w)
+        or len(shape) not in (3, 4)
+    ):
+        raise BadRequest(f"input 'image' must have shape [N, {c}, {h}, {w}], got {shape}")
+    batch = 1 if len(shape) == 3 else shape[0]
+    if not 1 <= batch <= MAX_BATCH:
+        raise BadRequest(f"batch size must be in 1..{MAX_BATCH}, got {batch}")
+    return batch
+
+
+def requested_output(name: object, classification: object, binary: object, manifest: Manifest) -> dict:
+    """One requested output (HTTP or gRPC): {"name", "binary", "classification"}, or BadRequest."""
+    if name != "logits":
+        raise BadRequest(f"unknown output {name!r}; this model's output is 'logits'")
+    n = len(manifest.class_names)
+    k = classification
+    if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= n:
+        raise BadRequest(f"classification must be an integer in 0..{n}, got {k!r}")
+    return {"name": "logits", "binary": bool(binary), "classification": k}
+
+
+def decode_kserve(body: bytes, header_length: str | None, manifest: Manifest) -> tuple[dict, np.ndarray, list[dict]]:
     """A KServe v2 inference request (JSON, optionally followed by binary tensor data of ``header_length``
-    bytes of JSON) -> (request JSON, images [N, C, H, W], requested outputs by name); raises BadRequest."""
-    chw, classes = manifest.input.chw, manifest.class_names
+    bytes of JSON) -> (request JSON, images [N, C, H, W], requested outputs in order: {"name", "binary",
+    "classification"}; the same output may be asked for twice, e.g. raw and classified); raises BadRequest."""
+    chw = manifest.input.chw
     if header_length is not None:
         try:
             n = int(header_length)
@@ -167,25 +199,13 @@ def decode_kserve(
     doc = parse_json(head)
     if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list):
         raise BadRequest("inference request must be an object with an 'inputs' list")
+    if "id" in doc and not isinstance(doc["id"], str):
+        raise BadRequest(f"request id must be a string, got {type(doc['id']).__name__}")
     if len(doc["inputs"]) != 1 or not isinstance(doc["inputs"][0], dict):
         raise BadRequest("this model takes exactly one input, 'image'")
     inp = doc["inputs"][0]
-    if inp.get("name") != "image":
-        raise BadRequest(f"unknown input {inp.get('name')!r}; this model's input is 'image'")
-    if inp.get("datatype") != "FP32":
-        raise BadRequest(f"input 'image' must be FP32, got {inp.get('datatype')!r}")
-    shape = inp.get("shape")
+    batch = check_image_input(inp.get("name"), inp.get("datatype"), inp.get("shape"), manifest)
     c, h, w = chw
-    if (
-        not isinstance(shape, list)
-        or not all(isinstance(v, int) and not isinstance(v, bool) for v in shape)
-        or tuple(shape[-3:]) != (c, h, w)
-        or len(shape) not in (3, 4)
-    ):
-        raise BadRequest(f"input 'image' must have shape [N, {c}, {h}, {w}], got {shape}")
-    batch = 1 if len(shape) == 3 else shape[0]
-    if not 1 <= batch <= MAX_BATCH:
-        raise BadRequest(f"batch size must be in 1..{MAX_BATCH}, got {batch}")
     want = batch * c * h * w
     params = inp.get("parameters") or {}
     if not isinstance(params, dict):
@@ -194,7 +214,7 @@ def decode_kserve(
         size = params["binary_data_size"]
         if size != want * 4 or len(binary) != size:
             raise BadRequest(
-                f"binary data for 'image' must be {want * 4} bytes (FP32 {shape}), "
+                f"binary data for 'image' must be {want * 4} bytes (FP32 {inp.get('shape')}), "
                 f"declared {size}, received {len(binary)}"
             )
         x = finite(np.frombuffer(binary, dtype="<f4").astype(np.float32).reshape(batch, c, h, w), "input 'image'")
@@ -202,18 +222,20 @@ def decode_kserve(
         if len(binary):
             raise BadRequest("binary data follows the header but no input declares binary_data_size")
         x = numbers(inp.get("data"), (batch, c, h, w), "input 'image' data")
-    outputs: dict[str, dict] = {}
-    binary_default = bool((doc.get("parameters") or {}).get("binary_data_output", False))
+    outputs: list[dict] = []
+    request_params = doc.get("parameters") or {}
+    if not isinstance(request_params, dict):
+        raise BadRequest("request parameters must be an object")
+    binary_default = bool(request_params.get("binary_data_output", False))
     for o in doc.get("outputs") or [{"name": "logits"}]:
-        if not isinstance(o, dict) or o.get("name") != "logits":
-            raise BadRequest(
-                f"unknown output {o.get('name') if isinstance(o, dict) else o!r}; this model's output is 'logits'"
-            )
+        if not isinstance(o, dict):
+            raise BadRequest(f"unknown output {o!r}; this model's output is 'logits'")
         p = o.get("parameters") or {}
-        k = p.get("classification", 0)
-        if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= len(classes):
-            raise BadRequest(f"classification must be an integer in 0..{len(classes)}, got {k!r}")
-        outputs["logits"] = {"binary": bool(p.get("binary_data", binary_default)), "classification": k}
+        if not isinstance(p, dict):
+            raise BadRequest("output parameters must be an object")
+        outputs.append(
+            requested_output(o.get("name"), p.get("classification", 0), p.get("binary_data", binary_default), manifest)
+        )
     return doc, x, outputs
 
 

@@ -29,6 +29,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from edgeskip.runtime.dispatch import DROP_REASONS, Dispatcher, Drop, Queued, Start
 from edgeskip.runtime.executor import BundleExecutor
 from edgeskip.runtime.preprocess import MAX_PIXELS, BadRequest, check_content_type, check_encoding, pin
+from edgeskip.runtime.responses import json_errors, json_response
 from edgeskip.runtime.workers import Job, Prepared, Worker
 
 MAX_BODY = 8 * 1024 * 1024
@@ -93,6 +94,44 @@ class Metrics:
         return c
 
 
+class InferStats:
+    """Triton's statistics extension for the one model: per kind, a count and cumulative nanoseconds.
+
+    success/fail: whole requests (arrival to answer; drops and bad requests fail); queue: waiting for the
+    executor; compute_input: decoding; compute_infer: the executor; compute_output: building the answer."""
+
+    KINDS = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output")
+
+    def __init__(self, wall: Callable[[], float] = time.time) -> None:
+        self.wall = wall
+        self.count = dict.fromkeys(self.KINDS, 0)
+        self.ns = dict.fromkeys(self.KINDS, 0)
+        self.inference_count = 0  # images
+        self.execution_count = 0  # executor runs
+        self.last_inference_ms = 0
+
+    def add(self, kind: str, seconds: float) -> None:
+        self.count[kind] += 1
+        self.ns[kind] += int(seconds * 1e9)
+
+    def executed(self, images: int) -> None:
+        self.inference_count += images
+        self.execution_count += 1
+        self.last_inference_ms = int(self.wall() * 1000)
+
+    def as_triton(self, name: str, version: str) -> dict:
+        """One ``model_stats`` entry, as Triton's ``/v2/models/{name}/stats`` reports it."""
+        return {
+            "name": name,
+            "version": version,
+            "last_inference": self.last_inference_ms,
+            "inference_count": self.inference_count,
+            "execution_count": self.execution_count,
+            "inference_stats": {k: {"count": self.count[k], "ns": self.ns[k]} for k in self.KINDS},
+            "batch_stats": [],
+        }
+
+
 @dataclass(frozen=True)
 class Outcome:
     """What became of one submitted request: dropped, or processed with ``config`` (None: a pinned skip
@@ -123,6 +162,7 @@ class InferenceService:
         self.min_acc, self.topk, self.service_time_s = min_acc, topk, service_time_s
         self.counts = {"processed": 0, "dropped": 0, "bad_request": 0, "refused": 0, "error": 0}
         self.metrics = Metrics()
+        self.stats = InferStats()
         self._current = self.policy.config
         self.metrics.current.set(self._current)
         self._waiting: dict[object, asyncio.Future] = {}
@@ -173,7 +213,7 @@ class InferenceService:
         """A failure that is not the client's: one log line, counted, a 500 whose body echoes nothing."""
         self.count_status(500)
         log.error("internal error: %s", type(e).__name__)
-        return web.json_response({"error": "internal error (counted in /v1/status and /metrics)"}, status=500)
+        return json_response({"error": "internal error (counted in /v1/status and /metrics)"}, status=500)
 
     @property
     def policy(self):  # noqa: ANN201 - a edgeskip.runtime.policies.Policy
@@ -231,6 +271,7 @@ class InferenceService:
         decode and run it on the worker (:mod:`edgeskip.runtime.workers`; decoding raises BadRequest).
         Unpinned requests run with the policy's config, pinned ones still count as load for it. The
         executor is freed when the job ends, even if the client went away meanwhile."""
+        arrived = time.perf_counter()
         rid = object()
         with self._lock:
             action = self.dispatcher.arrive(self.clock(), rid)
@@ -250,8 +291,20 @@ class InferenceService:
                         self.dispatcher.cancel(rid)
                 raise
         if isinstance(action, Drop):
+            self.stats.add("fail", time.perf_counter() - arrived)
             return self._dropped(action)
-        r = await self.pool.run(job, action.config, self.max_pixels, self._release(self.clock(), action.config))
+        started = time.perf_counter()
+        try:
+            r = await self.pool.run(job, action.config, self.max_pixels, self._release(self.clock(), action.config))
+        except BaseException:
+            self.stats.add("fail", time.perf_counter() - arrived)
+            raise
+        s = self.stats
+        s.add("queue", started - arrived)
+        s.add("compute_input", r.input_s)
+        s.add("compute_infer", r.latency_s)
+        s.add("success", time.perf_counter() - arrived)
+        s.executed(len(r.logits))
         self.counts["processed"] += 1
         m = self.metrics
         m.processed.inc()
@@ -270,7 +323,7 @@ class InferenceService:
         except Exception as e:  # noqa: BLE001 - answered and counted, never a traceback page
             return self.internal_error(e)
         if out.dropped:
-            return web.json_response({"dropped": True, "reason": out.reason, "config": out.config}, status=503)
+            return json_response({"dropped": True, "reason": out.reason, "config": out.config}, status=503)
         names = self.executor.manifest.class_names
         top = top_scores(out.logits[0], self.topk)  # type: ignore[index]
         return web.Response(
@@ -302,11 +355,11 @@ class InferenceService:
 
     def _bad(self, message: str, status: int) -> web.Response:
         self.count_bad(status)
-        return web.json_response({"error": message}, status=status)
+        return json_response({"error": message}, status=status)
 
     async def status(self, request: web.Request) -> web.Response:
         c, d = self.policy, self.dispatcher
-        return web.json_response(
+        return json_response(
             {
                 "config": c.config,
                 "skipped_blocks": self.executor.configs[c.config].n_skipped,
@@ -328,7 +381,7 @@ class InferenceService:
         )
 
     async def healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({"ok": True})
+        return json_response({"ok": True})
 
     async def metrics_text(self, request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -355,7 +408,7 @@ def make_app(service: InferenceService, max_body: int = MAX_BODY, model_name: st
 
     service.max_body = max_body
     # bodies are never decompressed (a Content-Encoding other than identity is refused with 415)
-    app = web.Application(client_max_size=max_body, handler_args={"auto_decompress": False})
+    app = web.Application(client_max_size=max_body, handler_args={"auto_decompress": False}, middlewares=[json_errors])
     app.on_response_prepare.append(_server_header)
     app.router.add_post("/v1/infer", service.infer)
     app.router.add_get("/v1/status", service.status)

@@ -64,12 +64,15 @@ class Result:
     latency_s: float
     skipped: float | None
     extra: dict[str, Any]
+    input_s: float = 0.0  # decoding the request (Triton's statistics: compute_input)
 
 
 def execute(executor: Any, job: Prepared, chosen: int, max_pixels: int) -> Result:
     """Decode ``job`` and run it with the policy's ``chosen`` config unless it pins one; the output must be
     finite (a NaN score is never answered)."""
+    t_in = time.perf_counter()
     x, config, skip, extra = job.prepare(executor.manifest, max_pixels)
+    input_s = time.perf_counter() - t_in
     if skip is None and config is None:
         config = chosen
     t0 = time.perf_counter()
@@ -77,7 +80,7 @@ def execute(executor: Any, job: Prepared, chosen: int, max_pixels: int) -> Resul
     latency = time.perf_counter() - t0
     if not np.isfinite(logits).all():
         raise BadRequest("input values out of range: the model's output is not finite")
-    return Result(logits, config, latency, executor.last_skipped, extra)
+    return Result(logits, config, latency, executor.last_skipped, extra, input_s)
 
 
 After = Callable[[Result | None], Callable[[], None] | None]

@@ -49,3 +49,11 @@ class Server:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=30)
+
+
+def digit_images(digits_splits, n):
+    """The first ``n`` digits test images, normalised as the bundle expects: float32 [n, 1, 8, 8]."""
+    import numpy as np
+
+    x = (digits_splits.test.x[:n] - digits_splits.norm.mean[0]) / digits_splits.norm.std[0]
+    return x.astype(np.float32)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 from daemon_process import Server
+from daemon_process import digit_images as images
 from tritonclient.utils import InferenceServerException
 
 from edgeskip.runtime.executor import open_executor
@@ -23,11 +24,6 @@ def served(bundle):
     yield s, client
     client.close()
     s.kill()
-
-
-def images(digits_splits, n):
-    x = (digits_splits.test.x[:n] - digits_splits.norm.mean[0]) / digits_splits.norm.std[0]
-    return x.astype(np.float32)
 
 
 def request(s, path, body=None, headers=None):
@@ -47,7 +43,14 @@ def test_health_and_metadata(served, bundle):
     assert meta["name"] == "digits" and meta["versions"] == ["1"]
     assert meta["inputs"] == [{"name": "image", "datatype": "FP32", "shape": [-1, 1, 8, 8]}]
     assert meta["outputs"] == [{"name": "logits", "datatype": "FP32", "shape": [-1, 10]}]
-    assert client.get_server_metadata()["extensions"] == ["binary_tensor_data", "classification"]
+    assert client.get_server_metadata()["extensions"] == [
+        "binary_tensor_data",
+        "classification",
+        "model_configuration",
+        "statistics",
+        "model_repository",
+    ]
+    assert request(s, "/v2/")[0] == 200
     with pytest.raises(InferenceServerException, match="unknown model 'nope'") as e:
         client.get_model_metadata("nope")
     assert e.value.status() == "404"
@@ -202,6 +205,40 @@ def test_classification_extension_and_pinned_configs(served, bundle, digits_spli
             "must be 256 bytes",
         ),
         (b"{}", {"Inference-Header-Content-Length": "999"}, "does not fit"),
+        (
+            json.dumps(
+                {"id": 7, "inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 1, 8, 8], "data": [0] * 64}]}
+            ).encode(),
+            {},
+            "request id must be a string",
+        ),
+        (
+            b'{"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 1, 8, 8], "data": ['
+            + b"9" * 5000
+            + b"]}]}",
+            {},
+            "too many digits",
+        ),
+        (
+            json.dumps(
+                {
+                    "inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 1, 8, 8], "data": [0] * 64}],
+                    "parameters": [1],
+                }
+            ).encode(),
+            {},
+            "request parameters must be an object",
+        ),
+        (
+            json.dumps(
+                {
+                    "inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 1, 8, 8], "data": [0] * 64}],
+                    "outputs": [{"name": "logits", "parameters": 3}],
+                }
+            ).encode(),
+            {},
+            "output parameters must be an object",
+        ),
     ],
 )
 def test_bad_requests_get_one_line_4xx(served, digits_splits, doc, headers, fragment):
@@ -209,9 +246,10 @@ def test_bad_requests_get_one_line_4xx(served, digits_splits, doc, headers, frag
     if headers == "header":
         n = doc.index(b"}]}") + 3
         headers = {"Inference-Header-Content-Length": str(n)}
-    status, raw, _ = request(s, "/v2/models/digits/infer", doc, {"Content-Type": "application/json", **headers})
+    status, raw, got = request(s, "/v2/models/digits/infer", doc, {"Content-Type": "application/json", **headers})
     err = json.loads(raw)["error"]
     assert status == 400 and fragment in err and "\n" not in err, err
+    assert got["Content-Type"] == "application/json"  # exactly: KServe's client reads errors only then
     x = images(digits_splits, 1)
     inp = httpclient.InferInput("image", list(x.shape), "FP32")
     inp.set_data_from_numpy(x)
@@ -259,3 +297,60 @@ def test_busy_requests_are_dropped_with_503(served, digits_splits):
             break
     assert set(codes) <= {200, 503} and 503 in codes and 200 in codes
     assert all(e.startswith("dropped (busy): the executor was busy") for e in errors)
+
+
+def test_triton_extensions_configuration_statistics_repository(served, digits_splits):
+    s, client = served
+    cfg = client.get_model_config("digits")
+    assert cfg["name"] == "digits" and cfg["max_batch_size"] == 64
+    assert cfg["input"] == [{"name": "image", "data_type": "TYPE_FP32", "format": "FORMAT_NCHW", "dims": [1, 8, 8]}]
+    assert cfg["output"] == [{"name": "logits", "data_type": "TYPE_FP32", "dims": [10]}]
+    assert client.get_model_repository_index() == [{"name": "digits", "version": "1", "state": "READY"}]
+    before = client.get_inference_statistics("digits")["model_stats"][0]
+    x = images(digits_splits, 3)
+    inp = httpclient.InferInput("image", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    client.infer("digits", [inp])
+    after = client.get_inference_statistics("digits")["model_stats"][0]
+    assert after == client.get_inference_statistics()["model_stats"][0]  # all models: the one
+    assert after["inference_count"] - before["inference_count"] == 3
+    assert after["execution_count"] - before["execution_count"] == 1
+    st, st0 = after["inference_stats"], before["inference_stats"]
+    for kind in ("success", "queue", "compute_input", "compute_infer", "compute_output"):
+        assert st[kind]["count"] - st0[kind]["count"] == 1 and st[kind]["ns"] > st0[kind]["ns"], kind
+    assert st["success"]["ns"] - st0["success"]["ns"] >= st["compute_infer"]["ns"] - st0["compute_infer"]["ns"]
+    assert after["last_inference"] > 0
+    with pytest.raises(InferenceServerException, match="serves the one bundle"):
+        client.load_model("digits")
+    with pytest.raises(InferenceServerException, match="unknown model 'nope'"):
+        client.get_model_config("nope")
+
+
+def test_protocol_conformance_errors_ids_and_outputs(served, bundle, digits_splits):
+    s, client = served
+    for path, body, code in (("/v2/nothing", None, 404), ("/nope", None, 404), ("/v2/models/digits/infer", None, 405)):
+        status, raw, headers = request(s, path, body)
+        assert status == code and headers["Content-Type"] == "application/json", (path, headers)
+        assert json.loads(raw)["error"]
+    assert "POST" in request(s, "/v2/models/digits/infer")[2]["Allow"]
+    x = images(digits_splits, 2)
+    doc = {
+        "id": "a-1",
+        "inputs": [{"name": "image", "datatype": "FP32", "shape": [2, 1, 8, 8], "data": x.ravel().tolist()}],
+        "outputs": [{"name": "logits"}, {"name": "logits", "parameters": {"classification": 2}}],
+        "parameters": {"skip": "100001"},  # off the front: no config ran, so no "config" parameter
+    }
+    status, raw, headers = request(s, "/v2/models/digits/infer", json.dumps(doc).encode())
+    res = json.loads(raw)
+    assert status == 200 and headers["Content-Type"] == "application/json" and res["id"] == "a-1"
+    assert [(o["name"], o["datatype"], o["shape"]) for o in res["outputs"]] == [
+        ("logits", "FP32", [2, 10]),
+        ("logits", "BYTES", [2, 2]),
+    ]
+    ex = open_executor(bundle, backend="iree")
+    assert ex.manifest.by_skip.get(tuple(c == "1" for c in "100001")) is None
+    assert "config" not in res["parameters"] and res["parameters"]["skipped_blocks"] == 4
+    assert all(isinstance(v, (str, int, float, bool)) for v in res["parameters"].values())
+    np.testing.assert_allclose(
+        np.array(res["outputs"][0]["data"]).reshape(2, 10), ex.infer(x, skip="100001"), atol=1e-4
+    )

@@ -43,6 +43,8 @@ def test_serve_path_loads_no_design_time_package(bundle):
     loaded = json.loads(res.stdout.strip().splitlines()[-1])
     bad = [m for m in loaded if any(m == d or m.startswith(d + ".") for d in DESIGN)]
     assert bad == [], bad
+    # gRPC is loaded only with serve --grpc-port (the HTTP daemon's footprint stays)
+    assert not [m for m in loaded if m in ("grpc", "tritonclient") or m.startswith(("grpc.", "tritonclient."))]
     assert "iree.runtime" in loaded and "aiohttp.web" in loaded  # the path really ran
 
 

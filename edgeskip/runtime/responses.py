@@ -1,0 +1,33 @@
+"""JSON answers of the daemon: exactly ``application/json`` (no charset parameter; KServe's REST client reads an
+error body only under that exact media type), and JSON bodies for the router's own 404/405 answers."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+
+def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    """``obj`` as a JSON body with ``Content-Type: application/json``."""
+    return web.Response(body=json.dumps(obj).encode(), status=status, content_type="application/json", headers=headers)
+
+
+@web.middleware
+async def json_errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """The router's 404 (no such route) and 405 (wrong method) as one-line JSON errors, ``Allow`` kept."""
+    try:
+        return await handler(request)
+    except web.HTTPNotFound:
+        return json_response({"error": f"no route {request.path[:80]!r}"}, status=404)
+    except web.HTTPMethodNotAllowed as e:
+        allowed = ", ".join(sorted(e.allowed_methods))
+        return json_response(
+            {"error": f"method {request.method} not allowed on {request.path[:80]!r}; allowed: {allowed}"},
+            status=405,
+            headers={"Allow": allowed},
+        )
