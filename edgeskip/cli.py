@@ -1092,6 +1092,18 @@ def sign(bundle, key) -> None:
 )
 @click.option("--model-name", default=None, help="Model name on the KServe v2 API [default: the bundle folder's name].")
 @click.option(
+    "--uds",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also serve HTTP on this Unix-domain socket (a stale socket of a dead daemon is replaced).",
+)
+@click.option(
+    "--grpc-uds",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also serve KServe v2 over gRPC on this Unix-domain socket (needs edgeskip[grpc]).",
+)
+@click.option(
     "--grpc-port",
     type=click.IntRange(0, 65535),
     default=None,
@@ -1133,6 +1145,8 @@ def serve(
     driver,
     ort_threads,
     model_name,
+    uds,
+    grpc_uds,
     grpc_port,
     event_loop,
     loop_nice,
@@ -1175,6 +1189,8 @@ def serve(
             idle_timeout=idle_timeout,
             loop_nice=loop_nice,
             grpc_port=grpc_port,
+            uds=uds,
+            grpc_uds=grpc_uds,
             target=target,
             driver=driver,
             threads=ort_threads,

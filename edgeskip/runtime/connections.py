@@ -36,7 +36,7 @@ def canned(status: int, reason: str, message: str) -> bytes:
     """A complete HTTP/1.1 response that closes the connection, with a one-line JSON error body."""
     body = json.dumps({"error": message}).encode()
     return (
-        f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json; charset=utf-8\r\n"
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\nConnection: close\r\nServer: edgeskip\r\n\r\n"
     ).encode() + body
 
@@ -163,3 +163,63 @@ class GuardedSite(web.BaseSite):
         self._server = await asyncio.get_running_loop().create_server(
             lambda: self._guard.protocol(server), self._host, self._port, backlog=self._backlog, reuse_address=True
         )
+
+
+def claim_socket_path(path: str) -> None:
+    """Make ``path`` free for a new Unix-domain socket: a stale socket (nothing accepts on it: a dead
+    daemon's) is removed; a live one, or anything that is not a socket, is an OSError with the reason."""
+    import os
+    import socket
+    import stat
+
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise OSError(f"{path} exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        os.unlink(path)  # stale: its daemon is gone
+        return
+    finally:
+        probe.close()
+    raise OSError(f"{path} is in use by a running server")
+
+
+class GuardedUnixSite(web.BaseSite):
+    """A Unix-domain-socket listener whose connections go through ``guard``; the socket file is claimed on
+    start (:func:`claim_socket_path`) and removed on stop."""
+
+    __slots__ = ("_path", "_guard", "_bound")
+
+    def __init__(self, runner: web.BaseRunner, path: str, guard: Guard, backlog: int = 128) -> None:
+        super().__init__(runner, backlog=backlog)
+        self._path, self._guard, self._bound = path, guard, False
+
+    @property
+    def name(self) -> str:
+        return f"http://unix:{self._path}:"
+
+    async def start(self) -> None:
+        await super().start()
+        server = self._runner.server
+        assert server is not None
+        claim_socket_path(self._path)
+        self._server = await asyncio.get_running_loop().create_unix_server(
+            lambda: self._guard.protocol(server), self._path, backlog=self._backlog
+        )
+        self._bound = True
+
+    async def stop(self) -> None:
+        import os
+
+        await super().stop()
+        if self._bound:  # only the socket this site made: a refused path is left as it was
+            self._bound = False
+            try:
+                os.unlink(self._path)
+            except FileNotFoundError:
+                pass

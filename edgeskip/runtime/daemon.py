@@ -17,7 +17,7 @@ from aiohttp import web
 
 from edgeskip.errors import EdgeskipError
 from edgeskip.runtime.choices import EVENT_LOOPS
-from edgeskip.runtime.connections import IDLE_TIMEOUT, MAX_CONNECTIONS, Guard, GuardedSite
+from edgeskip.runtime.connections import IDLE_TIMEOUT, MAX_CONNECTIONS, Guard, GuardedSite, GuardedUnixSite
 from edgeskip.runtime.dispatch import Dispatcher, check_queue, service_model_for
 from edgeskip.runtime.executor import BundleExecutor, open_executor
 from edgeskip.runtime.policies import make_policy
@@ -252,11 +252,15 @@ async def run_daemon(
     idle_timeout: float = IDLE_TIMEOUT,
     loop_nice: int = LOOP_NICE,
     grpc_port: int | None = None,
+    uds: str | None = None,
+    grpc_uds: str | None = None,
     **executor_options: object,
 ) -> None:
     """Serve until SIGTERM or SIGINT; then stop accepting, answer the request in flight, close every
     connection (slow and idle ones included) and return, within ``SHUTDOWN_TIMEOUT`` + the inference.
     ``grpc_port``: also serve KServe v2 over gRPC there (:mod:`edgeskip.runtime.kserve_grpc`; 0: a free port).
+    ``uds``/``grpc_uds``: also listen for HTTP/gRPC on these Unix-domain socket paths (a stale socket of a dead
+    daemon is replaced; anything else there is refused).
 
     The signal handlers are installed first: a signal during start-up (or right after the readiness line)
     ends the daemon cleanly too."""
@@ -294,19 +298,38 @@ async def run_daemon(
             await site.start()
         except OSError as e:
             raise EdgeskipError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
-        grpc_note = ""
-        if grpc_port is not None:
+        notes = ""
+        if uds is not None:
+            try:
+                await GuardedUnixSite(runner, uds, Guard(max_connections, service.count_status, idle_timeout)).start()
+            except OSError as e:
+                raise EdgeskipError(f"cannot listen on --uds {uds}: {e.strerror or e}") from None
+            notes += f"  uds {uds}"
+        if grpc_port is not None or grpc_uds is not None:
             try:
                 from edgeskip.runtime.kserve_grpc import start_grpc
             except ImportError as e:
                 raise EdgeskipError(
                     f"--grpc-port needs grpcio: pip install 'edgeskip[grpc]' ({e.name} missing)"
                 ) from None
+            if grpc_uds is not None:
+                from edgeskip.runtime.connections import claim_socket_path
+
+                try:
+                    claim_socket_path(grpc_uds)
+                except OSError as e:
+                    raise EdgeskipError(f"cannot listen on --grpc-uds {grpc_uds}: {e}") from None
+            addresses = ([f"{host}:{grpc_port}"] if grpc_port is not None else []) + (
+                [f"unix:{grpc_uds}"] if grpc_uds is not None else []
+            )
             try:
-                grpc_server, bound_grpc = await start_grpc(service, name, host, grpc_port, max_body)
+                grpc_server, bound_grpc = await start_grpc(service, name, addresses, max_body)
             except (OSError, RuntimeError) as e:
-                raise EdgeskipError(f"cannot listen for gRPC on {host}:{grpc_port}: {e}") from None
-            grpc_note = f"  grpc {host}:{bound_grpc}"
+                raise EdgeskipError(f"cannot listen for gRPC on {', '.join(addresses)}: {e}") from None
+            if grpc_port is not None:
+                notes += f"  grpc {host}:{bound_grpc[0]}"
+            if grpc_uds is not None:
+                notes += f"  grpc-uds {grpc_uds}"
         if not stop.is_set():
             bound = runner.addresses[0][1]
             c, d = service.policy, service.dispatcher
@@ -317,7 +340,7 @@ async def run_daemon(
                 else ""
             )
             on_ready(
-                f"listening on http://{host}:{bound}{grpc_note}  model {name}  backend {service.executor.backend}  target "
+                f"listening on http://{host}:{bound}{notes}  model {name}  backend {service.executor.backend}  target "
                 f"{service.executor.target}  policy {c.name}{extra}{queue}  service "
                 f"{service.service_time_s * 1e3:.3f} ms  configs {list(c.allowed)}"
             )
@@ -329,5 +352,7 @@ async def run_daemon(
     finally:
         if grpc_server is not None:
             await grpc_server.stop(SHUTDOWN_TIMEOUT)  # refuses new RPCs, lets those in flight finish
+            if grpc_uds is not None and os.path.exists(grpc_uds):
+                os.unlink(grpc_uds)
         await runner.cleanup()  # closes the listener, waits for handlers in flight, closes connections
         service.close()

@@ -186,13 +186,17 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
         return resp
 
 
-async def start_grpc(service: Any, model_name: str, host: str, port: int, max_message: int) -> tuple[Any, int]:
-    """A started ``grpc.aio`` server for ``service`` on ``host:port`` (0: a free port): (server, bound port)."""
+async def start_grpc(service: Any, model_name: str, addresses: list[str], max_message: int) -> tuple[Any, list[int]]:
+    """A started ``grpc.aio`` server for ``service`` on each of ``addresses`` (``host:port``, port 0: a free one;
+    ``unix:PATH``): (server, the bound port per address; 1 for a Unix socket)."""
     options = [("grpc.max_receive_message_length", max_message), ("grpc.max_send_message_length", max_message)]
     server = grpc.aio.server(options=options)
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(Servicer(service, model_name), server)
-    bound = server.add_insecure_port(f"{host}:{port}")
-    if bound == 0:
-        raise OSError(f"cannot listen for gRPC on {host}:{port}")
+    bound = []
+    for address in addresses:
+        port = server.add_insecure_port(address)
+        if port == 0:
+            raise OSError(f"cannot listen for gRPC on {address}")
+        bound.append(port)
     await server.start()
     return server, bound

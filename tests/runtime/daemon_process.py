@@ -57,3 +57,14 @@ def digit_images(digits_splits, n):
 
     x = (digits_splits.test.x[:n] - digits_splits.norm.mean[0]) / digits_splits.norm.std[0]
     return x.astype(np.float32)
+
+
+def serve_once(bundle, *args, timeout=120):
+    """``edgeskip serve BUNDLE --port 0 ARGS`` expected to stop at start-up: (exit status, stderr lines)."""
+    res = subprocess.run(
+        [sys.executable, "-m", "edgeskip", "serve", str(bundle), "--port", "0", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return res.returncode, res.stderr.strip().splitlines()

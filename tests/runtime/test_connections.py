@@ -103,6 +103,9 @@ def test_idle_and_slow_header_connections_are_closed(capped):
                     break
             except TimeoutError:
                 pass
+            except OSError:  # closed with the trickled bytes unread: the kernel answers with a reset
+                closed = True
+                break
         assert closed and time.monotonic() - t0 < 3.5
 
 

@@ -14,7 +14,7 @@ import zlib
 
 import numpy as np
 import pytest
-from daemon_process import Server
+from daemon_process import Server, serve_once
 from PIL import Image
 
 from tests.conftest import edited_bundle, inflate_accuracies
@@ -312,11 +312,5 @@ def test_manifest_that_does_not_match_the_module_is_refused_at_start(bundle, tmp
     ):
         copy = edited_bundle(bundle, tmp_path / f"b{len(list(tmp_path.iterdir()))}", edit)
         for backend in ("iree", "onnxruntime"):
-            res = subprocess.run(
-                [sys.executable, "-m", "edgeskip", "serve", str(copy), "--port", "0", "--backend", backend],
-                capture_output=True,
-                text=True,
-                timeout=120,
-            )
-            lines = res.stderr.strip().splitlines()
-            assert res.returncode == 2 and len(lines) == 1 and fragment in lines[0], res.stderr
+            code, lines = serve_once(copy, "--backend", backend)
+            assert code == 2 and len(lines) == 1 and fragment in lines[0], lines
