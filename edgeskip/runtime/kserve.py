@@ -42,12 +42,19 @@ from aiohttp import web
 
 from edgeskip import __version__
 from edgeskip.runtime.preprocess import KSERVE_HEADER as HEADER
-from edgeskip.runtime.preprocess import MAX_BATCH, BadRequest
+from edgeskip.runtime.preprocess import MAX_BATCH, BadRequest, parse_json
 from edgeskip.runtime.responses import json_response
 from edgeskip.runtime.workers import Job
 
 VERSION = "1"
-EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration", "statistics", "model_repository"]
+EXTENSIONS = [
+    "binary_tensor_data",
+    "classification",
+    "model_configuration",
+    "statistics",
+    "model_repository",
+    "system_shared_memory",
+]
 
 
 class NotFound(BadRequest):
@@ -141,6 +148,12 @@ class KServeV2:
         router.add_get("/v2/models/stats", self.all_stats)
         router.add_post("/v2/repository/index", self.repository_index)
         router.add_post("/v2/repository/models/{model}/{action:load|unload}", self.load_unload)
+        shm = "/v2/systemsharedmemory"
+        router.add_get(shm + "/status", self.shm_status)
+        router.add_get(shm + "/region/{region}/status", self.shm_status)
+        router.add_post(shm + "/region/{region}/register", self.shm_register)
+        router.add_post(shm + "/unregister", self.shm_unregister)
+        router.add_post(shm + "/region/{region}/unregister", self.shm_unregister)
         for base in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
             router.add_get(base, self.model_metadata)
             router.add_get(base + "/ready", self.model_ready)
@@ -218,11 +231,35 @@ class KServeV2:
         action = request.match_info["action"]
         return _error(BadRequest(f"cannot {action} models: this daemon serves the one bundle it started with"))
 
+    async def shm_status(self, request: web.Request) -> web.Response:
+        try:
+            return json_response(self.service.regions.status(request.match_info.get("region")))
+        except BadRequest as e:
+            return _error(e)
+
+    async def shm_register(self, request: web.Request) -> web.Response:
+        try:
+            doc = parse_json(await self.service.read_body(request))
+            if not isinstance(doc, dict):
+                raise BadRequest("register takes an object {key, offset, byte_size}")
+            self.service.regions.register(
+                request.match_info["region"], doc.get("key"), doc.get("offset", 0), doc.get("byte_size")
+            )
+        except BadRequest as e:
+            self.service.count_bad(e.status)
+            return _error(e)
+        return json_response({})
+
+    async def shm_unregister(self, request: web.Request) -> web.Response:
+        self.service.regions.unregister(request.match_info.get("region"))
+        return json_response({})
+
     async def infer(self, request: web.Request) -> web.Response:
         try:
             self._check_model(request)
             body = await self.service.read_body(request)
-            out = await self.service.submit(Job("kserve", body, {"header_length": request.headers.get(HEADER)}))
+            meta = {"header_length": request.headers.get(HEADER), "regions": self.service.regions}
+            out = await self.service.submit(Job("kserve", body, meta))
         except BadRequest as e:
             self.service.count_bad(e.status)
             return _error(e)
@@ -244,9 +281,17 @@ class KServeV2:
         if "id" in out.extra:  # type: ignore[operator]
             head["id"] = out.extra["id"]  # type: ignore[index]
         blobs: list[bytes] = []
-        for tensor in output_tensors(logits, outputs, self.classes):
+        for tensor, want in zip(output_tensors(logits, outputs, self.classes), outputs):
             entry: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": tensor.shape}
-            if tensor.binary:
+            if want["shm"]:
+                region, offset, size = want["shm"]
+                try:
+                    self.service.regions.write(region, offset, size, tensor.raw, f"output {tensor.name!r}")
+                except BadRequest as e:  # unregistered meanwhile, or a classification larger than its span
+                    self.service.count_bad(e.status)
+                    return _error(e)
+                entry["parameters"] = {"shared_memory_region": region, "shared_memory_byte_size": len(tensor.raw)}
+            elif tensor.binary:
                 entry["parameters"] = {"binary_data_size": len(tensor.raw)}
                 blobs.append(tensor.raw)
             else:

@@ -34,7 +34,7 @@ from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from edgeskip import __version__
 from edgeskip.manifest import Manifest
 from edgeskip.runtime.kserve import EXTENSIONS, VERSION, drop_message, model_config, output_tensors
-from edgeskip.runtime.preprocess import BadRequest, check_image_input, finite, pin, requested_output
+from edgeskip.runtime.preprocess import BadRequest, check_image_input, finite, pin, requested_output, shm_input
 
 log = logging.getLogger("edgeskip.serve")
 STATUS = {404: grpc.StatusCode.NOT_FOUND, 408: grpc.StatusCode.UNAVAILABLE, 413: grpc.StatusCode.RESOURCE_EXHAUSTED}
@@ -54,8 +54,8 @@ class GrpcJob:
     """A ``ModelInferRequest`` as the worker runs it (:class:`edgeskip.runtime.workers.Prepared`): decoded on
     the inference thread, like an HTTP body."""
 
-    def __init__(self, request: Any) -> None:
-        self.request = request
+    def __init__(self, request: Any, regions: Any = None) -> None:
+        self.request, self.regions = request, regions
 
     def prepare(self, manifest: Manifest, max_pixels: int) -> tuple[np.ndarray, int | None, Any, dict]:
         req = self.request
@@ -65,7 +65,11 @@ class GrpcJob:
         batch = check_image_input(inp.name, inp.datatype, list(inp.shape), manifest)
         c, h, w = manifest.input.chw
         want = batch * c * h * w
-        if req.raw_input_contents:
+        regions = self.regions
+        from_shm = shm_input(parameters(inp.parameters), regions, want)
+        if from_shm is not None:
+            x = from_shm
+        elif req.raw_input_contents:
             if len(req.raw_input_contents) != 1 or len(req.raw_input_contents[0]) != want * 4:
                 got = sum(len(r) for r in req.raw_input_contents)
                 raise BadRequest(f"raw data for 'image' must be {want * 4} bytes (FP32 {list(inp.shape)}), got {got}")
@@ -79,8 +83,8 @@ class GrpcJob:
         params = parameters(req.parameters)
         config, skip = pin(manifest, params.get("config"), params.get("skip"))
         outputs = [
-            requested_output(o.name, parameters(o.parameters).get("classification", 0), True, manifest)
-            for o in req.outputs
+            requested_output(o.name, p.get("classification", 0), True, manifest, p, regions)
+            for o, p in ((o, parameters(o.parameters)) for o in req.outputs)
         ] or [requested_output("logits", 0, True, manifest)]
         return x, config, skip, {"outputs": outputs}
 
@@ -154,12 +158,32 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
             context, BadRequest("cannot unload models: this daemon serves the one bundle it started with")
         )
 
+    async def SystemSharedMemoryStatus(self, request, context):  # noqa: N802
+        try:
+            found = self.service.regions.status(request.name or None)
+        except BadRequest as e:
+            await self._abort(context, e)
+        status = pb.SystemSharedMemoryStatusResponse.RegionStatus
+        return pb.SystemSharedMemoryStatusResponse(regions={r["name"]: status(**r) for r in found})
+
+    async def SystemSharedMemoryRegister(self, request, context):  # noqa: N802
+        try:
+            self.service.regions.register(request.name, request.key, request.offset, request.byte_size)
+        except BadRequest as e:
+            self.service.count_bad(e.status)
+            await self._abort(context, e)
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    async def SystemSharedMemoryUnregister(self, request, context):  # noqa: N802
+        self.service.regions.unregister(request.name or None)
+        return pb.SystemSharedMemoryUnregisterResponse()
+
     async def ModelInfer(self, request, context):  # noqa: N802
         service = self.service
         bad = self._known(request.model_name, request.model_version)
         if bad is None:
             try:
-                out = await service.submit(GrpcJob(request))
+                out = await service.submit(GrpcJob(request, service.regions))
             except BadRequest as e:
                 bad = e
             except Exception as e:  # noqa: BLE001 - answered and counted, never a traceback
@@ -179,9 +203,21 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
             resp.parameters["skipped_blocks"].double_param = float(out.skipped)
         resp.parameters["latency_s"].double_param = out.latency_s
         logits = np.ascontiguousarray(out.logits, dtype=np.float32)
-        for tensor in output_tensors(logits, out.extra["outputs"], service.executor.manifest.class_names):
-            resp.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
-            resp.raw_output_contents.append(tensor.raw)
+        outputs = out.extra["outputs"]
+        for tensor, want in zip(output_tensors(logits, outputs, service.executor.manifest.class_names), outputs):
+            o = resp.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
+            if want["shm"]:
+                region, offset, size = want["shm"]
+                try:
+                    service.regions.write(region, offset, size, tensor.raw, f"output {tensor.name!r}")
+                except BadRequest as e:
+                    service.count_bad(e.status)
+                    await self._abort(context, e)
+                o.parameters["shared_memory_region"].string_param = region
+                o.parameters["shared_memory_byte_size"].int64_param = len(tensor.raw)
+                resp.raw_output_contents.append(b"")  # keeps raw_output_contents aligned with outputs
+            else:
+                resp.raw_output_contents.append(tensor.raw)
         service.stats.add("compute_output", time.perf_counter() - t0)
         return resp
 

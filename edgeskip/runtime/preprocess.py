@@ -170,18 +170,52 @@ def check_image_input(name: object, datatype: object, shape: object, manifest: M
     return batch
 
 
-def requested_output(name: object, classification: object, binary: object, manifest: Manifest) -> dict:
-    """One requested output (HTTP or gRPC): {"name", "binary", "classification"}, or BadRequest."""
+def requested_output(
+    name: object,
+    classification: object,
+    binary: object,
+    manifest: Manifest,
+    params: dict | None = None,
+    regions: Any = None,
+) -> dict:
+    """One requested output (HTTP or gRPC): {"name", "binary", "classification", "shm"}, or BadRequest. ``shm``:
+    (region, offset, byte_size) where the output's ``params`` name a registered shared-memory region."""
     if name != "logits":
         raise BadRequest(f"unknown output {name!r}; this model's output is 'logits'")
     n = len(manifest.class_names)
     k = classification
     if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= n:
         raise BadRequest(f"classification must be an integer in 0..{n}, got {k!r}")
-    return {"name": "logits", "binary": bool(binary), "classification": k}
+    shm = None
+    if params and "shared_memory_region" in params:
+        span = (
+            params["shared_memory_region"],
+            params.get("shared_memory_offset"),
+            params.get("shared_memory_byte_size"),
+        )
+        regions.check(*span, "output 'logits'")
+        shm = span
+    return {"name": "logits", "binary": bool(binary), "classification": k, "shm": shm}
 
 
-def decode_kserve(body: bytes, header_length: str | None, manifest: Manifest) -> tuple[dict, np.ndarray, list[dict]]:
+def shm_input(params: dict, regions: Any, want: int) -> np.ndarray | None:
+    """The input tensor from the shared-memory region its ``params`` name (float32 values, ``want`` of them),
+    or None when it names none."""
+    if "shared_memory_region" not in params:
+        return None
+    raw = regions.read(
+        params["shared_memory_region"],
+        params.get("shared_memory_offset"),
+        params.get("shared_memory_byte_size"),
+        want * 4,
+        "input 'image'",
+    )
+    return finite(np.frombuffer(raw, dtype="<f4").astype(np.float32), "input 'image'")
+
+
+def decode_kserve(
+    body: bytes, header_length: str | None, manifest: Manifest, regions: Any = None
+) -> tuple[dict, np.ndarray, list[dict]]:
     """A KServe v2 inference request (JSON, optionally followed by binary tensor data of ``header_length``
     bytes of JSON) -> (request JSON, images [N, C, H, W], requested outputs in order: {"name", "binary",
     "classification"}; the same output may be asked for twice, e.g. raw and classified); raises BadRequest."""
@@ -210,7 +244,10 @@ def decode_kserve(body: bytes, header_length: str | None, manifest: Manifest) ->
     params = inp.get("parameters") or {}
     if not isinstance(params, dict):
         raise BadRequest("input parameters must be an object")
-    if "binary_data_size" in params:
+    from_shm = shm_input(params, regions, want)
+    if from_shm is not None:
+        x = from_shm.reshape(batch, c, h, w)
+    elif "binary_data_size" in params:
         size = params["binary_data_size"]
         if size != want * 4 or len(binary) != size:
             raise BadRequest(
@@ -234,7 +271,9 @@ def decode_kserve(body: bytes, header_length: str | None, manifest: Manifest) ->
         if not isinstance(p, dict):
             raise BadRequest("output parameters must be an object")
         outputs.append(
-            requested_output(o.get("name"), p.get("classification", 0), p.get("binary_data", binary_default), manifest)
+            requested_output(
+                o.get("name"), p.get("classification", 0), p.get("binary_data", binary_default), manifest, p, regions
+            )
         )
     return doc, x, outputs
 

@@ -30,6 +30,7 @@ from edgeskip.runtime.dispatch import DROP_REASONS, Dispatcher, Drop, Queued, St
 from edgeskip.runtime.executor import BundleExecutor
 from edgeskip.runtime.preprocess import MAX_PIXELS, BadRequest, check_content_type, check_encoding, pin
 from edgeskip.runtime.responses import json_errors, json_response
+from edgeskip.runtime.shm import Regions
 from edgeskip.runtime.workers import Job, Prepared, Worker
 
 MAX_BODY = 8 * 1024 * 1024
@@ -163,6 +164,7 @@ class InferenceService:
         self.counts = {"processed": 0, "dropped": 0, "bad_request": 0, "refused": 0, "error": 0}
         self.metrics = Metrics()
         self.stats = InferStats()
+        self.regions = Regions()  # Triton's system shared-memory extension
         self._current = self.policy.config
         self.metrics.current.set(self._current)
         self._waiting: dict[object, asyncio.Future] = {}
@@ -179,6 +181,7 @@ class InferenceService:
         import gc
 
         self.pool.shutdown()
+        self.regions.close()
         self.executor = None  # type: ignore[assignment]
         gc.collect()
 

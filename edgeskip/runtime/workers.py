@@ -42,7 +42,9 @@ class Job:
         if self.api == "v1":
             return decode(self.body, self.meta["ctype"], manifest, max_pixels), self.meta.get("config"), None, {}
         if self.api == "kserve":
-            doc, x, outputs = decode_kserve(self.body, self.meta.get("header_length"), manifest)
+            doc, x, outputs = decode_kserve(
+                self.body, self.meta.get("header_length"), manifest, self.meta.get("regions")
+            )
             params = doc.get("parameters") or {}
             if not isinstance(params, dict):
                 raise BadRequest("request parameters must be an object")

@@ -68,3 +68,24 @@ def serve_once(bundle, *args, timeout=120):
         timeout=timeout,
     )
     return res.returncode, res.stderr.strip().splitlines()
+
+
+class SharedRegion:
+    """A POSIX shared-memory object of ``size`` bytes holding ``x`` at offset 0 (tritonclient's helper), with
+    a unique key; ``read(dtype, shape, offset)`` reads it back; destroyed on exit."""
+
+    def __init__(self, tag, x, size):
+        import tritonclient.utils.shared_memory as shm
+
+        self.shm, self.key = shm, f"/es_{tag}_{os.getpid()}"
+        self.handle = shm.create_shared_memory_region(tag, self.key, size)
+        shm.set_shared_memory_region(self.handle, [x])
+
+    def read(self, dtype, shape, offset):
+        return self.shm.get_contents_as_numpy(self.handle, dtype, shape, offset=offset)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.shm.destroy_shared_memory_region(self.handle)

@@ -9,7 +9,7 @@ import urllib.request
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
-from daemon_process import Server
+from daemon_process import Server, SharedRegion
 from daemon_process import digit_images as images
 from tritonclient.utils import InferenceServerException
 
@@ -354,3 +354,46 @@ def test_protocol_conformance_errors_ids_and_outputs(served, bundle, digits_spli
     np.testing.assert_allclose(
         np.array(res["outputs"][0]["data"]).reshape(2, 10), ex.infer(x, skip="100001"), atol=1e-4
     )
+
+
+def test_system_shared_memory_inputs_and_outputs(served, bundle, digits_splits):
+    s, client = served
+    x = images(digits_splits, 2)
+    with SharedRegion("http", x, x.nbytes + 80) as region:
+        key = region.key
+        client.register_system_shared_memory("io", key, x.nbytes + 80)
+        assert client.get_system_shared_memory_status() == [
+            {"name": "io", "key": key, "offset": 0, "byte_size": x.nbytes + 80}
+        ]
+        inp = httpclient.InferInput("image", list(x.shape), "FP32")
+        inp.set_shared_memory("io", x.nbytes)
+        out = httpclient.InferRequestedOutput("logits", binary_data=True)
+        out.set_shared_memory("io", 80, offset=x.nbytes)
+        res = client.infer("digits", [inp], outputs=[out])
+        entry = res.get_output("logits")
+        assert entry["parameters"] == {"shared_memory_region": "io", "shared_memory_byte_size": 80}
+        got = region.read(np.float32, [2, 10], x.nbytes)
+        config = res.get_response()["parameters"]["config"]
+        np.testing.assert_allclose(got, open_executor(bundle, backend="iree").infer(x, config=config), atol=1e-4)
+        # bad regions: one-line 400s, and the daemon keeps serving
+        for name, size, offset, fragment in (
+            ("nope", x.nbytes, 0, "region 'nope' is not registered"),
+            ("io", x.nbytes, 100, "is outside region 'io'"),
+            ("io", 16, 0, f"shared_memory_byte_size must be {x.nbytes}"),
+        ):
+            bad = httpclient.InferInput("image", list(x.shape), "FP32")
+            bad.set_shared_memory(name, size, offset=offset)
+            with pytest.raises(InferenceServerException, match=fragment) as e:
+                client.infer("digits", [bad])
+            assert e.value.status() == "400"
+        with pytest.raises(InferenceServerException, match="already registered"):
+            client.register_system_shared_memory("io", key, 8)
+        with pytest.raises(InferenceServerException, match="cannot open shared-memory key"):
+            client.register_system_shared_memory("other", "/es_no_such_key", 8)
+        with pytest.raises(InferenceServerException, match="exceeds key"):
+            client.register_system_shared_memory("big", key, 1 << 20)
+        client.unregister_system_shared_memory("io")
+        assert client.get_system_shared_memory_status() == []
+        with pytest.raises(InferenceServerException, match="not registered"):
+            client.infer("digits", [inp])
+        assert client.is_server_live()

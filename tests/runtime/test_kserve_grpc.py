@@ -6,7 +6,7 @@ import threading
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from daemon_process import Server
+from daemon_process import Server, SharedRegion
 from daemon_process import digit_images as images
 from tritonclient.utils import InferenceServerException
 
@@ -135,3 +135,32 @@ def test_grpc_drops_are_unavailable_with_the_reason(served, digits_splits):
             break
     assert set(codes) <= {"OK", "StatusCode.UNAVAILABLE"} and "OK" in codes and "StatusCode.UNAVAILABLE" in codes
     assert all(m.startswith("dropped (queue_full)") for m in messages), messages[:3]
+
+
+def test_grpc_system_shared_memory(served, bundle, digits_splits):
+    s, client = served
+    x = images(digits_splits, 3)
+    with SharedRegion("grpc", x, x.nbytes + 120) as region:
+        key = region.key
+        client.register_system_shared_memory("gio", key, x.nbytes + 120)
+        status = client.get_system_shared_memory_status(as_json=True)["regions"]["gio"]
+        assert status["key"] == key and int(status["byte_size"]) == x.nbytes + 120
+        inp = grpcclient.InferInput("image", list(x.shape), "FP32")
+        inp.set_shared_memory("gio", x.nbytes)
+        out = grpcclient.InferRequestedOutput("logits")
+        out.set_shared_memory("gio", 120, offset=x.nbytes)
+        res = client.infer("digits", [inp], outputs=[out])
+        config = res.get_response(as_json=True)["parameters"]["config"]["int64_param"]
+        got = region.read(np.float32, [3, 10], x.nbytes)
+        np.testing.assert_allclose(got, open_executor(bundle, backend="iree").infer(x, config=int(config)), atol=1e-4)
+        bad = grpcclient.InferInput("image", list(x.shape), "FP32")
+        bad.set_shared_memory("gio", x.nbytes, offset=200)
+        with pytest.raises(InferenceServerException, match="is outside region 'gio'") as e:
+            client.infer("digits", [bad])
+        assert e.value.status() == "StatusCode.INVALID_ARGUMENT"
+        client.unregister_system_shared_memory("gio")
+        with pytest.raises(InferenceServerException, match="not registered"):
+            client.infer("digits", [inp])
+        with pytest.raises(InferenceServerException, match="cannot open shared-memory key"):
+            client.register_system_shared_memory("x", "/es_no_such_key", 8)
+        assert client.is_server_live()
