@@ -9,8 +9,10 @@
 
 The same service as the daemon's (:class:`edgeskip.runtime.server.InferenceService`: one executor, the
 Dispatcher with its policy and queue on the wall clock, the same metrics and statistics): requests are
-admitted, queued, dropped and adapted to exactly as ``serve`` does. It runs on a private event-loop thread, so
-``infer`` may be called from any number of threads at once; it blocks until its request is answered.
+admitted, queued, dropped and adapted to exactly as ``serve`` does (``InferenceService.submit_here``). The
+admitted request runs on the caller's thread, with no hand-off to another thread; ``infer`` may be called
+from any number of threads at once and blocks until its request is answered. A private event-loop thread
+only hands queued requests over.
 """
 
 from __future__ import annotations
@@ -70,23 +72,19 @@ class Runtime:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="edgeskip-runtime", daemon=True)
         self._thread.start()
+        service.loop = self._loop  # where queued requests are handed over
         self._closed = False
 
     def infer(
-        self,
-        image: np.ndarray,
-        config: int | None = None,
-        skip: Sequence[object] | str | None = None,
-        timeout: float | None = None,
+        self, image: np.ndarray, config: int | None = None, skip: Sequence[object] | str | None = None
     ) -> Inference:
         """Admit one request (a batch of images) as the daemon would and wait for its answer. ``config`` or
         ``skip`` pin what runs (still counted as load). Bad input raises :class:`EdgeskipError`."""
         if self._closed:
             raise EdgeskipError("this runtime is closed")
         job = ArrayJob(np.asarray(image), config, skip)
-        future = asyncio.run_coroutine_threadsafe(self.service.submit(job), self._loop)
         try:
-            out = future.result(timeout)
+            out = self.service.submit_here(job)  # on this thread, admitted by the daemon's Dispatcher
         except BadRequest as e:
             self.service.count_bad(e.status)
             raise EdgeskipError(str(e)) from None

@@ -31,7 +31,7 @@ from edgeskip.runtime.executor import BundleExecutor
 from edgeskip.runtime.preprocess import MAX_PIXELS, BadRequest, check_content_type, check_encoding, pin
 from edgeskip.runtime.responses import json_errors, json_response
 from edgeskip.runtime.shm import Regions
-from edgeskip.runtime.workers import Job, Prepared, Worker
+from edgeskip.runtime.workers import Job, Prepared, Worker, execute
 
 MAX_BODY = 8 * 1024 * 1024
 MAX_INFLIGHT_BYTES = 32 * 1024 * 1024  # request bodies being received at once (reserved by declared length)
@@ -133,6 +133,26 @@ class InferStats:
         }
 
 
+class _ThreadWaiter:
+    """A queued in-process caller: what ``_hand_over`` resolves (as it resolves an asyncio future) wakes its
+    thread."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._action: Any = None
+
+    def done(self) -> bool:
+        return self._event.is_set()
+
+    def set_result(self, action: Any) -> None:
+        self._action = action
+        self._event.set()
+
+    def wait(self) -> Any:
+        self._event.wait()
+        return self._action
+
+
 @dataclass(frozen=True)
 class Outcome:
     """What became of one submitted request: dropped, or processed with ``config`` (None: a pinned skip
@@ -169,6 +189,8 @@ class InferenceService:
         self.metrics.current.set(self._current)
         self._waiting: dict[object, asyncio.Future] = {}
         self._lock = threading.Lock()  # the dispatcher is driven by the loop and freed by the worker thread
+        self._book = threading.Lock()  # counts and statistics, kept from the loop and from in-process callers
+        self.loop: Any = None  # the event loop that runs submit_here's hand-overs (set by its owner)
         self.pool = Worker(executor)
         self.max_body = MAX_BODY  # set by make_app
         self.max_pixels = MAX_PIXELS
@@ -231,8 +253,10 @@ class InferenceService:
         """Dropped requests by reason (the dispatcher's counts)."""
         return {r: self.dispatcher.counts[r] for r in DROP_REASONS}
 
-    def _dropped(self, d: Drop) -> Outcome:
-        self.counts["dropped"] += 1
+    def _dropped(self, d: Drop, arrived: float) -> Outcome:
+        with self._book:
+            self.stats.add("fail", time.perf_counter() - arrived)
+            self.counts["dropped"] += 1
         self.metrics.dropped.inc()
         self.metrics.drop_reason[d.reason].inc()
         return Outcome(True, d.config, reason=d.reason)
@@ -274,15 +298,9 @@ class InferenceService:
         decode and run it on the worker (:mod:`edgeskip.runtime.workers`; decoding raises BadRequest).
         Unpinned requests run with the policy's config, pinned ones still count as load for it. The
         executor is freed when the job ends, even if the client went away meanwhile."""
-        arrived = time.perf_counter()
-        rid = object()
-        with self._lock:
-            action = self.dispatcher.arrive(self.clock(), rid)
-        self._note_config()
+        arrived, rid, action = self._arrive()
         if isinstance(action, Queued):
-            fut = asyncio.get_running_loop().create_future()
-            self._waiting[rid] = fut
-            self.metrics.queued.set(self.dispatcher.queued)
+            fut = self._queue(rid, asyncio.get_running_loop().create_future())
             try:
                 action = await fut
             except asyncio.CancelledError:
@@ -294,22 +312,65 @@ class InferenceService:
                         self.dispatcher.cancel(rid)
                 raise
         if isinstance(action, Drop):
-            self.stats.add("fail", time.perf_counter() - arrived)
-            return self._dropped(action)
+            return self._dropped(action, arrived)
         started = time.perf_counter()
         try:
             r = await self.pool.run(job, action.config, self.max_pixels, self._release(self.clock(), action.config))
         except BaseException:
-            self.stats.add("fail", time.perf_counter() - arrived)
+            self._failed(arrived)
             raise
-        s = self.stats
-        s.add("queue", started - arrived)
-        s.add("compute_input", r.input_s)
-        s.add("compute_infer", r.latency_s)
-        s.add("success", time.perf_counter() - arrived)
-        s.executed(len(r.logits))
-        self.counts["processed"] += 1
+        return self._processed(r, arrived, started)
+
+    def submit_here(self, job: Prepared) -> Outcome:
+        """:meth:`submit` for a caller on another thread than the event loop's (the in-process API): the same
+        Dispatcher admits it, but the job runs on the caller's thread (the Dispatcher lets one job run at a
+        time) and a queued caller waits on its thread, so no hand-off through the loop is paid. Queued
+        requests of either kind are handed over on the loop (``self.loop``)."""
+        arrived, rid, action = self._arrive()
+        if isinstance(action, Queued):
+            action = self._queue(rid, _ThreadWaiter()).wait()
+        if isinstance(action, Drop):
+            return self._dropped(action, arrived)
+        started = time.perf_counter()
+        after = self._release(self.clock(), action.config)
+        try:
+            r = execute(self.executor, job, action.config, self.max_pixels)
+        except BaseException:
+            self.loop.call_soon_threadsafe(after(None))
+            self._failed(arrived)
+            raise
+        self.loop.call_soon_threadsafe(after(r))  # frees the executor now; queued requests are woken on the loop
+        return self._processed(r, arrived, started)
+
+    def _arrive(self) -> tuple[float, object, Start | Drop | Queued]:
+        """A new request before the Dispatcher: (arrival time, its id, what to do with it)."""
+        arrived, rid = time.perf_counter(), object()
+        with self._lock:
+            action = self.dispatcher.arrive(self.clock(), rid)
+        self._note_config()
+        return arrived, rid, action
+
+    def _queue(self, rid: object, waiter: Any) -> Any:
+        """Park a queued request's ``waiter`` (an asyncio future or a :class:`_ThreadWaiter`) for the hand-over."""
+        self._waiting[rid] = waiter
+        self.metrics.queued.set(self.dispatcher.queued)
+        return waiter
+
+    def _failed(self, arrived: float) -> None:
+        with self._book:
+            self.stats.add("fail", time.perf_counter() - arrived)
+
+    def _processed(self, r: Any, arrived: float, started: float) -> Outcome:
+        """Count a processed request (from the loop or a caller's thread) and make its outcome."""
         m = self.metrics
+        with self._book:
+            s = self.stats
+            s.add("queue", started - arrived)
+            s.add("compute_input", r.input_s)
+            s.add("compute_infer", r.latency_s)
+            s.add("success", time.perf_counter() - arrived)
+            s.executed(len(r.logits))
+            self.counts["processed"] += 1
         m.processed.inc()
         m.config_counter(r.config).inc()
         m.latency.observe(r.latency_s)

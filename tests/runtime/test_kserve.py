@@ -49,6 +49,7 @@ def test_health_and_metadata(served, bundle):
         "model_configuration",
         "statistics",
         "model_repository",
+        "system_shared_memory",
     ]
     assert request(s, "/v2/")[0] == 200
     with pytest.raises(InferenceServerException, match="unknown model 'nope'") as e:
