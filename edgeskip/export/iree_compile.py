@@ -154,13 +154,10 @@ def annotate_pipeline(text: str, functions: Sequence[str], pipeline: str) -> str
                 continue
             found = True
             brace = text.find("attributes {", start)
-            body = text.find("\n", start)
-            if brace < 0 or brace > body:  # no attribute dictionary on the signature line: add one
-                sig_end = text.rfind("{", start, body)
-                text = text[:sig_end] + "attributes {" + attr.rstrip(", ") + "} " + text[sig_end:]
-            else:
-                at = brace + len("attributes {")
-                text = text[:at] + attr + text[at:]
+            if brace < 0 or brace > text.find("\n", start):  # input conversion always writes one (iree.abi.stub)
+                raise EdgeskipError(f"cannot set {pipeline} on function {name}: its signature has no attributes")
+            at = brace + len("attributes {")
+            text = text[:at] + attr + text[at:]
         if not found:
             raise EdgeskipError(f"cannot set {pipeline} on function {fn}: not in the module")
     return text

@@ -93,16 +93,8 @@ class Runtime:
         return Inference(out.logits, out.config, out.latency_s, out.skipped)
 
     def status(self) -> dict:
-        """The policy's state and the counters, as ``/v1/status`` reports them."""
-        s, p = self.service, self.service.policy
-        return {
-            "config": p.config,
-            "allowed_configs": list(p.allowed),
-            "policy": p.state(),
-            "counts": dict(s.counts),
-            "drops": s.drops,
-            "queued": s.dispatcher.queued,
-        }
+        """The policy's state, the queue and the counters: what ``/v1/status`` reports."""
+        return self.service.snapshot()
 
     def close(self) -> None:
         """Finish the request in flight, stop the threads and release the executor."""

@@ -101,6 +101,14 @@ def output_tensors(logits: np.ndarray, outputs: list[dict], classes: Sequence[st
     return got
 
 
+def check_model(model: str, version: str | None, served: str) -> None:
+    """NotFound unless ``model`` (and ``version``, where given: None or "" means any) is the one served."""
+    if model != served:
+        raise NotFound(f"unknown model {model!r}; this server has {served!r}")
+    if version and version != VERSION:
+        raise NotFound(f"unknown version {version!r} of model {served!r}; it has version {VERSION}")
+
+
 def drop_message(reason: str | None, config: int | None) -> str:
     """The one-line error of a dropped request (HTTP 503, gRPC UNAVAILABLE)."""
     why = {
@@ -162,11 +170,7 @@ class KServeV2:
             router.add_get(base + "/stats", self.model_stats)
 
     def _check_model(self, request: web.Request) -> None:
-        model, version = request.match_info["model"], request.match_info.get("version")
-        if model != self.name:
-            raise NotFound(f"unknown model {model!r}; this server has {self.name!r}")
-        if version is not None and version != VERSION:
-            raise NotFound(f"unknown version {version!r} of model {self.name!r}; it has version {VERSION}")
+        check_model(request.match_info["model"], request.match_info.get("version"), self.name)
 
     async def server_metadata(self, request: web.Request) -> web.Response:
         return json_response({"name": "edgeskip", "version": __version__, "extensions": EXTENSIONS})
@@ -304,5 +308,5 @@ class KServeV2:
             resp = web.Response(
                 body=b"".join([text, *blobs]), content_type="application/octet-stream", headers={HEADER: str(len(text))}
             )
-        self.service.stats.add("compute_output", time.perf_counter() - t0)
+        self.service.output_built(time.perf_counter() - t0)
         return resp

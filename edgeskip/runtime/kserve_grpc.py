@@ -33,12 +33,16 @@ from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from edgeskip import __version__
 from edgeskip.manifest import Manifest
-from edgeskip.runtime.kserve import EXTENSIONS, VERSION, drop_message, model_config, output_tensors
+from edgeskip.runtime.kserve import EXTENSIONS, VERSION, check_model, drop_message, model_config, output_tensors
 from edgeskip.runtime.preprocess import BadRequest, check_image_input, finite, pin, requested_output, shm_input
 
 log = logging.getLogger("edgeskip.serve")
-STATUS = {404: grpc.StatusCode.NOT_FOUND, 408: grpc.StatusCode.UNAVAILABLE, 413: grpc.StatusCode.RESOURCE_EXHAUSTED}
-STATUS[503] = grpc.StatusCode.UNAVAILABLE
+STATUS = {
+    404: grpc.StatusCode.NOT_FOUND,
+    408: grpc.StatusCode.UNAVAILABLE,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    503: grpc.StatusCode.UNAVAILABLE,
+}
 
 
 def parameters(params: Any) -> dict[str, object]:
@@ -96,10 +100,10 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
         self.service, self.name = service, model_name
 
     def _known(self, name: str, version: str) -> BadRequest | None:
-        if name != self.name:
-            return BadRequest(f"unknown model {name!r}; this server has {self.name!r}", status=404)
-        if version not in ("", VERSION):
-            return BadRequest(f"unknown version {version!r} of model {self.name!r}; it has version {VERSION}", 404)
+        try:
+            check_model(name, version, self.name)
+        except BadRequest as e:
+            return e
         return None
 
     async def _abort(self, context: Any, e: BadRequest) -> None:
@@ -218,7 +222,7 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
                 resp.raw_output_contents.append(b"")  # keeps raw_output_contents aligned with outputs
             else:
                 resp.raw_output_contents.append(tensor.raw)
-        service.stats.add("compute_output", time.perf_counter() - t0)
+        service.output_built(time.perf_counter() - t0)
         return resp
 
 

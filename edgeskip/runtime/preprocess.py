@@ -199,8 +199,8 @@ def requested_output(
 
 
 def shm_input(params: dict, regions: Any, want: int) -> np.ndarray | None:
-    """The input tensor from the shared-memory region its ``params`` name (float32 values, ``want`` of them),
-    or None when it names none."""
+    """The input tensor from the shared-memory region its ``params`` name (float32 values, ``want`` of them,
+    not yet checked for NaN), or None when it names none."""
     if "shared_memory_region" not in params:
         return None
     raw = regions.read(
@@ -210,7 +210,7 @@ def shm_input(params: dict, regions: Any, want: int) -> np.ndarray | None:
         want * 4,
         "input 'image'",
     )
-    return finite(np.frombuffer(raw, dtype="<f4").astype(np.float32), "input 'image'")
+    return np.frombuffer(raw, dtype="<f4").astype(np.float32)
 
 
 def decode_kserve(
@@ -246,7 +246,7 @@ def decode_kserve(
         raise BadRequest("input parameters must be an object")
     from_shm = shm_input(params, regions, want)
     if from_shm is not None:
-        x = from_shm.reshape(batch, c, h, w)
+        x = finite(from_shm.reshape(batch, c, h, w), "input 'image'")
     elif "binary_data_size" in params:
         size = params["binary_data_size"]
         if size != want * 4 or len(binary) != size:

@@ -356,6 +356,11 @@ class InferenceService:
         self.metrics.queued.set(self.dispatcher.queued)
         return waiter
 
+    def output_built(self, seconds: float) -> None:
+        """Count the time a protocol spent building an answer (Triton's statistics: compute_output)."""
+        with self._book:
+            self.stats.add("compute_output", seconds)
+
     def _failed(self, arrived: float) -> None:
         with self._book:
             self.stats.add("fail", time.perf_counter() - arrived)
@@ -405,14 +410,16 @@ class InferenceService:
     def count_bad(self, status: int = 400) -> None:
         """Count a request refused as malformed (4xx) or for lack of resources (408/503 before admission)."""
         kind = "refused" if status in (408, 503) else "bad_request"
-        self.counts[kind] += 1
+        with self._book:
+            self.counts[kind] += 1
         (self.metrics.refused if kind == "refused" else self.metrics.bad).inc()
 
     def count_status(self, status: int) -> None:
         """Count an answer given below the handlers (a refused connection, malformed HTTP): 5xx but 503 as
         errors, the rest as :meth:`count_bad`."""
         if status >= 500 and status != 503:
-            self.counts["error"] += 1
+            with self._book:
+                self.counts["error"] += 1
             self.metrics.error.inc()
         else:
             self.count_bad(status)
@@ -422,27 +429,31 @@ class InferenceService:
         return json_response({"error": message}, status=status)
 
     async def status(self, request: web.Request) -> web.Response:
+        return json_response(self.snapshot())
+
+    def snapshot(self) -> dict:
+        """The policy's state, the queue and the counters: ``/v1/status`` and the in-process ``Runtime.status``."""
         c, d = self.policy, self.dispatcher
-        return json_response(
-            {
-                "config": c.config,
-                "skipped_blocks": self.executor.configs[c.config].n_skipped,
-                "allowed_configs": list(c.allowed),
-                "mode": "fixed" if c.name == "fixed" else "adaptive",
-                "policy": c.state(),
-                "queue_depth": d.queue_depth,
-                "queued": d.queued,
-                "deadline_s": d.deadline,
-                "service_time_s": self.service_time_s,
-                "delta_req_s": getattr(c, "delta_req", None),
-                "counts": self.counts,
-                "drops": self.drops,
-                "min_acc": self.min_acc,
-                "busy": self.busy,
-                "backend": self.executor.backend,
-                "num_configs": len(self.executor.configs),
-            }
-        )
+        with self._book:
+            counts = dict(self.counts)
+        return {
+            "config": c.config,
+            "skipped_blocks": self.executor.configs[c.config].n_skipped,
+            "allowed_configs": list(c.allowed),
+            "mode": "fixed" if c.name == "fixed" else "adaptive",
+            "policy": c.state(),
+            "queue_depth": d.queue_depth,
+            "queued": d.queued,
+            "deadline_s": d.deadline,
+            "service_time_s": self.service_time_s,
+            "delta_req_s": getattr(c, "delta_req", None),
+            "counts": counts,
+            "drops": self.drops,
+            "min_acc": self.min_acc,
+            "busy": self.busy,
+            "backend": self.executor.backend,
+            "num_configs": len(self.executor.configs),
+        }
 
     async def healthz(self, request: web.Request) -> web.Response:
         return json_response({"ok": True})
