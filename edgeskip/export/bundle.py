@@ -43,10 +43,10 @@ from edgeskip.data.dataset import Splits
 from edgeskip.errors import EdgeskipError
 from edgeskip.export import emulate
 from edgeskip.export.elf_check import check_no_imports
-from edgeskip.export.iree_compile import COMMON_FLAGS, Target, compile_many
+from edgeskip.export.iree_compile import COMMON_FLAGS, Target
 from edgeskip.export.latency import IreeLatency, ort_static_latency
 from edgeskip.export.onnx_export import logit_diff, verify_int8, verify_onnx
-from edgeskip.export.shared_weights import import_shared, merge_modules, module_name
+from edgeskip.export.shared_weights import module_name
 from edgeskip.manifest import ConfigEntry, InputSpec, IreeEntry, Manifest, Normalization, TargetEntry
 from edgeskip.pareto.design import calibration_batches, design_space, fractional_space, write_design
 from edgeskip.skip import INT8
@@ -283,10 +283,12 @@ def build_bundle(
     with staging(out) as (tmp, work):
         t0 = time.time()
         (tmp / "onnx").mkdir()
-        host_dir = tmp / "iree" / "host"
-        host_dir.mkdir(parents=True)
-        log("measuring every candidate config on this host (IREE, shared weights) ...")
-        lat = IreeLatency(model, host_dir, work, repeats=repeats)
+        log(
+            "compiling every candidate config for "
+            + ", ".join(t.name for t in targets)
+            + " (one module per target, shared weights) and measuring it on this host ..."
+        )
+        lat = IreeLatency(model, tmp / "iree", work, repeats=repeats, targets=targets)
         sens, front = design_space(model, splits, ck.dataset_id, latency=lat)
         configs = front["configs"]
         frac = None
@@ -297,20 +299,16 @@ def build_bundle(
             frac = fractional_space(
                 model,
                 splits,
-                OrtLatency(model, work / "ort", repeats=repeats),
+                OrtLatency(model, work / "ort", repeats=repeats, gated=lat.gated),
                 [c["skip"] for c in front["candidates"]],
             )
             configs = _union_configs(front, frac)
             new = [c["skip"] for c in configs if "options" not in c and module_name(c["skip"]) not in lat.built]
             if new:  # float configs of the fractional front; int8 ones run on onnxruntime only (IREE_INT8)
-                log(f"compiling the {len(new)} float configs of the fractional front for this host ...")
-                lat.measure(new)  # builds their static modules; they are timed below, beside the others
-        weights = tmp / "iree" / "weights.irpa"
-        os.replace(lat.weights, weights)  # type: ignore[arg-type]
+                log(f"compiling the {len(new)} float configs of the fractional front into the modules ...")
+                lat.measure(new)  # adds their functions; they are timed below, beside the others
         for c in configs:
             c["module"] = module_name(c.get("options", c["skip"]))
-        for vmfb, _, _ in lat.built.values():  # per-config modules were for measuring; the bundle merges them
-            vmfb.unlink()
 
         log("exporting ONNX graphs and verifying them against PyTorch ...")
         gated_onnx = tmp / "onnx" / "gated.onnx"
@@ -323,7 +321,7 @@ def build_bundle(
                 shutil.copyfile(work / "ort" / f"{c['module']}.onnx", dest)
                 quantized[tuple(c["options"])] = dest
             else:
-                shutil.copyfile(lat.built[c["module"]][1], dest)
+                shutil.copyfile(lat.built[c["module"]][0], dest)
                 static[tuple(bool(v) for v in c["skip"])] = dest
         floats = [c for c in configs if "options" not in c]  # the IREE module's configs
         xb, _ = next(iterate(splits.test, splits.norm, 8))
@@ -333,17 +331,6 @@ def build_bundle(
         onnx_check = verify_onnx(model, xb, gated_onnx, extra, static)
         if quantized:
             onnx_check["int8_relative"] = verify_int8(model, xb, quantized)
-
-        log("compiling IREE modules: " + ", ".join(t.name for t in targets) + " ...")
-        parts = {"gated": import_shared(gated_onnx, weights, work, "gated")}
-        parts.update({c["module"]: lat.built[c["module"]][2] for c in floats})  # imported while measuring
-        merged = merge_modules(parts, work / "model.mlir")
-        for t in targets:
-            (tmp / "iree" / t.name).mkdir(parents=True, exist_ok=True)
-        compile_many(
-            [(merged, t, tmp / "iree" / t.name / "model.vmfb") for t in targets],
-            channels_last=[c["module"] for c in floats],  # the static functions; the gated one keeps NCHW
-        )
 
         log("verifying compiled modules ...")
         images = xb.numpy().astype(np.float32)
@@ -383,7 +370,7 @@ def build_bundle(
         ck.save(tmp / "model.pt", slim=True)
         sample = write_sample(tmp, splits)
         cfg = model.cfg
-        functions = ("gated", *[c["module"] for c in floats])
+        functions = tuple(lat.functions)  # every measured candidate: the front's configs and the others
         int8_doc = None
         if calibration is not None:
             int8_doc = {

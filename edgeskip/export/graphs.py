@@ -14,6 +14,10 @@ from torch import nn
 
 from edgeskip.models import BlockNet
 from edgeskip.models.blocknet import ExportView
+from edgeskip.skip import INT8, SKIP
+
+# where OptionsGraph holds the int8 variants; the exported graph names their weights ``blocks.<i>.w1`` instead
+VARIANTS = "variants"
 
 
 def bypass_branch(model: BlockNet, b: int) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -38,6 +42,34 @@ class GatedGraph(ExportView):
         return self.walk(
             image, lambda b, block, h: torch.cond(skip[self.gate_of[b]], lambda t: block(t), self.bypass[b], (h,))
         )
+
+
+class OptionsGraph(ExportView):
+    """``forward(image, options)``: per gate, ``options`` (int64 [B_s], an option array: 0 skip, 1 full precision, 8
+    int8) chooses the bypass, the block or its int8 variant: two nested ``torch.cond``s, two ONNX ``If``s. Never
+    deployed: exported once, then cut into each option array's static graph in milliseconds
+    (:func:`~edgeskip.export.onnx_export.specialise`) instead of tracing each one. Every gated block needs its
+    int8 variant (``attach_int8``)."""
+
+    def __init__(self, model: BlockNet) -> None:
+        super().__init__(model)
+        self.gate_of = {b: k for k, b in enumerate(model.cfg.gated_blocks)}
+        self.bypass = {b: bypass_branch(model, b) for b in self.gate_of}
+        self.add_module(VARIANTS, nn.ModuleDict({str(b): model.variant(b, INT8) for b in self.gate_of}))
+
+    def forward(self, image: torch.Tensor, options: torch.Tensor) -> torch.Tensor:
+        variants = getattr(self, VARIANTS)
+
+        def step(b: int, block: nn.Module, h: torch.Tensor) -> torch.Tensor:
+            o = options[self.gate_of[b]]
+            variant = variants[str(b)]
+
+            def run(t: torch.Tensor) -> torch.Tensor:
+                return torch.cond(o == INT8, lambda u: variant(u), lambda u: block(u), (t,))
+
+            return torch.cond(o == SKIP, self.bypass[b], run, (h,))
+
+        return self.walk(image, step)
 
 
 class StaticGraph(ExportView):

@@ -10,18 +10,24 @@ import numpy as np
 
 from edgeskip.backends.iree import SharedIreeExecutor
 from edgeskip.backends.ort import ort_session
-from edgeskip.export.iree_compile import TARGETS
-from edgeskip.export.onnx_export import export_gated, export_static
-from edgeskip.export.shared_weights import build_shared_modules, module_name
+from edgeskip.errors import EdgeskipError
+from edgeskip.export.iree_compile import TARGETS, Target, compile_many
+from edgeskip.export.onnx_export import export_gated, export_options, export_static
+from edgeskip.export.shared_weights import import_configs, import_shared, merge_modules, module_name, write_weights
 from edgeskip.models import BlockNet
 from edgeskip.pareto.latency import interleaved_median
-from edgeskip.skip import normalize_options
+from edgeskip.skip import INT8, normalize_options
 
 
 class IreeLatency:
-    """Latency source for :func:`edgeskip.pareto.design.design_space`: compiles each config's static
-    module for the host (all sharing one weight archive) and times them round-robin. The built
-    modules are kept in ``out_dir`` for the bundle."""
+    """Latency source for :func:`edgeskip.pareto.design.design_space`: the bundle's own modules, timed.
+
+    Every measured config's static function and the gated function are merged into one module
+    (:func:`~edgeskip.export.shared_weights.merge_modules`, one weight archive), compiled for each of ``targets``
+    side by side (``<out_dir>/<target>/model.vmfb``, over ``<out_dir>/weights.irpa``), and the host's functions
+    are timed round-robin in one context, as the runtime runs them. Compiling one module of every candidate costs
+    less than one module per candidate and then the front's module again, and the bundle then carries every
+    candidate: a board can measure its own front from it. A later call adds configs and compiles again."""
 
     name = "iree-host-local-sync-b1"
 
@@ -32,24 +38,51 @@ class IreeLatency:
         work_dir: str | os.PathLike,
         repeats: int = 30,
         warmup: int = 3,
+        targets: Sequence[Target] = (TARGETS["host"],),
     ) -> None:
         self.model, self.out, self.work = model, Path(out_dir), Path(work_dir)
         self.repeats, self.warmup = repeats, warmup
+        if not any(t.name == "host" for t in targets):
+            raise EdgeskipError("IreeLatency measures on this host: the targets must include 'host'")
+        self.targets = list(targets)
         cfg = model.cfg
         self.image = np.random.default_rng(0).standard_normal((1, cfg.in_channels, *cfg.input_size), np.float32)
-        self.built: dict[str, tuple[Path, Path, Path]] = {}  # module name -> (vmfb, onnx, mlir)
-        self.weights: Path | None = None
+        self.built: dict[str, tuple[Path, Path]] = {}  # module name -> (static onnx, imported mlir), in order
+        self.weights = self.out / "weights.irpa"
         self.gated: Path | None = None  # the gated graph, exported once: every static graph is cut from it
+        self.gated_mlir: Path | None = None
+
+    @property
+    def functions(self) -> list[str]:
+        """The merged module's functions: ``gated``, then every measured config's."""
+        return ["gated", *self.built]
+
+    def module(self, target: str = "host") -> Path:
+        return self.out / target / "model.vmfb"
 
     def measure(self, skip_arrays: Sequence[object]) -> list[float]:
         skips = [normalize_options(s, self.model.cfg.num_gates) for s in skip_arrays]
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.out.mkdir(parents=True, exist_ok=True)
         if self.gated is None:
-            self.work.mkdir(parents=True, exist_ok=True)
             self.gated = export_gated(self.model, self.work / "gated.onnx")
-        built = build_shared_modules(self.model, skips, TARGETS["host"], self.out, self.work, self.gated, self.weights)
-        self.weights = built.weights
-        self.built.update({module_name(s): paths for s, *paths in zip(skips, built.modules, built.onnx, built.mlir)})
-        ex = SharedIreeExecutor(built.weights, built.modules)
+            write_weights(self.model, self.weights, self.work, self.gated)
+            self.gated_mlir = import_shared(self.gated, self.weights, self.work, "gated")
+        new = list({module_name(s): s for s in skips if module_name(s) not in self.built}.values())
+        if new:
+            graphs, mlirs = import_configs(self.model, new, self.weights, self.work, self.gated)
+            self.built.update({module_name(s): (g, m) for s, g, m in zip(new, graphs, mlirs)})
+            assert self.gated_mlir is not None
+            merged = merge_modules(
+                {"gated": self.gated_mlir, **{k: m for k, (_, m) in self.built.items()}}, self.work / "model.mlir"
+            )
+            for t in self.targets:
+                self.module(t.name).parent.mkdir(parents=True, exist_ok=True)
+            compile_many(
+                [(merged, t, self.module(t.name)) for t in self.targets],
+                channels_last=list(self.built),  # the static functions; the gated one keeps NCHW
+            )
+        ex = SharedIreeExecutor(self.weights, [self.module()], functions=[module_name(s) for s in skips])
         return interleaved_median(
             [lambda k=k: ex.run(k, self.image) for k in range(len(ex))], self.repeats, self.warmup
         )
@@ -62,9 +95,11 @@ def ort_static_latency(
     repeats: int = 30,
     warmup: int = 3,
     threads: int = 1,
+    graph: str | os.PathLike | None = None,
 ) -> list[float]:
     """onnxruntime batch-1 latency of each config's static graph (interleaved medians); skip or option arrays
-    (an int8 block runs onnxruntime's int8 kernels).
+    (an int8 block runs onnxruntime's int8 kernels). A graph missing from ``work_dir`` is exported: cut from
+    ``graph`` (a gated or option-array graph, :func:`export_static`) where given, else traced.
 
     One thread by default, like IREE's single-threaded local-sync driver: a like-for-like comparison.
     """
@@ -74,22 +109,36 @@ def ort_static_latency(
     for s in skip_arrays:
         path = Path(work_dir) / f"{module_name(normalize_options(s, cfg.num_gates))}.onnx"
         if not path.exists():
-            export_static(model, s, path)
+            export_static(model, s, path, graph)
         sessions.append(ort_session(path, threads))
     return interleaved_median([lambda s=s: s.run(None, {"image": image}) for s in sessions], repeats, warmup)
 
 
 class OrtLatency:
     """Latency source over skip or option arrays: each config's static graph on onnxruntime (int8 blocks run
-    its int8 kernels), one thread, batch 1, interleaved; graphs are exported once into ``work_dir``."""
+    its int8 kernels), one thread, batch 1, interleaved. Graphs are written into ``work_dir``, each cut from one
+    option-array graph (:func:`~edgeskip.export.onnx_export.export_options`, exported at the first int8 array:
+    one trace instead of one per config) or from ``gated``."""
 
     name = "onnxruntime-host-1thread-b1"
 
     def __init__(
-        self, model: BlockNet, work_dir: str | os.PathLike, repeats: int = 30, warmup: int = 3, threads: int = 1
+        self,
+        model: BlockNet,
+        work_dir: str | os.PathLike,
+        repeats: int = 30,
+        warmup: int = 3,
+        threads: int = 1,
+        gated: str | os.PathLike | None = None,
     ) -> None:
         self.model, self.work = model, Path(work_dir)
         self.repeats, self.warmup, self.threads = repeats, warmup, threads
+        self.graph = gated
+        self.options_graph: Path | None = None
 
     def measure(self, skip_arrays: Sequence[object]) -> list[float]:
-        return ort_static_latency(self.model, skip_arrays, self.work, self.repeats, self.warmup, self.threads)
+        arrays = [normalize_options(s, self.model.cfg.num_gates) for s in skip_arrays]
+        if self.options_graph is None and any(INT8 in a for a in arrays):
+            self.work.mkdir(parents=True, exist_ok=True)
+            self.options_graph = self.graph = export_options(self.model, self.work / "options.onnx")
+        return ort_static_latency(self.model, arrays, self.work, self.repeats, self.warmup, self.threads, self.graph)

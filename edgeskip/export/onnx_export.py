@@ -11,17 +11,18 @@ import io
 import logging
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from edgeskip.backends.ort import ort_session
 from edgeskip.errors import EdgeskipError
-from edgeskip.export.graphs import GatedGraph, StaticGraph
+from edgeskip.export.graphs import VARIANTS, GatedGraph, OptionsGraph, StaticGraph
 from edgeskip.models import BlockNet, normalize_skip
-from edgeskip.skip import normalize_options
+from edgeskip.skip import FULL, SKIP, normalize_options
 from edgeskip.utils.atomic import atomic_path
 
 OPSET = 20
@@ -39,10 +40,12 @@ def export_graph(
     dest: str | os.PathLike,
     outputs: list[str] | None = None,
     dynamic_batch: bool = True,
+    edit: Callable[[Any], None] | None = None,
 ) -> Path:
     """Export ``module`` quietly to a single self-contained .onnx file, atomically.
 
     ``names`` are the input names; ``image`` gets a dynamic batch dimension unless ``dynamic_batch`` is off.
+    ``edit(model_proto)`` may change the graph before it is checked and written.
     """
     import onnx
 
@@ -67,6 +70,8 @@ def export_graph(
             )
         model = program.model_proto
         crop_dead_taps(model)
+        if edit is not None:
+            edit(model)
         onnx.checker.check_model(model)
         onnx.save_model(model, str(tmp), save_as_external_data=False)
     return dest
@@ -211,33 +216,66 @@ def export_gated(model: BlockNet, dest: str | os.PathLike) -> Path:
     return export_graph(GatedGraph(model), (image, skip), ["image", "skip"], dest)
 
 
+def export_options(model: BlockNet, dest: str | os.PathLike) -> Path:
+    """The option-array graph (:class:`~edgeskip.export.graphs.OptionsGraph`): input ``options`` int64 [B_s]; the
+    int8 variants' weights named as a traced static graph names them (``blocks.<i>.w1``). Only ever specialised."""
+    model.eval()
+    cfg = model.cfg
+    image = torch.zeros(2, cfg.in_channels, *cfg.input_size)
+    options = torch.full((cfg.num_gates,), FULL, dtype=torch.int64)
+    return export_graph(OptionsGraph(model), (image, options), ["image", "options"], dest, edit=_variants_as_blocks)
+
+
+def _variants_as_blocks(model) -> None:
+    """Rename ``variants.<i>.*`` initializers (and their readers, in every branch) to ``blocks.<i>.*``."""
+    prefix = VARIANTS + "."
+    renamed = {t.name: "blocks." + t.name[len(prefix) :] for t in model.graph.initializer if t.name.startswith(prefix)}
+    for t in model.graph.initializer:
+        t.name = renamed.get(t.name, t.name)
+    for g in _graphs(model.graph):
+        for n in g.node:
+            for i, name in enumerate(n.input):
+                if name in renamed:
+                    n.input[i] = renamed[name]
+
+
 def export_static(
     model: BlockNet, skip: Sequence[object], dest: str | os.PathLike, gated: str | os.PathLike | None = None
 ) -> Path:
     """Static graph of one config: bypassed blocks removed, no control flow.
 
-    ``gated``: the model's gated graph (:func:`export_gated`). A skip array is then cut from it
-    (:func:`specialise`, milliseconds) instead of traced again (seconds: most of a compile's export time). Option
-    arrays with int8 blocks are always traced (the gated graph has no int8 variants)."""
+    ``gated``: the model's gated graph (:func:`export_gated`) or its option-array graph (:func:`export_options`).
+    The config's graph is then cut from it (:func:`specialise`, milliseconds) instead of traced again (seconds: most
+    of a compile's export time). An option array with int8 blocks is cut from the option-array graph only; from a
+    gated graph (no int8 variants) it is traced."""
     model.eval()
     cfg = model.cfg
     s = normalize_options(skip, cfg.num_gates)
-    if gated is not None and all(v in (0, 1) for v in s):
-        return specialise(gated, [bool(v) for v in s], dest)
+    if gated is not None and (all(v in (SKIP, FULL) for v in s) or _switch_input(gated) == "options"):
+        return specialise(gated, s, dest)
     image = torch.zeros(2, cfg.in_channels, *cfg.input_size)
     return export_graph(StaticGraph(model, skip), (image,), ["image"], dest)
 
 
-def specialise(gated: str | os.PathLike, skip: Sequence[bool], dest: str | os.PathLike) -> Path:
-    """The static graph of ``skip`` cut from a gated graph, atomically: ``skip`` becomes a constant, every ``If``
-    folds to the branch it selects (onnxscript's optimizer, the pass the exporter itself runs), and weights no
-    node reads any more are dropped. The same nodes and weight names as a traced static graph, in milliseconds."""
+def _switch_input(graph: str | os.PathLike) -> str | None:
+    """``skip`` (a gated graph), ``options`` (an option-array graph) or None."""
+    import onnx
+
+    names = {i.name for i in onnx.load(str(graph), load_external_data=False).graph.input}
+    return next((n for n in ("skip", "options") if n in names), None)
+
+
+def specialise(gated: str | os.PathLike, skip: Sequence[object], dest: str | os.PathLike) -> Path:
+    """The static graph of ``skip`` cut from a gated graph (or of an option array from an option-array graph),
+    atomically: the array becomes a constant, every ``If`` folds to the branch it selects (onnxscript's optimizer,
+    the pass the exporter itself runs), and weights no node reads any more are dropped. The same nodes and weight
+    names as a traced static graph, in milliseconds."""
     import onnx
     import onnxscript
     from onnx import numpy_helper
 
     model = onnx.load(str(gated))
-    inputs = [i for i in model.graph.input if i.name == "skip"]
+    inputs = [i for i in model.graph.input if i.name in ("skip", "options")]
     if not inputs:
         raise EdgeskipError(f"{gated} is not a gated graph: it has no 'skip' input")
     dims = [d.dim_value for d in inputs[0].type.tensor_type.shape.dim]
@@ -246,8 +284,14 @@ def specialise(gated: str | os.PathLike, skip: Sequence[bool], dest: str | os.Pa
             f"{gated} gates {dims[0] if dims else '?'} blocks, the skip array has {len(skip)}: "
             "not this model's gated graph"
         )
+    if inputs[0].name == "skip":
+        if any(int(v) not in (SKIP, FULL) for v in skip):
+            raise EdgeskipError(f"{gated} has no int8 variants: cannot cut option array {list(skip)} from it")
+        value = np.array([bool(v) for v in skip], dtype=bool)
+    else:
+        value = np.array([int(v) for v in skip], dtype=np.int64)
     model.graph.input.remove(inputs[0])
-    model.graph.initializer.append(numpy_helper.from_array(np.array(skip, dtype=bool), "skip"))
+    model.graph.initializer.append(numpy_helper.from_array(value, inputs[0].name))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = onnxscript.optimizer.optimize(model)

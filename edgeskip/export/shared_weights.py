@@ -187,6 +187,25 @@ class SharedModules:
     mlir: tuple[Path, ...]
 
 
+def import_configs(
+    model: BlockNet,
+    skip_arrays: Sequence[Sequence[object]],
+    weights: Path,
+    work_dir: str | os.PathLike,
+    gated: Path | None = None,
+) -> tuple[list[Path], list[Path]]:
+    """(static ONNX graphs, imported MLIR modules) of each skip array, over the shared archive ``weights``. With the
+    model's ``gated`` graph, every static graph is cut from it (:func:`export_static`) rather than traced."""
+    work = Path(work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    graphs, mlirs = [], []
+    for skip in skip_arrays:  # in turn: an import may add to the shared archive
+        name = module_name(skip)
+        graphs.append(export_static(model, skip, work / f"{name}.onnx", gated))
+        mlirs.append(import_shared(graphs[-1], weights, work, name))
+    return graphs, mlirs
+
+
 def build_shared_modules(
     model: BlockNet,
     skip_arrays: Sequence[Sequence[object]],
@@ -196,21 +215,15 @@ def build_shared_modules(
     gated: Path | None = None,
     weights: Path | None = None,
 ) -> SharedModules:
-    """Export, import and compile one static module per skip array, all using ``weights.irpa``. With the model's
-    ``gated`` graph, every static graph is cut from it (:func:`export_static`) rather than traced. ``weights``: the
-    archive of an earlier call, to add these configs to (rewriting it would drop the constants the earlier
-    configs' modules added); None writes a new one from the full network."""
+    """One static module per skip array (:func:`import_configs`), compiled side by side, all using
+    ``weights.irpa``. ``weights``: the archive of an earlier call, to add these configs to (rewriting it would drop
+    the constants the earlier configs' modules added); None writes a new one from the full network."""
     out, work = Path(out_dir), Path(work_dir)
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     if weights is None:
         weights = write_weights(model, out / "weights.irpa", work, gated)
-    graphs, mlirs = [], []
-    for skip in skip_arrays:  # export and import in turn (import may add to the shared archive) ...
-        name = module_name(skip)
-        graphs.append(export_static(model, skip, work / f"{name}.onnx", gated))
-        mlirs.append(import_shared(graphs[-1], weights, work, name))
-    # ... then compile them side by side
+    graphs, mlirs = import_configs(model, skip_arrays, weights, work, gated)
     modules = compile_many(
         [(m, target, out / f"{module_name(s)}.{target.name}.vmfb") for m, s in zip(mlirs, skip_arrays)],
         channels_last=("main_graph",),  # static graphs, compiled as the bundle's merged module compiles them

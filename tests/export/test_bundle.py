@@ -4,6 +4,7 @@ import json
 import subprocess
 
 from edgeskip.export import emulate
+from edgeskip.export.shared_weights import module_name
 from edgeskip.manifest import load_manifest
 from edgeskip.utils.hashing import file_digest as sha256
 from tests.conftest import cli as run
@@ -28,13 +29,16 @@ def test_bundle_contents_and_manifest(bundle):
     files = {str(p.relative_to(bundle)) for p in bundle.rglob("*") if p.is_file()} - {"manifest.json"}
     assert files == set(m.artifacts)
     assert all(sha256(bundle / f) == h for f, h in m.artifacts.items())
-    # one module per target holding the gated function and one function per Pareto config; one weight archive
-    assert m.iree.functions == ("gated", *[c.module for c in m.configs])
-    assert set(m.onnx) == set(m.iree.functions) and set(m.onnx.values()) <= files
+    # one module per target holding the gated function and one function per measured candidate (the Pareto
+    # configs among them: a board can measure its own front); one ONNX graph per Pareto config; one weight archive
+    pareto = json.loads((bundle / "pareto.json").read_text())
+    candidates = [module_name(c["skip"]) for c in pareto["candidates"]]
+    assert m.iree.functions == ("gated", *candidates) and len(candidates) == 7
+    assert {c.module for c in m.configs} < set(candidates)
+    assert set(m.onnx) == {"gated", *[c.module for c in m.configs]} and set(m.onnx.values()) <= files
     assert sorted(f for f in files if f.endswith(".vmfb")) == sorted(f"iree/{t}/model.vmfb" for t in m.targets)
     assert [f for f in files if f.endswith(".irpa")] == ["iree/weights.irpa"]
     # the front is built on measured IREE latency on this host
-    pareto = json.loads((bundle / "pareto.json").read_text())
     assert pareto["cost"] == "latency_s" and pareto["latency_source"].startswith("iree-host")
     assert m.configs[0].n_skipped == 0 and m.configs[0].skip == (1,) * 6
     v = m.extra["verification"]

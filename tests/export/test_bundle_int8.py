@@ -63,3 +63,32 @@ def test_inspect_shows_options_and_fronts(int8_bundle):
     assert "manifest version 3" in res.stdout and "onnxruntime front (stepping order)" in res.stdout
     assert "ORT ms" in res.stdout and "int8 variants:" in res.stdout
     assert any("8" in line.split()[2] for line in res.stdout.splitlines() if line[:3].strip().isdigit())
+
+
+def test_int8_graphs_cut_from_the_option_graph_are_the_traced_ones(int8_bundle, tmp_path):
+    """`compile --int8` traces one option-array graph and cuts every config's graph from it (milliseconds each, not
+    a trace each): the bundle's int8 graph is the traced static graph: same operators, same weight names, same
+    outputs."""
+    from collections import Counter
+
+    import numpy as np
+
+    from edgeskip.backends.ort import ort_session
+    from edgeskip.export.onnx_export import export_static
+    from edgeskip.models.quant import BlockQuant
+    from edgeskip.train import load_checkpoint
+
+    m = load_manifest(int8_bundle)
+    model = load_checkpoint(int8_bundle / "model.pt").model().eval()
+    model.attach_int8({int(b): BlockQuant.from_dict(q) for b, q in m.int8["blocks"].items()})
+    c = max(m.configs, key=lambda c: c.n_int8)  # the config with the most int8 blocks
+    cut = int8_bundle / m.onnx[c.module]
+    traced = export_static(model, c.options, tmp_path / "traced.onnx")
+    a, b = onnx.load(str(traced)).graph, onnx.load(str(cut)).graph
+    assert Counter(n.op_type for n in a.node) == Counter(n.op_type for n in b.node)
+    named = lambda g: {t.name for t in g.initializer if "." in t.name}  # noqa: E731 (exporter constants aside)
+    assert named(a) == named(b) and any(n.endswith(".w1") for n in named(b))
+    x = np.random.default_rng(0).standard_normal((4, *m.input.shape[1:])).astype(np.float32)
+    np.testing.assert_array_equal(
+        ort_session(cut).run(None, {"image": x})[0], ort_session(traced).run(None, {"image": x})[0]
+    )
