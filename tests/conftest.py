@@ -28,6 +28,35 @@ TINY = ResNetConfig(depth=20, widths=(8, 16, 32))
 TINY14 = ResNetConfig(depth=14, widths=(8, 16, 32))
 
 
+# Work stealing (pyproject's addopts) hands each xdist worker a contiguous share of the collection, the first worker
+# the first half. These files need none of the tiny model's artefacts (the int8 model, the DFS model, their own
+# library models): they start the second half, so that worker builds them while the first builds the tiny model's
+# bundles, and neither waits on the other's build at the start. The halves meet inside FILLER (fixture-free unit
+# tests), so no other file is cut in two (its module fixtures would be built on both workers).
+SECOND_HALF_FIRST = (
+    "tests/export/test_bundle_int8.py",
+    "tests/runtime/test_int8_runtime.py",
+    "tests/export/test_dfs_export.py",
+    "tests/export/test_generic_bundle.py",
+)
+FILLER = "tests/test_manifest.py"
+
+
+def pytest_collection_modifyitems(config, items):
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return  # one process: the order does not matter
+    file = lambda i: i.nodeid.split("::")[0]  # noqa: E731
+    ahead = [i for i in items if file(i) in SECOND_HALF_FIRST]
+    filler = [i for i in items if file(i) == FILLER]
+    rest = [i for i in items if file(i) not in SECOND_HALF_FIRST and file(i) != FILLER]
+    half = len(items) // 2
+    cut = half  # the last file boundary of ``rest`` at or before the half
+    while 0 < cut < len(rest) and file(rest[cut - 1]) == file(rest[cut]):
+        cut -= 1
+    fill = min(len(filler), max(0, half - cut))
+    items[:] = rest[:cut] + filler[:fill] + ahead + filler[fill:] + rest[cut:]
+
+
 def edited_bundle(src, dest, edit):
     """A copy of bundle ``src`` at ``dest`` whose manifest ``edit(doc)`` changed in place (hashes untouched)."""
     shutil.copytree(src, dest)
@@ -138,6 +167,14 @@ def tiny_checkpoint(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_model(tiny_checkpoint):
     return load_checkpoint(tiny_checkpoint).model()
+
+
+@pytest.fixture(scope="session")
+def tiny_gated(tmp_path_factory, tiny_model):
+    """The tiny model's gated ONNX graph (``export_gated``), exported once per run: static graphs cut from it."""
+    from edgeskip.export import export_gated
+
+    return shared(tmp_path_factory, "tiny_gated", lambda d: export_gated(tiny_model, d / "gated.onnx")) / "gated.onnx"
 
 
 @pytest.fixture(scope="session")

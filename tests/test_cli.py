@@ -12,6 +12,18 @@ def run(*args, cwd=None):
     return cli(*args, timeout=300, cwd=cwd)
 
 
+def inproc(*args):
+    """``edgeskip ARGS`` through the same click command in this process: for bad-input cases, where a user's process
+    (each test here runs at least one) would only add a Python start and a torch import."""
+    from click.testing import CliRunner
+
+    from edgeskip.cli import cli as command
+
+    argv = [str(a) for a in args]
+    res = CliRunner().invoke(command, argv, prog_name="edgeskip")
+    return subprocess.CompletedProcess(argv, res.exit_code, res.stdout, res.stderr)
+
+
 def one_line_error(res, *fragments):
     assert res.returncode == 2, res.stderr
     lines = [l for l in res.stderr.strip().splitlines() if l.strip()]
@@ -75,9 +87,9 @@ def test_bad_checkpoint_and_skip_arrays(tmp_path, tiny_checkpoint):
     out = tmp_path / "out"
     one_line_error(run("pareto", "--checkpoint", junk, "--out", out), "not a readable edgeskip checkpoint")
     assert not out.exists()
-    one_line_error(run("pareto", "--checkpoint", tmp_path / "nope.pt", "--out", out), "does not exist")
-    one_line_error(run("evaluate", "--checkpoint", tiny_checkpoint, "--skip", "1101"), "length 4", "B_s = 6")
-    one_line_error(run("evaluate", "--checkpoint", tiny_checkpoint, "--skip", "110121"), "0 or 1")
+    one_line_error(inproc("pareto", "--checkpoint", tmp_path / "nope.pt", "--out", out), "does not exist")
+    one_line_error(inproc("evaluate", "--checkpoint", tiny_checkpoint, "--skip", "1101"), "length 4", "B_s = 6")
+    one_line_error(inproc("evaluate", "--checkpoint", tiny_checkpoint, "--skip", "110121"), "0 or 1")
 
 
 def test_evaluate_an_option_array_with_int8_blocks(tiny_checkpoint, tmp_path):
@@ -90,12 +102,12 @@ def test_evaluate_an_option_array_with_int8_blocks(tiny_checkpoint, tmp_path):
     acc = [float(r.stdout.split()[2]) for r in (full, mixed)]
     assert abs(acc[0] - acc[1]) <= 0.05
     one_line_error(
-        run("evaluate", "--checkpoint", tiny_checkpoint, "--skip", "818011", "--calibration-images", "0"),
+        inproc("evaluate", "--checkpoint", tiny_checkpoint, "--skip", "818011", "--calibration-images", "0"),
         "--calibration-images",
     )
     out = tmp_path / "b"
     one_line_error(
-        run("compile", "--checkpoint", tiny_checkpoint, "--int8", "--calibration-images", "-5", "--out", out),
+        inproc("compile", "--checkpoint", tiny_checkpoint, "--int8", "--calibration-images", "-5", "--out", out),
         "--calibration-images",
     )
     assert not out.exists()
@@ -105,7 +117,7 @@ def test_resume_cli(tmp_path):
     out = tmp_path / "m.pt"
     first = run("train", "--epochs", "1", "--depth", "14", "--width", "4", "--out", out, "--quiet")
     assert first.returncode == 0, first.stderr
-    one_line_error(run("train", "--epochs", "1", "--out", out, "--quiet"), "--resume")
+    one_line_error(inproc("train", "--epochs", "1", "--out", out, "--quiet"), "--resume")
     before = out.read_bytes()
     again = run("train", "--resume", "--out", out, "--quiet")
     assert again.returncode == 0 and "epoch 1/1" in again.stdout
@@ -152,7 +164,7 @@ def test_recipe_sets_defaults_and_given_options_win(tmp_path):
 def test_int8_refused_for_a_skipnet(skipnet_checkpoint, tmp_path):
     out = tmp_path / "b"
     one_line_error(
-        run("compile", "--checkpoint", skipnet_checkpoint, "--int8", "--target", "host", "--out", out),
+        inproc("compile", "--checkpoint", skipnet_checkpoint, "--int8", "--target", "host", "--out", out),
         "--int8 applies to edgeskip models",
     )
     assert not out.exists()
@@ -171,18 +183,19 @@ def test_dfs_cli_trains_evaluates_and_refuses_bad_settings(tmp_path, tiny_checkp
         and "options skip 0.00 8-bit 0.00 16-bit 0.00 full 1.00" in ev.stdout
     )
     out = tmp_path / "x.pt"
-    one_line_error(run("train", "--gates", "dfs", "--dfs-bits", "3", "--epochs", "1", "--out", out), "4, 8, 16")
-    one_line_error(run("train", "--gates", "dfs", "--dfs-bits", "8,x", "--epochs", "1", "--out", out), "--dfs-bits")
+    one_line_error(inproc("train", "--gates", "dfs", "--dfs-bits", "3", "--epochs", "1", "--out", out), "4, 8, 16")
+    one_line_error(inproc("train", "--gates", "dfs", "--dfs-bits", "8,x", "--epochs", "1", "--out", out), "--dfs-bits")
     one_line_error(
-        run("train", "--gates", "dfs", "--gate-mode", "dfs", "--cp-target", "0", "--epochs", "1", "--out", out),
+        inproc("train", "--gates", "dfs", "--gate-mode", "dfs", "--cp-target", "0", "--epochs", "1", "--out", out),
         "cp target must be in (0, 1]",
     )
     one_line_error(
-        run("train", "--gates", "rnn", "--gate-mode", "dfs", "--epochs", "1", "--out", out), "does not train rnn gates"
+        inproc("train", "--gates", "rnn", "--gate-mode", "dfs", "--epochs", "1", "--out", out),
+        "does not train rnn gates",
     )
-    one_line_error(run("train", "--gates", "lstm", "--epochs", "1", "--out", out), "--gates")
+    one_line_error(inproc("train", "--gates", "lstm", "--epochs", "1", "--out", out), "--gates")
     one_line_error(
-        run("compile", "--checkpoint", s1, "--int8", "--target", "host", "--out", tmp_path / "b"),
+        inproc("compile", "--checkpoint", s1, "--int8", "--target", "host", "--out", tmp_path / "b"),
         "--int8 applies to edgeskip models",
     )
     assert not out.exists() and not (tmp_path / "b").exists()

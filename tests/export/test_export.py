@@ -11,7 +11,7 @@ from edgeskip.backends.iree import IreeModule
 from edgeskip.backends.ort import ort_session
 from edgeskip.data.batches import iterate
 from edgeskip.errors import EdgeskipError
-from edgeskip.export import emulate, export_gated, export_static, verify_onnx
+from edgeskip.export import emulate, export_static, verify_onnx
 from edgeskip.export.elf_check import check_no_imports, embedded_elfs
 from edgeskip.export.iree_compile import (
     CHANNELS_LAST,
@@ -29,19 +29,18 @@ SKIPS = [(1, 1, 1, 1, 1, 1), (0, 0, 0, 0, 0, 0), (1, 0, 1, 1, 0, 1), (0, 1, 0, 1
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory, tiny_model):
+def exported(tmp_path_factory, tiny_model, tiny_gated):
     """(a folder for the tests' own outputs, the gated graph, three traced static graphs, the gated MLIR); the
     graphs are exported once per run and shared by the xdist workers (tests/conftest.py: shared)."""
 
     def build(g):
-        export_gated(tiny_model, g / "gated.onnx")
         for s in SKIPS[:3]:
             export_static(tiny_model, s, g / f"{module_name(s)}.onnx")
-        import_onnx(g / "gated.onnx", g / "gated.mlir")
+        import_onnx(tiny_gated, g / "gated.mlir")
 
     g = shared(tmp_path_factory, "export_graphs", build)
     static = {tuple(bool(v) for v in s): g / f"{module_name(s)}.onnx" for s in SKIPS[:3]}
-    return tmp_path_factory.mktemp("export"), g / "gated.onnx", static, g / "gated.mlir"
+    return tmp_path_factory.mktemp("export"), tiny_gated, static, g / "gated.mlir"
 
 
 @pytest.fixture(scope="module")

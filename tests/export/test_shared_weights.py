@@ -10,7 +10,7 @@ import torch
 from edgeskip.backends.iree import SharedIreeExecutor
 from edgeskip.errors import EdgeskipError
 from edgeskip.export.iree_compile import TARGETS
-from edgeskip.export.shared_weights import SharedModules, build_shared_modules, check_shared
+from edgeskip.export.shared_weights import SharedModules, build_shared_modules, check_shared, write_weights
 from edgeskip.models import build_model
 from tests.conftest import shared as shared_artefact
 
@@ -18,11 +18,12 @@ CONFIGS = [(1, 1, 1, 1, 1, 1), (1, 0, 1, 1, 0, 1), (0, 0, 0, 0, 0, 0)]
 
 
 @pytest.fixture(scope="module")
-def shared(tmp_path_factory, tiny_model):
-    """The modules of CONFIGS over one archive, built once per run (tests/conftest.py: shared)."""
+def shared(tmp_path_factory, tiny_model, tiny_gated):
+    """The modules of CONFIGS over one archive (their graphs cut from the gated graph, as `compile` does), built
+    once per run (tests/conftest.py: shared)."""
 
     def build(d):
-        sm = build_shared_modules(tiny_model, CONFIGS, TARGETS["host"], d / "out", d / "work")
+        sm = build_shared_modules(tiny_model, CONFIGS, TARGETS["host"], d / "out", d / "work", tiny_gated)
         doc = {k: [str(p) for p in v] for k, v in vars(sm).items() if k != "weights"}
         (d / "sm.json").write_text(json.dumps({**doc, "weights": str(sm.weights)}))
 
@@ -59,10 +60,10 @@ def test_check_shared_rejects_foreign_weights(shared, tiny_model, tmp_path):
     with torch.no_grad():
         for p in other.parameters():
             p.add_(1.0)
-    foreign = build_shared_modules(other, CONFIGS[:1], TARGETS["host"], tmp_path / "other", tmp_path / "other_work")
+    foreign = write_weights(other, tmp_path / "other.irpa", tmp_path)  # its archive: nothing to compile
     assert check_shared(sm.weights, d / "work" / "static_101101.irpa") > 0
     with pytest.raises(EdgeskipError, match="differs from the shared archive"):
-        check_shared(foreign.weights, d / "work" / "static_101101.irpa")
+        check_shared(foreign, d / "work" / "static_101101.irpa")
 
 
 def test_compile_jobs_setting(monkeypatch):
