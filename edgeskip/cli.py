@@ -146,9 +146,11 @@ class _Group(click.Group):
             ctx.exit(130)
 
 
-def _size(value: str | None) -> tuple[int, int] | None:
+def _size(value: str | None, dataset: str) -> tuple[int, int] | None:
     if not value:
         return None
+    if dataset != "imagefolder":  # digits and cifar10 come at their own size (8x8, 32x32): never resized
+        raise EdgeskipError(f"--image-size resizes --dataset imagefolder images; {dataset} images are not resized")
     try:
         parts = [int(v) for v in value.lower().replace("x", ",").split(",")]
     except ValueError:
@@ -581,7 +583,9 @@ def _train(
         compile=compile_,
         recipe=recipe or "",
     )
-    data = DataSpec(dataset, data_dir, val_fraction, seed=seed, image_size=_size(image_size), download=download)
+    data = DataSpec(
+        dataset, data_dir, val_fraction, seed=seed, image_size=_size(image_size, dataset), download=download
+    )
     if gates is None and init is not None:
         raise EdgeskipError(
             "--init needs --gates (plain training starts from scratch; pretrained weights: --init-weights)"
@@ -638,7 +642,15 @@ def _train(
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the run
         click.echo(
             f"{_said(out, before, ck)}  epoch {ck.epoch}/{ck.train_cfg.epochs}  val_acc {last.get('val_acc', float('nan')):.4f}"
+            f"  {_gated(ck.model_cfg)}"
         )
+
+
+def _gated(cfg) -> str:
+    """What the run gated: ``6 gated blocks``, with their module paths for a traced model."""
+    names = getattr(cfg, "blocks", ())
+    listed = f": {', '.join(names[:8])}{', ...' if len(names) > 8 else ''}" if names else ""
+    return f"{cfg.num_gates} gated block{'s' if cfg.num_gates != 1 else ''}{listed}"
 
 
 def _stamp(path) -> tuple[int, int] | None:
@@ -737,7 +749,9 @@ def pareto(
         from edgeskip.train import train as run_train
 
         checkpoint = str(out_dir / "model.pt")
-        data = DataSpec(dataset, data_dir, val_fraction, seed=seed, image_size=_size(image_size), download=download)
+        data = DataSpec(
+            dataset, data_dir, val_fraction, seed=seed, image_size=_size(image_size, dataset), download=download
+        )
         run_train(
             checkpoint,
             data,
@@ -909,7 +923,9 @@ def compile_cmd(
         from edgeskip.train import train as run_train
 
         checkpoint = str(out_dir.parent / f".{out_dir.name}.model.pt")
-        data = DataSpec(dataset, data_dir, val_fraction, seed=seed, image_size=_size(image_size), download=download)
+        data = DataSpec(
+            dataset, data_dir, val_fraction, seed=seed, image_size=_size(image_size, dataset), download=download
+        )
         cfg = model_config(model_spec, model_args, block_names, depth)
         log(f"training {cfg.name} on {dataset} ...")
         run_train(

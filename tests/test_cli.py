@@ -58,6 +58,7 @@ def test_main_job_on_digits_end_to_end(tmp_path):
         (["--stop-after", "0"], ["--stop-after"]),
         (["--cutout", "-2"], ["cutout", ">= 0"]),
         (["--gates", "rnn", "--stop-after", "1"], ["--stop-after"]),
+        (["--image-size", "32x32"], ["--image-size", "imagefolder", "digits"]),  # it used to be ignored silently
     ],
 )
 def test_train_bad_input(tmp_path, args, fragments):
@@ -117,6 +118,7 @@ def test_resume_cli(tmp_path):
     out = tmp_path / "m.pt"
     first = run("train", "--epochs", "1", "--depth", "14", "--width", "4", "--out", out, "--quiet")
     assert first.returncode == 0, first.stderr
+    assert "3 gated blocks" in first.stdout  # what the run gated
     one_line_error(inproc("train", "--epochs", "1", "--out", out, "--quiet"), "--resume")
     before = out.read_bytes()
     again = run("train", "--resume", "--out", out, "--quiet")

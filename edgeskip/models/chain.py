@@ -20,7 +20,14 @@ from edgeskip.errors import EdgeskipError
 from edgeskip.models import zoo  # noqa: E402 - submodule import, no cycle
 from edgeskip.models.blocknet import BlockNet
 from edgeskip.models.config import NetConfig
-from edgeskip.models.residual import ResidualSplit, find_blocks, is_relu, select_blocks, why_not_residual
+from edgeskip.models.residual import (
+    ResidualSplit,
+    find_blocks,
+    is_relu,
+    select_blocks,
+    trace,
+    why_not_residual,
+)
 from edgeskip.models.stochastic_depth import residual
 
 _MAXPOOLS = (nn.MaxPool2d, nn.AdaptiveMaxPool2d)
@@ -41,15 +48,6 @@ class ResidualUnit(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return residual(x, x, self.branch, self.finish, self.p_survive, self.sd_mode, self.training)
-
-
-class _Tracer(fx.Tracer):
-    def __init__(self, leaves: set[str]) -> None:
-        super().__init__()
-        self.leaves = leaves
-
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return qualname in self.leaves or super().is_leaf_module(m, qualname)
 
 
 def _segment(root: nn.Module, nodes: list[fx.Node], start: fx.Node | None, end: fx.Node) -> nn.Module:
@@ -103,8 +101,8 @@ class ChainNet(BlockNet):
             blocks = select_blocks(source, cfg.blocks) if cfg.blocks else find_blocks(source)
         if not blocks:
             raise EdgeskipError(
-                f"{cfg.model} has no residual block with an identity shortcut: nothing to skip "
-                f"(name blocks with --blocks)"
+                f"{cfg.model} has no residual block with an identity shortcut (a module computing tail(x + F(x)) "
+                f"from its one input): nothing to skip; every module was tried, so --blocks cannot name one either"
             )
         splits: dict[str, ResidualSplit] = {}
         for b in blocks:
@@ -117,13 +115,13 @@ class ChainNet(BlockNet):
                 )
             splits[b] = r
         try:
-            graph = _Tracer(set(blocks)).trace(source)
+            gm = trace(source, blocks)
         except Exception as e:  # noqa: BLE001 - fx fails in many ways on untraceable code
             raise EdgeskipError(
                 f"cannot trace {cfg.model} with torch.fx ({type(e).__name__}: "
                 f"{str(e).splitlines()[0][:100] if str(e) else ''})"
             ) from None
-        gm = fx.GraphModule(source, graph)
+        graph = gm.graph
         nodes = list(graph.nodes)
         inputs = [n for n in nodes if n.op == "placeholder"]
         if len(inputs) != 1:

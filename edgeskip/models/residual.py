@@ -36,8 +36,49 @@ class ResidualSplit:
     tail_is_relu: bool
 
 
-def _trace(module: nn.Module) -> fx.GraphModule:
-    return fx.symbolic_trace(module)
+# Modules whose forward depends on train/eval mode. A trace that runs through such a forward freezes the mode of
+# the moment into the graph: torchvision's StochasticDepth and timm's DropPath traced in training mode dropped
+# branches at random in eval mode, and timm's BatchNormAct2d normalised with batch statistics. As leaves of every
+# trace, they keep reading their own ``training`` flag when the traced network runs.
+MODE_DEPENDENT = (nn.modules.batchnorm._NormBase, nn.modules.dropout._DropoutNd)
+MODE_DEPENDENT_NAMES = frozenset({"StochasticDepth", "DropPath", "DropBlock2d", "DropBlock"})
+# shape checks a library puts in its forward (timm's norm layers): no value of the network depends on them
+ASSERTS = (torch._assert, torch._assert_async)
+
+
+def mode_dependent(m: nn.Module) -> bool:
+    """Whether ``m``'s forward reads its train/eval mode (norm layers, dropout, drop-path, stochastic depth)."""
+    return isinstance(m, MODE_DEPENDENT) or any(c.__name__ in MODE_DEPENDENT_NAMES for c in type(m).__mro__)
+
+
+class Tracer(fx.Tracer):
+    """torch.fx tracer whose leaves are ``leaves`` (qualified names), the mode-dependent modules and torch.nn's."""
+
+    def __init__(self, leaves: Iterable[str] = ()) -> None:
+        super().__init__()
+        self.leaves = set(leaves)
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return qualname in self.leaves or mode_dependent(m) or super().is_leaf_module(m, qualname)
+
+
+def trace(module: nn.Module, leaves: Iterable[str] = ()) -> fx.GraphModule:
+    """``module`` traced by torch.fx (:class:`Tracer`) in eval mode, without shape assertions.
+
+    What still reads ``self.training`` outside a leaf (a functional dropout in a model's own forward) is frozen at
+    its inference behaviour, never at its training one; every module's mode is restored afterwards."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        graph = Tracer(leaves).trace(module)
+    finally:
+        for m, mode in modes:
+            m.training = mode
+    for n in [n for n in graph.nodes if n.op == "call_function" and n.target in ASSERTS]:
+        graph.erase_node(n)
+    gm = fx.GraphModule(module, graph)
+    gm.graph.eliminate_dead_code()  # the size reads that fed the assertions
+    return gm
 
 
 def _ancestors(node: fx.Node) -> set[fx.Node]:
@@ -74,7 +115,7 @@ def is_relu(gm: fx.GraphModule, node: fx.Node) -> bool:
 def why_not_residual(module: nn.Module) -> str | ResidualSplit:
     """The split of ``module`` if it is a residual block with an identity shortcut, else the reason it is not."""
     try:
-        gm = _trace(module)
+        gm = trace(module)
     except Exception as e:  # noqa: BLE001 - fx fails on data-dependent control flow in many ways
         return f"it cannot be traced ({type(e).__name__})"
     nodes = list(gm.graph.nodes)

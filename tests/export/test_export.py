@@ -178,3 +178,30 @@ def test_bad_targets_and_compiler_failures(tmp_path):
     junk.write_bytes(b"junk")
     with pytest.raises(EdgeskipError, match="iree-import-onnx"):
         import_onnx(junk, tmp_path / "junk.mlir")
+
+
+def test_a_traced_models_own_stochastic_depth_exports_as_inference(tmp_path):
+    """Eval means eval in the export too (issue #35): a ConvNeXt built in training mode, with its own stochastic depth
+    at 0.5, exports with no random operator (it used to hold ``RandomUniformLike``) and computes what PyTorch does."""
+    import torch
+
+    from edgeskip.models import NetConfig
+    from edgeskip.models.chain import ChainNet
+    from edgeskip.models.zoo import import_torchvision
+
+    convnext = import_torchvision().models.convnext
+    torch.manual_seed(0)
+    source = convnext.ConvNeXt(
+        [convnext.CNBlockConfig(8, 16, 2), convnext.CNBlockConfig(16, None, 2)],
+        stochastic_depth_prob=0.5,
+        num_classes=10,
+    )
+    net = ChainNet(NetConfig("torchvision:convnext_tiny"), source).eval()
+    assert net.cfg.num_gates == 4
+    path = export_static(net, [1, 0, 1, 1], tmp_path / "g.onnx")
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert not ops & {"RandomUniform", "RandomUniformLike", "RandomNormal", "RandomNormalLike", "Bernoulli", "Dropout"}
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        ref = net(x, [1, 0, 1, 1]).numpy()
+    np.testing.assert_allclose(ort_session(path).run(None, {"image": x.numpy()})[0], ref, atol=1e-5, rtol=1e-5)

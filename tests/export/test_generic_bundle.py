@@ -172,6 +172,7 @@ def test_model_options_bad_input(tmp_path):
     bad("--model", "torchvision:resnet18", "--width", "8", fragment="--width shape(s) the built-in ResNet")
     bad("--model-arg", "width_mult=0.5", fragment="--model-arg and --blocks apply to")
     bad("--model", "torchvision:resnet18", "--blocks", "layer2.0", fragment="not a residual block")
+    bad("--model", "torchvision:shufflenet_v2_x0_5", fragment="--blocks cannot name one either")  # an honest hint
     bad("--model", "torchvision:resnet18", "--model-arg", "oops", fragment="KEY=VALUE")
     bad("--model", "torchvision:resnet18", "--gates", "rnn", fragment="learned gates")
     bad("--model", "torchvision:resnet18", "--init-weights", tmp_path / "none.pt", fragment="does not exist")

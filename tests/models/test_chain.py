@@ -27,17 +27,23 @@ FAMILIES = [
     ("torchvision:mobilenet_v2", {"width_mult": 0.25}, None),
     ("timm:resnet18", {"channels": [8, 16, 32, 64], "stem_width": 8}, 4),
     ("timm:resnet26d", {"channels": [8, 16, 32, 64], "stem_width": 8}, 4),
+    # their own stochastic depth / drop-path and (timm) BatchNormAct2d with shape assertions (issue #35)
+    ("torchvision:efficientnet_b0", {}, 9),
+    ("timm:mobilenetv3_small_050", {}, 7),
 ]
 
 
 def _identity_shortcut_blocks(source):
-    """The oracle: the library's own flags (ResNet blocks without downsample, InvertedResidual.use_res_connect)."""
+    """The oracle: the library's own flags (ResNet blocks without downsample, InvertedResidual/MBConv
+    use_res_connect, timm's has_skip)."""
     out = []
     for n, m in source.named_modules():
         kind = type(m).__name__
         if kind in ("BasicBlock", "Bottleneck") and m.downsample is None:
             out.append(n)
-        elif kind == "InvertedResidual" and m.use_res_connect:
+        elif kind in ("InvertedResidual", "MBConv") and getattr(m, "use_res_connect", False):
+            out.append(n)
+        elif getattr(m, "has_skip", False):  # timm's mobile blocks
             out.append(n)
     return out
 
@@ -65,6 +71,33 @@ def test_each_family_cuts_into_a_chain_that_computes_the_source_model(spec, kw, 
     bd = count_macs(net)
     assert all(bd.blocks[b] > 0 for b in net.cfg.gated_blocks)
     assert macs(net.cfg, [0] * g) == bd.total() - sum(bd.blocks[b] for b in net.cfg.gated_blocks)
+
+
+def test_a_models_own_mode_dependent_layers_follow_the_networks_mode():
+    """Eval means eval (issue #35): a source model built in training mode (as factories build it) is traced with its
+    stochastic depth, drop-path, dropout and norm layers as modules, not with their training flag frozen into the
+    graph (torchvision's ``stochastic_depth(x, p, 'row', True)`` used to run in eval mode, at random)."""
+    from edgeskip.models.residual import mode_dependent
+
+    for spec, kw in (("torchvision:efficientnet_b0", {}), ("timm:mobilenetv3_small_050", {"drop_path_rate": 0.2})):
+        source = _source(spec, kw)
+        assert source.training
+        net = ChainNet(NetConfig(spec, kwargs=kw), source)
+        for gm in (m for m in net.modules() if isinstance(m, torch.fx.GraphModule)):
+            for n in gm.graph.nodes:  # no frozen mode, no shape assertion left in any traced piece
+                frozen = any(a is True for a in n.args[1:]) or n.kwargs.get("training") is True
+                assert not (n.op == "call_function" and frozen), (spec, n.format_node())
+                assert n.target not in (torch._assert, torch._assert_async), (spec, n.format_node())
+        own = [m for m in net.modules() if mode_dependent(m) and not isinstance(m, nn.BatchNorm2d)]
+        assert own, spec  # the model's own drop layers are in the network ...
+        net.train()
+        assert all(m.training for m in own)  # ... and follow its mode
+        net.eval()
+        x = torch.randn(4, 3, 32, 32)
+        with torch.no_grad():
+            a = net(x)
+            assert torch.equal(a, net(x)), spec
+            torch.testing.assert_close(a, source.eval()(x), rtol=1e-5, atol=1e-5)
 
 
 def test_traced_mac_count_equals_the_builtin_resnets_formula():
