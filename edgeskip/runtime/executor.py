@@ -90,7 +90,8 @@ class BundleExecutor:
 
 
 class IreeBundleExecutor(BundleExecutor):
-    """One target's module (functions ``gated`` and one per Pareto config) over ``weights.irpa``."""
+    """One target's module (functions ``gated`` and one per candidate config, the Pareto configs among them) over
+    ``weights.irpa``."""
 
     backend = "iree"
 
