@@ -95,6 +95,18 @@ def cli(*args, timeout=900, env=None, **kw):
     )
 
 
+def inproc(*args):
+    """``edgeskip ARGS`` through the same click command in this process, as a CompletedProcess: for bad-input cases,
+    where a user's process (each test runs at least one) would only add a Python start and a torch import."""
+    from click.testing import CliRunner
+
+    from edgeskip.cli import cli as command
+
+    argv = [str(a) for a in args]
+    res = CliRunner().invoke(command, argv, prog_name="edgeskip")
+    return subprocess.CompletedProcess(argv, res.exit_code, res.stdout, res.stderr)
+
+
 def shared(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Path:
     """Folder ``name`` that ``build(folder)`` fills, built once per run and shared by every xdist worker.
 

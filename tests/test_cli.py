@@ -1,27 +1,14 @@
 """The CLI as a user runs it: real subprocesses, one-line errors, no partial outputs."""
 
 import json
-import subprocess
 
 import pytest
 
-from tests.conftest import cli
+from tests.conftest import cli, inproc
 
 
 def run(*args, cwd=None):
     return cli(*args, timeout=300, cwd=cwd)
-
-
-def inproc(*args):
-    """``edgeskip ARGS`` through the same click command in this process: for bad-input cases, where a user's process
-    (each test here runs at least one) would only add a Python start and a torch import."""
-    from click.testing import CliRunner
-
-    from edgeskip.cli import cli as command
-
-    argv = [str(a) for a in args]
-    res = CliRunner().invoke(command, argv, prog_name="edgeskip")
-    return subprocess.CompletedProcess(argv, res.exit_code, res.stdout, res.stderr)
 
 
 def one_line_error(res, *fragments):
@@ -64,14 +51,9 @@ def test_main_job_on_digits_end_to_end(tmp_path):
 def test_train_bad_input(tmp_path, args, fragments):
     """Through the same click command in this process (a user's process, as the other tests here run it, would cost
     a Python start and a torch import per case)."""
-    from click.testing import CliRunner
-
-    from edgeskip.cli import cli
-
     out = tmp_path / "m.pt"
     argv = ["train", *[a.replace("{tmp}", str(tmp_path)) for a in args], "--epochs", "1", "--out", str(out), "--quiet"]
-    res = CliRunner().invoke(cli, argv, prog_name="edgeskip")
-    one_line_error(subprocess.CompletedProcess(argv, res.exit_code, res.stdout, res.stderr), *fragments)
+    one_line_error(inproc(*argv), *fragments)
     assert not out.exists() and not list(tmp_path.glob(".*"))
 
 

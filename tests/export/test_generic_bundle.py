@@ -12,7 +12,7 @@ import pytest
 
 from edgeskip.export import emulate
 from edgeskip.manifest import load_manifest
-from tests.conftest import cli
+from tests.conftest import cli, inproc
 
 USER_MODULE = """
     from torch import nn
@@ -151,18 +151,11 @@ def test_each_library_model_compiles_on_the_host(tmp_path, spec, args, blocks):
 def test_model_options_bad_input(tmp_path):
     """One line, exit 2, nothing written: the first case as a user's process, the rest through the same click
     command in this process (a Python start and a torch import each would cost 3 s)."""
-    from click.testing import CliRunner
-
-    from edgeskip.cli import cli
 
     def bad(*args, fragment, process=False):
         argv = ["train", *map(str, args), "--epochs", "1", "--out", str(tmp_path / "m.pt"), "--quiet"]
-        if process:
-            res = run(*argv)
-            code, err = res.returncode, res.stderr
-        else:
-            res = CliRunner().invoke(cli, argv, prog_name="edgeskip")
-            code, err = res.exit_code, res.stderr
+        res = run(*argv) if process else inproc(*argv)
+        code, err = res.returncode, res.stderr
         lines = [line for line in err.strip().splitlines() if line.strip()]
         assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], err
         assert not (tmp_path / "m.pt").exists() and not list(tmp_path.glob(".*"))
