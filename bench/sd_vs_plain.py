@@ -21,6 +21,7 @@ after every N, so an interrupted run continues;
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import math
@@ -75,6 +76,7 @@ def random_band(
     images: int = 0,
     cache: Path | None = None,
     cache_key: dict | None = None,
+    max_n: int | None = None,
 ) -> list[dict]:
     """Test accuracy over random distinct skip arrays for each number of skipped blocks N.
 
@@ -83,7 +85,7 @@ def random_band(
     ``cache``: a JSON file that holds each finished N (written atomically after every N) under ``cache_key``;
     a later call with the same key continues where an interrupted one stopped, on the same arrays and images (the
     arrays are drawn up front from the seed, and each N is evaluated on its own). A file under another key
-    is ignored and replaced.
+    is ignored and replaced. ``max_n``: the band for N <= max_n only (the arrays are the same as without it).
     """
     rng = random.Random(seed)
     test = band_test_set(splits, images, seed)
@@ -104,6 +106,8 @@ def random_band(
             done = {row["n_skipped"]: row for row in stored["band"]}
     band = []
     for n, arrays in enumerate(picks_by_n):
+        if max_n is not None and n > max_n:
+            break
         if n not in done:
             t0 = time.time()
             a = evaluate_skip_arrays(model, test, splits.norm, arrays)
@@ -123,32 +127,44 @@ def random_band(
     return band
 
 
-def load(path: Path, splits_cache: dict):
+def load(path: Path, splits_cache: dict, data_dir: str | None = None, device: str = "cpu"):
     ck = load_checkpoint(path)
+    if data_dir:  # the data where this machine keeps them (e.g. a device machine's unpacked copy)
+        ck = dataclasses.replace(ck, data=dataclasses.replace(ck.data, data_dir=data_dir))
     key = (ck.data.name, ck.data.data_dir, ck.data.val_fraction, ck.data.seed)
     if key not in splits_cache:
         splits_cache[key] = ck.data.load()
     splits = splits_cache[key]
     splits.norm = ck.norm
-    return ck, ck.model(), splits
+    return ck, ck.model().to(device), splits
 
 
-def band_of(path: Path, ck, model, splits, per_n: int, band_images: int, cache_dir: Path | None) -> list[dict]:
+def band_of(
+    path: Path, ck, model, splits, per_n: int, band_images: int, cache_dir: Path | None, max_n: int | None = None
+) -> list[dict]:
     """The random-config band of one checkpoint, continued from ``cache_dir/<name>.band.json`` if given."""
     cache = None if cache_dir is None else cache_dir / f"{path.stem}.band.json"
     key = {"checkpoint_sha256": file_digest(path), "per_n": per_n, "band_images": band_images, "seed": 0}
-    return random_band(model, splits, ck.model_cfg.num_gates, per_n, images=band_images, cache=cache, cache_key=key)
+    return random_band(
+        model, splits, ck.model_cfg.num_gates, per_n, images=band_images, cache=cache, cache_key=key, max_n=max_n
+    )
 
 
 def summarize(
-    path: Path, splits_cache: dict, per_n: int = 500, band_images: int = 0, cache_dir: Path | None = None
+    path: Path,
+    splits_cache: dict,
+    per_n: int = 500,
+    band_images: int = 0,
+    cache_dir: Path | None = None,
+    data_dir: str | None = None,
+    max_n: int | None = None,
 ) -> dict:
-    ck, model, splits = load(path, splits_cache)
+    ck, model, splits = load(path, splits_cache, data_dir)
     t0 = time.time()
     sens, front = design_space(model, splits, ck.dataset_id, latency=TorchLatency(model, repeats=50, threads=1))
     curve = sens["curves"]["sensitivity"]
     analysis = time.time() - t0
-    band = band_of(path, ck, model, splits, per_n, band_images, cache_dir)
+    band = band_of(path, ck, model, splits, per_n, band_images, cache_dir, max_n)
     on_band = None
     if band_images:  # the band is on a subset: the rankings on the same images, to compare like for like
         on_band = curves_on(
@@ -270,7 +286,17 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="compute just this model's band into --band-cache and stop (e.g. while the other trains)",
     )
+    ap.add_argument(
+        "--band-max-n",
+        type=int,
+        default=None,
+        help="the random band for N <= this only (deep models: e.g. the part a device run finished)",
+    )
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--data-dir", default=None, help="the checkpoints' data folder on this machine")
+    ap.add_argument(
+        "--device", default="cpu", help="with --only: compute the band on this torch device (cuda: fp32, no TF32)"
+    )
     ap.add_argument("--replot", action="store_true", help="redraw OUT/NAME.png from OUT/NAME.json and stop")
     args = ap.parse_args(argv)
     if args.replot:
@@ -286,8 +312,10 @@ def main(argv: list[str] | None = None) -> None:
         if args.band_cache is None:
             ap.error("--only needs --band-cache")
         path = args.sd if args.only == "sd" else args.plain
-        ck, model, splits = load(path, cache)
-        band = band_of(path, ck, model, splits, args.random_configs, args.band_images, args.band_cache)
+        if args.device.startswith("cuda"):  # the same arithmetic as the CPU's, not TF32's 10-bit mantissa
+            torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+        ck, model, splits = load(path, cache, args.data_dir, args.device)
+        band = band_of(path, ck, model, splits, args.random_configs, args.band_images, args.band_cache, args.band_max_n)
         print(
             f"{args.only}: band of {len(band)} N values in {args.band_cache / (path.stem + '.band.json')} "
             f"({sum(r['seconds'] for r in band):.0f} s of evaluation)"
@@ -295,7 +323,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     results, cks = {}, {}
     for name, path in (("stochastic depth", args.sd), ("conventional", args.plain)):
-        results[name], cks[name] = summarize(path, cache, args.random_configs, args.band_images, args.band_cache)
+        results[name], cks[name] = summarize(
+            path, cache, args.random_configs, args.band_images, args.band_cache, args.data_dir, args.band_max_n
+        )
     doc = {
         "command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])]),
         "edgeskip_version": __version__,

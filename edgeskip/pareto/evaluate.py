@@ -85,8 +85,9 @@ def evaluate_skip_arrays(
 ) -> list[float]:
     """Top-1 accuracy of each skip array on ``ds`` (identical to running each config separately)."""
     ev = SharedPrefixEvaluator(model, skip_arrays)
+    device = next(model.parameters()).device
     totals = [0] * len(skip_arrays)
     for xb, yb in iterate(ds, norm, batch_size):
-        for k, c in enumerate(ev.correct(xb, yb)):
+        for k, c in enumerate(ev.correct(xb.to(device), yb.to(device))):
             totals[k] += c
     return [t / len(ds) for t in totals]

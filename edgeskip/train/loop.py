@@ -191,6 +191,8 @@ def train(
         )
 
     torch.manual_seed(train_cfg.seed)
+    if ddp.device == "cuda":  # every training batch has one shape (drop_last): let cuDNN pick its fastest kernels
+        torch.backends.cudnn.benchmark = True
     model = build_model(model_cfg, None if resume else init_weights)
     model_cfg = model.cfg  # a traced model's blocks, found while building it
     # on the device before the optimizer exists, so resumed optimizer state lands beside the weights
