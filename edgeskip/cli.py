@@ -25,6 +25,14 @@ DIGEST_OPTION = click.option(
     metavar="SHA256",
     help="Refuse the bundle unless its manifest has this digest (printed by compile).",
 )
+POWER_OPTION = click.option(
+    "--power",
+    default=None,
+    metavar="SOURCE",
+    help="Measure energy (bench: each run's; serve: a /metrics counter) from auto (what this machine has), "
+    "powercap[:ZONE,...] (RAPL), ina231[:RAIL,...] (Odroid XU4), hwmon[:DEVICE[:CHANNEL,...]] or cmd:COMMAND "
+    "(a meter that prints W or J).",
+)
 VERIFY_KEY_OPTION = click.option(
     "--verify-key",
     type=click.Path(dir_okay=False),
@@ -1142,6 +1150,7 @@ def sign(bundle, key) -> None:
     help="Run the event loop thread this much nicer than the inference thread (Linux; 0: same priority). "
     "Under overload inference then gets the CPU before yet more drops are answered.",
 )
+@POWER_OPTION
 @policy_options
 def serve(
     bundle,
@@ -1174,6 +1183,7 @@ def serve(
     policy_param,
     queue_depth,
     deadline_ms,
+    power,
 ) -> None:
     """Serve inference over HTTP (/v1 and KServe v2), adapting depth to load (--policy)."""
     import logging
@@ -1207,6 +1217,7 @@ def serve(
             grpc_port=grpc_port,
             uds=uds,
             grpc_uds=grpc_uds,
+            power=power,
             target=target,
             driver=driver,
             threads=ort_threads,
@@ -1215,6 +1226,15 @@ def serve(
         ),
         event_loop,
     )
+
+
+def _power_line(power: dict) -> None:
+    """Which power source measured the runs (or the one line saying there is none)."""
+    if power["source"]:
+        idle = f", idle baseline {power['idle_w']:.3f} W" if power["idle_w"] is not None else ""
+        click.echo(f"energy: {power['source']}, sampled every {power['interval_s'] * 1e3:g} ms{idle}")
+    elif power["note"]:
+        click.echo(power["note"])
 
 
 @cli.command(name="bench")
@@ -1318,6 +1338,14 @@ def serve(
     "--policy/--queue-depth/--deadline-ms describe.",
 )
 @click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True, help="Seeds per load (--loads).")
+@POWER_OPTION
+@click.option(
+    "--idle-baseline",
+    type=float,
+    default=0.0,
+    metavar="SECONDS",
+    help="With --power: measure idle power this long first; energy above idle is reported too.",
+)
 def bench_cmd(
     bundle,
     pattern,
@@ -1351,6 +1379,8 @@ def bench_cmd(
     runs,
     loads,
     seeds,
+    power,
+    idle_baseline,
 ) -> None:
     """Replay a workload against adaptive depth and fixed configs (the paper's Table I), or sweep the load."""
     import shlex
@@ -1413,6 +1443,8 @@ def bench_cmd(
             compare,
             images_file,
             params,
+            power=power,
+            idle_baseline=idle_baseline,
             target=target,
             driver=driver,
             threads=ort_threads,
@@ -1423,6 +1455,7 @@ def bench_cmd(
             f"{pattern} workload, {count} requests per run, original's service time "
             f"{doc['service_time_s'] * 1e3:.3f} ms, backend {doc['backend']}, target {doc['target']}"
         )
+        _power_line(doc["power"])
         click.echo(format_sweep(doc["table"]))
         png = f", {Path(out) / doc['sweep_png']}" if doc["sweep_png"] else " (no plot: matplotlib is not installed)"
         click.echo(f"wrote {Path(out) / 'sweep.json'}{png}")
@@ -1455,6 +1488,8 @@ def bench_cmd(
         queue_depth=queue_depth,
         deadline=deadline_s(deadline_ms),
         runs=runs,
+        power=power,
+        idle_baseline=idle_baseline,
         target=target,
         driver=driver,
         threads=ort_threads,
@@ -1466,7 +1501,13 @@ def bench_cmd(
         f"original's service time {doc['service_time_s'] * 1e3:.3f} ms (load {doc['load']:.2f}), "
         f"policy {doc['policy']}, backend {doc['backend']}, target {doc['target']}"
     )
+    _power_line(doc["power"])
     click.echo(format_table(doc["table"]))
+    samples = [s["energy"]["samples"] for s in doc["summaries"].values() if "energy" in s]
+    if samples and min(samples) < 20:
+        click.echo(
+            f"note: the shortest run lasted {min(samples)} power samples: its energy is coarse; run longer (--count)"
+        )
     png = (
         f", {Path(out) / doc['timeline_png']}" if doc["timeline_png"] else " (no timeline: matplotlib is not installed)"
     )

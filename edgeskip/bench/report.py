@@ -10,10 +10,15 @@ from typing import Any
 import numpy as np
 
 from edgeskip.bench.drivers import Record
+from edgeskip.runtime.power import Energy
 
 
-def summarize(records: Sequence[Record], test_accuracy: Sequence[float] | None = None) -> dict[str, Any]:
-    """Counts, accuracy of processed requests, latency percentiles, requests per config.
+def summarize(
+    records: Sequence[Record], test_accuracy: Sequence[float] | None = None, energy: Energy | None = None
+) -> dict[str, Any]:
+    """Counts, accuracy of processed requests, latency percentiles, requests per config; with ``energy`` (the
+    run's, from a power source) joules per processed inference and inferences per joule (= per watt-second:
+    the paper's Inf/W).
 
     With ``test_accuracy`` (per config, on the whole test split), also ``expected_accuracy``: the mean over
     processed requests of their config's test accuracy. Measured accuracy on ~1,000 requests carries ~1.3
@@ -41,7 +46,25 @@ def summarize(records: Sequence[Record], test_accuracy: Sequence[float] | None =
         if done and all(r.skipped is not None for r in done)
         else None,
         "latency_max_over_min": float(lat.max() / lat.min()) if len(lat) else None,
+        **energy_fields(energy, len(done)),
     }
+
+
+def energy_fields(energy: Energy | None, processed: int) -> dict[str, Any]:
+    """A run's energy and what it is per processed inference (nothing without a power source)."""
+    if energy is None:
+        return {}
+    above = energy.joules_above_idle
+    return {
+        "energy": energy.to_dict(),
+        "joules_per_inference": energy.joules / processed if processed else None,
+        "inferences_per_joule": processed / energy.joules if energy.joules > 0 else None,
+        "inferences_per_joule_above_idle": processed / above if above is not None and above > 0 else None,
+    }
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else a / b
 
 
 def table_rows(summaries: dict[str, dict[str, Any]], reference: str = "original") -> list[dict[str, Any]]:
@@ -66,6 +89,15 @@ def table_rows(summaries: dict[str, dict[str, Any]], reference: str = "original"
                 "p99_ms": None if s["latency_s"]["p99"] is None else 1e3 * s["latency_s"]["p99"],
             }
         )
+        if "energy" in s:  # Table I's third column: inferences per watt(-second) relative to the reference
+            rows[-1] |= {
+                "mj_per_inference": None if s["joules_per_inference"] is None else 1e3 * s["joules_per_inference"],
+                "inf_per_j": s["inferences_per_joule"],
+                "inf_per_w_ratio": ratio(s["inferences_per_joule"], ref.get("inferences_per_joule")),
+                "inf_per_w_ratio_above_idle": ratio(
+                    s["inferences_per_joule_above_idle"], ref.get("inferences_per_joule_above_idle")
+                ),
+            }
     return rows
 
 
@@ -109,6 +141,15 @@ def sweep_table(rows: dict[str, dict[str, list[dict[str, Any]]]]) -> list[dict[s
                     else None,
                 }
             )
+            per_j = [
+                r["inferences_per_joule"] / o["inferences_per_joule"]
+                for r, o in zip(runs, ref)
+                if r.get("inferences_per_joule") and o.get("inferences_per_joule")
+            ]
+            if per_j:  # Inf/W relative to the original on the same arrivals
+                table[-1] |= {
+                    f"inf_per_w_ratio_{k}": f(per_j) for k, f in (("mean", np.mean), ("min", np.min), ("max", np.max))
+                }
     for row in table:
         for k, v in row.items():
             if isinstance(v, np.floating):
@@ -132,6 +173,12 @@ def format_sweep(table: list[dict[str, Any]]) -> str:
             f"{load:>5g} "
             + "".join(f"{f(cell[load, r]['ratio_mean'], '.2f'):>9}/{f(cell[load, r][key], '+.2f'):<8}" for r in runs)
         )
+    if any("inf_per_w_ratio_mean" in r for r in table):
+        lines.append("inferences per joule (Inf/W) relative to original, mean over seeds")
+        for load in loads:
+            lines.append(
+                f"{load:>5g} " + "".join(f"{f(cell[load, r].get('inf_per_w_ratio_mean'), '.3f'):>18}" for r in runs)
+            )
     return "\n".join(lines)
 
 
@@ -173,15 +220,27 @@ def plot_sweep(table: list[dict[str, Any]], dest: str | os.PathLike, title: str)
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     f = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
+    energy = any("inf_per_j" in r for r in rows)
     lines = [
         f"{'mode':<12} {'processed':>9} {'dropped':>8} {'accuracy':>8} {'Δacc pp':>8} {'Δexp pp':>8} "
-        f"{'proc ×':>7} {'p50 ms':>8} {'p99 ms':>8}"
+        f"{'proc ×':>7} {'p50 ms':>8} {'p99 ms':>8}" + (f" {'mJ/inf':>8} {'Inf/J':>8} {'Inf/W ×':>8}" if energy else "")
     ]
     for r in rows:
         lines.append(
             f"{r['mode']:<12} {r['processed']:>9} {r['dropped']:>8} {f(r['accuracy'], '.4f'):>8} "
             f"{f(r['accuracy_change_pp'], '+.2f'):>8} {f(r.get('expected_accuracy_change_pp'), '+.2f'):>8} "
             f"{f(r['processed_ratio'], '.3f'):>7} {f(r['p50_ms'], '.3f'):>8} {f(r['p99_ms'], '.3f'):>8}"
+            + (
+                f" {f(r.get('mj_per_inference'), '.3f'):>8} {f(r.get('inf_per_j'), '.1f'):>8} "
+                f"{f(r.get('inf_per_w_ratio'), '.3f'):>8}"
+                if energy
+                else ""
+            )
+        )
+    if energy:
+        lines.append(
+            "Inf/W ×: inferences per joule (per watt-second) relative to the reference run: the paper's Table I "
+            "third column; energy of the whole machine the source measures, over each run"
         )
     lines.append(
         "Δexp: change of the expected accuracy (each processed request's config at its whole-test-split "

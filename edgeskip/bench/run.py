@@ -21,6 +21,7 @@ from edgeskip.runtime.daemon import measure_config_latencies, measure_no_skip_la
 from edgeskip.runtime.dispatch import check_queue
 from edgeskip.runtime.executor import SkipNetExecutor, open_executor
 from edgeskip.runtime.policies import FixedController
+from edgeskip.runtime.power import Energy, EnergyMeter, none_found_note, open_power
 from edgeskip.utils.atomic import write_json
 
 
@@ -97,6 +98,55 @@ def default_runs(
     return runs
 
 
+class _Power:
+    """A run's energy from ``--power SPEC`` (None: not asked for), with the idle baseline if asked for."""
+
+    def __init__(self, spec: str | None, idle_baseline: float = 0.0, interval: float = 0.05) -> None:
+        self.meter: EnergyMeter | None = None
+        self.note: str | None = None
+        self.idle_w: float | None = None
+        if spec is None:
+            if idle_baseline:
+                raise EdgeskipError("--idle-baseline needs --power")
+            return
+        if idle_baseline < 0:
+            raise EdgeskipError(f"--idle-baseline must be seconds >= 0, got {idle_baseline}")
+        source = open_power(spec)
+        if source is None:
+            self.note = none_found_note()
+            return
+        self.meter = EnergyMeter(source, interval)
+        if idle_baseline:
+            self.idle_w = self.meter.measure_idle(idle_baseline)
+
+    @property
+    def source(self) -> str | None:
+        return None if self.meter is None else self.meter.source.description
+
+    def measured(self, run: Any) -> tuple[list[Record], Energy | None]:
+        """``run()``'s records and the energy the machine used meanwhile."""
+        if self.meter is None:
+            return run(), None
+        self.meter.start()
+        try:
+            records = run()
+        finally:
+            energy = self.meter.stop(self.idle_w)
+        return records, energy
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "note": self.note,
+            "idle_w": self.idle_w,
+            "interval_s": None if self.meter is None else self.meter.interval,
+        }
+
+    def close(self) -> None:
+        if self.meter is not None:
+            self.meter.source.close()
+
+
 class _Bench:
     """What one benchmark needs once: the executor, its measured service times, images, and the runs."""
 
@@ -110,8 +160,10 @@ class _Bench:
         save_images: Any,
         compare: Any,
         executor_options: dict[str, Any],
+        power: _Power | None = None,
     ) -> None:
         self.bundle, self.url = bundle, url
+        self.power = power or _Power(None)
         if url:
             probe_daemon(url)
         self.executor = open_executor(bundle, backend, **executor_options)
@@ -144,7 +196,13 @@ class _Bench:
         ex = self.other if label == self.gated else self.executor
         return [c.test_accuracy for c in ex.configs]  # type: ignore[union-attr]
 
-    def run(self, spec: RunSpec, arrivals: Sequence[float], min_acc: float, delta_req: float | None) -> list[Record]:
+    def run(
+        self, spec: RunSpec, arrivals: Sequence[float], min_acc: float, delta_req: float | None
+    ) -> tuple[list[Record], Energy | None]:
+        """The run's records, and its energy where a power source measures it."""
+        return self.power.measured(lambda: self._run(spec, arrivals, min_acc, delta_req))
+
+    def _run(self, spec: RunSpec, arrivals: Sequence[float], min_acc: float, delta_req: float | None) -> list[Record]:
         if spec.label == self.gated:
             return run_inprocess(self.other, FixedController(0), arrivals, self.images, self.labels)
         if self.url:
@@ -183,6 +241,8 @@ def run_benchmark(
     queue_depth: int = 0,
     deadline: float | None = None,
     runs: str | None = None,
+    power: str | None = None,
+    idle_baseline: float = 0.0,
     **executor_options: Any,
 ) -> dict[str, Any]:
     """Replay one workload against adaptive depth (``policy``) and fixed configs; write bench.json and timeline.png.
@@ -194,12 +254,24 @@ def run_benchmark(
     ``compare``: a SkipNet or DFS bundle of the same data set, replayed on the same arrivals as run "skipnet"/"dfs".
     ``images``: labelled images (.npz) instead of the bundle's test split; ``save_images``: write the ones used.
     A SkipNet (DFS) ``bundle`` on its own is replayed as run "skipnet" ("dfs") only (its gates decide per input).
+    ``power``: a power source (:mod:`edgeskip.runtime.power`) measuring each run's energy; ``idle_baseline``:
+    seconds of idle power measured first, also subtracted ("above idle").
     """
     bundle = Path(bundle)
     check_queue(queue_depth, deadline)
     if delta_req is not None and policy != "paper":
         raise EdgeskipError("--delta-req applies to policy paper only")
-    b = _Bench(bundle, backend, url, 2000 if count > 2000 else count, images, save_images, compare, executor_options)
+    b = _Bench(
+        bundle,
+        backend,
+        url,
+        2000 if count > 2000 else count,
+        images,
+        save_images,
+        compare,
+        executor_options,
+        _Power(power, idle_baseline),
+    )
     period = period or b.service_time / load
     arrivals = arrivals_for(pattern, count, period, rate, trace, seed)
     if b.skipnet:
@@ -221,10 +293,12 @@ def run_benchmark(
         specs = default_runs(policy, queue_depth, deadline, ks, policy_params)
     if b.other is not None and not b.skipnet:
         specs.append(RunSpec(b.gated, "fixed", 0))
-    done = {spec.label: b.run(spec, arrivals, min_acc, delta_req) for spec in specs}
+    measured = {spec.label: b.run(spec, arrivals, min_acc, delta_req) for spec in specs}
+    b.power.close()
+    done = {name: recs for name, (recs, _) in measured.items()}
     reference = b.gated if b.skipnet else "original"
     tests = {name: b.test_accuracies(name) for name in done}
-    summaries = {name: summarize(recs, tests[name]) for name, recs in done.items()}
+    summaries = {name: summarize(recs, tests[name], measured[name][1]) for name, recs in done.items()}
     doc = {
         "command": command,
         "bundle": str(bundle),
@@ -242,6 +316,7 @@ def run_benchmark(
         "delta_req_s": (b.service_time if delta_req is None else delta_req) if policy == "paper" else None,
         "min_acc": None if b.skipnet else min_acc,
         "target": url or "in-process",
+        "power": b.power.describe(),
         "runs": {s.label: s.describe() for s in specs},
         "configs": [c.to_dict() for c in b.executor.configs],
         "compare": None
@@ -281,6 +356,8 @@ def run_sweep(
     compare: str | os.PathLike | None = None,
     images: str | os.PathLike | None = None,
     policy_params: dict[str, float] | None = None,
+    power: str | None = None,
+    idle_baseline: float = 0.0,
     **executor_options: Any,
 ) -> dict[str, Any]:
     """A load sweep: every run at every load (× the original's capacity) and seed on the same arrivals;
@@ -291,7 +368,17 @@ def run_sweep(
         raise EdgeskipError(f"--loads must be positive numbers, got {list(loads)}")
     if seeds < 1:
         raise EdgeskipError(f"--seeds must be >= 1, got {seeds}")
-    b = _Bench(Path(bundle), backend, url, 2000 if count > 2000 else count, images, None, compare, executor_options)
+    b = _Bench(
+        Path(bundle),
+        backend,
+        url,
+        2000 if count > 2000 else count,
+        images,
+        None,
+        compare,
+        executor_options,
+        _Power(power, idle_baseline),
+    )
     if b.skipnet:
         raise EdgeskipError("a load sweep needs an edgeskip bundle (a SkipNet or DFS one goes in --compare)")
     specs = [parse_run("original"), RunSpec("adaptive", "daemon")] if url else parse_runs(runs, policy_params)
@@ -302,7 +389,8 @@ def run_sweep(
         for seed in range(seeds):
             arr = arrivals_for(pattern, count, b.service_time / load, None, None, seed)
             for spec in specs:
-                s = summarize(b.run(spec, arr, min_acc, delta_req), b.test_accuracies(spec.label))
+                recs, energy = b.run(spec, arr, min_acc, delta_req)
+                s = summarize(recs, b.test_accuracies(spec.label), energy)
                 rows.setdefault(f"{load:g}", {}).setdefault(spec.label, []).append(
                     {
                         k: s[k]
@@ -315,9 +403,15 @@ def run_sweep(
                             "drop_reasons",
                             "latency_s",
                             "e2e_s",
+                            "energy",
+                            "joules_per_inference",
+                            "inferences_per_joule",
+                            "inferences_per_joule_above_idle",
                         )
+                        if k in s
                     }
                 )
+    b.power.close()
     table = sweep_table(rows)
     doc = {
         "command": command,
@@ -329,6 +423,7 @@ def run_sweep(
         "loads": list(loads),
         "min_acc": min_acc,
         "target": url or "in-process",
+        "power": b.power.describe(),
         "service_time_s": b.service_time,
         "config_latency_s": b.latencies,
         "configs": [c.to_dict() for c in b.executor.configs],

@@ -21,6 +21,7 @@ from edgeskip.runtime.connections import IDLE_TIMEOUT, MAX_CONNECTIONS, Guard, G
 from edgeskip.runtime.dispatch import Dispatcher, check_queue, service_model_for
 from edgeskip.runtime.executor import BundleExecutor, open_executor
 from edgeskip.runtime.policies import make_policy
+from edgeskip.runtime.power import EnergyMeter, none_found_note, open_power
 from edgeskip.runtime.server import InferenceService, make_app
 
 
@@ -230,6 +231,29 @@ def lower_priority(nice: int) -> None:
 SHUTDOWN_TIMEOUT = 3.0  # seconds for handlers in flight once SIGTERM/SIGINT arrives; then connections close
 
 
+def start_energy(service: InferenceService, spec: str) -> tuple[EnergyMeter | None, str]:
+    """Open ``--power SPEC`` and sample it for /metrics: (meter, a note for the readiness line)."""
+    import logging
+
+    log = logging.getLogger("edgeskip.serve")
+    source = open_power(spec)
+    if source is None:
+        log.warning(none_found_note())
+        return None, "  energy none"
+
+    def stopped(why: str) -> None:
+        log.warning("power source %s stopped: %s; edgeskip_energy_joules keeps its last value", source.description, why)
+
+    meter = EnergyMeter(source, on_error=stopped)
+    try:
+        meter.start()
+    except BaseException:
+        source.close()
+        raise
+    service.metrics.watch_energy(meter)
+    return meter, f"  energy {source.description}"
+
+
 async def run_daemon(
     bundle: str,
     min_acc: float,
@@ -254,13 +278,16 @@ async def run_daemon(
     grpc_port: int | None = None,
     uds: str | None = None,
     grpc_uds: str | None = None,
+    power: str | None = None,
     **executor_options: object,
 ) -> None:
     """Serve until SIGTERM or SIGINT; then stop accepting, answer the request in flight, close every
     connection (slow and idle ones included) and return, within ``SHUTDOWN_TIMEOUT`` + the inference.
     ``grpc_port``: also serve KServe v2 over gRPC there (:mod:`edgeskip.runtime.kserve_grpc`; 0: a free port).
     ``uds``/``grpc_uds``: also listen for HTTP/gRPC on these Unix-domain socket paths (a stale socket of a dead
-    daemon is replaced; anything else there is refused).
+    daemon is replaced; anything else there is refused). ``power``: a power source
+    (:mod:`edgeskip.runtime.power`) whose energy /metrics exports; one that fails while serving is logged and its
+    counter stops (the service goes on).
 
     The signal handlers are installed first: a signal during start-up (or right after the readiness line)
     ends the daemon cleanly too."""
@@ -291,14 +318,16 @@ async def run_daemon(
         lingering_time=0,
     )  # a body the daemon refused is not read: the answer, then close
     grpc_server = None
+    meter, notes = None, ""
     try:
+        if power:
+            meter, notes = start_energy(service, power)
         await runner.setup()
         site = GuardedSite(runner, host, port, Guard(max_connections, service.count_status, idle_timeout))
         try:
             await site.start()
         except OSError as e:
             raise EdgeskipError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
-        notes = ""
         if uds is not None:
             try:
                 await GuardedUnixSite(runner, uds, Guard(max_connections, service.count_status, idle_timeout)).start()
@@ -356,3 +385,5 @@ async def run_daemon(
                 os.unlink(grpc_uds)
         await runner.cleanup()  # closes the listener, waits for handlers in flight, closes connections
         service.close()
+        if meter is not None:
+            meter.close()

@@ -25,9 +25,11 @@ from typing import Any
 import numpy as np
 from aiohttp import ClientError, web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from edgeskip.runtime.dispatch import DROP_REASONS, Dispatcher, Drop, Queued, Start
 from edgeskip.runtime.executor import BundleExecutor
+from edgeskip.runtime.power import EnergyMeter
 from edgeskip.runtime.preprocess import MAX_PIXELS, BadRequest, check_content_type, check_encoding, pin
 from edgeskip.runtime.responses import json_errors, json_response
 from edgeskip.runtime.shm import Regions
@@ -87,12 +89,35 @@ class Metrics:
         self.queued = Gauge("edgeskip_queued_requests", "Requests waiting for the executor", registry=self.registry)
         self._per_config: dict[object, Any] = {}
 
+    def watch_energy(self, meter: EnergyMeter) -> None:
+        """Export ``meter``'s joules (``serve --power``) as a counter, and whether it is still being read."""
+        self.registry.register(EnergyCollector(meter))
+
     def config_counter(self, config: int | None) -> Any:
         """The processed-requests counter of ``config`` (None: a pinned skip array)."""
         c = self._per_config.get(config)
         if c is None:
             c = self._per_config[config] = self.per_config.labels("pinned skip" if config is None else str(config))
         return c
+
+
+class EnergyCollector:
+    """/metrics: the machine's energy since the daemon started (a counter that stops where its source failed)."""
+
+    def __init__(self, meter: EnergyMeter) -> None:
+        self.meter = meter
+
+    def collect(self) -> Any:
+        joules = CounterMetricFamily(
+            "edgeskip_energy_joules",
+            "Energy this machine used since the daemon started, from the --power source",
+            labels=["source"],
+        )
+        joules.add_metric([self.meter.source.description], self.meter.energy().joules)
+        yield joules
+        up = GaugeMetricFamily("edgeskip_energy_up", "1 while the --power source is read; 0 once it failed")
+        up.add_metric([], 0.0 if self.meter.error else 1.0)
+        yield up
 
 
 class InferStats:
