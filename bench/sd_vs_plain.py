@@ -158,8 +158,11 @@ def summarize(
     cache_dir: Path | None = None,
     data_dir: str | None = None,
     max_n: int | None = None,
+    band_only: bool = False,
 ) -> dict:
     ck, model, splits = load(path, splits_cache, data_dir)
+    if band_only:  # no ranking (deep models on a CPU: hours), the band and the full-depth accuracy only
+        return band_summary(path, ck, model, splits, per_n, band_images, cache_dir, max_n), ck
     t0 = time.time()
     sens, front = design_space(model, splits, ck.dataset_id, latency=TorchLatency(model, repeats=50, threads=1))
     curve = sens["curves"]["sensitivity"]
@@ -194,14 +197,35 @@ def summarize(
     }, ck
 
 
+def band_summary(path: Path, ck, model, splits, per_n, band_images, cache_dir, max_n) -> dict:
+    band = band_of(path, ck, model, splits, per_n, band_images, cache_dir, max_n)
+    full = (True,) * ck.model_cfg.num_gates
+    return {
+        "checkpoint": str(path),
+        "stochastic_depth": ck.model_cfg.sd_mode != "none",
+        "model": ck.model_cfg.to_dict(),
+        "train": ck.train_cfg.to_dict(),
+        "epochs_done": ck.epoch,
+        "train_hours": sum(h["seconds"] for h in ck.history) / 3600,
+        "final_val_accuracy": ck.history[-1]["val_acc"],
+        "full_test_accuracy": evaluate_skip_arrays(model, splits.test, splits.norm, [full])[0],
+        "curve": [],  # --band-only: no ranking
+        "curves_other_rankings": {},
+        "random_configs": band,
+        "random_configs_seconds": sum(row["seconds"] for row in band),
+        "random_configs_test_images": band[0]["test_images"],
+    }
+
+
 def plot(results: dict, dest: Path, title: str) -> None:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 5.6))
     for name, r in results.items():
         n = [c["n_skipped"] for c in r["curve"]]
-        ax1.plot(n, [100 * c["test_accuracy"] for c in r["curve"]], "-o", label=f"{name} (test)")
+        ax1.plot(n, [100 * c["test_accuracy"] for c in r["curve"]], "-o", label=f"{name} (test)" if n else None)
         color = ax1.lines[-1].get_color()
         b = r["random_configs"]
-        on = f", {b[0]['test_images']} test images" if "curves_on_band_images" in r else ""
+        subset = "curves_on_band_images" in r or not n
+        on = f", {b[0]['test_images']} test images" if subset else ""
         ax1.fill_between(
             [c["n_skipped"] for c in b],
             [100 * c["min"] for c in b],
@@ -240,18 +264,30 @@ def plot(results: dict, dest: Path, title: str) -> None:
                 alpha=0.6,
                 label=f"{name}: {rank_name} ranking",
             )
-        ax2.plot(
-            [c["macs"] / 1e6 for c in r["curve"]], [100 * c["test_accuracy"] for c in r["curve"]], "-o", label=name
-        )
-    ax1.set_xlabel("skipped blocks (least sensitive first, ranked on validation data)")
+        if n:
+            ax2.plot(
+                [c["macs"] / 1e6 for c in r["curve"]], [100 * c["test_accuracy"] for c in r["curve"]], "-o", label=name
+            )
+        else:  # --band-only: the mean and the best random config against the model's own full depth
+            x = [c["n_skipped"] for c in b]
+            ax2.plot(x, [100 * (c["mean"] - b[0]["mean"]) for c in b], "-o", ms=3, color=color, label=f"{name}, mean")
+            ax2.plot(x, [100 * (c["max"] - b[0]["mean"]) for c in b], ":", color=color, label=f"{name}, best")
+            ax2.set_xlabel("skipped blocks (random configs)")
+            ax2.set_ylabel("accuracy change vs its own full depth (pp)")
+            ax2.set_title("degradation, each model against itself")
+    ranked = any(r["curve"] for r in results.values())
+    ax1.set_xlabel(
+        "skipped blocks (least sensitive first, ranked on validation data)" if ranked else "skipped blocks (random)"
+    )
     ax1.set_ylabel("top-1 accuracy (%)")
     ax1.set_title(title)
     ax1.grid(alpha=0.3)
     handles, labels = ax1.get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=7, frameon=False)  # below both panels
-    ax2.set_xlabel("MMACs per image")
-    ax2.set_ylabel("test top-1 accuracy (%)")
-    ax2.set_title("accuracy vs compute")
+    if ranked:
+        ax2.set_xlabel("MMACs per image")
+        ax2.set_ylabel("test top-1 accuracy (%)")
+        ax2.set_title("accuracy vs compute")
     ax2.grid(alpha=0.3)
     ax2.legend(fontsize=8)
     fig.tight_layout(rect=(0, 0.036 * math.ceil(len(labels) / 2) + 0.04, 1, 1))
@@ -292,6 +328,11 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="the random band for N <= this only (deep models: e.g. the part a device run finished)",
     )
+    ap.add_argument(
+        "--band-only",
+        action="store_true",
+        help="no block ranking (ResNet-110 on 2 CPU threads: hours), only the random band and full-depth accuracy",
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--data-dir", default=None, help="the checkpoints' data folder on this machine")
     ap.add_argument(
@@ -324,7 +365,14 @@ def main(argv: list[str] | None = None) -> None:
     results, cks = {}, {}
     for name, path in (("stochastic depth", args.sd), ("conventional", args.plain)):
         results[name], cks[name] = summarize(
-            path, cache, args.random_configs, args.band_images, args.band_cache, args.data_dir, args.band_max_n
+            path,
+            cache,
+            args.random_configs,
+            args.band_images,
+            args.band_cache,
+            args.data_dir,
+            args.band_max_n,
+            args.band_only,
         )
     doc = {
         "command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])]),
@@ -343,9 +391,8 @@ def main(argv: list[str] | None = None) -> None:
         ck.save(args.out / (slim_sd if name == "stochastic depth" else slim_plain), slim=True)
     for name, r in results.items():
         accs = " ".join(f"{100 * c['test_accuracy']:.1f}" for c in r["curve"])
-        print(
-            f"{name:>17}: full test {100 * r['full_test_accuracy']:.2f}%  by skipped blocks 0..{len(r['curve']) - 1}: {accs}"
-        )
+        by = f"  by skipped blocks 0..{len(r['curve']) - 1}: {accs}" if accs else "  (no ranking: --band-only)"
+        print(f"{name:>17}: full test {100 * r['full_test_accuracy']:.2f}%{by}")
         band = " ".join(
             f"{100 * c['mean']:.1f}[{100 * c['min']:.1f},{100 * c['max']:.1f}]" for c in r["random_configs"]
         )

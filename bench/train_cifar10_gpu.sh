@@ -10,6 +10,12 @@
 # the data where it lives here.
 #   python bench/pack_images.py pack ../shared/datasets/cifar10-jpeg .gpu/cifar10-jpeg.npz    # here, once
 #   OUT_DIR=$OUT BUDGET=520 bash bench/train_cifar10_gpu.sh                                  # there (device run)
+#
+# A schedule longer than one lent session: EPOCHS=N fixes it (no probe), each run trains until the budget and
+# keeps its full checkpoint; the next session carries that checkpoint in RESUME_FROM and continues it exactly
+# (--resume). The carried tree is limited to 64 MiB: the training JPEGs (45 MiB packed without test/) and one
+# full ResNet-110 checkpoint (13.5 MiB) fit, two do not, so such runs take one model per session (MODELS=sd).
+#   EPOCHS=160 MODELS=sd RESUME_FROM=.gpu OUT_DIR=$OUT BUDGET=520 bash bench/train_cifar10_gpu.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
@@ -25,12 +31,43 @@ DATA_AS=${DATA_AS:-../shared/datasets/cifar10-jpeg}
 OUT_DIR=${OUT_DIR:-bench/checkpoints}
 THREADS=${THREADS:-4}
 EXTRA=${EXTRA:-}
+EPOCHS=${EPOCHS:-}  # fixed schedule, continued across sessions (else: sized to this budget by a probe)
+MODELS=${MODELS:-sd plain}
+RESUME_FROM=${RESUME_FROM:-}
 start=$(date +%s)
 mkdir -p "$OUT_DIR"
 [ -d "$DATA/train" ] || $PY bench/pack_images.py unpack "$PACK" "$DATA"
 common="--dataset imagefolder --data-dir $DATA --depth $DEPTH --recipe cifar-resnet --batch-size $BATCH --lr $LR
   --warmup $WARMUP --seed 0 --threads $THREADS $EXTRA"
 flag() { [ "$1" = sd ] && echo --sd || echo --no-sd; }
+
+with_data() {  # rewrite the checkpoints' data folder: with_data DIR FILE...
+  $PY - "$@" <<'PY'
+import dataclasses, sys
+from edgeskip.train import load_checkpoint
+for path in sys.argv[2:]:
+    ck = load_checkpoint(path)
+    dataclasses.replace(ck, data=dataclasses.replace(ck.data, data_dir=sys.argv[1])).save(path, slim=not ck.optimizer)
+PY
+}
+
+if [ -n "$EPOCHS" ]; then
+  left=$(( start + BUDGET - $(date +%s) ))
+  for v in $MODELS; do
+    ck="$OUT_DIR/r${DEPTH}_$v.pt"
+    resume=""
+    if [ -n "$RESUME_FROM" ] && [ -f "$RESUME_FROM/r${DEPTH}_$v.pt" ]; then
+      cp "$RESUME_FROM/r${DEPTH}_$v.pt" "$ck" && with_data "$DATA" "$ck" && resume=--resume
+    fi
+    timeout "$left" $PY -m edgeskip train $common $(flag $v) --epochs "$EPOCHS" --out "$ck" $resume \
+      >> "$OUT_DIR/train_r${DEPTH}_$v.log" 2>&1 &
+  done
+  wait || true
+  for v in $MODELS; do with_data "$DATA_AS" "$OUT_DIR/r${DEPTH}_$v.pt"; done
+  tail -n 2 "$OUT_DIR"/train_r${DEPTH}_*.log
+  echo "total $(( $(date +%s) - start )) s"
+  exit 0
+fi
 
 probe=$(mktemp -d)
 t0=$(date +%s)
