@@ -174,12 +174,7 @@ def summarize(
             model, band_test_set(splits, band_images), splits.norm, sens["rankings"], ck.model_cfg.num_gates
         )
     return {
-        "checkpoint": str(path),
-        "stochastic_depth": ck.model_cfg.sd_mode != "none",
-        "model": ck.model_cfg.to_dict(),
-        "train": ck.train_cfg.to_dict(),
-        "epochs_done": ck.epoch,
-        "train_hours": sum(h["seconds"] for h in ck.history) / 3600,
+        **about(path, ck, band),
         "final_val_accuracy": sens["full_val_accuracy"],
         "full_test_accuracy": sens["full_test_accuracy"],
         "ranking": sens["rankings"]["sensitivity"],
@@ -189,17 +184,12 @@ def summarize(
         "pareto": front["configs"],
         "latency_source": front["latency_source"],
         "analysis_seconds": analysis,
-        # CPU seconds the band took, summed over N (also where parts of it came from --band-cache)
-        "random_configs": band,
-        "random_configs_seconds": sum(row["seconds"] for row in band),
-        "random_configs_test_images": band[0]["test_images"],
         **({"curves_on_band_images": on_band} if on_band is not None else {}),
     }, ck
 
 
-def band_summary(path: Path, ck, model, splits, per_n, band_images, cache_dir, max_n) -> dict:
-    band = band_of(path, ck, model, splits, per_n, band_images, cache_dir, max_n)
-    full = (True,) * ck.model_cfg.num_gates
+def about(path: Path, ck, band: list[dict]) -> dict:
+    """What every summary holds: the checkpoint, how it was trained, and its random band."""
     return {
         "checkpoint": str(path),
         "stochastic_depth": ck.model_cfg.sd_mode != "none",
@@ -207,13 +197,22 @@ def band_summary(path: Path, ck, model, splits, per_n, band_images, cache_dir, m
         "train": ck.train_cfg.to_dict(),
         "epochs_done": ck.epoch,
         "train_hours": sum(h["seconds"] for h in ck.history) / 3600,
+        # CPU seconds the band took, summed over N (also where parts of it came from --band-cache)
+        "random_configs": band,
+        "random_configs_seconds": sum(row["seconds"] for row in band),
+        "random_configs_test_images": band[0]["test_images"],
+    }
+
+
+def band_summary(path: Path, ck, model, splits, per_n, band_images, cache_dir, max_n) -> dict:
+    band = band_of(path, ck, model, splits, per_n, band_images, cache_dir, max_n)
+    full = (True,) * ck.model_cfg.num_gates
+    return {
+        **about(path, ck, band),
         "final_val_accuracy": ck.history[-1]["val_acc"],
         "full_test_accuracy": evaluate_skip_arrays(model, splits.test, splits.norm, [full])[0],
         "curve": [],  # --band-only: no ranking
         "curves_other_rankings": {},
-        "random_configs": band,
-        "random_configs_seconds": sum(row["seconds"] for row in band),
-        "random_configs_test_images": band[0]["test_images"],
     }
 
 
