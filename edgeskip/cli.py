@@ -25,6 +25,43 @@ DIGEST_OPTION = click.option(
     metavar="SHA256",
     help="Refuse the bundle unless its manifest has this digest (printed by compile).",
 )
+
+
+def engine_options(f):
+    """--target, --driver (IREE) and --threads (onnxruntime): how a command runs the bundle's engines."""
+    opts = [
+        click.option(
+            "--target",
+            "target",
+            default="auto",
+            show_default=True,
+            help="Which of the bundle's IREE targets to run (auto: this machine's).",
+        ),
+        click.option(
+            "--driver", type=click.Choice(DRIVERS), default="local-sync", show_default=True, help="IREE HAL driver."
+        ),
+        click.option(
+            "--threads",
+            "ort_threads",
+            type=click.IntRange(min=1),
+            default=1,
+            show_default=True,
+            help="onnxruntime intra-op threads.",
+        ),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+PROFILE_OPTION = click.option(
+    "--profile",
+    default="auto",
+    show_default=True,
+    metavar="auto|none|FILE",
+    help="Fronts measured on this machine (edgeskip profile): auto uses BUNDLE/profiles/<this machine>.json "
+    "where present, none the compile host's, FILE that profile (refused unless it matches bundle and machine).",
+)
 POWER_OPTION = click.option(
     "--power",
     default=None,
@@ -996,7 +1033,8 @@ def compile_cmd(
 @click.argument("bundle", type=click.Path(file_okay=False))
 @DIGEST_OPTION
 @VERIFY_KEY_OPTION
-def inspect(bundle, digest, verify_key) -> None:
+@PROFILE_OPTION
+def inspect(bundle, digest, verify_key, profile) -> None:
     """Print a bundle's manifest summary and Pareto table; verify every artifact's sha256."""
 
     m = load_manifest(bundle, digest=digest, verify_key=verify_key)
@@ -1014,12 +1052,77 @@ def inspect(bundle, digest, verify_key) -> None:
     for name, t in m.targets.items():
         v = m.extra.get("verification", {}).get("iree", {}).get(name, {})
         click.echo(f"target {name}: {t.triple}  verification: {json.dumps(v)}")
+    if not skipnet:
+        from edgeskip.runtime.profile import apply_profile, find_profile
+
+        found = find_profile(bundle, m, profile)
+        if found is not None:
+            compiled = len(m.configs)
+            m = apply_profile(m, *found)
+            click.echo(
+                f"fronts measured on this machine: {found[1]} ({m.extra['profile']['cpu']}; the compile host's "
+                f"{compiled} configs replaced; --profile none shows them)"
+            )
+        else:
+            click.echo("fronts: the compile host's (no profile of this machine; make one with edgeskip profile)")
     click.echo(f"fastest host backend: {m.host_fastest}")
     click.echo(skipnet_summary(m) if skipnet else configs_summary(m))
     click.echo(
         f"all {len(m.artifacts)} artifact hashes match; bundle digest {m.digest}"
         + ("; signature verified" if verify_key else "")
     )
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.option(
+    "--backend",
+    "backends",
+    default="all",
+    show_default=True,
+    help="Engines to measure: all (those installed here) or a comma-separated list (iree,onnxruntime).",
+)
+@click.option("--repeats", type=click.IntRange(min=3), default=30, show_default=True, help="Round-robin rounds.")
+@POWER_OPTION
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Profile file [default: BUNDLE/profiles/<machine>.json].",
+)
+@engine_options
+@DIGEST_OPTION
+def profile(bundle, backends, repeats, power, out, target, driver, ort_threads, digest) -> None:
+    """Measure every candidate config of a bundle on this machine and draw its own fronts (serve and bench use
+    them here)."""
+    from edgeskip.runtime.power import EnergyMeter, none_found_note, open_power
+    from edgeskip.runtime.profile import default_path, installed_backends, measure, write_profile
+
+    names = installed_backends() if backends == "all" else [b.strip() for b in backends.split(",") if b.strip()]
+    bad = [b for b in names if b not in BACKENDS or b == "auto"]
+    if bad or not names:
+        raise EdgeskipError(f"--backend takes all or iree,onnxruntime; got {backends!r}")
+    meter = None
+    if power:
+        source = open_power(power)
+        if source is None:
+            click.echo(none_found_note())
+        else:
+            meter = EnergyMeter(source)
+            click.echo(f"energy: {source.description}")
+    try:
+        p = measure(bundle, names, repeats, meter, click.echo, target, driver, ort_threads, digest)
+    finally:
+        if meter is not None:
+            meter.close()
+    dest = write_profile(p, out or default_path(bundle, p.machine["key"]))
+    by_module = {c.module: c for c in p.candidates}
+    for backend, front in p.fronts.items():
+        steps = ", ".join(f"{m.removeprefix('static_')} {1e3 * by_module[m].latency_s[backend]:.3f} ms" for m in front)
+        click.echo(
+            f"{backend} front here ({len(front)} of {sum(backend in c.latency_s for c in p.candidates)}): {steps}"
+        )
+    click.echo(f"wrote {dest} ({p.machine['cpu']}; bound to bundle {p.bundle_digest[:19]}...)")
 
 
 @cli.command()
@@ -1098,22 +1201,7 @@ def sign(bundle, key) -> None:
     help="Seconds a connection may go without a complete request header (new, between requests, or "
     "trickling one); then it is closed.",
 )
-@click.option(
-    "--target",
-    "target",
-    default="auto",
-    show_default=True,
-    help="Which of the bundle's IREE targets to run (auto: this machine's).",
-)
-@click.option("--driver", type=click.Choice(DRIVERS), default="local-sync", show_default=True, help="IREE HAL driver.")
-@click.option(
-    "--threads",
-    "ort_threads",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="onnxruntime intra-op threads.",
-)
+@engine_options
 @click.option("--model-name", default=None, help="Model name on the KServe v2 API [default: the bundle folder's name].")
 @click.option(
     "--uds",
@@ -1151,6 +1239,7 @@ def sign(bundle, key) -> None:
     "Under overload inference then gets the CPU before yet more drops are answered.",
 )
 @POWER_OPTION
+@PROFILE_OPTION
 @policy_options
 def serve(
     bundle,
@@ -1184,6 +1273,7 @@ def serve(
     queue_depth,
     deadline_ms,
     power,
+    profile,
 ) -> None:
     """Serve inference over HTTP (/v1 and KServe v2), adapting depth to load (--policy)."""
     import logging
@@ -1219,12 +1309,22 @@ def serve(
             grpc_uds=grpc_uds,
             power=power,
             target=target,
+            profile=profile,
             driver=driver,
             threads=ort_threads,
             digest=digest,
             verify_key=verify_key,
         ),
         event_loop,
+    )
+
+
+def _front_line(doc: dict) -> None:
+    measured = doc.get("front_profile")
+    click.echo(
+        f"front: measured on this machine ({measured.get('path', measured['machine'])})"
+        if measured
+        else "front: the compile host's (no profile of this machine)"
     )
 
 
@@ -1305,22 +1405,7 @@ def _power_line(power: dict) -> None:
     help="Write the labelled images used to this .npz (for a runtime-only install's --images).",
 )
 @click.option("--out", type=click.Path(file_okay=False), default="runs/bench", show_default=True)
-@click.option(
-    "--target",
-    "target",
-    default="auto",
-    show_default=True,
-    help="Which of the bundle's IREE targets to run (auto: this machine's).",
-)
-@click.option("--driver", type=click.Choice(DRIVERS), default="local-sync", show_default=True, help="IREE HAL driver.")
-@click.option(
-    "--threads",
-    "ort_threads",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="onnxruntime intra-op threads.",
-)
+@engine_options
 @policy_options
 @click.option(
     "--runs",
@@ -1339,6 +1424,7 @@ def _power_line(power: dict) -> None:
 )
 @click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True, help="Seeds per load (--loads).")
 @POWER_OPTION
+@PROFILE_OPTION
 @click.option(
     "--idle-baseline",
     type=float,
@@ -1381,6 +1467,7 @@ def bench_cmd(
     seeds,
     power,
     idle_baseline,
+    profile,
 ) -> None:
     """Replay a workload against adaptive depth and fixed configs (the paper's Table I), or sweep the load."""
     import shlex
@@ -1446,6 +1533,7 @@ def bench_cmd(
             power=power,
             idle_baseline=idle_baseline,
             target=target,
+            profile=profile,
             driver=driver,
             threads=ort_threads,
             digest=digest,
@@ -1491,6 +1579,7 @@ def bench_cmd(
         power=power,
         idle_baseline=idle_baseline,
         target=target,
+        profile=profile,
         driver=driver,
         threads=ort_threads,
         digest=digest,
@@ -1501,6 +1590,7 @@ def bench_cmd(
         f"original's service time {doc['service_time_s'] * 1e3:.3f} ms (load {doc['load']:.2f}), "
         f"policy {doc['policy']}, backend {doc['backend']}, target {doc['target']}"
     )
+    _front_line(doc)
     _power_line(doc["power"])
     click.echo(format_table(doc["table"]))
     samples = [s["energy"]["samples"] for s in doc["summaries"].values() if "energy" in s]

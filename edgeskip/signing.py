@@ -19,6 +19,7 @@ from pathlib import Path
 from edgeskip.errors import EdgeskipError
 
 SIGNATURE = "bundle.sig"
+PROFILES = "profiles"  # measurements made on each serving machine (edgeskip profile): not part of the build
 
 
 def _library():
@@ -53,7 +54,7 @@ def sign_bundle(bundle: str | os.PathLike, key: str | os.PathLike) -> Path:
     tmp = bundle.parent / f".{bundle.name}.{SIGNATURE}.tmp"
     try:
         ms.signing.Config().set_hashing_config(
-            hashing.Config().set_ignored_paths(paths=[sig, tmp])
+            hashing.Config().set_ignored_paths(paths=[sig, tmp, bundle / PROFILES])
         ).use_elliptic_key_signer(private_key=_key(key, "private key")).sign(bundle, tmp)
         os.replace(tmp, sig)
     except EdgeskipError:
@@ -74,7 +75,7 @@ def verify_bundle(bundle: str | os.PathLike, public_key: str | os.PathLike) -> N
         raise EdgeskipError(f"bundle {bundle} is not signed (no {SIGNATURE}); --verify-key refuses it")
     try:
         ms.verifying.Config().set_hashing_config(
-            hashing.Config().set_ignored_paths(paths=[sig])
+            hashing.Config().set_ignored_paths(paths=[sig, bundle / PROFILES])
         ).use_elliptic_key_verifier(public_key=_key(public_key, "public key")).verify(bundle, sig)
     except EdgeskipError:
         raise

@@ -68,3 +68,9 @@ def skip_from_indices(skipped: Iterable[int], num_gates: int) -> tuple[bool, ...
     if bad:
         raise EdgeskipError(f"gate indices {bad} out of range 0..{num_gates - 1}")
     return tuple(i not in skipped for i in range(num_gates))
+
+
+def module_name(skip: Sequence[object]) -> str:
+    """Module (and file) name of a static config: ``static_`` + its skip or option array, e.g. ``static_110111``
+    (``static_118011``: block 3 in int8). Compile writes these names; the runtime and profiles look them up."""
+    return "static_" + options_to_str(skip)  # type: ignore[arg-type]

@@ -317,6 +317,7 @@ def run_benchmark(
         "min_acc": None if b.skipnet else min_acc,
         "target": url or "in-process",
         "power": b.power.describe(),
+        "front_profile": b.executor.manifest.extra.get("profile"),  # None: the compile host's fronts
         "runs": {s.label: s.describe() for s in specs},
         "configs": [c.to_dict() for c in b.executor.configs],
         "compare": None
@@ -424,6 +425,7 @@ def run_sweep(
         "min_acc": min_acc,
         "target": url or "in-process",
         "power": b.power.describe(),
+        "front_profile": b.executor.manifest.extra.get("profile"),
         "service_time_s": b.service_time,
         "config_latency_s": b.latencies,
         "configs": [c.to_dict() for c in b.executor.configs],

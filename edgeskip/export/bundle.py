@@ -46,10 +46,9 @@ from edgeskip.export.elf_check import check_no_imports
 from edgeskip.export.iree_compile import COMMON_FLAGS, Target
 from edgeskip.export.latency import IreeLatency, ort_static_latency
 from edgeskip.export.onnx_export import logit_diff, verify_int8, verify_onnx
-from edgeskip.export.shared_weights import module_name
 from edgeskip.manifest import ConfigEntry, InputSpec, IreeEntry, Manifest, Normalization, TargetEntry
 from edgeskip.pareto.design import calibration_batches, design_space, fractional_space, write_design
-from edgeskip.skip import INT8
+from edgeskip.skip import INT8, module_name
 from edgeskip.train.checkpoint import Checkpoint
 from edgeskip.utils.atomic import write_json
 from edgeskip.utils.hashing import file_digest as sha256
@@ -224,10 +223,9 @@ def _union_configs(front: dict[str, Any], frac: dict[str, Any]) -> list[dict[str
 def backend_front(configs: Sequence[dict[str, Any]], key: str) -> list[int]:
     """Positions in ``configs`` of one back end's front (validation accuracy vs its measured latency ``key``): the
     full network (position 0) first, then slowest to fastest, the order its runtime steps through them."""
-    from edgeskip.pareto.front import Point, front_with_anchor
+    from edgeskip.front import Point, stepping_order
 
-    keep = front_with_anchor([Point(c["val_accuracy"], c[key], c["n_skipped"]) for c in configs], 0)
-    return [0] + sorted((i for i in keep if i != 0), key=lambda i: (-configs[i][key], i))
+    return stepping_order([Point(c["val_accuracy"], c[key], c["n_skipped"]) for c in configs], 0)
 
 
 IREE_INT8 = (

@@ -13,10 +13,10 @@ from edgeskip.backends.ort import ort_session
 from edgeskip.errors import EdgeskipError
 from edgeskip.export.iree_compile import TARGETS, Target, compile_many
 from edgeskip.export.onnx_export import export_gated, export_options, export_static
-from edgeskip.export.shared_weights import import_configs, import_shared, merge_modules, module_name, write_weights
+from edgeskip.export.shared_weights import import_configs, import_shared, merge_modules, write_weights
 from edgeskip.models import BlockNet
 from edgeskip.pareto.latency import interleaved_median
-from edgeskip.skip import INT8, normalize_options
+from edgeskip.skip import INT8, module_name, normalize_options
 
 
 class IreeLatency:

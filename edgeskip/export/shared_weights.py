@@ -22,7 +22,7 @@ from edgeskip.errors import EdgeskipError
 from edgeskip.export.iree_compile import Target, compile_many, import_onnx
 from edgeskip.export.onnx_export import export_static
 from edgeskip.models import BlockNet
-from edgeskip.skip import options_to_str
+from edgeskip.skip import module_name
 from edgeskip.utils.atomic import atomic_path
 
 
@@ -58,12 +58,6 @@ def check_shared(weights: Path, config_params: Path) -> int:
         if name not in shared or shared[name].tobytes() != value.tobytes():
             raise EdgeskipError(f"parameter {name!r} of {config_params.name} differs from the shared archive")
     return len(mine)
-
-
-def module_name(skip: Sequence[object]) -> str:
-    """Module (and file) name of a static config: ``static_`` + its skip or option array, e.g. ``static_110111``
-    (``static_118011``: block 3 in int8)."""
-    return "static_" + options_to_str(skip)
 
 
 def write_weights(

@@ -1,11 +1,20 @@
-"""Pure logic: candidate skip arrays from a ranking, and the non-dominated (Pareto) filter."""
+"""Pure logic: candidate skip arrays from a ranking (the Pareto filter itself is :mod:`edgeskip.front`)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
+from edgeskip.front import Point, dominates, front_with_anchor, non_dominated, stepping_order
 from edgeskip.skip import skip_from_indices
+
+__all__ = [
+    "Point",
+    "candidates_from_order",
+    "dominates",
+    "front_with_anchor",
+    "non_dominated",
+    "stepping_order",
+]
 
 
 def candidates_from_order(order: Sequence[int], num_gates: int) -> list[tuple[bool, ...]]:
@@ -13,36 +22,3 @@ def candidates_from_order(order: Sequence[int], num_gates: int) -> list[tuple[bo
     if sorted(order) != list(range(num_gates)):
         raise ValueError(f"order must be a permutation of 0..{num_gates - 1}, got {list(order)}")
     return [skip_from_indices(order[:n], num_gates) for n in range(num_gates + 1)]
-
-
-@dataclass(frozen=True)
-class Point:
-    """A candidate: accuracy (higher is better) and cost (lower is better), with its skip count."""
-
-    accuracy: float
-    cost: float
-    n_skipped: int
-
-
-def dominates(a: Point, b: Point) -> bool:
-    """``a`` is at least as good as ``b`` in both objectives and strictly better in one."""
-    return a.accuracy >= b.accuracy and a.cost <= b.cost and (a.accuracy > b.accuracy or a.cost < b.cost)
-
-
-def non_dominated(points: Sequence[Point]) -> list[int]:
-    """Indices of the points no other point dominates, sorted by number of skipped blocks."""
-    keep = [i for i, p in enumerate(points) if not any(dominates(q, p) for j, q in enumerate(points) if j != i)]
-    return sorted(keep, key=lambda i: (points[i].n_skipped, i))
-
-
-def front_with_anchor(points: Sequence[Point], anchor_index: int | None = None) -> list[int]:
-    """The non-dominated points plus the no-skip point (the original network), sorted by skips.
-
-    Algorithm 1 starts at "no skipping", so the front always begins with the full network even
-    when a skipping config scores at least as well on the (finite, noisy) validation set. The anchor is
-    ``anchor_index`` where given (a design space with int8 options has many points without skips), else
-    every point without skips.
-    """
-    anchor = [anchor_index] if anchor_index is not None else [i for i, p in enumerate(points) if p.n_skipped == 0]
-    keep = set(non_dominated(points)) | set(anchor)
-    return sorted(keep, key=lambda i: (points[i].n_skipped, i))

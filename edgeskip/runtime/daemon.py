@@ -368,10 +368,12 @@ async def run_daemon(
                 if d.queue_depth
                 else ""
             )
+            measured = service.executor.manifest.extra.get("profile")
+            front = f"profile {measured['machine']}" if measured else "compile-host"
             on_ready(
                 f"listening on http://{host}:{bound}{notes}  model {name}  backend {service.executor.backend}  target "
                 f"{service.executor.target}  policy {c.name}{extra}{queue}  service "
-                f"{service.service_time_s * 1e3:.3f} ms  configs {list(c.allowed)}"
+                f"{service.service_time_s * 1e3:.3f} ms  configs {list(c.allowed)}  front {front}"
             )
             sys.stdout.flush()
             release_startup_memory()

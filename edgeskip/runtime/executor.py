@@ -260,13 +260,22 @@ def open_executor(
     threads: int = 1,
     digest: str | None = None,
     verify_key: str | os.PathLike | None = None,
+    profile: str | None = "auto",
 ) -> BundleExecutor:
     """An executor for ``bundle``. ``backend`` auto: the one the bundle measured fastest on x86 hosts (IREE
     where onnxruntime is not installed), IREE elsewhere (onnxruntime graphs are not compiled per target).
     ``target`` auto: this machine's modules. ``driver`` is IREE's HAL driver, ``threads`` onnxruntime's
     intra-op threads. ``digest``: refuse the bundle unless its manifest has this digest; ``verify_key``:
-    unless it is signed by this public key (:mod:`edgeskip.signing`)."""
+    unless it is signed by this public key (:mod:`edgeskip.signing`). ``profile``: "auto" runs the fronts of this
+    machine's profile in the bundle's ``profiles/`` where there is one (:mod:`edgeskip.runtime.profile`), a path
+    that profile (refused unless it matches bundle and machine), None or "none" the compile host's fronts."""
     manifest = load_manifest(bundle, digest=digest, verify_key=verify_key)
+    if not manifest.learned_gates:
+        from edgeskip.runtime.profile import apply_profile, find_profile
+
+        found = find_profile(bundle, manifest, profile)
+        if found is not None:
+            manifest = apply_profile(manifest, *found)
     if target == "auto":
         target = machine_target(manifest)
     if backend == "auto":
@@ -274,11 +283,17 @@ def open_executor(
 
         fastest = manifest.host_fastest if target == "host" else "iree"
         backend = fastest if fastest != "onnxruntime" or available() else "iree"
+    cls = executor_class(backend, manifest)
+    if backend == "iree":
+        return cls(bundle, target=target, driver=driver, manifest=manifest)  # type: ignore[call-arg]
+    return cls(bundle, threads=threads, manifest=manifest)  # type: ignore[call-arg]
+
+
+def executor_class(backend: str, manifest: Manifest) -> type[BundleExecutor]:
+    """The executor type of ``backend`` for this kind of bundle."""
     skipnet = manifest.learned_gates
     if backend == "iree":
-        cls = IreeSkipNetExecutor if skipnet else IreeBundleExecutor
-        return cls(bundle, target=target, driver=driver, manifest=manifest)
+        return IreeSkipNetExecutor if skipnet else IreeBundleExecutor
     if backend == "onnxruntime":
-        cls = OrtSkipNetExecutor if skipnet else OrtBundleExecutor
-        return cls(bundle, threads=threads, manifest=manifest)
+        return OrtSkipNetExecutor if skipnet else OrtBundleExecutor
     raise EdgeskipError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")

@@ -478,6 +478,9 @@ class InferenceService:
             "busy": self.busy,
             "backend": self.executor.backend,
             "num_configs": len(self.executor.configs),
+            # whose measurements drew the front this service steps through: this machine's profile, or None
+            # (the compile host's)
+            "front_profile": self.executor.manifest.extra.get("profile"),
         }
 
     async def healthz(self, request: web.Request) -> web.Response:
