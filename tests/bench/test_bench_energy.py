@@ -92,3 +92,22 @@ def test_bad_power_input_is_one_line_exit_2(bundle, tmp_path, args, message):
     res = bench(bundle, tmp_path, *args)
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert __import__("re").search(message, res.stderr), res.stderr
+
+
+def test_a_load_sweep_reports_inf_per_w_against_the_original(bundle, tmp_path):
+    res = inproc(
+        "bench", bundle, "--loads", "1,2", "--seeds", "1", "--runs", "original,paper", "--count", "150",
+        "--power", "cmd:echo 4 W", "--out", tmp_path,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    doc = json.loads((tmp_path / "sweep.json").read_text())
+    assert doc["power"]["source"] == "command (echo 4 W)"
+    for load, by_run in doc["rows"].items():
+        ref = by_run["original"][0]
+        for run in by_run.values():
+            e = run[0]["energy"]
+            assert e["joules"] == pytest.approx(4.0 * e["seconds"])
+        row = next(r for r in doc["table"] if r["load"] == float(load) and r["run"] == "paper")
+        paper = by_run["paper"][0]
+        assert row["inf_per_w_ratio_mean"] == pytest.approx(paper["inferences_per_joule"] / ref["inferences_per_joule"])
+    assert "inferences per joule (Inf/W) relative to original" in res.stdout
