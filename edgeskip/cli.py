@@ -1090,9 +1090,16 @@ def inspect(bundle, digest, verify_key, profile) -> None:
     default=None,
     help="Profile file [default: BUNDLE/profiles/<machine>.json].",
 )
+@click.option(
+    "--energy-seconds",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="With --power: back-to-back inferences of each config for this long (20 samples a second).",
+)
 @engine_options
 @DIGEST_OPTION
-def profile(bundle, backends, repeats, power, out, target, driver, ort_threads, digest) -> None:
+def profile(bundle, backends, repeats, power, out, energy_seconds, target, driver, ort_threads, digest) -> None:
     """Measure every candidate config of a bundle on this machine and draw its own fronts (serve and bench use
     them here)."""
     from edgeskip.runtime.power import EnergyMeter, none_found_note, open_power
@@ -1111,7 +1118,7 @@ def profile(bundle, backends, repeats, power, out, target, driver, ort_threads, 
             meter = EnergyMeter(source)
             click.echo(f"energy: {source.description}")
     try:
-        p = measure(bundle, names, repeats, meter, click.echo, target, driver, ort_threads, digest)
+        p = measure(bundle, names, repeats, meter, click.echo, target, driver, ort_threads, digest, energy_seconds)
     finally:
         if meter is not None:
             meter.close()

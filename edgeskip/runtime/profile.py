@@ -216,9 +216,10 @@ def measure(
     driver: str = "local-sync",
     threads: int = 1,
     digest: str | None = None,
+    energy_seconds: float = 1.0,
 ) -> Profile:
-    """Time every candidate on each of ``backends`` here (and its energy per inference with an
-    :class:`~edgeskip.runtime.power.EnergyMeter`), and draw this machine's fronts."""
+    """Time every candidate on each of ``backends`` here (and, with an :class:`~edgeskip.runtime.power.EnergyMeter`,
+    its energy per inference over ``energy_seconds`` of back-to-back inferences), and draw this machine's fronts."""
     import numpy as np
 
     from edgeskip.manifest import load_manifest
@@ -249,7 +250,7 @@ def measure(
         if meter is not None:
             x = np.zeros((1, *ex.input_shape), np.float32)
             for k, c in enumerate(ran):
-                n = max(repeats, int(1.0 / max(latency[c.module][backend], 1e-6)))  # at least ~1 s of samples
+                n = max(repeats, int(energy_seconds / max(latency[c.module][backend], 1e-6)))
                 meter.start()
                 for _ in range(n):
                     ex.infer(x, config=k)

@@ -161,3 +161,18 @@ def test_a_signed_bundle_stays_verified_with_its_profiles(profiled, tmp_path):
     assert res.returncode == 0 and "signature verified" in res.stdout and "measured on this machine" in res.stdout, (
         res.stderr
     )
+
+
+def test_a_profile_with_energy_per_inference(profiled, tmp_path):
+    copy, _ = profiled
+    out = tmp_path / "energy.json"
+    res = inproc(
+        "profile", copy, "--repeats", "3", "--backend", "iree", "--power", "cmd:echo 2 W",
+        "--energy-seconds", "0.1", "--out", out,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(out.read_text())
+    assert doc["power"] == "command (echo 2 W)"
+    for c in doc["candidates"]:
+        if "iree" in c["latency_s"]:  # 2 W x about its latency, per inference
+            assert 0.3 < c["energy_j"]["iree"] / (2.0 * c["latency_s"]["iree"]) < 3.0, c
