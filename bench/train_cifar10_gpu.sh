@@ -101,15 +101,13 @@ for v in sd plain; do
     > "$OUT_DIR/train_r${DEPTH}_$v.log" 2>&1 &
 done
 wait || true
-$PY - "$OUT_DIR" "$DEPTH" "$DATA_AS" <<'PY'
-import dataclasses, sys
+with_data "$DATA_AS" "$OUT_DIR/r${DEPTH}_sd.pt" "$OUT_DIR/r${DEPTH}_plain.pt"
+$PY - "$OUT_DIR" "$DEPTH" <<'PY'
+import sys
 from edgeskip.train import load_checkpoint
-out, depth, data_as = sys.argv[1:]
+out, depth = sys.argv[1:]
 for v in ("sd", "plain"):
-    path = f"{out}/r{depth}_{v}.pt"
-    ck = load_checkpoint(path)
-    ck = dataclasses.replace(ck, data=dataclasses.replace(ck.data, data_dir=data_as))
-    ck.save(path)
+    ck = load_checkpoint(f"{out}/r{depth}_{v}.pt")
     ck.save(f"{out}/r{depth}_{v}.slim.pt", slim=True)
     h = ck.history[-1]
     print(f"{v}: epoch {ck.epoch}/{ck.train_cfg.epochs}, val {h['val_acc']:.4f}, {sum(r['seconds'] for r in ck.history):.0f} s")

@@ -1053,14 +1053,13 @@ def inspect(bundle, digest, verify_key, profile) -> None:
         v = m.extra.get("verification", {}).get("iree", {}).get(name, {})
         click.echo(f"target {name}: {t.triple}  verification: {json.dumps(v)}")
     if not skipnet:
-        from edgeskip.runtime.profile import apply_profile, find_profile
+        from edgeskip.runtime.profile import profiled
 
-        found = find_profile(bundle, m, profile)
-        if found is not None:
-            compiled = len(m.configs)
-            m = apply_profile(m, *found)
+        compiled = len(m.configs)
+        m, path = profiled(bundle, m, profile)
+        if path is not None:
             click.echo(
-                f"fronts measured on this machine: {found[1]} ({m.extra['profile']['cpu']}; the compile host's "
+                f"fronts measured on this machine: {path} ({m.extra['profile']['cpu']}; the compile host's "
                 f"{compiled} configs replaced; --profile none shows them)"
             )
         else:
@@ -1102,7 +1101,7 @@ def inspect(bundle, digest, verify_key, profile) -> None:
 def profile(bundle, backends, repeats, power, out, energy_seconds, target, driver, ort_threads, digest) -> None:
     """Measure every candidate config of a bundle on this machine and draw its own fronts (serve and bench use
     them here)."""
-    from edgeskip.runtime.power import EnergyMeter, none_found_note, open_power
+    from edgeskip.runtime.power import open_meter
     from edgeskip.runtime.profile import default_path, installed_backends, measure, write_profile
 
     names = installed_backends() if backends == "all" else [b.strip() for b in backends.split(",") if b.strip()]
@@ -1111,12 +1110,8 @@ def profile(bundle, backends, repeats, power, out, energy_seconds, target, drive
         raise EdgeskipError(f"--backend takes all or iree,onnxruntime; got {backends!r}")
     meter = None
     if power:
-        source = open_power(power)
-        if source is None:
-            click.echo(none_found_note())
-        else:
-            meter = EnergyMeter(source)
-            click.echo(f"energy: {source.description}")
+        meter, line = open_meter(power)
+        click.echo(line if meter is None else f"energy: {line}")
     try:
         p = measure(bundle, names, repeats, meter, click.echo, target, driver, ort_threads, digest, energy_seconds)
     finally:

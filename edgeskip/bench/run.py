@@ -21,7 +21,7 @@ from edgeskip.runtime.daemon import measure_config_latencies, measure_no_skip_la
 from edgeskip.runtime.dispatch import check_queue
 from edgeskip.runtime.executor import SkipNetExecutor, open_executor
 from edgeskip.runtime.policies import FixedController
-from edgeskip.runtime.power import Energy, EnergyMeter, none_found_note, open_power
+from edgeskip.runtime.power import Energy, EnergyMeter, open_meter
 from edgeskip.utils.atomic import write_json
 
 
@@ -111,11 +111,10 @@ class _Power:
             return
         if idle_baseline < 0:
             raise EdgeskipError(f"--idle-baseline must be seconds >= 0, got {idle_baseline}")
-        source = open_power(spec)
-        if source is None:
-            self.note = none_found_note()
+        self.meter, line = open_meter(spec, interval)
+        if self.meter is None:
+            self.note = line
             return
-        self.meter = EnergyMeter(source, interval)
         if idle_baseline:
             self.idle_w = self.meter.measure_idle(idle_baseline)
 
@@ -144,7 +143,7 @@ class _Power:
 
     def close(self) -> None:
         if self.meter is not None:
-            self.meter.source.close()
+            self.meter.close()
 
 
 class _Bench:

@@ -21,7 +21,7 @@ from edgeskip.runtime.connections import IDLE_TIMEOUT, MAX_CONNECTIONS, Guard, G
 from edgeskip.runtime.dispatch import Dispatcher, check_queue, service_model_for
 from edgeskip.runtime.executor import BundleExecutor, open_executor
 from edgeskip.runtime.policies import make_policy
-from edgeskip.runtime.power import EnergyMeter, none_found_note, open_power
+from edgeskip.runtime.power import EnergyMeter, open_meter
 from edgeskip.runtime.server import InferenceService, make_app
 
 
@@ -236,22 +236,22 @@ def start_energy(service: InferenceService, spec: str) -> tuple[EnergyMeter | No
     import logging
 
     log = logging.getLogger("edgeskip.serve")
-    source = open_power(spec)
-    if source is None:
-        log.warning(none_found_note())
+    meter, line = open_meter(spec)
+    if meter is None:
+        log.warning(line)
         return None, "  energy none"
 
     def stopped(why: str) -> None:
-        log.warning("power source %s stopped: %s; edgeskip_energy_joules keeps its last value", source.description, why)
+        log.warning("power source %s stopped: %s; edgeskip_energy_joules keeps its last value", line, why)
 
-    meter = EnergyMeter(source, on_error=stopped)
+    meter.on_error = stopped
     try:
         meter.start()
     except BaseException:
-        source.close()
+        meter.close()
         raise
     service.metrics.watch_energy(meter)
-    return meter, f"  energy {source.description}"
+    return meter, f"  energy {line}"
 
 
 async def run_daemon(

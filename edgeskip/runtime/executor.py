@@ -270,12 +270,9 @@ def open_executor(
     machine's profile in the bundle's ``profiles/`` where there is one (:mod:`edgeskip.runtime.profile`), a path
     that profile (refused unless it matches bundle and machine), None or "none" the compile host's fronts."""
     manifest = load_manifest(bundle, digest=digest, verify_key=verify_key)
-    if not manifest.learned_gates:
-        from edgeskip.runtime.profile import apply_profile, find_profile
+    from edgeskip.runtime.profile import profiled
 
-        found = find_profile(bundle, manifest, profile)
-        if found is not None:
-            manifest = apply_profile(manifest, *found)
+    manifest, _ = profiled(bundle, manifest, profile)
     if target == "auto":
         target = machine_target(manifest)
     if backend == "auto":

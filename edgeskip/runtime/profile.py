@@ -26,12 +26,12 @@ from typing import Any
 from edgeskip.errors import EdgeskipError
 from edgeskip.front import Point, stepping_order
 from edgeskip.manifest import ConfigEntry, Manifest
+from edgeskip.signing import PROFILES as DIR
 from edgeskip.skip import module_name
 from edgeskip.utils.atomic import write_json
 
 FORMAT = "edgeskip-profile"
 VERSION = 1
-DIR = "profiles"
 
 
 def machine() -> dict[str, Any]:
@@ -338,9 +338,21 @@ def find_profile(
     if choice in (None, "none"):
         return None
     if choice == "auto":
-        path = default_path(bundle)
-        return (load_profile(path, manifest), path) if path.is_file() else None
+        if not (Path(bundle) / DIR).is_dir():  # nothing to match: no need to read this machine's identity
+            return None
+        here = machine()
+        path = default_path(bundle, here["key"])
+        return (load_profile(path, manifest, here), path) if path.is_file() else None
     return load_profile(choice, manifest), Path(choice)
+
+
+def profiled(
+    bundle: str | os.PathLike, manifest: Manifest, choice: str | None = "auto"
+) -> tuple[Manifest, Path | None]:
+    """``manifest`` with the fronts of the profile ``choice`` finds (see :func:`find_profile`), and that profile's
+    path; as it is, with None, where there is none or the bundle's gates pick the blocks (SkipNet, DFS)."""
+    found = None if manifest.learned_gates else find_profile(bundle, manifest, choice)
+    return (manifest, None) if found is None else (apply_profile(manifest, *found), found[1])
 
 
 def apply_profile(manifest: Manifest, profile: Profile, path: Path | None = None) -> Manifest:

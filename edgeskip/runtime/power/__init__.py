@@ -41,6 +41,15 @@ def open_power(spec: str, sysfs: Path | None = None) -> PowerSource | None:
     return source
 
 
+def open_meter(spec: str, interval: float = 0.05) -> tuple[EnergyMeter | None, str]:
+    """A meter on the source ``spec`` names, and the line that says which source (or, where ``auto`` finds none,
+    the meter None and the line saying so)."""
+    source = open_power(spec)
+    if source is None:
+        return None, none_found_note()
+    return EnergyMeter(source, interval), source.description
+
+
 def none_found_note(sysfs: Path | None = None) -> str:
     """The one line said where ``auto`` finds nothing."""
     sysfs = sysfs_root() if sysfs is None else sysfs
@@ -59,6 +68,7 @@ __all__ = [
     "PowerSource",
     "counter_delta",
     "none_found_note",
+    "open_meter",
     "open_power",
     "trapezoid",
 ]

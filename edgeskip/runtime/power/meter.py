@@ -1,7 +1,7 @@
 """Energy over a run from any power source: counter deltas with wraparound, power integrated over time.
 
-Pure arithmetic (:func:`counter_delta`, :func:`trapezoid`) apart from the sampling thread; the clock and
-the sleep are injected, so a test drives a meter sample by sample.
+Pure arithmetic (:func:`counter_delta`, :func:`trapezoid`) apart from the sampling thread; the clock is
+injected, so a test drives a meter sample by sample.
 """
 
 from __future__ import annotations
@@ -104,14 +104,12 @@ class EnergyMeter:
         source: PowerSource,
         interval: float = 0.05,
         clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], object] | None = None,
         on_error: Callable[[str], object] | None = None,
     ) -> None:
         if not interval > 0:
             raise PowerError(f"the sampling interval must be positive, got {interval}")
         self.source, self.interval, self.clock = source, interval, clock
         self._stop = threading.Event()
-        self._sleep = sleep or self._stop.wait
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self.error: str | None = None  # why sampling stopped early (the counter keeps what it had)
@@ -154,7 +152,7 @@ class EnergyMeter:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            self._sleep(self.interval)
+            self._stop.wait(self.interval)
             if self._stop.is_set():
                 break
             try:
@@ -177,10 +175,7 @@ class EnergyMeter:
 
     def stop(self, idle_w: float | None = None) -> Energy:
         """End the span with a last reading; raises :class:`PowerError` if sampling failed on the way."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        self._halt()
         if self.error is not None:
             raise PowerError(f"power source {self.source.description}: {self.error}")
         self.sample()
@@ -188,11 +183,14 @@ class EnergyMeter:
 
     def close(self) -> None:
         """Stop sampling (whatever happened) and release the source."""
+        self._halt()
+        self.source.close()
+
+    def _halt(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-        self.source.close()
 
     def measure_idle(self, seconds: float) -> float:
         """Mean watts over ``seconds`` of doing nothing (the baseline a run's energy is compared with)."""
