@@ -191,6 +191,15 @@ class _Group(click.Group):
             ctx.exit(130)
 
 
+def _data_spec(dataset, data_dir, val_fraction, seed, image_size, download):
+    """The data options of train, pareto and compile as one DataSpec (``--image-size`` checked and parsed)."""
+    from edgeskip.train import DataSpec
+
+    return DataSpec(
+        dataset, data_dir, val_fraction, seed=seed, image_size=_size(image_size, dataset), download=download
+    )
+
+
 def _size(value: str | None, dataset: str) -> tuple[int, int] | None:
     if not value:
         return None
@@ -595,7 +604,7 @@ def _train(
     from edgeskip.utils.atomic import ensure_parent
 
     ensure_parent(out)  # before hours of training, not after
-    from edgeskip.train import DataSpec, TrainConfig
+    from edgeskip.train import TrainConfig
     from edgeskip.train import train as run_train
 
     _threads(threads)
@@ -628,9 +637,7 @@ def _train(
         compile=compile_,
         recipe=recipe or "",
     )
-    data = DataSpec(
-        dataset, data_dir, val_fraction, seed=seed, image_size=_size(image_size, dataset), download=download
-    )
+    data = _data_spec(dataset, data_dir, val_fraction, seed, image_size, download)
     if gates is None and init is not None:
         raise EdgeskipError(
             "--init needs --gates (plain training starts from scratch; pretrained weights: --init-weights)"
@@ -790,13 +797,11 @@ def pareto(
     _threads(threads)
     out_dir = Path(out)
     if checkpoint is None:
-        from edgeskip.train import DataSpec, TrainConfig
+        from edgeskip.train import TrainConfig
         from edgeskip.train import train as run_train
 
         checkpoint = str(out_dir / "model.pt")
-        data = DataSpec(
-            dataset, data_dir, val_fraction, seed=seed, image_size=_size(image_size, dataset), download=download
-        )
+        data = _data_spec(dataset, data_dir, val_fraction, seed, image_size, download)
         run_train(
             checkpoint,
             data,
@@ -964,13 +969,11 @@ def compile_cmd(
         raise EdgeskipError(f"{out_dir} exists; pass --force to replace it")
     log = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
     if checkpoint is None:
-        from edgeskip.train import DataSpec, TrainConfig
+        from edgeskip.train import TrainConfig
         from edgeskip.train import train as run_train
 
         checkpoint = str(out_dir.parent / f".{out_dir.name}.model.pt")
-        data = DataSpec(
-            dataset, data_dir, val_fraction, seed=seed, image_size=_size(image_size, dataset), download=download
-        )
+        data = _data_spec(dataset, data_dir, val_fraction, seed, image_size, download)
         cfg = model_config(model_spec, model_args, block_names, depth)
         log(f"training {cfg.name} on {dataset} ...")
         run_train(
