@@ -1025,10 +1025,16 @@ def compile_cmd(
         click.echo(configs_summary(manifest))
     else:
         click.echo(format_table(json.loads((bundle / "pareto.json").read_text())))
-    click.echo(
-        f"wrote bundle {bundle} ({len(manifest.artifacts)} artifacts, targets "
-        f"{', '.join(manifest.targets)}; fastest host backend: {manifest.host_fastest})"
+    where = (
+        f"targets {', '.join(manifest.targets)}" if manifest.iree is not None else "no IREE modules: onnxruntime only"
     )
+    click.echo(
+        f"wrote bundle {bundle} ({len(manifest.artifacts)} artifacts, {where}; fastest host backend: "
+        f"{manifest.host_fastest})"
+    )
+    for name, v in manifest.extra.get("verification", {}).get("iree", {}).items():
+        if isinstance(v, dict) and v.get("compiled") is False:
+            click.echo(f"target {name} left out: {v.get('reason')}")
     click.echo(f"bundle digest {manifest.digest}  (serve/bench/inspect --digest refuse any other manifest)")
 
 
@@ -1052,9 +1058,14 @@ def inspect(bundle, digest, verify_key, profile) -> None:
         f"B_s = {m.num_gates}, {what}, manifest version {m.version}"
     )
     click.echo("tools: " + ", ".join(f"{k} {v}" for k, v in m.extra.get("tools", {}).items()))
+    if m.iree is None:
+        click.echo(f"IREE: no modules ({m.iree_unavailable}); the graphs run on onnxruntime")
+    checks = m.extra.get("verification", {}).get("iree", {})
     for name, t in m.targets.items():
-        v = m.extra.get("verification", {}).get("iree", {}).get(name, {})
-        click.echo(f"target {name}: {t.triple}  verification: {json.dumps(v)}")
+        click.echo(f"target {name}: {t.triple}  verification: {json.dumps(checks.get(name, {}))}")
+    for name, v in checks.items():
+        if isinstance(v, dict) and v.get("compiled") is False:
+            click.echo(f"target {name}: not compiled ({v.get('reason')})")
     if not skipnet:
         from edgeskip.runtime.profile import profiled
 

@@ -274,8 +274,8 @@ class Manifest:
     num_gates: int
     gated_blocks: tuple[int, ...]
     configs: tuple[ConfigEntry, ...]
-    targets: dict[str, TargetEntry]
-    iree: IreeEntry
+    targets: dict[str, TargetEntry]  # empty where iree is None
+    iree: IreeEntry | None  # None: IREE could not compile the model; onnxruntime runs it (iree_unavailable says why)
     host_fastest: str
     onnx: dict[str, str]  # ONNX graph per function name ("gated" and each config's module), bundle-relative
     digest: str | None = None  # bundle_digest of the document read (set by load_manifest; not written)
@@ -286,6 +286,12 @@ class Manifest:
     version: int = VERSION
     fronts: dict[str, tuple[int, ...]] = field(default_factory=dict)  # back end -> config indices, stepping order
     int8: dict[str, Any] | None = None  # calibration of the int8 blocks: {"blocks": {block: BlockQuant dict}, ...}
+
+    @property
+    def iree_unavailable(self) -> str | None:
+        """Why the bundle has no IREE modules (the compiler's one-line error), None where it has them."""
+        why = self.extra.get("backend", {}).get("iree_unavailable")
+        return str(why) if self.iree is None and why else None
 
     @property
     def learned_gates(self) -> bool:
@@ -338,7 +344,7 @@ class Manifest:
                 "onnx": dict(self.onnx),
                 "configs": [c.to_dict() for c in self.configs],
                 "targets": {k: t.to_dict() for k, t in self.targets.items()},
-                "iree": self.iree.to_dict(),
+                **({"iree": self.iree.to_dict()} if self.iree is not None else {}),
                 "backend": {"host_fastest": self.host_fastest, **self.extra.get("backend", {})},
             }
         )
@@ -393,25 +399,36 @@ class Manifest:
         if any(c.n_int8 for c in cfgs) and int8 is None:
             raise ManifestError("manifest: configs run int8 blocks but the int8 section is missing")
         targets = {str(k): TargetEntry.from_dict(v, k) for k, v in _req(d, "targets", dict, "manifest").items()}
-        if not targets:
-            raise ManifestError("manifest: targets is empty")
-        iree = IreeEntry.from_dict(_req(d, "iree", dict, "manifest"))
-        if any(c.n_int8 for c in cfgs) and "iree" not in fronts:
-            raise ManifestError("manifest: a bundle with int8 configs must name the IREE front")
-        on_iree = fronts.get("iree", range(len(cfgs)))  # only the IREE front's configs need IREE functions
-        missing = [cfgs[i].module for i in on_iree if cfgs[i].module not in iree.functions]
-        if missing:
-            raise ManifestError(f"manifest: configs name functions the module lacks: {', '.join(missing)}")
-        if kind == "edgeskip" and "gated" not in iree.functions:
-            raise ManifestError("manifest: the module of an edgeskip bundle needs the function 'gated'")
         onnx = {str(k): _rel_path(v, f"onnx.{k}") for k, v in _req(d, "onnx", dict, "manifest").items()}
-        unlisted = [cfgs[i].module for i in fronts.get("onnxruntime", ()) if cfgs[i].module not in onnx]
-        if unlisted:
-            raise ManifestError(f"manifest: onnxruntime front configs without a graph: {', '.join(unlisted)}")
         backend = _req(d, "backend", dict, "manifest")
         fastest = _req(backend, "host_fastest", str, "backend")
         if fastest not in BACKENDS:
             raise ManifestError(f"manifest: backend.host_fastest must be one of {', '.join(BACKENDS)}")
+        iree: IreeEntry | None = None
+        if d.get("iree") is None:  # IREE could not compile the model: an onnxruntime-only bundle
+            why = backend.get("iree_unavailable")
+            if not isinstance(why, str) or not why:
+                raise ManifestError("manifest: iree is missing and backend.iree_unavailable does not say why")
+            if targets or fastest != "onnxruntime" or kind != "edgeskip":
+                raise ManifestError(
+                    "manifest: a bundle without IREE modules has no targets and runs its graphs on onnxruntime"
+                )
+            unlisted = [c.module for c in cfgs if c.module not in onnx]
+        else:
+            if not targets:
+                raise ManifestError("manifest: targets is empty")
+            iree = IreeEntry.from_dict(_req(d, "iree", dict, "manifest"))
+            if any(c.n_int8 for c in cfgs) and "iree" not in fronts:
+                raise ManifestError("manifest: a bundle with int8 configs must name the IREE front")
+            on_iree = fronts.get("iree", range(len(cfgs)))  # only the IREE front's configs need IREE functions
+            missing = [cfgs[i].module for i in on_iree if cfgs[i].module not in iree.functions]
+            if missing:
+                raise ManifestError(f"manifest: configs name functions the module lacks: {', '.join(missing)}")
+            if kind == "edgeskip" and "gated" not in iree.functions:
+                raise ManifestError("manifest: the module of an edgeskip bundle needs the function 'gated'")
+            unlisted = [cfgs[i].module for i in fronts.get("onnxruntime", ()) if cfgs[i].module not in onnx]
+        if unlisted:
+            raise ManifestError(f"manifest: onnxruntime front configs without a graph: {', '.join(unlisted)}")
         artifacts = _req(d, "artifacts", dict, "manifest")
         for rel, digest in artifacts.items():
             _rel_path(rel, "artifacts")
@@ -563,10 +580,11 @@ def load_manifest(
         raise ManifestError(f"{path}: {e}") from None
     m = dataclasses.replace(m, digest=bundle_digest(doc))
     if check_hashes:
+        iree = m.iree
         used = [
-            m.iree.weights,
+            *([iree.weights] if iree else []),
             *m.onnx.values(),
-            *(f"{t.dir}/{m.iree.module}" for t in m.targets.values()),
+            *(f"{t.dir}/{iree.module}" for t in m.targets.values() if iree),
             *([m.sample] if m.sample else []),
         ]
         unlisted = [u for u in used if u not in m.artifacts]

@@ -17,6 +17,46 @@ import numpy as np
 from edgeskip.errors import EdgeskipError
 
 PARAM_SCOPE = "model"
+# A module compiled with a raised per-dispatch stack limit (edgeskip.export.iree_compile retries with one where
+# IREE's default, 32 KiB, refuses a model) records it in its target's flags; prepare_stack makes room for it.
+STACK_LIMIT_FLAG = "--iree-llvmcpu-stack-allocation-limit"
+DEFAULT_STACK_LIMIT = 32 * 1024
+TASK_WORKER_STACK = 128 * 1024  # IREE's --task_worker_stack_size default
+
+
+def stack_limit(flags: Sequence[str]) -> int:
+    """The per-dispatch stack limit a module was compiled with (IREE's default where the flags do not raise it)."""
+    given = [f.split("=", 1)[1] for f in flags if f.startswith(STACK_LIMIT_FLAG + "=")]
+    return int(given[-1]) if given and given[-1].isdigit() else DEFAULT_STACK_LIMIT
+
+
+def prepare_stack(flags: Sequence[str], driver: str) -> None:
+    """Room for the dispatches of a module compiled with ``flags``, before its device is created: twice the limit.
+
+    ``local-task`` runs dispatches on IREE's worker threads (128 KiB stacks by default, which a 145 KiB dispatch
+    overflows: a segfault, measured), so their ``--task_worker_stack_size`` is raised (a process-wide flag).
+    ``local-sync`` runs them on the calling thread: glibc gives the main thread and every Python thread
+    ``ulimit -s`` (8 MiB by default); a smaller one is a one-line error."""
+    limit = stack_limit(flags)
+    if limit <= DEFAULT_STACK_LIMIT:
+        return
+    need = 2 * limit
+    if driver.startswith("local-task"):
+        import iree.runtime as rt
+
+        rt.flags.parse_flags(f"--task_worker_stack_size={max(need, TASK_WORKER_STACK)}")
+        return
+    import resource
+    import threading
+
+    soft = resource.getrlimit(resource.RLIMIT_STACK)[0]
+    size = threading.stack_size()
+    if (soft != resource.RLIM_INFINITY and soft < need) or 0 < size < need:
+        have = size if 0 < size < need else soft
+        raise EdgeskipError(
+            f"this module's dispatches need {limit} bytes of stack (it was compiled with {STACK_LIMIT_FLAG}="
+            f"{limit}); this thread's stack is {have} bytes: raise it to at least {need} (ulimit -s {need // 1024})"
+        )
 
 
 def _abi(fn: Any) -> dict:

@@ -44,7 +44,7 @@ from edgeskip.errors import EdgeskipError
 from edgeskip.export import emulate
 from edgeskip.export.elf_check import check_no_imports
 from edgeskip.export.iree_compile import COMMON_FLAGS, Target
-from edgeskip.export.latency import IreeLatency, ort_static_latency
+from edgeskip.export.latency import IreeLatency, IreeOrOrt, OrtLatency, ort_static_latency
 from edgeskip.export.onnx_export import logit_diff, verify_int8, verify_onnx
 from edgeskip.manifest import ConfigEntry, InputSpec, IreeEntry, Manifest, Normalization, TargetEntry
 from edgeskip.pareto.design import calibration_batches, design_space, fractional_space, write_design
@@ -287,12 +287,16 @@ def build_bundle(
             + " (one module per target, shared weights) and measuring it on this host ..."
         )
         lat = IreeLatency(model, tmp / "iree", work, repeats=repeats, targets=targets)
-        sens, front = design_space(model, splits, ck.dataset_id, latency=lat)
+        source: IreeLatency | IreeOrOrt = lat
+        if not int8:  # where IREE cannot compile the model, onnxruntime runs it (int8 bundles need IREE's float side)
+            source = IreeOrOrt(lat, lambda gated: OrtLatency(model, work / "ort", repeats=repeats, gated=gated), log)
+        sens, front = design_space(model, splits, ck.dataset_id, latency=source)
+        unavailable = source.unavailable if isinstance(source, IreeOrOrt) else None
+        if unavailable:
+            shutil.rmtree(tmp / "iree", ignore_errors=True)
         configs = front["configs"]
         frac = None
         if int8:
-            from edgeskip.export.latency import OrtLatency
-
             log("fractional design space {full, int8, skip} per block, measured on onnxruntime ...")
             frac = fractional_space(
                 model,
@@ -319,7 +323,9 @@ def build_bundle(
                 shutil.copyfile(work / "ort" / f"{c['module']}.onnx", dest)
                 quantized[tuple(c["options"])] = dest
             else:
-                shutil.copyfile(lat.built[c["module"]][0], dest)
+                shutil.copyfile(
+                    work / "ort" / f"{c['module']}.onnx" if unavailable else lat.built[c["module"]][0], dest
+                )
                 static[tuple(bool(v) for v in c["skip"])] = dest
         floats = [c for c in configs if "options" not in c]  # the IREE module's configs
         xb, _ = next(iterate(splits.test, splits.norm, 8))
@@ -330,9 +336,14 @@ def build_bundle(
         if quantized:
             onnx_check["int8_relative"] = verify_int8(model, xb, quantized)
 
-        log("verifying compiled modules ...")
         images = xb.numpy().astype(np.float32)
-        iree_check = _verify_iree(tmp, targets, images, floats, extra, log)
+        if unavailable:
+            iree_check: dict[str, Any] = {"available": False, "reason": unavailable}
+        else:
+            log("verifying compiled modules ...")
+            iree_check = _verify_iree(tmp, lat.targets, images, floats, extra, log)
+        for name, why in lat.dropped.items():  # a target IREE could not compile; the others stand
+            iree_check[name] = {"compiled": False, "reason": why}
 
         log("measuring onnxruntime vs IREE on the front ...")
         ort_lat = ort_static_latency(
@@ -344,13 +355,13 @@ def build_bundle(
                 c["latency_s"] = t
         for c, o in zip(configs, ort_lat):
             c["latency_s_onnxruntime"] = o
-            if "options" in c:
+            if "options" in c or unavailable:
                 c["latency_s"] = o  # onnxruntime is the only back end that runs it
             else:
                 c["iree_over_onnxruntime"] = c["latency_s"] / o
         faster = (
             "onnxruntime"
-            if sum(c["latency_s_onnxruntime"] for c in floats) < sum(c["latency_s"] for c in floats)
+            if unavailable or sum(c["latency_s_onnxruntime"] for c in floats) < sum(c["latency_s"] for c in floats)
             else "iree"
         )
         fronts = {}
@@ -369,6 +380,12 @@ def build_bundle(
         sample = write_sample(tmp, splits)
         cfg = model.cfg
         functions = tuple(lat.functions)  # every measured candidate: the front's configs and the others
+        iree_entry = (
+            None
+            if unavailable
+            else IreeEntry("iree/weights.irpa", "model.vmfb", functions, common_flags=tuple(COMMON_FLAGS))
+        )
+        target_entries = {} if unavailable else targets_manifest(lat.targets)  # as compiled: raised stack limits
         int8_doc = None
         if calibration is not None:
             int8_doc = {
@@ -402,8 +419,8 @@ def build_bundle(
                 )
                 for c in configs
             ),
-            targets=targets_manifest(targets),
-            iree=IreeEntry("iree/weights.irpa", "model.vmfb", functions, common_flags=tuple(COMMON_FLAGS)),
+            targets=target_entries,
+            iree=iree_entry,
             host_fastest=faster,
             onnx={"gated": "onnx/gated.onnx", **{c["module"]: f"onnx/{c['module']}.onnx" for c in configs}},
             sample=sample,
@@ -411,7 +428,11 @@ def build_bundle(
                 "created_unix": int(time.time()),
                 "tools": tool_versions(),
                 "gated": {"inputs": ["image", "skip"], "skip": {"dtype": "bool", "shape": [g]}},
-                "backend": {"latency_source": lat.name, "onnxruntime_threads": 1, "iree_driver": "local-sync"},
+                "backend": {
+                    "latency_source": source.name,
+                    "onnxruntime_threads": 1,
+                    **({"iree_unavailable": unavailable} if unavailable else {"iree_driver": "local-sync"}),
+                },
                 "verification": {"tolerance": TOLERANCE, "onnx": onnx_check, "iree": iree_check},
                 "build_seconds": round(time.time() - t0, 1),
             },

@@ -20,11 +20,18 @@ from edgeskip.skip import INT8, SKIP
 VARIANTS = "variants"
 
 
+def dense(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``fn`` with a contiguous result. ``torch.cond`` requires both branches to return the same strides, and a
+    block whose last op is a permute (ConvNeXt's channels-last LayerNorm) returns other strides than its input on
+    a 1x1 map; ONNX has no strides, so this adds no node to the graph."""
+    return lambda t: fn(t).contiguous()
+
+
 def bypass_branch(model: BlockNet, b: int) -> Callable[[torch.Tensor], torch.Tensor]:
     """The ``If`` branch of a skipped block: the block input (a copy, since a branch may not alias its input), or
     what the block reduces to when that is not the identity (:meth:`BlockNet.bypass`)."""
     by = model.bypass(b)
-    return (lambda t: t.clone()) if by is None else (lambda t: by(t))
+    return dense(lambda t: t.clone(memory_format=torch.contiguous_format)) if by is None else dense(by)
 
 
 class GatedGraph(ExportView):
@@ -40,7 +47,7 @@ class GatedGraph(ExportView):
 
     def forward(self, image: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         return self.walk(
-            image, lambda b, block, h: torch.cond(skip[self.gate_of[b]], lambda t: block(t), self.bypass[b], (h,))
+            image, lambda b, block, h: torch.cond(skip[self.gate_of[b]], dense(block), self.bypass[b], (h,))
         )
 
 
@@ -65,7 +72,7 @@ class OptionsGraph(ExportView):
             variant = variants[str(b)]
 
             def run(t: torch.Tensor) -> torch.Tensor:
-                return torch.cond(o == INT8, lambda u: variant(u), lambda u: block(u), (t,))
+                return torch.cond(o == INT8, dense(variant), dense(block), (t,))
 
             return torch.cond(o == SKIP, self.bypass[b], run, (h,))
 

@@ -13,14 +13,19 @@ does not vectorise (15x slower), so it runs per function, by attribute, after in
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import re
+import signal
 import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
+from edgeskip.backends.iree import STACK_LIMIT_FLAG
 from edgeskip.errors import EdgeskipError
 from edgeskip.utils.atomic import atomic_path
 
@@ -54,6 +59,11 @@ class Target:
             out.append(f"--iree-llvmcpu-target-cpu-features={self.features}")
         return out + list(self.extra)
 
+    def with_stack_limit(self, limit: int) -> Target:
+        """This target with ``--iree-llvmcpu-stack-allocation-limit=limit`` (replacing any other)."""
+        kept = tuple(f for f in self.extra if not f.startswith(STACK_LIMIT_FLAG + "="))
+        return dataclasses.replace(self, extra=(*kept, f"{STACK_LIMIT_FLAG}={limit}"))
+
 
 TARGETS: dict[str, Target] = {
     "host": Target("host", None, cpu="host"),
@@ -76,6 +86,19 @@ TARGETS: dict[str, Target] = {
 
 
 CHANNELS_LAST = "iree-preprocessing-convert-conv-to-channels-last"
+
+
+class IreeError(EdgeskipError):
+    """IREE's importer or compiler could not build a module (one line: the tool's error or crash)."""
+
+
+# IREE refuses a dispatch whose stack allocations exceed 32 KiB by default (timm's MobileNetV3 squeeze-excite with a
+# dynamic batch asks for 145 KiB: bench/README section 12.7). compile retries with the limit it asked for, rounded
+# up to a power of two, up to STACK_LIMIT_CAP: 1/8 of the smallest stack a dispatch runs on here, glibc's 8 MiB
+# default for the calling thread (local-sync); local-task workers get a matching --task_worker_stack_size from
+# the runtime (edgeskip.backends.iree.prepare_stack).
+STACK_LIMIT_CAP = 1 << 20
+_STACK_ASKED = re.compile(r"exceeded stack allocation limit of (\d+) bytes.*?Got (\d+) bytes")
 log = logging.getLogger("edgeskip.compile")
 
 
@@ -88,10 +111,22 @@ def parse_targets(text: str) -> list[Target]:
     return [TARGETS[n] for n in dict.fromkeys(names)]
 
 
-def _tool_error(what: str, proc: subprocess.CompletedProcess) -> EdgeskipError:
-    lines = [l for l in (proc.stderr or proc.stdout or "").splitlines() if l.strip()]
+def _tool_error(what: str, proc: subprocess.CompletedProcess) -> IreeError:
+    """One line: the tool's first error line; for a crash, the signal and the first line that says where (a tool
+    killed by a signal prints LLVM's "Please report issues" banner and a stack dump, not an error)."""
+    lines = [l.strip() for l in (proc.stderr or proc.stdout or "").splitlines() if l.strip()]
+    if proc.returncode < 0 or any(l.startswith("Stack dump") for l in lines):
+        try:
+            why = f"crashed ({signal.Signals(-proc.returncode).name})" if proc.returncode < 0 else "crashed"
+        except ValueError:
+            why = f"crashed (signal {-proc.returncode})"
+        cause = next((l for l in lines if "error" in l.lower() or "assert" in l.lower()), None)
+        if cause is None:  # the pass it was in ("1. Running pass 'X' on ..."), else the first frame of the dump
+            cause = next((l for l in lines if "Running pass" in l), next((l for l in lines if l.startswith("#0")), ""))
+        cause = " ".join(cause.split())
+        return IreeError(f"{what} {why}" + (f": {cause[:300]}" if cause else ""))
     msg = next((l for l in lines if "error" in l.lower()), lines[0] if lines else f"exit status {proc.returncode}")
-    return EdgeskipError(f"{what} failed: {msg.strip()[:300]}")
+    return IreeError(f"{what} failed: {msg[:300]}")
 
 
 def import_onnx(onnx_path: str | os.PathLike, dest: str | os.PathLike, params: str | os.PathLike | None = None) -> Path:
@@ -129,16 +164,42 @@ def compile_jobs() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
 
+class Compiled(NamedTuple):
+    """A compiled module and the target as it was compiled (a raised stack limit is in its flags)."""
+
+    path: Path
+    target: Target
+
+
 def compile_many(
     jobs: Sequence[tuple[str | os.PathLike, Target, str | os.PathLike]], channels_last: Sequence[str] = ()
-) -> list[Path]:
-    """:func:`compile_mlir` for each (mlir, target, dest), :func:`compile_jobs` at a time; the first error raises."""
+) -> list[Compiled]:
+    """:func:`compile_module` for each (mlir, target, dest), :func:`compile_jobs` at a time; the first error
+    raises."""
+    out = compile_each(jobs, channels_last)
+    for r in out:
+        if isinstance(r, IreeError):
+            raise r
+    return out  # type: ignore[return-value]
+
+
+def compile_each(
+    jobs: Sequence[tuple[str | os.PathLike, Target, str | os.PathLike]], channels_last: Sequence[str] = ()
+) -> list[Compiled | IreeError]:
+    """:func:`compile_module` for each job, :func:`compile_jobs` at a time; a job IREE cannot compile gives its
+    error in its place, and the others still compile."""
     from concurrent.futures import ThreadPoolExecutor
 
+    def one(job: tuple[str | os.PathLike, Target, str | os.PathLike]) -> Compiled | IreeError:
+        try:
+            return compile_module(*job, channels_last=channels_last)
+        except IreeError as e:
+            return e
+
     if len(jobs) <= 1 or compile_jobs() == 1:
-        return [compile_mlir(*j, channels_last=channels_last) for j in jobs]
+        return [one(j) for j in jobs]
     with ThreadPoolExecutor(max_workers=min(len(jobs), compile_jobs())) as pool:
-        return list(pool.map(lambda j: compile_mlir(*j, channels_last=channels_last), jobs))
+        return list(pool.map(one, jobs))
 
 
 def annotate_pipeline(text: str, functions: Sequence[str], pipeline: str) -> str:
@@ -176,7 +237,21 @@ def compile_mlir(
     extra: list[str] | None = None,
     channels_last: Sequence[str] = (),
 ) -> Path:
+    """:func:`compile_module`'s path."""
+    return compile_module(mlir, target, dest, extra, channels_last).path
+
+
+def compile_module(
+    mlir: str | os.PathLike,
+    target: Target,
+    dest: str | os.PathLike,
+    extra: list[str] | None = None,
+    channels_last: Sequence[str] = (),
+) -> Compiled:
     """MLIR -> .vmfb for ``target``, written atomically; compiler errors raise a one-line error.
+
+    Where iree-compile refuses a dispatch for its stack limit, it compiles again with the limit raised to the
+    next power of two above what was asked, up to :data:`STACK_LIMIT_CAP`; the returned target carries the flag.
 
     ``channels_last``: functions whose convolutions run channels-last (:data:`CHANNELS_LAST`; only
     ``If``-free functions): compiled in two phases, input conversion, then the rest with the pass
@@ -184,11 +259,34 @@ def compile_mlir(
     MobileNetV2's: "'tensor.empty' op incorrect number of dynamic sizes"), the module is compiled as
     it is instead, and a warning names the target and the reason."""
     dest = Path(dest)
-    flags = [*target.flags(), *(extra or [])]
+    try:
+        return Compiled(_compile_layouts(mlir, target, dest, extra or [], channels_last), target)
+    except EdgeskipError as e:
+        asked = _STACK_ASKED.search(str(e))
+        if asked is None:
+            raise
+        need = 1 << (int(asked.group(2)) - 1).bit_length()
+        if need > STACK_LIMIT_CAP:
+            raise IreeError(
+                f"iree-compile for {target.name}: a dispatch needs {int(asked.group(2))} bytes of stack, more than "
+                f"edgeskip allows ({STACK_LIMIT_CAP}); the model cannot be compiled for IREE"
+            ) from e
+        log.warning("%s: a dispatch needs %s bytes of stack; compiling with %s=%d", target.name, asked.group(2),
+                    STACK_LIMIT_FLAG, need)  # fmt: skip
+        raised = target.with_stack_limit(need)
+        return Compiled(_compile_layouts(mlir, raised, dest, extra or [], channels_last), raised)
+
+
+def _compile_layouts(
+    mlir: str | os.PathLike, target: Target, dest: Path, extra: list[str], channels_last: Sequence[str]
+) -> Path:
+    flags = [*target.flags(), *extra]
     if channels_last:
         try:
             return _compile(mlir, target, dest, flags, channels_last)
         except EdgeskipError as e:
+            if _STACK_ASKED.search(str(e)):
+                raise
             log.warning("channels-last compile for %s failed, compiling NCHW: %s", target.name, str(e)[-160:])
     return _compile(mlir, target, dest, flags, ())
 

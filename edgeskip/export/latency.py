@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import shutil
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import numpy as np
 from edgeskip.backends.iree import SharedIreeExecutor
 from edgeskip.backends.ort import ort_session
 from edgeskip.errors import EdgeskipError
-from edgeskip.export.iree_compile import TARGETS, Target, compile_many
+from edgeskip.export.iree_compile import TARGETS, IreeError, Target, compile_each
 from edgeskip.export.onnx_export import export_gated, export_options, export_static
 from edgeskip.export.shared_weights import import_configs, import_shared, merge_modules, write_weights
 from edgeskip.models import BlockNet
@@ -51,6 +52,7 @@ class IreeLatency:
         self.weights = self.out / "weights.irpa"
         self.gated: Path | None = None  # the gated graph, exported once: every static graph is cut from it
         self.gated_mlir: Path | None = None
+        self.dropped: dict[str, str] = {}  # target -> why IREE could not compile it (the host never is: it raises)
 
     @property
     def functions(self) -> list[str]:
@@ -78,10 +80,20 @@ class IreeLatency:
             )
             for t in self.targets:
                 self.module(t.name).parent.mkdir(parents=True, exist_ok=True)
-            compile_many(
+            results = compile_each(
                 [(merged, t, self.module(t.name)) for t in self.targets],
                 channels_last=list(self.built),  # the static functions; the gated one keeps NCHW
             )
+            kept = []
+            for t, r in zip(self.targets, results):
+                if isinstance(r, IreeError):
+                    if t.name == "host":
+                        raise r
+                    self.dropped[t.name] = str(r)  # the bundle goes on without this target and says why
+                    shutil.rmtree(self.module(t.name).parent, ignore_errors=True)
+                else:
+                    kept.append(r.target)  # as compiled: a target that needed a raised stack limit keeps it
+            self.targets = kept
         ex = SharedIreeExecutor(self.weights, [self.module()], functions=[module_name(s) for s in skips])
         return interleaved_median(
             [lambda k=k: ex.run(k, self.image) for k in range(len(ex))], self.repeats, self.warmup
@@ -142,3 +154,31 @@ class OrtLatency:
             self.work.mkdir(parents=True, exist_ok=True)
             self.options_graph = self.graph = export_options(self.model, self.work / "options.onnx")
         return ort_static_latency(self.model, arrays, self.work, self.repeats, self.warmup, self.threads, self.graph)
+
+
+class IreeOrOrt:
+    """Latency source: IREE's (:class:`IreeLatency`) while IREE compiles the model for the host, onnxruntime's
+    (:class:`OrtLatency`, graphs cut from the gated graph already exported) from the first IREE error on. The
+    bundle is then made for onnxruntime only, and ``unavailable`` keeps IREE's one-line error."""
+
+    def __init__(self, iree: IreeLatency, ort: Callable[[Path | None], OrtLatency], log: Callable[[str], None]) -> None:
+        self.iree, self._ort, self.log = iree, ort, log
+        self.ort: OrtLatency | None = None
+        self.unavailable: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.iree.name if self.ort is None else self.ort.name
+
+    def measure(self, skip_arrays: Sequence[object]) -> list[float]:
+        if self.ort is None:
+            try:
+                return self.iree.measure(skip_arrays)
+            except IreeError as e:
+                self.unavailable = str(e)
+                self.log(
+                    f"IREE cannot compile this model ({e}); the bundle is made for onnxruntime only, and the "
+                    "board needs onnxruntime to run it"
+                )
+                self.ort = self._ort(self.iree.gated)
+        return self.ort.measure(skip_arrays)

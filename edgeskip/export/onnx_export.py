@@ -10,6 +10,7 @@ import contextlib
 import io
 import logging
 import os
+import re
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -56,25 +57,134 @@ def export_graph(
         shapes = {n: ({0: batch} if n == "image" else None) for n in names}
     with atomic_path(dest, suffix=".onnx") as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+        for name in ("torch.onnx", "torch.export", "torch._dynamo", "torch.fx.experimental.symbolic_shapes"):
+            logging.getLogger(name).setLevel(logging.ERROR)  # a failing trace's warnings: the error says it
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            program = torch.onnx.export(
-                module,
-                args,
-                dynamo=True,
-                input_names=names,
-                output_names=outputs or ["logits"],
-                dynamic_shapes=shapes,
-                opset_version=OPSET,
-                optimize=True,
-            )
+            try:
+                program = torch.onnx.export(
+                    module,
+                    args,
+                    dynamo=True,
+                    input_names=names,
+                    output_names=outputs or ["logits"],
+                    dynamic_shapes=shapes,
+                    opset_version=OPSET,
+                    optimize=True,
+                )
+            except Exception as e:  # noqa: BLE001 - the exporter's errors span torch's whole hierarchy
+                raise EdgeskipError(f"ONNX export of {dest.name} failed: {_root_cause(e)}") from e
         model = program.model_proto
-        crop_dead_taps(model)
+        iree_safe(model)
         if edit is not None:
             edit(model)
         onnx.checker.check_model(model)
         onnx.save_model(model, str(tmp), save_as_external_data=False)
     return dest
+
+
+def _root_cause(e: BaseException) -> str:
+    """The first line of the innermost exception of ``e``'s chain, or of the error it quotes (the exporter wraps
+    the tracer's error, which wraps the failing op's: ``got RuntimeError("...")``)."""
+    while e.__cause__ is not None:
+        e = e.__cause__
+    text = str(e)
+    quoted = re.search(r"got (\w+Error)\(\"(.+?)\"\)", text, re.S)
+    line = (
+        f"{quoted.group(1)}: {quoted.group(2)}"
+        if quoted
+        else next((l.strip() for l in text.splitlines() if l.strip()), type(e).__name__)
+    )
+    return " ".join(line.split())[:300]
+
+
+def iree_safe(model) -> None:
+    """The rewrites every exported graph gets where IREE 3.13 computes an op wrong or refuses it; each leaves the
+    graph's result unchanged (onnxruntime and PyTorch agree before and after)."""
+    crop_dead_taps(model)
+    fix_average_pools(model)
+
+
+def _known_shapes(model) -> dict[str, list[int | None]]:
+    """Every tensor's inferred shape (``None`` for an unknown dimension), ``If`` branches included."""
+    from onnx import shape_inference
+
+    shapes: dict[str, list[int | None]] = {}
+    for g in _graphs(shape_inference.infer_shapes(model).graph):
+        for vi in (*g.value_info, *g.input, *g.output):
+            shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+    return shapes
+
+
+def _pool_out(size: int, k: int, s: int, lo: int, hi: int, ceil: bool) -> int:
+    """Output length of a pool (ONNX and PyTorch): with ``ceil``, a last window must start inside the input or
+    its leading padding."""
+    span = size + lo + hi - k
+    out = (-(-span // s) if ceil else span // s) + 1
+    if ceil and (out - 1) * s >= size + lo:
+        out -= 1
+    return out
+
+
+def fix_average_pools(model) -> int:
+    """Rewrite ``AveragePool`` nodes with ``ceil_mode=1`` that IREE 3.13 computes wrong; returns how many changed.
+
+    - Where ceil mode changes no output size (timm's ``avg_down`` shortcut pool on even maps), the flag is
+      dropped: the same op. IREE divides by 1 instead of the window there when the batch is dynamic and
+      ``count_include_pad=0`` (4x the right value for a 2x2 pool).
+    - Where it adds a partial last window and ``count_include_pad=1``, IREE counts the overhang as padding.
+      The end padding is made explicit (``ceil_mode=0``), and a ``Mul`` by a constant ``k*k / divisor`` restores
+      ONNX's divisor, which counts the declared padding and not the overhang.
+
+    ``bench/iree_pool_ceil.py`` is the reproducer (every case measured; the others IREE computes right)."""
+    from onnx import helper, numpy_helper
+
+    shapes = _known_shapes(model)
+    changed = 0
+    for g in _graphs(model.graph):
+        out_nodes = []
+        for n in g.node:
+            out_nodes.append(n)
+            at = {a.name: a for a in n.attribute}
+            x = shapes.get(n.input[0]) if n.op_type == "AveragePool" else None
+            explicit = "auto_pad" not in at or at["auto_pad"].s in (b"", b"NOTSET")
+            if not x or len(x) != 4 or None in x[2:] or "ceil_mode" not in at or not at["ceil_mode"].i or not explicit:
+                continue
+            k = list(at["kernel_shape"].ints)
+            st = list(at["strides"].ints) if "strides" in at else [1, 1]
+            p = list(at["pads"].ints) if "pads" in at else [0, 0, 0, 0]
+            if "dilations" in at and list(at["dilations"].ints) != [1, 1]:
+                continue
+            size = [int(v) for v in x[2:]]  # type: ignore[arg-type]
+            outs = [_pool_out(size[i], k[i], st[i], p[i], p[2 + i], True) for i in range(2)]
+            if outs == [_pool_out(size[i], k[i], st[i], p[i], p[2 + i], False) for i in range(2)]:
+                at["ceil_mode"].i = 0
+                changed += 1
+                continue
+            if "count_include_pad" not in at or not at["count_include_pad"].i:
+                continue  # IREE is right here
+            ends = [max(p[2 + i], (outs[i] - 1) * st[i] + k[i] - size[i] - p[i]) for i in range(2)]
+            divisor = np.ones(outs, np.float32)
+            for i in range(2):
+                starts = np.arange(outs[i]) * st[i] - p[i]
+                count = np.minimum(starts + k[i], size[i] + p[2 + i]) - starts
+                divisor *= count.astype(np.float32).reshape([-1, 1] if i == 0 else [1, -1])
+            scale = f"{n.output[0]}__ceil_scale"
+            model.graph.initializer.append(
+                numpy_helper.from_array((k[0] * k[1] / divisor)[None, None].astype(np.float32), scale)
+            )
+            at["ceil_mode"].i = 0
+            if "pads" in at:
+                del at["pads"].ints[:]
+                at["pads"].ints.extend([p[0], p[1], *ends])
+            else:
+                n.attribute.append(helper.make_attribute("pads", [p[0], p[1], *ends]))
+            pooled = n.output[0]
+            n.output[0] = pooled + "__sum"
+            out_nodes.append(helper.make_node("Mul", [n.output[0], scale], [pooled]))
+            changed += 1
+        del g.node[:]
+        g.node.extend(out_nodes)
+    return changed
 
 
 def crop_dead_taps(model) -> int:
@@ -87,12 +197,9 @@ def crop_dead_taps(model) -> int:
     and computes the first wrong in context (NaN or garbage from a depthwise convolution behind a 1x1 one:
     MobileNetV2's last stages at small inputs). Walks ``If`` branches too; dilated convolutions are left alone.
     """
-    from onnx import helper, numpy_helper, shape_inference
+    from onnx import helper, numpy_helper
 
-    shapes: dict[str, list[int | None]] = {}
-    for g in _graphs(shape_inference.infer_shapes(model).graph):
-        for vi in (*g.value_info, *g.input, *g.output):
-            shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+    shapes = _known_shapes(model)
     inits = {t.name: t for t in model.graph.initializer}
     changed = 0
     for g in _graphs(model.graph):
@@ -298,7 +405,7 @@ def specialise(gated: str | os.PathLike, skip: Sequence[object], dest: str | os.
     if any(n.op_type == "If" for n in model.graph.node):
         raise EdgeskipError(f"cannot specialise {gated}: an If did not fold for skip array {list(skip)}")
     _drop_identities(model.graph)  # a skipped block's branch (a copy of its input)
-    crop_dead_taps(model)  # as export does: shapes are known everywhere now, without the Ifs
+    iree_safe(model)  # as export does: shapes are known everywhere now, without the Ifs
     drop_unread(model)
     onnx.checker.check_model(model)
     dest = Path(dest)

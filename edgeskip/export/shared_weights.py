@@ -218,8 +218,11 @@ def build_shared_modules(
     if weights is None:
         weights = write_weights(model, out / "weights.irpa", work, gated)
     graphs, mlirs = import_configs(model, skip_arrays, weights, work, gated)
-    modules = compile_many(
-        [(m, target, out / f"{module_name(s)}.{target.name}.vmfb") for m, s in zip(mlirs, skip_arrays)],
-        channels_last=("main_graph",),  # static graphs, compiled as the bundle's merged module compiles them
-    )
+    modules = [
+        c.path
+        for c in compile_many(
+            [(m, target, out / f"{module_name(s)}.{target.name}.vmfb") for m, s in zip(mlirs, skip_arrays)],
+            channels_last=("main_graph",),  # static graphs, compiled as the bundle's merged module compiles them
+        )
+    ]
     return SharedModules(weights, tuple(modules), tuple(graphs), tuple(mlirs))

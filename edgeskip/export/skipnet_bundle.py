@@ -262,7 +262,7 @@ def build_skipnet_bundle(
         rename_module(mlir, kind)
         for t in targets:
             (tmp / "iree" / t.name).mkdir(exist_ok=True)
-        compile_many([(mlir, t, tmp / "iree" / t.name / f"{kind}.vmfb") for t in targets])
+        targets = [c.target for c in compile_many([(mlir, t, tmp / "iree" / t.name / f"{kind}.vmfb") for t in targets])]
 
         log("verifying compiled modules ...")
         images = xb.numpy().astype(np.float32)

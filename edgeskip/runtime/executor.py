@@ -12,15 +12,19 @@ from typing import TypeVar
 import numpy as np
 
 from edgeskip.errors import EdgeskipError
-from edgeskip.manifest import Manifest, load_manifest
+from edgeskip.manifest import IreeEntry, Manifest, load_manifest
 from edgeskip.runtime.choices import BACKENDS
 from edgeskip.skip import normalize_skip
 
 T = TypeVar("T")
 
 
-def load_iree(make: Callable[[], T], target: str, driver: str) -> T:
-    """``make()``, with IREE's load errors (a module for another CPU, an unknown driver) as one line."""
+def load_iree(make: Callable[[], T], target: str, driver: str, flags: Sequence[str] = ()) -> T:
+    """``make()``, with IREE's load errors (a module for another CPU, an unknown driver) as one line; ``flags``, the
+    target's compiler flags: a raised stack limit gets the stack it needs first."""
+    from edgeskip.backends.iree import prepare_stack
+
+    prepare_stack(flags, driver)
     try:
         return make()
     except (RuntimeError, ValueError) as e:
@@ -33,6 +37,16 @@ def load_iree(make: Callable[[], T], target: str, driver: str) -> T:
         raise EdgeskipError(
             f"IREE cannot load the bundle's {target} module with driver {driver} on this machine: {why}"
         ) from None
+
+
+def require_iree(manifest: Manifest) -> IreeEntry:
+    """The bundle's IREE side, or a one-line error saying why it has none and what runs it."""
+    if manifest.iree is None:
+        raise EdgeskipError(
+            f"this bundle has no IREE modules (IREE could not compile the model: {manifest.iree_unavailable}); "
+            "it runs on onnxruntime: --backend onnxruntime, pip install 'edgeskip[onnxruntime]'"
+        )
+    return manifest.iree
 
 
 class BundleExecutor:
@@ -105,7 +119,7 @@ class IreeBundleExecutor(BundleExecutor):
         super().__init__(bundle, manifest)
         from edgeskip.backends.iree import SharedIreeExecutor
 
-        iree, self.target = self.manifest.iree, target
+        iree, self.target = require_iree(self.manifest), target
         self.iree = load_iree(
             lambda: SharedIreeExecutor(
                 self.bundle / iree.weights,
@@ -116,6 +130,7 @@ class IreeBundleExecutor(BundleExecutor):
             ),
             target,
             driver,
+            self.manifest.targets[target].flags if target in self.manifest.targets else (),
         )
         self._fn = {c.index: iree.functions.index(c.module) for c in self.configs}
         self._gated_fn = iree.functions.index("gated")
@@ -202,7 +217,7 @@ class IreeSkipNetExecutor(SkipNetExecutor):
         super().__init__(bundle, manifest)
         from edgeskip.backends.iree import IreeSkipNet
 
-        iree, self.target = self.manifest.iree, target
+        iree, self.target = require_iree(self.manifest), target
         self.module = load_iree(
             lambda: IreeSkipNet(
                 self.bundle / iree.weights,
@@ -212,6 +227,7 @@ class IreeSkipNetExecutor(SkipNetExecutor):
             ),
             target,
             driver,
+            self.manifest.targets[target].flags if target in self.manifest.targets else (),
         )
 
     def _one(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -273,6 +289,12 @@ def open_executor(
     from edgeskip.runtime.profile import profiled
 
     manifest, _ = profiled(bundle, manifest, profile)
+    if manifest.iree is None:  # an onnxruntime-only bundle: its graphs run on any machine onnxruntime runs on
+        from edgeskip.backends.ort import available
+
+        if backend == "auto" and not available():
+            require_iree(manifest)  # the one-line error that says what to install
+        backend, target = ("onnxruntime" if backend == "auto" else backend), "host"
     if target == "auto":
         target = machine_target(manifest)
     if backend == "auto":

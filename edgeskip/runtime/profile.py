@@ -202,7 +202,8 @@ def runnable(manifest: Manifest, backend: str, cands: Sequence[Candidate]) -> li
     """The candidates ``backend`` can run from this bundle: IREE the float configs its module holds a function
     for, onnxruntime those it has a graph for."""
     if backend == "iree":
-        return [c for c in cands if c.options is None and c.module in manifest.iree.functions]
+        iree = manifest.iree
+        return [c for c in cands if c.options is None and iree is not None and c.module in iree.functions]
     return [c for c in cands if c.module in manifest.onnx]
 
 
