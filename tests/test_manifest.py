@@ -218,3 +218,43 @@ def test_version_3_violations_are_named(edit, fragment):
     edit(doc)
     with pytest.raises(ManifestError, match=re.escape(fragment)):
         Manifest.from_dict(doc)
+
+
+def onnxruntime_only_doc() -> dict:
+    """A bundle IREE could not compile (issue #35): no iree section, no targets, the reason in the backend."""
+    doc = valid_doc()
+    del doc["iree"]
+    doc["targets"] = {}
+    doc["backend"] = {"host_fastest": "onnxruntime", "iree_unavailable": "iree-compile for host failed: x"}
+    return doc
+
+
+def test_an_onnxruntime_only_bundle_says_why_and_round_trips(tmp_path):
+    doc = onnxruntime_only_doc()
+    m = Manifest.from_dict(doc)
+    assert m.iree is None and m.targets == {} and m.iree_unavailable == "iree-compile for host failed: x"
+    assert Manifest.from_dict(m.to_dict()) == m and "iree" not in m.to_dict()
+    assert Manifest.from_dict(valid_doc()).iree_unavailable is None
+    files = list(doc["onnx"].values())
+    for rel in files:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(rel.encode())
+    doc["artifacts"] = {rel: file_digest(tmp_path / rel) for rel in files}
+    (tmp_path / "manifest.json").write_text(json.dumps(doc))
+    assert load_manifest(tmp_path).iree is None
+
+
+@pytest.mark.parametrize(
+    "edit, fragment",
+    [
+        (lambda d: d["backend"].pop("iree_unavailable"), "does not say why"),
+        (lambda d: d["backend"].update(host_fastest="iree"), "no targets and runs its graphs on onnxruntime"),
+        (lambda d: d.update(targets=valid_doc()["targets"]), "no targets and runs its graphs on onnxruntime"),
+        (lambda d: d["onnx"].pop("static_1010"), "onnxruntime front configs without a graph: static_1010"),
+    ],
+)
+def test_an_onnxruntime_only_bundle_violations_are_named(edit, fragment):
+    doc = onnxruntime_only_doc()
+    edit(doc)
+    with pytest.raises(ManifestError, match=re.escape(fragment)):
+        Manifest.from_dict(doc)

@@ -345,7 +345,7 @@ def build_bundle(
         for name, why in lat.dropped.items():  # a target IREE could not compile; the others stand
             iree_check[name] = {"compiled": False, "reason": why}
 
-        log("measuring onnxruntime vs IREE on the front ...")
+        log("measuring onnxruntime" + ("" if unavailable else " vs IREE") + " on the front ...")
         ort_lat = ort_static_latency(
             model, [c.get("options", c["skip"]) for c in configs], tmp / "onnx", repeats=repeats
         )

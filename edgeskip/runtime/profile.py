@@ -237,6 +237,10 @@ def measure(
     engines = {}
     for backend in backends:
         ran = runnable(manifest, backend, cands)
+        if not ran:
+            why = f" ({manifest.iree_unavailable})" if backend == "iree" and manifest.iree is None else ""
+            log(f"{backend}: the bundle holds no candidate it can run{why}")
+            continue
         log(f"{backend}: timing {len(ran)} candidate configs, {repeats} rounds ...")
         m = dataclasses.replace(manifest, configs=_configs(ran, lambda c: 0.0), fronts={})
         options = (
