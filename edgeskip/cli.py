@@ -16,7 +16,16 @@ import click
 from edgeskip import __version__
 from edgeskip.errors import EdgeskipError
 from edgeskip.manifest import Manifest, load_manifest, model_label
-from edgeskip.recipes import AMP_CHOICES, GATE_KINDS, GATE_MODES, RECIPE_NAMES, RECIPES, SD_SCOPES
+from edgeskip.recipes import (
+    AMP_CHOICES,
+    EXHAUSTIVE_LIMIT,
+    GATE_KINDS,
+    GATE_MODES,
+    RECIPE_NAMES,
+    RECIPES,
+    SD_SCOPES,
+    SEARCHES,
+)
 from edgeskip.runtime.choices import BACKENDS, DRIVERS, EVENT_LOOPS, PATTERNS, POLICIES
 
 DIGEST_OPTION = click.option(
@@ -286,6 +295,51 @@ def model_options(f):
     for o in reversed(opts):
         f = o(f)
     return f
+
+
+def search_options(f):
+    """--search, --beam-width and --search-budget (pareto and compile): where the candidate configs come from."""
+    opts = [
+        click.option(
+            "--search",
+            type=click.Choice(SEARCHES),
+            default="greedy",
+            show_default=True,
+            help="Candidates: greedy = the N blocks of --ranking that cost least alone; beam = a beam search "
+            "over skip arrays (blocks interact); exhaustive = all 2^B_s arrays (small models). All on "
+            "validation accuracy.",
+        ),
+        click.option(
+            "--beam-width",
+            type=click.IntRange(min=1),
+            default=4,
+            show_default=True,
+            help="Arrays kept per number of skipped blocks (--search beam).",
+        ),
+        click.option(
+            "--search-budget",
+            type=click.IntRange(min=1),
+            default=None,
+            help="At most this many skip arrays evaluated on the validation split (default: no cap; "
+            f"exhaustive: {EXHAUSTIVE_LIMIT}).",
+        ),
+        click.option(
+            "--screen-images",
+            type=click.IntRange(min=1),
+            default=None,
+            help="--search beam: rank each level's children on this many validation images first and "
+            "evaluate only the best 3 x width on the whole split (deep networks; default: no screening).",
+        ),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _search_spec(search: str, beam_width: int, budget: int | None, screen_images: int | None):
+    from edgeskip.pareto.search import SearchSpec
+
+    return SearchSpec(search, beam_width, budget, screen_images)
 
 
 def _arg_value(text: str) -> object:
@@ -765,6 +819,7 @@ def _load_for_eval(checkpoint: str, data_dir: str | None):
 )
 @click.option("--repeats", type=int, default=30, show_default=True, help="Latency repeats per config.")
 @click.option("--batch-size", type=int, default=500, show_default=True, help="Evaluation batch size.")
+@search_options
 @click.option("--out", type=click.Path(file_okay=False), default="runs/pareto", show_default=True)
 @click.option("--threads", type=int, default=None, help="Torch CPU threads.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
@@ -786,6 +841,10 @@ def pareto(
     latency,
     repeats,
     batch_size,
+    search,
+    beam_width,
+    search_budget,
+    screen_images,
     out,
     threads,
     quiet,
@@ -814,7 +873,13 @@ def pareto(
         data_dir = None
     model, ck, splits = _load_for_eval(checkpoint, data_dir)
     sens, front = design_space(
-        model, splits, ck.dataset_id, use=ranking, latency=make_source(latency, model, repeats), seed=seed
+        model,
+        splits,
+        ck.dataset_id,
+        use=ranking,
+        latency=make_source(latency, model, repeats),
+        seed=seed,
+        search=_search_spec(search, beam_width, search_budget, screen_images),
     )
     paths = write_design(out_dir, sens, front)
     click.echo(format_table(front))
@@ -901,6 +966,7 @@ def evaluate(checkpoint, skip, split, data_dir, calibration_images) -> None:
     help="Comma-separated targets: host, aarch64, aarch64-cortex-a53/-a72/-a76, aarch64-i8mm, odroid-xu4.",
 )
 @click.option("--repeats", type=int, default=30, show_default=True, help="Latency repeats per config.")
+@search_options
 @click.option(
     "--int8",
     is_flag=True,
@@ -949,6 +1015,10 @@ def compile_cmd(
     epochs,
     targets,
     repeats,
+    search,
+    beam_width,
+    search_budget,
+    screen_images,
     int8,
     calibration_images,
     dfs_int8,
@@ -992,6 +1062,8 @@ def compile_cmd(
 
         if int8:
             raise EdgeskipError("--int8 applies to edgeskip models; learned gates (SkipNet, DFS) decide per input")
+        if search != "greedy":
+            raise EdgeskipError("--search applies to edgeskip models; learned gates (SkipNet, DFS) decide per input")
 
         bundle = build_skipnet_bundle(
             ck,
@@ -1017,6 +1089,7 @@ def compile_cmd(
         log=log,
         int8=int8,
         calibration_images=calibration_images,
+        search=_search_spec(search, beam_width, search_budget, screen_images),
     )
     if checkpoint.endswith(f".{out_dir.name}.model.pt"):
         Path(checkpoint).unlink(missing_ok=True)  # the bundle carries its own copy (model.pt)

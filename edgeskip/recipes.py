@@ -1,4 +1,4 @@
-"""Named training recipes and the training option vocabularies (torch-free, so the CLI can list them).
+"""Named training recipes and the training and design option vocabularies (torch-free, so the CLI can list them).
 
 A recipe is a set of defaults for ``edgeskip train``; options given on the command line override it.
 """
@@ -13,6 +13,8 @@ SD_SCOPES = ("all", "gated")  # which blocks stochastic depth drops in training
 GATE_KINDS = ("ffgate1", "ffgate2", "rnn", "dfs")  # learned gates: SkipNet's three, and DFS's
 GATE_MODES = ("sp", "hrl", "dfs-full", "dfs")  # how they are trained (DFS: its steps 1 and 2)
 DFS_BITS = (4, 8, 16)  # the bit widths a DFS option may run a block at (besides skip and full precision)
+SEARCHES = ("greedy", "beam", "exhaustive")  # where a design space's candidates come from (edgeskip.pareto.search)
+EXHAUSTIVE_LIMIT = 4096  # skip arrays an exhaustive search evaluates when no budget is given
 
 
 @dataclass(frozen=True)

@@ -183,3 +183,37 @@ def test_dfs_cli_trains_evaluates_and_refuses_bad_settings(tmp_path, tiny_checkp
         "--int8 applies to edgeskip models",
     )
     assert not out.exists() and not (tmp_path / "b").exists()
+
+
+def test_pareto_with_a_beam_search_and_bad_searches(tiny_checkpoint, tmp_path):
+    out = tmp_path / "beam"
+    res = inproc(
+        "pareto", "--checkpoint", tiny_checkpoint, "--search", "beam", "--beam-width", "2", "--search-budget", "20",
+        "--screen-images", "50",
+        "--latency", "none", "--out", out,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    doc = json.loads((out / "pareto.json").read_text())
+    assert doc["search"]["method"] == "beam" and doc["search"]["beam_width"] == 2
+    assert 0 < doc["search"]["evaluated"] <= 20 and doc["cost"] == "macs" and doc["search"]["screen_images"] == 50
+    assert "beam" in json.loads((out / "sensitivity.json").read_text())["curves"]
+    for args, fragments in [
+        (["--search", "annealing"], ["--search", "beam"]),
+        (["--search", "beam", "--beam-width", "0"], ["--beam-width"]),
+        (["--search", "beam", "--search-budget", "0"], ["--search-budget"]),
+        (["--search", "beam", "--search-budget", "3"], ["budget of 3", "B_s = 6"]),
+        (["--search", "exhaustive", "--search-budget", "32"], ["2^6 = 64", "--search beam"]),
+        (["--search", "exhaustive", "--screen-images", "100"], ["screening applies to --search beam"]),
+        (["--search", "beam", "--screen-images", "0"], ["--screen-images"]),
+    ]:
+        bad = tmp_path / "bad"
+        one_line_error(inproc("pareto", "--checkpoint", tiny_checkpoint, *args, "--out", bad), *fragments)
+        assert not bad.exists()
+    out = tmp_path / "b"
+    one_line_error(
+        inproc(
+            "compile", "--checkpoint", tiny_checkpoint, "--search", "exhaustive", "--search-budget", "8", "--out", out
+        ),
+        "2^6 = 64",
+    )
+    assert not out.exists()

@@ -48,6 +48,7 @@ from edgeskip.export.latency import IreeLatency, IreeOrOrt, OrtLatency, ort_stat
 from edgeskip.export.onnx_export import logit_diff, verify_int8, verify_onnx
 from edgeskip.manifest import ConfigEntry, InputSpec, IreeEntry, Manifest, Normalization, TargetEntry
 from edgeskip.pareto.design import calibration_batches, design_space, fractional_space, write_design
+from edgeskip.pareto.search import GREEDY, SearchSpec
 from edgeskip.skip import INT8, module_name
 from edgeskip.train.checkpoint import Checkpoint
 from edgeskip.utils.atomic import write_json
@@ -261,14 +262,17 @@ def build_bundle(
     log: Log = print,
     int8: bool = False,
     calibration_images: int = 512,
+    search: SearchSpec = GREEDY,
 ) -> Path:
     """Sensitivity, measured-latency Pareto front, export, compile, verify; write the bundle atomically.
 
+    ``search``: where the skip-only candidates come from (:mod:`edgeskip.pareto.search`).
     ``int8``: fractional depth (int8 block variants calibrated on ``calibration_images`` training images; the
     {full, int8, skip} design space measured on onnxruntime; per-back-end fronts)."""
     out, targets = Path(out), with_host(targets)
     check_out(out, force)
     model = ck.model()
+    search.check(model.cfg.num_gates)
     calibration = None
     if int8 and not hasattr(model, "attach_int8"):
         raise EdgeskipError(f"--int8 block variants exist for edgeskip's own ResNet blocks, not {model.cfg.name}'s")
@@ -290,7 +294,7 @@ def build_bundle(
         source: IreeLatency | IreeOrOrt = lat
         if not int8:  # where IREE cannot compile the model, onnxruntime runs it (int8 bundles need IREE's float side)
             source = IreeOrOrt(lat, lambda gated: OrtLatency(model, work / "ort", repeats=repeats, gated=gated), log)
-        sens, front = design_space(model, splits, ck.dataset_id, latency=source)
+        sens, front = design_space(model, splits, ck.dataset_id, latency=source, search=search)
         unavailable = source.unavailable if isinstance(source, IreeOrOrt) else None
         if unavailable:
             shutil.rmtree(tmp / "iree", ignore_errors=True)

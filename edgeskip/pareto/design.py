@@ -7,9 +7,12 @@ Output schemas: docs/formats.md.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from edgeskip import __version__
 from edgeskip.data.dataset import Splits
@@ -21,6 +24,7 @@ from edgeskip.pareto.front import Point, candidates_from_order, front_with_ancho
 from edgeskip.pareto.latency import LatencySource
 from edgeskip.pareto.plot import plot_design_space
 from edgeskip.pareto.ranking import RANKINGS, block_weight_l2, rank_blocks, single_skip_arrays
+from edgeskip.pareto.search import GREEDY, SearchResult, SearchSpec, beam_search, exhaustive_search
 from edgeskip.utils.atomic import write_json
 from edgeskip.utils.table import format_pareto_table
 
@@ -42,8 +46,13 @@ def design_space(
     latency: LatencySource | None = None,
     seed: int = 0,
     batch_size: int = 500,
+    search: SearchSpec = GREEDY,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Return (sensitivity document, pareto document) for ``model``."""
+    """Return (sensitivity document, pareto document) for ``model``.
+
+    ``search``: where the candidates come from. ``greedy``: config N skips the first N blocks of the ``use``
+    ranking. ``beam`` / ``exhaustive`` (:mod:`edgeskip.pareto.search`): the front of validation accuracy vs MACs
+    over every skip array the search evaluated."""
     if use not in rankings:
         raise EdgeskipError(f"ranking {use!r} must be one of the computed rankings {list(rankings)}")
     model.eval()
@@ -53,15 +62,23 @@ def design_space(
         raise EdgeskipError(
             f"{cfg.name} has no skippable blocks" + (" (use depth >= 14)" if hasattr(cfg, "depth") else "")
         )
+    search.check(g)
     full = tuple([True] * g)
     singles = single_skip_arrays(g)
     acc = evaluate_skip_arrays(model, splits.val, splits.norm, [full, *singles], batch_size)
     full_val, alone = acc[0], acc[1:]
     orders = {k: rank_blocks(k, model, alone, seed) for k in rankings}
     cands = {k: candidates_from_order(orders[k], g) for k in rankings}
+    found = _search(model, splits, search, dict(zip([full, *singles], acc)), batch_size)
 
-    distinct = sorted({s for cs in cands.values() for s in cs})
-    val = dict(zip(distinct, evaluate_skip_arrays(model, splits.val, splits.norm, distinct, batch_size)))
+    def mac_cost(s: tuple[bool, ...]) -> float:
+        return float(macs(cfg, s))
+
+    searched = [] if found is None else [*found.candidates(mac_cost), *found.best_per_n(mac_cost)]
+    distinct = sorted({s for cs in cands.values() for s in cs} | set(searched))
+    val = {**dict(zip([full, *singles], acc)), **(found.accuracy if found is not None else {})}
+    todo = [s for s in distinct if s not in val]  # what neither the sensitivity list nor the search evaluated
+    val.update(zip(todo, evaluate_skip_arrays(model, splits.val, splits.norm, todo, batch_size)))
     test = dict(zip(distinct, evaluate_skip_arrays(model, splits.test, splits.norm, distinct, batch_size)))
     cost = {s: macs(cfg, s) for s in distinct}
 
@@ -92,6 +109,17 @@ def design_space(
         ]
         for kind in rankings
     }
+    if found is not None:  # the search's best array at each N, beside the rankings
+        curves[found.method] = [
+            {
+                "n_skipped": s.count(False),
+                "skipped_gates": _skipped(s),
+                "val_accuracy": val[s],
+                "test_accuracy": test[s],
+                "macs": cost[s],
+            }
+            for s in found.best_per_n(mac_cost)
+        ]
     common = {
         "edgeskip_version": __version__,
         "model": cfg.to_dict(),
@@ -114,14 +142,14 @@ def design_space(
         "curves": curves,
     }
 
-    chosen = cands[use]
+    chosen = cands[use] if found is None else found.candidates(mac_cost)
     lat = latency.measure(chosen) if latency is not None else None
     rows = []
     for i, s in enumerate(chosen):
-        skipped = orders[use][:i]
+        skipped = orders[use][:i] if found is None else _skipped(s)
         rows.append(
             {
-                "n_skipped": i,
+                "n_skipped": len(skipped),
                 "skip": _skip_list(s),
                 "skipped_gates": skipped,
                 "skipped_blocks": [cfg.gated_blocks[k] for k in skipped],
@@ -132,6 +160,15 @@ def design_space(
             }
         )
     cost_key = "latency_s" if lat else "macs"
+    search_doc = search.to_dict()
+    if found is not None:
+        search_doc |= {
+            "evaluated": found.evaluated,
+            "evaluate_calls": found.evaluate_calls,
+            "truncated_levels": found.truncated_levels,
+            "screened": found.screened,
+            "seconds": found.seconds,
+        }
     points = [Point(r["val_accuracy"], r[cost_key], r["n_skipped"]) for r in rows]
     strict = set(non_dominated(points))
     front = front_with_anchor(points)
@@ -143,6 +180,7 @@ def design_space(
         "version": SCHEMA_VERSION,
         **common,
         "ranking": use,
+        "search": search_doc,
         "cost": cost_key,
         "latency_source": latency.name if latency is not None else None,
         "full_macs": macs(cfg),
@@ -150,6 +188,44 @@ def design_space(
         "configs": configs,
     }
     return sensitivity, pareto
+
+
+def _skipped(s: Sequence[bool]) -> list[int]:
+    return [k for k, v in enumerate(s) if not v]
+
+
+def _search(
+    model: BlockNet,
+    splits: Splits,
+    search: SearchSpec,
+    known: dict[tuple[bool, ...], float],
+    batch_size: int,
+) -> SearchResult | None:
+    """Run ``search`` on validation accuracy (``greedy``: nothing to search, None)."""
+    if search.method == "greedy":
+        return None
+    g = model.cfg.num_gates
+
+    def evaluate(arrays: list[tuple[bool, ...]]) -> list[float]:
+        return evaluate_skip_arrays(model, splits.val, splits.norm, arrays, batch_size)
+
+    def cost(s: tuple[bool, ...]) -> float:
+        return float(macs(model.cfg, s))
+
+    screen = None
+    if search.screen_images is not None and search.screen_images < len(splits.val):
+        rng = np.random.default_rng(0)
+        subset = splits.val.subset(np.sort(rng.choice(len(splits.val), search.screen_images, replace=False)))
+
+        def screen(arrays: list[tuple[bool, ...]]) -> list[float]:
+            return evaluate_skip_arrays(model, subset, splits.norm, arrays, batch_size)
+
+    t0 = time.perf_counter()
+    if search.method == "beam":
+        found = beam_search(g, evaluate, search.beam_width, search.budget, cost, known, screen)
+    else:
+        found = exhaustive_search(g, evaluate, search.budget, known)
+    return found.timed(time.perf_counter() - t0)
 
 
 def write_design(out_dir: str | os.PathLike, sensitivity: dict[str, Any], pareto: dict[str, Any]) -> list[Path]:

@@ -17,18 +17,20 @@ from edgeskip.utils.atomic import write_with  # noqa: E402
 def plot_design_space(sensitivity: dict[str, Any], pareto: dict[str, Any], dest: str | os.PathLike) -> None:
     """Left: accuracy vs number of skipped blocks for each ranking. Right: accuracy vs cost, front marked."""
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    styles = {"sensitivity": "-o", "weight_l2": "--s", "random": ":^"}
+    styles = {"sensitivity": "-o", "weight_l2": "--s", "random": ":^", "beam": "-D", "exhaustive": "-*"}
     for kind, curve in sensitivity["curves"].items():
         n = [r["n_skipped"] for r in curve]
         ax1.plot(n, [r["val_accuracy"] for r in curve], styles.get(kind, "-"), ms=4, label=f"{kind} (val)")
-    main = sensitivity["curves"][pareto["ranking"]]
+    method = pareto.get("search", {}).get("method", "greedy")
+    name = pareto["ranking"] if method == "greedy" else method
+    main = sensitivity["curves"][name]
     ax1.plot(
         [r["n_skipped"] for r in main],
         [r["test_accuracy"] for r in main],
         "-x",
         color="k",
         ms=5,
-        label=f"{pareto['ranking']} (test)",
+        label=f"{name} (test)",
     )
     ax1.set_xlabel("skipped blocks")
     ax1.set_ylabel("top-1 accuracy")
