@@ -28,6 +28,7 @@ import torch
 from edgeskip.export.latency import OrtLatency
 from edgeskip.models.quant import calibrate
 from edgeskip.pareto.design import calibration_batches, design_space, fractional_space
+from edgeskip.pareto.search import GREEDY
 from edgeskip.train import load_checkpoint
 from edgeskip.utils.atomic import write_json
 
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     splits = ck.data.load()
     model.attach_int8(calibrate(model, calibration_batches(splits, args.calibration_images), model.cfg.gated_blocks))
     work = Path(tempfile.mkdtemp(prefix="fractional-"))
-    _, pareto = design_space(model, splits, ck.dataset_id, latency=None)
+    _, pareto = design_space(model, splits, ck.dataset_id, latency=None, search=GREEDY)
     doc = fractional_space(
         model, splits, OrtLatency(model, work / "ort", repeats=args.repeats), [c["skip"] for c in pareto["candidates"]]
     )

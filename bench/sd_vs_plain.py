@@ -45,6 +45,7 @@ from edgeskip.pareto.design import design_space  # noqa: E402
 from edgeskip.pareto.evaluate import evaluate_skip_arrays  # noqa: E402
 from edgeskip.pareto.front import candidates_from_order  # noqa: E402
 from edgeskip.pareto.latency import TorchLatency  # noqa: E402
+from edgeskip.pareto.search import GREEDY  # noqa: E402
 from edgeskip.train import load_checkpoint  # noqa: E402
 from edgeskip.utils.atomic import write_json, write_with  # noqa: E402
 from edgeskip.utils.hashing import file_digest  # noqa: E402
@@ -164,7 +165,9 @@ def summarize(
     if band_only:  # no ranking (deep models on a CPU: hours), the band and the full-depth accuracy only
         return band_summary(path, ck, model, splits, per_n, band_images, cache_dir, max_n), ck
     t0 = time.time()
-    sens, front = design_space(model, splits, ck.dataset_id, latency=TorchLatency(model, repeats=50, threads=1))
+    sens, front = design_space(
+        model, splits, ck.dataset_id, latency=TorchLatency(model, repeats=50, threads=1), search=GREEDY
+    )
     curve = sens["curves"]["sensitivity"]
     analysis = time.time() - t0
     band = band_of(path, ck, model, splits, per_n, band_images, cache_dir, max_n)

@@ -43,6 +43,7 @@ from edgeskip.manifest import model_label  # noqa: E402
 from edgeskip.models import NetConfig, ResNetConfig, build_model, skip_from_indices  # noqa: E402
 from edgeskip.pareto.latency import interleaved_median  # noqa: E402
 from edgeskip.pareto.ranking import rank_blocks  # noqa: E402
+from edgeskip.pareto.search import GREEDY  # noqa: E402
 from edgeskip.train import load_checkpoint  # noqa: E402
 from edgeskip.utils.atomic import write_json, write_with  # noqa: E402
 
@@ -88,7 +89,7 @@ def configs_for(model, checkpoint_ck, counts: list[int] | None) -> tuple[list[tu
 
         splits = checkpoint_ck.data.load()
         splits.norm = checkpoint_ck.norm
-        _, front = design_space(model, splits, checkpoint_ck.dataset_id, rankings=("sensitivity",))
+        _, front = design_space(model, splits, checkpoint_ck.dataset_id, rankings=("sensitivity",), search=GREEDY)
         return [
             tuple(bool(v) for v in c["skip"]) for c in front["configs"]
         ], "pareto front (validation accuracy vs MACs)"

@@ -303,18 +303,18 @@ def search_options(f):
         click.option(
             "--search",
             type=click.Choice(SEARCHES),
-            default="greedy",
+            default="beam",
             show_default=True,
-            help="Candidates: greedy = the N blocks of --ranking that cost least alone; beam = a beam search "
-            "over skip arrays (blocks interact); exhaustive = all 2^B_s arrays (small models). All on "
-            "validation accuracy.",
+            help="Candidates: beam = a beam search over skip arrays (blocks interact); greedy = the N blocks "
+            "of --ranking that cost least alone (the paper's method); exhaustive = all 2^B_s arrays (small "
+            "models). All on validation accuracy.",
         ),
         click.option(
             "--beam-width",
             type=click.IntRange(min=1),
-            default=4,
+            default=1,
             show_default=True,
-            help="Arrays kept per number of skipped blocks (--search beam).",
+            help="Arrays kept per number of skipped blocks (--search beam; 1 re-ranks after each skip).",
         ),
         click.option(
             "--search-budget",
@@ -325,10 +325,11 @@ def search_options(f):
         ),
         click.option(
             "--screen-images",
-            type=click.IntRange(min=1),
+            type=click.IntRange(min=0),
             default=None,
-            help="--search beam: rank each level's children on this many validation images first and "
-            "evaluate only the best 3 x width on the whole split (deep networks; default: no screening).",
+            help="--search beam: rank each level's children on this many validation images first and evaluate "
+            "only the best 3 x width on the whole split; 0: never (default: 1000 where the split holds more "
+            "than 2000).",
         ),
     ]
     for o in reversed(opts):
@@ -1062,7 +1063,7 @@ def compile_cmd(
 
         if int8:
             raise EdgeskipError("--int8 applies to edgeskip models; learned gates (SkipNet, DFS) decide per input")
-        if search != "greedy":
+        if click.get_current_context().get_parameter_source("search") == click.core.ParameterSource.COMMANDLINE:
             raise EdgeskipError("--search applies to edgeskip models; learned gates (SkipNet, DFS) decide per input")
 
         bundle = build_skipnet_bundle(

@@ -204,7 +204,7 @@ def test_pareto_with_a_beam_search_and_bad_searches(tiny_checkpoint, tmp_path):
         (["--search", "beam", "--search-budget", "3"], ["budget of 3", "B_s = 6"]),
         (["--search", "exhaustive", "--search-budget", "32"], ["2^6 = 64", "--search beam"]),
         (["--search", "exhaustive", "--screen-images", "100"], ["screening applies to --search beam"]),
-        (["--search", "beam", "--screen-images", "0"], ["--screen-images"]),
+        (["--search", "beam", "--screen-images", "-1"], ["--screen-images"]),
     ]:
         bad = tmp_path / "bad"
         one_line_error(inproc("pareto", "--checkpoint", tiny_checkpoint, *args, "--out", bad), *fragments)

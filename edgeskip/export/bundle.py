@@ -48,7 +48,7 @@ from edgeskip.export.latency import IreeLatency, IreeOrOrt, OrtLatency, ort_stat
 from edgeskip.export.onnx_export import logit_diff, verify_int8, verify_onnx
 from edgeskip.manifest import ConfigEntry, InputSpec, IreeEntry, Manifest, Normalization, TargetEntry
 from edgeskip.pareto.design import calibration_batches, design_space, fractional_space, write_design
-from edgeskip.pareto.search import GREEDY, SearchSpec
+from edgeskip.pareto.search import DEFAULT, SearchSpec
 from edgeskip.skip import INT8, module_name
 from edgeskip.train.checkpoint import Checkpoint
 from edgeskip.utils.atomic import write_json
@@ -262,7 +262,7 @@ def build_bundle(
     log: Log = print,
     int8: bool = False,
     calibration_images: int = 512,
-    search: SearchSpec = GREEDY,
+    search: SearchSpec = DEFAULT,
 ) -> Path:
     """Sensitivity, measured-latency Pareto front, export, compile, verify; write the bundle atomically.
 

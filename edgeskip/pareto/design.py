@@ -24,7 +24,7 @@ from edgeskip.pareto.front import Point, candidates_from_order, front_with_ancho
 from edgeskip.pareto.latency import LatencySource
 from edgeskip.pareto.plot import plot_design_space
 from edgeskip.pareto.ranking import RANKINGS, block_weight_l2, rank_blocks, single_skip_arrays
-from edgeskip.pareto.search import GREEDY, SearchResult, SearchSpec, beam_search, exhaustive_search
+from edgeskip.pareto.search import DEFAULT, SearchResult, SearchSpec, beam_search, exhaustive_search
 from edgeskip.utils.atomic import write_json
 from edgeskip.utils.table import format_pareto_table
 
@@ -46,7 +46,7 @@ def design_space(
     latency: LatencySource | None = None,
     seed: int = 0,
     batch_size: int = 500,
-    search: SearchSpec = GREEDY,
+    search: SearchSpec = DEFAULT,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Return (sensitivity document, pareto document) for ``model``.
 
@@ -167,6 +167,7 @@ def design_space(
             "evaluate_calls": found.evaluate_calls,
             "truncated_levels": found.truncated_levels,
             "screened": found.screened,
+            "screened_on_images": search.screen_for(len(splits.val)),
             "seconds": found.seconds,
         }
     points = [Point(r["val_accuracy"], r[cost_key], r["n_skipped"]) for r in rows]
@@ -213,9 +214,8 @@ def _search(
         return float(macs(model.cfg, s))
 
     screen = None
-    if search.screen_images is not None and search.screen_images < len(splits.val):
-        rng = np.random.default_rng(0)
-        subset = splits.val.subset(np.sort(rng.choice(len(splits.val), search.screen_images, replace=False)))
+    if n := search.screen_for(len(splits.val)):
+        subset = splits.val.subset(np.sort(np.random.default_rng(0).choice(len(splits.val), n, replace=False)))
 
         def screen(arrays: list[tuple[bool, ...]]) -> list[float]:
             return evaluate_skip_arrays(model, subset, splits.norm, arrays, batch_size)

@@ -88,30 +88,44 @@ def check_search(method: str, width: int | None, budget: int | None, num_gates: 
 @dataclass(frozen=True)
 class SearchSpec:
     """Where a design space's candidates come from: ``greedy`` (a ranking's first N blocks), ``beam`` (of
-    ``beam_width``) or ``exhaustive``, with at most ``budget`` arrays evaluated (None: no cap)."""
+    ``beam_width``) or ``exhaustive``, with at most ``budget`` arrays evaluated (None: no cap).
 
-    method: str = "greedy"
-    beam_width: int = 4
+    ``screen_images`` (beam): screen each level's children on this many validation images first; 0: never;
+    None: :data:`SCREEN_IMAGES` where the validation split holds more than :data:`SCREEN_ABOVE` images.
+    The default (beam, width 1, screening by size) is what bench/README §1.3 measured best for its cost."""
+
+    method: str = "beam"
+    beam_width: int = 1
     budget: int | None = None
-    screen_images: int | None = None  # beam: screen each level's children on this many validation images first
+    screen_images: int | None = None
 
     def check(self, num_gates: int) -> None:
         check_search(self.method, self.beam_width, self.budget, num_gates)
-        if self.screen_images is not None and self.screen_images <= 0:
-            raise EdgeskipError(f"screening needs >= 1 image, got {self.screen_images}")
-        if self.screen_images is not None and self.method != "beam":
+        if self.screen_images is not None and self.screen_images < 0:
+            raise EdgeskipError(f"screening images must be >= 0 (0: no screening), got {self.screen_images}")
+        if self.screen_images and self.method != "beam":
             raise EdgeskipError(f"screening applies to --search beam, not {self.method}")
 
+    def screen_for(self, num_val: int) -> int:
+        """Validation images the children are screened on (0: none) for a split of ``num_val`` images."""
+        if self.method != "beam":
+            return 0
+        n = (SCREEN_IMAGES if num_val > SCREEN_ABOVE else 0) if self.screen_images is None else self.screen_images
+        return n if n < num_val else 0
+
     def to_dict(self) -> dict[str, object]:
+        beam = self.method == "beam"
         return {
             "method": self.method,
-            "beam_width": self.beam_width if self.method == "beam" else None,
+            "beam_width": self.beam_width if beam else None,
             "budget": self.budget,
-            "screen_images": self.screen_images,
+            "screen_images": self.screen_images if beam else None,
         }
 
 
-GREEDY = SearchSpec()  # the default: the sensitivity ranking's first N blocks
+SCREEN_IMAGES, SCREEN_ABOVE = 1000, 2000
+GREEDY = SearchSpec("greedy")  # the sensitivity ranking's first N blocks (the paper's method)
+DEFAULT = SearchSpec()
 
 
 class _Memo:

@@ -7,6 +7,7 @@ from edgeskip.pareto.design import design_space, write_design
 from edgeskip.pareto.front import Point, dominates
 from edgeskip.pareto.latency import TorchLatency, interleaved_median
 from edgeskip.pareto.ranking import single_skip_arrays
+from edgeskip.pareto.search import GREEDY
 from edgeskip.train import evaluate
 
 
@@ -26,7 +27,9 @@ def test_shared_prefix_equals_separate_runs(tiny_model, digits_splits):
 
 
 def test_design_space_on_trained_model(tiny_model, digits_splits, tmp_path):
-    sens, front = design_space(tiny_model, digits_splits, "digits", latency=TorchLatency(tiny_model, repeats=3))
+    sens, front = design_space(
+        tiny_model, digits_splits, "digits", latency=TorchLatency(tiny_model, repeats=3), search=GREEDY
+    )
     g = tiny_model.cfg.num_gates
     # sensitivity: ranked least important first = highest accuracy when skipped alone
     alone = [b["accuracy_when_skipped"] for b in sens["blocks"]]

@@ -8,7 +8,7 @@ import pytest
 from edgeskip.errors import EdgeskipError
 from edgeskip.front import Point, non_dominated
 from edgeskip.pareto.design import design_space
-from edgeskip.pareto.search import SearchSpec, beam_search, check_search, exhaustive_search
+from edgeskip.pareto.search import GREEDY, SearchSpec, beam_search, check_search, exhaustive_search
 
 
 def interacting(g: int, seed: int = 0):
@@ -110,6 +110,15 @@ def test_screening_evaluates_only_the_best_children_on_the_whole_split():
     assert max(x - y for x, y in zip(a, b)) < 0.01  # small noise: screening keeps the beam's picks
 
 
+def test_the_default_is_a_beam_of_one_screened_by_split_size():
+    d = SearchSpec()
+    assert (d.method, d.beam_width, d.budget) == ("beam", 1, None)
+    assert d.screen_for(5000) == 1000 and d.screen_for(2000) == 0 and d.screen_for(160) == 0
+    assert SearchSpec(screen_images=0).screen_for(5000) == 0
+    assert SearchSpec(screen_images=300).screen_for(5000) == 300 and SearchSpec(screen_images=300).screen_for(200) == 0
+    assert GREEDY.screen_for(5000) == 0 and GREEDY.to_dict()["screen_images"] is None
+
+
 def test_known_accuracies_are_not_evaluated_again():
     g = 5
     acc, evaluate, calls = interacting(g)
@@ -140,7 +149,7 @@ def test_bad_searches_are_one_line_errors(method, width, budget, g, message):
 
 def test_design_space_with_a_search(tiny_model, digits_splits):
     g = tiny_model.cfg.num_gates
-    _, greedy = design_space(tiny_model, digits_splits, "digits", latency=None)
+    _, greedy = design_space(tiny_model, digits_splits, "digits", latency=None, search=GREEDY)
     sens, ex = design_space(tiny_model, digits_splits, "digits", latency=None, search=SearchSpec("exhaustive"))
     _, beam = design_space(tiny_model, digits_splits, "digits", latency=None, search=SearchSpec("beam", 2))
     assert ex["search"]["method"] == "exhaustive" and ex["search"]["evaluated"] == 2**g - g - 1
