@@ -58,7 +58,8 @@ def run_search(model, splits, ck, spec: SearchSpec) -> dict:
 def label(spec: SearchSpec) -> str:
     if spec.method != "beam":
         return spec.method
-    return f"beam-{spec.beam_width}" + (f"/screen-{spec.screen_images}" if spec.screen_images else "")
+    screen = "auto" if spec.screen_images is None else spec.screen_images
+    return f"beam-{spec.beam_width}" + (f"/screen-{screen}" if screen else "")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -69,9 +70,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--budget", type=int, default=None, help="evaluation budget of each beam search")
     ap.add_argument(
         "--screen-images",
-        default="",
-        help="beam: screen on this many val images first; "
-        "comma-separated values (0 = no screen) give one run per width and value",
+        default="0",
+        help="beam: screen each level on this many val images first (0: off; auto: the CLI's default); "
+        "comma-separated values give one run per width and value",
     )
     ap.add_argument("--exhaustive", action="store_true", help="also all 2^B_s arrays (the true front)")
     ap.add_argument("--band-cache", type=Path, default=None, help="folder of <checkpoint>.band.json (sd_vs_plain)")
@@ -86,14 +87,20 @@ def main(argv: list[str] | None = None) -> None:
     ck, model, splits = load(args.checkpoint, {}, args.data_dir)
     model.eval()
     g = ck.model_cfg.num_gates
-    screens = [int(v) or None for v in args.screen_images.split(",") if v] or [None]
+    screens = [None if v == "auto" else int(v) for v in args.screen_images.split(",") if v]
     specs = [SearchSpec("greedy")] + [
         SearchSpec("beam", int(w), args.budget, screen) for w in args.widths.split(",") if w for screen in screens
     ]
     if args.exhaustive:
         specs.append(SearchSpec("exhaustive"))
-    runs = {}
+    args.out.mkdir(parents=True, exist_ok=True)
+    partial = args.out / f"{args.name}.partial.json"  # each finished run, so an interrupted command continues
+    digest = file_digest(args.checkpoint)
+    done = json.loads(partial.read_text()) if partial.exists() else {}
+    runs = done.get("runs", {}) if done.get("checkpoint_sha256") == digest else {}
     for spec in specs:
+        if label(spec) in runs:
+            continue
         runs[label(spec)] = r = run_search(model, splits, ck, spec)
         ev = r["search"].get("evaluated", 0)
         print(
@@ -101,6 +108,8 @@ def main(argv: list[str] | None = None) -> None:
             + " ".join(f"{100 * c['test_accuracy']:.1f}" for c in r["curve"]),
             flush=True,
         )
+        write_json(partial, {"checkpoint_sha256": digest, "runs": runs})
+    runs = {label(spec): runs[label(spec)] for spec in specs}
 
     band = None
     if args.band_cache is not None:
@@ -129,16 +138,16 @@ def main(argv: list[str] | None = None) -> None:
         "host": platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
         "checkpoint": str(args.checkpoint),
-        "checkpoint_sha256": file_digest(args.checkpoint),
+        "checkpoint_sha256": digest,
         "num_gates": g,
         "num_val": len(splits.val),
         "num_test": len(splits.test),
         "runs": runs,
         "band": band,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / f"{args.name}.json", doc)
     plot(doc, args.out / f"{args.name}.png", f"{ck.model_cfg.name} ({g} gated blocks): searches on validation")
+    partial.unlink(missing_ok=True)
     print(f"wrote {args.out / args.name}.json and .png")
 
 

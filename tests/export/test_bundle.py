@@ -33,8 +33,12 @@ def test_bundle_contents_and_manifest(bundle):
     # configs among them: a board can measure its own front); one ONNX graph per Pareto config; one weight archive
     pareto = json.loads((bundle / "pareto.json").read_text())
     candidates = [module_name(c["skip"]) for c in pareto["candidates"]]
-    assert m.iree.functions == ("gated", *candidates) and len(candidates) == 7
-    assert {c.module for c in m.configs} < set(candidates)
+    assert m.iree.functions == ("gated", *candidates) and 2 <= len(candidates) == len(set(candidates)) <= 2**6
+    # compile's default search: a beam whose candidates are the front of val accuracy vs MACs it evaluated
+    assert pareto["search"]["method"] == "beam" and pareto["search"]["beam_width"] == 1
+    front = sorted(pareto["candidates"][1:], key=lambda c: -c["macs"])  # the full network is the anchor
+    assert all(a["val_accuracy"] >= b["val_accuracy"] for a, b in zip(front, front[1:]))
+    assert {c.module for c in m.configs} <= set(candidates)
     assert set(m.onnx) == {"gated", *[c.module for c in m.configs]} and set(m.onnx.values()) <= files
     assert sorted(f for f in files if f.endswith(".vmfb")) == sorted(f"iree/{t}/model.vmfb" for t in m.targets)
     assert [f for f in files if f.endswith(".irpa")] == ["iree/weights.irpa"]
