@@ -149,7 +149,7 @@ class _Memo:
 def beam_search(
     num_gates: int,
     evaluate: Evaluate,
-    width: int = 4,
+    width: int = 1,
     budget: int | None = None,
     cost: Callable[[SkipArray], float] | None = None,
     known: dict[SkipArray, float] | None = None,
@@ -185,9 +185,9 @@ def beam_search(
         if screen is not None and len(new) > keep:
             rough = screen(new)
             screened += len(new)
-            best = {new[i] for i in sorted(range(len(new)), key=lambda i: (-rough[i], i))[:keep]}
-            children = [c for c in children if c in memo.acc or c in best]
-            new = [c for c in new if c in best]
+            new = [new[i] for i in sorted(range(len(new)), key=lambda i: (-rough[i], i))[:keep]]  # best first
+            kept = set(new)
+            children = [c for c in children if c in memo.acc or c in kept]
         if budget is not None:
             allowed = max(1, budget - memo.evaluated - (g - n))
             if len(new) > allowed:
