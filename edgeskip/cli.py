@@ -36,6 +36,13 @@ DIGEST_OPTION = click.option(
 )
 
 
+def _option_group(f, opts: list):
+    """Apply ``opts`` (click options) to ``f`` in the order listed (the first is the first in --help)."""
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
 def engine_options(f):
     """--target, --driver (IREE) and --threads (onnxruntime): how a command runs the bundle's engines."""
     opts = [
@@ -58,9 +65,7 @@ def engine_options(f):
             help="onnxruntime intra-op threads.",
         ),
     ]
-    for opt in reversed(opts):
-        f = opt(f)
-    return f
+    return _option_group(f, opts)
 
 
 PROFILE_OPTION = click.option(
@@ -132,9 +137,7 @@ def policy_options(f):
             help="With a queue: drop a request that cannot finish within this many ms of its arrival.",
         ),
     ]
-    for o in reversed(opts):
-        f = o(f)
-    return f
+    return _option_group(f, opts)
 
 
 def policy_params(target_util: float | None, hysteresis: float | None, pairs: tuple[str, ...]) -> dict[str, float]:
@@ -252,9 +255,7 @@ def data_options(f):
         click.option("--image-size", default=None, help="Resize image-folder images to HxW."),
         click.option("--seed", type=int, default=0, show_default=True, help="Seed for splits, init and order."),
     ]
-    for o in reversed(opts):
-        f = o(f)
-    return f
+    return _option_group(f, opts)
 
 
 def model_options(f):
@@ -292,13 +293,12 @@ def model_options(f):
             "entries whose name and shape differ (another classifier) stay initialised.",
         ),
     ]
-    for o in reversed(opts):
-        f = o(f)
-    return f
+    return _option_group(f, opts)
 
 
 def search_options(f):
-    """--search, --beam-width and --search-budget (pareto and compile): where the candidate configs come from."""
+    """--search, --beam-width, --search-budget and --screen-images (pareto and compile): where the candidates come
+    from."""
     opts = [
         click.option(
             "--search",
@@ -332,9 +332,7 @@ def search_options(f):
             "than 2000).",
         ),
     ]
-    for o in reversed(opts):
-        f = o(f)
-    return f
+    return _option_group(f, opts)
 
 
 def _search_spec(search: str, beam_width: int, budget: int | None, screen_images: int | None):

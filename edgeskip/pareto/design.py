@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -69,14 +69,16 @@ def design_space(
     full_val, alone = acc[0], acc[1:]
     orders = {k: rank_blocks(k, model, alone, seed) for k in rankings}
     cands = {k: candidates_from_order(orders[k], g) for k in rankings}
-    found = _search(model, splits, search, dict(zip([full, *singles], acc)), batch_size)
 
     def mac_cost(s: tuple[bool, ...]) -> float:
         return float(macs(cfg, s))
 
-    searched = [] if found is None else [*found.candidates(mac_cost), *found.best_per_n(mac_cost)]
+    known = dict(zip([full, *singles], acc))
+    found = _search(model, splits, search, known, mac_cost, batch_size)
+    best = [] if found is None else found.best_per_n(mac_cost)
+    searched = [] if found is None else [*found.candidates(mac_cost), *best]
     distinct = sorted({s for cs in cands.values() for s in cs} | set(searched))
-    val = {**dict(zip([full, *singles], acc)), **(found.accuracy if found is not None else {})}
+    val = {**known, **(found.accuracy if found is not None else {})}
     todo = [s for s in distinct if s not in val]  # what neither the sensitivity list nor the search evaluated
     val.update(zip(todo, evaluate_skip_arrays(model, splits.val, splits.norm, todo, batch_size)))
     test = dict(zip(distinct, evaluate_skip_arrays(model, splits.test, splits.norm, distinct, batch_size)))
@@ -118,7 +120,7 @@ def design_space(
                 "test_accuracy": test[s],
                 "macs": cost[s],
             }
-            for s in found.best_per_n(mac_cost)
+            for s in best
         ]
     common = {
         "edgeskip_version": __version__,
@@ -200,6 +202,7 @@ def _search(
     splits: Splits,
     search: SearchSpec,
     known: dict[tuple[bool, ...], float],
+    cost: Callable[[tuple[bool, ...]], float],
     batch_size: int,
 ) -> SearchResult | None:
     """Run ``search`` on validation accuracy (``greedy``: nothing to search, None)."""
@@ -209,9 +212,6 @@ def _search(
 
     def evaluate(arrays: list[tuple[bool, ...]]) -> list[float]:
         return evaluate_skip_arrays(model, splits.val, splits.norm, arrays, batch_size)
-
-    def cost(s: tuple[bool, ...]) -> float:
-        return float(macs(model.cfg, s))
 
     screen = None
     if n := search.screen_for(len(splits.val)):
