@@ -14,6 +14,13 @@ Each is exported with ``torch.onnx.export(..., dynamo=True, optimize=True)`` as 
 thread, alternating the variants; the minimum of ``--repeats`` is reported, with ratios to k = 1, n = 2.
 
     python bench/export_cond_cost.py --out bench/results     # ~3 min on the 2-core machine
+
+The workaround edgeskip ships (``export_dfs``): trace the network with one cheap placeholder ``If`` per gate and
+every branch flat, once, then assemble the nested ``If``s in ONNX. ``--dfs CHECKPOINT`` times it against the
+nested trace on a real DFS model (``export_graph(DFSGraph(model))``, what ``export_dfs`` did before), alternating,
+and checks that the two graphs compute the same logits and options on ``--images`` test images:
+
+    python bench/export_cond_cost.py --dfs bench/results/dfs_r20/r20_dfs_cp0.4.pt --out bench/results
 """
 
 from __future__ import annotations
@@ -89,14 +96,76 @@ def export_seconds(model: nn.Module, k: int, dest: Path) -> float:
     return time.perf_counter() - t
 
 
+def dfs_workaround(checkpoint: Path, repeats: int, images: int) -> dict:
+    """Nested ``torch.cond`` trace vs edgeskip's spliced export of one DFS checkpoint (``integer`` form: no
+    post-rewrite, so both graphs hold the same ops), alternating; the minimum of ``repeats`` and the largest
+    logit difference between the two graphs on ``images`` test images."""
+    import numpy as np
+
+    from edgeskip.backends.ort import ort_session
+    from edgeskip.data.batches import iterate
+    from edgeskip.export.dfs_graph import DFSGraph, export_dfs
+    from edgeskip.export.onnx_export import export_graph
+    from edgeskip.train import load_checkpoint
+
+    ck = load_checkpoint(checkpoint)
+    model = ck.model().eval()
+    image = torch.zeros(1, model.cfg.in_channels, *model.cfg.input_size)
+    times: dict[str, list[float]] = {"nested": [], "spliced": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = {"nested": Path(tmp) / "nested.onnx", "spliced": Path(tmp) / "spliced.onnx"}
+        for _ in range(repeats):
+            t = time.perf_counter()
+            export_graph(DFSGraph(model), (image,), ["image"], paths["nested"], ["logits", "options"], False)
+            times["nested"].append(time.perf_counter() - t)
+            t = time.perf_counter()
+            export_dfs(model, paths["spliced"], int8="qdq")
+            times["spliced"].append(time.perf_counter() - t)
+        xb = next(iterate(ck.data.load().test, ck.norm, images))[0].numpy()
+        runs = {k: [ort_session(p).run(None, {"image": x[None]}) for x in xb] for k, p in paths.items()}
+    logit_diff = max(float(np.abs(a[0] - b[0]).max()) for a, b in zip(runs["nested"], runs["spliced"]))
+    options_differ = sum(int((a[1] != b[1]).any()) for a, b in zip(runs["nested"], runs["spliced"]))
+    row = {
+        "checkpoint": str(checkpoint),
+        "gates": model.cfg.num_gates,
+        "options": len(model.gate_cfg.options),
+        **{f"{k}_s": min(v) for k, v in times.items()},
+        "nested_vs_spliced": min(times["nested"]) / min(times["spliced"]),
+        "images": len(xb),
+        "max_logit_difference": logit_diff,
+        "images_with_other_options": options_differ,
+    }
+    print(
+        f"DFS {checkpoint.name}: nested {row['nested_s']:.1f} s, spliced {row['spliced_s']:.1f} s "
+        f"({row['nested_vs_spliced']:.2f}x); {len(xb)} images: max logit difference {logit_diff:.2e}, "
+        f"{options_differ} with other options",
+        flush=True,
+    )
+    return row
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "--dfs", type=Path, help="a DFS checkpoint: time edgeskip's spliced export against the nested trace"
+    )
+    ap.add_argument("--images", type=int, default=256)
     ap.add_argument("--gates", default="1,2,3", help="gate counts k")
     ap.add_argument("--options", default="2,3,4", help="options per gate n (DFS has 4)")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("bench/results"))
     args = ap.parse_args()
     torch.set_num_threads(1)
+    if args.dfs is not None:
+        doc = {
+            "command": "python " + " ".join(sys.argv),
+            "torch": torch.__version__,
+            "dfs": dfs_workaround(args.dfs, args.repeats, args.images),
+            "note": "minimum of repeats, one thread, one process, nested and spliced alternating",
+        }
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "export_dfs_splice.json").write_text(json.dumps(doc, indent=1))
+        return
     ks, ns = [int(v) for v in args.gates.split(",")], [int(v) for v in args.options.split(",")]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -307,6 +307,7 @@ def build_bundle(
                 splits,
                 OrtLatency(model, work / "ort", repeats=repeats, gated=lat.gated),
                 [c["skip"] for c in front["candidates"]],
+                screen_images=search.screen_for(len(splits.val)),  # the walk's steps, screened as the beam's levels
             )
             configs = _union_configs(front, frac)
             new = [c["skip"] for c in configs if "options" not in c and module_name(c["skip"]) not in lat.built]

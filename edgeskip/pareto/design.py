@@ -197,6 +197,14 @@ def _skipped(s: Sequence[bool]) -> list[int]:
     return [k for k, v in enumerate(s) if not v]
 
 
+def _screen(model: BlockNet, splits: Splits, images: int, batch_size: int) -> Callable[[list], list[float]] | None:
+    """Accuracy of skip or option arrays on ``images`` seeded-random validation images (0: None, no screening)."""
+    if not images:
+        return None
+    subset = splits.val.subset(np.sort(np.random.default_rng(0).choice(len(splits.val), images, replace=False)))
+    return lambda arrays: evaluate_skip_arrays(model, subset, splits.norm, arrays, batch_size)
+
+
 def _search(
     model: BlockNet,
     splits: Splits,
@@ -213,12 +221,7 @@ def _search(
     def evaluate(arrays: list[tuple[bool, ...]]) -> list[float]:
         return evaluate_skip_arrays(model, splits.val, splits.norm, arrays, batch_size)
 
-    screen = None
-    if n := search.screen_for(len(splits.val)):
-        subset = splits.val.subset(np.sort(np.random.default_rng(0).choice(len(splits.val), n, replace=False)))
-
-        def screen(arrays: list[tuple[bool, ...]]) -> list[float]:
-            return evaluate_skip_arrays(model, subset, splits.norm, arrays, batch_size)
+    screen = _screen(model, splits, search.screen_for(len(splits.val)), batch_size)
 
     t0 = time.perf_counter()
     if search.method == "beam":
@@ -267,12 +270,14 @@ def fractional_space(
     skip_candidates: Sequence[Sequence[object]],
     seed: int = 0,
     batch_size: int = 500,
+    screen_images: int = 0,
 ) -> dict[str, Any]:
     """The design space over {full, int8, skip} per gated block (``model`` must carry int8 variants:
     :meth:`CifarResNet.attach_int8`): probe configs measured to fit the latency model, the greedy path, the
     skip-only ``skip_candidates``; every candidate's accuracy (val, test) and *measured* latency, interleaved in
     one run; the skip-only front and the fractional front (over all candidates), both selected on validation
-    accuracy; and their comparison."""
+    accuracy; and their comparison. ``screen_images``: the walk screens each step's moves on that many validation
+    images and evaluates the best :data:`~edgeskip.pareto.fractional.SCREEN_KEEP` on the whole split (0: all)."""
     from edgeskip.pareto.fractional import compare_fronts, fit_latency_model, greedy_walk, probe_configs
     from edgeskip.skip import INT8, SKIP, normalize_options
 
@@ -284,13 +289,29 @@ def fractional_space(
     probes = probe_configs(g, seed)
     fit = fit_latency_model(list(zip(probes, latency.measure(probes))), cfg.gated_blocks)
 
+    counts = {"evaluated": 0, "screened": 0}
+
     def val_acc(opts: list) -> list[float]:
+        counts["evaluated"] += len(opts)
         return evaluate_skip_arrays(model, splits.val, splits.norm, opts, batch_size)
 
-    path = greedy_walk(g, val_acc, fit.predict)
+    screen_images = screen_images if 0 < screen_images < len(splits.val) else 0
+    rough = _screen(model, splits, screen_images, batch_size)
+
+    def screen(opts: list) -> list[float]:
+        counts["screened"] += len(opts)
+        assert rough is not None
+        return rough(opts)
+
+    t0 = time.perf_counter()
+    path = greedy_walk(g, val_acc, fit.predict, screen if rough is not None else None)
+    walk = {**counts, "screen_images": screen_images, "seconds": round(time.perf_counter() - t0, 1)}
     skip_only = [normalize_options(s, g) for s in skip_candidates]
     cands = list(dict.fromkeys([*skip_only, *(s.options for s in path), *probes]))
-    val = val_acc(cands)
+    known = {s.options: s.val_accuracy for s in path}
+    todo = [o for o in cands if o not in known]
+    known.update(zip(todo, val_acc(todo)))
+    val = [known[o] for o in cands]
     test = evaluate_skip_arrays(model, splits.test, splits.norm, cands, batch_size)
     lat = latency.measure(cands)
     bd = breakdown(cfg)
@@ -345,6 +366,7 @@ def fractional_space(
         "full_latency_s": rows[full]["latency_s"],
         "blocks": blocks,
         "greedy_path": [list(s.options) for s in path],
+        "walk": walk,
         "candidates": rows,
         "skip_front": skip_front,
         "front": frac_front,

@@ -114,14 +114,30 @@ class Step:
     val_accuracy: float
 
 
+SCREEN_KEEP = 3  # moves evaluated on the whole split after screening (the beam keeps 3 x its width alike)
+
+
+def _ranked(acc: float, accs: Sequence[float], saved: Sequence[float]) -> list[int]:
+    """Move indices, best first: least accuracy lost per second saved (a gain ranks first); ties: the larger
+    saving, then the first move."""
+    return sorted(range(len(accs)), key=lambda i: ((acc - accs[i]) / saved[i], -saved[i], i))
+
+
 def greedy_walk(
-    num_gates: int, evaluate: Callable[[list[Options]], list[float]], predict: Callable[[Options], float]
+    num_gates: int,
+    evaluate: Callable[[list[Options]], list[float]],
+    predict: Callable[[Options], float],
+    screen: Callable[[list[Options]], list[float]] | None = None,
+    keep: int = SCREEN_KEEP,
 ) -> list[Step]:
     """The greedy path from all-full to all-skip (or until no move saves predicted latency).
 
     ``evaluate`` returns the validation accuracy of each option array given (one call per step, so a
     shared-prefix evaluator serves the whole step); the move with the least accuracy lost per predicted second
-    saved is taken (an accuracy gain ranks first; ties go to the larger saving, then to the first move)."""
+    saved is taken (an accuracy gain ranks first; ties go to the larger saving, then to the first move).
+    ``screen`` (optional) estimates accuracy more cheaply (on fewer images): where a step has more than ``keep``
+    moves, the state and its moves are screened, and only the ``keep`` best moves by the same criterion are
+    evaluated and compared."""
     state: Options = (FULL,) * num_gates
     path = [Step(state, evaluate([state])[0])]
     while True:
@@ -129,12 +145,12 @@ def greedy_walk(
         moves = [s for s in next_states(state) if lat - predict(s) > 0]
         if not moves:
             return path
+        if screen is not None and len(moves) > keep:
+            rough = screen([state, *moves])
+            best_first = _ranked(rough[0], rough[1:], [lat - predict(m) for m in moves])
+            moves = [moves[i] for i in sorted(best_first[:keep])]  # network order, as unscreened
         accs = evaluate(moves)
-        acc = path[-1].val_accuracy
-
-        saved = [lat - predict(m) for m in moves]
-        # least accuracy lost per second saved; ties: the larger saving, then the first move
-        best = min(range(len(moves)), key=lambda i: ((acc - accs[i]) / saved[i], -saved[i], i))
+        best = _ranked(path[-1].val_accuracy, accs, [lat - predict(m) for m in moves])[0]
         state = moves[best]
         path.append(Step(state, accs[best]))
 

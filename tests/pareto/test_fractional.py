@@ -61,6 +61,40 @@ def test_greedy_takes_the_cheapest_accuracy_per_second_and_ends_all_skipped():
     assert calls[0] == 1 and all(c >= 1 for c in calls)
 
 
+def test_a_screened_walk_evaluates_a_few_moves_per_step_and_keeps_the_path():
+    """Screening on a noisy estimate (fewer images) that keeps the ranking's top moves: the walk takes the same
+    path as unscreened, evaluating at most ``keep`` moves per step on the whole split."""
+    g = 5
+    rng = np.random.default_rng(3)
+    drop = {(k, o): float(rng.uniform(0.0, 0.04 if o == 8 else 0.2)) for k in range(g) for o in (8, 0)}
+    cost = {1: 1.0, 8: 0.6, 0: 0.0}
+    predict = lambda s: sum(cost[o] for o in s)  # noqa: E731
+
+    def accuracy(s, noise=0.0):
+        return 0.9 - sum(drop[(k, o)] for k, o in enumerate(s) if o != 1) + noise
+
+    full, screened = [], []
+
+    def evaluate(opts):
+        full.append(len(opts))
+        return [accuracy(s) for s in opts]
+
+    def screen(opts):
+        screened.append(len(opts))
+        return [accuracy(s, float(rng.normal(0, 1e-4))) for s in opts]
+
+    plain = greedy_walk(g, evaluate, predict)
+    full.clear()
+    fast = greedy_walk(g, evaluate, predict, screen=screen, keep=3)
+    assert [s.options for s in fast] == [s.options for s in plain]
+    assert [s.val_accuracy for s in fast] == [s.val_accuracy for s in plain]  # recorded on the whole split
+    assert max(full[1:]) <= 3 and len(screened) >= 1 and max(screened) > 4  # screened all, evaluated the best
+    # a screen that ranks badly still yields a valid walk: every step a legal move, ending all skipped
+    worst = greedy_walk(g, evaluate, predict, screen=lambda opts: [-accuracy(s) for s in opts], keep=1)
+    assert worst[-1].options == (0,) * g
+    assert all(b.options in next_states(a.options) for a, b in zip(worst, worst[1:]))
+
+
 def test_compare_fronts():
     base = [(0.90, 10.0), (0.85, 7.0)]
     other = [(0.90, 10.0), (0.89, 7.0), (0.86, 6.0)]
