@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> None:
                 "screen_images": n,
                 "seconds": round(seconds, 1),
                 "walk": doc["walk"],
+                "phases_s": doc["seconds"],
                 "greedy_path": doc["greedy_path"],
                 "front": front_rows(doc),
                 "comparison_test": {

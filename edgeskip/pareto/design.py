@@ -286,8 +286,17 @@ def fractional_space(
     if missing:
         raise EdgeskipError(f"blocks {missing} have no int8 variant: calibrate the model first")
     model.eval()
+    clock, seconds = time.perf_counter(), {}
+
+    def lap(name: str) -> None:  # where the design space's time went (fractional.json "seconds")
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[name] = round(now - clock, 1)
+        clock = now
+
     probes = probe_configs(g, seed)
     fit = fit_latency_model(list(zip(probes, latency.measure(probes))), cfg.gated_blocks)
+    lap("probes_latency")
 
     counts = {"evaluated": 0, "screened": 0}
 
@@ -303,16 +312,18 @@ def fractional_space(
         assert rough is not None
         return rough(opts)
 
-    t0 = time.perf_counter()
     path = greedy_walk(g, val_acc, fit.predict, screen if rough is not None else None)
-    walk = {**counts, "screen_images": screen_images, "seconds": round(time.perf_counter() - t0, 1)}
+    lap("walk")
+    walk = {**counts, "screen_images": screen_images, "seconds": seconds["walk"]}
     skip_only = [normalize_options(s, g) for s in skip_candidates]
     cands = list(dict.fromkeys([*skip_only, *(s.options for s in path), *probes]))
     known = {s.options: s.val_accuracy for s in path}
     todo = [o for o in cands if o not in known]
     known.update(zip(todo, val_acc(todo)))
     val = [known[o] for o in cands]
+    lap("candidates_val")
     lat = latency.measure(cands)
+    lap("candidates_latency")
     bd = breakdown(cfg)
     rows = []
     for i, o in enumerate(cands):
@@ -357,6 +368,7 @@ def fractional_space(
         shown, evaluate_skip_arrays(model, splits.test, splits.norm, [cands[i] for i in shown], batch_size)
     ):
         rows[i]["test_accuracy"] = acc
+    lap("fronts_test")
     return {
         "format": FRACTIONAL_FORMAT,
         "version": SCHEMA_VERSION,
@@ -373,6 +385,7 @@ def fractional_space(
         "blocks": blocks,
         "greedy_path": [list(s.options) for s in path],
         "walk": walk,
+        "seconds": seconds,
         "candidates": rows,
         "skip_front": skip_front,
         "front": frac_front,
