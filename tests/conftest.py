@@ -24,7 +24,7 @@ from edgeskip.train import DataSpec, TrainConfig, load_checkpoint, train
 torch.set_num_threads(1)  # tests run beside other work on a 2-core machine; keep them predictable
 
 TINY = ResNetConfig(depth=20, widths=(8, 16, 32))
-# the learned-gate baselines' backbone: 3 gated blocks, because exporting a DFS switch costs ~10 s per gate
+# the learned-gate baselines' backbone: 3 gated blocks (each gate adds to every DFS/SkipNet export and check)
 TINY14 = ResNetConfig(depth=14, widths=(8, 16, 32))
 
 

@@ -70,7 +70,7 @@ def calibration_batches(digits_splits, dfs_checkpoint):
 def mixed(test_batch, calibration_batches, tmp_path_factory):
     """The trained model with its gate's output layer randomised, so that every option (skip, 8-bit, 16-bit,
     full) is chosen by some input and gate, and ``graph(form)``: its export in one int8 form (built once per run,
-    shared by the xdist workers: each export takes ~10 s per gate)."""
+    shared by the xdist workers: each export takes seconds)."""
     import copy
 
     model, xb, _ = test_batch
