@@ -378,10 +378,19 @@ def _splice(skeleton, bank, order: list[int], n_opt: int) -> None:
         g.initializer.append(c)
     for o in range(n_opt):
         g.initializer.append(numpy_helper.from_array(np.array(o, dtype=np.int64), f"dfs/option{o}"))
+    weights = {t.name for t in g.initializer}
+
+    def constant(name: str) -> bool:
+        return name in weights or (name in producer and producer[name].op_type == "Constant")
+
     for k, node in enumerate(ifs):
         then = next(a.g for a in node.attribute if a.name == "then_branch")
-        h = then.node[0].input[0]  # the placeholder's then-branch: Identity(h)
-        c = producer[node.input[0]].input[0]  # the placeholder's condition: Equal(c, order[0])
+        eq = producer.get(node.input[0])
+        # the placeholder: If(Equal(c, order[0])) with then-branch Identity(h) (or h itself, were it optimised away)
+        h = then.node[0].input[0] if then.node else then.output[0].name
+        c = next((i for i in eq.input if not constant(i)), None) if eq is not None and eq.op_type == "Equal" else None
+        if c is None or (then.node and then.node[0].op_type != "Identity"):
+            raise EdgeskipError(f"DFS export: switch {k} was not traced as the expected placeholder If")
         out = node.output[0]
         source = {o: bank.graph.output[k * per_gate + o - 1].name for o in range(1, n_opt)}
 
