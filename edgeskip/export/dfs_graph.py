@@ -476,13 +476,12 @@ def export_dfs(
         onnx.checker.check_model(skeleton)
         with atomic_path(dest, suffix=".onnx") as tmp:
             onnx.save_model(skeleton, str(tmp))
-    path = dest
     if int8 == "integer" and 8 in model.gate_cfg.bits:
         expected = 2 * model.cfg.num_gates
-        n = to_conv_integer(path)
+        n = to_conv_integer(dest)
         if n != expected:
             raise EdgeskipError(f"DFS export: {n} of {expected} 8-bit convolutions became ConvInteger")
-    return path
+    return dest
 
 
 def graph_reference(

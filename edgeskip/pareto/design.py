@@ -198,8 +198,9 @@ def _skipped(s: Sequence[bool]) -> list[int]:
 
 
 def _screen(model: BlockNet, splits: Splits, images: int, batch_size: int) -> Callable[[list], list[float]] | None:
-    """Accuracy of skip or option arrays on ``images`` seeded-random validation images (0: None, no screening)."""
-    if not images:
+    """Accuracy of skip or option arrays on ``images`` seeded-random validation images (None, no screening, unless
+    0 < ``images`` < the split's size)."""
+    if not 0 < images < len(splits.val):
         return None
     subset = splits.val.subset(np.sort(np.random.default_rng(0).choice(len(splits.val), images, replace=False)))
     return lambda arrays: evaluate_skip_arrays(model, subset, splits.norm, arrays, batch_size)
@@ -274,9 +275,9 @@ def fractional_space(
 ) -> dict[str, Any]:
     """The design space over {full, int8, skip} per gated block (``model`` must carry int8 variants:
     :meth:`CifarResNet.attach_int8`): probe configs measured to fit the latency model, the greedy path, the
-    skip-only ``skip_candidates``; every candidate's accuracy (val, test) and *measured* latency, interleaved in
+    skip-only ``skip_candidates``; every candidate's validation accuracy and *measured* latency, interleaved in
     one run; the skip-only front and the fractional front (over all candidates), both selected on validation
-    accuracy; and their comparison. ``screen_images``: the walk screens each step's moves on that many validation
+    accuracy; the test accuracy of those fronts' configs, and their comparison. ``screen_images``: the walk screens each step's moves on that many validation
     images and evaluates the best :data:`~edgeskip.pareto.fractional.SCREEN_KEEP` on the whole split (0: all)."""
     from edgeskip.pareto.fractional import compare_fronts, fit_latency_model, greedy_walk, probe_configs
     from edgeskip.skip import INT8, SKIP, normalize_options
@@ -304,17 +305,17 @@ def fractional_space(
         counts["evaluated"] += len(opts)
         return evaluate_skip_arrays(model, splits.val, splits.norm, opts, batch_size)
 
-    screen_images = screen_images if 0 < screen_images < len(splits.val) else 0
     rough = _screen(model, splits, screen_images, batch_size)
+    screen = None
+    if rough is not None:
 
-    def screen(opts: list) -> list[float]:
-        counts["screened"] += len(opts)
-        assert rough is not None
-        return rough(opts)
+        def screen(opts: list) -> list[float]:
+            counts["screened"] += len(opts)
+            return rough(opts)
 
-    path = greedy_walk(g, val_acc, fit.predict, screen if rough is not None else None)
+    path = greedy_walk(g, val_acc, fit.predict, screen)
     lap("walk")
-    walk = {**counts, "screen_images": screen_images, "seconds": seconds["walk"]}
+    walk = {**counts, "screen_images": screen_images if rough else 0, "seconds": seconds["walk"]}
     skip_only = [normalize_options(s, g) for s in skip_candidates]
     cands = list(dict.fromkeys([*skip_only, *(s.options for s in path), *probes]))
     known = {s.options: s.val_accuracy for s in path}

@@ -142,15 +142,16 @@ def greedy_walk(
     path = [Step(state, evaluate([state])[0])]
     while True:
         lat = predict(state)
-        moves = [s for s in next_states(state) if lat - predict(s) > 0]
+        saving = {m: lat - predict(m) for m in next_states(state)}
+        moves = [m for m, v in saving.items() if v > 0]
         if not moves:
             return path
         if screen is not None and len(moves) > keep:
             rough = screen([state, *moves])
-            best_first = _ranked(rough[0], rough[1:], [lat - predict(m) for m in moves])
+            best_first = _ranked(rough[0], rough[1:], [saving[m] for m in moves])
             moves = [moves[i] for i in sorted(best_first[:keep])]  # network order, as unscreened
         accs = evaluate(moves)
-        best = _ranked(path[-1].val_accuracy, accs, [lat - predict(m) for m in moves])[0]
+        best = _ranked(path[-1].val_accuracy, accs, [saving[m] for m in moves])[0]
         state = moves[best]
         path.append(Step(state, accs[best]))
 
