@@ -21,6 +21,14 @@ nested trace on a real DFS model (``export_graph(DFSGraph(model))``, what ``expo
 and checks that the two graphs compute the same logits and options on ``--images`` test images:
 
     python bench/export_cond_cost.py --dfs bench/results/dfs_r20/r20_dfs_cp0.4.pt --out bench/results
+
+Every gated graph is now exported that way (``edgeskip.export.splice``: one flat trace, each gate's options as
+extra outputs and a ``Where`` placeholder where its ``If`` goes). ``--gated CHECKPOINT ...`` times the bundle's
+gated graph (one ``If`` per gate) and its int8 option-array graph (two nested ``If``s per gate, int8 variants
+calibrated on 128 training images) against their ``torch.cond`` traces, and compares the outputs on ``--images``
+test images under 8 random skip (option) arrays:
+
+    python bench/export_cond_cost.py --gated bench/results/r20_sd.pt bench/results/r56_sd.pt --out bench/results
 """
 
 from __future__ import annotations
@@ -144,11 +152,75 @@ def dfs_workaround(checkpoint: Path, repeats: int, images: int) -> dict:
     return row
 
 
+def gated_workaround(checkpoint: Path, repeats: int, images: int) -> list[dict]:
+    """The gated graph and the option-array graph of one checkpoint: ``torch.cond`` trace vs spliced export,
+    alternating; the minimum of ``repeats`` and the largest output difference between the two graphs."""
+    import numpy as np
+
+    from edgeskip.backends.ort import ort_session
+    from edgeskip.data.batches import iterate
+    from edgeskip.export.graphs import GatedGraph, OptionsGraph
+    from edgeskip.export.onnx_export import _variants_as_blocks, export_gated, export_graph, export_options
+    from edgeskip.models.quant import calibrate
+    from edgeskip.pareto.design import calibration_batches
+    from edgeskip.train import load_checkpoint
+
+    ck = load_checkpoint(checkpoint)
+    model = ck.model().eval()
+    splits = ck.data.load()
+    g = model.cfg.num_gates
+    model.attach_int8(calibrate(model, calibration_batches(splits, 128), model.cfg.gated_blocks))
+    image = torch.zeros(2, model.cfg.in_channels, *model.cfg.input_size)
+    xb = next(iterate(splits.test, ck.norm, images))[0].numpy()
+    rng = np.random.default_rng(0)
+    rows = []
+    for kind, view, spliced, switch, values in (
+        ("gated", GatedGraph, export_gated, "skip", (False, True)),
+        ("options", OptionsGraph, export_options, "options", (0, 1, 8)),
+    ):
+        arg = torch.ones(g, dtype=torch.bool) if kind == "gated" else torch.ones(g, dtype=torch.int64)
+        times: dict[str, list[float]] = {"nested": [], "spliced": []}
+        with tempfile.TemporaryDirectory() as tmp:
+            paths = {"nested": Path(tmp) / "nested.onnx", "spliced": Path(tmp) / "spliced.onnx"}
+            for _ in range(repeats):
+                edit = _variants_as_blocks if kind == "options" else None  # as export_options names the weights
+                t = time.perf_counter()
+                export_graph(view(model), (image, arg), ["image", switch], paths["nested"], edit=edit)
+                times["nested"].append(time.perf_counter() - t)
+                t = time.perf_counter()
+                spliced(model, paths["spliced"])
+                times["spliced"].append(time.perf_counter() - t)
+            sessions = {k: ort_session(p) for k, p in paths.items()}
+            diff = 0.0
+            for _ in range(8):
+                sw = np.array(rng.choice(values, g), dtype=bool if kind == "gated" else np.int64)
+                a, b = (s.run(None, {"image": xb, switch: sw})[0] for s in sessions.values())
+                diff = max(diff, float(np.abs(a - b).max()))
+        row = {
+            "checkpoint": str(checkpoint),
+            "graph": kind,
+            "gates": g,
+            **{f"{k}_s": min(v) for k, v in times.items()},
+            "nested_vs_spliced": min(times["nested"]) / min(times["spliced"]),
+            "images": len(xb),
+            "arrays": 8,
+            "max_output_difference": diff,
+        }
+        print(
+            f"{checkpoint.name} {kind} ({g} gates): nested {row['nested_s']:.1f} s, spliced {row['spliced_s']:.1f} s "
+            f"({row['nested_vs_spliced']:.2f}x); max output difference {diff:.2e}",
+            flush=True,
+        )
+        rows.append(row)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
         "--dfs", type=Path, help="a DFS checkpoint: time edgeskip's spliced export against the nested trace"
     )
+    ap.add_argument("--gated", type=Path, nargs="+", help="checkpoints: time the spliced gated and option-array graphs")
     ap.add_argument("--images", type=int, default=256)
     ap.add_argument("--gates", default="1,2,3", help="gate counts k")
     ap.add_argument("--options", default="2,3,4", help="options per gate n (DFS has 4)")
@@ -156,6 +228,16 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("bench/results"))
     args = ap.parse_args()
     torch.set_num_threads(1)
+    if args.gated:
+        doc = {
+            "command": "python " + " ".join(sys.argv),
+            "torch": torch.__version__,
+            "rows": [r for ck in args.gated for r in gated_workaround(ck, args.repeats, args.images)],
+            "note": "minimum of repeats, one thread, one process, torch.cond trace and spliced export alternating",
+        }
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "export_gated_splice.json").write_text(json.dumps(doc, indent=1))
+        return
     if args.dfs is not None:
         doc = {
             "command": "python " + " ".join(sys.argv),

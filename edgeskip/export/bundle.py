@@ -285,11 +285,7 @@ def build_bundle(
     with staging(out) as (tmp, work):
         t0 = time.time()
         (tmp / "onnx").mkdir()
-        log(
-            "compiling every candidate config for "
-            + ", ".join(t.name for t in targets)
-            + " (one module per target, shared weights) and measuring it on this host ..."
-        )
+        log("compiling every candidate config for this host (one module, shared weights) and measuring it ...")
         lat = IreeLatency(model, tmp / "iree", work, repeats=repeats, targets=targets)
         source: IreeLatency | IreeOrOrt = lat
         if not int8:  # where IREE cannot compile the model, onnxruntime runs it (int8 bundles need IREE's float side)
@@ -316,6 +312,10 @@ def build_bundle(
                 lat.measure(new)  # adds their functions; they are timed below, beside the others
         for c in configs:
             c["module"] = module_name(c.get("options", c["skip"]))
+        others = [t.name for t in lat.targets if t.name != "host"]
+        if others and not unavailable:
+            log(f"compiling the module for {', '.join(others)} (every config measured, one module each) ...")
+            lat.finish()
 
         log("exporting ONNX graphs and verifying them against PyTorch ...")
         gated_onnx = tmp / "onnx" / "gated.onnx"

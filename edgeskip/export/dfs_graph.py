@@ -44,7 +44,8 @@ from torch import nn
 
 from edgeskip.backends.ort import ort_session
 from edgeskip.errors import EdgeskipError
-from edgeskip.export.onnx_export import INT8_TOLERANCE, export_graph, max_abs_diff
+from edgeskip.export.onnx_export import INT8_TOLERANCE, export_spliced, max_abs_diff
+from edgeskip.export.splice import Switch, mark, with_marks
 from edgeskip.models.blocknet import ExportView
 from edgeskip.models.dfs import FULL_BITS, DFSResNet, quant_params, residual_bits
 from edgeskip.models.quant import I8, I32, MinMax, TensorQuant, bn_affine, qd
@@ -204,7 +205,7 @@ class DFSGraph(ExportView):
             raise EdgeskipError(f"switch order must be a permutation of the option indices 0..{n - 1}, got {order}")
         self.gates, self.gate_core = model.gates, model.gate_core
         self.gate_of = dict(model.gate_of)
-        self.placeholder = False
+        self.marks: list[torch.Tensor] | None = None
         self.n_opt = n
         self.options = nn.ModuleDict()
         for b, k in self.gate_of.items():
@@ -219,6 +220,11 @@ class DFSGraph(ExportView):
             assert model.gate_cfg.options[-1] == FULL_BITS
             self.options[str(b)] = nn.ModuleList(variants)
 
+    def switch(self, b: int) -> Switch:
+        """Gated block ``b``'s options in nesting order (the skip option, 0, is the identity)."""
+        options = list(self.options[str(b)])
+        return Switch([options[o] if o else None for o in self.order], list(self.order))
+
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         state: list = [None]
         chosen = []
@@ -227,36 +233,11 @@ class DFSGraph(ExportView):
             logit, state[0] = self.gates[self.gate_of[b]](h, state[0])
             c = logit.reshape(self.n_opt).argmax()
             chosen.append(c)
-            if self.placeholder:  # one cheap ``If`` that :func:`_splice` replaces by the switch
-                return torch.cond(c == self.order[0], lambda t, c: t.clone(), lambda t, c: t.neg(), (h, c))
+            if self.marks is not None:  # exported spliced: the switch is assembled in ONNX
+                return mark(self, b, c == self.order[0], h)
             return _switch(h, c, list(self.options[str(b)]), self.order)
 
-        return self.walk(image, step), torch.stack(chosen)
-
-    def block_inputs(self, image: torch.Tensor) -> list[torch.Tensor]:
-        """Each gated block's input for ``image`` (gate order)."""
-        seen: dict[int, torch.Tensor] = {}
-
-        def record(b: int, block: nn.Module, h: torch.Tensor) -> torch.Tensor:
-            seen[self.gate_of[b]] = h
-            return block(h)
-
-        with torch.no_grad():
-            self.walk(image, record)
-        return [seen[k] for k in sorted(seen)]
-
-
-class _Branches(nn.Module):
-    """Every non-skip option of every gated block, each on its gate's input: ``forward(*inputs)`` returns them in
-    (gate, option) order. Traced flat, without ``torch.cond``: each branch once."""
-
-    def __init__(self, graph: DFSGraph) -> None:
-        super().__init__()
-        by_gate = sorted(graph.gate_of.items(), key=lambda bk: bk[1])
-        self.variants = nn.ModuleList([nn.ModuleList(list(graph.options[str(b)])[1:]) for b, _ in by_gate])
-
-    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(v(x) for x, vs in zip(inputs, self.variants) for v in vs)
+        return with_marks(self, (self.walk(image, step), torch.stack(chosen)))
 
 
 def _conv_integer(graph, produced: dict) -> int:
@@ -317,119 +298,6 @@ def switch_order(option_rates: list[float]) -> list[int]:
     return sorted(range(len(option_rates)), key=lambda o: (-option_rates[o], -o))
 
 
-def _branch_graph(bank, k: int, o: int, source: str | None, h: str, out: str, value_type):
-    """The ``If`` branch computing option ``o`` of gate ``k`` on the outer tensor ``h`` into ``out``: the nodes of
-    ``bank`` that compute its output ``source`` (None: the skip option, an ``Identity``), names prefixed so that
-    no branch redefines another's; ``bank``'s weights are read from the outer graph as ``dfs/<name>``."""
-    from onnx import helper
-
-    if source is None:
-        return helper.make_graph([helper.make_node("Identity", [h], [out])], f"gate{k}_skip", [], [value_type(out)])
-    weights = {t.name for t in bank.graph.initializer}
-    produced = {o_: n for n in bank.graph.node for o_ in n.output}
-    inputs = {i.name for i in bank.graph.input}
-    need, stack = set(), [source]
-    while stack:  # the nodes ``source`` depends on, back to the gate's input and the weights
-        n = produced.get(stack.pop())
-        if n is not None and id(n) not in need:
-            need.add(id(n))
-            stack.extend(i for i in n.input if i and i not in weights and i not in inputs)
-    prefix = f"dfs/g{k}o{o}/"
-
-    def name(t: str) -> str:
-        if not t:
-            return t
-        if t in inputs:
-            return h
-        if t in weights:
-            return "dfs/" + t
-        return out if t == source else prefix + t
-
-    nodes = []
-    for n in bank.graph.node:
-        if id(n) in need:
-            c = type(n)()
-            c.CopyFrom(n)
-            c.name = prefix + n.name
-            c.input[:] = [name(i) for i in n.input]
-            c.output[:] = [name(i) for i in n.output]
-            nodes.append(c)
-    return helper.make_graph(nodes, f"gate{k}_option{o}", [], [value_type(out)])
-
-
-def _splice(skeleton, bank, order: list[int], n_opt: int) -> None:
-    """Give each placeholder ``If`` of ``skeleton`` (one per gate, :attr:`DFSGraph.placeholder`) the real switch:
-    option ``order[0]`` under its own condition, else a nested ``If`` on ``order[1]``, and so on, each branch cut
-    from ``bank`` (the export of :class:`_Branches`). The result is the graph nested ``torch.cond`` traces to,
-    with each branch traced once."""
-    from onnx import helper, numpy_helper
-
-    g = skeleton.graph
-    ifs = [n for n in g.node if n.op_type == "If"]
-    per_gate = n_opt - 1
-    if len(ifs) * per_gate != len(bank.graph.output):
-        raise EdgeskipError(f"DFS export: {len(ifs)} switches traced for {len(bank.graph.output)} branches")
-    producer = {o: n for n in g.node for o in n.output}
-    types = {vi.name: vi.type for vi in bank.graph.output}
-    for t in bank.graph.initializer:
-        c = type(t)()
-        c.CopyFrom(t)
-        c.name = "dfs/" + t.name
-        g.initializer.append(c)
-    for o in range(n_opt):
-        g.initializer.append(numpy_helper.from_array(np.array(o, dtype=np.int64), f"dfs/option{o}"))
-    weights = {t.name for t in g.initializer}
-
-    def constant(name: str) -> bool:
-        return name in weights or (name in producer and producer[name].op_type == "Constant")
-
-    for k, node in enumerate(ifs):
-        then = next(a.g for a in node.attribute if a.name == "then_branch")
-        eq = producer.get(node.input[0])
-        # the placeholder: If(Equal(c, order[0])) with then-branch Identity(h) (or h itself, were it optimised away)
-        h = then.node[0].input[0] if then.node else then.output[0].name
-        c = next((i for i in eq.input if not constant(i)), None) if eq is not None and eq.op_type == "Equal" else None
-        if c is None or (then.node and then.node[0].op_type != "Identity"):
-            raise EdgeskipError(f"DFS export: switch {k} was not traced as the expected placeholder If")
-        out = node.output[0]
-        source = {o: bank.graph.output[k * per_gate + o - 1].name for o in range(1, n_opt)}
-
-        def value_type(name: str, k: int = k) -> Any:
-            vi = helper.make_empty_tensor_value_info(name)
-            vi.type.CopyFrom(types[bank.graph.output[k * per_gate].name])
-            return vi
-
-        def switch(i: int, into: str, k: int = k, h: str = h, c: str = c, source: dict = source) -> Any:
-            """The branch graph of ``order[i:]``: option ``order[i]`` or (not the last) a nested ``If``."""
-            o = order[i]
-            if i == len(order) - 1:
-                return _branch_graph(bank, k, o, source.get(o), h, into, value_type)
-            cond = f"dfs/g{k}/is{o}"
-            nodes = [
-                helper.make_node("Equal", [c, f"dfs/option{o}"], [cond], name=cond),
-                helper.make_node(
-                    "If",
-                    [cond],
-                    [into],
-                    name=f"dfs/g{k}/if{o}",
-                    then_branch=_branch_graph(bank, k, o, source.get(o), h, into + f"/{o}", value_type),
-                    else_branch=switch(i + 1, into + f"/not{o}"),
-                ),
-            ]
-            return helper.make_graph(nodes, f"gate{k}_not{order[i - 1]}", [], [value_type(into)])
-
-        o0 = order[0]
-        del node.attribute[:]
-        node.attribute.extend(
-            [
-                helper.make_attribute(
-                    "then_branch", _branch_graph(bank, k, o0, source.get(o0), h, out + f"/{o0}", value_type)
-                ),
-                helper.make_attribute("else_branch", switch(1, out + f"/not{o0}")),
-            ]
-        )
-
-
 def export_dfs(
     model: DFSResNet,
     dest: str | os.PathLike,
@@ -442,16 +310,9 @@ def export_dfs(
     ``int8="qlinear"`` needs ``calibration`` (:func:`calibrate_dfs`).
 
     Tracing the switch as nested ``torch.cond`` costs ~10 s per gate (``bench/export_cond_cost.py``): the exporter
-    re-traces every branch at every level. So two flat graphs are traced instead, the network with one placeholder
-    ``If`` per gate and every branch on its own (:class:`_Branches`), and the switch is assembled in ONNX
-    (:func:`_splice`); :func:`verify_dfs_onnx` checks the result against PyTorch as before."""
-    import tempfile
-
-    import onnx
-
-    from edgeskip.export.onnx_export import drop_unread
-    from edgeskip.utils.atomic import atomic_path
-
+    re-traces every branch at every level. So the graph is exported spliced (:func:`export_spliced`): traced once,
+    every option flat, and the switches assembled in ONNX; :func:`verify_dfs_onnx` checks the result against
+    PyTorch."""
     if int8 not in INT8_MODES:
         raise EdgeskipError(f"int8 must be one of {', '.join(INT8_MODES)}, got {int8!r}")
     fused = int8 == "qlinear" and 8 in model.gate_cfg.bits
@@ -461,21 +322,7 @@ def export_dfs(
     cfg = model.cfg
     image = torch.zeros(1, cfg.in_channels, *cfg.input_size)
     graph = DFSGraph(model, order, calibration if fused else None)
-    dest = Path(dest)
-    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".dfs-") as work:
-        inputs = graph.block_inputs(image)
-        bank = _Branches(graph)
-        names = [f"gate{k}" for k in range(len(inputs))]
-        outs = [f"gate{k}_option{o}" for k in range(len(inputs)) for o in range(1, graph.n_opt)]
-        bank_path = export_graph(bank, tuple(inputs), names, Path(work) / "branches.onnx", outs, dynamic_batch=False)
-        graph.placeholder = True
-        skel_path = export_graph(graph, (image,), ["image"], Path(work) / "net.onnx", ["logits", "options"], False)
-        skeleton = onnx.load(str(skel_path))
-        _splice(skeleton, onnx.load(str(bank_path)), graph.order, graph.n_opt)
-        drop_unread(skeleton)
-        onnx.checker.check_model(skeleton)
-        with atomic_path(dest, suffix=".onnx") as tmp:
-            onnx.save_model(skeleton, str(tmp))
+    dest = export_spliced(graph, (image,), ["image"], dest, ["logits", "options"], dynamic_batch=False)
     if int8 == "integer" and 8 in model.gate_cfg.bits:
         expected = 2 * model.cfg.num_gates
         n = to_conv_integer(dest)

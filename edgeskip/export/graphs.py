@@ -12,9 +12,10 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from edgeskip.export.splice import Switch, mark, with_marks
 from edgeskip.models import BlockNet
 from edgeskip.models.blocknet import ExportView
-from edgeskip.skip import INT8, SKIP
+from edgeskip.skip import FULL, INT8, SKIP
 
 # where OptionsGraph holds the int8 variants; the exported graph names their weights ``blocks.<i>.w1`` instead
 VARIANTS = "variants"
@@ -38,22 +39,34 @@ class GatedGraph(ExportView):
     """``forward(image, skip)``: one ``torch.cond`` per gate, exported as one ONNX ``If`` each.
 
     ``skip`` is a bool tensor of length B_s (True = execute); a skipped block runs :func:`bypass_branch`.
+    Exported spliced (:func:`~edgeskip.export.onnx_export.export_spliced`): each gate marked, the ``If``s of
+    :meth:`switch` assembled in ONNX.
     """
 
     def __init__(self, model: BlockNet) -> None:
         super().__init__(model)
         self.gate_of = {b: k for k, b in enumerate(model.cfg.gated_blocks)}
+        self.reduced = {b: model.bypass(b) for b in self.gate_of}
         self.bypass = {b: bypass_branch(model, b) for b in self.gate_of}
+        self.marks: list[torch.Tensor] | None = None
+
+    def switch(self, b: int) -> Switch:
+        return Switch([self.blocks[str(b)], self.reduced[b]], [FULL, SKIP])
 
     def forward(self, image: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        return self.walk(
-            image, lambda b, block, h: torch.cond(skip[self.gate_of[b]], dense(block), self.bypass[b], (h,))
-        )
+        def step(b: int, block: nn.Module, h: torch.Tensor) -> torch.Tensor:
+            run = skip[self.gate_of[b]]
+            if self.marks is not None:
+                return mark(self, b, run, h)
+            return torch.cond(run, dense(block), self.bypass[b], (h,))
+
+        return with_marks(self, self.walk(image, step))
 
 
 class OptionsGraph(ExportView):
     """``forward(image, options)``: per gate, ``options`` (int64 [B_s], an option array: 0 skip, 1 full precision, 8
-    int8) chooses the bypass, the block or its int8 variant: two nested ``torch.cond``s, two ONNX ``If``s. Never
+    int8) chooses the bypass, the block or its int8 variant: two nested ``torch.cond``s, two ONNX ``If``s (exported
+    spliced, as :class:`GatedGraph`). Never
     deployed: exported once, then cut into each option array's static graph in milliseconds
     (:func:`~edgeskip.export.onnx_export.specialise`) instead of tracing each one. Every gated block needs its
     int8 variant (``attach_int8``)."""
@@ -62,13 +75,20 @@ class OptionsGraph(ExportView):
         super().__init__(model)
         self.gate_of = {b: k for k, b in enumerate(model.cfg.gated_blocks)}
         self.bypass = {b: bypass_branch(model, b) for b in self.gate_of}
+        self.reduced = {b: model.bypass(b) for b in self.gate_of}
         self.add_module(VARIANTS, nn.ModuleDict({str(b): model.variant(b, INT8) for b in self.gate_of}))
+        self.marks: list[torch.Tensor] | None = None
+
+    def switch(self, b: int) -> Switch:
+        return Switch([self.reduced[b], getattr(self, VARIANTS)[str(b)], self.blocks[str(b)]], [SKIP, INT8, FULL])
 
     def forward(self, image: torch.Tensor, options: torch.Tensor) -> torch.Tensor:
         variants = getattr(self, VARIANTS)
 
         def step(b: int, block: nn.Module, h: torch.Tensor) -> torch.Tensor:
             o = options[self.gate_of[b]]
+            if self.marks is not None:
+                return mark(self, b, o == SKIP, h)
             variant = variants[str(b)]
 
             def run(t: torch.Tensor) -> torch.Tensor:
@@ -76,7 +96,7 @@ class OptionsGraph(ExportView):
 
             return torch.cond(o == SKIP, self.bypass[b], run, (h,))
 
-        return self.walk(image, step)
+        return with_marks(self, self.walk(image, step))
 
 
 class StaticGraph(ExportView):

@@ -24,11 +24,12 @@ class IreeLatency:
     """Latency source for :func:`edgeskip.pareto.design.design_space`: the bundle's own modules, timed.
 
     Every measured config's static function and the gated function are merged into one module
-    (:func:`~edgeskip.export.shared_weights.merge_modules`, one weight archive), compiled for each of ``targets``
-    side by side (``<out_dir>/<target>/model.vmfb``, over ``<out_dir>/weights.irpa``), and the host's functions
-    are timed round-robin in one context, as the runtime runs them. Compiling one module of every candidate costs
-    less than one module per candidate and then the front's module again, and the bundle then carries every
-    candidate: a board can measure its own front from it. A later call adds configs and compiles again."""
+    (:func:`~edgeskip.export.shared_weights.merge_modules`, one weight archive), compiled for the host
+    (``<out_dir>/host/model.vmfb``, over ``<out_dir>/weights.irpa``), and its functions are timed round-robin in
+    one context, as the runtime runs them. Compiling one module of every candidate costs less than one module per
+    candidate and then the front's module again, and the bundle then carries every candidate: a board can measure
+    its own front from it. A later call adds configs and compiles the host's module again; :meth:`finish`
+    compiles the other targets' modules once, side by side, when the configs are final."""
 
     name = "iree-host-local-sync-b1"
 
@@ -53,6 +54,8 @@ class IreeLatency:
         self.gated: Path | None = None  # the gated graph, exported once: every static graph is cut from it
         self.gated_mlir: Path | None = None
         self.dropped: dict[str, str] = {}  # target -> why IREE could not compile it (the host never is: it raises)
+        self.merged: Path | None = None  # every measured config's function and the gated one, in one module
+        self.compiled: set[str] = set()  # the targets besides the host compiled from the latest merged module
 
     @property
     def functions(self) -> list[str]:
@@ -75,29 +78,46 @@ class IreeLatency:
             graphs, mlirs = import_configs(self.model, new, self.weights, self.work, self.gated)
             self.built.update({module_name(s): (g, m) for s, g, m in zip(new, graphs, mlirs)})
             assert self.gated_mlir is not None
-            merged = merge_modules(
+            self.merged = merge_modules(
                 {"gated": self.gated_mlir, **{k: m for k, (_, m) in self.built.items()}}, self.work / "model.mlir"
             )
-            for t in self.targets:
-                self.module(t.name).parent.mkdir(parents=True, exist_ok=True)
-            results = compile_each(
-                [(merged, t, self.module(t.name)) for t in self.targets],
-                channels_last=list(self.built),  # the static functions; the gated one keeps NCHW
-            )
-            kept = []
-            for t, r in zip(self.targets, results):
-                if isinstance(r, IreeError):
-                    if t.name == "host":
-                        raise r
-                    self.dropped[t.name] = str(r)  # the bundle goes on without this target and says why
-                    shutil.rmtree(self.module(t.name).parent, ignore_errors=True)
-                else:
-                    kept.append(r.target)  # as compiled: a target that needed a raised stack limit keeps it
-            self.targets = kept
+            self._compile(["host"])  # the one module timed here; the others once, at the end (finish)
+            self.compiled = set()
         ex = SharedIreeExecutor(self.weights, [self.module()], functions=[module_name(s) for s in skips])
         return interleaved_median(
             [lambda k=k: ex.run(k, self.image) for k in range(len(ex))], self.repeats, self.warmup
         )
+
+    def finish(self) -> None:
+        """Compile the module of every target besides the host (measuring needs the host's alone), once, from
+        every config measured; a target IREE cannot compile is left out (``dropped``, with IREE's reason)."""
+        others = [t.name for t in self.targets if t.name != "host" and t.name not in self.compiled]
+        if others and self.merged is not None:
+            self._compile(others)
+            self.compiled.update(t.name for t in self.targets)
+
+    def _compile(self, names: Sequence[str]) -> None:
+        """Compile the merged module for the targets ``names``, side by side; the host's error raises."""
+        assert self.merged is not None
+        jobs = [t for t in self.targets if t.name in names]
+        for t in jobs:
+            self.module(t.name).parent.mkdir(parents=True, exist_ok=True)
+        results = compile_each(
+            [(self.merged, t, self.module(t.name)) for t in jobs],
+            channels_last=list(self.built),  # the static functions; the gated one keeps NCHW
+        )
+        done = dict(zip([t.name for t in jobs], results))
+        kept = []
+        for t in self.targets:
+            r = done.get(t.name)
+            if isinstance(r, IreeError):
+                if t.name == "host":
+                    raise r
+                self.dropped[t.name] = str(r)  # the bundle goes on without this target and says why
+                shutil.rmtree(self.module(t.name).parent, ignore_errors=True)
+            else:
+                kept.append(t if r is None else r.target)  # as compiled: a raised stack limit is kept
+        self.targets = kept
 
 
 def ort_static_latency(

@@ -314,13 +314,44 @@ def drop_unread(model) -> None:
     model.graph.initializer.extend(kept)
 
 
+def export_spliced(
+    view: Any,
+    args: tuple,
+    names: list[str],
+    dest: str | os.PathLike,
+    outputs: list[str] | None = None,
+    dynamic_batch: bool = True,
+    edit: Callable[[Any], None] | None = None,
+) -> Path:
+    """Export a view with one switch per gate (:mod:`edgeskip.export.splice`) to one self-contained .onnx file,
+    atomically: traced once with each gate marked (every option flat, a placeholder where the switch goes), then
+    the switches spliced in. Arguments as :func:`export_graph`; ``edit`` applies to the spliced graph."""
+    from edgeskip.export.splice import gate_order, splice
+
+    outputs = outputs or ["logits"]
+    switches = [view.switch(b) for b in gate_order(view)]
+    marked = [f"switch/g{k}o{o}" for k, s in enumerate(switches) for o, m in enumerate(s.modules) if m is not None]
+
+    def finish(model: Any) -> None:
+        splice(model, switches, len(outputs))
+        drop_unread(model)
+        if edit is not None:
+            edit(model)
+
+    view.marks = []
+    try:
+        return export_graph(view, args, names, dest, [*outputs, *marked], dynamic_batch, edit=finish)
+    finally:
+        view.marks = None
+
+
 def export_gated(model: BlockNet, dest: str | os.PathLike) -> Path:
     """Gated graph: one ONNX ``If`` per gate; any skip array is an input."""
     model.eval()
     cfg = model.cfg
     image = torch.zeros(2, cfg.in_channels, *cfg.input_size)
     skip = torch.ones(cfg.num_gates, dtype=torch.bool)
-    return export_graph(GatedGraph(model), (image, skip), ["image", "skip"], dest)
+    return export_spliced(GatedGraph(model), (image, skip), ["image", "skip"], dest)
 
 
 def export_options(model: BlockNet, dest: str | os.PathLike) -> Path:
@@ -330,7 +361,7 @@ def export_options(model: BlockNet, dest: str | os.PathLike) -> Path:
     cfg = model.cfg
     image = torch.zeros(2, cfg.in_channels, *cfg.input_size)
     options = torch.full((cfg.num_gates,), FULL, dtype=torch.int64)
-    return export_graph(OptionsGraph(model), (image, options), ["image", "options"], dest, edit=_variants_as_blocks)
+    return export_spliced(OptionsGraph(model), (image, options), ["image", "options"], dest, edit=_variants_as_blocks)
 
 
 def _variants_as_blocks(model) -> None:

@@ -16,13 +16,15 @@ from torch import nn
 
 from edgeskip.backends.ort import ort_session
 from edgeskip.errors import EdgeskipError
-from edgeskip.export.onnx_export import TOLERANCE, export_graph, max_abs_diff
+from edgeskip.export.onnx_export import TOLERANCE, export_spliced, max_abs_diff
+from edgeskip.export.splice import Switch, mark, with_marks
 from edgeskip.models.blocknet import ExportView
 from edgeskip.models.skipnet import SkipNetResNet
 
 
 class SkipNetGraph(ExportView):
-    """``forward(image) -> (logits, executed)`` with one ``torch.cond`` per gate."""
+    """``forward(image) -> (logits, executed)`` with one ``torch.cond`` per gate (exported spliced,
+    :func:`~edgeskip.export.onnx_export.export_spliced`)."""
 
     def __init__(self, model: SkipNetResNet) -> None:
         super().__init__(model)
@@ -31,6 +33,10 @@ class SkipNetGraph(ExportView):
             self.gate_core = model.gate_core
         self.gate_of = dict(model.gate_of)
         self.threshold = float(model.gate_cfg.threshold)
+        self.marks: list[torch.Tensor] | None = None
+
+    def switch(self, b: int) -> Switch:
+        return Switch([self.blocks[str(b)], None], [1, 0])
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         state: list = [None]
@@ -40,9 +46,11 @@ class SkipNetGraph(ExportView):
             logit, state[0] = self.gates[self.gate_of[b]](h, state[0])
             run = (torch.sigmoid(logit) >= self.threshold).reshape(())
             decisions.append(run)
+            if self.marks is not None:
+                return mark(self, b, run, h)
             return torch.cond(run, lambda t: block(t), lambda t: t.clone(), (h,))
 
-        return self.walk(image, step), torch.stack(decisions)
+        return with_marks(self, (self.walk(image, step), torch.stack(decisions)))
 
 
 def export_skipnet(model: SkipNetResNet, dest: str | os.PathLike) -> Path:
@@ -50,7 +58,7 @@ def export_skipnet(model: SkipNetResNet, dest: str | os.PathLike) -> Path:
     model.eval()
     cfg = model.cfg
     image = torch.zeros(1, cfg.in_channels, *cfg.input_size)
-    return export_graph(SkipNetGraph(model), (image,), ["image"], dest, ["logits", "executed"], dynamic_batch=False)
+    return export_spliced(SkipNetGraph(model), (image,), ["image"], dest, ["logits", "executed"], dynamic_batch=False)
 
 
 def verify_skipnet_onnx(
