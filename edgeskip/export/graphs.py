@@ -28,10 +28,9 @@ def dense(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor]
     return lambda t: fn(t).contiguous()
 
 
-def bypass_branch(model: BlockNet, b: int) -> Callable[[torch.Tensor], torch.Tensor]:
+def bypass_branch(by: nn.Module | None) -> Callable[[torch.Tensor], torch.Tensor]:
     """The ``If`` branch of a skipped block: the block input (a copy, since a branch may not alias its input), or
-    what the block reduces to when that is not the identity (:meth:`BlockNet.bypass`)."""
-    by = model.bypass(b)
+    what the block reduces to (``by``, :meth:`BlockNet.bypass`) when that is not the identity."""
     return dense(lambda t: t.clone(memory_format=torch.contiguous_format)) if by is None else dense(by)
 
 
@@ -47,7 +46,7 @@ class GatedGraph(ExportView):
         super().__init__(model)
         self.gate_of = {b: k for k, b in enumerate(model.cfg.gated_blocks)}
         self.reduced = {b: model.bypass(b) for b in self.gate_of}
-        self.bypass = {b: bypass_branch(model, b) for b in self.gate_of}
+        self.bypass = {b: bypass_branch(by) for b, by in self.reduced.items()}
         self.marks: list[torch.Tensor] | None = None
 
     def switch(self, b: int) -> Switch:
@@ -74,8 +73,8 @@ class OptionsGraph(ExportView):
     def __init__(self, model: BlockNet) -> None:
         super().__init__(model)
         self.gate_of = {b: k for k, b in enumerate(model.cfg.gated_blocks)}
-        self.bypass = {b: bypass_branch(model, b) for b in self.gate_of}
         self.reduced = {b: model.bypass(b) for b in self.gate_of}
+        self.bypass = {b: bypass_branch(by) for b, by in self.reduced.items()}
         self.add_module(VARIANTS, nn.ModuleDict({str(b): model.variant(b, INT8) for b in self.gate_of}))
         self.marks: list[torch.Tensor] | None = None
 

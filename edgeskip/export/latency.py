@@ -55,7 +55,7 @@ class IreeLatency:
         self.gated_mlir: Path | None = None
         self.dropped: dict[str, str] = {}  # target -> why IREE could not compile it (the host never is: it raises)
         self.merged: Path | None = None  # every measured config's function and the gated one, in one module
-        self.compiled: set[str] = set()  # the targets besides the host compiled from the latest merged module
+        self.finished = False  # the other targets' modules are compiled from the latest merged module
 
     @property
     def functions(self) -> list[str]:
@@ -82,7 +82,7 @@ class IreeLatency:
                 {"gated": self.gated_mlir, **{k: m for k, (_, m) in self.built.items()}}, self.work / "model.mlir"
             )
             self._compile(["host"])  # the one module timed here; the others once, at the end (finish)
-            self.compiled = set()
+            self.finished = False
         ex = SharedIreeExecutor(self.weights, [self.module()], functions=[module_name(s) for s in skips])
         return interleaved_median(
             [lambda k=k: ex.run(k, self.image) for k in range(len(ex))], self.repeats, self.warmup
@@ -91,10 +91,10 @@ class IreeLatency:
     def finish(self) -> None:
         """Compile the module of every target besides the host (measuring needs the host's alone), once, from
         every config measured; a target IREE cannot compile is left out (``dropped``, with IREE's reason)."""
-        others = [t.name for t in self.targets if t.name != "host" and t.name not in self.compiled]
-        if others and self.merged is not None:
+        others = [t.name for t in self.targets if t.name != "host"]
+        if others and self.merged is not None and not self.finished:
             self._compile(others)
-            self.compiled.update(t.name for t in self.targets)
+            self.finished = True
 
     def _compile(self, names: Sequence[str]) -> None:
         """Compile the merged module for the targets ``names``, side by side; the host's error raises."""

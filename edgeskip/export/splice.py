@@ -70,18 +70,20 @@ def gate_order(view: Walk) -> list[int]:
     return [b for b in view.walk_order if b in view.walk_gated]
 
 
-def _branch(g, k: int, o: int, source: str | None, h: str, out: str, value_type: Callable[[str], Any]) -> Any:
+def _branch(
+    g, producer: dict, infos: dict, k: int, o: int, source: str | None, h: str, out: str, value_type: Callable
+) -> Any:
     """The ``If`` branch computing option ``o`` of gate ``k`` on ``h`` into ``out``: a copy of the nodes of ``g``
-    that compute ``source`` from ``h`` (None: the identity), names prefixed so that no branch redefines another's.
+    that compute ``source`` from ``h`` (None: the identity), names prefixed so that no branch redefines another's,
+    with their traced types (``infos``, ``g``'s value_info by name). ``producer``: ``g``'s node of each tensor.
     Weights and other tensors of ``g`` are read from the outer scope."""
     from onnx import helper
 
     if source is None or source == h:  # the identity (or an option that traced to it)
         return helper.make_graph([helper.make_node("Identity", [h], [out])], f"gate{k}_o{o}", [], [value_type(out)])
-    produced = {o_: n for n in g.node for o_ in n.output}
     need, stack = set(), [source]
     while stack:  # the nodes ``source`` depends on, back to ``h``, the weights and the graph's inputs
-        n = produced.get(stack.pop())
+        n = producer.get(stack.pop())
         if n is not None and id(n) not in need:
             need.add(id(n))
             stack.extend(i for i in n.input if i and i != h)
@@ -102,14 +104,14 @@ def _branch(g, k: int, o: int, source: str | None, h: str, out: str, value_type:
             c.input[:] = [name(i) for i in n.input]
             c.output[:] = [name(i) for i in n.output]
             nodes.append(c)
-    infos = []  # the traced types of the branch's own tensors (an importer reads an untyped one as a scalar)
-    for vi in g.value_info:
-        if vi.name in local and vi.name != source:
-            c = type(vi)()
-            c.CopyFrom(vi)
-            c.name = name(vi.name)
-            infos.append(c)
-    return helper.make_graph(nodes, f"gate{k}_o{o}", [], [value_type(out)], value_info=infos)
+    typed = []  # the traced types of the branch's own tensors (an importer reads an untyped one as a scalar)
+    for t in sorted(local - {source}):
+        if t in infos:
+            c = type(infos[t])()
+            c.CopyFrom(infos[t])
+            c.name = name(t)
+            typed.append(c)
+    return helper.make_graph(nodes, f"gate{k}_o{o}", [], [value_type(out)], value_info=typed)
 
 
 def _prune(g) -> None:
@@ -151,9 +153,10 @@ def splice(model, switches: Sequence[Switch], outputs: int) -> None:
             f"gated export: {len(marks)} placeholders and {len(sources)} marked options traced for {len(switches)} gates"
         )
     types = {o.name: o.type for o in g.output}
+    infos = {vi.name: vi for vi in g.value_info}
     shapes = {
-        vi.name: [d.dim_value if d.HasField("dim_value") else d.dim_param for d in vi.type.tensor_type.shape.dim]
-        for vi in g.value_info
+        name: [d.dim_value if d.HasField("dim_value") else d.dim_param for d in vi.type.tensor_type.shape.dim]
+        for name, vi in infos.items()
     }
     values = sorted({v for s in switches for v in s.values[1:-1]})
     for v in values:
@@ -184,7 +187,7 @@ def splice(model, switches: Sequence[Switch], outputs: int) -> None:
             return vi
 
         def branch(o: int, into: str, k: int = k, h: str = h, source: dict = source, vt: Any = value_type) -> Any:
-            return _branch(g, k, o, source[o], h, into, vt)
+            return _branch(g, producer, infos, k, o, source[o], h, into, vt)
 
         def rest(
             i: int,
