@@ -296,6 +296,12 @@ def model_options(f):
     return _option_group(f, opts)
 
 
+# pareto and compile train first without a checkpoint: the learning rate a diverging run is told to lower
+FIRST_LR_OPTION = click.option(
+    "--lr", type=float, default=0.1, show_default=True, help="Learning rate when training first."
+)
+
+
 def search_options(f):
     """--search, --beam-width, --search-budget and --screen-images (pareto and compile): where the candidates come
     from."""
@@ -802,6 +808,7 @@ def _load_for_eval(checkpoint: str, data_dir: str | None):
 @model_options
 @click.option("--depth", type=int, default=20, show_default=True, help="Depth when training first.")
 @click.option("--epochs", type=int, default=30, show_default=True, help="Epochs when training first.")
+@FIRST_LR_OPTION
 @click.option(
     "--ranking",
     type=click.Choice(["sensitivity", "weight_l2", "random"]),
@@ -836,6 +843,7 @@ def pareto(
     init_weights,
     depth,
     epochs,
+    lr,
     ranking,
     latency,
     repeats,
@@ -864,7 +872,7 @@ def pareto(
             checkpoint,
             data,
             model_config(model_spec, model_args, block_names, depth),
-            TrainConfig(epochs=epochs, seed=seed),
+            TrainConfig(epochs=epochs, lr=lr, seed=seed),
             resume=Path(checkpoint).exists(),
             progress=not quiet,
             init_weights=init_weights,
@@ -957,6 +965,7 @@ def evaluate(checkpoint, skip, split, data_dir, calibration_images) -> None:
 @model_options
 @click.option("--depth", type=int, default=20, show_default=True, help="Depth when training first.")
 @click.option("--epochs", type=int, default=30, show_default=True, help="Epochs when training first.")
+@FIRST_LR_OPTION
 @click.option(
     "--target",
     "targets",
@@ -1012,6 +1021,7 @@ def compile_cmd(
     init_weights,
     depth,
     epochs,
+    lr,
     targets,
     repeats,
     search,
@@ -1049,7 +1059,7 @@ def compile_cmd(
             checkpoint,
             data,
             cfg,
-            TrainConfig(epochs=epochs, seed=seed),
+            TrainConfig(epochs=epochs, lr=lr, seed=seed),
             resume=Path(checkpoint).exists(),
             progress=not quiet,
             init_weights=init_weights,

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from edgeskip.train import load_checkpoint
 from tests.conftest import cli, inproc
 
 
@@ -22,9 +23,10 @@ def one_line_error(res, *fragments):
 
 def test_main_job_on_digits_end_to_end(tmp_path):
     out = tmp_path / "run"
-    res = run("pareto", "--out", out, "--epochs", "3", "--repeats", "3", "--quiet", "--threads", "1")
+    res = run("pareto", "--out", out, "--epochs", "3", "--lr", "0.08", "--repeats", "3", "--quiet", "--threads", "1")
     assert res.returncode == 0, res.stderr
     assert sorted(p.name for p in out.iterdir()) == ["model.pt", "pareto.json", "pareto.png", "sensitivity.json"]
+    assert load_checkpoint(out / "model.pt").train_cfg.lr == 0.08  # --lr when training first (compile has it too)
     doc = json.loads((out / "pareto.json").read_text())
     assert doc["configs"][0]["n_skipped"] == 0 and doc["cost"] == "latency_s"
     assert "wrote" in res.stdout and "skip array" in res.stdout

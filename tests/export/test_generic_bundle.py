@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import textwrap
 
@@ -175,7 +176,7 @@ SE_MODULE = """
     from torch import nn
 
     class SE(nn.Module):
-        # a MobileNetV3 block at 288 channels on a 1x1 map: IREE 3.13 asks 145 KiB of stack for it
+        # a MobileNetV3 block at 288 channels on a 1x1 map: IREE 3.13 asks 145-148 KiB of stack for it (by vector width)
         def __init__(self, c=48, e=288, r=72):
             super().__init__()
             self.expand = nn.Sequential(nn.Conv2d(c, e, 1), nn.Hardswish(), nn.Conv2d(e, e, 1, groups=e),
@@ -197,7 +198,7 @@ SE_MODULE = """
 def test_what_iree_cannot_compile_is_left_out_and_said(tmp_path, monkeypatch):
     """Issue #35: where IREE cannot build the host module the bundle is made for onnxruntime alone, with IREE's
     reason in the manifest; where one other target fails, that target is left out, with its reason, and the rest
-    stands. Real failures: IREE's stack limit held at 64 KiB (this model needs 145 KiB: by default the module is
+    stands. Real failures: IREE's stack limit held at 64 KiB (this model needs 145-148 KiB, by the host's vector width: by default the module is
     compiled with 256 KiB, and the manifest's flags say so), and an aarch64 CPU that does not exist (the link
     fails)."""
     import torch
@@ -231,12 +232,12 @@ def test_what_iree_cannot_compile_is_left_out_and_said(tmp_path, monkeypatch):
     assert "no IREE modules: onnxruntime only" in res.stdout
     m = load_manifest(ort_only)
     assert m.iree is None and m.targets == {} and m.host_fastest == "onnxruntime"
-    assert "needs 148480 bytes of stack" in m.iree_unavailable and not (ort_only / "iree").exists()
+    assert re.search(r"needs \d+ bytes of stack", m.iree_unavailable) and not (ort_only / "iree").exists()
     assert m.extra["verification"]["iree"] == {"available": False, "reason": m.iree_unavailable}
     ex = open_executor(ort_only)
     assert ex.backend == "onnxruntime"
     check(ex, m)
-    with pytest.raises(EdgeskipError, match="this bundle has no IREE modules .*needs 148480 bytes.*onnxruntime"):
+    with pytest.raises(EdgeskipError, match=r"this bundle has no IREE modules .*needs \d+ bytes.*onnxruntime"):
         open_executor(ort_only, backend="iree")
     res = inproc("inspect", ort_only)
     assert res.returncode == 0 and "IREE: no modules (iree-compile for host: a dispatch needs" in res.stdout
