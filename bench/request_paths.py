@@ -148,6 +148,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=1000, help="requests per path")
     ap.add_argument("--backend", default="iree")
     ap.add_argument("--out", type=Path, default=Path("bench/results"))
+    ap.add_argument("--inline-max-ms", type=float, default=0.0, help="serve's --inline-max-ms (0: off)")
     a = ap.parse_args()
     man = load_manifest(a.bundle)
     x = np.random.default_rng(0).standard_normal((1, *man.input.chw)).astype(np.float32)
@@ -175,6 +176,8 @@ def main() -> None:
             "m",
             "--queue-depth",
             "4",
+            "--inline-max-ms",
+            str(a.inline_max_ms),
         ],
         stdout=subprocess.PIPE,
         text=True,

@@ -275,6 +275,7 @@ async def run_daemon(
     max_connections: int = MAX_CONNECTIONS,
     idle_timeout: float = IDLE_TIMEOUT,
     loop_nice: int = LOOP_NICE,
+    inline_max_s: float = 0.0,
     grpc_port: int | None = None,
     uds: str | None = None,
     grpc_uds: str | None = None,
@@ -306,6 +307,7 @@ async def run_daemon(
         ("max_pixels", max_pixels),
         ("max_inflight_bytes", max_inflight_bytes),
         ("body_timeout", body_timeout),
+        ("inline_max_s", inline_max_s),
     ):
         if value is not None:
             setattr(service, attr, value)

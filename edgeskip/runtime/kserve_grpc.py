@@ -61,6 +61,10 @@ class GrpcJob:
     def __init__(self, request: Any, regions: Any = None) -> None:
         self.request, self.regions = request, regions
 
+    @property
+    def nbytes(self) -> int:
+        return self.request.ByteSize()
+
     def prepare(self, manifest: Manifest, max_pixels: int) -> tuple[np.ndarray, int | None, Any, dict]:
         req = self.request
         if len(req.inputs) != 1:

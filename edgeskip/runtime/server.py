@@ -33,7 +33,7 @@ from edgeskip.runtime.power import EnergyMeter
 from edgeskip.runtime.preprocess import MAX_PIXELS, BadRequest, check_content_type, check_encoding, pin
 from edgeskip.runtime.responses import json_errors, json_response
 from edgeskip.runtime.shm import Regions
-from edgeskip.runtime.workers import Job, Prepared, Worker, execute
+from edgeskip.runtime.workers import Job, Prepared, Worker, execute, runs_inline
 
 MAX_BODY = 8 * 1024 * 1024
 MAX_INFLIGHT_BYTES = 32 * 1024 * 1024  # request bodies being received at once (reserved by declared length)
@@ -203,10 +203,14 @@ class InferenceService:
         clock: Callable[[], float] = time.monotonic,
         topk: int = 5,
         service_time_s: float | None = None,
+        inline_max_s: float = 0.0,
     ) -> None:
         self.executor, self.dispatcher, self.clock = executor, dispatcher, clock
         self.min_acc, self.topk, self.service_time_s = min_acc, topk, service_time_s
-        self.counts = {"processed": 0, "dropped": 0, "bad_request": 0, "refused": 0, "error": 0}
+        # a small model's requests run on the event loop when the executor is idle (workers.runs_inline)
+        self.inline_max_s = inline_max_s
+        self.inline_max_bytes = 4 * 4 * int(np.prod(executor.input_shape)) + 4096  # a raw tensor and its header
+        self.counts = {"processed": 0, "dropped": 0, "bad_request": 0, "refused": 0, "error": 0, "inline": 0}
         self.metrics = Metrics()
         self.stats = InferStats()
         self.regions = Regions()  # Triton's system shared-memory extension
@@ -324,7 +328,8 @@ class InferenceService:
         Unpinned requests run with the policy's config, pinned ones still count as load for it. The
         executor is freed when the job ends, even if the client went away meanwhile."""
         arrived, rid, action = self._arrive()
-        if isinstance(action, Queued):
+        waited = isinstance(action, Queued)
+        if waited:
             fut = self._queue(rid, asyncio.get_running_loop().create_future())
             try:
                 action = await fut
@@ -339,6 +344,12 @@ class InferenceService:
         if isinstance(action, Drop):
             return self._dropped(action, arrived)
         started = time.perf_counter()
+        if not waited and runs_inline(
+            self.service_time_s, self.inline_max_s, getattr(job, "nbytes", None), self.inline_max_bytes
+        ):
+            with self._book:
+                self.counts["inline"] += 1
+            return self._run_here(job, action, arrived, started, lambda hand_over: hand_over())
         try:
             r = await self.pool.run(job, action.config, self.max_pixels, self._release(self.clock(), action.config))
         except BaseException:
@@ -356,15 +367,21 @@ class InferenceService:
             action = self._queue(rid, _ThreadWaiter()).wait()
         if isinstance(action, Drop):
             return self._dropped(action, arrived)
-        started = time.perf_counter()
+        return self._run_here(job, action, arrived, time.perf_counter(), self.loop.call_soon_threadsafe)
+
+    def _run_here(
+        self, job: Prepared, action: Start, arrived: float, started: float, settle: Callable[[Any], Any]
+    ) -> Outcome:
+        """Run an admitted job on this thread (the loop's, or an in-process caller's): the executor is freed the
+        moment it ends, and ``settle`` runs the hand-over of queued requests on the loop."""
         after = self._release(self.clock(), action.config)
         try:
             r = execute(self.executor, job, action.config, self.max_pixels)
         except BaseException:
-            self.loop.call_soon_threadsafe(after(None))
+            settle(after(None))
             self._failed(arrived)
             raise
-        self.loop.call_soon_threadsafe(after(r))  # frees the executor now; queued requests are woken on the loop
+        settle(after(r))
         return self._processed(r, arrived, started)
 
     def _arrive(self) -> tuple[float, object, Start | Drop | Queued]:
@@ -471,6 +488,7 @@ class InferenceService:
             "queued": d.queued,
             "deadline_s": d.deadline,
             "service_time_s": self.service_time_s,
+            "inline_max_s": self.inline_max_s,
             "delta_req_s": getattr(c, "delta_req", None),
             "counts": counts,
             "drops": self.drops,

@@ -36,6 +36,10 @@ class Job:
     body: bytes
     meta: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def nbytes(self) -> int:
+        return len(self.body)
+
     def prepare(self, manifest: Manifest, max_pixels: int) -> tuple[np.ndarray, int | None, Any, dict]:
         """Decode the body (raises BadRequest): (images, pinned config, pinned skip array, extra), ``extra``
         being what the API needs back to answer (JSON-able)."""
@@ -86,6 +90,20 @@ def execute(executor: Any, job: Prepared, chosen: int, max_pixels: int) -> Resul
 
 
 After = Callable[[Result | None], Callable[[], None] | None]
+
+
+def runs_inline(service_s: float | None, max_s: float, nbytes: int | None, max_bytes: int) -> bool:
+    """Whether a request admitted to an idle executor runs on the event loop itself instead of the worker thread.
+
+    The worker costs two thread wake-ups per request (loop -> worker -> loop: 80-105 us of the daemon's own cost on
+    a 2-core VM, bench/README §15.1), a third of a small model's inference. But while a job runs on the loop nothing
+    else is read: a request that arrives meanwhile is seen only when the job ends, so a burst is served one by one
+    instead of being queued or dropped on arrival. Hence ``serve --inline-max-ms`` is off by default, for one client
+    sending one request at a time. Inline only where the service time (``service_s``) is at most ``max_s`` (0:
+    never) and the request is small (``nbytes`` <= ``max_bytes``: a raw tensor, not a large image to decode)."""
+    if not max_s or service_s is None or service_s > max_s or nbytes is None:
+        return False
+    return nbytes <= max_bytes
 
 
 class Worker:

@@ -67,6 +67,8 @@ def test_infer_with_each_body_kind(server, digits_splits):
     assert server.infer(raw_image(digits_splits))[1]["top"][0]["class"] == label
     status, raw, ctype = server.call("/healthz")
     assert status == 200 and json.loads(raw)["ok"]
+    doc = json.loads(server.call("/v1/status")[1])
+    assert doc["inline_max_s"] == 0 and doc["counts"]["inline"] == 0  # off unless asked (serve --inline-max-ms)
 
 
 @pytest.mark.parametrize(
@@ -115,10 +117,13 @@ def test_busy_requests_are_dropped_with_503_and_all_accounted_for(server, digits
 
 
 def test_status_and_graceful_shutdown(bundle, digits_splits):
-    s = Server(bundle, "--min-acc", "0.5", "--delta-req", "0.25")
+    s = Server(bundle, "--min-acc", "0.5", "--delta-req", "0.25", "--inline-max-ms", "50")
     doc = json.loads(s.call("/v1/status")[1])
     assert doc["mode"] == "adaptive" and doc["delta_req_s"] == 0.25 and doc["min_acc"] == 0.5 and doc["config"] == 0
-    assert s.infer(raw_image(digits_splits))[0] == 200
+    for i in range(3):  # one client, one request at a time, to a model that serves in ~0.1 ms: on the loop itself
+        assert s.infer(raw_image(digits_splits, i))[0] == 200
+    doc = json.loads(s.call("/v1/status")[1])
+    assert doc["inline_max_s"] == 0.05 and doc["counts"]["inline"] >= 1 and doc["counts"]["processed"] == 3, doc
     assert s.stop() == 0
     assert "Traceback" not in s.proc.stderr.read()
 

@@ -100,3 +100,45 @@ def test_the_worker_frees_the_executor_without_waiting_for_the_loop(bundle):
         asyncio.run(main())
     finally:
         service.close()
+
+
+def test_when_a_request_runs_on_the_loop_itself():
+    from edgeskip.runtime.workers import runs_inline
+
+    assert runs_inline(1e-4, 1e-3, nbytes=300, max_bytes=5000)
+    assert not runs_inline(1e-4, 0.0, nbytes=300, max_bytes=5000)  # 0: off
+    assert not runs_inline(2e-3, 1e-3, nbytes=300, max_bytes=5000)  # a slower model
+    assert not runs_inline(None, 1e-3, nbytes=300, max_bytes=5000)  # never measured
+    assert not runs_inline(1e-4, 1e-3, nbytes=9000, max_bytes=5000)  # a large body to decode
+    assert not runs_inline(1e-4, 1e-3, nbytes=None, max_bytes=5000)  # a job of unknown size
+
+
+def test_an_idle_small_model_answers_on_the_loop_with_the_threads_numbers(bundle):
+    from edgeskip.runtime.workers import Job
+
+    service = make_service(str(bundle), 0.0, None, None, "iree", policy="paper", queue_depth=2)
+    x = np.random.default_rng(0).standard_normal((1, *service.executor.input_shape)).astype(np.float32)
+    job = Job("v1", x.tobytes(), {"ctype": "application/octet-stream"})
+    gate = threading.Event()
+
+    async def main():
+        assert service.inline_max_s == 0.0  # off unless the daemon (serve --inline-max-ms) turns it on
+        threaded = await service.submit(job)
+        service.inline_max_s = 1.0
+        inline = await service.submit(job)
+        assert service.counts["inline"] == 1 and not service.busy
+        np.testing.assert_array_equal(inline.logits, threaded.logits)
+        assert inline.config == threaded.config and inline.latency_s > 0
+        # a request that has to wait takes the worker when its turn comes (the queue still works)
+        first = await occupy(service, x, gate)
+        waiting = asyncio.ensure_future(service.submit(job))
+        await asyncio.sleep(0.05)
+        assert service.dispatcher.queued == 1
+        gate.set()
+        assert not (await first).dropped and not (await waiting).dropped
+        assert service.counts["inline"] == 1 and service.counts["processed"] == 4
+
+    try:
+        asyncio.run(main())
+    finally:
+        service.close()
