@@ -149,6 +149,7 @@ def main() -> None:
     ap.add_argument("--backend", default="iree")
     ap.add_argument("--out", type=Path, default=Path("bench/results"))
     ap.add_argument("--inline-max-ms", type=float, default=0.0, help="serve's --inline-max-ms (0: off)")
+    ap.add_argument("--event-loop", default="asyncio", help="serve's --event-loop (asyncio, uvloop)")
     a = ap.parse_args()
     man = load_manifest(a.bundle)
     x = np.random.default_rng(0).standard_normal((1, *man.input.chw)).astype(np.float32)
@@ -178,6 +179,8 @@ def main() -> None:
             "4",
             "--inline-max-ms",
             str(a.inline_max_ms),
+            "--event-loop",
+            a.event_loop,
         ],
         stdout=subprocess.PIPE,
         text=True,
