@@ -279,7 +279,7 @@ def fractional_space(
     one run; the skip-only front and the fractional front (over all candidates), both selected on validation
     accuracy; the test accuracy of those fronts' configs, and their comparison. ``screen_images``: the walk screens each step's moves on that many validation
     images and evaluates the best :data:`~edgeskip.pareto.fractional.SCREEN_KEEP` on the whole split (0: all)."""
-    from edgeskip.pareto.fractional import compare_fronts, fit_latency_model, greedy_walk, probe_configs
+    from edgeskip.pareto.fractional import compare_fronts, fit_latency_model, greedy_walk, int8_twins, probe_configs
     from edgeskip.skip import INT8, SKIP, normalize_options
 
     cfg, g = model.cfg, model.cfg.num_gates
@@ -317,7 +317,8 @@ def fractional_space(
     lap("walk")
     walk = {**counts, "screen_images": screen_images if rough else 0, "seconds": seconds["walk"]}
     skip_only = [normalize_options(s, g) for s in skip_candidates]
-    cands = list(dict.fromkeys([*skip_only, *(s.options for s in path), *probes]))
+    twins = int8_twins(skip_only)
+    cands = list(dict.fromkeys([*skip_only, *twins, *(s.options for s in path), *probes]))
     known = {s.options: s.val_accuracy for s in path}
     todo = [o for o in cands if o not in known]
     known.update(zip(todo, val_acc(todo)))
@@ -336,7 +337,9 @@ def fractional_space(
                 "skip_only": INT8 not in o,
                 "source": "skip-only"
                 if o in skip_only
-                else ("greedy" if any(s.options == o for s in path) else "probe"),
+                else "greedy"
+                if any(s.options == o for s in path)
+                else ("int8-twin" if o in twins else "probe"),
                 "val_accuracy": val[i],
                 "test_accuracy": None,  # the fronts' configs only, below
                 "macs": macs(cfg, o),

@@ -37,6 +37,9 @@ def test_int8_bundle_manifest_and_fronts(int8_bundle):
     frac = json.loads((int8_bundle / "fractional.json").read_text())
     assert frac["format"] == "edgeskip-fractional" and frac["latency_model"]["probes"] >= 2 * m.num_gates
     assert {r["source"] for r in frac["candidates"]} >= {"skip-only", "greedy", "probe"}
+    measured = {tuple(r["options"]) for r in frac["candidates"]}  # every skip-only candidate's int8 twin too
+    twins = [tuple(8 if v else 0 for v in r["options"]) for r in frac["candidates"] if r["source"] == "skip-only"]
+    assert twins and all(t in measured for t in twins)
     assert [b["block"] for b in frac["blocks"]] == list(m.gated_blocks)
     assert all(0 <= b["val_accuracy_int8"] <= 1 and b["latency_s_int8"] > 0 for b in frac["blocks"])
 

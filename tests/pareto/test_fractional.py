@@ -11,6 +11,7 @@ from edgeskip.pareto.fractional import (
     fit_latency_model,
     greedy_walk,
     int8_runs,
+    int8_twins,
     next_states,
     probe_configs,
 )
@@ -93,6 +94,11 @@ def test_a_screened_walk_evaluates_a_few_moves_per_step_and_keeps_the_path():
     worst = greedy_walk(g, evaluate, predict, screen=lambda opts: [-accuracy(s) for s in opts], keep=1)
     assert worst[-1].options == (0,) * g
     assert all(b.options in next_states(a.options) for a, b in zip(worst, worst[1:]))
+
+
+def test_int8_twins_keep_each_skip_arrays_blocks_in_int8():
+    arrays = [(1, 1, 1), (1, 0, 1), (0, 0, 0), (1, 0, 1)]
+    assert int8_twins(arrays) == [(8, 8, 8), (8, 0, 8)]  # once each; the all-skipped array has no twin
 
 
 def test_compare_fronts():
