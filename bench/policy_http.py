@@ -47,6 +47,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--count", type=int, default=2000)
     ap.add_argument("--min-acc", type=float, default=0.0)
+    ap.add_argument("--serve-args", default="", help="more `edgeskip serve` arguments, e.g. '--inline-max-ms 1'")
     ap.add_argument("--out", type=Path, default=Path("bench/results"))
     a = ap.parse_args()
     labels = [x for x in a.runs.split(",") if x]
@@ -62,7 +63,7 @@ def main() -> None:
     daemons = {}
     service_time = None
     for label in labels:
-        extra = daemon_args(label, a.min_acc)
+        extra = daemon_args(label, a.min_acc) + shlex.split(a.serve_args)
         daemons[label] = ["edgeskip", "serve", str(a.bundle), "--backend", "iree", *extra]
         d = Daemon(label, REPO, a.bundle, "iree", tuple(extra))
         url = f"http://127.0.0.1:{d.port}"
