@@ -1343,8 +1343,9 @@ def sign(bundle, key) -> None:
     show_default=True,
     help="For one client sending one request at a time (a camera loop beside the daemon): a model whose service "
     "time is at most this runs a request that finds the executor idle on the event loop itself, without the two "
-    "thread hand-offs (~80 us less per request). A request that arrives meanwhile is seen only when it ends, so it "
-    "is queued or dropped late: leave it 0 (off) for concurrent clients.",
+    "thread hand-offs (~80 us less per request). A request that arrives meanwhile is read only when that job ends: "
+    "it waits in the socket instead of being queued or dropped on arrival, so leave it 0 (off) for concurrent "
+    "clients (bench/README 15.1).",
 )
 @POWER_OPTION
 @PROFILE_OPTION
