@@ -66,14 +66,14 @@ def edited_bundle(src, dest, edit):
     return dest
 
 
-def require_aarch64():
-    """Skip where qemu and the aarch64 runtime are missing; on CI, fail instead (CI must run the ARM checks)."""
+def require_arm(arch="aarch64"):
+    """Skip where qemu and the ``arch`` runtime are missing; on CI, fail instead (CI must run the ARM checks)."""
     from edgeskip.export import emulate
 
-    why = emulate.missing()
+    why = emulate.missing(arch)
     if why:
         if os.environ.get("CI"):
-            pytest.fail(f"CI must run the aarch64 check: {why}")
+            pytest.fail(f"CI must run the {arch} check: {why}")
         pytest.skip(why)
 
 

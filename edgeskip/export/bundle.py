@@ -42,7 +42,6 @@ from edgeskip.data.batches import iterate
 from edgeskip.data.dataset import Splits
 from edgeskip.errors import EdgeskipError
 from edgeskip.export import emulate
-from edgeskip.export.elf_check import check_no_imports
 from edgeskip.export.iree_compile import COMMON_FLAGS, Target
 from edgeskip.export.latency import IreeLatency, IreeOrOrt, OrtLatency, ort_static_latency
 from edgeskip.export.onnx_export import logit_diff, verify_int8, verify_onnx
@@ -77,7 +76,7 @@ def _verify_iree(
     extra_skips: list[tuple[bool, ...]],
     log: Log,
 ) -> dict[str, Any]:
-    """Host modules vs onnxruntime; aarch64 under qemu vs host; ARM32 ELF import check."""
+    """Host modules vs onnxruntime; aarch64 and armv7 modules under qemu vs the host (see emulate.verify_target)."""
     out: dict[str, Any] = {}
     weights = bundle / "iree" / "weights.irpa"
     gated_sess = ort_session(bundle / "onnx" / "gated.onnx")
@@ -98,32 +97,21 @@ def _verify_iree(
     for t in targets:
         if t.name == "host":
             continue
-        tdir = bundle / "iree" / t.name
-        files = [tdir / "model.vmfb"]
-        if t.triple and t.triple.startswith("aarch64"):
-            why = emulate.missing()
-            if why:
-                out[t.name] = {"executed": False, "reason": why}
-                log(f"  {t.name}: not executed ({why})")
-                continue
-            worst = 0.0
-            # gated module under qemu vs the host's, for two skip arrays, weights from the shared archive
+
+        vmfb = bundle / "iree" / t.name / "model.vmfb"
+
+        def compare(arch: str, vmfb: Path = vmfb) -> tuple[float, str]:
+            """The gated module under qemu vs the host's, for two skip arrays, weights from the shared archive."""
+            worst, flips = 0.0, 0
             for s in extra_skips[:2]:
                 skip = np.array(s, dtype=bool)
                 ref = host.run(0, images, skip)
-                got = emulate.run_aarch64(files[0], [images, skip], function="gated", parameters=weights)
+                got = emulate.run_module(vmfb, [images, skip], function="gated", parameters=weights, arch=arch)
                 worst = max(worst, logit_diff(got, ref))
-            if worst > TOLERANCE:
-                raise EdgeskipError(f"{t.name} modules under qemu differ from the host by {worst:.2e}")
-            out[t.name] = {"executed": True, "emulator": "qemu-aarch64-static", "aarch64_vs_host": worst}
-        else:
-            elfs = [e for f in files for e in check_no_imports(f)]
-            out[t.name] = {
-                "executed": False,
-                "reason": "no armv7 IREE runtime is published",
-                "elf_checked": len(elfs),
-                "undefined_symbols": 0,
-            }
+                flips += int((got.argmax(1) != ref.argmax(1)).sum())
+            return worst, f"{flips} top-1 classes" if flips else ""
+
+        out[t.name] = emulate.verify_target(t.name, t.triple, vmfb, compare, TOLERANCE, log)
     return out
 
 

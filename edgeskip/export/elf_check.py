@@ -1,6 +1,6 @@
 """Static checks of compiled modules: the ELF executables embedded in a .vmfb.
 
-Used for armv7 (no armv7 IREE runtime is published, so the module cannot be run here): an embedded
+Used for armv7 beside the run under qemu-arm (and instead of it where no armv7 runtime was built): an embedded
 ELF that imports any symbol (e.g. ``__aeabi_unwind_cpp_pr0`` when debug symbols are on) is refused
 by the IREE runtime's embedded loader.
 """

@@ -1,8 +1,10 @@
-"""Run aarch64 IREE modules on an x86 host under user-mode emulation.
+"""Run aarch64 and armv7 IREE modules on an x86 host under user-mode emulation.
 
-Needs Debian's ``qemu-user-static``, ``libc6-arm64-cross`` and ``libstdc++6-arm64-cross``, and the
+aarch64 needs Debian's ``qemu-user-static``, ``libc6-arm64-cross`` and ``libstdc++6-arm64-cross``, and the
 aarch64 ``iree-run-module`` from the manylinux aarch64 wheel of iree-base-runtime of the *same*
 version as the compiler (``python -m edgeskip.export.emulate fetch`` downloads and unpacks it).
+armv7 (the Odroid XU4) needs ``qemu-arm-static`` and a static armv7 ``iree-run-module`` built from IREE's
+source (``python -m edgeskip.export.emulate build-armv7``, see :mod:`edgeskip.export.armv7_runtime`).
 Inputs are passed as ``--input=@x.npy`` (the ``SHAPExTYPE=@x.npy`` form reads the .npy header as data).
 
 An aarch64 CPython 3.11 with the runtime's dependencies (:data:`RUNTIME_WHEELS`) can run under qemu too:
@@ -22,14 +24,17 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from edgeskip.data.registry import default_cache_dir
 from edgeskip.errors import EdgeskipError
+from edgeskip.export import armv7_runtime
 
 SYSROOT = Path("/usr/aarch64-linux-gnu")
 QEMU = "qemu-aarch64-static"
@@ -47,15 +52,92 @@ def run_module_binary() -> Path:
     return runtime_dir() / "iree-run-module"
 
 
-def missing() -> str | None:
-    """Why aarch64 modules cannot be run here, or None when everything is in place."""
-    if shutil.which(QEMU) is None:
-        return f"{QEMU} not found (apt-get install qemu-user-static)"
-    if not (SYSROOT / "lib" / "ld-linux-aarch64.so.1").exists():
-        return f"no aarch64 sysroot at {SYSROOT} (apt-get install libc6-arm64-cross libstdc++6-arm64-cross)"
-    if not run_module_binary().is_file():
-        return f"no aarch64 iree-run-module at {run_module_binary()} (python -m edgeskip.export.emulate fetch)"
+@dataclass(frozen=True)
+class Arm:
+    """An ARM architecture's emulator and ``iree-run-module``."""
+
+    name: str
+    qemu: str
+    sysroot: Path | None  # qemu's -L folder; None for a static binary
+    binary: Callable[[], Path]
+    fix: str  # the command that puts the runtime in place
+
+
+ARMS = {
+    "aarch64": Arm("aarch64", QEMU, SYSROOT, run_module_binary, "python -m edgeskip.export.emulate fetch"),
+    "armv7": Arm(
+        "armv7",
+        "qemu-arm-static",
+        None,
+        armv7_runtime.run_module_binary,
+        "python -m edgeskip.export.emulate build-armv7",
+    ),
+}
+
+
+def arch_of(triple: str | None) -> str | None:
+    """``"aarch64"`` or ``"armv7"`` for a target triple whose modules can run under qemu here, else None."""
+    if triple and triple.startswith("aarch64"):
+        return "aarch64"
+    if triple and triple.startswith(("armv7", "arm-")):
+        return "armv7"
     return None
+
+
+def missing(arch: str = "aarch64") -> str | None:
+    """Why ``arch`` modules cannot be run here, or None when everything is in place."""
+    a = ARMS[arch]
+    if shutil.which(a.qemu) is None:
+        return f"{a.qemu} not found (apt-get install qemu-user-static)"
+    if a.sysroot is not None and not (a.sysroot / "lib" / "ld-linux-aarch64.so.1").exists():
+        return f"no aarch64 sysroot at {a.sysroot} (apt-get install libc6-arm64-cross libstdc++6-arm64-cross)"
+    if not a.binary().is_file():
+        return f"no {arch} iree-run-module at {a.binary()} ({a.fix})"
+    return None
+
+
+def runtime_label(arch: str) -> str:
+    """Which IREE runtime executes ``arch`` modules here (recorded beside each verification)."""
+    if arch == "armv7":
+        info = armv7_runtime.build_info()
+        return (
+            f"IREE {str(info.get('iree_commit', '?'))[:10]} ({str(info.get('iree_date', ''))[:10]}), built from source"
+        )
+    return f"iree-base-runtime {runtime_version()} (PyPI aarch64 wheel)"
+
+
+def verify_target(
+    name: str,
+    triple: str | None,
+    vmfb: Path,
+    compare: Callable[[str], tuple[float, str]],
+    tolerance: float,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """The verification entry of a non-host target: its module run under qemu against the host.
+
+    ``compare(arch)`` runs the module and returns the largest difference from the host and what else differs
+    ("" when nothing: e.g. a top-1 class or a gate decision). armv7 modules are also checked to import no
+    symbol (the board's loader refuses one). Not executed where the runtime is missing (the reason says how to
+    get it); raises where the emulated module differs from the host."""
+    from edgeskip.export.elf_check import check_no_imports
+
+    arch = arch_of(triple)
+    entry: dict[str, Any] = {}
+    if arch != "aarch64":
+        entry.update(elf_checked=len(check_no_imports(vmfb)), undefined_symbols=0)
+    why = missing(arch) if arch else f"no emulator for {triple}"
+    if why:
+        log(f"  {name}: not executed ({why})")
+        return {"executed": False, "reason": why, **entry}
+    assert arch is not None
+    worst, other = compare(arch)
+    if worst > tolerance or other:
+        extra = f" and {other}" if other else ""
+        raise EdgeskipError(f"{name} modules under {ARMS[arch].qemu} differ from the host by {worst:.2e}{extra}")
+    log(f"  {name}: executed under {ARMS[arch].qemu}, within {worst:.1e} of the host")
+    label = runtime_label(arch)
+    return {"executed": True, "emulator": ARMS[arch].qemu, "runtime": label, f"{arch}_vs_host": worst, **entry}
 
 
 def fetch() -> Path:
@@ -96,22 +178,23 @@ def fetch() -> Path:
     return run_module_binary()
 
 
-def run_aarch64(
+def run_module(
     vmfb: str | os.PathLike,
     inputs: Sequence[np.ndarray],
     function: str = "main_graph",
     driver: str = "local-sync",
     parameters: str | os.PathLike | None = None,
     timeout: float = 300,
+    arch: str = "aarch64",
 ) -> np.ndarray:
-    """Execute ``function`` of an aarch64 module under qemu and return its (single) output.
+    """Execute ``function`` of an ``arch`` module under qemu and return its (single) output.
 
     ``parameters``: the .irpa archive of a module compiled with externalised weights (scope ``model``).
     """
-    return run_aarch64_outputs(vmfb, inputs, 1, function, driver, parameters, timeout)[0]
+    return run_module_outputs(vmfb, inputs, 1, function, driver, parameters, timeout, arch)[0]
 
 
-def run_aarch64_outputs(
+def run_module_outputs(
     vmfb: str | os.PathLike,
     inputs: Sequence[np.ndarray],
     outputs: int,
@@ -119,35 +202,49 @@ def run_aarch64_outputs(
     driver: str = "local-sync",
     parameters: str | os.PathLike | None = None,
     timeout: float = 300,
+    arch: str = "aarch64",
 ) -> list[np.ndarray]:
-    """As :func:`run_aarch64` for a function with ``outputs`` results; returns them in order."""
-    why = missing()
+    """As :func:`run_module` for a function with ``outputs`` results; returns them in order."""
+    why = missing(arch)
     if why:
-        raise EdgeskipError(f"cannot run aarch64 modules: {why}")
+        raise EdgeskipError(f"cannot run {arch} modules: {why}")
+    a = ARMS[arch]
     with tempfile.TemporaryDirectory() as tmp:
         args = []
-        for k, a in enumerate(inputs):
+        for k, x in enumerate(inputs):
             p = Path(tmp) / f"in{k}.npy"
-            np.save(p, np.ascontiguousarray(a))
+            np.save(p, np.ascontiguousarray(x))
             args.append(f"--input=@{p}")
         outs = [Path(tmp) / f"out{k}.npy" for k in range(outputs)]
-        cmd = [
-            QEMU,
-            "-L",
-            str(SYSROOT),
-            str(run_module_binary()),
-            f"--device={driver}",
-            f"--module={vmfb}",
-            f"--function={function}",
-            *args,
-            *[f"--output=@{o}" for o in outs],
-        ]
+        cmd = [a.qemu, *(["-L", str(a.sysroot)] if a.sysroot is not None else []), str(a.binary())]
+        cmd += [f"--device={driver}", f"--module={vmfb}", f"--function={function}"]
         if parameters is not None:
-            cmd.insert(4, f"--parameters=model={parameters}")
+            cmd.append(f"--parameters=model={parameters}")
+        cmd += [*args, *[f"--output=@{o}" for o in outs]]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
         if proc.returncode != 0 or not all(o.exists() for o in outs):
-            raise EdgeskipError(f"aarch64 run failed: {(proc.stderr or proc.stdout).strip()[-300:]}")
+            raise EdgeskipError(
+                f"{arch} run of {Path(vmfb).name} failed: {run_error(arch, proc.stderr or proc.stdout)}"
+            )
         return [np.load(o) for o in outs]
+
+
+_STATUS = re.compile(r"\b([A-Z_]{6,}); ([^;]*)")
+ELF_ARCH = {"aarch64": "arm_64", "armv7": "arm_32"}
+
+
+def run_error(arch: str, text: str) -> str:
+    """iree-run-module's error as one line: its status and first cause; a module of another target is named."""
+    formats = sorted(set(re.findall(r'"embedded-elf-(\w+)"', text)) - {ELF_ARCH[arch]})
+    m = _STATUS.search(text)
+    if m and m.group(1) == "INCOMPATIBLE" and formats:
+        return (
+            f"the module's code is embedded-elf-{', '.join(formats)}, not {ELF_ARCH[arch]}: a module of another target"
+        )
+    if m:
+        return f"{m.group(1)}: {m.group(2).strip()[:200]}"
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[-1][:200] if lines else "no output"
 
 
 PYTHON_VERSION = "3.11"
@@ -456,10 +553,20 @@ def _command(root: Path, extra_path: Sequence[str | os.PathLike]) -> tuple[list[
 
 
 if __name__ == "__main__":
-    commands = {"fetch": fetch, "fetch-python": fetch_python}
-    if len(sys.argv) != 2 or sys.argv[1] not in commands:
-        sys.exit("usage: python -m edgeskip.export.emulate fetch|fetch-python")
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m edgeskip.export.emulate")
+    parser.add_argument("command", choices=["fetch", "fetch-python", "build-armv7"])
+    parser.add_argument("--source", help="build-armv7: an IREE source snapshot folder or checkout")
+    parser.add_argument("--force", action="store_true", help="build-armv7: rebuild an existing build")
+    args = parser.parse_args()  # a bad command line exits 2
     try:
-        print(commands[sys.argv[1]]())
+        if args.command == "build-armv7":
+            print(armv7_runtime.build(args.source, force=args.force))
+        elif args.source or args.force:
+            parser.error("--source and --force are for build-armv7")
+        else:
+            print(fetch() if args.command == "fetch" else fetch_python())
     except EdgeskipError as e:
-        sys.exit(f"error: {e}")
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

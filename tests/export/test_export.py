@@ -23,7 +23,7 @@ from edgeskip.export.iree_compile import (
 )
 from edgeskip.export.onnx_export import _graphs, specialise
 from edgeskip.export.shared_weights import module_name
-from tests.conftest import require_aarch64, shared
+from tests.conftest import require_arm, shared
 
 SKIPS = [(1, 1, 1, 1, 1, 1), (0, 0, 0, 0, 0, 0), (1, 0, 1, 1, 0, 1), (0, 1, 0, 1, 0, 1), (1, 1, 0, 0, 1, 1)]
 
@@ -112,7 +112,7 @@ def test_iree_host_matches_onnxruntime(exported, images):
 
 
 def test_aarch64_module_runs_under_qemu(exported, images):
-    require_aarch64()
+    require_arm()
     d, gated, _, mlir = exported
     host = IreeModule(compile_mlir(mlir, TARGETS["host"], d / "g_host2.vmfb"))
     arm = compile_mlir(mlir, TARGETS["aarch64-cortex-a72"], d / "gated_a72.vmfb")
@@ -120,7 +120,7 @@ def test_aarch64_module_runs_under_qemu(exported, images):
     x = images.numpy()[:4]
     for s in SKIPS[1:3]:
         skip = np.array(s, dtype=bool)
-        assert np.abs(emulate.run_aarch64(arm, [x, skip]) - host(x, skip)).max() <= 1e-4
+        assert np.abs(emulate.run_module(arm, [x, skip]) - host(x, skip)).max() <= 1e-4
 
 
 def test_armv7_modules_import_no_symbols(exported):

@@ -74,6 +74,8 @@ def test_bundle_manifest_and_verification(skipnet_bundle):
     assert v["iree"]["odroid-xu4"]["elf_checked"] > 0 and v["iree"]["odroid-xu4"]["undefined_symbols"] == 0
     if emulate.missing() is None or os.environ.get("CI"):
         assert v["iree"]["aarch64"]["executed"] and v["iree"]["aarch64"]["aarch64_vs_host"] <= 1e-4
+    if emulate.missing("armv7") is None or os.environ.get("CI"):
+        assert v["iree"]["odroid-xu4"]["executed"] and v["iree"]["odroid-xu4"]["armv7_vs_host"] <= 1e-4
 
 
 @pytest.mark.parametrize("cls", [IreeSkipNetExecutor, OrtSkipNetExecutor])
