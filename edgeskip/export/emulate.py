@@ -274,9 +274,17 @@ DEB_PACKAGES: tuple[str, ...] = (
     "libdb5.3:arm64",
     "media-types",
 )
-# What ``python -m edgeskip serve`` imports (pip resolves their dependencies); iree-base-runtime is pinned
-# to the host's version.
-RUNTIME_WHEELS: tuple[str, ...] = ("numpy", "iree-base-runtime", "aiohttp", "pillow", "prometheus-client", "click")
+# What ``python -m edgeskip serve`` imports (pip resolves their dependencies), with both engines (onnxruntime:
+# the ``edgeskip[onnxruntime]`` extra, PyPI has its aarch64 wheels); the engines are pinned to the host's versions.
+RUNTIME_WHEELS: tuple[str, ...] = (
+    "numpy",
+    "iree-base-runtime",
+    "onnxruntime",
+    "aiohttp",
+    "pillow",
+    "prometheus-client",
+    "click",
+)
 # bookworm's glibc is 2.36; pip also accepts the older manylinux tags below each of these
 WHEEL_PLATFORMS: tuple[str, ...] = (
     "manylinux_2_36_aarch64",
@@ -311,12 +319,20 @@ def _manifest(root: Path) -> dict:
         return {}
 
 
+PINNED = ("iree-base-runtime", "onnxruntime")  # the aarch64 engines run the host's versions
+
+
 def _pinned(packages: Sequence[str]) -> list[str]:
-    """``packages`` with a bare ``iree-base-runtime`` pinned to the host's version."""
+    """``packages`` with a bare ``iree-base-runtime`` or ``onnxruntime`` pinned to the host's version (where
+    the host has it)."""
     out = []
     for p in packages:
-        if re.sub(r"[-_.]+", "-", p.strip().lower()) == "iree-base-runtime":
-            p = f"{p.strip()}=={runtime_version()}"
+        name = re.sub(r"[-_.]+", "-", p.strip().lower())
+        if name in PINNED:
+            try:
+                p = f"{p.strip()}=={metadata.version(name)}"
+            except metadata.PackageNotFoundError:
+                pass
         out.append(p)
     return out
 
@@ -328,12 +344,14 @@ def python_missing() -> str | None:
     fix = "python -m edgeskip.export.emulate fetch-python"
     if not python_binary().is_file() or not (python_sysroot() / "lib" / "ld-linux-aarch64.so.1").exists():
         return f"no aarch64 Python sysroot at {python_sysroot()} ({fix})"
+    if not (python_sysroot() / "proc" / "cpuinfo").is_file():
+        return f"the aarch64 Python sysroot has no /proc/cpuinfo for onnxruntime ({fix})"
     got = _manifest(python_dir())
     if not python_site().is_dir() or "wheels" not in got:
         return f"no aarch64 site-packages at {python_site()} ({fix})"
-    want = f"iree-base-runtime=={runtime_version()}"
-    if any(r.startswith("iree-base-runtime") for r in got.get("requested", [])) and want not in got["requested"]:
-        return f"the aarch64 site-packages do not have {want} ({fix})"
+    for want in _pinned(RUNTIME_WHEELS):
+        if want not in got.get("requested", []):
+            return f"the aarch64 site-packages do not have {want} ({fix})"
     return None
 
 
@@ -387,6 +405,22 @@ def _fetch_sysroot(dest: Path, work: Path) -> list[str]:
     if not (dest / "usr" / "bin" / f"python{PYTHON_VERSION}").is_file():
         raise EdgeskipError(f"the arm64 packages have no usr/bin/python{PYTHON_VERSION}")
     return [d.name for d in debs]
+
+
+# qemu-user before 8.1 shows an aarch64 program the host's x86 /proc/cpuinfo, and onnxruntime's CPU detection
+# (pytorch/cpuinfo) crashes on it: `import onnxruntime` segfaults (bench/ort_qemu_cpuinfo.py). qemu resolves
+# absolute paths in its -L sysroot first, so the sysroot carries the /proc/cpuinfo of a 2-core Cortex-A72 (a
+# Raspberry Pi 4's core, no dotprod/i8mm: the plain NEON kernels run, which is what emulation can check anyway).
+CPUINFO = "".join(
+    f"processor\t: {k}\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm crc32 cpuid\nCPU implementer\t: 0x41\n"
+    "CPU architecture: 8\nCPU variant\t: 0x0\nCPU part\t: 0xd08\nCPU revision\t: 3\n\n"
+    for k in range(2)
+)
+
+
+def _write_cpuinfo(sysroot: Path) -> None:
+    (sysroot / "proc").mkdir(exist_ok=True)
+    (sysroot / "proc" / "cpuinfo").write_text(CPUINFO)
 
 
 def _unpack_wheel(wheel: Path, site: Path) -> None:
@@ -493,6 +527,7 @@ def fetch_python(packages: Sequence[str] = RUNTIME_WHEELS) -> Path:
         else:
             debs = _fetch_sysroot(tmp / "sysroot", tmp / "debs")
             shutil.rmtree(tmp / "debs")
+        _write_cpuinfo(tmp / "sysroot")
         wheels = _fetch_site(tmp / "site", tmp / "wheels", requested)
         shutil.rmtree(tmp / "wheels")
         _precompile(tmp)

@@ -265,7 +265,13 @@ def machine_target(manifest: Manifest, machine: str | None = None) -> str:
     for t in wanted:
         if t in targets:
             return t
-    raise EdgeskipError(f"bundle has no modules for this machine ({machine}); it has {', '.join(targets)}")
+    if machine.startswith("armv7") or machine == "arm":
+        how = ": compile it with --target odroid-xu4 (onnxruntime has no armv7 wheels)"
+    elif machine in ("aarch64", "arm64"):
+        how = ": compile it with --target aarch64, or serve its ONNX graphs (--backend onnxruntime)"
+    else:
+        how = ""
+    raise EdgeskipError(f"bundle has no IREE modules for this machine ({machine}); it has {', '.join(targets)}{how}")
 
 
 def open_executor(
@@ -295,6 +301,8 @@ def open_executor(
         if backend == "auto" and not available():
             require_iree(manifest)  # the one-line error that says what to install
         backend, target = ("onnxruntime" if backend == "auto" else backend), "host"
+    if backend == "onnxruntime":
+        target = "host"  # ONNX graphs are not compiled per target: the same files run on x86-64 and aarch64
     if target == "auto":
         target = machine_target(manifest)
     if backend == "auto":

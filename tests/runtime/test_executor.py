@@ -1,5 +1,7 @@
 """Bundle executors: Pareto configs through static executables, other skip arrays through the gated graph."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -56,5 +58,10 @@ def test_machine_target_picks_this_boards_modules(bundle):
     assert machine_target(m, "x86_64") == "host"
     assert machine_target(m, "aarch64") == "aarch64"
     assert machine_target(m, "armv7l") == "odroid-xu4"
-    with pytest.raises(EdgeskipError, match="no modules for this machine"):
+    with pytest.raises(EdgeskipError, match="no IREE modules for this machine"):
         machine_target(m, "riscv64")
+    host_only = dataclasses.replace(m, targets={"host": m.targets["host"]})
+    with pytest.raises(EdgeskipError, match=r"\(armv7l\); it has host: compile it with --target odroid-xu4"):
+        machine_target(host_only, "armv7l")
+    with pytest.raises(EdgeskipError, match="--target aarch64, or serve its ONNX graphs"):
+        machine_target(host_only, "aarch64")

@@ -128,8 +128,9 @@ def test_an_edited_profile_is_refused_like_a_tampered_bundle(profiled, tmp_path)
 
 
 def test_a_profile_made_under_qemu_aarch64(profiled, tmp_path):
-    """The mechanics on an aarch64 runtime-only install (latencies under emulation mean nothing): IREE only,
-    the aarch64 module, a profile of an aarch64 machine, which this x86 host then refuses."""
+    """The mechanics on an aarch64 runtime-only install (latencies under emulation mean nothing): both engines
+    (the aarch64 IREE module and onnxruntime's aarch64 wheel), a profile of an aarch64 machine, which this x86 host
+    then refuses."""
     from edgeskip.export import emulate
 
     why = emulate.python_missing() or emulate.missing()
@@ -149,8 +150,8 @@ def test_a_profile_made_under_qemu_aarch64(profiled, tmp_path):
     )
     assert res.returncode == 0, res.stderr
     doc = json.loads(out.read_text())
-    assert doc["machine"]["arch"] == "aarch64" and set(doc["fronts"]) == {"iree"}
-    assert doc["engines"]["iree"].startswith("iree-base-runtime")
+    assert doc["machine"]["arch"] == "aarch64" and set(doc["fronts"]) == {"iree", "onnxruntime"}
+    assert doc["engines"]["iree"].startswith("iree-base-runtime") and doc["engines"]["onnxruntime"]
     res = inproc("inspect", copy, "--profile", out)
     assert res.returncode == 2 and "measured on another machine" in res.stderr
 
