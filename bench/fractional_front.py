@@ -45,6 +45,7 @@ def plot(doc: dict, dest: Path) -> None:
         for src, style in (
             ("probe", dict(c="0.75", s=12)),
             ("greedy", dict(c="tab:orange", s=18)),
+            ("int8-twin", dict(c="tab:green", s=18)),
             ("skip-only", dict(c="tab:blue", s=18)),
         ):
             pts = [

@@ -139,8 +139,107 @@ def _run(cmd: Sequence[str], what: str, log_file: Path) -> None:
         proc = subprocess.run(list(cmd), stdout=out, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
         lines = log_file.read_text(errors="replace").splitlines()
-        first = next((ln.strip() for ln in lines if "error" in ln.lower()), lines[-1].strip() if lines else "")
+        errors = [ln.strip() for ln in lines if re.search(r"\berror\b:|^CMake Error|FAILED:", ln.strip())]
+        first = next((e for e in errors if "error:" in e or "CMake Error" in e), errors[0] if errors else "")
+        first = first or (lines[-1].strip() if lines else "")
         raise EdgeskipError(f"{what} failed (exit {proc.returncode}): {first[:200]} (log: {log_file})")
+
+
+PATCHES: tuple[tuple[str, str, str], ...] = (
+    # 64-bit assumptions of IREE's Python bindings at this revision, which a 32-bit target trips over
+    (
+        "runtime/bindings/python/hal.cc",
+        """  static_assert(sizeof(dl_tensor.data) >=
+                sizeof(external_buffer.handle.device_allocation.ptr));""",
+        """  if (external_buffer.handle.device_allocation.ptr > UINTPTR_MAX) {  // edgeskip: 32-bit targets
+    throw std::runtime_error("device allocation does not fit a pointer");
+  }""",
+    ),
+    (
+        "runtime/bindings/python/hal.cc",
+        "reinterpret_cast<uint8_t*>(external_buffer.handle.device_allocation.ptr) +",
+        "reinterpret_cast<uint8_t*>(static_cast<uintptr_t>(external_buffer.handle.device_allocation.ptr)) +",
+    ),
+    # ml_dtypes (bf16/fp8 numpy types) has no armv7 wheel: without it those element types are unsupported
+    (
+        "runtime/bindings/python/iree/runtime/dtypes.py",
+        "import ml_dtypes\n",
+        "try:\n    import ml_dtypes\nexcept ImportError:  # edgeskip: armv7\n    ml_dtypes = None\n",
+    ),
+    (
+        "runtime/bindings/python/iree/runtime/dtypes.py",
+        "_ML_DTYPE_TO_HAL_ELEMENT_TYPE = {\n",
+        "_ML_DTYPE_TO_HAL_ELEMENT_TYPE = {} if ml_dtypes is None else {\n",
+    ),
+)
+NANOBIND = "2.9.0"  # the version IREE's CMake pins
+
+
+class _Build:
+    """One build folder: the unpacked source (with :data:`PATCHES` applied), IREE's host code generators, a log."""
+
+    def __init__(self, source: str | os.PathLike | None, what: str, jobs: int | None, log: Log) -> None:
+        why = missing_tools()
+        if why:
+            raise EdgeskipError(f"cannot build {what}: {why}")
+        self.cmake = _cmake()
+        self.src = Path(source) if source is not None else SNAPSHOT
+        if not self.src.is_dir():
+            raise EdgeskipError(f"no IREE source at {self.src} (a source snapshot folder or an IREE checkout)")
+        ninja = _tool("ninja")
+        self.gen = ["-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={ninja}"] if ninja else ["-G", "Unix Makefiles"]
+        self.jobs = str(jobs or os.cpu_count() or 2)
+        self.log = log
+        default_cache_dir().mkdir(parents=True, exist_ok=True)
+        self.work = Path(tempfile.mkdtemp(prefix=".build-armv7.", dir=default_cache_dir()))
+        self.logf = default_cache_dir() / f"{what.replace(' ', '-')}.build.log"  # kept after a failure
+        self.logf.write_text("")
+        self.commit, self.date = "unknown (a checkout)", ""
+
+    def close(self) -> None:
+        shutil.rmtree(self.work, ignore_errors=True)
+
+    def tree(self) -> Path:
+        """The source tree to configure: the snapshot unpacked and patched, or the checkout as it is."""
+        if (self.src / "SOURCES.json").is_file():
+            archive, meta = _snapshot(self.src)
+            self.log(f"unpacking {archive.name} (IREE {meta['iree']['commit'][:10]}, {meta['iree']['date'][:10]})")
+            with tarfile.open(archive) as tar:
+                tar.extractall(self.work, filter="data")
+            tree = self.work / "iree-runtime-src"
+            self.commit, self.date = meta["iree"]["commit"], meta["iree"]["date"]
+            for rel, old, new in PATCHES:
+                f = tree / rel
+                if f.is_file():
+                    text = f.read_text()
+                    if old not in text:
+                        raise EdgeskipError(f"the armv7 patch of {rel} no longer applies to this IREE source")
+                    f.write_text(text.replace(old, new))
+            return tree
+        if not (self.src / "third_party" / "flatcc" / "CMakeLists.txt").is_file():
+            raise EdgeskipError(f"{self.src} has no third_party/flatcc: git submodule update --init third_party/flatcc")
+        return self.src
+
+    def run(self, cmd: Sequence[str], what: str) -> None:
+        _run(cmd, what, self.logf)
+
+    def configure(self, tree: Path, build: Path, *extra: str) -> None:
+        self.run(
+            [self.cmake, *self.gen, "-S", str(tree), "-B", str(build), *OPTIONS, *extra], f"configuring {build.name}"
+        )
+
+    def make(self, build: Path, *targets: str) -> None:
+        self.run([self.cmake, "--build", str(build), "-j", self.jobs, "--target", *targets], f"building {build.name}")
+
+    def cross(self, tree: Path, build: Path, *extra: str) -> None:
+        """Configure ``build`` for armv7 after building the host code generators it needs."""
+        self.log("building IREE's host code generators (iree-flatcc-cli, iree-c-embed-data)")
+        host = self.work / "host"
+        self.configure(tree, host)
+        self.make(host, "iree-flatcc-cli", "iree-c-embed-data")
+        (self.work / "armv7.cmake").write_text(TOOLCHAIN)
+        toolchain = [f"-DCMAKE_TOOLCHAIN_FILE={self.work / 'armv7.cmake'}", f"-DIREE_HOST_BIN_DIR={host / 'tools'}"]
+        self.configure(tree, build, *toolchain, *extra)
 
 
 def build(
@@ -149,77 +248,116 @@ def build(
     """Cross-compile the armv7 ``iree-run-module`` (see the module doc); returns its path.
 
     ``source``: the snapshot folder (default ``third_party/iree-runtime``) or an unpacked IREE checkout whose
-    ``third_party/flatcc`` is populated. The binary and ``build.json`` land in :func:`runtime_dir` atomically;
-    An existing build of the same snapshot is kept unless ``force``. The build folder is removed, its log kept beside the binary (and in the cache folder after a failure)."""
-    why = missing_tools()
-    if why:
-        raise EdgeskipError(f"cannot build the armv7 IREE runtime: {why}")
-    cmake = _cmake()
+    ``third_party/flatcc`` is populated. The binary and ``build.json`` land in :func:`runtime_dir` atomically.
+    An existing build of the same snapshot is kept unless ``force``. The build folder is removed, its log kept
+    beside the binary (and in the cache folder after a failure)."""
     src = Path(source) if source is not None else SNAPSHOT
-    if not src.is_dir():
-        raise EdgeskipError(f"no IREE source at {src} (a source snapshot folder or an IREE checkout)")
     if (src / "SOURCES.json").is_file() and not force and run_module_binary().is_file():
-        archive, meta = _snapshot(src)
+        _, meta = _snapshot(src)
         if build_info().get("iree_commit") == meta["iree"]["commit"]:
             log(f"{run_module_binary()} is built from this snapshot already (--force rebuilds it)")
             return run_module_binary()
-    ninja = _tool("ninja")
-    gen = ["-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={ninja}"] if ninja else ["-G", "Unix Makefiles"]
-    jobs = jobs or os.cpu_count() or 2
-    dest = runtime_dir()
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".build-armv7.", dir=dest.parent))
-    logf = dest.parent / "iree-runtime-armv7.build.log"  # kept after a failure; copied beside the binary
-    logf.write_text("")
+    b = _Build(source, "iree-runtime-armv7", jobs, log)
     t0 = time.perf_counter()
     try:
-        if (src / "SOURCES.json").is_file():
-            archive, meta = _snapshot(src)
-            log(f"unpacking {archive.name} (IREE {meta['iree']['commit'][:10]}, {meta['iree']['date'][:10]})")
-            with tarfile.open(archive) as tar:
-                tar.extractall(work, filter="data")
-            tree = work / "iree-runtime-src"
-            commit, date = meta["iree"]["commit"], meta["iree"]["date"]
-        else:
-            tree, commit, date = src, "unknown (a checkout)", ""
-            if not (tree / "third_party" / "flatcc" / "CMakeLists.txt").is_file():
-                raise EdgeskipError(f"{tree} has no third_party/flatcc: git submodule update --init third_party/flatcc")
-        log("building IREE's host code generators (iree-flatcc-cli, iree-c-embed-data)")
-        host = work / "host"
-        _run([cmake, *gen, "-S", str(tree), "-B", str(host), *OPTIONS], "configuring the host tools", logf)
-        _run(
-            [cmake, "--build", str(host), "-j", str(jobs), "--target", "iree-flatcc-cli", "iree-c-embed-data"],
-            "building the host tools",
-            logf,
-        )
+        tree = b.tree()
+        arm = b.work / "armv7"
+        b.cross(tree, arm)
         log(f"cross-compiling iree-run-module for armv7 ({CPU_FLAGS}, static)")
-        (work / "armv7.cmake").write_text(TOOLCHAIN)
-        arm = work / "armv7"
-        configure = [cmake, *gen, "-S", str(tree), "-B", str(arm), *OPTIONS]
-        configure += [f"-DCMAKE_TOOLCHAIN_FILE={work / 'armv7.cmake'}", f"-DIREE_HOST_BIN_DIR={host / 'tools'}"]
-        _run(configure, "configuring the armv7 runtime", logf)
-        _run([cmake, "--build", str(arm), "-j", str(jobs), "--target", "iree-run-module"], "building it", logf)
-        gcc = subprocess.run([CROSS[0], "--version"], capture_output=True, text=True).stdout.splitlines()[0]
-        info = {
-            "iree_commit": commit,
-            "iree_date": date,
-            "cross_compiler": gcc,
-            "cpu_flags": CPU_FLAGS,
-            "drivers": ["local-sync"],
-            "build_seconds": round(time.perf_counter() - t0, 1),
-        }
-        staged = work / "staged"
+        b.make(arm, "iree-run-module")
+        info = _info(b, time.perf_counter() - t0)
+        staged = b.work / "staged"
         staged.mkdir()
         shutil.copy2(arm / "tools" / "iree-run-module", staged / "iree-run-module")
-        shutil.copy2(logf, staged / "build.log")
+        shutil.copy2(b.logf, staged / "build.log")
         (staged / "build.json").write_text(json.dumps(info, indent=1))
         staged.chmod(0o755)
-        if dest.exists():
-            old = Path(tempfile.mkdtemp(prefix=".iree-runtime-armv7.old.", dir=dest.parent))
-            os.replace(dest, old / dest.name)
-            shutil.rmtree(old, ignore_errors=True)
-        os.replace(staged, dest)
+        _replace(staged, runtime_dir())
         log(f"built {run_module_binary()} in {info['build_seconds']} s")
         return run_module_binary()
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        b.close()
+
+
+def _info(b: _Build, seconds: float) -> dict:
+    gcc = subprocess.run([CROSS[0], "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+    return {
+        "iree_commit": b.commit,
+        "iree_date": b.date,
+        "cross_compiler": gcc,
+        "cpu_flags": CPU_FLAGS,
+        "drivers": ["local-sync"],
+        "build_seconds": round(seconds, 1),
+    }
+
+
+def _replace(staged: Path, dest: Path) -> None:
+    """Move the finished folder ``staged`` to ``dest``, replacing what was there, never leaving half of either."""
+    if dest.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old.", dir=dest.parent))
+        os.replace(dest, old / dest.name)
+        shutil.rmtree(old, ignore_errors=True)
+    os.replace(staged, dest)
+
+
+def build_python_bindings(
+    sysroot: Path, site: Path, source: str | os.PathLike | None = None, jobs: int | None = None, log: Log = print
+) -> dict:
+    """IREE's Python runtime (``iree.runtime``) cross-compiled for an armv7 CPython 3.11 into ``site``.
+
+    ``sysroot``: Debian's armhf ``libpython3.11-dev`` and ``python3-numpy`` unpacked (their headers). Needs
+    ``nanobind`` 2.9.0 installed here (the ``armv7`` extra). Returns the build's provenance."""
+    import importlib.util
+    from importlib import metadata
+
+    spec = importlib.util.find_spec("nanobind")
+    have = metadata.version("nanobind") if spec is not None else None
+    if spec is None or spec.origin is None or have != NANOBIND:
+        raise EdgeskipError(
+            f"building IREE's armv7 Python runtime needs nanobind=={NANOBIND} (IREE's pin; found {have}): "
+            "pip install -e '.[armv7]'"
+        )
+    nanobind_cmake = Path(spec.origin).parent / "cmake"
+    triple = "arm-linux-gnueabihf"
+    pyinc_src = sysroot / "usr" / "include" / "python3.11"
+    numpy_inc = sysroot / "usr" / "lib" / "python3" / "dist-packages" / "numpy" / "core" / "include"
+    if not (sysroot / "usr" / "include" / triple / "python3.11" / "pyconfig.h").is_file() or not numpy_inc.is_dir():
+        raise EdgeskipError(f"{sysroot} lacks the armhf Python or numpy headers (libpython3.11-dev, python3-numpy)")
+    b = _Build(source, "iree-python-armv7", jobs, log)
+    t0 = time.perf_counter()
+    try:
+        tree = b.tree()
+        pyinc = b.work / "pyinc" / "python3.11"  # Debian's pyconfig.h picks the arch's by include path: flatten it
+        shutil.copytree(pyinc_src, pyinc)
+        shutil.copy2(sysroot / "usr" / "include" / triple / "python3.11" / "pyconfig.h", pyinc / "pyconfig.h")
+        py = []
+        for v in ("Python3", "Python"):
+            py += [
+                f"-D{v}_EXECUTABLE={sys.executable}",
+                f"-D{v}_INCLUDE_DIR={pyinc}",
+                f"-D{v}_NumPy_INCLUDE_DIR={numpy_inc}",
+            ]
+        arm = b.work / "python"
+        b.cross(
+            tree,
+            arm,
+            "-DIREE_BUILD_PYTHON_BINDINGS=ON",
+            "-DIREE_USE_SYSTEM_DEPS=ON",  # nanobind from the pip package, not a git clone
+            f"-Dnanobind_DIR={nanobind_cmake}",
+            *py,
+        )
+        log("cross-compiling IREE's Python runtime for armv7 CPython 3.11")
+        b.make(arm, "iree_runtime_bindings_python_PyExtRt", "iree_runtime_bindings_python_runtime")
+        pkg = arm / "runtime" / "bindings" / "python" / "iree"
+        shutil.copytree(pkg, site / "iree", symlinks=False, dirs_exist_ok=True)
+        libs = site / "iree" / "_runtime_libs"
+        for f in list(libs.iterdir()):
+            if f.name.startswith("_runtime.") and f.suffix == ".so":  # named for the build host's ABI: rename
+                f.rename(libs / f"_runtime.cpython-311-{triple}.so")
+            elif f.is_file() and f.name.startswith("iree-"):
+                f.unlink()  # the tools: iree-run-module comes from `build` (static)
+        info = _info(b, time.perf_counter() - t0)
+        log(f"built IREE's armv7 Python runtime in {info['build_seconds']} s")
+        return info
+    finally:
+        b.close()

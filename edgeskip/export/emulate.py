@@ -11,7 +11,9 @@ An aarch64 CPython 3.11 with the runtime's dependencies (:data:`RUNTIME_WHEELS`)
 ``python -m edgeskip.export.emulate fetch-python`` puts Debian bookworm's arm64 python3.11 and the shared
 libraries it needs (:data:`DEB_PACKAGES`, via ``apt-get download``; needs ``dpkg --add-architecture arm64
 && apt-get update`` once) into a self-contained sysroot, and the aarch64 wheels beside it;
-:func:`python_command` gives the argv prefix and environment to run it.
+:func:`python_command` gives the argv prefix and environment to run it. ``fetch-python --arch armv7`` does the same
+for the Odroid XU4: Debian's armhf CPython with its numpy and Pillow, PyPI's armv7l wheels of the rest, and IREE's
+Python runtime cross-built from source (:func:`edgeskip.export.armv7_runtime.build_python_bindings`).
 """
 
 from __future__ import annotations
@@ -292,24 +294,99 @@ WHEEL_PLATFORMS: tuple[str, ...] = (
     "manylinux_2_17_aarch64",
     "manylinux2014_aarch64",
 )
-_APT_HINT = "run as root: dpkg --add-architecture arm64 && apt-get update"
+# armv7 (the Odroid XU4): the same interpreter from Debian's armhf packages; numpy and Pillow from Debian too
+# (PyPI has no armv7 wheels of them), with the libraries their extension modules load; aiohttp and the pure-Python
+# packages from PyPI's armv7l wheels; IREE's Python runtime built here from source
+# (:func:`edgeskip.export.armv7_runtime.build_python_bindings`, which needs the -dev headers).
+ARMHF_DEB_PACKAGES: tuple[str, ...] = (
+    *(p.replace(":arm64", ":armhf") for p in DEB_PACKAGES),
+    "libpython3.11:armhf",
+    "libpython3.11-dev:armhf",
+    "python3-numpy:armhf",
+    "libblas3:armhf",
+    "liblapack3:armhf",
+    "libgfortran5:armhf",
+    "python3-pil:armhf",
+    "libgomp1:armhf",
+    "libjpeg62-turbo:armhf",
+    "libtiff6:armhf",
+    "libopenjp2-7:armhf",
+    "libxcb1:armhf",
+    "libimagequant0:armhf",
+    "libdeflate0:armhf",
+    "libjbig0:armhf",
+    "liblerc4:armhf",
+    "libwebp7:armhf",
+    "libwebpmux3:armhf",
+    "libwebpdemux2:armhf",
+    "libzstd1:armhf",
+    "libxau6:armhf",
+    "libxdmcp6:armhf",
+    "libbsd0:armhf",
+    "libmd0:armhf",
+    "liblcms2-2:armhf",
+    "libfreetype6:armhf",
+    "libpng16-16:armhf",
+    "libbrotli1:armhf",
+)
+ARMV7_WHEELS: tuple[str, ...] = ("aiohttp", "prometheus-client", "click")
+ARMV7_PLATFORMS: tuple[str, ...] = (
+    "manylinux_2_36_armv7l",
+    "manylinux_2_31_armv7l",
+    "manylinux_2_28_armv7l",
+    "manylinux_2_17_armv7l",
+    "manylinux2014_armv7l",
+)
 
 
-def python_dir() -> Path:
-    """The folder of the aarch64 Python: ``sysroot/`` (Debian arm64 packages), ``site/`` (wheels), manifest."""
-    return default_cache_dir() / f"aarch64-python{PYTHON_VERSION}"
+@dataclass(frozen=True)
+class PyArch:
+    """How an emulated CPython 3.11 of one ARM architecture is put together."""
+
+    name: str
+    deb_arch: str
+    qemu: str
+    loader: str  # the dynamic loader, relative to the sysroot
+    debs: tuple[str, ...]
+    wheels: tuple[str, ...]
+    platforms: tuple[str, ...]
 
 
-def python_sysroot() -> Path:
-    return python_dir() / "sysroot"
+PY_ARCHES = {
+    "aarch64": PyArch(
+        "aarch64", "arm64", QEMU, "lib/ld-linux-aarch64.so.1", DEB_PACKAGES, RUNTIME_WHEELS, WHEEL_PLATFORMS
+    ),
+    "armv7": PyArch(
+        "armv7",
+        "armhf",
+        "qemu-arm-static",
+        "lib/ld-linux-armhf.so.3",
+        ARMHF_DEB_PACKAGES,
+        ARMV7_WHEELS,
+        ARMV7_PLATFORMS,
+    ),
+}
 
 
-def python_site() -> Path:
-    return python_dir() / "site"
+def _apt_hint(arch: str) -> str:
+    return f"run as root: dpkg --add-architecture {PY_ARCHES[arch].deb_arch} && apt-get update"
 
 
-def python_binary() -> Path:
-    return python_sysroot() / "usr" / "bin" / f"python{PYTHON_VERSION}"
+def python_dir(arch: str = "aarch64") -> Path:
+    """The folder of the ``arch`` Python: ``sysroot/`` (Debian packages), ``site/`` (wheels), manifest."""
+    return default_cache_dir() / f"{arch}-python{PYTHON_VERSION}"
+
+
+def python_sysroot(arch: str = "aarch64") -> Path:
+    return python_dir(arch) / "sysroot"
+
+
+def python_site(arch: str = "aarch64") -> Path:
+    return python_dir(arch) / "site"
+
+
+def python_binary(arch: str = "aarch64") -> Path:
+    return python_sysroot(arch) / "usr" / "bin" / f"python{PYTHON_VERSION}"
 
 
 def _manifest(root: Path) -> dict:
@@ -337,21 +414,22 @@ def _pinned(packages: Sequence[str]) -> list[str]:
     return out
 
 
-def python_missing() -> str | None:
-    """Why an aarch64 Python cannot be run here, or None when everything is in place."""
-    if shutil.which(QEMU) is None:
-        return f"{QEMU} not found (apt-get install qemu-user-static)"
-    fix = "python -m edgeskip.export.emulate fetch-python"
-    if not python_binary().is_file() or not (python_sysroot() / "lib" / "ld-linux-aarch64.so.1").exists():
-        return f"no aarch64 Python sysroot at {python_sysroot()} ({fix})"
-    if not (python_sysroot() / "proc" / "cpuinfo").is_file():
-        return f"the aarch64 Python sysroot has no /proc/cpuinfo for onnxruntime ({fix})"
-    got = _manifest(python_dir())
-    if not python_site().is_dir() or "wheels" not in got:
-        return f"no aarch64 site-packages at {python_site()} ({fix})"
-    for want in _pinned(RUNTIME_WHEELS):
+def python_missing(arch: str = "aarch64") -> str | None:
+    """Why an ``arch`` Python cannot be run here, or None when everything is in place."""
+    a = PY_ARCHES[arch]
+    if shutil.which(a.qemu) is None:
+        return f"{a.qemu} not found (apt-get install qemu-user-static)"
+    fix = "python -m edgeskip.export.emulate fetch-python" + ("" if arch == "aarch64" else f" --arch {arch}")
+    if not python_binary(arch).is_file() or not (python_sysroot(arch) / a.loader).exists():
+        return f"no {arch} Python sysroot at {python_sysroot(arch)} ({fix})"
+    if not (python_sysroot(arch) / "proc" / "cpuinfo").is_file():
+        return f"the {arch} Python sysroot has no /proc/cpuinfo for onnxruntime ({fix})"
+    got = _manifest(python_dir(arch))
+    if not python_site(arch).is_dir() or "wheels" not in got:
+        return f"no {arch} site-packages at {python_site(arch)} ({fix})"
+    for want in _pinned(a.wheels):
         if want not in got.get("requested", []):
-            return f"the aarch64 site-packages do not have {want} ({fix})"
+            return f"the {arch} site-packages do not have {want} ({fix})"
     return None
 
 
@@ -366,23 +444,24 @@ def _run(cmd: Sequence[str], what: str, cwd: str | os.PathLike | None = None) ->
     return proc
 
 
-def _fetch_sysroot(dest: Path, work: Path) -> list[str]:
-    """``apt-get download`` :data:`DEB_PACKAGES` into ``work``, ``dpkg -x`` them into ``dest``; returns the .debs."""
+def _fetch_sysroot(dest: Path, work: Path, arch: str = "aarch64") -> list[str]:
+    """``apt-get download`` the ``arch`` packages into ``work``, ``dpkg -x`` them into ``dest``; returns the .debs."""
+    a = PY_ARCHES[arch]
     for tool in ("apt-get", "dpkg", "dpkg-deb"):
         if shutil.which(tool) is None:
-            raise EdgeskipError(f"{tool} not found: the aarch64 Python sysroot is built from Debian packages")
+            raise EdgeskipError(f"{tool} not found: the {arch} Python sysroot is built from Debian packages")
     arches = _run(["dpkg", "--print-foreign-architectures"], "dpkg --print-foreign-architectures").stdout.split()
-    if "arm64" not in arches and _run(["dpkg", "--print-architecture"], "dpkg").stdout.strip() != "arm64":
-        raise EdgeskipError(f"arm64 is not a dpkg architecture here ({_APT_HINT})")
+    if a.deb_arch not in arches and _run(["dpkg", "--print-architecture"], "dpkg").stdout.strip() != a.deb_arch:
+        raise EdgeskipError(f"{a.deb_arch} is not a dpkg architecture here ({_apt_hint(arch)})")
     work.mkdir(parents=True)
     work.chmod(0o755)  # apt's download sandbox user (_apt) writes here
     try:
-        _run(["apt-get", "download", "-q", *DEB_PACKAGES], "apt-get download", cwd=work)
+        _run(["apt-get", "download", "-q", *a.debs], "apt-get download", cwd=work)
     except EdgeskipError as e:
-        raise EdgeskipError(f"{e} ({_APT_HINT})") from None
+        raise EdgeskipError(f"{e} ({_apt_hint(arch)})") from None
     debs = sorted(work.glob("*.deb"))
-    if len(debs) != len(DEB_PACKAGES):
-        raise EdgeskipError(f"apt-get download gave {len(debs)} packages for {len(DEB_PACKAGES)} ({_APT_HINT})")
+    if len(debs) != len(a.debs):
+        raise EdgeskipError(f"apt-get download gave {len(debs)} packages for {len(a.debs)} ({_apt_hint(arch)})")
     dest.mkdir(parents=True)
     for deb in debs:
         _run(["dpkg-deb", "-x", str(deb), str(dest)], f"dpkg-deb -x {deb.name}")
@@ -403,7 +482,12 @@ def _fetch_sysroot(dest: Path, work: Path) -> list[str]:
     ):
         (dest / sub).mkdir(parents=True, exist_ok=True)
     if not (dest / "usr" / "bin" / f"python{PYTHON_VERSION}").is_file():
-        raise EdgeskipError(f"the arm64 packages have no usr/bin/python{PYTHON_VERSION}")
+        raise EdgeskipError(f"the {a.deb_arch} packages have no usr/bin/python{PYTHON_VERSION}")
+    # Debian's maintainer scripts (not run by dpkg -x) point these alternatives at the reference BLAS/LAPACK
+    lib = dest / "usr" / "lib" / "arm-linux-gnueabihf"
+    for name in ("blas/libblas.so.3", "lapack/liblapack.so.3"):
+        if (lib / name).exists() and not (lib / Path(name).name).exists():
+            (lib / Path(name).name).symlink_to(name)
     return [d.name for d in debs]
 
 
@@ -438,10 +522,10 @@ def _unpack_wheel(wheel: Path, site: Path) -> None:
         shutil.rmtree(data)
 
 
-def _fetch_site(dest: Path, work: Path, requested: Sequence[str]) -> list[str]:
-    """``pip download`` the cp311 aarch64 wheels of ``requested`` (with dependencies) and unpack them into ``dest``."""
+def _fetch_site(dest: Path, work: Path, requested: Sequence[str], arch: str = "aarch64") -> list[str]:
+    """``pip download`` the cp311 ``arch`` wheels of ``requested`` (with dependencies) and unpack them into ``dest``."""
     work.mkdir(parents=True)
-    platforms = [a for p in WHEEL_PLATFORMS for a in ("--platform", p)]
+    platforms = [a for p in PY_ARCHES[arch].platforms for a in ("--platform", p)]
     _run(
         [
             sys.executable,
@@ -462,24 +546,24 @@ def _fetch_site(dest: Path, work: Path, requested: Sequence[str]) -> list[str]:
             str(work),
             *requested,
         ],
-        "pip download of the aarch64 wheels",
+        f"pip download of the {arch} wheels",
     )
     wheels = sorted(work.glob("*.whl"))
     if not wheels:
-        raise EdgeskipError("pip download of the aarch64 wheels gave no wheels")
+        raise EdgeskipError(f"pip download of the {arch} wheels gave no wheels")
     dest.mkdir(parents=True)
     for w in wheels:
         _unpack_wheel(w, dest)
     return [w.name for w in wheels]
 
 
-def _precompile(tmp: Path) -> None:
+def _precompile(tmp: Path, arch: str = "aarch64") -> None:
     """Byte-compile the stdlib and site of the new folder ``tmp`` (best effort): the emulated interpreter
     then neither compiles them on each start (~5 s under qemu) nor writes into the cache. With the host's
-    CPython when it is a 3.11 too (same .pyc magic, native speed), else with the aarch64 one under qemu."""
+    CPython when it is a 3.11 too (same .pyc magic, native speed), else with the emulated one under qemu."""
     argv, env = [sys.executable], dict(os.environ)
     if f"{sys.version_info.major}.{sys.version_info.minor}" != PYTHON_VERSION:
-        argv, env = _command(tmp, ())
+        argv, env = _command(tmp, (), arch)
         env.pop("PYTHONDONTWRITEBYTECODE")
     subprocess.run(
         [
@@ -494,7 +578,7 @@ def _precompile(tmp: Path) -> None:
             "-s",
             str(tmp),
             "-p",
-            str(python_dir()),
+            str(python_dir(arch)),
             str(tmp / "sysroot" / "usr" / "lib" / f"python{PYTHON_VERSION}"),
             str(tmp / "site"),
         ],
@@ -503,39 +587,36 @@ def _precompile(tmp: Path) -> None:
     )
 
 
-def fetch_python(packages: Sequence[str] = RUNTIME_WHEELS) -> Path:
-    """Fetch the aarch64 Python sysroot and the aarch64 wheels of ``packages`` (see module doc); idempotent.
+def fetch_python(packages: Sequence[str] | None = None, arch: str = "aarch64") -> Path:
+    """Fetch the ``arch`` Python sysroot and the wheels of ``packages`` (default: the runtime's; see module doc);
+    for armv7 also build IREE's Python runtime from source. Idempotent.
 
     Built in a temporary folder beside :func:`python_dir` and renamed into place, so an interrupted
     fetch never leaves a folder that looks complete. Returns :func:`python_dir`.
     """
-    dest = python_dir()
-    requested = _pinned(packages)
+    a = PY_ARCHES[arch]
+    dest = python_dir(arch)
+    requested = _pinned(a.wheels if packages is None else packages)
     old = _manifest(dest)
-    if (
-        old.get("requested") == requested
-        and old.get("debs_requested") == list(DEB_PACKAGES)
-        and python_missing() is None
-    ):
+    if old.get("requested") == requested and old.get("debs_requested") == list(a.debs) and python_missing(arch) is None:
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
-        if old.get("debs_requested") == list(DEB_PACKAGES) and python_binary().is_file():
+        if old.get("debs_requested") == list(a.debs) and python_binary(arch).is_file():
             debs = old["debs"]  # same sysroot: keep it, fetch only the wheels
-            shutil.copytree(python_sysroot(), tmp / "sysroot", symlinks=True)
+            shutil.copytree(python_sysroot(arch), tmp / "sysroot", symlinks=True)
         else:
-            debs = _fetch_sysroot(tmp / "sysroot", tmp / "debs")
+            debs = _fetch_sysroot(tmp / "sysroot", tmp / "debs", arch)
             shutil.rmtree(tmp / "debs")
         _write_cpuinfo(tmp / "sysroot")
-        wheels = _fetch_site(tmp / "site", tmp / "wheels", requested)
+        wheels = _fetch_site(tmp / "site", tmp / "wheels", requested, arch)
         shutil.rmtree(tmp / "wheels")
-        _precompile(tmp)
-        (tmp / "manifest.json").write_text(
-            json.dumps(
-                {"debs_requested": list(DEB_PACKAGES), "debs": debs, "requested": requested, "wheels": wheels}, indent=1
-            )
-        )
+        doc: dict[str, Any] = {"debs_requested": list(a.debs), "debs": debs, "requested": requested, "wheels": wheels}
+        if arch == "armv7":
+            doc["iree_python"] = armv7_runtime.build_python_bindings(tmp / "sysroot", tmp / "site")
+        _precompile(tmp, arch)
+        (tmp / "manifest.json").write_text(json.dumps(doc, indent=1))
         tmp.chmod(0o755)
         if dest.exists():
             trash = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old.", dir=dest.parent))
@@ -549,19 +630,23 @@ def fetch_python(packages: Sequence[str] = RUNTIME_WHEELS) -> Path:
     return dest
 
 
-def python_command(extra_path: Sequence[str | os.PathLike] = ()) -> tuple[list[str], dict[str, str]]:
-    """The argv prefix and environment that run the aarch64 Python under qemu (``argv + ["-c", ...]``).
+def python_command(
+    extra_path: Sequence[str | os.PathLike] = (), arch: str = "aarch64"
+) -> tuple[list[str], dict[str, str]]:
+    """The argv prefix and environment that run the ``arch`` Python under qemu (``argv + ["-c", ...]``).
 
-    ``extra_path`` goes on ``PYTHONPATH`` after the aarch64 site folder. Raises when :func:`python_missing`.
+    ``extra_path`` goes on ``PYTHONPATH`` after the emulated site folder. Raises when :func:`python_missing`.
     """
-    why = python_missing()
+    why = python_missing(arch)
     if why:
-        raise EdgeskipError(f"cannot run the aarch64 Python: {why}")
-    return _command(python_dir(), extra_path)
+        raise EdgeskipError(f"cannot run the {arch} Python: {why}")
+    return _command(python_dir(arch), extra_path, arch)
 
 
-def _command(root: Path, extra_path: Sequence[str | os.PathLike]) -> tuple[list[str], dict[str, str]]:
-    """argv prefix and environment of the aarch64 Python in ``root`` (which need not be in place yet)."""
+def _command(
+    root: Path, extra_path: Sequence[str | os.PathLike], arch: str = "aarch64"
+) -> tuple[list[str], dict[str, str]]:
+    """argv prefix and environment of the ``arch`` Python in ``root`` (which need not be in place yet)."""
     sysroot = root / "sysroot"
     # the host's paths mean nothing to it; a pycache prefix would bypass the precompiled .pyc files
     drop = (
@@ -583,7 +668,8 @@ def _command(root: Path, extra_path: Sequence[str | os.PathLike]) -> tuple[list[
         PYTHONNOUSERSITE="1",  # no ~/.local/lib/python3.11 (x86 packages)
         PYTHONDONTWRITEBYTECODE="1",
     )  # qemu -L could map new files to host paths; .pyc are precompiled
-    argv = [shutil.which(QEMU) or QEMU, "-L", str(sysroot), str(sysroot / "usr" / "bin" / f"python{PYTHON_VERSION}")]
+    qemu = PY_ARCHES[arch].qemu
+    argv = [shutil.which(qemu) or qemu, "-L", str(sysroot), str(sysroot / "usr" / "bin" / f"python{PYTHON_VERSION}")]
     return argv, env
 
 
@@ -594,6 +680,7 @@ if __name__ == "__main__":
     parser.add_argument("command", choices=["fetch", "fetch-python", "build-armv7"])
     parser.add_argument("--source", help="build-armv7: an IREE source snapshot folder or checkout")
     parser.add_argument("--force", action="store_true", help="build-armv7: rebuild an existing build")
+    parser.add_argument("--arch", choices=sorted(PY_ARCHES), default="aarch64", help="fetch-python: which Python")
     args = parser.parse_args()  # a bad command line exits 2
     try:
         if args.command == "build-armv7":
@@ -601,7 +688,7 @@ if __name__ == "__main__":
         elif args.source or args.force:
             parser.error("--source and --force are for build-armv7")
         else:
-            print(fetch() if args.command == "fetch" else fetch_python())
+            print(fetch() if args.command == "fetch" else fetch_python(arch=args.arch))
     except EdgeskipError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -248,6 +248,25 @@ class OrtSkipNetExecutor(SkipNetExecutor):
         return logits, decisions
 
 
+def require_iree_runtime(machine: str | None = None) -> None:
+    """A one-line error where IREE's Python runtime cannot be imported, saying what runs the bundle instead."""
+    try:
+        import iree.runtime  # noqa: F401
+    except ImportError:
+        import platform
+
+        machine = (machine or platform.machine()).lower()
+        if machine.startswith("armv7") or machine == "arm":
+            raise EdgeskipError(
+                f"IREE publishes no Python runtime for {machine}: build it on a workstation with python -m "
+                "edgeskip.export.emulate fetch-python --arch armv7 and copy its site/iree folder here, or run the "
+                "bundle's odroid-xu4 module with iree-run-module (README, On the board)"
+            ) from None
+        raise EdgeskipError(
+            "IREE's runtime is not installed: pip install iree-base-runtime (or --backend onnxruntime)"
+        ) from None
+
+
 def machine_target(manifest: Manifest, machine: str | None = None) -> str:
     """The bundle target whose modules run on this machine (x86-64: host; aarch64/armv7: the ARM target)."""
     import platform
@@ -312,6 +331,7 @@ def open_executor(
         backend = fastest if fastest != "onnxruntime" or available() else "iree"
     cls = executor_class(backend, manifest)
     if backend == "iree":
+        require_iree_runtime()
         return cls(bundle, target=target, driver=driver, manifest=manifest)  # type: ignore[call-arg]
     return cls(bundle, threads=threads, manifest=manifest)  # type: ignore[call-arg]
 

@@ -65,3 +65,17 @@ def test_machine_target_picks_this_boards_modules(bundle):
         machine_target(host_only, "armv7l")
     with pytest.raises(EdgeskipError, match="--target aarch64, or serve its ONNX graphs"):
         machine_target(host_only, "aarch64")
+
+
+def test_a_missing_iree_runtime_is_one_line_that_says_what_runs_the_bundle(monkeypatch):
+    """armv7 has no IREE wheel: the error says how to build it (or use the C tool); elsewhere, what to install."""
+    import sys
+
+    from edgeskip.runtime.executor import require_iree_runtime
+
+    require_iree_runtime("armv7l")  # installed here: nothing to say
+    monkeypatch.setitem(sys.modules, "iree.runtime", None)  # as on a board without the wheel
+    with pytest.raises(EdgeskipError, match="no Python runtime for armv7l: build it .* fetch-python --arch armv7"):
+        require_iree_runtime("armv7l")
+    with pytest.raises(EdgeskipError, match=r"pip install iree-base-runtime \(or --backend onnxruntime\)"):
+        require_iree_runtime("aarch64")

@@ -20,7 +20,8 @@ rm -rf docs samples integrations experimental llvm-external-projects lib .github
 find tests -mindepth 1 -maxdepth 1 ! -name CMakeLists.txt -exec rm -rf {} +  # it adds every subfolder
 find compiler -mindepth 1 -maxdepth 1 ! -name CMakeLists.txt ! -name bindings -exec rm -rf {} +
 find compiler/bindings -mindepth 1 -maxdepth 1 ! -name c -exec rm -rf {} +
-rm -rf runtime/bindings
+find runtime/bindings -mindepth 1 -maxdepth 1 ! -name python -exec rm -rf {} +  # the Python bindings stay (armv7 build)
+rm -rf runtime/bindings/python/tests
 for d in amdgpu cuda hip metal vulkan webgpu; do rm -rf "runtime/src/iree/hal/drivers/$d"; done
 find third_party -mindepth 1 -maxdepth 1 ! -name flatcc ! -name dlmalloc ! -name .clang-format -exec rm -rf {} +
 rm -rf third_party/flatcc/test third_party/flatcc/samples third_party/flatcc/doc

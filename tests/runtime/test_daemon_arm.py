@@ -1,5 +1,7 @@
-"""`edgeskip serve` itself executed on aarch64: Debian's arm64 CPython under qemu-user with the runtime's
-aarch64 wheels only (no torch, no compiler), serving the bundle's aarch64 module on 127.0.0.1."""
+"""`edgeskip serve` itself executed on ARM: Debian's CPython under qemu-user with the runtime's packages only (no
+torch, no compiler), serving the bundle's module for that CPU on 127.0.0.1. aarch64: PyPI's aarch64 wheels.
+armv7 (the Odroid XU4): Debian's armhf numpy and Pillow, PyPI's armv7l aiohttp, and IREE's Python runtime built
+here from source (IREE publishes none for armv7)."""
 
 import json
 import os
@@ -16,16 +18,20 @@ from edgeskip.runtime.executor import open_executor
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def aarch64_daemon(bundle):
-    why = emulate.python_missing() or emulate.missing()
+TARGETS = {"aarch64": "aarch64", "armv7": "odroid-xu4"}
+
+
+@pytest.fixture(scope="module", params=sorted(TARGETS))
+def arm_daemon(request, bundle):
+    arch = request.param
+    why = emulate.python_missing(arch) or emulate.missing(arch)
     if why:
         if os.environ.get("CI"):
             pytest.fail(f"CI must run the daemon under qemu: {why}")
         pytest.skip(why)
-    argv, env = emulate.python_command(extra_path=[REPO])
+    argv, env = emulate.python_command(extra_path=[REPO], arch=arch)
     s = Server(bundle, "--backend", "iree", "--delta-req", "0.05", python=argv, env=env, start_timeout=300)
-    yield s
+    yield arch, s
     s.kill()
 
 
@@ -34,9 +40,9 @@ def softmax(z):
     return e / e.sum()
 
 
-def test_daemon_runs_the_aarch64_module_and_agrees_with_the_host(aarch64_daemon, bundle, digits_splits):
-    s = aarch64_daemon
-    assert "backend iree  target aarch64 " in s.banner, s.banner
+def test_daemon_runs_the_arm_module_and_agrees_with_the_host(arm_daemon, bundle, digits_splits):
+    arch, s = arm_daemon
+    assert f"backend iree  target {TARGETS[arch]} " in s.banner, s.banner
     x = ((digits_splits.test.x[:1] - digits_splits.norm.mean[0]) / digits_splits.norm.std[0]).astype(np.float32)
     host = open_executor(bundle, backend="iree", target="host")
     # edgeskip's own API: top-5 scores of one real image
@@ -46,7 +52,7 @@ def test_daemon_runs_the_aarch64_module_and_agrees_with_the_host(aarch64_daemon,
     assert doc["top"][0]["index"] == int(ref.argmax())
     for t in doc["top"]:
         assert abs(t["score"] - ref[t["index"]]) <= 1e-4
-    # KServe v2 with the real Triton client: logits of the aarch64 module vs the host's
+    # KServe v2 with the real Triton client: logits of the ARM module vs the host's
     client = httpclient.InferenceServerClient(s.url.split("//", 1)[1], connection_timeout=60, network_timeout=60)
     try:
         inp = httpclient.InferInput("image", list(x.shape), "FP32")
