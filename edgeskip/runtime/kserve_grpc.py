@@ -62,8 +62,12 @@ class GrpcJob:
         self.request, self.regions = request, regions
 
     @property
-    def nbytes(self) -> int:
-        return self.request.ByteSize()
+    def inline_bytes(self) -> int | None:
+        """The raw tensor bytes where the request carries them (see Job.inline_bytes), else None."""
+        req = self.request
+        if not req.raw_input_contents or any("shared_memory_region" in i.parameters for i in req.inputs):
+            return None
+        return sum(len(r) for r in req.raw_input_contents)
 
     def prepare(self, manifest: Manifest, max_pixels: int) -> tuple[np.ndarray, int | None, Any, dict]:
         req = self.request

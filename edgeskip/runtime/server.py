@@ -209,7 +209,7 @@ class InferenceService:
         self.min_acc, self.topk, self.service_time_s = min_acc, topk, service_time_s
         # a small model's requests run on the event loop when the executor is idle (workers.runs_inline)
         self.inline_max_s = inline_max_s
-        self.inline_max_bytes = 4 * 4 * int(np.prod(executor.input_shape)) + 4096  # a raw tensor and its header
+        self.inline_max_bytes = 4 * int(np.prod(executor.input_shape)) + 4096  # one float32 image and its header
         self.counts = {"processed": 0, "dropped": 0, "bad_request": 0, "refused": 0, "error": 0, "inline": 0}
         self.metrics = Metrics()
         self.stats = InferStats()
@@ -344,8 +344,12 @@ class InferenceService:
         if isinstance(action, Drop):
             return self._dropped(action, arrived)
         started = time.perf_counter()
-        if not waited and runs_inline(
-            self.service_time_s, self.inline_max_s, getattr(job, "nbytes", None), self.inline_max_bytes
+        if (
+            not waited
+            and self.inline_max_s  # checked first: off (the default) costs nothing per request
+            and runs_inline(
+                self.service_time_s, self.inline_max_s, getattr(job, "inline_bytes", None), self.inline_max_bytes
+            )
         ):
             with self._book:
                 self.counts["inline"] += 1

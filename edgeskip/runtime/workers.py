@@ -37,8 +37,17 @@ class Job:
     meta: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def nbytes(self) -> int:
-        return len(self.body)
+    def inline_bytes(self) -> int | None:
+        """The body's size where it is a raw tensor (:func:`runs_inline` may run it on the loop), else None: an
+        image to decode, JSON, or a KServe request whose tensor lies in shared memory (its small body says
+        nothing of the work)."""
+        if self.api == "v1":
+            return len(self.body) if self.meta.get("ctype") == "application/octet-stream" else None
+        try:
+            header = int(self.meta.get("header_length"))  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            return None  # a JSON request, or a malformed header length that prepare() will refuse
+        return None if b"shared_memory_region" in self.body[:header] else len(self.body)
 
     def prepare(self, manifest: Manifest, max_pixels: int) -> tuple[np.ndarray, int | None, Any, dict]:
         """Decode the body (raises BadRequest): (images, pinned config, pinned skip array, extra), ``extra``
@@ -100,7 +109,8 @@ def runs_inline(service_s: float | None, max_s: float, nbytes: int | None, max_b
     else is read: a request that arrives meanwhile is seen only when the job ends, so a burst is served one by one
     instead of being queued or dropped on arrival. Hence ``serve --inline-max-ms`` is off by default, for one client
     sending one request at a time. Inline only where the service time (``service_s``) is at most ``max_s`` (0:
-    never) and the request is small (``nbytes`` <= ``max_bytes``: a raw tensor, not a large image to decode)."""
+    never) and the request is one raw tensor in its body (``nbytes``, a job's ``inline_bytes``, <= ``max_bytes``;
+    None: an image to decode, JSON or shared memory, whose work its size does not bound)."""
     if not max_s or service_s is None or service_s > max_s or nbytes is None:
         return False
     return nbytes <= max_bytes

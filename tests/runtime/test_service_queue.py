@@ -110,7 +110,21 @@ def test_when_a_request_runs_on_the_loop_itself():
     assert not runs_inline(2e-3, 1e-3, nbytes=300, max_bytes=5000)  # a slower model
     assert not runs_inline(None, 1e-3, nbytes=300, max_bytes=5000)  # never measured
     assert not runs_inline(1e-4, 1e-3, nbytes=9000, max_bytes=5000)  # a large body to decode
-    assert not runs_inline(1e-4, 1e-3, nbytes=None, max_bytes=5000)  # a job of unknown size
+    assert not runs_inline(1e-4, 1e-3, nbytes=None, max_bytes=5000)  # an image, JSON or shared memory
+
+
+def test_only_a_raw_tensor_in_the_body_may_run_on_the_loop():
+    """A job's inline_bytes: its body's size where the body is the tensor, None where the work is elsewhere."""
+    from edgeskip.runtime.workers import Job
+
+    raw = np.zeros((1, 1, 8, 8), np.float32).tobytes()
+    assert Job("v1", raw, {"ctype": "application/octet-stream"}).inline_bytes == len(raw)
+    assert Job("v1", b"\x89PNG...", {"ctype": "image/png"}).inline_bytes is None  # decode work, not body size
+    header = b'{"inputs":[{"name":"image","shape":[1,1,8,8],"datatype":"FP32","parameters":{"binary_data_size":256}}]}'
+    assert Job("kserve", header + raw, {"header_length": str(len(header))}).inline_bytes == len(header) + len(raw)
+    shm = b'{"inputs":[{"name":"image","shape":[64,1,8,8],"parameters":{"shared_memory_region":"r"}}]}'
+    assert Job("kserve", shm, {"header_length": str(len(shm))}).inline_bytes is None  # 64 images in 90 bytes
+    assert Job("kserve", header, {"header_length": None}).inline_bytes is None  # JSON data
 
 
 def test_an_idle_small_model_answers_on_the_loop_with_the_threads_numbers(bundle):
