@@ -243,6 +243,12 @@ def run_error(arch: str, text: str) -> str:
         return (
             f"the module's code is embedded-elf-{', '.join(formats)}, not {ELF_ARCH[arch]}: a module of another target"
         )
+    v = re.search(r"bytecode version mismatch; runtime supports [\d.]+, module has [\d.]+", text)
+    if v:
+        return (
+            f"{v.group(0)}: the module comes from another IREE release than this runtime "
+            f"(the runtime of the compiler's release is needed: {ARMS[arch].fix}, from that release's source)"
+        )
     if m:
         return f"{m.group(1)}: {m.group(2).strip()[:200]}"
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]

@@ -79,3 +79,14 @@ def test_a_tampered_source_snapshot_is_refused(tmp_path):
     (tmp_path / "SOURCES.json").write_text(json.dumps({**meta, "sha256": "0" * 64}))
     with pytest.raises(EdgeskipError, match="does not match the SHA-256"):
         armv7_runtime.build(tmp_path, force=True, log=lambda _: None)
+
+
+def test_a_module_of_another_iree_release_is_named_as_such():
+    """iree-run-module's own words for a bytecode from a newer compiler (verifier.c), as one line with the fix."""
+    text = (
+        "iree/vm/bytecode/verifier.c:180: INVALID_ARGUMENT; bytecode version mismatch; runtime supports 17.0, "
+        "module has 18.2; loading bytecode module at 'm.vmfb'; loading modules and dependencies; creating run context"
+    )
+    why = emulate.run_error("armv7", text)
+    assert why.startswith("bytecode version mismatch; runtime supports 17.0, module has 18.2: the module comes from")
+    assert "python -m edgeskip.export.emulate build-armv7" in why and "\n" not in why
