@@ -200,7 +200,8 @@ class _Build:
         shutil.rmtree(self.work, ignore_errors=True)
 
     def tree(self) -> Path:
-        """The source tree to configure: the snapshot unpacked and patched, or the checkout as it is."""
+        """The source tree to configure: the snapshot unpacked and patched, or the checkout as it is (never
+        edited: its Python bindings build for armv7 only with :data:`PATCHES` applied there first)."""
         if (self.src / "SOURCES.json").is_file():
             archive, meta = _snapshot(self.src)
             self.log(f"unpacking {archive.name} (IREE {meta['iree']['commit'][:10]}, {meta['iree']['date'][:10]})")
