@@ -55,37 +55,46 @@ def main() -> None:
     bundle = Path(args.bundle)
     man = load_manifest(bundle)
     front = man.for_backend("iree").configs
-    configs = [front[0].module, front[-1].module]
+    configs = [front[0].module, front[-1].module, "gated"]  # gated: NCHW, one If per gate (arbitrary skip arrays)
     x = np.random.default_rng(0).standard_normal((1, *man.input.chw)).astype(np.float32)
     names = [v for v in args.variants.split(",") if v]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         np.save(work / "x.npy", x)
+        skip = np.array([k % 2 == 0 for k in range(man.num_gates)], dtype=bool)  # every other block skipped
+        np.save(work / "skip.npy", skip)
+        feeds = {c: {"image": x} for c in configs}
+        feeds["gated"]["skip"] = skip
+        files = {c: [work / "x.npy"] for c in configs}
+        files["gated"].append(work / "skip.npy")
         arch = work / "w.irpa"
         arch.write_bytes((bundle / man.iree.weights).read_bytes())
         parts = {c: import_shared(bundle / man.onnx[c], arch, work, c) for c in configs}
         mlir = merge_modules(parts, work / "m.mlir")
         vmfbs, compile_s, diffs = {}, {}, {}
         sessions = {c: ort_session(bundle / man.onnx[c], threads=1) for c in configs}
-        refs = {c: sessions[c].run(None, {"image": x})[0] for c in configs}
+        refs = {c: sessions[c].run(None, feeds[c])[0] for c in configs}
         for v in names:
             t0 = time.perf_counter()
             try:
-                vmfbs[v] = compile_mlir(mlir, TARGETS["host"], work / f"{len(vmfbs)}.vmfb", VARIANTS[v], tuple(configs))
+                vmfbs[v] = compile_mlir(
+                    mlir, TARGETS["host"], work / f"{len(vmfbs)}.vmfb", VARIANTS[v], tuple(configs[:2])
+                )
             except Exception as e:  # noqa: BLE001 - a variant that does not compile is a result too
                 print(f"{v}: does not compile ({str(e)[-160:]})")
                 continue
             compile_s[v] = time.perf_counter() - t0
             ex = SharedIreeExecutor(arch, [vmfbs[v]], functions=configs)
-            diffs[v] = max(float(np.abs(ex.run(k, x) - refs[c]).max()) for k, c in enumerate(configs))
+            outs = [ex.run(0, x), ex.run(1, x), ex.run(2, x, skip)]
+            diffs[v] = max(float(np.abs(o - refs[c]).max()) for o, c in zip(outs, configs))
             print(f"{v}: compiled in {compile_s[v]:.1f} s, max |IREE - onnxruntime| {diffs[v]:.1e}")
         times: dict[str, dict[str, list[float]]] = {c: {v: [] for v in [*vmfbs, "onnxruntime"]} for c in configs}
         for _ in range(args.blocks):
             for c in configs:
-                (ort,) = interleaved_median([lambda c=c: sessions[c].run(None, {"image": x})], 300, warmup=20)
+                (ort,) = interleaved_median([lambda c=c: sessions[c].run(None, feeds[c])], 300, warmup=20)
                 times[c]["onnxruntime"].append(ort)
                 for v, vmfb in vmfbs.items():
-                    times[c][v].append(benchmark_module(vmfb, arch, c, [work / "x.npy"], args.reps))
+                    times[c][v].append(benchmark_module(vmfb, arch, c, files[c], args.reps))
     rows = []
     for c in configs:
         med = {v: float(np.median(t)) for v, t in times[c].items()}
