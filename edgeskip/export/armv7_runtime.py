@@ -10,7 +10,7 @@ without a sysroot. About 30 s on two cores; the result is cached under ``~/.cach
 Only the ``local-sync`` driver is built: IREE's ``local-task`` command buffers assume 64-bit pointers at this
 source revision (static assertions fail on a 32-bit target), and edgeskip runs ``local-sync`` anyway.
 
-Needs CMake >= 3.26 (``pip install 'cmake>=3.26' ninja``, in the ``dev`` extra) and
+Needs CMake >= 3.26 (``pip install 'cmake>=3.26' ninja``, in the ``armv7`` extra) and
 ``apt-get install gcc-arm-linux-gnueabihf g++-arm-linux-gnueabihf``.
 """
 
@@ -31,6 +31,7 @@ from pathlib import Path
 
 from edgeskip.data.registry import default_cache_dir
 from edgeskip.errors import EdgeskipError
+from edgeskip.utils.atomic import replace_dir
 
 SNAPSHOT = Path(__file__).resolve().parents[2] / "third_party" / "iree-runtime"
 CROSS = ("arm-linux-gnueabihf-gcc", "arm-linux-gnueabihf-g++")
@@ -273,7 +274,7 @@ def build(
         shutil.copy2(b.logf, staged / "build.log")
         (staged / "build.json").write_text(json.dumps(info, indent=1))
         staged.chmod(0o755)
-        _replace(staged, runtime_dir())
+        replace_dir(staged, runtime_dir())
         log(f"built {run_module_binary()} in {info['build_seconds']} s")
         return run_module_binary()
     finally:
@@ -290,15 +291,6 @@ def _info(b: _Build, seconds: float) -> dict:
         "drivers": ["local-sync"],
         "build_seconds": round(seconds, 1),
     }
-
-
-def _replace(staged: Path, dest: Path) -> None:
-    """Move the finished folder ``staged`` to ``dest``, replacing what was there, never leaving half of either."""
-    if dest.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old.", dir=dest.parent))
-        os.replace(dest, old / dest.name)
-        shutil.rmtree(old, ignore_errors=True)
-    os.replace(staged, dest)
 
 
 def build_python_bindings(

@@ -37,6 +37,7 @@ import numpy as np
 from edgeskip.data.registry import default_cache_dir
 from edgeskip.errors import EdgeskipError
 from edgeskip.export import armv7_runtime
+from edgeskip.utils.atomic import replace_dir
 
 SYSROOT = Path("/usr/aarch64-linux-gnu")
 QEMU = "qemu-aarch64-static"
@@ -351,7 +352,6 @@ class PyArch:
 
     name: str
     deb_arch: str
-    qemu: str
     loader: str  # the dynamic loader, relative to the sysroot
     debs: tuple[str, ...]
     wheels: tuple[str, ...]
@@ -359,13 +359,10 @@ class PyArch:
 
 
 PY_ARCHES = {
-    "aarch64": PyArch(
-        "aarch64", "arm64", QEMU, "lib/ld-linux-aarch64.so.1", DEB_PACKAGES, RUNTIME_WHEELS, WHEEL_PLATFORMS
-    ),
+    "aarch64": PyArch("aarch64", "arm64", "lib/ld-linux-aarch64.so.1", DEB_PACKAGES, RUNTIME_WHEELS, WHEEL_PLATFORMS),
     "armv7": PyArch(
         "armv7",
         "armhf",
-        "qemu-arm-static",
         "lib/ld-linux-armhf.so.3",
         ARMHF_DEB_PACKAGES,
         ARMV7_WHEELS,
@@ -422,9 +419,9 @@ def _pinned(packages: Sequence[str]) -> list[str]:
 
 def python_missing(arch: str = "aarch64") -> str | None:
     """Why an ``arch`` Python cannot be run here, or None when everything is in place."""
-    a = PY_ARCHES[arch]
-    if shutil.which(a.qemu) is None:
-        return f"{a.qemu} not found (apt-get install qemu-user-static)"
+    a, qemu = PY_ARCHES[arch], ARMS[arch].qemu
+    if shutil.which(qemu) is None:
+        return f"{qemu} not found (apt-get install qemu-user-static)"
     fix = "python -m edgeskip.export.emulate fetch-python" + ("" if arch == "aarch64" else f" --arch {arch}")
     if not python_binary(arch).is_file() or not (python_sysroot(arch) / a.loader).exists():
         return f"no {arch} Python sysroot at {python_sysroot(arch)} ({fix})"
@@ -624,13 +621,7 @@ def fetch_python(packages: Sequence[str] | None = None, arch: str = "aarch64") -
         _precompile(tmp, arch)
         (tmp / "manifest.json").write_text(json.dumps(doc, indent=1))
         tmp.chmod(0o755)
-        if dest.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old.", dir=dest.parent))
-            os.replace(dest, trash / dest.name)
-            os.replace(tmp, dest)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, dest)
+        replace_dir(tmp, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dest
@@ -674,7 +665,7 @@ def _command(
         PYTHONNOUSERSITE="1",  # no ~/.local/lib/python3.11 (x86 packages)
         PYTHONDONTWRITEBYTECODE="1",
     )  # qemu -L could map new files to host paths; .pyc are precompiled
-    qemu = PY_ARCHES[arch].qemu
+    qemu = ARMS[arch].qemu
     argv = [shutil.which(qemu) or qemu, "-L", str(sysroot), str(sysroot / "usr" / "bin" / f"python{PYTHON_VERSION}")]
     return argv, env
 

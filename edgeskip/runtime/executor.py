@@ -248,6 +248,11 @@ class OrtSkipNetExecutor(SkipNetExecutor):
         return logits, decisions
 
 
+def _armv7(machine: str) -> bool:
+    """Whether ``platform.machine()`` (lower case) names a 32-bit ARM board (the Odroid XU4's armv7l)."""
+    return machine.startswith("armv7") or machine == "arm"
+
+
 def require_iree_runtime(machine: str | None = None) -> None:
     """A one-line error where IREE's Python runtime cannot be imported, saying what runs the bundle instead."""
     try:
@@ -256,7 +261,7 @@ def require_iree_runtime(machine: str | None = None) -> None:
         import platform
 
         machine = (machine or platform.machine()).lower()
-        if machine.startswith("armv7") or machine == "arm":
+        if _armv7(machine):
             raise EdgeskipError(
                 f"IREE publishes no Python runtime for {machine}: build it on a workstation with python -m "
                 "edgeskip.export.emulate fetch-python --arch armv7 and copy its site/iree folder here, or run the "
@@ -277,14 +282,14 @@ def machine_target(manifest: Manifest, machine: str | None = None) -> str:
         wanted = ["host"]
     elif machine in ("aarch64", "arm64"):
         wanted = [t for t in targets if t.startswith("aarch64")]
-    elif machine.startswith("armv7") or machine == "arm":
+    elif _armv7(machine):
         wanted = [t for t in targets if manifest.targets[t].triple.startswith("armv7")]
     else:
         wanted = []
     for t in wanted:
         if t in targets:
             return t
-    if machine.startswith("armv7") or machine == "arm":
+    if _armv7(machine):
         how = ": compile it with --target odroid-xu4 (onnxruntime has no armv7 wheels)"
     elif machine in ("aarch64", "arm64"):
         how = ": compile it with --target aarch64, or serve its ONNX graphs (--backend onnxruntime)"

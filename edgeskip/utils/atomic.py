@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -44,6 +45,19 @@ def atomic_path(dest: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def replace_dir(staged: str | os.PathLike, dest: str | os.PathLike) -> None:
+    """Rename the finished folder ``staged`` onto ``dest`` (same filesystem), replacing what was there: the old
+    folder is moved aside first and removed only once the new one is in place, so ``dest`` is never half of either."""
+    dest = Path(dest)
+    if dest.exists():
+        trash = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old.", dir=dest.parent))
+        os.replace(dest, trash / dest.name)
+        os.replace(staged, dest)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(staged, dest)
 
 
 def write_with(dest: str | os.PathLike, writer: Callable[[Path], Any]) -> None:
