@@ -12,6 +12,8 @@ than float steps through its skip-only front). Version 2 named every ONNX graph 
 Version 1 bundles (edgeskip 0.1: ``gated.onnx`` plus ``onnx/<module>.onnx`` by convention; SkipNet's
 ``iree.entry_function``) are upgraded on reading. Any other version is refused with a
 one-line error rather than guessed at; a change of shape bumps :data:`VERSION` and keeps a reader for the old.
+Optional within version 3: ``onnx_weights`` (issue #32), the one file of external data every ONNX graph of the
+bundle points into (each distinct initializer once); graphs without it carry their own weights.
 """
 
 from __future__ import annotations
@@ -286,6 +288,7 @@ class Manifest:
     version: int = VERSION
     fronts: dict[str, tuple[int, ...]] = field(default_factory=dict)  # back end -> config indices, stepping order
     int8: dict[str, Any] | None = None  # calibration of the int8 blocks: {"blocks": {block: BlockQuant dict}, ...}
+    onnx_weights: str | None = None  # the ONNX graphs' shared external data (each distinct initializer once)
 
     @property
     def iree_unavailable(self) -> str | None:
@@ -354,6 +357,8 @@ class Manifest:
             d["fronts"] = {k: list(v) for k, v in self.fronts.items()}
         if self.int8 is not None:
             d["int8"] = self.int8
+        if self.onnx_weights is not None:
+            d["onnx_weights"] = self.onnx_weights
         d.update({k: v for k, v in self.extra.items() if k not in d and k != "backend"})
         d["artifacts"] = dict(self.artifacts)
         return d
@@ -437,6 +442,14 @@ class Manifest:
         sample = d.get("sample")
         if sample is not None:
             _rel_path(sample, "sample")
+        onnx_weights = d.get("onnx_weights")
+        if onnx_weights is not None:
+            onnx_weights = _rel_path(onnx_weights, "onnx_weights")
+            home = PurePosixPath(onnx_weights).parent
+            if any(PurePosixPath(g).parent != home for g in onnx.values()):
+                raise ManifestError(
+                    "manifest: onnx_weights must sit beside the ONNX graphs (external data resolves there)"
+                )
         known = {
             "format",
             "version",
@@ -456,6 +469,7 @@ class Manifest:
             "sample",
             "fronts",
             "int8",
+            "onnx_weights",
         }
         extra = {k: v for k, v in d.items() if k not in known}
         extra["backend"] = {k: v for k, v in backend.items() if k != "host_fastest"}
@@ -479,6 +493,7 @@ class Manifest:
             extra,
             fronts=fronts,
             int8=int8,
+            onnx_weights=onnx_weights,
         )
 
 
@@ -584,6 +599,7 @@ def load_manifest(
         used = [
             *([iree.weights] if iree else []),
             *m.onnx.values(),
+            *([m.onnx_weights] if m.onnx_weights else []),
             *(f"{t.dir}/{iree.module}" for t in m.targets.values() if iree),
             *([m.sample] if m.sample else []),
         ]

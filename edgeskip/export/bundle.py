@@ -6,7 +6,9 @@ Layout::
     model.pt                       slim checkpoint (weights + everything to rebuild the model)
     sensitivity.json pareto.json pareto.png
     onnx/gated.onnx                any skip array (one If per gate)
-    onnx/static_<skip>.onnx        one per Pareto config (onnxruntime path)
+    onnx/static_<skip>.onnx        one per candidate config (onnxruntime path; the Pareto configs and the others
+                                   a board's own profile may choose)
+    onnx/weights.bin               the graphs' initializers, each distinct tensor once (ONNX external data)
     iree/weights.irpa              the one copy of the weights
     iree/<target>/model.vmfb       one module per target; functions ``gated`` and ``static_<skip>``
                                    (one per Pareto config) share one copy of the packed weights
@@ -44,7 +46,8 @@ from edgeskip.errors import EdgeskipError
 from edgeskip.export import emulate
 from edgeskip.export.iree_compile import COMMON_FLAGS, Target
 from edgeskip.export.latency import IreeLatency, IreeOrOrt, OrtLatency, ort_static_latency
-from edgeskip.export.onnx_export import logit_diff, verify_int8, verify_onnx
+from edgeskip.export.onnx_export import export_static, logit_diff, verify_int8, verify_onnx
+from edgeskip.export.shared_weights import ONNX_WEIGHTS, share_onnx_weights
 from edgeskip.manifest import ConfigEntry, InputSpec, IreeEntry, Manifest, Normalization, TargetEntry
 from edgeskip.pareto.design import calibration_batches, design_space, fractional_space, write_design
 from edgeskip.pareto.search import DEFAULT, SearchSpec
@@ -190,6 +193,35 @@ def finish_bundle(tmp: Path, out: Path, manifest: Manifest) -> None:
         os.replace(tmp, out)
 
 
+def candidate_arrays(front: dict[str, Any], frac: dict[str, Any] | None) -> list[tuple[int, ...]]:
+    """Every config the design space measured, once each: the skip-only candidates and, with int8, the fractional
+    design space's (as option arrays)."""
+    arrays = [tuple(int(v) for v in c["skip"]) for c in front["candidates"]]
+    arrays += [tuple(int(v) for v in c["options"]) for c in (frac or {}).get("candidates", [])]
+    return list({module_name(a): a for a in arrays}.values())
+
+
+def carry_candidates(
+    model: Any, dest: Path, arrays: Sequence[tuple[int, ...]], sources: Sequence[Path], gated: Path
+) -> dict[str, Path]:
+    """Each array's static graph in ``dest``: the one exported while measuring (found in ``sources``), else cut
+    from the ``gated`` graph (skip arrays only: an int8 array was measured, so its graph exists)."""
+    out = {}
+    for a in arrays:
+        name = module_name(a)
+        path = dest / f"{name}.onnx"
+        if not path.exists():
+            src = next((d / f"{name}.onnx" for d in sources if (d / f"{name}.onnx").is_file()), None)
+            if src is not None:
+                shutil.copyfile(src, path)
+            elif INT8 in a:
+                raise EdgeskipError(f"no graph was exported for the int8 candidate {name}")
+            else:
+                export_static(model, a, path, gated)
+        out[name] = path
+    return out
+
+
 def _union_configs(front: dict[str, Any], frac: dict[str, Any]) -> list[dict[str, Any]]:
     """The skip-only front's configs and the fractional front's, once each, sorted by skipped then int8 blocks."""
     rows: dict[tuple[int, ...], dict[str, Any]] = {}
@@ -320,6 +352,17 @@ def build_bundle(
                     work / "ort" / f"{c['module']}.onnx" if unavailable else lat.built[c["module"]][0], dest
                 )
                 static[tuple(bool(v) for v in c["skip"])] = dest
+        # every candidate gets its graph (a board's own front chooses among them: edgeskip profile), all of them
+        # over one file of weights, so a graph costs its nodes only
+        carried = carry_candidates(
+            model, tmp / "onnx", candidate_arrays(front, frac), [work / "ort", lat.work], lat.gated
+        )
+        sharing = share_onnx_weights(sorted((tmp / "onnx").glob("*.onnx")), tmp / "onnx" / ONNX_WEIGHTS)
+        log(
+            f"onnxruntime graphs for {len(carried)} candidate configs over one copy of the weights "
+            f"({sharing['bytes_in_graphs'] / 2**20:.1f} MiB of initializers in {sharing['graphs']} graphs -> "
+            f"{sharing['bytes_shared'] / 2**20:.1f} MiB)"
+        )
         floats = [c for c in configs if "options" not in c]  # the IREE module's configs
         xb, _ = next(iterate(splits.test, splits.norm, 8))
         g = model.cfg.num_gates
@@ -415,7 +458,11 @@ def build_bundle(
             targets=target_entries,
             iree=iree_entry,
             host_fastest=faster,
-            onnx={"gated": "onnx/gated.onnx", **{c["module"]: f"onnx/{c['module']}.onnx" for c in configs}},
+            onnx={
+                "gated": "onnx/gated.onnx",
+                **{m: f"onnx/{m}.onnx" for m in [*(c["module"] for c in configs), *carried]},
+            },
+            onnx_weights=f"onnx/{ONNX_WEIGHTS}",
             sample=sample,
             extra={
                 "created_unix": int(time.time()),
@@ -427,6 +474,7 @@ def build_bundle(
                     **({"iree_unavailable": unavailable} if unavailable else {"iree_driver": "local-sync"}),
                 },
                 "verification": {"tolerance": TOLERANCE, "onnx": onnx_check, "iree": iree_check},
+                "onnx_sharing": sharing,
                 "build_seconds": round(time.time() - t0, 1),
             },
             fronts={k: tuple(v) for k, v in fronts.items()},

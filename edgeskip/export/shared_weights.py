@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -226,3 +227,75 @@ def build_shared_modules(
         )
     ]
     return SharedModules(weights, tuple(modules), tuple(graphs), tuple(mlirs))
+
+
+ONNX_WEIGHTS = "weights.bin"  # beside the bundle's ONNX graphs: every graph's initializers, each distinct one once
+_ALIGN = 64  # offsets of tensors in the shared file (onnxruntime maps or reads them; aligned for vector loads)
+_INLINE_BYTES = 1024  # smaller initializers (shapes, scales, zero points) stay in their graph
+
+
+def _graphs(graph: Any) -> Iterator[Any]:
+    """``graph`` and the graphs nested in its nodes' attributes (If branches), depth first."""
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in [*([attr.g] if attr.HasField("g") else []), *attr.graphs]:
+                yield from _graphs(sub)
+
+
+def share_onnx_weights(graphs: Sequence[Path], dest: Path) -> dict[str, int]:
+    """Move the initializers of ``graphs`` (ONNX files in ``dest``'s folder) into the one file ``dest``, each
+    distinct tensor once (by dtype and bytes, whatever its name), and point each graph at it (ONNX external data:
+    location, offset, length). onnxruntime resolves the location beside the graph, so every config's graph
+    loads from one copy of the weights, as IREE's functions do from one parameter archive. The graphs and
+    ``dest`` are rewritten atomically. The exporter's per-node debug notes (stack traces naming the compile host's
+    files) are dropped on the way: onnxruntime never reads them. Returns counts (tensors moved, distinct tensors, bytes before and after)."""
+    import hashlib
+
+    import onnx
+    from onnx import numpy_helper
+
+    placed: dict[bytes, tuple[int, int]] = {}
+    stats = {"graphs": len(graphs), "tensors": 0, "distinct": 0, "bytes_in_graphs": 0, "bytes_shared": 0}
+    rewritten = []
+    with atomic_path(dest, suffix=".bin") as tmp, open(tmp, "wb") as out:
+        for path in graphs:
+            if path.parent != dest.parent:
+                raise EdgeskipError(f"{path} is not beside {dest}: its external data would not resolve")
+            model = onnx.load(str(path), load_external_data=False)
+            for sub in _graphs(model.graph):  # the exporter's debug notes: two thirds of a small graph, host paths
+                for node in sub.node:
+                    del node.metadata_props[:]
+            for t in (t for sub in _graphs(model.graph) for t in sub.initializer):
+                if t.data_location == onnx.TensorProto.EXTERNAL:
+                    raise EdgeskipError(f"{path.name}: initializer {t.name!r} already has external data")
+                if t.data_type == onnx.TensorProto.STRING:
+                    continue
+                arr = numpy_helper.to_array(t)
+                data = np.ascontiguousarray(arr, arr.dtype.newbyteorder("<")).tobytes()  # ONNX's raw layout
+                if len(data) < _INLINE_BYTES:
+                    continue
+                key = hashlib.sha256(t.data_type.to_bytes(4, "little") + data).digest()
+                if key not in placed:
+                    offset = -out.tell() % _ALIGN + out.tell()
+                    out.seek(offset)
+                    out.write(data)
+                    placed[key] = (offset, len(data))
+                    stats["distinct"] += 1
+                    stats["bytes_shared"] += len(data)
+                stats["tensors"] += 1
+                stats["bytes_in_graphs"] += len(data)
+                offset, length = placed[key]
+                for name in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
+                    t.ClearField(name)
+                t.data_location = onnx.TensorProto.EXTERNAL
+                del t.external_data[:]
+                for k, v in (("location", dest.name), ("offset", str(offset)), ("length", str(length))):
+                    entry = t.external_data.add()
+                    entry.key, entry.value = k, v
+            rewritten.append((path, model.SerializeToString()))
+        out.truncate()
+    for path, body in rewritten:  # the shared file is in place: now the graphs that point into it
+        with atomic_path(path, suffix=".onnx") as g:
+            g.write_bytes(body)
+    return stats

@@ -27,7 +27,7 @@ from edgeskip.errors import EdgeskipError
 from edgeskip.front import Point, stepping_order
 from edgeskip.manifest import ConfigEntry, Manifest
 from edgeskip.signing import PROFILES as DIR
-from edgeskip.skip import module_name
+from edgeskip.skip import INT8, module_name
 from edgeskip.utils.atomic import write_json
 
 FORMAT = "edgeskip-profile"
@@ -172,8 +172,9 @@ class Profile:
 
 
 def bundle_candidates(bundle: Path, manifest: Manifest) -> list[Candidate]:
-    """Every config the bundle carries: its design space's candidates (``pareto.json``, hashed in the manifest)
-    and its configs (the int8 ones among them), once each."""
+    """Every config the bundle carries: its design space's candidates (``pareto.json``, hashed in the manifest),
+    with int8 the fractional design space's (``fractional.json``: those with a test accuracy, which is every one
+    since the bundle carries them all), and its configs, once each."""
     rel = "pareto.json"
     if rel not in manifest.artifacts:
         raise EdgeskipError(f"bundle {bundle} lists no {rel}: rebuild it with this version's compile")
@@ -183,6 +184,21 @@ def bundle_candidates(bundle: Path, manifest: Manifest) -> list[Candidate]:
         skip = tuple(int(v) for v in c["skip"])
         name = module_name(skip)
         found.setdefault(name, Candidate(name, skip, None, c["val_accuracy"], c["test_accuracy"], c["macs"]))
+    if "fractional.json" in manifest.artifacts:
+        for c in json.loads((bundle / "fractional.json").read_text()).get("candidates", []):
+            opts = tuple(int(v) for v in c["options"])
+            if c.get("test_accuracy") is None:  # a bundle of an earlier edgeskip: no graph for it either
+                continue
+            skip = tuple(int(v != 0) for v in opts)
+            cand = Candidate(
+                module_name(opts),
+                skip,
+                opts if INT8 in opts else None,
+                c["val_accuracy"],
+                c["test_accuracy"],
+                c["macs"],
+            )
+            found.setdefault(cand.module, cand)
     for c in manifest.configs:
         assert c.skip is not None  # an edgeskip bundle's configs have skip arrays
         found.setdefault(c.module, Candidate(c.module, c.skip, c.options, c.val_accuracy, c.test_accuracy, c.macs))

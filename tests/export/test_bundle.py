@@ -40,7 +40,14 @@ def test_bundle_contents_and_manifest(bundle):
     front = sorted(pareto["candidates"][1:], key=lambda c: -c["macs"])  # the full network is the anchor
     assert all(a["val_accuracy"] >= b["val_accuracy"] for a, b in zip(front, front[1:]))
     assert {c.module for c in m.configs} <= set(candidates)
-    assert set(m.onnx) == {"gated", *[c.module for c in m.configs]} and set(m.onnx.values()) <= files
+    # an ONNX graph for every candidate too (a board's onnxruntime front chooses among them: edgeskip profile),
+    # every initializer of every graph in one shared file, each distinct tensor once
+    assert set(m.onnx) == {"gated", *candidates} and set(m.onnx.values()) <= files
+    assert m.onnx_weights == "onnx/weights.bin" and m.onnx_weights in files
+    sharing = m.extra["onnx_sharing"]
+    assert sharing["graphs"] == len(m.onnx) and sharing["bytes_shared"] == (bundle / m.onnx_weights).stat().st_size
+    assert sharing["bytes_shared"] * 3 < sharing["bytes_in_graphs"]  # 8 graphs: at least the 3x of three full copies
+    assert all((bundle / g).stat().st_size < sharing["bytes_shared"] / 4 for g in m.onnx.values())
     assert sorted(f for f in files if f.endswith(".vmfb")) == sorted(f"iree/{t}/model.vmfb" for t in m.targets)
     assert [f for f in files if f.endswith(".irpa")] == ["iree/weights.irpa"]
     # the front is built on measured IREE latency on this host
@@ -70,6 +77,10 @@ def test_inspect_and_tampering(bundle, tmp_path):
     (copy / "iree" / "weights.irpa").unlink()
     (copy / "iree" / "host" / "model.vmfb").write_bytes((bundle / "iree" / "host" / "model.vmfb").read_bytes())
     one_line_error(run("inspect", copy), "missing artifact iree/weights.irpa")
+    (copy / "iree" / "weights.irpa").write_bytes((bundle / "iree" / "weights.irpa").read_bytes())
+    with open(copy / "onnx" / "weights.bin", "r+b") as f:  # the ONNX graphs' shared weights are hashed too
+        f.write(b"\x00\x00\x00\x01")
+    one_line_error(run("inspect", copy), "sha256 mismatch for onnx/weights.bin")
     one_line_error(run("inspect", tmp_path), "no manifest.json")
 
 

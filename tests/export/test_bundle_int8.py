@@ -41,6 +41,11 @@ def test_int8_bundle_manifest_and_fronts(int8_bundle):
     twins = [tuple(8 if v else 0 for v in r["options"]) for r in frac["candidates"] if r["source"] == "skip-only"]
     assert twins and all(t in measured for t in twins)
     assert [b["block"] for b in frac["blocks"]] == list(m.gated_blocks)
+    # the bundle carries every candidate of the design space, each with its test accuracy (a board's own front may
+    # run any of them: edgeskip profile), over the one shared file of weights
+    assert all(0 <= r["test_accuracy"] <= 1 for r in frac["candidates"])
+    assert {"static_" + "".join(map(str, r["options"])) for r in frac["candidates"]} <= set(m.onnx)
+    assert m.onnx_weights and m.extra["onnx_sharing"]["graphs"] == len(m.onnx)
     assert all(0 <= b["val_accuracy_int8"] <= 1 and b["latency_s_int8"] > 0 for b in frac["blocks"])
 
 

@@ -79,3 +79,36 @@ def test_compile_jobs_setting(monkeypatch):
         compile_jobs()
     monkeypatch.delenv("EDGESKIP_COMPILE_JOBS")
     assert compile_jobs() >= 1
+
+
+def test_onnx_graphs_share_one_file_of_weights(tiny_model, tiny_gated, tmp_path):
+    """Every graph's initializers in one file, each distinct tensor once; onnxruntime computes the same, bit for bit."""
+    import shutil
+
+    from edgeskip.backends.ort import ort_session
+    from edgeskip.export.onnx_export import export_static
+    from edgeskip.export.shared_weights import share_onnx_weights
+
+    d = tmp_path / "onnx"
+    d.mkdir()
+    graphs = [Path(shutil.copyfile(tiny_gated, d / "gated.onnx"))]
+    graphs += [export_static(tiny_model, s, d / f"c{k}.onnx", tiny_gated) for k, s in enumerate(CONFIGS)]
+    x = np.random.default_rng(0).standard_normal((3, 1, 8, 8), np.float32)
+    feeds = [{"image": x, "skip": np.array(CONFIGS[1], bool)}] + [{"image": x}] * len(CONFIGS)
+    before = [ort_session(g).run(None, f)[0] for g, f in zip(graphs, feeds)]
+    sizes = sum(g.stat().st_size for g in graphs)
+    stats = share_onnx_weights(graphs, d / "weights.bin")
+    assert [np.array_equal(ort_session(g).run(None, f)[0], b) for g, f, b in zip(graphs, feeds, before)] == [True] * 4
+    params = sum(p.numel() * 4 for p in tiny_model.parameters())
+    assert stats["bytes_shared"] == (d / "weights.bin").stat().st_size <= 1.1 * params  # about one copy, not four
+    assert stats["bytes_in_graphs"] > 2.5 * stats["bytes_shared"]
+    assert sum(g.stat().st_size for g in graphs) + stats["bytes_shared"] < sizes / 2
+    # the graphs need the file beside them; a graph that is not beside it, or already shared, is refused
+    moved = Path(shutil.copyfile(graphs[1], tmp_path / "alone.onnx"))
+    with pytest.raises(EdgeskipError, match="onnxruntime cannot load"):
+        ort_session(moved)
+    with pytest.raises(EdgeskipError, match="is not beside"):
+        share_onnx_weights([moved], d / "again.bin")
+    with pytest.raises(EdgeskipError, match="already has external data"):
+        share_onnx_weights(graphs[:1], d / "again.bin")
+    assert not (d / "again.bin").exists()  # nothing half-written

@@ -52,6 +52,8 @@ def test_profile_round_trip_and_its_fronts_run(profiled):
     assert p.bundle_digest == m.digest and {"iree", "onnxruntime"} <= set(p.fronts)
     iree = [c for c in p.candidates if "iree" in c.latency_s]
     assert len(iree) == len(m.iree.functions) - 1  # every candidate the module holds, not only the front's
+    ort = [c for c in p.candidates if "onnxruntime" in c.latency_s]  # each has a graph over the shared weights
+    assert len(ort) == len(p.candidates) == len(iree)
     for backend in ("iree", "onnxruntime"):
         ex = open_executor(copy, backend)
         assert [c.module for c in ex.configs] == list(p.fronts[backend])
@@ -184,3 +186,24 @@ def test_a_profile_with_energy_per_inference(profiled, tmp_path):
     for c in doc["candidates"]:
         if "iree" in c["latency_s"]:  # 2 W x about its latency, per inference
             assert 0.3 < c["energy_j"]["iree"] / (2.0 * c["latency_s"]["iree"]) < 3.0, c
+
+
+def test_an_int8_bundles_onnxruntime_front_is_drawn_from_every_fractional_candidate(int8_bundle, tmp_path):
+    """Issue #32: the bundle carries a graph for every config of its fractional design space, so the board's
+    onnxruntime front chooses among all of them, not only among the compile host's front; its configs run."""
+    import numpy as np
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(int8_bundle, copy)
+    res = inproc("profile", copy, "--repeats", "3", "--backend", "onnxruntime")
+    assert res.returncode == 0, res.stderr
+    m = load_manifest(copy)
+    p = load_profile(copy / "profiles" / f"{machine()['key']}.json", m)
+    frac = json.loads((copy / "fractional.json").read_text())
+    timed = {c.module for c in p.candidates if "onnxruntime" in c.latency_s}
+    assert {"static_" + "".join(map(str, r["options"])) for r in frac["candidates"]} <= timed
+    assert len(timed) > len(m.front("onnxruntime"))
+    ex = open_executor(copy, "onnxruntime")
+    assert [c.module for c in ex.configs] == list(p.fronts["onnxruntime"])
+    x = np.zeros((1, *ex.input_shape), np.float32)
+    assert all(ex.infer(x, config=k).shape == (1, 10) for k in range(len(ex.configs)))
