@@ -96,6 +96,18 @@ def summarise(bundle: Path) -> dict:
     iree = v["iree"]
     aarch64 = iree.get("aarch64", {})
     flags = {t: [f for f in d["flags"] if "stack-allocation" in f] for t, d in m["targets"].items()}
+    if "iree" not in m:  # IREE could not compile it: an onnxruntime-only bundle, with IREE's reason
+        return {
+            "gated_blocks": m["num_gates"],
+            "targets": [],
+            "onnxruntime_only": True,
+            "iree_unavailable": m["backend"]["iree_unavailable"],
+            "gated_vs_torch": v["onnx"].get("gated_vs_torch"),
+            "front_configs": len(configs),
+            "full_ms_onnxruntime": 1e3 * full["latency_s_onnxruntime"],
+            "fastest_skipped": fastest["n_skipped"],
+            "fastest_speedup_onnxruntime": full["latency_s"] / fastest["latency_s"],
+        }
     return {
         "gated_blocks": m["num_gates"],
         "targets": sorted(m["targets"]),

@@ -34,6 +34,7 @@ TINY14 = ResNetConfig(depth=14, widths=(8, 16, 32))
 # bundles, and neither waits on the other's build at the start. The halves meet inside FILLER (fixture-free unit
 # tests), so no other file is cut in two (its module fixtures would be built on both workers).
 SECOND_HALF_FIRST = (
+    "tests/export/test_zoo.py",  # the longest tests, none sharing an artefact: early, so no worker waits on them at the end
     "tests/export/test_bundle_int8.py",
     "tests/runtime/test_int8_runtime.py",
     "tests/export/test_dfs_export.py",

@@ -12,7 +12,7 @@ import logging
 import os
 import re
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,21 @@ TOLERANCE = 1e-4
 # may land one quantisation step apart, and the step carries through the later blocks. Relative to the largest
 # logit. Measured: tiny digits model 2e-7 (every value agrees), CIFAR ResNet-20 0.005 (bench/README §9).
 INT8_TOLERANCE = 0.01
+
+
+@contextlib.contextmanager
+def out_of_place(module: torch.nn.Module) -> Iterator[None]:
+    """Every submodule with an ``inplace`` flag (ReLU, ReLU6, Hardswish, SiLU, dropout, ...) runs out of place for
+    the block: the same numbers, and torch.export traces it without functionalising each in-place op (with a dynamic
+    batch that took 2.2-2.7 s of a small MobileNet's 6 s export: bench/README section 12.11). Restored after."""
+    flagged = [m for m in module.modules() if isinstance(getattr(m, "inplace", None), bool) and m.inplace]
+    for m in flagged:
+        m.inplace = False
+    try:
+        yield
+    finally:
+        for m in flagged:
+            m.inplace = True
 
 
 def export_graph(
@@ -59,7 +74,7 @@ def export_graph(
         warnings.simplefilter("ignore")
         for name in ("torch.onnx", "torch.export", "torch._dynamo", "torch.fx.experimental.symbolic_shapes"):
             logging.getLogger(name).setLevel(logging.ERROR)  # a failing trace's warnings: the error says it
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), out_of_place(module):
             try:
                 program = torch.onnx.export(
                     module,

@@ -361,3 +361,53 @@ def test_an_export_or_a_tool_crash_is_one_line_with_its_cause(tmp_path):
     )
     plain = _tool_error("iree-compile for host", subprocess.CompletedProcess([], 1, "", "m.mlir:1:1: error: bad\n"))
     assert str(plain) == "iree-compile for host failed: m.mlir:1:1: error: bad"
+
+
+def test_a_dispatch_iree_cannot_hoist_compiles_without_data_tiling(tmp_path):
+    """Issue #35 (convnext_tiny at 32x32, bench/iree_unhoisted_alloca.py): LayerNorm -> transpose -> a convolution
+    covering its whole 2x2 map, dynamic batch. IREE fails under data tiling; compile retries without it, the
+    target's flags say so, and the module computes what onnxruntime does."""
+    import onnx
+
+    from bench.iree_unhoisted_alloca import graph
+    from edgeskip.export import iree_compile
+
+    path = tmp_path / "ln.onnx"
+    onnx.save(graph("N", 2, 16, 32, 2), str(path))
+    mlir = import_onnx(path, tmp_path / "ln.mlir")
+    with pytest.raises(EdgeskipError, match="stack allocations need to be hoisted"):  # the bug, as IREE has it
+        iree_compile._compile_layouts(mlir, TARGETS["host"], tmp_path / "tiled.vmfb", [], ())
+    compiled = iree_compile.compile_module(mlir, TARGETS["host"], tmp_path / "ln.vmfb")
+    flags = compiled.target.flags()
+    assert iree_compile.NO_DATA_TILING in flags and not any("set-data-tiling-ops" in f for f in flags)
+    x = np.random.default_rng(1).standard_normal((3, 2, 2, 16)).astype(np.float32)
+    ref = ort_session(path).run(None, {"x": x})[0]
+    np.testing.assert_allclose(np.asarray(IreeModule(compiled.path, function="repro")(x)), ref, atol=1e-5)
+
+
+def test_export_runs_in_place_activations_out_of_place_and_restores_them(tmp_path):
+    """An ``inplace`` flag is off while exporting (torch.export then traces without functionalising each in-place op:
+    faster, same numbers) and back on after, whether the export succeeds or fails."""
+    import torch
+    from torch import nn
+
+    from edgeskip.export.onnx_export import export_graph
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU6(inplace=True), nn.Hardswish(inplace=True))
+
+        def forward(self, image):
+            return self.body(image)
+
+    net = Net().eval()
+    x = torch.randn(2, 1, 8, 8)
+    path = export_graph(net, (x,), ["image"], tmp_path / "n.onnx", outputs=["y"])
+    assert [m.inplace for m in net.modules() if hasattr(m, "inplace")] == [True, True]
+    with torch.no_grad():
+        ref = net(x.clone()).numpy()
+    np.testing.assert_allclose(ort_session(path).run(None, {"image": x.numpy()})[0], ref, atol=1e-6)
+    with pytest.raises(EdgeskipError, match="ONNX export"):
+        export_graph(net, (x,), ["wrong"], tmp_path / "bad.onnx")  # dynamic_shapes names no argument
+    assert [m.inplace for m in net.modules() if hasattr(m, "inplace")] == [True, True]

@@ -111,44 +111,6 @@ def test_the_runtime_serves_a_users_model_as_pytorch_computes_it(user_bundle):
             )
 
 
-# one tiny configuration per library, its design space bounded by --blocks (one or two gates: each candidate config
-# is exported and compiled, ~10 s apiece) to keep the test short (torchvision's
-# ResNets have no width argument: full width they are not tiny; tests/models/test_chain.py checks them unexported)
-FAMILIES = [
-    ("torchvision:mobilenet_v2", ["width_mult=0.25"], "features.9"),
-    ("timm:resnet18", ["channels=[8,16,32,64]", "stem_width=8"], "layer3.1,layer4.1"),
-]
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("spec,args,blocks", FAMILIES, ids=[f[0] for f in FAMILIES])
-def test_each_library_model_compiles_on_the_host(tmp_path, spec, args, blocks):
-    extra = [a for arg in args for a in ("--model-arg", arg)]
-    res = run(
-        "compile",
-        "--model",
-        spec,
-        *extra,
-        "--blocks",
-        blocks,
-        "--epochs",
-        "1",
-        "--target",
-        "host",
-        "--repeats",
-        "2",
-        "--out",
-        tmp_path / "b",
-        "--quiet",
-        "--threads",
-        "1",
-    )
-    assert res.returncode == 0, res.stderr
-    m = load_manifest(tmp_path / "b")
-    assert m.model["model"] == spec and m.num_gates == len(blocks.split(","))
-    assert m.extra["verification"]["iree"]["host"]["iree_vs_onnxruntime"] <= 1e-4
-
-
 def test_model_options_bad_input(tmp_path):
     """One line, exit 2, nothing written: the first case as a user's process, the rest through the same click
     command in this process (a Python start and a torch import each would cost 3 s)."""
