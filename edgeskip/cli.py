@@ -1054,12 +1054,21 @@ def compile_cmd(
         checkpoint = str(out_dir.parent / f".{out_dir.name}.model.pt")
         data = _data_spec(dataset, data_dir, val_fraction, seed, image_size, download)
         cfg = model_config(model_spec, model_args, block_names, depth)
+        train_cfg = TrainConfig(epochs=epochs, lr=lr, seed=seed)
+        if Path(checkpoint).exists():  # an interrupted or earlier run of this --out: continued only if it is this one
+            from edgeskip.train import load_checkpoint
+            from edgeskip.train.checkpoint import settings_differ
+
+            changed = settings_differ(load_checkpoint(checkpoint), data, cfg, train_cfg)
+            if changed:
+                log(f"{checkpoint} was trained with other settings ({'; '.join(changed)}): training anew")
+                Path(checkpoint).unlink()
         log(f"training {cfg.name} on {dataset} ...")
         run_train(
             checkpoint,
             data,
             cfg,
-            TrainConfig(epochs=epochs, lr=lr, seed=seed),
+            train_cfg,
             resume=Path(checkpoint).exists(),
             progress=not quiet,
             init_weights=init_weights,

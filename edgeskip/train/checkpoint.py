@@ -136,3 +136,22 @@ def load_model(path: str | os.PathLike) -> tuple[BlockNet, Checkpoint]:
     """Convenience: (model in eval mode, checkpoint)."""
     ck = load_checkpoint(path)
     return ck.model(), ck
+
+
+# filled in by training (from the data) or by tracing the model: not settings a user asks for
+_DERIVED = ("num_classes", "in_channels", "input_size", "num_blocks", "gated_blocks")
+
+
+def settings_differ(ck: Checkpoint, data: DataSpec, model_cfg: ModelConfig, train_cfg: TrainConfig) -> list[str]:
+    """What a run asking for ``data``, ``model_cfg`` and ``train_cfg`` would do differently from the run that wrote
+    ``ck`` (``name: stored -> asked``); empty where continuing ``ck`` gives what was asked."""
+    asked, stored = model_cfg.to_dict(), ck.model_cfg.to_dict()
+    skip = set(_DERIVED) | ({"blocks"} if not asked.get("blocks") else set())  # no --blocks: the tracer's choice
+    pairs = [(f"model {k}", stored.get(k), v) for k, v in asked.items() if k not in skip]
+    pairs += [
+        (f"data {k}", getattr(ck.data, k), getattr(data, k)) for k in ("name", "data_dir", "val_fraction", "seed")
+    ]
+    size = (ck.data.image_size, data.image_size)
+    pairs.append(("data image_size", *(tuple(v) if v else None for v in size)))
+    pairs += [(k, getattr(ck.train_cfg, k), getattr(train_cfg, k)) for k in ("epochs", "lr", "seed")]
+    return [f"{name}: {a!r} -> {b!r}" for name, a, b in pairs if a != b]

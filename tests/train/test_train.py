@@ -70,3 +70,22 @@ def test_truncated_checkpoint(tmp_path, tiny_checkpoint):
 def test_bad_train_configs(kwargs):
     with pytest.raises(EdgeskipError):
         TrainConfig(**kwargs)
+
+
+def test_a_checkpoint_is_continued_only_with_the_settings_it_was_trained_with(tiny_checkpoint):
+    """compile's implicit checkpoint (``.<out>.model.pt``) was resumed whatever --lr, --epochs or --model asked;
+    settings_differ says what differs, and compile trains anew where anything does."""
+    import dataclasses
+
+    from edgeskip.train.checkpoint import settings_differ
+    from tests.conftest import TINY
+
+    ck = load_checkpoint(tiny_checkpoint)
+    same = TrainConfig(epochs=12, batch_size=64, lr=0.1)
+    assert settings_differ(ck, DataSpec("digits"), TINY, same) == []  # as asked before training: derived fields aside
+    assert settings_differ(ck, DataSpec("digits"), TINY, dataclasses.replace(same, lr=0.05)) == ["lr: 0.1 -> 0.05"]
+    wider = dataclasses.replace(TINY, widths=(16, 32, 64))
+    assert settings_differ(ck, DataSpec("digits", seed=1), wider, same) == [
+        "model widths: [8, 16, 32] -> [16, 32, 64]",
+        "data seed: 0 -> 1",
+    ]
