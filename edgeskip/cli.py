@@ -1061,8 +1061,13 @@ def compile_cmd(
 
             changed = settings_differ(load_checkpoint(checkpoint), data, cfg, train_cfg)
             if changed:
-                log(f"{checkpoint} was trained with other settings ({'; '.join(changed)}): training anew")
-                Path(checkpoint).unlink()
+                stale = Path(checkpoint).with_suffix(".stale.pt")
+                os.replace(checkpoint, stale)  # kept, not deleted: a mistyped option costs no finished training
+                click.echo(
+                    f"{checkpoint} was trained with other settings ({'; '.join(changed)}): training anew "
+                    f"(the old checkpoint is now {stale})",
+                    err=True,
+                )
         log(f"training {cfg.name} on {dataset} ...")
         run_train(
             checkpoint,

@@ -419,7 +419,12 @@ def build_bundle(
         iree_entry = (
             None
             if unavailable
-            else IreeEntry("iree/weights.irpa", "model.vmfb", functions, common_flags=tuple(COMMON_FLAGS))
+            else IreeEntry(
+                "iree/weights.irpa",
+                "model.vmfb",
+                functions,
+                common_flags=tuple(f for f in COMMON_FLAGS if all(f in t.flags() for t in lat.targets)),
+            )
         )
         target_entries = {} if unavailable else targets_manifest(lat.targets)  # as compiled: raised stack limits
         int8_doc = None

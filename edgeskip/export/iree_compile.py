@@ -291,7 +291,7 @@ def compile_module(
             ) from e
         log.warning("%s: a dispatch needs %s bytes of stack; compiling with %s=%d", target.name, asked.group(2),
                     STACK_LIMIT_FLAG, need)  # fmt: skip
-        return _compile_layouts(mlir, target.with_stack_limit(need), dest, extra or [], channels_last)
+        return compile_module(mlir, target.with_stack_limit(need), dest, extra, channels_last)  # the limit only grows
 
 
 def _compile_layouts(

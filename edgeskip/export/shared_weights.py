@@ -255,6 +255,8 @@ def share_onnx_weights(graphs: Sequence[Path], dest: Path) -> dict[str, int]:
     import onnx
     from onnx import numpy_helper
 
+    if dest.exists():  # graphs outside ``graphs`` may point into it
+        raise EdgeskipError(f"{dest} exists: the graphs of one bundle share one new weight file")
     placed: dict[bytes, tuple[int, int]] = {}
     stats = {"graphs": len(graphs), "tensors": 0, "distinct": 0, "bytes_in_graphs": 0, "bytes_shared": 0}
     rewritten = []
@@ -271,8 +273,10 @@ def share_onnx_weights(graphs: Sequence[Path], dest: Path) -> dict[str, int]:
                     raise EdgeskipError(f"{path.name}: initializer {t.name!r} already has external data")
                 if t.data_type == onnx.TensorProto.STRING:
                     continue
-                arr = numpy_helper.to_array(t)
-                data = np.ascontiguousarray(arr, arr.dtype.newbyteorder("<")).tobytes()  # ONNX's raw layout
+                # ONNX's raw layout (packed 4-bit types included): the tensor's own, or encoded from its typed fields
+                data = (
+                    t.raw_data if t.HasField("raw_data") else numpy_helper.from_array(numpy_helper.to_array(t)).raw_data
+                )
                 if len(data) < _INLINE_BYTES:
                     continue
                 key = hashlib.sha256(t.data_type.to_bytes(4, "little") + data).digest()

@@ -146,11 +146,15 @@ def settings_differ(ck: Checkpoint, data: DataSpec, model_cfg: ModelConfig, trai
     """What a run asking for ``data``, ``model_cfg`` and ``train_cfg`` would do differently from the run that wrote
     ``ck`` (``name: stored -> asked``); empty where continuing ``ck`` gives what was asked."""
     asked, stored = model_cfg.to_dict(), ck.model_cfg.to_dict()
-    skip = set(_DERIVED) | ({"blocks"} if not asked.get("blocks") else set())  # no --blocks: the tracer's choice
-    pairs = [(f"model {k}", stored.get(k), v) for k, v in asked.items() if k not in skip]
-    pairs += [
-        (f"data {k}", getattr(ck.data, k), getattr(data, k)) for k in ("name", "data_dir", "val_fraction", "seed")
-    ]
+    blocks = asked.get("blocks") or []
+    # no --blocks: the tracer's choice; globs: resolved when the model was built (stored as paths, in call order)
+    skip = set(_DERIVED) | ({"blocks"} if not blocks or any(c in b for b in blocks for c in "*?[") else set())
+    pairs = [(f"model {k}", stored.get(k), v) for k, v in asked.items() if k not in skip and k != "blocks"]
+    if "blocks" not in skip and set(blocks) != set(stored.get("blocks") or []):
+        pairs.append(("model blocks", stored.get("blocks"), blocks))
+    where = [None if d is None else str(Path(d).resolve()) for d in (ck.data.data_dir, data.data_dir)]
+    pairs.append(("data data_dir", *where))  # the same folder, however it is spelled
+    pairs += [(f"data {k}", getattr(ck.data, k), getattr(data, k)) for k in ("name", "val_fraction", "seed")]
     size = (ck.data.image_size, data.image_size)
     pairs.append(("data image_size", *(tuple(v) if v else None for v in size)))
     pairs += [(k, getattr(ck.train_cfg, k), getattr(train_cfg, k)) for k in ("epochs", "lr", "seed")]

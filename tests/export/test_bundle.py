@@ -45,7 +45,11 @@ def test_bundle_contents_and_manifest(bundle):
     assert set(m.onnx) == {"gated", *candidates} and set(m.onnx.values()) <= files
     assert m.onnx_weights == "onnx/weights.bin" and m.onnx_weights in files
     sharing = m.extra["onnx_sharing"]
-    assert sharing["graphs"] == len(m.onnx) and sharing["bytes_shared"] == (bundle / m.onnx_weights).stat().st_size
+    size = (bundle / m.onnx_weights).stat().st_size  # the tensors, each at a 64-byte aligned offset
+    assert (
+        sharing["graphs"] == len(m.onnx)
+        and sharing["bytes_shared"] <= size < sharing["bytes_shared"] + 64 * sharing["distinct"]
+    )
     assert sharing["bytes_shared"] * 3 < sharing["bytes_in_graphs"]  # 8 graphs: at least the 3x of three full copies
     assert all((bundle / g).stat().st_size < sharing["bytes_shared"] / 4 for g in m.onnx.values())
     assert sorted(f for f in files if f.endswith(".vmfb")) == sorted(f"iree/{t}/model.vmfb" for t in m.targets)

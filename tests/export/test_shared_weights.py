@@ -100,7 +100,8 @@ def test_onnx_graphs_share_one_file_of_weights(tiny_model, tiny_gated, tmp_path)
     stats = share_onnx_weights(graphs, d / "weights.bin")
     assert [np.array_equal(ort_session(g).run(None, f)[0], b) for g, f, b in zip(graphs, feeds, before)] == [True] * 4
     params = sum(p.numel() * 4 for p in tiny_model.parameters())
-    assert stats["bytes_shared"] == (d / "weights.bin").stat().st_size <= 1.1 * params  # about one copy, not four
+    size = (d / "weights.bin").stat().st_size  # the tensors at 64-byte aligned offsets: about one copy, not four
+    assert stats["bytes_shared"] <= size < stats["bytes_shared"] + 64 * stats["distinct"] and size <= 1.1 * params
     assert stats["bytes_in_graphs"] > 2.5 * stats["bytes_shared"]
     assert sum(g.stat().st_size for g in graphs) + stats["bytes_shared"] < sizes / 2
     # the graphs need the file beside them; a graph that is not beside it, or already shared, is refused
@@ -111,4 +112,6 @@ def test_onnx_graphs_share_one_file_of_weights(tiny_model, tiny_gated, tmp_path)
         share_onnx_weights([moved], d / "again.bin")
     with pytest.raises(EdgeskipError, match="already has external data"):
         share_onnx_weights(graphs[:1], d / "again.bin")
+    with pytest.raises(EdgeskipError, match="exists"):  # other graphs may point into it
+        share_onnx_weights(graphs[:1], d / "weights.bin")
     assert not (d / "again.bin").exists()  # nothing half-written

@@ -102,7 +102,7 @@ def test_each_family_goes_from_train_to_a_served_bundle(digits32, tmp_path, spec
     # eval means eval: the model's own stochastic depth and dropout are not in any graph
     for graph in m.onnx.values():
         assert not ops(onnx.load(str(out / graph), load_external_data=False).graph) & RANDOM_OPS, graph
-    # served in-process (the daemon's service): every config answers a test image as onnxruntime's graph does
+    # served in-process (the daemon's service): every config answers (its numbers are the verification's, above)
     images, _ = load_images(out / m.sample, m, 2)
     with es.open(out, backend="iree") as rt:
         for k in range(len(m.configs)):

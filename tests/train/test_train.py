@@ -77,6 +77,7 @@ def test_a_checkpoint_is_continued_only_with_the_settings_it_was_trained_with(ti
     settings_differ says what differs, and compile trains anew where anything does."""
     import dataclasses
 
+    from edgeskip.models import NetConfig
     from edgeskip.train.checkpoint import settings_differ
     from tests.conftest import TINY
 
@@ -88,4 +89,15 @@ def test_a_checkpoint_is_continued_only_with_the_settings_it_was_trained_with(ti
     assert settings_differ(ck, DataSpec("digits", seed=1), wider, same) == [
         "model widths: [8, 16, 32] -> [16, 32, 64]",
         "data seed: 0 -> 1",
+    ]
+    # a folder however it is spelled, --blocks as globs or in another order: the same run, continued
+    here = os.path.relpath(os.getcwd())
+    spelled = dataclasses.replace(ck, data=dataclasses.replace(ck.data, name="imagefolder", data_dir=os.getcwd()))
+    assert settings_differ(spelled, DataSpec("imagefolder", data_dir=here + "/"), TINY, same) == []
+    chain = NetConfig("torchvision:resnet18", blocks=("layer2.1", "layer4.1"))
+    traced = dataclasses.replace(ck, model_cfg=dataclasses.replace(chain, blocks=("layer2.1", "layer4.1")))
+    for asked in (("layer4.1", "layer2.1"), ("layer*.1",)):
+        assert settings_differ(traced, ck.data, dataclasses.replace(chain, blocks=asked), same) == [], asked
+    assert settings_differ(traced, ck.data, dataclasses.replace(chain, blocks=("layer3.1",)), same) == [
+        "model blocks: ['layer2.1', 'layer4.1'] -> ['layer3.1']"
     ]
