@@ -341,22 +341,13 @@ def build_bundle(
         gated_onnx = tmp / "onnx" / "gated.onnx"
         assert lat.gated is not None  # design_space measured, so the gated graph was exported
         shutil.copyfile(lat.gated, gated_onnx)  # exported once, while measuring
-        static, quantized = {}, {}
-        for c in configs:  # the static graphs were exported while measuring latency
-            dest = tmp / "onnx" / f"{c['module']}.onnx"
-            if "options" in c:
-                shutil.copyfile(work / "ort" / f"{c['module']}.onnx", dest)
-                quantized[tuple(c["options"])] = dest
-            else:
-                shutil.copyfile(
-                    work / "ort" / f"{c['module']}.onnx" if unavailable else lat.built[c["module"]][0], dest
-                )
-                static[tuple(bool(v) for v in c["skip"])] = dest
-        # every candidate gets its graph (a board's own front chooses among them: edgeskip profile), all of them
-        # over one file of weights, so a graph costs its nodes only
-        carried = carry_candidates(
-            model, tmp / "onnx", candidate_arrays(front, frac), [work / "ort", lat.work], lat.gated
-        )
+        # every candidate's static graph, as exported while measuring (the one IREE compiled, where it did): the
+        # front's configs, and the others a board's own front may choose (edgeskip profile); all of them over one
+        # file of weights, so a graph costs its nodes only
+        sources = [work / "ort"] if unavailable else [lat.work, work / "ort"]
+        carried = carry_candidates(model, tmp / "onnx", candidate_arrays(front, frac), sources, lat.gated)
+        static = {tuple(bool(v) for v in c["skip"]): carried[c["module"]] for c in configs if "options" not in c}
+        quantized = {tuple(c["options"]): carried[c["module"]] for c in configs if "options" in c}
         sharing = share_onnx_weights(sorted((tmp / "onnx").glob("*.onnx")), tmp / "onnx" / ONNX_WEIGHTS)
         log(
             f"onnxruntime graphs for {len(carried)} candidate configs over one copy of the weights "
@@ -465,7 +456,7 @@ def build_bundle(
             host_fastest=faster,
             onnx={
                 "gated": "onnx/gated.onnx",
-                **{m: f"onnx/{m}.onnx" for m in [*(c["module"] for c in configs), *carried]},
+                **{m: f"onnx/{m}.onnx" for m in carried},  # the configs' among them
             },
             onnx_weights=f"onnx/{ONNX_WEIGHTS}",
             sample=sample,

@@ -124,7 +124,7 @@ def _known_shapes(model) -> dict[str, list[int | None]]:
     from onnx import shape_inference
 
     shapes: dict[str, list[int | None]] = {}
-    for g in _graphs(shape_inference.infer_shapes(model).graph):
+    for g in subgraphs(shape_inference.infer_shapes(model).graph):
         for vi in (*g.value_info, *g.input, *g.output):
             shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
     return shapes
@@ -155,7 +155,7 @@ def fix_average_pools(model) -> int:
 
     shapes = _known_shapes(model)
     changed = 0
-    for g in _graphs(model.graph):
+    for g in subgraphs(model.graph):
         out_nodes = []
         for n in g.node:
             out_nodes.append(n)
@@ -217,7 +217,7 @@ def crop_dead_taps(model) -> int:
     shapes = _known_shapes(model)
     inits = {t.name: t for t in model.graph.initializer}
     changed = 0
-    for g in _graphs(model.graph):
+    for g in subgraphs(model.graph):
         nodes = list(g.node)
         out_nodes = []
         for n in nodes:
@@ -306,21 +306,24 @@ def _drop_identities(g) -> None:
     g.value_info.extend(infos)
 
 
-def _graphs(g):
-    """``g`` and every subgraph (``If`` branches) below it."""
+def subgraphs(g):
+    """``g`` and every graph nested below it (``If`` branches; a graph-list attribute's graphs), depth first."""
     import onnx
 
     yield g
     for n in g.node:
         for a in n.attribute:
             if a.type == onnx.AttributeProto.GRAPH:
-                yield from _graphs(a.g)
+                yield from subgraphs(a.g)
+            elif a.type == onnx.AttributeProto.GRAPHS:
+                for sub in a.graphs:
+                    yield from subgraphs(sub)
 
 
 def drop_unread(model) -> None:
     """Remove the initializers no node reads (in any ``If`` branch either)."""
     read: set[str] = set()
-    for g in _graphs(model.graph):
+    for g in subgraphs(model.graph):
         read.update(i for n in g.node for i in n.input)
         read.update(o.name for o in g.output)
     read.update(i.name for i in model.graph.input)  # an initializer that is also an input (a default) stays
@@ -385,7 +388,7 @@ def _variants_as_blocks(model) -> None:
     renamed = {t.name: "blocks." + t.name[len(prefix) :] for t in model.graph.initializer if t.name.startswith(prefix)}
     for t in model.graph.initializer:
         t.name = renamed.get(t.name, t.name)
-    for g in _graphs(model.graph):
+    for g in subgraphs(model.graph):
         for n in g.node:
             for i, name in enumerate(n.input):
                 if name in renamed:

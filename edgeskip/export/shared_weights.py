@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from edgeskip.backends.iree import parameter_index
 from edgeskip.errors import EdgeskipError
 from edgeskip.export.iree_compile import Target, compile_many, import_onnx
-from edgeskip.export.onnx_export import export_static
+from edgeskip.export.onnx_export import export_static, subgraphs
 from edgeskip.models import BlockNet
 from edgeskip.skip import module_name
 from edgeskip.utils.atomic import atomic_path
@@ -234,15 +233,6 @@ _ALIGN = 64  # offsets of tensors in the shared file (onnxruntime maps or reads 
 _INLINE_BYTES = 1024  # smaller initializers (shapes, scales, zero points) stay in their graph
 
 
-def _graphs(graph: Any) -> Iterator[Any]:
-    """``graph`` and the graphs nested in its nodes' attributes (If branches), depth first."""
-    yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            for sub in [*([attr.g] if attr.HasField("g") else []), *attr.graphs]:
-                yield from _graphs(sub)
-
-
 def share_onnx_weights(graphs: Sequence[Path], dest: Path) -> dict[str, int]:
     """Move the initializers of ``graphs`` (ONNX files in ``dest``'s folder) into the one file ``dest``, each
     distinct tensor once (by dtype and bytes, whatever its name), and point each graph at it (ONNX external data:
@@ -265,10 +255,10 @@ def share_onnx_weights(graphs: Sequence[Path], dest: Path) -> dict[str, int]:
             if path.parent != dest.parent:
                 raise EdgeskipError(f"{path} is not beside {dest}: its external data would not resolve")
             model = onnx.load(str(path), load_external_data=False)
-            for sub in _graphs(model.graph):  # the exporter's debug notes: two thirds of a small graph, host paths
+            for sub in subgraphs(model.graph):  # the exporter's debug notes: two thirds of a small graph, host paths
                 for node in sub.node:
                     del node.metadata_props[:]
-            for t in (t for sub in _graphs(model.graph) for t in sub.initializer):
+            for t in (t for sub in subgraphs(model.graph) for t in sub.initializer):
                 if t.data_location == onnx.TensorProto.EXTERNAL:
                     raise EdgeskipError(f"{path.name}: initializer {t.name!r} already has external data")
                 if t.data_type == onnx.TensorProto.STRING:
@@ -298,7 +288,6 @@ def share_onnx_weights(graphs: Sequence[Path], dest: Path) -> dict[str, int]:
                     entry = t.external_data.add()
                     entry.key, entry.value = k, v
             rewritten.append((path, model.SerializeToString()))
-        out.truncate()
     for path, body in rewritten:  # the shared file is in place: now the graphs that point into it
         with atomic_path(path, suffix=".onnx") as g:
             g.write_bytes(body)

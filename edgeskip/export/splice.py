@@ -116,11 +116,11 @@ def _branch(
 
 def _prune(g) -> None:
     """Remove the nodes of ``g`` whose outputs nothing reads (no node, no branch, no graph output), repeatedly."""
-    from edgeskip.export.onnx_export import _graphs
+    from edgeskip.export.onnx_export import subgraphs
 
     while True:
         read = {o.name for o in g.output}
-        for sub in _graphs(g):
+        for sub in subgraphs(g):
             read.update(i for n in sub.node for i in n.input)
         kept = [n for n in g.node if any(o in read for o in n.output)]
         if len(kept) == len(g.node):

@@ -21,7 +21,7 @@ from edgeskip.export.iree_compile import (
     import_onnx,
     parse_targets,
 )
-from edgeskip.export.onnx_export import _graphs, specialise
+from edgeskip.export.onnx_export import specialise, subgraphs
 from edgeskip.export.shared_weights import module_name
 from tests.conftest import require_arm, shared
 
@@ -206,7 +206,7 @@ def test_a_traced_models_own_stochastic_depth_exports_as_inference(tmp_path):
     random = {"RandomUniform", "RandomUniformLike", "RandomNormal", "RandomNormalLike", "Bernoulli", "Dropout"}
     for graph in (gated, path):
         m = onnx.load(str(graph))
-        assert not {n.op_type for g in _graphs(m.graph) for n in g.node} & random
+        assert not {n.op_type for g in subgraphs(m.graph) for n in g.node} & random
     x = torch.randn(3, 3, 8, 8)
     with torch.no_grad():
         ref = net(x, [1, 0, 1, 1]).numpy()

@@ -13,7 +13,7 @@ import torch
 from edgeskip.backends.ort import ort_session
 from edgeskip.errors import EdgeskipError
 from edgeskip.export.graphs import GatedGraph
-from edgeskip.export.onnx_export import _graphs, export_gated, export_graph, export_options
+from edgeskip.export.onnx_export import export_gated, export_graph, export_options, subgraphs
 from edgeskip.export.splice import Switch, splice
 from edgeskip.models import ResNetConfig, build_model
 from edgeskip.models.quant import calibrate
@@ -36,7 +36,7 @@ def model():
 
 def ops(path) -> Counter:
     """Every node's op type, in the graph and its branches."""
-    return Counter(n.op_type for g in _graphs(onnx.load(str(path)).graph) for n in g.node)
+    return Counter(n.op_type for g in subgraphs(onnx.load(str(path)).graph) for n in g.node)
 
 
 def weights(path) -> set[str]:
@@ -46,7 +46,7 @@ def weights(path) -> set[str]:
 def typed_branches(path) -> None:
     """Every tensor a branch computes has its traced type (IREE's importer reads an untyped one as a scalar, and
     then iree-compile ran out of memory on a 1x1 map)."""
-    for sub in list(_graphs(onnx.load(str(path)).graph))[1:]:
+    for sub in list(subgraphs(onnx.load(str(path)).graph))[1:]:
         typed = {vi.name for vi in (*sub.value_info, *sub.output)}
         assert all(o in typed for n in sub.node for o in n.output), sub.name
 
