@@ -899,7 +899,8 @@ def pareto(
     "--skip",
     "skip",
     default=None,
-    help="Skip array, e.g. 110111 (1 = execute), or option array with 8 = int8, e.g. 818011; default: no skipping.",
+    help="Skip array, e.g. 110111 (1 = execute), or option array with 8 = int8, e.g. 818011, and +8 for the stem, "
+    "stage entries and head in int8 too, e.g. 818011+8; default: no skipping.",
 )
 @click.option("--split", type=click.Choice(["val", "test"]), default="test", show_default=True)
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Override the data folder.")
@@ -913,7 +914,7 @@ def pareto(
 def evaluate(checkpoint, skip, split, data_dir, calibration_images) -> None:
     """Accuracy and MACs of one skip (or option) array."""
     from edgeskip.models import macs
-    from edgeskip.skip import INT8, normalize_options
+    from edgeskip.skip import INT8, has_rest, normalize_options
     from edgeskip.train import evaluate as run_eval
 
     model, ck, splits = _load_for_eval(checkpoint, data_dir)
@@ -940,13 +941,19 @@ def evaluate(checkpoint, skip, split, data_dir, calibration_images) -> None:
         return
     s = normalize_options(skip, model.cfg.num_gates) if skip is not None else None
     int8 = ""
-    if s is not None and INT8 in s:
-        from edgeskip.models.quant import calibrate
+    if s is not None and (INT8 in s or has_rest(s)):
+        from edgeskip.models.quant import calibrate, calibrate_rest
         from edgeskip.pareto.design import calibration_batches
 
+        if not hasattr(model, "attach_int8"):
+            raise EdgeskipError(f"int8 variants exist for edgeskip's own ResNet blocks, not {model.cfg.name}'s")
+        batches = calibration_batches(splits, calibration_images)
         blocks = [b for b, o in zip(model.cfg.gated_blocks, s) if o == INT8]
-        model.attach_int8(calibrate(model, calibration_batches(splits, calibration_images), blocks))
-        int8 = f"  int8 {s.count(INT8)} (calibrated on {calibration_images} training images)"
+        model.attach_int8(calibrate(model, batches, blocks))
+        if has_rest(s):
+            model.attach_int8_rest(calibrate_rest(model, batches))
+        rest = " + the rest" if has_rest(s) else ""
+        int8 = f"  int8 {s.count(INT8)}{rest} (calibrated on {calibration_images} training images)"
     acc = run_eval(model, getattr(splits, split), splits.norm, s)
     click.echo(
         f"{split} accuracy {acc:.4f}  MACs {macs(model.cfg, s)}  skipped {0 if s is None else s.count(0)}"
@@ -979,7 +986,14 @@ def evaluate(checkpoint, skip, split, data_dir, calibration_images) -> None:
     "--int8",
     is_flag=True,
     help="Fractional depth: int8 variants of the gated blocks (post-training, calibrated on training "
-    "images) as a third option beside full and skip; each back end steps through its own front.",
+    "images) as a third option beside full and skip, and the stem, stage entries and head in int8 as one more "
+    "option of the whole config; each back end steps through its own front.",
+)
+@click.option(
+    "--int8-rest/--no-int8-rest",
+    default=True,
+    show_default=True,
+    help="With --int8: whether the stem, the ungated blocks (stage entries) and the head may run in int8 too.",
 )
 @click.option(
     "--calibration-images",
@@ -1029,6 +1043,7 @@ def compile_cmd(
     search_budget,
     screen_images,
     int8,
+    int8_rest,
     calibration_images,
     dfs_int8,
     out,
@@ -1112,6 +1127,7 @@ def compile_cmd(
         log=log,
         int8=int8,
         calibration_images=calibration_images,
+        int8_rest=int8_rest,
         search=_search_spec(search, beam_width, search_budget, screen_images),
     )
     if checkpoint.endswith(f".{out_dir.name}.model.pt"):

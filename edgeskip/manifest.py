@@ -13,7 +13,8 @@ Version 1 bundles (edgeskip 0.1: ``gated.onnx`` plus ``onnx/<module>.onnx`` by c
 ``iree.entry_function``) are upgraded on reading. Any other version is refused with a
 one-line error rather than guessed at; a change of shape bumps :data:`VERSION` and keeps a reader for the old.
 Optional within version 3: ``onnx_weights`` (issue #32), the one file of external data every ONNX graph of the
-bundle points into (each distinct initializer once); graphs without it carry their own weights.
+bundle points into (each distinct initializer once); graphs without it carry their own weights; and a config's
+``int8_rest`` (issue #34): the stem, the ungated blocks and the head in int8 too.
 """
 
 from __future__ import annotations
@@ -121,8 +122,9 @@ class ConfigEntry:
     """One operating point of the Pareto front (for a SkipNet bundle: the one learned-gate model).
 
     ``skip`` is the skip array (1 = execute, 0 = bypass), None for SkipNet; ``options`` the option array where the
-    config runs int8 blocks (0 skip, 1 full, 8 int8), else None; ``module`` the IREE function (and ONNX file stem)
-    that runs it; ``extra`` keeps fields the runtime does not rely on.
+    config runs int8 blocks (0 skip, 1 full, 8 int8), else None; ``int8_rest`` whether it also runs the stem, the
+    ungated blocks and the head in int8 (issue #34; ``options`` is then present); ``module`` the IREE function (and
+    ONNX file stem) that runs it; ``extra`` keeps fields the runtime does not rely on.
     """
 
     index: int
@@ -135,6 +137,7 @@ class ConfigEntry:
     skip: tuple[int, ...] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     options: tuple[int, ...] | None = None
+    int8_rest: bool = False
 
     @property
     def skip_tuple(self) -> tuple[bool, ...] | None:
@@ -145,12 +148,14 @@ class ConfigEntry:
         return 0 if self.options is None else self.options.count(8)
 
     def to_dict(self) -> dict[str, Any]:
-        d = {k: v for k, v in asdict(self).items() if k not in ("extra", "options")}
+        d = {k: v for k, v in asdict(self).items() if k not in ("extra", "options", "int8_rest")}
         d["skip"] = None if self.skip is None else list(self.skip)
         if self.skip is None:
             del d["skip"]
         if self.options is not None:
             d["options"] = list(self.options)
+        if self.int8_rest:
+            d["int8_rest"] = True
         return {**d, **self.extra}
 
     @classmethod
@@ -181,6 +186,9 @@ class ConfigEntry:
             options = tuple(int(v) for v in options)
             if tuple(int(v != 0) for v in options) != skip:
                 raise ManifestError(f"manifest: {w}.skip is not the executed mask of its options")
+        rest = d.get("int8_rest", False)
+        if not isinstance(rest, bool) or (rest and options is None):
+            raise ManifestError(f"manifest: {w}.int8_rest must be true or false, and true only beside options")
         known = {
             "index",
             "module",
@@ -191,6 +199,7 @@ class ConfigEntry:
             "latency_s",
             "skip",
             "options",
+            "int8_rest",
         }
         return cls(
             i,
@@ -203,6 +212,7 @@ class ConfigEntry:
             skip,
             {k: v for k, v in d.items() if k not in known},
             options,
+            rest,
         )
 
 

@@ -2,16 +2,38 @@
 
 Option arrays generalise them (issue #15, fractional depth): one value per gated block, 0 = skip, 1 = run in full
 (float) precision, 8 = run the block's int8 variant. A skip array is an option array without 8s.
+
+The rest of the network (the stem, the ungated blocks such as a stage's entry block, and the head) is one more axis
+(issue #34): float unless the option array ends in :data:`REST8`, which runs all of it in int8 too. Its text form is
+the gates' digits and ``+8`` (``"888888+8"``); in JSON documents the gates' list and ``"int8_rest": true``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from edgeskip.errors import EdgeskipError
 
 SKIP, FULL, INT8 = 0, 1, 8
 OPTIONS = {SKIP: "skip", FULL: "full", INT8: "int8"}
+REST8 = 88  # trailing marker of an option array: the stem, the ungated blocks and the head run in int8 too
+REST_TEXT = "+8"
+
+
+def has_rest(options: Sequence[object]) -> bool:
+    """Whether an option array runs the rest of the network (stem, ungated blocks, head) in int8."""
+    return len(options) > 0 and options[-1] == REST8
+
+
+def gates_of(options: Sequence[int]) -> tuple[int, ...]:
+    """The per-gate part of an option array (without its :data:`REST8` marker)."""
+    return tuple(options[:-1] if has_rest(options) else options)
+
+
+def with_rest(options: Sequence[int], rest: bool) -> tuple[int, ...]:
+    """``options``' gates, with the rest of the network in int8 when ``rest``."""
+    return gates_of(options) + ((REST8,) if rest else ())
 
 
 def _parse(values: object, num_gates: int, allowed: tuple[int, ...], what: str) -> list[int]:
@@ -52,13 +74,27 @@ def normalize_skip(skip: object, num_gates: int) -> tuple[bool, ...]:
 
 def normalize_options(options: object, num_gates: int) -> tuple[int, ...]:
     """Validate an option array (0 skip, 1 full, 8 int8 per gated block; bools read as skip/full), in the
-    forms :func:`normalize_skip` takes (``"118011"``); returns a tuple of ints."""
-    return tuple(_parse(options, num_gates, (SKIP, FULL, INT8), "option array"))
+    forms :func:`normalize_skip` takes (``"118011"``); returns a tuple of ints. A trailing :data:`REST8` (text:
+    ``"888888+8"``) puts the rest of the network in int8 too; it is kept in the tuple."""
+    if hasattr(options, "tolist"):
+        options = options.tolist()  # numpy / torch
+    rest = False
+    if isinstance(options, str) and options.replace(" ", "").endswith(REST_TEXT):
+        options, rest = options.replace(" ", "")[: -len(REST_TEXT)].rstrip(","), True
+    elif isinstance(options, (list, tuple)) and len(options) == num_gates + 1 and options[-1] == REST8:
+        options, rest = options[:-1], True
+    return tuple(_parse(options, num_gates, (SKIP, FULL, INT8), "option array")) + ((REST8,) if rest else ())
 
 
 def options_to_str(options: Sequence[int | bool]) -> str:
-    """Compact text form of an option (or skip) array, e.g. ``"118011"``."""
-    return "".join(str(int(v)) for v in options)
+    """Compact text form of an option (or skip) array, e.g. ``"118011"`` (``"888888+8"``: the rest in int8)."""
+    return "".join(str(int(v)) for v in gates_of(options)) + (REST_TEXT if has_rest(options) else "")
+
+
+def doc_options(d: Mapping[str, Any]) -> tuple[int, ...]:
+    """The option array of a config or candidate in a JSON document: its ``options`` (else its ``skip``), with
+    :data:`REST8` appended where ``int8_rest`` is true."""
+    return with_rest(tuple(int(v) for v in d.get("options") or d["skip"]), bool(d.get("int8_rest")))
 
 
 def skip_from_indices(skipped: Iterable[int], num_gates: int) -> tuple[bool, ...]:

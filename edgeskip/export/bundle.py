@@ -51,7 +51,7 @@ from edgeskip.export.shared_weights import ONNX_WEIGHTS, share_onnx_weights
 from edgeskip.manifest import ConfigEntry, InputSpec, IreeEntry, Manifest, Normalization, TargetEntry
 from edgeskip.pareto.design import calibration_batches, design_space, fractional_space, write_design
 from edgeskip.pareto.search import DEFAULT, SearchSpec
-from edgeskip.skip import INT8, module_name
+from edgeskip.skip import INT8, doc_options, gates_of, has_rest, module_name
 from edgeskip.train.checkpoint import Checkpoint
 from edgeskip.utils.atomic import write_json
 from edgeskip.utils.hashing import file_digest as sha256
@@ -197,7 +197,7 @@ def candidate_arrays(front: dict[str, Any], frac: dict[str, Any] | None) -> list
     """Every config the design space measured, once each: the skip-only candidates and, with int8, the fractional
     design space's (as option arrays)."""
     arrays = [tuple(int(v) for v in c["skip"]) for c in front["candidates"]]
-    arrays += [tuple(int(v) for v in c["options"]) for c in (frac or {}).get("candidates", [])]
+    arrays += [doc_options(c) for c in (frac or {}).get("candidates", [])]
     return list({module_name(a): a for a in arrays}.values())
 
 
@@ -214,7 +214,7 @@ def carry_candidates(
             src = next((d / f"{name}.onnx" for d in sources if (d / f"{name}.onnx").is_file()), None)
             if src is not None:
                 shutil.copyfile(src, path)
-            elif INT8 in a:
+            elif INT8 in a or has_rest(a):
                 raise EdgeskipError(f"no graph was exported for the int8 candidate {name}")
             else:
                 export_static(model, a, path, gated)
@@ -231,12 +231,17 @@ def _union_configs(front: dict[str, Any], frac: dict[str, Any]) -> list[dict[str
         }
     for i in frac["front"]:
         r = frac["candidates"][i]
-        rows.setdefault(tuple(r["options"]), {k: r[k] for k in ("n_skipped", "val_accuracy", "test_accuracy", "macs")})
+        rows.setdefault(doc_options(r), {k: r[k] for k in ("n_skipped", "val_accuracy", "test_accuracy", "macs")})
     out = []
-    for o, r in sorted(rows.items(), key=lambda kv: (kv[1]["n_skipped"], kv[0].count(INT8), [-v for v in kv[0]])):
-        row = {**r, "skip": [int(v != 0) for v in o]}
-        if INT8 in o:
-            row["options"] = list(o)
+    order = sorted(
+        rows.items(), key=lambda kv: (kv[1]["n_skipped"], has_rest(kv[0]), kv[0].count(INT8), [-v for v in kv[0]])
+    )
+    for o, r in order:
+        row = {**r, "skip": [int(v != 0) for v in gates_of(o)]}
+        if INT8 in o or has_rest(o):
+            row["options"] = list(gates_of(o))
+        if has_rest(o):
+            row["int8_rest"] = True
         out.append(row)
     return [{"index": k, **r} for k, r in enumerate(out)]
 
@@ -282,13 +287,15 @@ def build_bundle(
     log: Log = print,
     int8: bool = False,
     calibration_images: int = 512,
+    int8_rest: bool = True,
     search: SearchSpec = DEFAULT,
 ) -> Path:
     """Sensitivity, measured-latency Pareto front, export, compile, verify; write the bundle atomically.
 
     ``search``: where the skip-only candidates come from (:mod:`edgeskip.pareto.search`).
     ``int8``: fractional depth (int8 block variants calibrated on ``calibration_images`` training images; the
-    {full, int8, skip} design space measured on onnxruntime; per-back-end fronts)."""
+    {full, int8, skip} design space measured on onnxruntime; per-back-end fronts). ``int8_rest``: with ``int8``, the
+    stem, the ungated blocks and the head are an int8 option too (issue #34)."""
     out, targets = Path(out), with_host(targets)
     check_out(out, force)
     model = ck.model()
@@ -296,12 +303,17 @@ def build_bundle(
     calibration = None
     if int8 and not hasattr(model, "attach_int8"):
         raise EdgeskipError(f"--int8 block variants exist for edgeskip's own ResNet blocks, not {model.cfg.name}'s")
+    rest_calibration = None
     if int8:
-        from edgeskip.models.quant import calibrate
+        from edgeskip.models.quant import calibrate, calibrate_rest
 
         log(f"calibrating int8 block variants on {calibration_images} training images ...")
-        calibration = calibrate(model, calibration_batches(splits, calibration_images), model.cfg.gated_blocks)
+        batches = calibration_batches(splits, calibration_images)
+        calibration = calibrate(model, batches, model.cfg.gated_blocks)
         model.attach_int8(calibration)
+        if int8_rest:
+            rest_calibration = calibrate_rest(model, batches)
+            model.attach_int8_rest(rest_calibration)
     with staging(out) as (tmp, work):
         t0 = time.time()
         (tmp / "onnx").mkdir()
@@ -331,7 +343,7 @@ def build_bundle(
                 log(f"compiling the {len(new)} float configs of the fractional front into the modules ...")
                 lat.measure(new)  # adds their functions; they are timed below, beside the others
         for c in configs:
-            c["module"] = module_name(c.get("options", c["skip"]))
+            c["module"] = module_name(doc_options(c))
         others = [t.name for t in lat.targets if t.name != "host"]
         if others and not unavailable:
             log(f"compiling the module for {', '.join(others)} (every config measured, one module each) ...")
@@ -347,7 +359,7 @@ def build_bundle(
         sources = [work / "ort"] if unavailable else [lat.work, work / "ort"]
         carried = carry_candidates(model, tmp / "onnx", candidate_arrays(front, frac), sources, lat.gated)
         static = {tuple(bool(v) for v in c["skip"]): carried[c["module"]] for c in configs if "options" not in c}
-        quantized = {tuple(c["options"]): carried[c["module"]] for c in configs if "options" in c}
+        quantized = {doc_options(c): carried[c["module"]] for c in configs if "options" in c}
         sharing = share_onnx_weights(sorted((tmp / "onnx").glob("*.onnx")), tmp / "onnx" / ONNX_WEIGHTS)
         log(
             f"onnxruntime graphs for {len(carried)} candidate configs over one copy of the weights "
@@ -373,9 +385,7 @@ def build_bundle(
             iree_check[name] = {"compiled": False, "reason": why}
 
         log("measuring onnxruntime" + ("" if unavailable else " vs IREE") + " on the front ...")
-        ort_lat = ort_static_latency(
-            model, [c.get("options", c["skip"]) for c in configs], tmp / "onnx", repeats=repeats
-        )
+        ort_lat = ort_static_latency(model, [doc_options(c) for c in configs], tmp / "onnx", repeats=repeats)
         if int8:  # one interleaved IREE run over its configs (the front's were timed apart from the others)
             iree_lat = host_latency(tmp, floats, (model.cfg.in_channels, *model.cfg.input_size), repeats)
             for c, t in zip(floats, iree_lat):
@@ -422,6 +432,7 @@ def build_bundle(
         if calibration is not None:
             int8_doc = {
                 "blocks": {str(b): q.to_dict() for b, q in calibration.items()},
+                **({"rest": rest_calibration.to_dict()} if rest_calibration is not None else {}),
                 "calibration": {"split": "train", "images": calibration_images, "method": "minmax"},
                 "scheme": "QDQ: activations uint8 per tensor, weights int8 symmetric per tensor, BN folded",
                 "iree": IREE_INT8,
@@ -448,6 +459,7 @@ def build_bundle(
                     tuple(int(v) for v in c["skip"]),
                     {"latency_s_onnxruntime": c["latency_s_onnxruntime"]},
                     tuple(c["options"]) if "options" in c else None,
+                    bool(c.get("int8_rest")),
                 )
                 for c in configs
             ),

@@ -15,7 +15,7 @@ from torch import nn
 from edgeskip.export.splice import Switch, mark, with_marks
 from edgeskip.models import BlockNet
 from edgeskip.models.blocknet import ExportView
-from edgeskip.skip import FULL, INT8, SKIP
+from edgeskip.skip import FULL, INT8, SKIP, has_rest, normalize_options
 
 # where OptionsGraph holds the int8 variants; the exported graph names their weights ``blocks.<i>.w1`` instead
 VARIANTS = "variants"
@@ -68,10 +68,11 @@ class OptionsGraph(ExportView):
     spliced, as :class:`GatedGraph`). Never
     deployed: exported once, then cut into each option array's static graph in milliseconds
     (:func:`~edgeskip.export.onnx_export.specialise`) instead of tracing each one. Every gated block needs its
-    int8 variant (``attach_int8``)."""
+    int8 variant (``attach_int8``). ``rest``: the int8 rest's graph (the stem, the ungated blocks and the head in
+    int8, ``attach_int8_rest``), from which the option arrays that end in REST8 are cut."""
 
-    def __init__(self, model: BlockNet) -> None:
-        super().__init__(model)
+    def __init__(self, model: BlockNet, rest: bool = False) -> None:
+        super().__init__(model, rest=rest)
         self.gate_of = {b: k for k, b in enumerate(model.cfg.gated_blocks)}
         self.reduced = {b: model.bypass(b) for b in self.gate_of}
         self.bypass = {b: bypass_branch(by) for b, by in self.reduced.items()}
@@ -101,10 +102,11 @@ class OptionsGraph(ExportView):
 class StaticGraph(ExportView):
     """``forward(image)`` of one config: the bypassed blocks are absent, no control flow. ``skip`` may be an
     option array: an int8 block is its QDQ variant (int8 weights ``blocks.<i>.w1`` ...; float blocks keep the
-    checkpoint's names)."""
+    checkpoint's names), and under the int8 rest the stem and head are too (``stem.w``, ``fc.w``)."""
 
     def __init__(self, model: BlockNet, skip: Sequence[object]) -> None:
-        super().__init__(model, nn.ModuleDict({str(b): block for b, block in model.plan(skip)}))
+        rest = has_rest(normalize_options(skip, model.cfg.num_gates))
+        super().__init__(model, nn.ModuleDict({str(b): block for b, block in model.plan(skip)}), rest=rest)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.walk(image)

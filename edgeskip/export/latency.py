@@ -17,7 +17,7 @@ from edgeskip.export.onnx_export import export_gated, export_options, export_sta
 from edgeskip.export.shared_weights import import_configs, import_shared, merge_modules, write_weights
 from edgeskip.models import BlockNet
 from edgeskip.pareto.latency import interleaved_median
-from edgeskip.skip import INT8, module_name, normalize_options
+from edgeskip.skip import INT8, has_rest, module_name, normalize_options
 
 
 class IreeLatency:
@@ -167,12 +167,20 @@ class OrtLatency:
         self.repeats, self.warmup, self.threads = repeats, warmup, threads
         self.graph = gated
         self.options_graph: Path | None = None
+        self.rest_graph: Path | None = None  # the int8 rest's option-array graph, exported at the first such array
 
     def measure(self, skip_arrays: Sequence[object]) -> list[float]:
         arrays = [normalize_options(s, self.model.cfg.num_gates) for s in skip_arrays]
+        self.work.mkdir(parents=True, exist_ok=True)
         if self.options_graph is None and any(INT8 in a for a in arrays):
-            self.work.mkdir(parents=True, exist_ok=True)
             self.options_graph = self.graph = export_options(self.model, self.work / "options.onnx")
+        rest = [a for a in arrays if has_rest(a)]
+        if rest and self.rest_graph is None:
+            self.rest_graph = export_options(self.model, self.work / "options_rest.onnx", rest=True)
+        for a in rest:  # cut here: ort_static_latency cuts the others from the one graph it is given
+            path = self.work / f"{module_name(a)}.onnx"
+            if not path.exists():
+                export_static(self.model, a, path, self.rest_graph)
         return ort_static_latency(self.model, arrays, self.work, self.repeats, self.warmup, self.threads, self.graph)
 
 

@@ -23,7 +23,7 @@ from edgeskip.backends.ort import ort_session
 from edgeskip.errors import EdgeskipError
 from edgeskip.export.graphs import VARIANTS, GatedGraph, OptionsGraph, StaticGraph
 from edgeskip.models import BlockNet, normalize_skip
-from edgeskip.skip import FULL, SKIP, normalize_options
+from edgeskip.skip import FULL, SKIP, gates_of, has_rest, normalize_options
 from edgeskip.utils.atomic import atomic_path
 
 OPSET = 20
@@ -372,14 +372,31 @@ def export_gated(model: BlockNet, dest: str | os.PathLike) -> Path:
     return export_spliced(GatedGraph(model), (image, skip), ["image", "skip"], dest)
 
 
-def export_options(model: BlockNet, dest: str | os.PathLike) -> Path:
+REST_MARK = "edgeskip.int8_rest"  # metadata of an option-array graph whose rest (stem, ungated blocks, head) is int8
+
+
+def export_options(model: BlockNet, dest: str | os.PathLike, rest: bool = False) -> Path:
     """The option-array graph (:class:`~edgeskip.export.graphs.OptionsGraph`): input ``options`` int64 [B_s]; the
-    int8 variants' weights named as a traced static graph names them (``blocks.<i>.w1``). Only ever specialised."""
+    int8 variants' weights named as a traced static graph names them (``blocks.<i>.w1``). Only ever specialised.
+    ``rest``: the graph of the int8 rest (marked :data:`REST_MARK`), from which the arrays ending in REST8 are cut."""
     model.eval()
     cfg = model.cfg
     image = torch.zeros(2, cfg.in_channels, *cfg.input_size)
     options = torch.full((cfg.num_gates,), FULL, dtype=torch.int64)
-    return export_spliced(OptionsGraph(model), (image, options), ["image", "options"], dest, edit=_variants_as_blocks)
+
+    def edit(proto: Any) -> None:
+        _variants_as_blocks(proto)
+        if rest:
+            proto.metadata_props.add(key=REST_MARK, value="1")
+
+    return export_spliced(OptionsGraph(model, rest), (image, options), ["image", "options"], dest, edit=edit)
+
+
+def is_rest_graph(graph: str | os.PathLike) -> bool:
+    """Whether ``graph`` is an option-array graph of the int8 rest (:func:`export_options` with ``rest``)."""
+    import onnx
+
+    return any(p.key == REST_MARK for p in onnx.load(str(graph), load_external_data=False).metadata_props)
 
 
 def _variants_as_blocks(model) -> None:
@@ -402,13 +419,14 @@ def export_static(
 
     ``gated``: the model's gated graph (:func:`export_gated`) or its option-array graph (:func:`export_options`).
     The config's graph is then cut from it (:func:`specialise`, milliseconds) instead of traced again (seconds: most
-    of a compile's export time). An option array with int8 blocks is cut from the option-array graph only; from a
-    gated graph (no int8 variants) it is traced."""
+    of a compile's export time). An option array with int8 blocks is cut from the option-array graph only (one that
+    ends in REST8 from the int8 rest's); from another graph it is traced."""
     model.eval()
     cfg = model.cfg
     s = normalize_options(skip, cfg.num_gates)
-    if gated is not None and (all(v in (SKIP, FULL) for v in s) or _switch_input(gated) == "options"):
-        return specialise(gated, s, dest)
+    if gated is not None and has_rest(s) == is_rest_graph(gated):
+        if all(v in (SKIP, FULL) for v in s) or _switch_input(gated) == "options":
+            return specialise(gated, gates_of(s), dest)
     image = torch.zeros(2, cfg.in_channels, *cfg.input_size)
     return export_graph(StaticGraph(model, skip), (image,), ["image"], dest)
 
@@ -448,6 +466,8 @@ def specialise(gated: str | os.PathLike, skip: Sequence[object], dest: str | os.
         value = np.array([int(v) for v in skip], dtype=np.int64)
     model.graph.input.remove(inputs[0])
     model.graph.initializer.append(numpy_helper.from_array(value, inputs[0].name))
+    for prop in [p for p in model.metadata_props if p.key == REST_MARK]:
+        model.metadata_props.remove(prop)  # a static graph, not an option-array graph
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = onnxscript.optimizer.optimize(model)

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from edgeskip.errors import EdgeskipError
-from edgeskip.skip import INT8, SKIP, normalize_options
+from edgeskip.skip import INT8, REST8, SKIP, has_rest, normalize_options
 
 Step = Callable[[int, nn.Module, torch.Tensor], torch.Tensor]
 
@@ -40,13 +40,21 @@ class Walk(nn.Module):
     def walk_gated(self) -> set[int]:
         return set()
 
-    def walk(self, x: torch.Tensor, step: Step | None = None) -> torch.Tensor:
-        h = self.stem(x)
-        gated = self.walk_gated if step is not None else ()
+    def walk(
+        self,
+        x: torch.Tensor,
+        step: Step | None = None,
+        ends: tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor]] | None = None,
+    ) -> torch.Tensor:
+        """``ends``: the stem and head to run instead of this network's own (the int8 rest, :meth:`BlockNet.ends`);
+        ``step`` then decides every block, the ungated ones included (they run their int8 variants)."""
+        stem, head = (self.stem, self.head) if ends is None else ends
+        h = stem(x)
+        gated = (self.walk_gated if ends is None else set(self.walk_order)) if step is not None else ()
         for b in self.walk_order:
             block = self.blocks[str(b)]
             h = step(b, block, h) if b in gated else block(h)  # type: ignore[misc]
-        return self.head(h)
+        return head(h)
 
 
 class BlockNet(Walk):
@@ -73,8 +81,26 @@ class BlockNet(Walk):
         return None
 
     def variant(self, index: int, option: int) -> nn.Module:
-        """The module running gated block ``index`` under a non-skip, non-full option (the int8 variant)."""
+        """The module running block ``index`` under a non-skip, non-full option: a gated block's int8 variant
+        (INT8), an ungated block's under the int8 rest (REST8)."""
         raise EdgeskipError(f"block {index} has no variant for option {option} in this model")
+
+    def rest_modules(self) -> tuple[nn.Module, dict[str, nn.Module]] | None:
+        """The int8 rest's stem and head modules (by :meth:`head_modules`' names), None where it has none."""
+        return None
+
+    def ends(self, options: object | None) -> tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor]] | None:
+        """The stem and head that run ``options``: None for this network's own, the int8 ones under the int8 rest
+        (an :class:`ExportView` over them runs the network's head code)."""
+        if options is None or not has_rest(normalize_options(options, self.cfg.num_gates)):
+            return None
+        view = getattr(self, "_rest_view", None)
+        if view is None:
+            if self.rest_modules() is None:
+                raise EdgeskipError("this network has no int8 variant of its stem and head (calibrate the rest first)")
+            view = ExportView(self, nn.ModuleDict(), rest=True)
+            object.__setattr__(self, "_rest_view", view)  # not a submodule: never in a state dict
+        return view.stem, view.head
 
     def plan(self, options: object | None) -> list[tuple[int, nn.Module]]:
         """(global index, module to run) for a skip or option array (None = every block, full precision)."""
@@ -82,10 +108,13 @@ class BlockNet(Walk):
             return [(i, self.blocks[str(i)]) for i in self.block_ids]
         o = normalize_options(options, self.cfg.num_gates)
         choice = dict(zip(self.cfg.gated_blocks, o))
+        rest = has_rest(o)
         out: list[tuple[int, nn.Module]] = []
         for i in self.block_ids:
             c = choice.get(i)
-            if c == SKIP:
+            if c is None and rest:
+                out.append((i, self.variant(i, REST8)))
+            elif c == SKIP:
                 by = self.bypass(i)
                 if by is not None:
                     out.append((i, by))
@@ -107,23 +136,37 @@ class BlockNet(Walk):
     def forward(self, x: torch.Tensor, skip: object | None = None) -> torch.Tensor:
         if skip is None:
             return self.walk(x)
-        run = dict(self.plan(skip))
-        return self.walk(x, lambda b, block, h: run[b](h) if b in run else h)
+        run = dict(self.plan(skip))  # every block, the ungated ones included (int8 under the int8 rest)
+        return self.walk(x, lambda b, block, h: run[b](h) if b in run else h, self.ends(skip))
 
 
 class ExportView(Walk):
     """Base of the export graphs: adopts a network's stem, blocks and head modules under the network's own
     attribute names, so every graph names each weight as the checkpoint does (``blocks.4.conv1.weight``), and
-    walks them as the network does."""
+    walks them as the network does. ``rest``: the int8 stem and head instead (``stem.w``, ``fc.w``), and with
+    the model's own blocks, each ungated block's int8 variant (``blocks.<i>.w1``)."""
 
-    def __init__(self, model: BlockNet, blocks: nn.ModuleDict | None = None) -> None:
+    def __init__(self, model: BlockNet, blocks: nn.ModuleDict | None = None, rest: bool = False) -> None:
         super().__init__()
-        self.stem = model.stem
-        self.blocks = model.blocks if blocks is None else blocks
-        for name, m in model.head_modules().items():
+        ends = model.rest_modules() if rest else (model.stem, model.head_modules())
+        if ends is None:
+            raise EdgeskipError("this network has no int8 variant of its stem and head (calibrate the rest first)")
+        self.stem = ends[0]
+        own = blocks is None  # the network's blocks, its gated ones gated
+        if blocks is None:
+            gated = set(model.cfg.gated_blocks)
+            blocks = (
+                nn.ModuleDict(
+                    {str(i): model.blocks[str(i)] if i in gated else model.variant(i, REST8) for i in model.block_ids}
+                )
+                if rest
+                else model.blocks
+            )
+        self.blocks = blocks
+        for name, m in ends[1].items():
             self.add_module(name, m)
         self._head = type(model).head  # the network's head code, run on this view's adopted modules
-        self._gated = set(model.cfg.gated_blocks) if blocks is None else set()
+        self._gated = set(model.cfg.gated_blocks) if own else set()
 
     @property
     def walk_gated(self) -> set[int]:

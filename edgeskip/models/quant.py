@@ -57,26 +57,68 @@ class TensorQuant:
 @dataclass(frozen=True)
 class BlockQuant:
     """Calibrated activation quantisation of one residual block: input, mid (after the first ReLU), second
-    convolution's output, block output."""
+    convolution's output, block output; ``s`` the output of a projection shortcut (a 1x1 convolution), where the
+    block has one."""
 
     x: TensorQuant
     h: TensorQuant
     c: TensorQuant
     y: TensorQuant
+    s: TensorQuant | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if self.s is None:
+            del d["s"]
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> BlockQuant:
         try:
-            parts = {k: TensorQuant(float(d[k]["scale"]), int(d[k]["zero_point"])) for k in "xhcy"}
+            parts = {k: _tensor_quant(d[k], k) for k in "xhcy"}
+            if isinstance(d, Mapping) and d.get("s") is not None:
+                parts["s"] = _tensor_quant(d["s"], "s")
         except (KeyError, TypeError, ValueError):
             raise EdgeskipError("int8 calibration entry needs x, h, c, y with scale and zero_point") from None
-        for k, t in parts.items():
-            if not (math.isfinite(t.scale) and t.scale > 0 and 0 <= t.zero_point <= 255):
-                raise EdgeskipError(f"int8 calibration entry {k}: scale must be > 0 and zero_point in 0..255")
         return cls(**parts)
+
+
+def _tensor_quant(d: Any, k: str) -> TensorQuant:
+    t = TensorQuant(float(d["scale"]), int(d["zero_point"]))
+    if not (math.isfinite(t.scale) and t.scale > 0 and 0 <= t.zero_point <= 255):
+        raise EdgeskipError(f"int8 calibration entry {k}: scale must be > 0 and zero_point in 0..255")
+    return t
+
+
+@dataclass(frozen=True)
+class RestQuant:
+    """Calibrated activation quantisation of the rest of a network (issue #34): the stem's input (the normalised
+    image) and output, each ungated block's :class:`BlockQuant` (global index), and the head's pooled features."""
+
+    stem_x: TensorQuant
+    stem_y: TensorQuant
+    blocks: dict[int, BlockQuant]
+    head: TensorQuant
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "stem_x": asdict(self.stem_x),
+            "stem_y": asdict(self.stem_y),
+            "blocks": {str(b): q.to_dict() for b, q in self.blocks.items()},
+            "head": asdict(self.head),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RestQuant:
+        try:
+            return cls(
+                _tensor_quant(d["stem_x"], "stem_x"),
+                _tensor_quant(d["stem_y"], "stem_y"),
+                {int(b): BlockQuant.from_dict(q) for b, q in d["blocks"].items()},
+                _tensor_quant(d["head"], "head"),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise EdgeskipError("int8 calibration of the rest needs stem_x, stem_y, blocks and head") from None
 
 
 def bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,13 +143,15 @@ def quantize_weight(w: torch.Tensor) -> tuple[torch.Tensor, float]:
 
 
 class Int8Block(nn.Module):
-    """The int8 variant of a residual block with an identity shortcut (see the module docstring). Buffers:
-    ``w1``/``w2`` int8 weights, ``b1``/``b2`` int32 biases; exported as initializers under those names."""
+    """The int8 variant of a residual block (see the module docstring). Buffers: ``w1``/``w2`` int8 weights,
+    ``b1``/``b2`` int32 biases (``ws``/``bs`` for a projection shortcut); exported as initializers under those
+    names. A stage's entry block (issue #34) subsamples and zero-pads its quantised input (option A: exact on the
+    input's grid, which is re-quantised at the same scale so the addition stays an int8 one) or projects it (a
+    1x1 convolution with its own output scale ``q.s``)."""
 
     def __init__(self, block: nn.Module, q: BlockQuant) -> None:
         super().__init__()
-        if not isinstance(getattr(block, "shortcut", None), nn.Identity):
-            raise EdgeskipError("only a residual block with an identity shortcut has an int8 variant")
+        shortcut = getattr(block, "shortcut", None)
         self.q = q
         self.stride, self.padding = block.conv1.stride, block.conv1.padding
         w1, b1 = fold_bn(block.conv1, block.bn1)
@@ -119,6 +163,34 @@ class Int8Block(nn.Module):
         self.register_buffer("w2", q2)
         self.register_buffer("b1", qd.quantize_per_tensor(b1, self.s_b1, 0, *I32, torch.int32))
         self.register_buffer("b2", qd.quantize_per_tensor(b2, self.s_b2, 0, *I32, torch.int32))
+        self.pad: nn.Module | None = None
+        self.proj_stride = 1
+        if isinstance(shortcut, nn.Sequential) and len(shortcut) == 2 and isinstance(shortcut[0], nn.Conv2d):
+            if q.s is None:
+                raise EdgeskipError("a block with a projection shortcut needs its calibrated output scale 's'")
+            ws, bs = fold_bn(shortcut[0], shortcut[1])
+            qs, self.s_ws = quantize_weight(ws)
+            self.s_bs = q.x.scale * self.s_ws
+            self.proj_stride = shortcut[0].stride
+            self.register_buffer("ws", qs)
+            self.register_buffer("bs", qd.quantize_per_tensor(bs, self.s_bs, 0, *I32, torch.int32))
+        elif shortcut is not None and not isinstance(shortcut, nn.Identity):
+            if type(shortcut).__name__ != "PadShortcut":
+                raise EdgeskipError(f"no int8 variant for a block whose shortcut is a {type(shortcut).__name__}")
+            self.pad = shortcut
+        elif shortcut is None:
+            raise EdgeskipError("only edgeskip's own residual blocks have an int8 variant")
+
+    def shortcut(self, x: torch.Tensor) -> torch.Tensor:
+        """The shortcut of the quantised input ``x``, on an int8 grid."""
+        if self.pad is not None:
+            return self.q.x.fake(self.pad(x))
+        if hasattr(self, "ws"):
+            ws = qd.dequantize_per_tensor(self.ws, self.s_ws, 0, *I8, torch.int8)
+            bs = qd.dequantize_per_tensor(self.bs, self.s_bs, 0, *I32, torch.int32)
+            assert self.q.s is not None
+            return self.q.s.fake(F.conv2d(x, ws, bs, self.proj_stride))
+        return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q = self.q
@@ -129,7 +201,47 @@ class Int8Block(nn.Module):
         w2 = qd.dequantize_per_tensor(self.w2, self.s_w2, 0, *I8, torch.int8)
         b2 = qd.dequantize_per_tensor(self.b2, self.s_b2, 0, *I32, torch.int32)
         c = q.c.fake(F.conv2d(h, w2, b2, 1, 1))
-        return q.y.fake(F.relu(x + c))
+        return q.y.fake(F.relu(self.shortcut(x) + c))
+
+
+class Int8Stem(nn.Module):
+    """The int8 variant of a ``conv -> BatchNorm -> ReLU`` stem: the normalised image quantised asymmetric uint8,
+    int8 weights (``w``), int32 bias (``b``), a uint8 output."""
+
+    def __init__(self, stem: nn.Sequential, x: TensorQuant, y: TensorQuant) -> None:
+        super().__init__()
+        conv, bn = stem[0], stem[1]
+        self.qx, self.qy = x, y
+        self.stride, self.padding = conv.stride, conv.padding
+        w, b = fold_bn(conv, bn)
+        qw, self.s_w = quantize_weight(w)
+        self.s_b = x.scale * self.s_w
+        self.register_buffer("w", qw)
+        self.register_buffer("b", qd.quantize_per_tensor(b, self.s_b, 0, *I32, torch.int32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = qd.dequantize_per_tensor(self.w, self.s_w, 0, *I8, torch.int8)
+        b = qd.dequantize_per_tensor(self.b, self.s_b, 0, *I32, torch.int32)
+        return self.qy.fake(F.relu(F.conv2d(self.qx.fake(x), w, b, self.stride, self.padding)))
+
+
+class Int8Linear(nn.Module):
+    """The int8 variant of the classifier: its input (the pooled features) quantised uint8, int8 weights (``w``),
+    int32 bias (``b``), float logits."""
+
+    def __init__(self, fc: nn.Linear, x: TensorQuant) -> None:
+        super().__init__()
+        self.qx = x
+        qw, self.s_w = quantize_weight(fc.weight.detach())
+        self.s_b = x.scale * self.s_w
+        self.register_buffer("w", qw)
+        bias = fc.bias.detach() if fc.bias is not None else torch.zeros(fc.out_features)
+        self.register_buffer("b", qd.quantize_per_tensor(bias, self.s_b, 0, *I32, torch.int32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = qd.dequantize_per_tensor(self.w, self.s_w, 0, *I8, torch.int8)
+        b = qd.dequantize_per_tensor(self.b, self.s_b, 0, *I32, torch.int32)
+        return F.linear(self.qx.fake(x), w, b)
 
 
 class MinMax:
@@ -142,19 +254,26 @@ class MinMax:
         self.lo, self.hi = min(self.lo, float(t.min())), max(self.hi, float(t.max()))
 
 
+def _quant(r: dict[str, MinMax]) -> BlockQuant:
+    return BlockQuant(**{k: TensorQuant.from_range(v.lo, v.hi) for k, v in r.items()})
+
+
 @torch.no_grad()
-def calibrate(model: nn.Module, batches: Iterable[torch.Tensor], blocks: Iterable[int]) -> dict[int, BlockQuant]:
-    """Activation ranges of ``blocks`` (global indices) over ``batches`` of normalised images, run through the
-    full float network in eval mode; returns each block's :class:`BlockQuant`."""
+def _ranges(model: nn.Module, batches: Iterable[torch.Tensor], blocks: Iterable[int]) -> tuple[dict, dict, int]:
+    """Activation ranges of ``blocks`` (x, h, c, y; s for a projection shortcut) and of the stem's input and output
+    and the head's pooled input, over ``batches`` run through the full float network in eval mode."""
     wanted = [int(b) for b in blocks]
     ranges = {b: {k: MinMax() for k in "xhcy"} for b in wanted}
+    ends = {k: MinMax() for k in ("stem_x", "stem_y", "head")}
     was_training = model.training
     model.eval()
     seen = 0
     try:
         for x in batches:
             seen += len(x)
+            ends["stem_x"].update(x)
             h = model.stem(x)
+            ends["stem_y"].update(h)
             for b in model.block_ids:
                 block = model.blocks[str(b)]
                 if b in ranges:
@@ -163,11 +282,31 @@ def calibrate(model: nn.Module, batches: Iterable[torch.Tensor], blocks: Iterabl
                     mid = F.relu(block.bn1(block.conv1(h)))
                     r["h"].update(mid)
                     r["c"].update(block.bn2(block.conv2(mid)))
+                    if isinstance(block.shortcut, nn.Sequential):
+                        r.setdefault("s", MinMax()).update(block.shortcut(h))
                 h = block(h)
                 if b in ranges:
                     ranges[b]["y"].update(h)
+            ends["head"].update(torch.flatten(model.pool(h), 1))
     finally:
         model.train(was_training)
+    return ranges, ends, seen
+
+
+def calibrate(model: nn.Module, batches: Iterable[torch.Tensor], blocks: Iterable[int]) -> dict[int, BlockQuant]:
+    """Activation ranges of ``blocks`` (global indices) over ``batches`` of normalised images, run through the
+    full float network in eval mode; returns each block's :class:`BlockQuant`."""
+    ranges, _, seen = _ranges(model, batches, blocks)
     if not seen:
         raise EdgeskipError("int8 calibration needs images (the calibration data is empty)")
-    return {b: BlockQuant(**{k: TensorQuant.from_range(v.lo, v.hi) for k, v in r.items()}) for b, r in ranges.items()}
+    return {b: _quant(r) for b, r in ranges.items()}
+
+
+def calibrate_rest(model: nn.Module, batches: Iterable[torch.Tensor]) -> RestQuant:
+    """:class:`RestQuant` of the blocks that are not gated, the stem and the head, as :func:`calibrate` does."""
+    gated = set(model.cfg.gated_blocks)
+    ranges, ends, seen = _ranges(model, batches, [b for b in model.block_ids if b not in gated])
+    if not seen:
+        raise EdgeskipError("int8 calibration needs images (the calibration data is empty)")
+    q = {k: TensorQuant.from_range(v.lo, v.hi) for k, v in ends.items()}
+    return RestQuant(q["stem_x"], q["stem_y"], {b: _quant(r) for b, r in ranges.items()}, q["head"])

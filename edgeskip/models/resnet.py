@@ -16,9 +16,9 @@ from torch import nn
 from edgeskip.errors import EdgeskipError
 from edgeskip.models.blocknet import BlockNet
 from edgeskip.models.config import ResNetConfig
-from edgeskip.models.quant import BlockQuant, Int8Block
+from edgeskip.models.quant import BlockQuant, Int8Block, Int8Linear, Int8Stem, RestQuant
 from edgeskip.models.stochastic_depth import residual
-from edgeskip.skip import INT8, normalize_skip
+from edgeskip.skip import INT8, REST8, normalize_skip
 
 
 class PadShortcut(nn.Module):
@@ -93,6 +93,7 @@ class CifarResNet(BlockNet):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(w3, cfg.num_classes)
         self.int8: dict[int, Int8Block] = {}  # not submodules: derived from the weights, never in a state dict
+        self.int8_rest: dict[str, nn.Module] | None = None  # "stem", "fc" and the ungated blocks' str(index)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -115,10 +116,29 @@ class CifarResNet(BlockNet):
                 raise EdgeskipError(f"block {b} is not a gated block of this network: it has no int8 variant")
             self.int8[int(b)] = Int8Block(self.blocks[str(int(b))].eval(), q)
 
+    def attach_int8_rest(self, q: RestQuant) -> None:
+        """Build the int8 variants of the rest of the network (issue #34): the stem, every ungated block (a stage's
+        entry block) and the classifier."""
+        gated = set(self.cfg.gated_blocks)
+        ungated = [b for b in self.block_ids if b not in gated]
+        if sorted(q.blocks) != ungated:
+            raise EdgeskipError(f"int8 calibration of the rest names blocks {sorted(q.blocks)}, not {ungated}")
+        rest: dict[str, nn.Module] = {"stem": Int8Stem(self.stem.eval(), q.stem_x, q.stem_y)}
+        rest.update({str(b): Int8Block(self.blocks[str(b)].eval(), q.blocks[b]) for b in ungated})
+        rest["fc"] = Int8Linear(self.fc, q.head)
+        self.int8_rest = rest
+
     def variant(self, index: int, option: int) -> nn.Module:
+        if option == REST8 and self.int8_rest is not None and str(index) in self.int8_rest:
+            return self.int8_rest[str(index)]
         if option != INT8 or index not in self.int8:
             raise EdgeskipError(f"block {index} has no int8 variant (calibrate it first)")
         return self.int8[index]
+
+    def rest_modules(self) -> tuple[nn.Module, dict[str, nn.Module]] | None:
+        if self.int8_rest is None:
+            return None
+        return self.int8_rest["stem"], {"pool": self.pool, "fc": self.int8_rest["fc"]}
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.flatten(self.pool(h), 1))

@@ -280,12 +280,13 @@ def fractional_space(
     accuracy; the test accuracy of those fronts' configs, and their comparison. ``screen_images``: the walk screens each step's moves on that many validation
     images and evaluates the best :data:`~edgeskip.pareto.fractional.SCREEN_KEEP` on the whole split (0: all)."""
     from edgeskip.pareto.fractional import compare_fronts, fit_latency_model, greedy_walk, int8_twins, probe_configs
-    from edgeskip.skip import INT8, SKIP, normalize_options
+    from edgeskip.skip import INT8, REST8, SKIP, gates_of, has_rest, normalize_options, options_to_str
 
     cfg, g = model.cfg, model.cfg.num_gates
     missing = [b for b in cfg.gated_blocks if b not in model.int8]
     if missing:
         raise EdgeskipError(f"blocks {missing} have no int8 variant: calibrate the model first")
+    rest = model.rest_modules() is not None  # the int8 rest (issue #34): one more axis
     model.eval()
     clock, seconds = time.perf_counter(), {}
 
@@ -295,7 +296,7 @@ def fractional_space(
         seconds[name] = round(now - clock, 1)
         clock = now
 
-    probes = probe_configs(g, seed)
+    probes = probe_configs(g, seed, rest=rest)
     fit = fit_latency_model(list(zip(probes, latency.measure(probes))), cfg.gated_blocks)
     lap("probes_latency")
 
@@ -313,11 +314,11 @@ def fractional_space(
             counts["screened"] += len(opts)
             return rough(opts)
 
-    path = greedy_walk(g, val_acc, fit.predict, screen)
+    path = greedy_walk(g, val_acc, fit.predict, screen, rest=rest)
     lap("walk")
     walk = {**counts, "screen_images": screen_images if rough else 0, "seconds": seconds["walk"]}
     skip_only = [normalize_options(s, g) for s in skip_candidates]
-    twins = int8_twins(skip_only)
+    twins = int8_twins(skip_only, rest)
     cands = list(dict.fromkeys([*skip_only, *twins, *(s.options for s in path), *probes]))
     known = {s.options: s.val_accuracy for s in path}
     todo = [o for o in cands if o not in known]
@@ -327,14 +328,16 @@ def fractional_space(
     lat = latency.measure(cands)
     lap("candidates_latency")
     bd = breakdown(cfg)
+    rest_macs = bd.stem + bd.head + sum(bd.blocks[b] for b in model.block_ids if b not in set(cfg.gated_blocks))
     rows = []
     for i, o in enumerate(cands):
         rows.append(
             {
-                "options": list(o),
+                "options": list(gates_of(o)),
+                "int8_rest": has_rest(o),
                 "n_skipped": o.count(SKIP),
                 "n_int8": o.count(INT8),
-                "skip_only": INT8 not in o,
+                "skip_only": INT8 not in o and not has_rest(o),
                 "source": "skip-only"
                 if o in skip_only
                 else "greedy"
@@ -343,7 +346,8 @@ def fractional_space(
                 "val_accuracy": val[i],
                 "test_accuracy": None,  # below, after the fronts are chosen
                 "macs": macs(cfg, o),
-                "int8_macs": sum(bd.blocks[b] for b, v in zip(cfg.gated_blocks, o) if v == INT8),
+                "int8_macs": sum(bd.blocks[b] for b, v in zip(cfg.gated_blocks, o) if v == INT8)
+                + (rest_macs if has_rest(o) else 0),
                 "latency_s": lat[i],
                 "latency_model_s": fit.predict(o),
             }
@@ -378,13 +382,17 @@ def fractional_space(
         "num_gates": g,
         "gated_blocks": list(cfg.gated_blocks),
         "options": {"0": "skip", "1": "full", "8": "int8"},
+        "int8_rest": rest,  # the stem, ungated blocks and head are an int8 option too (each row's "int8_rest")
         "selection_split": "val",
         "latency_source": latency.name,
         "latency_model": {"coef": list(fit.coef), "r2": fit.r2, "probes": len(probes)},
         "full_val_accuracy": rows[full]["val_accuracy"],
         "full_latency_s": rows[full]["latency_s"],
         "blocks": blocks,
-        "greedy_path": [list(s.options) for s in path],
+        "rest": None  # the rest in int8 alone
+        if not rest
+        else {k: rows[alone[(1,) * g + (REST8,)]][k] for k in ("val_accuracy", "latency_s")},
+        "greedy_path": [options_to_str(s.options) for s in path],
         "walk": walk,
         "seconds": seconds,
         "candidates": rows,

@@ -1,7 +1,8 @@
 """Accuracy of many skip arrays at once, sharing computation between them.
 
-The skip (or option) arrays form a trie over per-block decisions (the module run, or bypass) in network order. For each
-batch the stem runs once; a depth-first walk of the trie runs each block once per distinct
+The skip (or option) arrays form a trie over per-block decisions (the module run, or bypass) in network order, under
+the stem that runs them (the network's own, or the int8 rest's: :meth:`BlockNet.ends`). For each batch each stem runs
+once; a depth-first walk of the trie runs each block once per distinct
 *prefix* of decisions, so all configs that agree up to block i share everything before it. For the
 sensitivity list (each block skipped alone) and the N-least-important candidates this runs a small
 fraction of the blocks that evaluating every config separately would.
@@ -9,7 +10,7 @@ fraction of the blocks that evaluating every config separately would.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -24,6 +25,7 @@ from edgeskip.models import BlockNet
 class _Node:
     children: dict[nn.Module | None, _Node] = field(default_factory=dict)  # None: the block is bypassed
     configs: list[int] = field(default_factory=list)
+    head: Callable[[torch.Tensor], torch.Tensor] | None = None  # at a leaf: the head its configs run
 
 
 class SharedPrefixEvaluator:
@@ -32,14 +34,16 @@ class SharedPrefixEvaluator:
     def __init__(self, model: BlockNet, skip_arrays: Sequence[object]) -> None:
         self.model = model.eval()
         self.block_ids = model.block_ids
-        self.root = _Node()
+        self.root = _Node()  # its children: one per stem
         self.n = len(skip_arrays)
         for k, s in enumerate(skip_arrays):
             run = dict(model.plan(s))
-            node = self.root
+            stem, head = model.ends(s) or (model.stem, model.head)
+            node = self.root.children.setdefault(stem, _Node())
             for b in self.block_ids:
                 node = node.children.setdefault(run.get(b), _Node())
             node.configs.append(k)
+            node.head = head
         self.block_runs = 0  # blocks executed (per batch) by the shared walk
 
     @property
@@ -52,7 +56,7 @@ class SharedPrefixEvaluator:
                 total += walk(child, executed + int(d is not None))
             return total
 
-        return walk(self.root, 0)
+        return sum(walk(c, 0) for c in self.root.children.values())
 
     @property
     def shared_block_runs(self) -> int:
@@ -61,17 +65,18 @@ class SharedPrefixEvaluator:
         def walk(node: _Node) -> int:
             return sum(int(d is not None) + walk(c) for d, c in node.children.items())
 
-        return walk(self.root)
+        return sum(walk(c) for c in self.root.children.values())
 
     @torch.no_grad()
     def correct(self, x: torch.Tensor, y: torch.Tensor) -> list[int]:
         """Number of correct predictions of each config on one batch."""
         out = [0] * self.n
-        stack = [(self.root, self.model.stem(x))]
+        stack = [(node, stem(x)) for stem, node in self.root.children.items()]
         while stack:
             node, h = stack.pop()
             if node.configs:
-                hits = int((self.model.head(h).argmax(1) == y).sum())
+                assert node.head is not None
+                hits = int((node.head(h).argmax(1) == y).sum())
                 for k in node.configs:
                     out[k] = hits
             for block, child in node.children.items():

@@ -7,6 +7,10 @@ evaluator); latency from a linear model fitted to measured configs (a per-block 
 run of consecutive int8 blocks: entering int8 quantises the tensor and reorders its layout, leaving it
 dequantises). Only the candidates are then measured for real; the front is drawn from measurements, never from the
 model. No I/O here: callers pass the measurements.
+
+The rest of the network (stem, ungated blocks, head; issue #34) is one more axis: float or int8 (an option array
+ending in :data:`~edgeskip.skip.REST8`). It is one more move of the walk, one more regressor of the latency model, and
+its int8 parts join the runs of int8 blocks around them.
 """
 
 from __future__ import annotations
@@ -16,22 +20,29 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgeskip.skip import FULL, INT8, SKIP
+from edgeskip.skip import FULL, INT8, REST8, SKIP, gates_of, has_rest, with_rest
 
 Options = tuple[int, ...]
 
 
 def int8_runs(options: Sequence[int], gated_pos: Sequence[int] | None = None) -> int:
-    """Number of maximal runs of int8 blocks; a skipped block does not break a run, an executed float block does.
+    """Number of maximal runs of int8 parts; a skipped block does not break a run, an executed float part does.
 
     ``gated_pos`` (optional) is each gate's block index in the network: a gap between consecutive gates is an
-    ungated (float) block, which breaks the run."""
-    runs, inside, prev = 0, False, None
-    for k, o in enumerate(options):
+    ungated block, float (it breaks the run) unless the option array puts the rest in int8 (REST8), which also
+    runs the stem and the head in int8."""
+    rest = INT8 if has_rest(options) else FULL
+    seq = [rest]  # the stem
+    prev = None
+    for k, o in enumerate(gates_of(options)):
         pos = gated_pos[k] if gated_pos is not None else k
         if prev is not None and pos - prev > 1:
-            inside = False  # an ungated block ran in float between the two gates
+            seq.append(rest)  # an ungated block between the two gates
         prev = pos
+        seq.append(o)
+    seq.append(rest)  # the head
+    runs, inside = 0, False
+    for o in seq:
         if o == INT8:
             runs += 0 if inside else 1
             inside = True
@@ -41,10 +52,16 @@ def int8_runs(options: Sequence[int], gated_pos: Sequence[int] | None = None) ->
 
 
 def features(options: Sequence[int], gated_pos: Sequence[int] | None = None) -> np.ndarray:
-    """Regressors of the latency model: 1, int8 indicator per gate, skip indicator per gate, int8 runs."""
-    o = np.asarray(options)
+    """Regressors of the latency model: 1, int8 indicator per gate, skip indicator per gate, int8 runs, and the
+    rest in int8."""
+    o = np.asarray(gates_of(options))
     return np.concatenate(
-        [[1.0], (o == INT8).astype(float), (o == SKIP).astype(float), [float(int8_runs(options, gated_pos))]]
+        [
+            [1.0],
+            (o == INT8).astype(float),
+            (o == SKIP).astype(float),
+            [float(int8_runs(options, gated_pos)), float(has_rest(options))],
+        ]
     )
 
 
@@ -76,9 +93,11 @@ def fit_latency_model(
     return LatencyModel(tuple(float(c) for c in coef), gp, r2)
 
 
-def probe_configs(num_gates: int, seed: int = 0, random: int | None = None) -> list[Options]:
+def probe_configs(num_gates: int, seed: int = 0, random: int | None = None, rest: bool = False) -> list[Options]:
     """Configs to measure for the fit: all full, all int8, each gate int8 alone and skipped alone, the all-int8
-    network with each gate back in float, and ``random`` (default ``num_gates``) seeded random option arrays."""
+    network with each gate back in float, and ``random`` (default ``num_gates``) seeded random option arrays.
+    ``rest``: also all full and all int8 with the rest in int8, the latter with each gate back in float, and as
+    many random arrays again with the rest in int8."""
     g = num_gates
     full, all8 = (FULL,) * g, (INT8,) * g
     out = [full, all8]
@@ -89,27 +108,41 @@ def probe_configs(num_gates: int, seed: int = 0, random: int | None = None) -> l
             all8[:k] + (FULL,) + all8[k + 1 :],
         ]
     rng = np.random.default_rng(seed)
-    out += [tuple(int(v) for v in rng.choice([SKIP, FULL, INT8], g)) for _ in range(g if random is None else random)]
+    n = g if random is None else random
+    out += [tuple(int(v) for v in rng.choice([SKIP, FULL, INT8], g)) for _ in range(n)]
+    if rest:
+        out += [full + (REST8,), all8 + (REST8,)]
+        out += [all8[:k] + (FULL,) + all8[k + 1 :] + (REST8,) for k in range(g)]
+        out += [tuple(int(v) for v in rng.choice([SKIP, FULL, INT8], g)) + (REST8,) for _ in range(n)]
     return list(dict.fromkeys(out))
 
 
-def int8_twins(skip_arrays: Sequence[Options]) -> list[Options]:
-    """Each skip-only candidate with every block it keeps in int8 (the all-skipped array has none). The walk moves one
-    block at a time from all-full along one path; these put the int8 option on every point the skip search found
-    (an int8 block costs 0.45-0.6x of its float block on onnxruntime with VNNI, at ~0.1 point)."""
-    return list(dict.fromkeys(tuple(INT8 if v == FULL else v for v in s) for s in skip_arrays if FULL in s))
+def int8_twins(skip_arrays: Sequence[Options], rest: bool = False) -> list[Options]:
+    """Each skip-only candidate with every block it keeps in int8 (the all-skipped array has none); with ``rest``,
+    each also with the rest of the network in int8, and the int8 twin with it. The walk moves one block at a time
+    from all-full along one path; these put the int8 option on every point the skip search found (an int8 block
+    costs 0.45-0.6x of its float block on onnxruntime with VNNI, at ~0.1 point)."""
+    out = [tuple(INT8 if v == FULL else v for v in s) for s in skip_arrays if FULL in s]
+    if rest:
+        out = [t for s, t in zip([s for s in skip_arrays if FULL in s], out) for t in (t, with_rest(t, True))]
+        out += [with_rest(s, True) for s in skip_arrays]
+    return list(dict.fromkeys(out))
 
 
 MOVES = ((FULL, INT8), (INT8, SKIP), (FULL, SKIP))
 
 
-def next_states(options: Options) -> list[Options]:
-    """Every option array one move away: one block full -> int8, int8 -> skip or full -> skip."""
+def next_states(options: Options, rest: bool = False) -> list[Options]:
+    """Every option array one move away: one block full -> int8, int8 -> skip or full -> skip; with ``rest``, also
+    the rest of the network float -> int8."""
     out = []
-    for k, o in enumerate(options):
+    gates, tail = gates_of(options), options[len(gates_of(options)) :]
+    for k, o in enumerate(gates):
         for a, b in MOVES:
             if o == a:
-                out.append(options[:k] + (b,) + options[k + 1 :])
+                out.append(gates[:k] + (b,) + gates[k + 1 :] + tail)
+    if rest and not has_rest(options):
+        out.append(with_rest(options, True))
     return out
 
 
@@ -136,6 +169,7 @@ def greedy_walk(
     predict: Callable[[Options], float],
     screen: Callable[[list[Options]], list[float]] | None = None,
     keep: int = SCREEN_KEEP,
+    rest: bool = False,
 ) -> list[Step]:
     """The greedy path from all-full to all-skip (or until no move saves predicted latency).
 
@@ -144,12 +178,12 @@ def greedy_walk(
     saved is taken (an accuracy gain ranks first; ties go to the larger saving, then to the first move).
     ``screen`` (optional) estimates accuracy more cheaply (on fewer images): where a step has more than ``keep``
     moves, the state and its moves are screened, and only the ``keep`` best moves by the same criterion are
-    evaluated and compared."""
+    evaluated and compared. ``rest``: putting the rest of the network in int8 is one more move (:func:`next_states`)."""
     state: Options = (FULL,) * num_gates
     path = [Step(state, evaluate([state])[0])]
     while True:
         lat = predict(state)
-        saving = {m: lat - predict(m) for m in next_states(state)}
+        saving = {m: lat - predict(m) for m in next_states(state, rest)}
         moves = [m for m, v in saving.items() if v > 0]
         if not moves:
             return path

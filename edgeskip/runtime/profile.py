@@ -27,7 +27,7 @@ from edgeskip.errors import EdgeskipError
 from edgeskip.front import Point, stepping_order
 from edgeskip.manifest import ConfigEntry, Manifest
 from edgeskip.signing import PROFILES as DIR
-from edgeskip.skip import INT8, module_name
+from edgeskip.skip import INT8, doc_options, gates_of, has_rest, module_name
 from edgeskip.utils.atomic import write_json
 
 FORMAT = "edgeskip-profile"
@@ -67,6 +67,7 @@ class Candidate:
     macs: float
     latency_s: dict[str, float] = field(default_factory=dict)
     energy_j: dict[str, float] = field(default_factory=dict)
+    int8_rest: bool = False
 
     @property
     def n_skipped(self) -> int:
@@ -89,6 +90,7 @@ class Candidate:
                 float(d["macs"]),
                 {str(k): float(v) for k, v in d.get("latency_s", {}).items()},
                 {str(k): float(v) for k, v in d.get("energy_j", {}).items()},
+                bool(d.get("int8_rest", False)),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise EdgeskipError(f"profile: a candidate is malformed ({type(e).__name__}: {e})") from None
@@ -186,29 +188,43 @@ def bundle_candidates(bundle: Path, manifest: Manifest) -> list[Candidate]:
         found.setdefault(name, Candidate(name, skip, None, c["val_accuracy"], c["test_accuracy"], c["macs"]))
     if "fractional.json" in manifest.artifacts:
         for c in json.loads((bundle / "fractional.json").read_text()).get("candidates", []):
-            opts = tuple(int(v) for v in c["options"])
+            opts = doc_options(c)
             if c.get("test_accuracy") is None:  # a bundle of an earlier edgeskip: no graph for it either
                 continue
-            skip = tuple(int(v != 0) for v in opts)
+            gates, rest = gates_of(opts), has_rest(opts)
             cand = Candidate(
                 module_name(opts),
-                skip,
-                opts if INT8 in opts else None,
+                tuple(int(v != 0) for v in gates),
+                gates if INT8 in gates or rest else None,
                 c["val_accuracy"],
                 c["test_accuracy"],
                 c["macs"],
+                int8_rest=rest,
             )
             found.setdefault(cand.module, cand)
     for c in manifest.configs:
         assert c.skip is not None  # an edgeskip bundle's configs have skip arrays
-        found.setdefault(c.module, Candidate(c.module, c.skip, c.options, c.val_accuracy, c.test_accuracy, c.macs))
+        found.setdefault(
+            c.module,
+            Candidate(c.module, c.skip, c.options, c.val_accuracy, c.test_accuracy, c.macs, int8_rest=c.int8_rest),
+        )
     return list(found.values())
 
 
 def _configs(cands: Sequence[Candidate], latency: Callable[[Candidate], float]) -> tuple[ConfigEntry, ...]:
     return tuple(
         ConfigEntry(
-            k, c.module, c.n_skipped, c.val_accuracy, c.test_accuracy, c.macs, latency(c), c.skip, {}, c.options
+            k,
+            c.module,
+            c.n_skipped,
+            c.val_accuracy,
+            c.test_accuracy,
+            c.macs,
+            latency(c),
+            c.skip,
+            {},
+            c.options,
+            c.int8_rest,
         )
         for k, c in enumerate(cands)
     )

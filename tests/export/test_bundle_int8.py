@@ -9,6 +9,7 @@ import onnx
 from edgeskip.backends.iree import parameter_index
 from edgeskip.export.onnx_export import INT8_TOLERANCE
 from edgeskip.manifest import VERSION, load_manifest
+from edgeskip.skip import doc_options, module_name, with_rest
 
 
 def test_int8_bundle_manifest_and_fronts(int8_bundle):
@@ -26,7 +27,9 @@ def test_int8_bundle_manifest_and_fronts(int8_bundle):
         c = m.configs[k]
         assert c.latency_s == c.extra["latency_s_onnxruntime"] and c.module not in m.iree.functions
         assert c.module in m.onnx
-        assert c.skip == tuple(int(v != 0) for v in c.options) and c.module == "static_" + "".join(map(str, c.options))
+        assert c.skip == tuple(int(v != 0) for v in c.options) and c.module == module_name(
+            with_rest(c.options, c.int8_rest)
+        )
     assert all(m.configs[i].module in m.iree.functions for i in m.fronts["iree"])
     for backend, front in m.fronts.items():  # stepping order: slower to faster on that back end
         key = (lambda c: c.latency_s) if backend == "iree" else (lambda c: c.extra["latency_s_onnxruntime"])
@@ -37,14 +40,18 @@ def test_int8_bundle_manifest_and_fronts(int8_bundle):
     frac = json.loads((int8_bundle / "fractional.json").read_text())
     assert frac["format"] == "edgeskip-fractional" and frac["latency_model"]["probes"] >= 2 * m.num_gates
     assert {r["source"] for r in frac["candidates"]} >= {"skip-only", "greedy", "probe"}
-    measured = {tuple(r["options"]) for r in frac["candidates"]}  # every skip-only candidate's int8 twin too
+    measured = {doc_options(r) for r in frac["candidates"]}  # every skip-only candidate's int8 twins too
     twins = [tuple(8 if v else 0 for v in r["options"]) for r in frac["candidates"] if r["source"] == "skip-only"]
-    assert twins and all(t in measured for t in twins)
+    assert twins and all(t in measured and with_rest(t, True) in measured for t in twins)
+    # the stem, the stage entries and the head are one more int8 option (issue #34)
+    entries = {int(b) for b in m.int8["rest"]["blocks"]}  # each stage's first block
+    assert frac["int8_rest"] and len(entries) == 3 and not entries & set(m.gated_blocks)
+    assert any(r["int8_rest"] for r in frac["candidates"]) and 0 <= frac["rest"]["val_accuracy"] <= 1
     assert [b["block"] for b in frac["blocks"]] == list(m.gated_blocks)
     # the bundle carries every candidate of the design space, each with its test accuracy (a board's own front may
     # run any of them: edgeskip profile), over the one shared file of weights
     assert all(0 <= r["test_accuracy"] <= 1 for r in frac["candidates"])
-    assert {"static_" + "".join(map(str, r["options"])) for r in frac["candidates"]} <= set(m.onnx)
+    assert {module_name(doc_options(r)) for r in frac["candidates"]} <= set(m.onnx)
     assert m.onnx_weights and m.extra["onnx_sharing"]["graphs"] == len(m.onnx)
     assert all(0 <= b["val_accuracy_int8"] <= 1 and b["latency_s_int8"] > 0 for b in frac["blocks"])
 
@@ -77,21 +84,29 @@ def test_int8_graphs_cut_from_the_option_graph_are_the_traced_ones(int8_bundle, 
     """`compile --int8` traces one option-array graph and cuts every config's graph from it (milliseconds each, not
     a trace each): the bundle's int8 graph is the traced static graph: same operators, same weight names, same
     outputs."""
-    from collections import Counter
-
-    import numpy as np
-
-    from edgeskip.backends.ort import ort_session
     from edgeskip.export.onnx_export import export_static
-    from edgeskip.models.quant import BlockQuant
+    from edgeskip.models.quant import BlockQuant, RestQuant
     from edgeskip.train import load_checkpoint
 
     m = load_manifest(int8_bundle)
     model = load_checkpoint(int8_bundle / "model.pt").model().eval()
     model.attach_int8({int(b): BlockQuant.from_dict(q) for b, q in m.int8["blocks"].items()})
-    c = max(m.configs, key=lambda c: c.n_int8)  # the config with the most int8 blocks
-    cut = int8_bundle / m.onnx[c.module]
-    traced = export_static(model, c.options, tmp_path / "traced.onnx")
+    model.attach_int8_rest(RestQuant.from_dict(m.int8["rest"]))
+    frac = json.loads((int8_bundle / "fractional.json").read_text())
+    for o in (  # the candidate with the most int8 blocks, and the one with the rest too
+        max((doc_options(r) for r in frac["candidates"] if not r["int8_rest"]), key=lambda o: o.count(8)),
+        max((doc_options(r) for r in frac["candidates"] if r["int8_rest"]), key=lambda o: o.count(8)),
+    ):
+        _cut_is_traced(int8_bundle / m.onnx[module_name(o)], export_static(model, o, tmp_path / "traced.onnx"), m)
+
+
+def _cut_is_traced(cut, traced, m):
+    from collections import Counter
+
+    import numpy as np
+
+    from edgeskip.backends.ort import ort_session
+
     a, b = onnx.load(str(traced)).graph, onnx.load(str(cut)).graph
     assert Counter(n.op_type for n in a.node) == Counter(n.op_type for n in b.node)
     named = lambda g: {t.name for t in g.initializer if "." in t.name}  # noqa: E731 (exporter constants aside)

@@ -13,11 +13,13 @@ from edgeskip.export import emulate, export_static
 from edgeskip.export.iree_compile import TARGETS, compile_mlir, import_onnx
 from edgeskip.export.onnx_export import INT8_TOLERANCE
 from edgeskip.export.shared_weights import module_name
-from edgeskip.models.quant import calibrate
+from edgeskip.models.quant import calibrate, calibrate_rest
 from edgeskip.pareto.design import calibration_batches
+from edgeskip.skip import REST8
 from tests.conftest import require_arm, shared
 
 MIXED = (8, 1, 0, 8, 8, 1)  # gate 0 int8, gate 2 skipped, gates 3 and 4 an int8 run
+ALL_REST = (8,) * 6 + (REST8,)  # the whole network in int8: the stem, the stage entries and the head too
 
 
 @pytest.fixture(scope="module")
@@ -25,14 +27,16 @@ def quantized(tiny_checkpoint, digits_splits):
     from edgeskip.train import load_checkpoint
 
     m = load_checkpoint(tiny_checkpoint).model().eval()
-    m.attach_int8(calibrate(m, calibration_batches(digits_splits, images=256), m.cfg.gated_blocks))
+    batches = calibration_batches(digits_splits, images=256)
+    m.attach_int8(calibrate(m, batches, m.cfg.gated_blocks))
+    m.attach_int8_rest(calibrate_rest(m, batches))
     return m
 
 
 @pytest.fixture(scope="module")
 def graphs(tmp_path_factory, quantized):
     """(a folder for the tests' own outputs, the QDQ graphs of two option arrays), exported once per run."""
-    paths = {o: f"{module_name(o)}.onnx" for o in [MIXED, (8,) * 6]}
+    paths = {o: f"{module_name(o)}.onnx" for o in [MIXED, (8,) * 6, MIXED + (REST8,), ALL_REST]}
     g = shared(
         tmp_path_factory, "int8_graphs", lambda g: [export_static(quantized, o, g / f) for o, f in paths.items()]
     )
@@ -71,6 +75,21 @@ def test_onnxruntime_runs_int8_kernels_and_matches_pytorch(graphs, quantized, im
     fused = [n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node]
     assert fused.count("QLinearConv") == 2 * 3  # three int8 blocks, two convolutions each, all fused
     assert fused.count("QLinearAdd") == 3
+    # the whole network in int8: every convolution (stem, blocks, the entries' projections) and the classifier fused
+    opts.optimized_model_filepath = str(tmp_path / "opt_rest.onnx")
+    ort.InferenceSession(str(paths[ALL_REST]), opts, providers=["CPUExecutionProvider"])
+    fused = [n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node]
+    convs = sum(n.op_type == "Conv" for n in onnx.load(paths[ALL_REST]).graph.node)  # QDQ convolutions, all
+    assert convs > 6 * 2 + 1 and fused.count("Conv") == 0 and fused.count("QLinearConv") == convs
+    assert fused.count("QGemm") == 1 and "Gemm" not in fused
+
+
+def test_the_int8_rest_names_its_weights_apart(graphs):
+    _, paths = graphs
+    init = {i.name: i.data_type for i in onnx.load(paths[ALL_REST]).graph.initializer}
+    assert init["stem.w"] == onnx.TensorProto.INT8 and init["fc.w"] == onnx.TensorProto.INT8
+    assert init["blocks.3.w1"] == onnx.TensorProto.INT8  # stage 2's entry block, ungated
+    assert not any(n.endswith(".weight") for n in init)  # no float weight left
 
 
 def test_iree_host_matches_onnxruntime_on_int8(graphs, images):

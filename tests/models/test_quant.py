@@ -5,9 +5,11 @@ import torch
 
 from edgeskip.data.batches import iterate
 from edgeskip.errors import EdgeskipError
-from edgeskip.models.quant import BlockQuant, Int8Block, TensorQuant, calibrate
+from edgeskip.models.quant import BlockQuant, Int8Block, Int8Stem, RestQuant, TensorQuant, calibrate, calibrate_rest
+from edgeskip.models.resnet import BasicBlock
 from edgeskip.pareto.design import calibration_batches
 from edgeskip.pareto.evaluate import evaluate_skip_arrays
+from edgeskip.skip import REST8
 
 
 @pytest.fixture(scope="module")
@@ -84,8 +86,8 @@ def test_bad_int8_requests(quantized, tiny_model, digits_splits):
         tiny_model(torch.zeros(1, *digits_splits.shape), (8,) * g)  # not calibrated
     with pytest.raises(EdgeskipError, match="not a gated block"):
         m.attach_int8({0: cal[1]})  # block 0 is a stage's first block
-    with pytest.raises(EdgeskipError, match="identity shortcut"):
-        Int8Block(m.blocks["3"], cal[1])  # stage 2's first block has a strided shortcut
+    with pytest.raises(EdgeskipError, match="projection shortcut needs"):
+        Int8Block(BasicBlock(4, 8, 2, "proj", 1.0, "none"), cal[1])  # no calibrated scale for its projection
     with pytest.raises(EdgeskipError, match="calibration data is empty"):
         calibrate(m, [], m.cfg.gated_blocks)
     with pytest.raises(EdgeskipError, match="option array values must be 0 or 1 or 8"):
@@ -93,3 +95,35 @@ def test_bad_int8_requests(quantized, tiny_model, digits_splits):
     with pytest.raises(EdgeskipError, match="scale must be > 0"):
         BlockQuant.from_dict({k: {"scale": 0.0 if k == "c" else 1.0, "zero_point": 0} for k in "xhcy"})
     assert BlockQuant.from_dict(cal[1].to_dict()) == cal[1]
+
+
+def test_the_rest_of_the_network_in_int8(quantized, digits_splits):
+    """Issue #34: the stem, the ungated blocks (each stage's entry) and the head as one more int8 option."""
+    m, _ = quantized
+    g = m.cfg.num_gates
+    rest = calibrate_rest(m, calibration_batches(digits_splits, images=256))
+    assert sorted(rest.blocks) == [0, 3, 6] and rest.stem_x.zero_point > 0  # the normalised image is signed
+    m.attach_int8_rest(rest)
+    plan = dict(m.plan("810180+8"))
+    assert [b for b, mod in plan.items() if isinstance(mod, Int8Block)] == [0, 1, 3, 6, 7]
+    assert m.ends("810180") is None and isinstance(m.ends("810180+8")[0], Int8Stem)
+    xb, _ = next(iterate(digits_splits.test, digits_splits.norm, 64))
+    with torch.no_grad():
+        h = m.stem(xb)
+        for b in m.block_ids:  # an entry block's int8 variant (strided, zero-padded shortcut) is close to it
+            if b in rest.blocks:
+                ref, got = m.blocks[str(b)](h), m.int8_rest[str(b)](h)
+                assert (got - ref).abs().max() <= 8 * rest.blocks[b].y.scale
+            h = m.blocks[str(b)](h)
+        full, whole = m(xb, (1,) * g), m(xb, (8,) * g + (REST8,))
+        assert not torch.equal(full, whole) and (full.argmax(1) == whole.argmax(1)).float().mean() >= 0.9
+    configs = [(1,) * g, (1,) * g + (REST8,), (8,) * g + (REST8,), (8, 1, 0, 1, 8, 0, REST8)]
+    val = evaluate_skip_arrays(m, digits_splits.val, digits_splits.norm, configs)
+    assert abs(val[0] - val[2]) <= 0.03
+    x = torch.cat([x for x, _ in iterate(digits_splits.val, digits_splits.norm, 500)])
+    y = torch.as_tensor(digits_splits.val.y)
+    with torch.no_grad():
+        direct = [float((m(x, c).argmax(1) == y).float().mean()) for c in configs]
+    assert direct == pytest.approx(val)  # the shared-prefix evaluator runs the int8 stem, entries and head too
+    with pytest.raises(EdgeskipError, match="int8 calibration of the rest names blocks"):
+        m.attach_int8_rest(RestQuant(rest.stem_x, rest.stem_y, {0: rest.blocks[0]}, rest.head))

@@ -15,6 +15,7 @@ from edgeskip.pareto.fractional import (
     next_states,
     probe_configs,
 )
+from edgeskip.skip import REST8
 
 
 def test_int8_runs():
@@ -27,13 +28,15 @@ def test_int8_runs():
 def test_latency_model_recovers_an_exact_linear_cost():
     g, pos = 4, (1, 2, 4, 5)
     rng = np.random.default_rng(0)
-    true = rng.uniform(0.1, 1.0, 2 * g + 2)
-    probes = probe_configs(g, seed=1)
+    true = rng.uniform(0.1, 1.0, 2 * g + 3)
+    probes = probe_configs(g, seed=1, rest=True)
     assert len(probes) == len(set(probes)) and (1,) * g in probes and (8,) * g in probes
+    assert (1,) * g + (REST8,) in probes and (8,) * g + (REST8,) in probes
     fit = fit_latency_model([(o, float(features(o, pos) @ true)) for o in probes], pos)
     assert fit.r2 == pytest.approx(1.0)
     for o in itertools.product((0, 1, 8), repeat=g):
-        assert fit.predict(o) == pytest.approx(float(features(o, pos) @ true))
+        for a in (o, o + (REST8,)):
+            assert fit.predict(a) == pytest.approx(float(features(a, pos) @ true))
     noisy = fit_latency_model([(o, float(features(o, pos) @ true) + rng.normal(0, 0.3)) for o in probes], pos)
     assert noisy.r2 < 0.999  # the fit reports when the model does not explain the measurements
 
@@ -41,6 +44,30 @@ def test_latency_model_recovers_an_exact_linear_cost():
 def test_next_states():
     assert sorted(next_states((1, 8, 0))) == sorted([(8, 8, 0), (0, 8, 0), (1, 0, 0)])
     assert next_states((0, 0)) == []
+    # the rest of the network is one more move, float -> int8 only, kept by the gates' moves
+    assert sorted(next_states((1, 0), rest=True)) == sorted([(8, 0), (0, 0), (1, 0, REST8)])
+    assert sorted(next_states((8, 0, REST8), rest=True)) == [(0, 0, REST8)]
+
+
+def test_int8_runs_count_the_rest_of_the_network():
+    pos = (1, 2, 4, 5)  # blocks 0 and 3 are ungated (a stage's entry)
+    assert int8_runs((8, 8, 8, 8), pos) == 2  # block 3 runs in float between the gates
+    assert int8_runs((8, 8, 8, 8, REST8), pos) == 1  # stem to head in int8
+    assert int8_runs((1, 1, 1, 1, REST8), pos) == 3  # the stem with block 0, block 3, the head
+    assert int8_runs((8, 0, 0, 8, REST8), pos) == 1  # skipped blocks do not break a run
+
+
+def test_int8_twins_with_the_rest():
+    assert int8_twins([(1, 1), (1, 0), (0, 0)]) == [(8, 8), (8, 0)]
+    assert set(int8_twins([(1, 1), (1, 0), (0, 0)], rest=True)) == {
+        (8, 8),
+        (8, 8, REST8),
+        (8, 0),
+        (8, 0, REST8),
+        (1, 1, REST8),
+        (1, 0, REST8),
+        (0, 0, REST8),
+    }
 
 
 def test_greedy_takes_the_cheapest_accuracy_per_second_and_ends_all_skipped():
