@@ -437,3 +437,64 @@ def run_sweep(
     doc["sweep_png"] = "sweep.png" if drawn else None
     write_json(out / "sweep.json", doc)
     return doc
+
+
+def run_front_sweep(
+    bundles: dict[str, str | os.PathLike],
+    loads: Sequence[float],
+    seeds: int = 3,
+    runs: str = "original,paper,rate,mix",
+    pattern: str = "paper",
+    count: int = 1000,
+    min_acc: float = 0.0,
+    backend: str = "auto",
+    **executor_options: Any,
+) -> dict[str, Any]:
+    """A load sweep over several bundles of one model (their fronts: e.g. float, int8 blocks, int8 everywhere), in
+    one run: at each load and seed the same arrivals (relative to the first bundle's original) replay every run
+    label of every bundle, bundles in turn (rotated per seed); rows ``NAME:LABEL``, and ``original`` (the first
+    bundle's) as the reference of the table. Returns the document :func:`run_sweep` writes, without writing it."""
+    if not bundles:
+        raise EdgeskipError("a front sweep needs at least one bundle")
+    if not loads or any(not (x > 0) for x in loads):
+        raise EdgeskipError(f"--loads must be positive numbers, got {list(loads)}")
+    if seeds < 1:
+        raise EdgeskipError(f"--seeds must be >= 1, got {seeds}")
+    benches = {
+        name: _Bench(Path(path), backend, None, 2000 if count > 2000 else count, None, None, None, executor_options)
+        for name, path in bundles.items()
+    }
+    first = next(iter(benches.values()))
+    ids = {b.executor.manifest.dataset_id for b in benches.values()}
+    if len(ids) > 1:
+        raise EdgeskipError(f"the bundles were built on different data sets: {sorted(ids)}")
+    specs = [s for s in parse_runs(runs) if s.label != "original"]
+    rows: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    keys = ("processed", "dropped", "accuracy", "expected_accuracy", "per_config", "drop_reasons", "latency_s")
+    for load in loads:
+        for seed in range(seeds):
+            arr = arrivals_for(pattern, count, first.service_time / load, None, None, seed)
+            order = list(benches.items())
+            order = order[seed % len(order) :] + order[: seed % len(order)]
+            jobs = [("original", first, parse_run("original"))]
+            jobs += [(f"{name}:{spec.label}", b, spec) for name, b in order for spec in specs]
+            for label, b, spec in jobs:
+                recs, _ = b.run(spec, arr, min_acc, None)
+                s = summarize(recs, b.test_accuracies(spec.label))
+                rows.setdefault(f"{load:g}", {}).setdefault(label, []).append({k: s[k] for k in keys if k in s})
+    return {
+        "bundles": {name: str(path) for name, path in bundles.items()},
+        "backend": {name: b.executor.backend for name, b in benches.items()},
+        "pattern": pattern,
+        "count": count,
+        "seeds": seeds,
+        "loads": list(loads),
+        "min_acc": min_acc,
+        "service_time_s": first.service_time,
+        "fronts": {
+            name: [{**c.to_dict(), "latency_measured_s": t} for c, t in zip(b.executor.configs, b.latencies)]
+            for name, b in benches.items()
+        },
+        "table": sweep_table(rows),
+        "rows": rows,
+    }

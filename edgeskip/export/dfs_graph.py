@@ -44,7 +44,7 @@ from torch import nn
 
 from edgeskip.backends.ort import ort_session
 from edgeskip.errors import EdgeskipError
-from edgeskip.export.onnx_export import INT8_TOLERANCE, export_spliced, max_abs_diff
+from edgeskip.export.onnx_export import INT8_TOLERANCE, export_spliced, max_abs_diff, rounding_tolerated
 from edgeskip.export.splice import Switch, mark, with_marks
 from edgeskip.models.blocknet import ExportView
 from edgeskip.models.dfs import FULL_BITS, DFSResNet, quant_params, residual_bits
@@ -340,17 +340,6 @@ def graph_reference(
     if calibration is None:
         return lambda x: (lambda o: (o.logits, o.choice[0]))(model.run(x))
     return DFSGraph(model, order, calibration).eval()
-
-
-def rounding_tolerated(diffs: list[float], flips: int, decisions: int, tol: float) -> bool:
-    """Two runs of one quantised graph agree up to rounding: at most max(1, 5%) of the images' relative logit
-    differences past ``tol``, none past 10 x ``tol`` (a wrong branch is off by far more than a rounding step
-    carried on), and at most 1% of the decisions differing (see :func:`verify_dfs_onnx`)."""
-    return (
-        sum(d > tol for d in diffs) <= max(1, 0.05 * len(diffs))
-        and all(d <= 10 * tol for d in diffs)
-        and flips <= 0.01 * decisions
-    )
 
 
 def verify_dfs_onnx(

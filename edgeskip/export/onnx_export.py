@@ -30,8 +30,22 @@ OPSET = 20
 TOLERANCE = 1e-4
 # int8 graphs (QDQ): PyTorch simulates onnxruntime's integer kernels in float, so a value on a rounding boundary
 # may land one quantisation step apart, and the step carries through the later blocks. Relative to the largest
-# logit. Measured: tiny digits model 2e-7 (every value agrees), CIFAR ResNet-20 0.005 (bench/README §9).
+# logit. Measured: tiny digits model 2e-7 (every value agrees), CIFAR ResNet-20 0.005 (bench/README §9). Such a step
+# moves a few images (ResNet-20 with the stem, entries and head in int8 too: at most 0.8%, on 3 of 64 images); a
+# wrong graph or rewrite moves most (onnxruntime's DoubleQDQPairsRemover: 1-2% on the 90th-percentile image,
+# bench/README §10.3): see :func:`rounding_tolerated`.
 INT8_TOLERANCE = 0.01
+
+
+def rounding_tolerated(diffs: Sequence[float], flips: int, decisions: int, tol: float) -> bool:
+    """Two runs of one quantised graph agree up to rounding: at most max(1, 5%) of the images' relative logit
+    differences past ``tol``, none past 10 x ``tol`` (a wrong branch or scale is off by far more than a rounding
+    step carried on, and on most images), and at most 1% of the (gate) decisions differing."""
+    return (
+        sum(d > tol for d in diffs) <= max(1, 0.05 * len(diffs))
+        and all(d <= 10 * tol for d in diffs)
+        and flips <= 0.01 * decisions
+    )
 
 
 @contextlib.contextmanager
@@ -535,16 +549,29 @@ def verify_onnx(
 
 def verify_int8(
     model: BlockNet, images: torch.Tensor, graphs: dict[tuple[int, ...], str | os.PathLike], tol: float = INT8_TOLERANCE
-) -> float:
-    """onnxruntime's int8 kernels vs PyTorch's simulation of them, for each option array's static graph: the worst
-    difference relative to the largest logit (raises EdgeskipError above ``tol``)."""
-    worst = 0.0
+) -> dict[str, float]:
+    """onnxruntime's int8 kernels vs PyTorch's simulation of them, for each option array's static graph: per image,
+    the largest logit difference relative to its largest logit, held to :func:`rounding_tolerated` (a one-line
+    EdgeskipError naming the config). Returns the worst image (``relative``) and the most images past ``tol`` in one
+    graph (``images_past_tolerance``, of ``images``)."""
+    from edgeskip.skip import options_to_str
+
+    worst = {"relative": 0.0, "images_past_tolerance": 0, "images": len(images)}
     x = images.numpy().astype(np.float32)
     with torch.no_grad():
         for options, path in graphs.items():
             ref = model(images, options).numpy()
             out = ort_session(path).run(None, {"image": x})[0]
-            worst = max(worst, logit_diff(out, ref))
-    if worst > tol:
-        raise EdgeskipError(f"int8 graph does not match PyTorch: {worst:.2e} (relative) > {tol:g}")
+            diffs = [logit_diff(o, r) for o, r in zip(out, ref)]
+            over = sum(d > tol for d in diffs)
+            if not rounding_tolerated(diffs, 0, 0, tol):
+                raise EdgeskipError(
+                    f"int8 graph {options_to_str(options)} does not match PyTorch: {over} of {len(x)} images past "
+                    f"the relative tolerance {tol:g} (max {max(diffs):.2e})"
+                )
+            worst = {
+                "relative": max(worst["relative"], max(diffs)),
+                "images_past_tolerance": max(worst["images_past_tolerance"], over),
+                "images": len(x),
+            }
     return worst

@@ -47,12 +47,11 @@ from edgeskip.export.dfs_graph import (
     calibrate_dfs,
     export_dfs,
     graph_reference,
-    rounding_tolerated,
     switch_order,
     verify_dfs_onnx,
 )
 from edgeskip.export.iree_compile import COMMON_FLAGS, Target, compile_many, import_onnx
-from edgeskip.export.onnx_export import INT8_TOLERANCE, max_abs_diff
+from edgeskip.export.onnx_export import INT8_TOLERANCE, max_abs_diff, rounding_tolerated
 from edgeskip.export.shared_weights import rename_module
 from edgeskip.export.skipnet_graph import export_skipnet, verify_skipnet_onnx
 from edgeskip.manifest import DECISIONS, ConfigEntry, InputSpec, IreeEntry, Manifest, Normalization

@@ -20,11 +20,10 @@ from edgeskip.export.dfs_graph import (
     calibrate_dfs,
     export_dfs,
     graph_reference,
-    rounding_tolerated,
     switch_order,
     verify_dfs_onnx,
 )
-from edgeskip.export.onnx_export import INT8_TOLERANCE
+from edgeskip.export.onnx_export import INT8_TOLERANCE, rounding_tolerated
 from edgeskip.manifest import load_manifest
 from edgeskip.runtime.executor import IreeSkipNetExecutor, OrtSkipNetExecutor, open_executor
 from edgeskip.train import load_checkpoint

@@ -109,3 +109,21 @@ def test_aarch64_int8_module_runs_under_qemu(graphs, images):
     arm = compile_mlir(mlir, TARGETS["aarch64-i8mm"], d / "mixed_i8mm.vmfb")
     x = images.numpy()[:4]
     assert np.abs(emulate.run_module(arm, [x]) - host(x)).max() <= INT8_TOLERANCE * max(1.0, np.abs(host(x)).max())
+
+
+def test_verify_int8_passes_rounding_and_catches_a_wrong_scale(graphs, quantized, images, tmp_path):
+    """The build's int8 check (rounding_tolerated): the bundle's graphs pass; a graph whose first quantisation scale
+    is off by 20% (what a wrong calibration or a rewrite that recomputes scales does) fails in one line."""
+    from edgeskip.errors import EdgeskipError
+    from edgeskip.export.onnx_export import verify_int8
+
+    _, paths = graphs
+    ok = verify_int8(quantized, images, {ALL_REST: paths[ALL_REST], MIXED: paths[MIXED]})
+    assert ok["images"] == len(images) and ok["images_past_tolerance"] <= 1
+    model = onnx.load(paths[ALL_REST])
+    q = next(n for n in model.graph.node if n.op_type == "QuantizeLinear")
+    scale = next(t for t in model.graph.initializer if t.name == q.input[1])
+    scale.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(scale) * 1.2, scale.name))
+    onnx.save(model, tmp_path / "wrong.onnx")
+    with pytest.raises(EdgeskipError, match=r"int8 graph 888888\+8 does not match PyTorch: \d+ of 32 images"):
+        verify_int8(quantized, images, {ALL_REST: tmp_path / "wrong.onnx"})

@@ -149,6 +149,29 @@ def test_mix_time_shares_neighbours_to_meet_the_budget():
     assert {strict.on_start(0.0) for _ in range(50)} == {3}
 
 
+def test_a_mixed_front_is_stepped_by_accuracy_and_measured_service_not_by_skipped_blocks():
+    """Issue #34 part 3: with int8 configs, latency is not ordered by skipped blocks, and the compile host's order may
+    not be the board's. rate/mix take the most accurate allowed config whose *measured* service time fits, and mix
+    time-shares it with the next more accurate one; paper steps through the front's order (Algorithm 1)."""
+    acc = [0.90, 0.899, 0.88, 0.85]  # full float, all int8 (nothing skipped), one block skipped, two skipped
+    prior = [1.0, 0.8, 0.6, 0.4]  # the compile host's order
+    board = [1.0, 0.35, 0.6, 0.4]  # this board: int8 pays far more (VNNI), so config 1 is the fastest but one
+    p = RatePolicy(acc, ServiceModel(prior), target_util=0.9, hysteresis=0.0)
+    feed(p, [0.5] * 40)  # budget 0.45: by the priors only config 3 fits
+    assert p.config == 3
+    for c in range(4):
+        p.on_finish(0.0, c, board[c])
+    assert p.on_start(0.0) == 1  # measured: int8 everywhere fits, more accurate than any skipping config
+    m = MixPolicy(acc, ServiceModel(prior), 0.0, target_util=1.0, strict=False)
+    for c in range(4):
+        m.on_finish(0.0, c, board[c])
+    feed(m, [0.675] * 60)  # budget 0.675: between config 1 (0.35) and config 0 (1.0), half of it spent on each side
+    picks = [m.on_start(0.0) for _ in range(400)]
+    assert set(picks) == {0, 1} and picks.count(0) == pytest.approx(200, abs=6)
+    paper = AdaptiveController(acc, 0.0, delta_req=1.0)
+    assert [paper.on_request(0.0, busy=True).config for _ in range(3)] == [1, 2, 3]  # the front's order, unchanged
+
+
 def test_policy_parameters_and_names_are_checked():
     for name, bad in (
         ("target_util", 0.0),
