@@ -30,19 +30,20 @@ OPSET = 20
 TOLERANCE = 1e-4
 # int8 graphs (QDQ): PyTorch simulates onnxruntime's integer kernels in float, so a value on a rounding boundary
 # may land one quantisation step apart, and the step carries through the later blocks. Relative to the largest
-# logit. Measured: tiny digits model 2e-7 (every value agrees), CIFAR ResNet-20 0.005 (bench/README §9). Such a step
-# moves a few images (ResNet-20 with the stem, entries and head in int8 too: at most 0.8%, on 3 of 64 images); a
-# wrong graph or rewrite moves most (onnxruntime's DoubleQDQPairsRemover: 1-2% on the 90th-percentile image,
-# bench/README §10.3): see :func:`rounding_tolerated`.
+# logit. Measured: tiny digits model 2e-7 (every value agrees), CIFAR ResNet-20 0.005 (bench/README §9). Through a
+# deep int8 chain (the stem, entries and head in int8 too) the steps multiply: 6 values of 524,288 one step apart
+# after the first int8 block grew to ~1% of the values by the head, and 2 of 32 images to 3.9% (config 188888+8);
+# the 90th-percentile image stays at 0. A wrong graph or rewrite moves most images (onnxruntime's
+# DoubleQDQPairsRemover: 1-2% on the 90th-percentile image; bench/README §10.3): see :func:`rounding_tolerated`.
 INT8_TOLERANCE = 0.01
 
 
 def rounding_tolerated(diffs: Sequence[float], flips: int, decisions: int, tol: float) -> bool:
-    """Two runs of one quantised graph agree up to rounding: at most max(1, 5%) of the images' relative logit
+    """Two runs of one quantised graph agree up to rounding: at most max(1, 10%) of the images' relative logit
     differences past ``tol``, none past 10 x ``tol`` (a wrong branch or scale is off by far more than a rounding
     step carried on, and on most images), and at most 1% of the (gate) decisions differing."""
     return (
-        sum(d > tol for d in diffs) <= max(1, 0.05 * len(diffs))
+        sum(d > tol for d in diffs) <= max(1, 0.1 * len(diffs))
         and all(d <= 10 * tol for d in diffs)
         and flips <= 0.01 * decisions
     )

@@ -37,7 +37,7 @@ def test_int8_bundle_manifest_and_fronts(int8_bundle):
         assert t == sorted(t, reverse=True)
     ver = m.extra["verification"]
     assert 0 <= ver["onnx"]["int8_relative"] <= 10 * INT8_TOLERANCE and ver["onnx"]["int8_images"] == 32
-    assert ver["onnx"]["int8_images_past_tolerance"] <= 1  # a rounding step carried on, on at most max(1, 5%)
+    assert ver["onnx"]["int8_images_past_tolerance"] <= 3  # a rounding step carried on: at most max(1, 10%)
     frac = json.loads((int8_bundle / "fractional.json").read_text())
     assert frac["format"] == "edgeskip-fractional" and frac["latency_model"]["probes"] >= 2 * m.num_gates
     assert {r["source"] for r in frac["candidates"]} >= {"skip-only", "greedy", "probe"}

@@ -119,7 +119,7 @@ def test_verify_int8_passes_rounding_and_catches_a_wrong_scale(graphs, quantized
 
     _, paths = graphs
     ok = verify_int8(quantized, images, {ALL_REST: paths[ALL_REST], MIXED: paths[MIXED]})
-    assert ok["images"] == len(images) and ok["images_past_tolerance"] <= 1
+    assert ok["images"] == len(images) and ok["images_past_tolerance"] <= 3
     model = onnx.load(paths[ALL_REST])
     q = next(n for n in model.graph.node if n.op_type == "QuantizeLinear")
     scale = next(t for t in model.graph.initializer if t.name == q.input[1])
