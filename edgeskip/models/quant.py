@@ -49,9 +49,14 @@ class TensorQuant:
         return cls(scale, int(min(255, max(0, round(-lo / scale)))))
 
     def fake(self, x: torch.Tensor) -> torch.Tensor:
-        """DQ(Q(x)): the float values an int8 kernel sees."""
-        q = qd.quantize_per_tensor(x, self.scale, self.zero_point, *U8, torch.uint8)
-        return qd.dequantize_per_tensor(q, self.scale, self.zero_point, *U8, torch.uint8)
+        """DQ(Q(x)): the float values an int8 kernel sees. Exported as the Q and DQ ops; evaluated as the same
+        arithmetic on the float tensor in place (the uint8 round trip holds integers 0..255 exactly, so the values
+        are bit-identical), which makes an int8 block's simulation about twice as fast."""
+        if torch.compiler.is_exporting() or torch.compiler.is_compiling() or x.requires_grad:
+            q = qd.quantize_per_tensor(x, self.scale, self.zero_point, *U8, torch.uint8)
+            return qd.dequantize_per_tensor(q, self.scale, self.zero_point, *U8, torch.uint8)
+        y = torch.round(x * (1.0 / self.scale))  # quantize_per_tensor's own expression
+        return y.add_(self.zero_point).clamp_(*U8).sub_(self.zero_point).mul_(self.scale)
 
 
 @dataclass(frozen=True)
