@@ -86,6 +86,9 @@ def test_evaluate_an_option_array_with_int8_blocks(tiny_checkpoint, tmp_path):
     assert "skipped 1/6  int8 2 (calibrated on 128 training images)" in mixed.stdout
     acc = [float(r.stdout.split()[2]) for r in (full, mixed)]
     assert abs(acc[0] - acc[1]) <= 0.05
+    whole = inproc("evaluate", "--checkpoint", tiny_checkpoint, "--skip", "888888+8", "--calibration-images", "128")
+    assert whole.returncode == 0 and "int8 6 + the rest (calibrated on 128" in whole.stdout, whole.stderr
+    one_line_error(inproc("evaluate", "--checkpoint", tiny_checkpoint, "--skip", "888888+9"), "only 0, 1 and 8")
     one_line_error(
         inproc("evaluate", "--checkpoint", tiny_checkpoint, "--skip", "818011", "--calibration-images", "0"),
         "--calibration-images",
