@@ -55,8 +55,9 @@ class TensorQuant:
         if torch.compiler.is_exporting() or torch.compiler.is_compiling() or x.requires_grad:
             q = qd.quantize_per_tensor(x, self.scale, self.zero_point, *U8, torch.uint8)
             return qd.dequantize_per_tensor(q, self.scale, self.zero_point, *U8, torch.uint8)
-        y = torch.round(x * (1.0 / self.scale))  # quantize_per_tensor's own expression
-        return y.add_(self.zero_point).clamp_(*U8).sub_(self.zero_point).mul_(self.scale)
+        y = torch.mul(x, 1.0 / self.scale).round_()  # quantize_per_tensor's own expression
+        # clamp(r + z, 0, 255) - z == clamp(r, -z, 255 - z) on the integers r: exact, two passes fewer
+        return y.clamp_(U8[0] - self.zero_point, U8[1] - self.zero_point).mul_(self.scale)
 
 
 @dataclass(frozen=True)
