@@ -145,7 +145,13 @@ class ConfigEntry:
 
     @property
     def n_int8(self) -> int:
+        """Gated blocks run in int8."""
         return 0 if self.options is None else self.options.count(8)
+
+    @property
+    def quantized(self) -> bool:
+        """Whether any part runs in int8 (gated blocks, or the rest: ``options`` is present exactly then)."""
+        return self.options is not None
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in asdict(self).items() if k not in ("extra", "options", "int8_rest")}
@@ -319,7 +325,7 @@ class Manifest:
     @property
     def by_skip(self) -> dict[tuple[bool, ...], int]:
         """Config index of each Pareto skip array (float configs only: an int8 config computes other numbers)."""
-        return {s: c.index for c in self.configs if (s := c.skip_tuple) is not None and c.n_int8 == 0}
+        return {s: c.index for c in self.configs if (s := c.skip_tuple) is not None and not c.quantized}
 
     def front(self, backend: str) -> tuple[int, ...]:
         """Indices of the configs ``backend`` steps through, in order (every config where no front is named)."""
@@ -411,7 +417,7 @@ class Manifest:
         int8 = d.get("int8")
         if int8 is not None and not isinstance(int8, dict):
             raise ManifestError("manifest: int8 must be an object")
-        if any(c.n_int8 for c in cfgs) and int8 is None:
+        if any(c.quantized for c in cfgs) and int8 is None:
             raise ManifestError("manifest: configs run int8 blocks but the int8 section is missing")
         targets = {str(k): TargetEntry.from_dict(v, k) for k, v in _req(d, "targets", dict, "manifest").items()}
         onnx = {str(k): _rel_path(v, f"onnx.{k}") for k, v in _req(d, "onnx", dict, "manifest").items()}
@@ -433,7 +439,7 @@ class Manifest:
             if not targets:
                 raise ManifestError("manifest: targets is empty")
             iree = IreeEntry.from_dict(_req(d, "iree", dict, "manifest"))
-            if any(c.n_int8 for c in cfgs) and "iree" not in fronts:
+            if any(c.quantized for c in cfgs) and "iree" not in fronts:
                 raise ManifestError("manifest: a bundle with int8 configs must name the IREE front")
             on_iree = fronts.get("iree", range(len(cfgs)))  # only the IREE front's configs need IREE functions
             missing = [cfgs[i].module for i in on_iree if cfgs[i].module not in iree.functions]

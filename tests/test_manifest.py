@@ -202,6 +202,22 @@ def test_version_3_options_and_fronts():
     assert v2.version == VERSION == 3 and v2.front("iree") == (0, 1, 2) and v2.int8 is None
 
 
+def test_a_config_with_the_rest_in_int8_is_typed_and_never_its_skip_arrays_float_config():
+    """Issue #34: ``int8_rest`` (stem, stage entries and head in int8) beside options; a config running no gated block
+    in int8 but the rest (``1010+8``) is still an int8 config: a skip array names the float one."""
+    doc = int8_doc()
+    doc["configs"][1].update(options=[1, 0, 1, 0], int8_rest=True, module="static_1010+8")
+    doc["onnx"]["static_1010+8"] = doc["onnx"].pop("static_8080")
+    m = Manifest.from_dict(doc)
+    c = m.configs[1]
+    assert c.int8_rest and c.quantized and c.n_int8 == 0 and c.to_dict()["int8_rest"] is True
+    assert m.by_skip == {(True,) * 4: 0, (False,) * 4: 2} and Manifest.from_dict(m.to_dict()) == m
+    assert "int8_rest" not in m.configs[0].to_dict()  # written only where true: older readers see nothing new
+    doc["configs"][1].pop("options")
+    refused(doc, lambda d: None, "int8_rest must be true or false, and true only beside options")
+    refused(int8_doc(), lambda d: d["configs"][1].update(int8_rest="yes"), "int8_rest must be true or false")
+
+
 @pytest.mark.parametrize(
     "edit, fragment",
     [

@@ -127,6 +127,7 @@ class CifarResNet(BlockNet):
         rest.update({str(b): Int8Block(self.blocks[str(b)].eval(), q.blocks[b]) for b in ungated})
         rest["fc"] = Int8Linear(self.fc, q.head)
         self.int8_rest = rest
+        self.__dict__.pop("_rest_view", None)  # BlockNet.ends' view over the previous variants
 
     def variant(self, index: int, option: int) -> nn.Module:
         if option == REST8 and self.int8_rest is not None and str(index) in self.int8_rest:

@@ -27,10 +27,10 @@ def test_each_backend_runs_its_own_front(int8_bundle, digits_splits):
         for k, c in enumerate(ex.configs):
             ref = ort_session(int8_bundle / m.onnx[c.module]).run(None, {"image": x})[0]
             got = ex.infer(x, config=k)
-            tol = 1e-4 if not c.n_int8 else 1e-6  # int8 through onnxruntime: the same kernels, the same numbers
+            tol = 1e-4 if not c.quantized else 1e-6  # int8 through onnxruntime: the same kernels, the same numbers
             assert np.abs(got - ref).max() <= tol * max(1.0, float(np.abs(ref).max()))
     ort = open_executor(int8_bundle, backend="onnxruntime")
-    k = next(k for k, c in enumerate(ort.configs) if c.n_int8)
+    k = next(k for k, c in enumerate(ort.configs) if c.quantized)
     c = ort.configs[k]
     # a skip array names the float config of that mask, never the int8 one
     assert ort.manifest.by_skip.get(c.skip_tuple) != k

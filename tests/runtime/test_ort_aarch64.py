@@ -12,7 +12,7 @@ import onnxruntime
 import pytest
 
 from edgeskip.export import emulate
-from edgeskip.export.onnx_export import INT8_TOLERANCE, logit_diff
+from edgeskip.export.onnx_export import INT8_TOLERANCE, logit_diff, rounding_tolerated
 from edgeskip.runtime.executor import open_executor
 
 REPO = Path(__file__).resolve().parents[2]
@@ -49,11 +49,15 @@ def test_the_int8_front_runs_on_aarch64_onnxruntime(int8_bundle, tmp_path):
     assert doc["machine"] == "aarch64" and doc["ort"] == onnxruntime.__version__ and doc["backend"] == "onnxruntime"
     host = open_executor(int8_bundle, backend="onnxruntime")
     assert doc["modules"] == [c.module for c in host.configs]
-    int8 = [c.n_int8 > 0 for c in host.configs]
+    int8 = [c.quantized for c in host.configs]
     assert any(int8) and not all(int8), "the onnxruntime front should hold int8 and float configs"
     for k, c in enumerate(host.configs):
         ref, got = host.infer(x, config=k), np.asarray(doc["logits"][k], np.float32)
-        # float: IEEE arithmetic in another order; int8: the bundle's rule for integer kernels (1% of the top logit)
-        assert logit_diff(got, ref) <= (INT8_TOLERANCE if int8[k] else 1e-4), c.module
+        # float: IEEE arithmetic in another order; int8: the bundle's rule for integer kernels (rounding_tolerated:
+        # 1% of the top logit but on max(1, 10%) of the images, where a rounding step grew over the layers)
+        if int8[k]:
+            assert rounding_tolerated([logit_diff(g, r) for g, r in zip(got, ref)], 0, 0, INT8_TOLERANCE), c.module
+        else:
+            assert logit_diff(got, ref) <= 1e-4, c.module
         agree = float((got.argmax(1) == ref.argmax(1)).mean())
         assert agree >= (0.95 if int8[k] else 1.0), (c.module, agree)
