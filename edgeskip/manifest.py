@@ -13,8 +13,10 @@ Version 1 bundles (edgeskip 0.1: ``gated.onnx`` plus ``onnx/<module>.onnx`` by c
 ``iree.entry_function``) are upgraded on reading. Any other version is refused with a
 one-line error rather than guessed at; a change of shape bumps :data:`VERSION` and keeps a reader for the old.
 Optional within version 3: ``onnx_weights`` (issue #32), the one file of external data every ONNX graph of the
-bundle points into (each distinct initializer once); graphs without it carry their own weights; and a config's
-``int8_rest`` (issue #34): the stem, the ungated blocks and the head in int8 too.
+bundle points into (each distinct initializer once); graphs without it carry their own weights. Version 4 (issue #34)
+adds a config's ``int8_rest``: the stem, the ungated blocks and the head in int8 too. A bundle is written as version
+4 only where a config has it (an older reader would take such a config for a float one), else as version 3; a
+version-3 document is a version-4 one without it.
 """
 
 from __future__ import annotations
@@ -32,8 +34,8 @@ from edgeskip.errors import EdgeskipError
 from edgeskip.utils.hashing import file_digest
 
 FORMAT = "edgeskip-bundle"
-VERSION = 3
-READS = (1, 2, 3)
+VERSION = 4
+READS = (1, 2, 3, 4)
 OPTION_VALUES = (0, 1, 8)  # skip, full, int8 (edgeskip.skip)
 KINDS = ("edgeskip", "skipnet", "dfs")
 LEARNED = ("skipnet", "dfs")  # kinds whose learned gates pick the blocks per input
@@ -341,7 +343,7 @@ class Manifest:
         """The JSON document (``manifest.json``)."""
         d: dict[str, Any] = {
             "format": self.format,
-            "version": self.version,
+            "version": VERSION if any(c.int8_rest for c in self.configs) else 3,  # see the module docstring
             "kind": self.kind,
             **{k: v for k, v in self.extra.items() if k in ("created_unix", "tools")},
         }
@@ -390,7 +392,7 @@ class Manifest:
             )
         if d["version"] == 1:
             d = _upgrade_v1(d)
-        d = {**d, "version": VERSION}  # a version-2 document is a version-3 one without int8
+        d = {**d, "version": VERSION}  # a version-2 document is a version-3 one without int8, which is a version-4 one
         kind = d.get("kind", "edgeskip")
         if kind not in KINDS:
             raise ManifestError(f"manifest: kind must be one of {', '.join(KINDS)}, got {kind!r}")

@@ -199,7 +199,8 @@ def test_version_3_options_and_fronts():
     ]
     assert len(m.for_backend("onnxruntime").configs) == 3
     v2 = Manifest.from_dict(valid_doc())  # a version-2 document: every back end steps through every config
-    assert v2.version == VERSION == 3 and v2.front("iree") == (0, 1, 2) and v2.int8 is None
+    assert v2.version == VERSION == 4 and v2.front("iree") == (0, 1, 2) and v2.int8 is None
+    assert m.to_dict()["version"] == 3  # no int8_rest: written as version 3, which older readers take
 
 
 def test_a_config_with_the_rest_in_int8_is_typed_and_never_its_skip_arrays_float_config():
@@ -212,6 +213,7 @@ def test_a_config_with_the_rest_in_int8_is_typed_and_never_its_skip_arrays_float
     c = m.configs[1]
     assert c.int8_rest and c.quantized and c.n_int8 == 0 and c.to_dict()["int8_rest"] is True
     assert m.by_skip == {(True,) * 4: 0, (False,) * 4: 2} and Manifest.from_dict(m.to_dict()) == m
+    assert m.to_dict()["version"] == 4  # older readers (versions 1-3) refuse it rather than run it as float
     assert "int8_rest" not in m.configs[0].to_dict()  # written only where true: older readers see nothing new
     doc["configs"][1].pop("options")
     refused(doc, lambda d: None, "int8_rest must be true or false, and true only beside options")

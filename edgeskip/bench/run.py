@@ -453,7 +453,9 @@ def run_front_sweep(
     """A load sweep over several bundles of one model (their fronts: e.g. float, int8 blocks, int8 everywhere), in
     one run: at each load and seed the same arrivals (relative to the first bundle's original) replay every run
     label of every bundle, bundles in turn (rotated per seed); rows ``NAME:LABEL``, and ``original`` (the first
-    bundle's) as the reference of the table. Returns the document :func:`run_sweep` writes, without writing it."""
+    bundle's) as the reference of the table, run first at each load and seed. Each bundle's policies take their own
+    measured service times as priors; the arrivals are the same for all. Returns the document :func:`run_sweep`
+    writes, without writing it."""
     if not bundles:
         raise EdgeskipError("a front sweep needs at least one bundle")
     if not loads or any(not (x > 0) for x in loads):

@@ -353,7 +353,7 @@ def verify_dfs_onnx(
     int8 graphs) and the same options chosen. A quantised branch may round a value that sits on a rounding
     boundary one step apart (PyTorch divides by the scale, a kernel may multiply by its inverse) and the step
     carries through later blocks, past ``tol`` on that image, or flip a later gate: more than 1% of the decisions
-    differing, or more images than max(1, 10%) past ``tol``, fail (a wrong graph differs on most images; CIFAR-10
+    differing, or more images than max(1, 5%) past ``tol``, fail (a wrong graph differs on most images; CIFAR-10
     ResNet-20's qlinear form: 2 of 64 images at 1.3e-2). ``reference``: :func:`graph_reference` of the
     export's settings (default: the DFS model)."""
     ref_fn = reference or graph_reference(model)

@@ -80,6 +80,8 @@ class Candidate:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Candidate:
+        if d.get("int8_rest") and d.get("options") is None:
+            raise EdgeskipError("profile: a candidate with int8_rest needs its options, as a manifest config does")
         try:
             return cls(
                 str(d["module"]),

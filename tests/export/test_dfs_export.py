@@ -164,14 +164,15 @@ def test_qlinear_needs_calibration(test_batch, tmp_path):
 
 
 def test_rounding_rule():
-    """One image past the tolerance is a rounding step (or 10% of a larger set); more, or 1% of the decisions
-    differing, is a wrong graph."""
+    """One image past the tolerance is a rounding step (or 5% of a larger set, 10% for edgeskip's int8 configs); more,
+    or 1% of the decisions differing, is a wrong graph."""
     assert rounding_tolerated([0.0] * 15 + [0.02], 0, 96, 0.01)
     assert not rounding_tolerated([0.0] * 15 + [0.5], 0, 96, 0.01)  # one image far off: a wrong branch
     assert not rounding_tolerated([0.0] * 14 + [0.02, 0.02], 0, 96, 0.01)
-    assert rounding_tolerated([0.0] * 30 + [0.039] * 2, 0, 0, 0.01)  # ResNet-20 188888+8: 2 of 32 at 3.9%
-    assert rounding_tolerated([0.0] * 57 + [0.02] * 6, 0, 384, 0.01)
-    assert not rounding_tolerated([0.0] * 28 + [0.015] * 4, 0, 0, 0.01)  # 12.5%: a systematic shift
+    assert rounding_tolerated([0.0] * 60 + [0.02] * 3, 0, 384, 0.01)
+    assert not rounding_tolerated([0.0] * 57 + [0.02] * 6, 0, 384, 0.01)
+    assert rounding_tolerated([0.0] * 30 + [0.039] * 2, 0, 0, 0.01, 0.1)  # ResNet-20 188888+8: 2 of 32 at 3.9%
+    assert not rounding_tolerated([0.0] * 28 + [0.015] * 4, 0, 0, 0.01, 0.1)  # 12.5%: a systematic shift
     assert not rounding_tolerated([0.0] * 16, 1, 96, 0.01) and rounding_tolerated([0.0] * 64, 3, 384, 0.01)
 
 
