@@ -76,6 +76,7 @@ def main() -> None:
                 {
                     "module": c.module,
                     "int8_blocks": c.n_int8,
+                    "int8_rest": c.int8_rest,
                     "relative_diff": logit_diff(got, ref),
                     "top1_agreement": float((got.argmax(1) == ref.argmax(1)).mean()),
                     "accuracy_aarch64": float((got.argmax(1) == labels).mean()),

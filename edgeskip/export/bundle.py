@@ -263,12 +263,16 @@ IREE_INT8 = (
 
 def int8_weight_bytes(model: Any) -> dict[str, int]:
     """Bytes of the gated blocks' float convolution weights and of their int8 variants' weights and biases
-    (what an int8 variant adds where both are loaded)."""
+    (what an int8 variant adds where both are loaded); ``rest_int8``: the int8 rest's weights and biases."""
     out = {"float": 0, "int8": 0}
     for b, q in model.int8.items():
         block = model.blocks[str(b)]
         out["float"] += 4 * (block.conv1.weight.numel() + block.conv2.weight.numel())
         out["int8"] += q.w1.numel() + q.w2.numel() + 4 * (q.b1.numel() + q.b2.numel())
+    if model.int8_rest is not None:  # the stem's, the ungated blocks' and the classifier's int8 variants
+        out["rest_int8"] = sum(
+            t.numel() * t.element_size() for m in model.int8_rest.values() for t in m.buffers(recurse=False)
+        )
     return out
 
 

@@ -60,6 +60,7 @@ def test_int8_graphs_hold_int8_weights_at_a_quarter_of_the_float(int8_bundle):
     m = load_manifest(int8_bundle)
     wb = m.int8["weight_bytes"]
     assert 0.25 <= wb["int8"] / wb["float"] <= 0.26  # int8 weights (a quarter of float32) plus int32 biases
+    assert wb["rest_int8"] > 0  # the stem, the three stage entries and the classifier in int8
     c = next(c for c in m.configs if c.n_int8)
     g = onnx.load(int8_bundle / m.onnx[c.module]).graph
     init = {i.name: i for i in g.initializer}
