@@ -21,7 +21,7 @@ from serve_footprint import REPO, Daemon  # noqa: E402
 
 from edgeskip.bench.drivers import probe_daemon, run_http  # noqa: E402
 from edgeskip.bench.report import format_sweep, plot_sweep, summarize, sweep_table  # noqa: E402
-from edgeskip.bench.run import http_service_time, test_images  # noqa: E402
+from edgeskip.bench.run import http_service_time, sweep_row, test_images  # noqa: E402
 from edgeskip.bench.sweep import parse_run  # noqa: E402
 from edgeskip.bench.workload import arrivals  # noqa: E402
 from edgeskip.utils.atomic import write_json  # noqa: E402
@@ -76,20 +76,7 @@ def main() -> None:
                     arr = arrivals("paper", a.count, service_time / load, seed)
                     s = summarize(run_http(url, arr, images, ys), test_acc)
                     rows.setdefault(f"{load:g}", {}).setdefault(label, []).append(
-                        {
-                            k: s[k]
-                            for k in (
-                                "processed",
-                                "dropped",
-                                "accuracy",
-                                "expected_accuracy",
-                                "per_config",
-                                "drop_reasons",
-                                "latency_s",
-                                "e2e_s",
-                                "errors",
-                            )
-                        }
+                        {**sweep_row(s), "errors": s["errors"]}
                     )
                     print(
                         f"{label:>10} load {load:g} seed {seed}: {s['processed']} processed, {s['dropped']} dropped, "

@@ -340,6 +340,35 @@ def run_benchmark(
     return doc
 
 
+# what a sweep keeps of each run's summary (the energy figures only where a power source measured them)
+SWEEP_KEYS = (
+    "processed",
+    "dropped",
+    "accuracy",
+    "expected_accuracy",
+    "per_config",
+    "drop_reasons",
+    "latency_s",
+    "e2e_s",
+    "energy",
+    "joules_per_inference",
+    "inferences_per_joule",
+    "inferences_per_joule_above_idle",
+)
+
+
+def sweep_row(summary: dict[str, Any]) -> dict[str, Any]:
+    """What a load sweep keeps of one run's :func:`~edgeskip.bench.report.summarize` (:data:`SWEEP_KEYS`)."""
+    return {k: summary[k] for k in SWEEP_KEYS if k in summary}
+
+
+def _check_sweep(loads: Sequence[float], seeds: int) -> None:
+    if not loads or any(not (x > 0) for x in loads):
+        raise EdgeskipError(f"--loads must be positive numbers, got {list(loads)}")
+    if seeds < 1:
+        raise EdgeskipError(f"--seeds must be >= 1, got {seeds}")
+
+
 def run_sweep(
     bundle: str | os.PathLike,
     out: str | os.PathLike,
@@ -364,10 +393,7 @@ def run_sweep(
     processed ratio and accuracy change vs the original with their spread; sweep.json and sweep.png.
 
     Over HTTP (``url``) the runs are the daemon as started ("daemon") and the original pinned to config 0."""
-    if not loads or any(not (x > 0) for x in loads):
-        raise EdgeskipError(f"--loads must be positive numbers, got {list(loads)}")
-    if seeds < 1:
-        raise EdgeskipError(f"--seeds must be >= 1, got {seeds}")
+    _check_sweep(loads, seeds)
     b = _Bench(
         Path(bundle),
         backend,
@@ -391,26 +417,7 @@ def run_sweep(
             for spec in specs:
                 recs, energy = b.run(spec, arr, min_acc, delta_req)
                 s = summarize(recs, b.test_accuracies(spec.label), energy)
-                rows.setdefault(f"{load:g}", {}).setdefault(spec.label, []).append(
-                    {
-                        k: s[k]
-                        for k in (
-                            "processed",
-                            "dropped",
-                            "accuracy",
-                            "expected_accuracy",
-                            "per_config",
-                            "drop_reasons",
-                            "latency_s",
-                            "e2e_s",
-                            "energy",
-                            "joules_per_inference",
-                            "inferences_per_joule",
-                            "inferences_per_joule_above_idle",
-                        )
-                        if k in s
-                    }
-                )
+                rows.setdefault(f"{load:g}", {}).setdefault(spec.label, []).append(sweep_row(s))
     b.power.close()
     table = sweep_table(rows)
     doc = {
@@ -458,10 +465,7 @@ def run_front_sweep(
     writes, without writing it."""
     if not bundles:
         raise EdgeskipError("a front sweep needs at least one bundle")
-    if not loads or any(not (x > 0) for x in loads):
-        raise EdgeskipError(f"--loads must be positive numbers, got {list(loads)}")
-    if seeds < 1:
-        raise EdgeskipError(f"--seeds must be >= 1, got {seeds}")
+    _check_sweep(loads, seeds)
     benches = {
         name: _Bench(Path(path), backend, None, 2000 if count > 2000 else count, None, None, None, executor_options)
         for name, path in bundles.items()
@@ -472,7 +476,6 @@ def run_front_sweep(
         raise EdgeskipError(f"the bundles were built on different data sets: {sorted(ids)}")
     specs = [s for s in parse_runs(runs) if s.label != "original"]
     rows: dict[str, dict[str, list[dict[str, Any]]]] = {}
-    keys = ("processed", "dropped", "accuracy", "expected_accuracy", "per_config", "drop_reasons", "latency_s")
     for load in loads:
         for seed in range(seeds):
             arr = arrivals_for(pattern, count, first.service_time / load, None, None, seed)
@@ -483,7 +486,7 @@ def run_front_sweep(
             for label, b, spec in jobs:
                 recs, _ = b.run(spec, arr, min_acc, None)
                 s = summarize(recs, b.test_accuracies(spec.label))
-                rows.setdefault(f"{load:g}", {}).setdefault(label, []).append({k: s[k] for k in keys if k in s})
+                rows.setdefault(f"{load:g}", {}).setdefault(label, []).append(sweep_row(s))
     return {
         "bundles": {name: str(path) for name, path in bundles.items()},
         "backend": {name: b.executor.backend for name, b in benches.items()},

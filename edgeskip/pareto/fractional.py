@@ -122,9 +122,12 @@ def int8_twins(skip_arrays: Sequence[Options], rest: bool = False) -> list[Optio
     each also with the rest of the network in int8, and the int8 twin with it. The walk moves one block at a time
     from all-full along one path; these put the int8 option on every point the skip search found (an int8 block
     costs 0.45-0.6x of its float block on onnxruntime with VNNI, at ~0.1 point)."""
-    out = [tuple(INT8 if v == FULL else v for v in s) for s in skip_arrays if FULL in s]
+    out: list[Options] = []
+    for s in skip_arrays:
+        if FULL in s:
+            twin = tuple(INT8 if v == FULL else v for v in s)
+            out += [twin, with_rest(twin, True)] if rest else [twin]
     if rest:
-        out = [t for s, t in zip([s for s in skip_arrays if FULL in s], out) for t in (t, with_rest(t, True))]
         out += [with_rest(s, True) for s in skip_arrays]
     return list(dict.fromkeys(out))
 
@@ -136,7 +139,8 @@ def next_states(options: Options, rest: bool = False) -> list[Options]:
     """Every option array one move away: one block full -> int8, int8 -> skip or full -> skip; with ``rest``, also
     the rest of the network float -> int8."""
     out = []
-    gates, tail = gates_of(options), options[len(gates_of(options)) :]
+    gates = gates_of(options)
+    tail = options[len(gates) :]
     for k, o in enumerate(gates):
         for a, b in MOVES:
             if o == a:
