@@ -8,13 +8,19 @@ Side by side in one run, batch 1, one thread, the same image:
 - nchw:      the same static graphs compiled as bundles were before section 14 (ONNX's NCHW convolutions);
 - ort:       onnxruntime (1 thread) on the bundle's static ONNX graph of that config.
 For every config of a ResNet-20 bundle, then for torchvision MobileNetV2 (width 0.5, 32x32, 10 classes) and
-ResNet-18 (224x224, 1000 classes) as whole static networks (random weights: the time does not depend on them).
+ResNet-18 (224x224, 1000 classes) as whole static networks (random weights: the time does not depend on them),
+compiled channels-last with and without data tiling (``compile`` measures which is faster on the host and keeps
+it: bench/README section 14.4; ``runtime`` is then the faster) and NCHW.
+
+``--burst K``: each engine runs K calls in a row per round (the first not counted), the warm state of a daemon
+serving one engine; 1 (the default) times every call right after the other engines' calls.
 
 The per-call split (all-skip config): FunctionInvoker (IREE's convenience wrapper, what the runtime used
 before) vs the runtime's direct VM invocation vs a bare ``VmContext.invoke`` on a pre-built input with no
 result read; and the pieces (input buffer copy, result read).
 
     python bench/engines.py bench/work/r20 --rounds 300 --out bench/results
+    python bench/engines.py bench/work/r20u --rounds 60 --burst 10 --out bench/results/engines_per_function
 
 (the bundle: ``edgeskip compile --checkpoint bench/checkpoints/r20_sd.pt --dataset cifar10
 --data-dir ../shared/datasets/cifar10-jpeg --target host --out bench/work/r20``). Nothing else may run.
@@ -23,6 +29,7 @@ result read; and the pieces (input buffer copy, result read).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import shlex
@@ -31,6 +38,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import matplotlib
 
@@ -68,13 +76,64 @@ def benchmark_module(vmfb: Path, weights: Path, function: str, inputs: list[Path
     return med["real_time"] * scale
 
 
-def interleave(runners: dict[str, object], rounds: int, floors: dict[str, object], blocks: int = 3) -> dict:
+def front_ends_and_gated(bundle: Path, work: Path) -> SimpleNamespace:
+    """A bundle's full-depth and all-skipped static graphs (its IREE front's first and last configs) and its gated
+    graph (run with every other block skipped), imported as one merged module over a copy of its archive in
+    ``work``: ``configs``, ``x``, ``skip``, ``feeds`` / ``files`` (onnxruntime's inputs / the .npy files per
+    config), ``arch``, ``mlir``, and onnxruntime's ``sessions`` (1 thread) and reference logits ``refs``."""
+    man = load_manifest(bundle)
+    front = man.for_backend("iree").configs
+    configs = [front[0].module, front[-1].module, "gated"]
+    x = np.random.default_rng(0).standard_normal((1, *man.input.chw)).astype(np.float32)
+    skip = np.array([k % 2 == 0 for k in range(man.num_gates)], dtype=bool)
+    np.save(work / "x.npy", x)
+    np.save(work / "skip.npy", skip)
+    feeds = {c: {"image": x} for c in configs}
+    feeds["gated"]["skip"] = skip
+    files = {c: [work / "x.npy"] for c in configs}
+    files["gated"].append(work / "skip.npy")
+    arch = work / "w.irpa"
+    arch.write_bytes((bundle / man.iree.weights).read_bytes())
+    mlir = merge_modules({c: import_shared(bundle / man.onnx[c], arch, work, c) for c in configs}, work / "m.mlir")
+    sessions = {c: ort_session(bundle / man.onnx[c], threads=1) for c in configs}
+    refs = {c: sessions[c].run(None, feeds[c])[0] for c in configs}
+    return SimpleNamespace(
+        configs=configs, x=x, skip=skip, feeds=feeds, files=files, arch=arch, mlir=mlir, sessions=sessions, refs=refs
+    )
+
+
+def blocks_with_onnxruntime(
+    vmfbs: dict[str, Path],
+    weights: Path,
+    configs: list[str],
+    files: dict,
+    sessions: dict,
+    feeds: dict,
+    blocks: int,
+    reps: int,
+) -> dict[str, dict[str, float]]:
+    """Per config (a function of every module in ``vmfbs``), the median over ``blocks`` blocks of each module's
+    ``iree-benchmark-module`` time and of onnxruntime's (``sessions[c]`` on ``feeds[c]``, 300 calls) in the
+    same block: {config: {module name or "onnxruntime": seconds}}."""
+    times: dict[str, dict[str, list[float]]] = {c: {n: [] for n in [*vmfbs, "onnxruntime"]} for c in configs}
+    for _ in range(blocks):
+        for c in configs:
+            (ort,) = interleaved_median([lambda c=c: sessions[c].run(None, feeds[c])], 300, warmup=20)
+            times[c]["onnxruntime"].append(ort)
+            for n, vmfb in vmfbs.items():
+                times[c][n].append(benchmark_module(vmfb, weights, c, files[c], reps))
+    return {c: {n: float(np.median(t)) for n, t in by.items()} for c, by in times.items()}
+
+
+def interleave(
+    runners: dict[str, object], rounds: int, floors: dict[str, object], blocks: int = 3, burst: int = 1
+) -> dict:
     """Python runners round-robin in ``blocks`` blocks; the benchmark-module floors between blocks (medians of
     the blocks' medians), so drift of the machine hits every column alike."""
     got: dict[str, list[float]] = {n: [] for n in [*runners, *floors]}
     names = list(runners)
     for _ in range(blocks):
-        meds = interleaved_median([runners[n] for n in names], max(1, rounds // blocks), warmup=5)
+        meds = interleaved_median([runners[n] for n in names], max(1, rounds // blocks), warmup=5, burst=burst)
         for n, m in zip(names, meds):
             got[n].append(m)
         for n, f in floors.items():
@@ -82,7 +141,7 @@ def interleave(runners: dict[str, object], rounds: int, floors: dict[str, object
     return {n: float(np.median(v)) for n, v in got.items()}
 
 
-def resnet20(bundle: Path, rounds: int, reps: int, work: Path) -> dict:
+def resnet20(bundle: Path, rounds: int, reps: int, work: Path, burst: int = 1) -> dict:
     """Every config of the bundle's IREE front on every engine, plus the per-call split."""
     man = load_manifest(bundle)
     rt_ex = open_executor(bundle, backend="iree", target="host")
@@ -112,7 +171,7 @@ def resnet20(bundle: Path, rounds: int, reps: int, work: Path) -> dict:
             "benchmark": lambda c=c: benchmark_module(vmfb, weights, c.module, [work / "x.npy"], reps),
             "benchmark_nchw": lambda c=c: benchmark_module(nchw_vmfb, arch, c.module, [work / "x.npy"], reps),
         }
-        t = interleave(runners, rounds, floors)
+        t = interleave(runners, rounds, floors, burst=burst)
         same = float(np.abs(rt_ex.infer(x, config=c.index) - sess.run(None, {"image": x})[0]).max())
         rows.append(
             {
@@ -182,8 +241,9 @@ def per_call_split(rt_ex, row: dict, x: np.ndarray, rounds: int) -> dict:
     return out
 
 
-def whole_network(name: str, make, shape: tuple[int, ...], rounds: int, reps: int, work: Path) -> dict:
-    """A library network as one static graph: IREE (channels-last and NCHW) vs onnxruntime."""
+def whole_network(name: str, make, shape: tuple[int, ...], rounds: int, reps: int, work: Path, burst: int = 1) -> dict:
+    """A library network as one static graph: IREE (channels-last with and without data tiling, of which
+    ``compile`` keeps the faster on this host; and NCHW) vs onnxruntime."""
     import torch
 
     from edgeskip.export.onnx_export import export_graph
@@ -194,33 +254,44 @@ def whole_network(name: str, make, shape: tuple[int, ...], rounds: int, reps: in
     onnx = export_graph(model, (torch.from_numpy(x),), ["image"], work / f"{name}.onnx", dynamic_batch=False)
     weights = work / f"{name}.irpa"
     mlir = import_onnx(onnx, work / f"{name}.mlir", params=weights)
-    t0 = time.perf_counter()
-    cl = compile_mlir(mlir, TARGETS["host"], work / f"{name}.cl.vmfb", channels_last=("main_graph",))
-    t1 = time.perf_counter()
-    nchw = compile_mlir(mlir, TARGETS["host"], work / f"{name}.nchw.vmfb")
-    t2 = time.perf_counter()
-    ex_cl, ex_nchw = SharedIreeExecutor(weights, [cl]), SharedIreeExecutor(weights, [nchw])
+    host, vmfbs, compile_s = TARGETS["host"], {}, {}
+    builds = {
+        "tiled": (dataclasses.replace(host, static_data_tiling=True), ("main_graph",)),
+        "untiled": (dataclasses.replace(host, static_data_tiling=False), ("main_graph",)),
+        "nchw": (host, ()),
+    }
+    for b, (target, cl) in builds.items():
+        t0 = time.perf_counter()
+        vmfbs[b] = compile_mlir(mlir, target, work / f"{name}.{b}.vmfb", channels_last=cl)
+        compile_s[b] = time.perf_counter() - t0
+    exs = {b: SharedIreeExecutor(weights, [v]) for b, v in vmfbs.items()}
     sess = ort_session(onnx, threads=1)
     with torch.inference_mode():
         ref = model(torch.from_numpy(x)).numpy()
-    diff = {n: float(np.abs(e.run(0, x) - ref).max()) for n, e in (("runtime", ex_cl), ("nchw", ex_nchw))}
+    diff = {b: float(np.abs(e.run(0, x) - ref).max()) for b, e in exs.items()}
     diff["ort"] = float(np.abs(sess.run(None, {"image": x})[0] - ref).max())
+    bench = lambda b: lambda: benchmark_module(vmfbs[b], weights, "main_graph", [work / f"{name}.x.npy"], reps)  # noqa: E731
     t = interleave(
         {
-            "runtime": lambda: ex_cl.run(0, x),
-            "nchw": lambda: ex_nchw.run(0, x),
+            "runtime_tiled": lambda: exs["tiled"].run(0, x),
+            "runtime_untiled": lambda: exs["untiled"].run(0, x),
+            "nchw": lambda: exs["nchw"].run(0, x),
             "ort": lambda: sess.run(None, {"image": x}),
         },
         rounds,
-        {"benchmark": lambda: benchmark_module(cl, weights, "main_graph", [work / f"{name}.x.npy"], reps)},
+        {"benchmark_tiled": bench("tiled"), "benchmark_untiled": bench("untiled")},
+        burst=burst,
     )
-    print(f"  {name}: " + ", ".join(f"{n} {v * 1e3:.3f} ms" for n, v in t.items()))
+    chosen = "tiled" if t["runtime_tiled"] <= t["runtime_untiled"] else "untiled"
+    t.update(runtime=t[f"runtime_{chosen}"], benchmark=t[f"benchmark_{chosen}"])
+    print(f"  {name}: " + ", ".join(f"{n} {v * 1e3:.3f} ms" for n, v in t.items()) + f" (kept: {chosen})")
     return {
         "name": name,
         "input": list(shape),
         **t,
+        "kept": chosen,
         "max_abs_diff_vs_torch": diff,
-        "compile_s": {"channels_last": t1 - t0, "nchw": t2 - t1},
+        "compile_s": compile_s,
     }
 
 
@@ -260,6 +331,13 @@ def main() -> None:
     ap.add_argument("--big-rounds", type=int, default=30, help="rounds for the whole library networks")
     ap.add_argument("--reps", type=int, default=5, help="iree-benchmark-module repetitions per block")
     ap.add_argument("--skip-networks", action="store_true", help="ResNet-20 only")
+    ap.add_argument(
+        "--burst",
+        type=int,
+        default=1,
+        help="calls in a row per engine and round (1: each call after the other engines'; more: the warm steady "
+        "state of a process serving one engine, as iree-benchmark-module's loop is)",
+    )
     ap.add_argument("--out", type=Path, default=Path("bench/results"))
     a = ap.parse_args()
     from edgeskip.models.zoo import import_torchvision
@@ -269,7 +347,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         print("ResNet-20 bundle:")
-        res = {"resnet20": resnet20(a.bundle, a.rounds, a.reps, work), "networks": []}
+        res = {"resnet20": resnet20(a.bundle, a.rounds, a.reps, work, a.burst), "networks": []}
         if not a.skip_networks:
             print("whole networks:")
             res["networks"].append(
@@ -280,6 +358,7 @@ def main() -> None:
                     a.big_rounds,
                     a.reps,
                     work,
+                    a.burst,
                 )
             )
             res["networks"].append(
@@ -290,6 +369,7 @@ def main() -> None:
                     a.big_rounds,
                     a.reps,
                     work,
+                    a.burst,
                 )
             )
     import iree.runtime
@@ -301,6 +381,7 @@ def main() -> None:
         "onnxruntime": onnxruntime.__version__,
         "iree": iree.runtime.version.VERSION if hasattr(iree.runtime, "version") else "?",
     }
+    res["burst"] = a.burst
     res["command"] = "python " + " ".join(shlex.quote(s) for s in sys.argv)
     a.out.mkdir(parents=True, exist_ok=True)
     write_json(a.out / "engines.json", res)

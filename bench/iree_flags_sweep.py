@@ -22,14 +22,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from engines import benchmark_module  # noqa: E402
+from engines import blocks_with_onnxruntime, front_ends_and_gated  # noqa: E402
 
 from edgeskip.backends.iree import SharedIreeExecutor  # noqa: E402
-from edgeskip.backends.ort import ort_session  # noqa: E402
 from edgeskip.export.iree_compile import TARGETS, compile_mlir  # noqa: E402
-from edgeskip.export.shared_weights import import_shared, merge_modules  # noqa: E402
-from edgeskip.manifest import load_manifest  # noqa: E402
-from edgeskip.pareto.latency import interleaved_median  # noqa: E402
 from edgeskip.utils.atomic import write_json  # noqa: E402
 
 VARIANTS: dict[str, list[str]] = {
@@ -53,27 +49,12 @@ def main() -> None:
     ap.add_argument("--out", default="bench/results/iree_flags_sweep.json")
     args = ap.parse_args()
     bundle = Path(args.bundle)
-    man = load_manifest(bundle)
-    front = man.for_backend("iree").configs
-    configs = [front[0].module, front[-1].module, "gated"]  # gated: NCHW, one If per gate (arbitrary skip arrays)
-    x = np.random.default_rng(0).standard_normal((1, *man.input.chw)).astype(np.float32)
     names = [v for v in args.variants.split(",") if v]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        np.save(work / "x.npy", x)
-        skip = np.array([k % 2 == 0 for k in range(man.num_gates)], dtype=bool)  # every other block skipped
-        np.save(work / "skip.npy", skip)
-        feeds = {c: {"image": x} for c in configs}
-        feeds["gated"]["skip"] = skip
-        files = {c: [work / "x.npy"] for c in configs}
-        files["gated"].append(work / "skip.npy")
-        arch = work / "w.irpa"
-        arch.write_bytes((bundle / man.iree.weights).read_bytes())
-        parts = {c: import_shared(bundle / man.onnx[c], arch, work, c) for c in configs}
-        mlir = merge_modules(parts, work / "m.mlir")
+        r = front_ends_and_gated(bundle, work)
+        configs, x, skip, arch, mlir, refs = r.configs, r.x, r.skip, r.arch, r.mlir, r.refs
         vmfbs, compile_s, diffs = {}, {}, {}
-        sessions = {c: ort_session(bundle / man.onnx[c], threads=1) for c in configs}
-        refs = {c: sessions[c].run(None, feeds[c])[0] for c in configs}
         for v in names:
             t0 = time.perf_counter()
             try:
@@ -88,16 +69,10 @@ def main() -> None:
             outs = [ex.run(0, x), ex.run(1, x), ex.run(2, x, skip)]
             diffs[v] = max(float(np.abs(o - refs[c]).max()) for o, c in zip(outs, configs))
             print(f"{v}: compiled in {compile_s[v]:.1f} s, max |IREE - onnxruntime| {diffs[v]:.1e}")
-        times: dict[str, dict[str, list[float]]] = {c: {v: [] for v in [*vmfbs, "onnxruntime"]} for c in configs}
-        for _ in range(args.blocks):
-            for c in configs:
-                (ort,) = interleaved_median([lambda c=c: sessions[c].run(None, feeds[c])], 300, warmup=20)
-                times[c]["onnxruntime"].append(ort)
-                for v, vmfb in vmfbs.items():
-                    times[c][v].append(benchmark_module(vmfb, arch, c, files[c], args.reps))
+        meds = blocks_with_onnxruntime(vmfbs, arch, configs, r.files, r.sessions, r.feeds, args.blocks, args.reps)
     rows = []
     for c in configs:
-        med = {v: float(np.median(t)) for v, t in times[c].items()}
+        med = meds[c]
         for v in vmfbs:
             rows.append(
                 {

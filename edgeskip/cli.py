@@ -981,6 +981,14 @@ def evaluate(checkpoint, skip, split, data_dir, calibration_images) -> None:
     help="Comma-separated targets: host, aarch64, aarch64-cortex-a53/-a72/-a76, aarch64-i8mm, odroid-xu4.",
 )
 @click.option("--repeats", type=int, default=30, show_default=True, help="Latency repeats per config.")
+@click.option(
+    "--static-data-tiling",
+    type=click.Choice(("auto", "on", "off")),
+    default="auto",
+    show_default=True,
+    help="IREE data tiling in the static functions (the gated one always has it): auto measures both builds on "
+    "this host and keeps the faster (other targets keep it); on/off set it for every target.",
+)
 @search_options
 @click.option(
     "--int8",
@@ -1038,6 +1046,7 @@ def compile_cmd(
     lr,
     targets,
     repeats,
+    static_data_tiling,
     search,
     beam_width,
     search_budget,
@@ -1053,11 +1062,11 @@ def compile_cmd(
 ) -> None:
     """Train (or --checkpoint), rank, measure, export, compile and verify: a deployment bundle."""
     from edgeskip.export.bundle import build_bundle
-    from edgeskip.export.iree_compile import parse_targets
+    from edgeskip.export.iree_compile import parse_targets, with_static_tiling
     from edgeskip.pareto.design import format_table
 
     _threads(threads)
-    target_list = parse_targets(targets)  # fail fast, before any training
+    target_list = with_static_tiling(parse_targets(targets), static_data_tiling)  # fail fast, before any training
     out_dir = Path(out)
     if out_dir.exists() and not force:
         raise EdgeskipError(f"{out_dir} exists; pass --force to replace it")

@@ -226,20 +226,28 @@ class ConfigEntry:
 
 @dataclass(frozen=True)
 class TargetEntry:
-    """One compilation target: LLVM triple (``host`` for this machine), compiler flags, module folder."""
+    """One compilation target: LLVM triple (``host`` for this machine), compiler flags, module folder, and
+    whether its channels-last static functions were compiled with data tiling (the gated function always is)."""
 
     triple: str
     flags: tuple[str, ...]
     dir: str
+    static_data_tiling: bool = True
 
     def to_dict(self) -> dict[str, Any]:
-        return {"triple": self.triple, "flags": list(self.flags), "dir": self.dir}
+        d: dict[str, Any] = {"triple": self.triple, "flags": list(self.flags), "dir": self.dir}
+        if not self.static_data_tiling:
+            d["static_data_tiling"] = False  # absent: tiled, as every bundle before it
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], name: str) -> TargetEntry:
         w = f"targets.{name}"
         return cls(
-            _req(d, "triple", str, w), tuple(_req(d, "flags", list, w)), _rel_path(_req(d, "dir", str, w), w + ".dir")
+            _req(d, "triple", str, w),
+            tuple(_req(d, "flags", list, w)),
+            _rel_path(_req(d, "dir", str, w), w + ".dir"),
+            _req(d, "static_data_tiling", bool, w) if "static_data_tiling" in d else True,
         )
 
 

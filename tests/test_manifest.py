@@ -78,6 +78,10 @@ def test_round_trip_and_typed_fields():
     again = m.to_dict()
     assert Manifest.from_dict(again) == m
     assert set(again) == set(doc) and again["configs"] == doc["configs"] and again["backend"] == doc["backend"]
+    assert m.targets["host"].static_data_tiling and "static_data_tiling" not in again["targets"]["host"]
+    doc["targets"]["host"]["static_data_tiling"] = False  # measured at compile: the static functions untiled
+    untiled = Manifest.from_dict(doc)
+    assert not untiled.targets["host"].static_data_tiling and Manifest.from_dict(untiled.to_dict()) == untiled
 
 
 @pytest.mark.parametrize(
@@ -99,6 +103,7 @@ def test_round_trip_and_typed_fields():
         (lambda d: d["iree"].update(weights="../../outside.irpa"), "points outside the bundle"),
         (lambda d: d["onnx"].update(gated="/etc/passwd"), "points outside the bundle"),
         (lambda d: d["targets"]["host"].update(dir="../x"), "points outside the bundle"),
+        (lambda d: d["targets"]["host"].update(static_data_tiling="no"), "targets.host.static_data_tiling has the"),
         (lambda d: d["backend"].update(host_fastest="tvm"), "host_fastest"),
         (lambda d: d.update(artifacts={"../x": "0" * 64}), "points outside the bundle"),
         (lambda d: d.pop("configs"), "configs is missing"),

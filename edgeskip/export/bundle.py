@@ -44,7 +44,7 @@ from edgeskip.data.batches import iterate
 from edgeskip.data.dataset import Splits
 from edgeskip.errors import EdgeskipError
 from edgeskip.export import emulate
-from edgeskip.export.iree_compile import COMMON_FLAGS, Target
+from edgeskip.export.iree_compile import COMMON_FLAGS, TARGETS, Target
 from edgeskip.export.latency import IreeLatency, IreeOrOrt, OrtLatency, ort_static_latency
 from edgeskip.export.onnx_export import export_static, logit_diff, verify_int8, verify_onnx
 from edgeskip.export.shared_weights import ONNX_WEIGHTS, share_onnx_weights
@@ -122,12 +122,15 @@ def with_host(targets: Sequence[Target]) -> list[Target]:
     """``targets`` with ``host`` first if missing: host modules are verified and timed on every build."""
     if "host" in [t.name for t in targets]:
         return list(targets)
-    return [Target("host", None, cpu="host"), *targets]
+    return [TARGETS["host"], *targets]
 
 
 def targets_manifest(targets: Sequence[Target]) -> dict[str, TargetEntry]:
     """The manifest's ``targets`` entry: triple, compiler flags and module folder per target."""
-    return {t.name: TargetEntry(t.triple or "host", tuple(t.flags()), f"iree/{t.name}") for t in targets}
+    return {
+        t.name: TargetEntry(t.triple or "host", tuple(t.flags()), f"iree/{t.name}", t.static_data_tiling is not False)
+        for t in targets
+    }
 
 
 SAMPLE = "eval/sample.npz"
@@ -327,6 +330,12 @@ def build_bundle(
         if not int8:  # where IREE cannot compile the model, onnxruntime runs it (int8 bundles need IREE's float side)
             source = IreeOrOrt(lat, lambda gated: OrtLatency(model, work / "ort", repeats=repeats, gated=gated), log)
         sens, front = design_space(model, splits, ck.dataset_id, latency=source, search=search)
+        if lat.tiling and lat.tiling["measured"]:
+            t = lat.tiling
+            log(
+                f"host: static functions {'with' if t['static_data_tiling'] else 'without'} data tiling (measured, "
+                f"every config: {float(t['tiled_s']) * 1e3:.3f} ms tiled, {float(t['untiled_s']) * 1e3:.3f} ms untiled)"
+            )
         unavailable = source.unavailable if isinstance(source, IreeOrOrt) else None
         if unavailable:
             shutil.rmtree(tmp / "iree", ignore_errors=True)

@@ -43,6 +43,12 @@ COMMON_FLAGS = (
 # "'memref.alloca' op all stack allocations need to be hoisted" (bench/iree_unhoisted_alloca.py). compile retries
 # such a target without data tiling; the target's flags in the manifest say so.
 NO_DATA_TILING = "--iree-dispatch-creation-data-tiling=false"
+# Data tiling per function. IREE's flag is module-wide, but its annotation pass (AnnotateDataTilingHints) leaves a
+# function alone when any operation in it, the function included, already carries this hint. Whether the
+# channels-last static functions run faster without depends on the model: on an AVX-512 host CIFAR ResNet-20's
+# run 0.89x untiled at full depth, 0.83x with every block skipped, a ResNet-18 at 224x224 1.7x slower; the NCHW
+# gated function needs the tiling (2x slower without). So the host's choice is measured (bench/README 14.4).
+DATA_TILING_HINT = "iree.opt.data_tiling"
 _UNHOISTED = re.compile(r"'memref\.alloca' op all stack allocations need to be hoisted")
 
 
@@ -57,6 +63,9 @@ class Target:
     extra: tuple[str, ...] = field(default_factory=tuple)
     # False once IREE's channels-last pass failed on this build's graphs: later compiles go straight to NCHW
     channels_last: bool = True
+    # False: the channels-last static functions are compiled without data tiling (DATA_TILING_HINT), the rest with
+    # it; None: to be measured on this host (edgeskip.export.latency.IreeLatency), compiled tiled until then
+    static_data_tiling: bool | None = True
 
     def flags(self) -> list[str]:
         tiled = NO_DATA_TILING not in self.extra
@@ -80,7 +89,9 @@ class Target:
 
 
 TARGETS: dict[str, Target] = {
-    "host": Target("host", None, cpu="host"),
+    # the host measures whether its static functions run faster untiled; ARM targets keep data tiling (no ARM
+    # hardware here to measure it on)
+    "host": Target("host", None, cpu="host", static_data_tiling=None),
     "aarch64": Target("aarch64", "aarch64-linux-gnu", cpu="generic"),
     "aarch64-cortex-a53": Target("aarch64-cortex-a53", "aarch64-linux-gnu", cpu="cortex-a53"),
     "aarch64-cortex-a72": Target("aarch64-cortex-a72", "aarch64-linux-gnu", cpu="cortex-a72"),
@@ -114,6 +125,20 @@ class IreeError(EdgeskipError):
 STACK_LIMIT_CAP = 1 << 20
 _STACK_ASKED = re.compile(r"exceeded stack allocation limit of (\d+) bytes.*?Got (\d+) bytes")
 log = logging.getLogger("edgeskip.compile")
+
+
+STATIC_TILING = {"auto": None, "on": True, "off": False}
+
+
+def with_static_tiling(targets: Sequence[Target], choice: str) -> list[Target]:
+    """``targets`` (the host first if missing) with the static functions' data tiling set: ``auto`` measures it
+    on the host (others keep it), ``on``/``off`` set it for every target."""
+    if choice not in STATIC_TILING:
+        raise EdgeskipError(f"static data tiling must be one of {', '.join(STATIC_TILING)}, got {choice!r}")
+    full = list(targets) if any(t.name == "host" for t in targets) else [TARGETS["host"], *targets]
+    if choice == "auto":
+        return [dataclasses.replace(t, static_data_tiling=None if t.name == "host" else True) for t in full]
+    return [dataclasses.replace(t, static_data_tiling=STATIC_TILING[choice]) for t in full]
 
 
 def parse_targets(text: str) -> list[Target]:
@@ -216,10 +241,13 @@ def compile_each(
         return list(pool.map(one, jobs))
 
 
-def annotate_pipeline(text: str, functions: Sequence[str], pipeline: str) -> str:
+def annotate_pipeline(text: str, functions: Sequence[str], pipeline: str, untiled: bool = False) -> str:
     """Input-phase MLIR (``--compile-to=input``) with ``pipeline`` attached to each of ``functions`` (its
-    ``$async`` body and its wrapper), for IREE's attribute-based preprocessing; a missing function raises."""
+    ``$async`` body and its wrapper), for IREE's attribute-based preprocessing; a missing function raises.
+    ``untiled``: those functions also carry :data:`DATA_TILING_HINT`, so that data tiling passes them by."""
     attr = f'preprocessing_pipeline = #util.preprocessing_pipeline<"{pipeline}">, '
+    if untiled:
+        attr += f"{DATA_TILING_HINT}, "
     for fn in functions:
         found = False
         for name in (f"{fn}$async", fn):
@@ -318,7 +346,8 @@ def _compile(
             if channels_last:
                 source = Path(str(tmp) + ".input.mlir")
                 _run_compiler([str(mlir), *flags, "--compile-to=input", "-o", str(source)], target)
-                source.write_text(annotate_pipeline(source.read_text(), channels_last, CHANNELS_LAST))
+                untiled = target.static_data_tiling is False and NO_DATA_TILING not in target.extra
+                source.write_text(annotate_pipeline(source.read_text(), channels_last, CHANNELS_LAST, untiled))
                 phase = ["--compile-from=input"]
             _run_compiler([str(source), *flags, *phase, "-o", str(tmp)], target)
         finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from collections.abc import Callable, Sequence
@@ -12,7 +13,7 @@ import numpy as np
 from edgeskip.backends.iree import SharedIreeExecutor
 from edgeskip.backends.ort import ort_session
 from edgeskip.errors import EdgeskipError
-from edgeskip.export.iree_compile import TARGETS, IreeError, Target, compile_each
+from edgeskip.export.iree_compile import NO_DATA_TILING, TARGETS, IreeError, Target, compile_each
 from edgeskip.export.onnx_export import export_gated, export_options, export_static
 from edgeskip.export.shared_weights import import_configs, import_shared, merge_modules, write_weights
 from edgeskip.models import BlockNet
@@ -56,6 +57,7 @@ class IreeLatency:
         self.dropped: dict[str, str] = {}  # target -> why IREE could not compile it (the host never is: it raises)
         self.merged: Path | None = None  # every measured config's function and the gated one, in one module
         self.finished = False  # the other targets' modules are compiled from the latest merged module
+        self.tiling: dict[str, object] | None = None  # the host's measured data-tiling choice (_choose_tiling)
 
     @property
     def functions(self) -> list[str]:
@@ -81,7 +83,10 @@ class IreeLatency:
             self.merged = merge_modules(
                 {"gated": self.gated_mlir, **{k: m for k, (_, m) in self.built.items()}}, self.work / "model.mlir"
             )
-            self._compile(["host"])  # the one module timed here; the others once, at the end (finish)
+            if self._host.static_data_tiling is None:
+                self._choose_tiling()
+            else:
+                self._compile(["host"])  # the one module timed here; the others once, at the end (finish)
             self.finished = False
         ex = SharedIreeExecutor(self.weights, [self.module()], functions=[module_name(s) for s in skips])
         return interleaved_median(
@@ -95,6 +100,53 @@ class IreeLatency:
         if others and self.merged is not None and not self.finished:
             self._compile(others)
             self.finished = True
+
+    @property
+    def _host(self) -> Target:
+        return next(t for t in self.targets if t.name == "host")
+
+    def _choose_tiling(self) -> None:
+        """The host's module compiled twice, side by side, its static functions with and without data tiling
+        (the gated function always with: :data:`~edgeskip.export.iree_compile.DATA_TILING_HINT`); every static
+        function timed in both, round-robin; the faster build in total is kept, and the host target keeps its
+        choice for later compiles. Where the static functions could not compile channels-last (or data tiling is
+        off for the whole module), the choice does not arise: tiled."""
+        assert self.merged is not None
+        host, tiled = self._host, self.work / "host_tiled.vmfb"
+        self.module().parent.mkdir(parents=True, exist_ok=True)
+        builds = compile_each(
+            [
+                (self.merged, dataclasses.replace(host, static_data_tiling=True), tiled),
+                (self.merged, dataclasses.replace(host, static_data_tiling=False), self.module()),
+            ],
+            channels_last=list(self.built),
+        )
+        for r in builds:
+            if isinstance(r, IreeError):
+                raise r
+        with_tiling, without = (r.target for r in builds)  # type: ignore[union-attr]
+        if not with_tiling.channels_last or NO_DATA_TILING in with_tiling.extra:
+            self.tiling = {"static_data_tiling": True, "measured": False}
+            self._set_host(with_tiling)
+            os.replace(tiled, self.module())
+            return
+        fns = list(self.built)
+        exs = [SharedIreeExecutor(self.weights, [m], functions=fns) for m in (tiled, self.module())]
+        times = interleaved_median(
+            [lambda e=e, k=k: e.run(k, self.image) for e in exs for k in range(len(fns))], self.repeats, self.warmup
+        )
+        del exs  # release both modules before one replaces the other
+        t_tiled, t_untiled = sum(times[: len(fns)]), sum(times[len(fns) :])
+        keep = t_tiled <= t_untiled
+        self.tiling = {"static_data_tiling": keep, "measured": True, "tiled_s": t_tiled, "untiled_s": t_untiled}
+        self._set_host(with_tiling if keep else without)
+        if keep:
+            os.replace(tiled, self.module())
+        else:
+            tiled.unlink()
+
+    def _set_host(self, target: Target) -> None:
+        self.targets = [target if t.name == "host" else t for t in self.targets]
 
     def _compile(self, names: Sequence[str]) -> None:
         """Compile the merged module for the targets ``names``, side by side; the host's error raises."""

@@ -29,17 +29,25 @@ class LatencySource(Protocol):
 
 
 def interleaved_median(
-    runners: Sequence[Callable[[], object]], repeats: int, warmup: int, clock: Callable[[], float] = time.perf_counter
+    runners: Sequence[Callable[[], object]],
+    repeats: int,
+    warmup: int,
+    clock: Callable[[], float] = time.perf_counter,
+    burst: int = 1,
 ) -> list[float]:
-    """Median wall time of each runner over ``repeats`` round-robin rounds (after ``warmup`` rounds)."""
+    """Median wall time of each runner over ``repeats`` round-robin rounds (after ``warmup`` rounds). ``burst``:
+    calls in a row per runner and round, each timed (the first of each burst is not counted): with 1 every call
+    follows the other runners' (their data in the caches), with more the steady state of a process running one
+    engine, as ``iree-benchmark-module``'s loop measures it."""
     samples: list[list[float]] = [[] for _ in runners]
     for r in range(warmup + repeats):
         for k, run in enumerate(runners):
-            t0 = clock()
-            run()
-            dt = clock() - t0
-            if r >= warmup:
-                samples[k].append(dt)
+            for b in range(burst):
+                t0 = clock()
+                run()
+                dt = clock() - t0
+                if r >= warmup and (b or burst == 1):
+                    samples[k].append(dt)
     return [statistics.median(s) for s in samples]
 
 

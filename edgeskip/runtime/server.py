@@ -310,14 +310,18 @@ class InferenceService:
         with self._lock:
             return self.dispatcher.finish(self.clock(), service_s, config, observed=observed)
 
-    def _release(self, start: float, chosen: int) -> Callable[[Any], Callable[[], None]]:
+    def _release(self, start: float, chosen: int) -> Callable[[Any], Callable[[], None] | None]:
         """The worker's ``after``: frees the executor the moment the job ends (on the worker thread), and
         hands the result of that over on the loop."""
 
-        def after(result: Any) -> Callable[[], None]:
+        def after(result: Any) -> Callable[[], None] | None:
             actions = self._finish(
                 self.clock() - start, chosen if result is None else result.config, observed=result is not None
             )
+            if not actions:  # no queued request to wake: nothing for the loop to do (a wake-up costs ~50 us)
+                self.metrics.queued.set(self.dispatcher.queued)
+                self._note_config()
+                return None
             return lambda: self._hand_over(actions)
 
         return after
@@ -382,10 +386,12 @@ class InferenceService:
         try:
             r = execute(self.executor, job, action.config, self.max_pixels)
         except BaseException:
-            settle(after(None))
+            if (follow := after(None)) is not None:
+                settle(follow)
             self._failed(arrived)
             raise
-        settle(after(r))
+        if (follow := after(r)) is not None:
+            settle(follow)
         return self._processed(r, arrived, started)
 
     def _arrive(self) -> tuple[float, object, Start | Drop | Queued]:

@@ -25,6 +25,10 @@ def test_bundle_contents_and_manifest(bundle):
     assert m.class_names == tuple(str(i) for i in range(10)) and m.dataset_id == "digits"
     assert set(m.targets) == {"host", "aarch64", "odroid-xu4"}
     assert "--iree-llvmcpu-debug-symbols=false" in m.targets["odroid-xu4"].flags
+    # the host's static functions: data tiling or not, as measured (either may win on a model this small); the ARM
+    # targets keep it
+    assert m.targets["aarch64"].static_data_tiling and m.targets["odroid-xu4"].static_data_tiling
+    assert doc["targets"]["host"].get("static_data_tiling", True) == m.targets["host"].static_data_tiling
     assert m.extra["tools"]["iree-base-compiler"] == m.extra["tools"]["iree-base-runtime"]
     # every file is listed with its hash, the manifest aside
     files = {str(p.relative_to(bundle)) for p in bundle.rglob("*") if p.is_file()} - {"manifest.json"}
@@ -93,6 +97,10 @@ def test_compile_bad_input(tmp_path, tiny_checkpoint, bundle):
     one_line_error(
         run("compile", "--checkpoint", tiny_checkpoint, "--target", "host,riscv", "--out", out),
         "unsupported target riscv",
+    )
+    one_line_error(
+        run("compile", "--checkpoint", tiny_checkpoint, "--static-data-tiling", "maybe", "--out", out),
+        "'maybe' is not one of 'auto', 'on', 'off'",
     )
     one_line_error(run("compile", "--checkpoint", tiny_checkpoint, "--out", bundle), "--force")
     junk = tmp_path / "junk.pt"

@@ -15,6 +15,7 @@ from edgeskip.export import emulate, export_static, verify_onnx
 from edgeskip.export.elf_check import check_no_imports, embedded_elfs
 from edgeskip.export.iree_compile import (
     CHANNELS_LAST,
+    DATA_TILING_HINT,
     TARGETS,
     annotate_pipeline,
     compile_mlir,
@@ -163,6 +164,8 @@ def test_the_pipeline_attribute_goes_on_the_body_and_the_wrapper():
     out = annotate_pipeline(text, ["f"], CHANNELS_LAST).splitlines()
     attr = f'attributes {{preprocessing_pipeline = #util.preprocessing_pipeline<"{CHANNELS_LAST}">, iree.abi.stub}}'
     assert attr in out[0] and attr in out[1] and "preprocessing" not in out[2]
+    untiled = annotate_pipeline(text, ["f"], CHANNELS_LAST, untiled=True).splitlines()
+    assert all(f"{DATA_TILING_HINT}, iree.abi.stub" in ln for ln in untiled[:2]) and DATA_TILING_HINT not in untiled[2]
 
 
 def test_bad_targets_and_compiler_failures(tmp_path):

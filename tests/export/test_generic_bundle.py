@@ -61,6 +61,8 @@ def user_bundle(tmp_path_factory):
         out,
         "--repeats",
         "3",
+        "--static-data-tiling",
+        "on",
         "--quiet",
         pythonpath=d,
     )
@@ -188,7 +190,7 @@ def test_what_iree_cannot_compile_is_left_out_and_said(tmp_path, monkeypatch):
 
     monkeypatch.setattr(iree_compile, "STACK_LIMIT_CAP", 64 * 1024)
     ort_only = tmp_path / "ort_only"
-    args = ["--repeats", "2", "--quiet"]
+    args = ["--repeats", "2", "--static-data-tiling", "off", "--quiet"]
     res = inproc("compile", "--checkpoint", ck, "--out", ort_only, "--target", "host", *args)
     assert res.returncode == 0, res.stderr
     assert "no IREE modules: onnxruntime only" in res.stdout
@@ -213,6 +215,7 @@ def test_what_iree_cannot_compile_is_left_out_and_said(tmp_path, monkeypatch):
     assert "target aarch64 left out: iree-compile for aarch64 failed" in res.stdout
     m = load_manifest(partial)
     assert list(m.targets) == ["host"] and "--iree-llvmcpu-stack-allocation-limit=262144" in m.targets["host"].flags
+    assert not m.targets["host"].static_data_tiling  # --static-data-tiling off: not measured, recorded
     assert m.extra["verification"]["iree"]["aarch64"]["compiled"] is False
     assert not (partial / "iree" / "aarch64").exists()
     check(open_executor(partial, backend="iree"), m)

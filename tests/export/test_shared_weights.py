@@ -1,6 +1,8 @@
 """Config-specialised IREE modules over one shared weight archive."""
 
+import dataclasses
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -9,8 +11,14 @@ import torch
 
 from edgeskip.backends.iree import SharedIreeExecutor
 from edgeskip.errors import EdgeskipError
-from edgeskip.export.iree_compile import TARGETS
-from edgeskip.export.shared_weights import SharedModules, build_shared_modules, check_shared, write_weights
+from edgeskip.export.iree_compile import TARGETS, compile_mlir
+from edgeskip.export.shared_weights import (
+    SharedModules,
+    build_shared_modules,
+    check_shared,
+    merge_modules,
+    write_weights,
+)
 from edgeskip.models import build_model
 from tests.conftest import shared as shared_artefact
 
@@ -44,6 +52,20 @@ def test_all_configs_in_one_context_match_pytorch(shared, tiny_model, digits_spl
             assert np.abs(ex.run(k, x.numpy()) - tiny_model(x, s).numpy()).max() <= 1e-4
     # switching back and forth gives the same answers (no state, no reload)
     assert np.array_equal(ex.run(0, x.numpy()), ex.run(0, x.numpy()))
+
+
+def test_data_tiling_is_chosen_per_function(shared):
+    """IREE's data-tiling flag is module-wide; the hint on a function keeps its dispatches untiled, the other
+    functions of the same module stay tiled (compiled to flow, where a tiled dispatch carries an encoding)."""
+    d, sm = shared
+    merged = merge_modules({"full": sm.mlir[0], "none": sm.mlir[2]}, d / "merged_two.mlir")
+    untiled = dataclasses.replace(TARGETS["host"], static_data_tiling=False)
+    out = compile_mlir(merged, untiled, d / "flow.vmfb", extra=["--compile-to=flow"], channels_last=("full",))
+    ops = re.split(r"\n  (?=[a-z])", out.read_text())  # the module's top-level operations
+    of = lambda fn: [op for op in ops if op.startswith((f"flow.executable private @{fn}$", f"util.func public @{fn}"))]  # noqa: E731
+    assert len(of("full")) > 3 and len(of("none")) > 3  # its dispatches and its functions
+    assert not any("iree_encoding" in op for op in of("full"))  # the hinted function: no data tiling
+    assert any("iree_encoding" in op for op in of("none"))  # the other: tiled as before
 
 
 def test_weights_live_only_in_the_archive(shared, tiny_model):

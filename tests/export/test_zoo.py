@@ -79,7 +79,7 @@ def test_each_family_goes_from_train_to_a_served_bundle(digits32, tmp_path, spec
         "compile", "--model", spec, *[a for arg in args for a in ("--model-arg", arg)],
         *(["--blocks", blocks] if blocks else []),
         "--dataset", "imagefolder", "--data-dir", digits32, "--epochs", "1", "--target", "host", "--repeats", "2",
-        "--out", out, "--quiet", "--threads", "1",
+        "--static-data-tiling", "on", "--out", out, "--quiet", "--threads", "1",
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
     m = load_manifest(out)
