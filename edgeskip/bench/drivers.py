@@ -6,7 +6,9 @@ request that arrives while one is in flight meets a busy executor. Every request
 
 from __future__ import annotations
 
+import http.client
 import json
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -168,6 +170,39 @@ def probe_daemon(url: str) -> None:
         raise EdgeskipError(f"no edgeskip daemon answers at {url}: {reason}") from None
 
 
+class KeptAlive:
+    """HTTP/1.1 POSTs to a loopback daemon over one kept-alive connection per calling thread, as a serving client
+    sends them (a connection per request costs a TCP handshake and an accept on both sides each time). A
+    connection the daemon closed meanwhile (its idle timeout) is opened again, once."""
+
+    def __init__(self, url: str, timeout: float = 30.0) -> None:
+        check_loopback(url)
+        parsed = urlparse(url)
+        self.host, self.port, self.timeout = parsed.hostname, parsed.port or 80, timeout
+        self._local = threading.local()
+
+    def post(self, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+        """(status, body) of one POST; connection errors raise OSError or http.client.HTTPException."""
+        for attempt in (0, 1):
+            conn = getattr(self._local, "conn", None)
+            if conn is None:
+                conn = self._local.conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+            try:
+                conn.request("POST", path, body=body, headers=headers)
+                r = conn.getresponse()
+                return r.status, r.read()
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                conn.close()
+                self._local.conn = None
+                if attempt:
+                    raise
+            except (OSError, http.client.HTTPException):
+                conn.close()
+                self._local.conn = None
+                raise
+        raise AssertionError("unreachable")
+
+
 def run_http(
     url: str,
     arrivals: Sequence[float],
@@ -178,35 +213,37 @@ def run_http(
     pin: int | None = None,
 ) -> list[Record]:
     """Open-loop HTTP replay against a daemon at ``url`` (raw float32 bodies); ``pin``: every request pinned
-    to that config (``/v1/infer?config=K``; still admitted by the daemon's own policy and queue)."""
+    to that config (``/v1/infer?config=K``; still admitted by the daemon's own policy and queue). Each sending
+    thread keeps its connection alive (HTTP/1.1), as a serving client does: a connection per request cost the
+    client and the daemon a TCP handshake and an accept each time (bench/README section 15.3)."""
     check_loopback(url)
-    endpoint = url.rstrip("/") + "/v1/infer" + ("" if pin is None else f"?config={int(pin)}")
+    path = urlparse(url).path.rstrip("/") + "/v1/infer" + ("" if pin is None else f"?config={int(pin)}")
+    headers = {"Content-Type": "application/octet-stream"}
     records: list[Record | None] = [None] * len(arrivals)
+    client = KeptAlive(url, timeout)
     t0 = time.perf_counter()
 
     def send(i: int, sent: float) -> None:
         body = np.ascontiguousarray(images[i % len(images)], np.float32).tobytes()
-        req = urllib.request.Request(endpoint, data=body, headers={"Content-Type": "application/octet-stream"})
         try:
-            with urllib.request.urlopen(req, timeout=timeout) as r:
-                doc = json.loads(r.read())
-            pred = doc["top"][0]["index"]
+            status, raw = client.post(path, body, headers)
+            doc = json.loads(raw or b"{}")
+        except (OSError, http.client.HTTPException, ValueError):
+            records[i] = Record(sent, "error", None, None, None)
+            return
+        if status == 200:
             records[i] = Record(
                 sent,
                 "processed",
                 doc["config"],
                 doc["latency_s"],
-                pred == int(labels[i % len(labels)]),
+                doc["top"][0]["index"] == int(labels[i % len(labels)]),
                 doc.get("skipped_blocks"),
                 e2e_s=time.perf_counter() - t0 - sent,
             )
-        except urllib.error.HTTPError as e:
-            doc = json.loads(e.read() or b"{}")
-            if e.code == 503 and doc.get("dropped"):
-                records[i] = Record(sent, "dropped", doc.get("config"), None, None, reason=doc.get("reason"))
-            else:
-                records[i] = Record(sent, "error", None, None, None)
-        except (urllib.error.URLError, OSError, ValueError):
+        elif status == 503 and doc.get("dropped"):
+            records[i] = Record(sent, "dropped", doc.get("config"), None, None, reason=doc.get("reason"))
+        else:
             records[i] = Record(sent, "error", None, None, None)
 
     with ThreadPoolExecutor(max_workers=max_in_flight) as pool:

@@ -7,10 +7,11 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import numpy as np
 
-from edgeskip.bench.drivers import Record, probe_daemon, run_http, run_inprocess, to_columns
+from edgeskip.bench.drivers import KeptAlive, Record, probe_daemon, run_http, run_inprocess, to_columns
 from edgeskip.bench.report import plot_sweep, plot_timeline, summarize, sweep_table, table_rows
 from edgeskip.bench.sweep import RunSpec, parse_run, parse_runs
 from edgeskip.bench.workload import arrivals as synthetic_arrivals
@@ -68,22 +69,22 @@ def arrivals_for(
 
 
 def http_service_time(url: str, image: np.ndarray, repeats: int = 30) -> float:
-    """Median round trip of sequential requests pinned to config 0 at a daemon: the original's end-to-end
-    service time over HTTP, which ``--load`` is relative to there."""
+    """Median round trip of sequential requests pinned to config 0 at a daemon, over a kept-alive connection as
+    the replay sends them: the original's end-to-end service time over HTTP, which ``--load`` is relative to
+    there."""
     import statistics
     import time
-    import urllib.request
 
+    client = KeptAlive(url)
+    path = urlparse(url).path.rstrip("/") + "/v1/infer?config=0"
     body = np.ascontiguousarray(image, np.float32).tobytes()
     times = []
     for _ in range(repeats + 3):
-        req = urllib.request.Request(
-            url.rstrip("/") + "/v1/infer?config=0", data=body, headers={"Content-Type": "application/octet-stream"}
-        )
         t0 = time.perf_counter()
-        with urllib.request.urlopen(req, timeout=30) as r:
-            r.read()
+        status, raw = client.post(path, body, {"Content-Type": "application/octet-stream"})
         times.append(time.perf_counter() - t0)
+        if status != 200:
+            raise EdgeskipError(f"the daemon at {url} answered {status}: {raw[:200]!r}")
     return statistics.median(times[3:])
 
 
