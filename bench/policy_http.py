@@ -48,6 +48,9 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=2000)
     ap.add_argument("--min-acc", type=float, default=0.0)
     ap.add_argument("--serve-args", default="", help="more `edgeskip serve` arguments, e.g. '--inline-max-ms 1'")
+    ap.add_argument(
+        "--lean", action="store_true", help="send the requests to the daemon's lean listener (serve --lean-port 0)"
+    )
     ap.add_argument("--out", type=Path, default=Path("bench/results"))
     a = ap.parse_args()
     labels = [x for x in a.runs.split(",") if x]
@@ -63,10 +66,10 @@ def main() -> None:
     daemons = {}
     service_time = None
     for label in labels:
-        extra = daemon_args(label, a.min_acc) + shlex.split(a.serve_args)
+        extra = daemon_args(label, a.min_acc) + shlex.split(a.serve_args) + (["--lean-port", "0"] if a.lean else [])
         daemons[label] = ["edgeskip", "serve", str(a.bundle), "--backend", "iree", *extra]
         d = Daemon(label, REPO, a.bundle, "iree", tuple(extra))
-        url = f"http://127.0.0.1:{d.port}"
+        url = d.banner.split("  lean ", 1)[1].split()[0] if a.lean else f"http://127.0.0.1:{d.port}"
         try:
             probe_daemon(url)
             if service_time is None:  # the original's end-to-end service time over HTTP (loads are relative to it)
@@ -94,7 +97,7 @@ def main() -> None:
         "seeds": a.seeds,
         "loads": loads,
         "min_acc": a.min_acc,
-        "target": "http (one daemon per run)",
+        "target": "http, lean listener (one daemon per run)" if a.lean else "http (one daemon per run)",
         "service_time_s": service_time,
         "daemons": daemons,
         "seconds": time.time() - t0,

@@ -9,6 +9,8 @@ in one run so drift hits them alike:
 - grpc-tcp / grpc-uds: a bare gRPC stub with a pre-built ``ModelInferRequest`` (no tritonclient wrapper);
 - http-uds-shm / grpc-uds-shm: the same over the Unix socket, the image read from and the logits written to a
   registered system shared-memory region (Triton's extension): no tensor travels on the socket;
+- lean-tcp / lean-uds / lean-uds-shm: the same KServe requests to the lean listener (``--lean-port``,
+  ``--lean-uds``: each connection answered on its own thread, no event-loop hand-offs);
 - in-process: ``edgeskip.runtime.open(...).infer`` (the same service, no transport).
 
 Own cost = round trip minus the inference time the daemon reports for that request (``latency_s``); medians.
@@ -155,7 +157,7 @@ def main() -> None:
     x = np.random.default_rng(0).standard_normal((1, *man.input.chw)).astype(np.float32)
     config = len(man.for_backend(a.backend).configs) - 1
     tmp = tempfile.mkdtemp(prefix="rp", dir="/tmp")
-    uds, guds = os.path.join(tmp, "h.sock"), os.path.join(tmp, "g.sock")
+    uds, guds, luds = os.path.join(tmp, "h.sock"), os.path.join(tmp, "g.sock"), os.path.join(tmp, "l.sock")
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -171,6 +173,10 @@ def main() -> None:
             uds,
             "--grpc-uds",
             guds,
+            "--lean-uds",
+            luds,
+            "--lean-port",
+            "0",
             "--backend",
             a.backend,
             "--model-name",
@@ -189,6 +195,7 @@ def main() -> None:
     try:
         port = int(banner.split()[2].rsplit(":", 1)[1])
         gport = banner.split("grpc ", 1)[1].split()[0]
+        lport = int(banner.split("lean http://", 1)[1].split()[0].rsplit(":", 1)[1])
         body, headers = kserve_body(x, config)
         import tritonclient.utils.shared_memory as shm
 
@@ -224,6 +231,11 @@ def main() -> None:
             "grpc-uds": grpc_runner(f"unix:{guds}", "m", x, config),
             "http-uds-shm": http_runner(UnixHTTPConnection(uds), "/v2/models/m/infer", shm_doc, shm_headers, False),
             "grpc-uds-shm": grpc_shm_runner(f"unix:{guds}", "m", x, config, "io", out_size),
+            "lean-tcp": http_runner(
+                http.client.HTTPConnection("127.0.0.1", lport, timeout=30), "/v2/models/m/infer", body, headers, False
+            ),
+            "lean-uds": http_runner(UnixHTTPConnection(luds), "/v2/models/m/infer", body, headers, False),
+            "lean-uds-shm": http_runner(UnixHTTPConnection(luds), "/v2/models/m/infer", shm_doc, shm_headers, False),
             "in-process": lambda: rt.infer(x, config=config).latency_s,
         }
         rounds: dict[str, list[tuple[float, float]]] = {n: [] for n in runners}

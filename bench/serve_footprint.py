@@ -117,7 +117,8 @@ class Daemon:
             env=env,
             cwd=code_root,
         )
-        url = self.proc.stdout.readline().split()[2]
+        self.banner = self.proc.stdout.readline()
+        url = self.banner.split()[2]
         host, port = url.removeprefix("http://").split(":")
         self.port = int(port)
         self.conn = http.client.HTTPConnection(host, self.port, timeout=30)

@@ -1353,6 +1353,19 @@ def sign(bundle, key) -> None:
     help="Also serve KServe v2 over gRPC on this Unix-domain socket (needs edgeskip[grpc]).",
 )
 @click.option(
+    "--lean-uds",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also serve inference only (KServe v2 and /v1 infer, HTTP/1.1) on this Unix-domain socket, each "
+    "connection answered on its own thread: no event-loop hand-offs, for local clients (bench/README 15.3).",
+)
+@click.option(
+    "--lean-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="The lean listener of --lean-uds on this TCP port of --host as well (0 picks a free one). Off unless given.",
+)
+@click.option(
     "--grpc-port",
     type=click.IntRange(0, 65535),
     default=None,
@@ -1409,6 +1422,8 @@ def serve(
     model_name,
     uds,
     grpc_uds,
+    lean_uds,
+    lean_port,
     grpc_port,
     event_loop,
     loop_nice,
@@ -1457,6 +1472,8 @@ def serve(
             grpc_port=grpc_port,
             uds=uds,
             grpc_uds=grpc_uds,
+            lean_uds=lean_uds,
+            lean_port=lean_port,
             power=power,
             target=target,
             profile=profile,

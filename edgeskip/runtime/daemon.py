@@ -254,6 +254,41 @@ def start_energy(service: InferenceService, spec: str) -> tuple[EnergyMeter | No
     return meter, f"  energy {line}"
 
 
+def start_lean(
+    service: InferenceService,
+    name: str,
+    host: str,
+    port: int | None,
+    path: str | None,
+    max_body: int,
+    max_connections: int,
+    idle_timeout: float,
+) -> tuple[Any, str]:
+    """The lean listener on ``path`` and/or ``host:port``, and the readiness line's note; one-line errors."""
+    from edgeskip.runtime.kserve import KServeV2
+    from edgeskip.runtime.lean import LeanListener
+
+    lean = LeanListener(service, KServeV2(service, name), max_body, max_connections, idle_timeout)
+    notes = ""
+    try:
+        if path is not None:
+            try:
+                lean.listen_unix(path)
+            except OSError as e:
+                raise EdgeskipError(f"cannot listen on --lean-uds {path}: {e.strerror or e}") from None
+            notes += f"  lean-uds {path}"
+        if port is not None:
+            try:
+                bound = lean.listen_tcp(host, port)
+            except OSError as e:
+                raise EdgeskipError(f"cannot listen on --lean-port {host}:{port}: {e.strerror or e}") from None
+            notes += f"  lean http://{host}:{bound}"
+    except EdgeskipError:
+        lean.close()
+        raise
+    return lean, notes
+
+
 async def run_daemon(
     bundle: str,
     min_acc: float,
@@ -279,6 +314,8 @@ async def run_daemon(
     grpc_port: int | None = None,
     uds: str | None = None,
     grpc_uds: str | None = None,
+    lean_uds: str | None = None,
+    lean_port: int | None = None,
     power: str | None = None,
     **executor_options: object,
 ) -> None:
@@ -286,7 +323,9 @@ async def run_daemon(
     connection (slow and idle ones included) and return, within ``SHUTDOWN_TIMEOUT`` + the inference.
     ``grpc_port``: also serve KServe v2 over gRPC there (:mod:`edgeskip.runtime.kserve_grpc`; 0: a free port).
     ``uds``/``grpc_uds``: also listen for HTTP/gRPC on these Unix-domain socket paths (a stale socket of a dead
-    daemon is replaced; anything else there is refused). ``power``: a power source
+    daemon is replaced; anything else there is refused). ``lean_uds``/``lean_port``: the lean listener
+    (:mod:`edgeskip.runtime.lean`, inference answered on each connection's thread) on that socket path / port of
+    ``host``. ``power``: a power source
     (:mod:`edgeskip.runtime.power`) whose energy /metrics exports; one that fails while serving is logged and its
     counter stops (the service goes on).
 
@@ -302,6 +341,10 @@ async def run_daemon(
     service = make_service(
         bundle, min_acc, delta_req, fixed, backend, policy, queue_depth, deadline, policy_params, **executor_options
     )
+    service.loop = loop  # where requests queued by the lean listener's threads are handed over
+    lean, lean_notes = None, ""
+    if lean_uds is not None or lean_port is not None:  # before the loop's priority drops: its threads keep theirs
+        lean, lean_notes = start_lean(service, name, host, lean_port, lean_uds, max_body, max_connections, idle_timeout)
     lower_priority(loop_nice)  # this thread, the event loop's; the inference thread, made before, keeps its own
     for attr, value in (
         ("max_pixels", max_pixels),
@@ -324,6 +367,7 @@ async def run_daemon(
     try:
         if power:
             meter, notes = start_energy(service, power)
+        notes += lean_notes
         await runner.setup()
         site = GuardedSite(runner, host, port, Guard(max_connections, service.count_status, idle_timeout))
         try:
@@ -383,6 +427,8 @@ async def run_daemon(
             await stop.wait()
             janitor.cancel()
     finally:
+        if lean is not None:
+            lean.close()  # no new connection; a request in flight finishes
         if grpc_server is not None:
             await grpc_server.stop(SHUTDOWN_TIMEOUT)  # refuses new RPCs, lets those in flight finish
             if grpc_uds is not None and os.path.exists(grpc_uds):

@@ -43,7 +43,7 @@ from aiohttp import web
 from edgeskip import __version__
 from edgeskip.runtime.preprocess import KSERVE_HEADER as HEADER
 from edgeskip.runtime.preprocess import MAX_BATCH, BadRequest, parse_json
-from edgeskip.runtime.responses import json_response
+from edgeskip.runtime.responses import Answer, json_answer, json_response
 from edgeskip.runtime.workers import Job
 
 VERSION = "1"
@@ -262,17 +262,25 @@ class KServeV2:
         try:
             self._check_model(request)
             body = await self.service.read_body(request)
-            meta = {"header_length": request.headers.get(HEADER), "regions": self.service.regions}
-            out = await self.service.submit(Job("kserve", body, meta))
+            out = await self.service.submit(self.job(body, request.headers.get(HEADER)))
         except BadRequest as e:
             self.service.count_bad(e.status)
             return _error(e)
         except Exception as e:  # noqa: BLE001 - answered and counted, never a traceback page
             return self.service.internal_error(e)
+        return self.answer(out).response()
+
+    def job(self, body: bytes, header_length: str | None) -> Job:
+        """An inference request as the service's worker decodes it (the binary extension's header length, if any)."""
+        return Job("kserve", body, {"header_length": header_length, "regions": self.service.regions})
+
+    def answer(self, out: Any) -> Answer:
+        """The answer to an admitted request's outcome: 503 for a drop, the outputs (JSON, binary or written to
+        shared memory) otherwise; an output region unregistered meanwhile is a 4xx."""
         if out.dropped:
-            return json_response({"error": drop_message(out.reason, out.config)}, status=503)
+            return json_answer({"error": drop_message(out.reason, out.config)}, status=503)
         t0 = time.perf_counter()
-        outputs: list[dict] = out.extra["outputs"]  # type: ignore[index]
+        outputs: list[dict] = out.extra["outputs"]
         logits = np.ascontiguousarray(out.logits, dtype=np.float32)
         params = {"config": out.config, "skipped_blocks": out.skipped, "latency_s": out.latency_s}
         head: dict[str, Any] = {
@@ -282,8 +290,8 @@ class KServeV2:
             # parameters are strings, numbers or booleans: a pinned skip array off the front has no config
             "parameters": {k: v for k, v in params.items() if v is not None},
         }
-        if "id" in out.extra:  # type: ignore[operator]
-            head["id"] = out.extra["id"]  # type: ignore[index]
+        if "id" in out.extra:
+            head["id"] = out.extra["id"]
         blobs: list[bytes] = []
         for tensor, want in zip(output_tensors(logits, outputs, self.classes), outputs):
             entry: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": tensor.shape}
@@ -293,7 +301,7 @@ class KServeV2:
                     self.service.regions.write(region, offset, size, tensor.raw, f"output {tensor.name!r}")
                 except BadRequest as e:  # unregistered meanwhile, or a classification larger than its span
                     self.service.count_bad(e.status)
-                    return _error(e)
+                    return json_answer({"error": str(e)}, status=e.status)
                 entry["parameters"] = {"shared_memory_region": region, "shared_memory_byte_size": len(tensor.raw)}
             elif tensor.binary:
                 entry["parameters"] = {"binary_data_size": len(tensor.raw)}
@@ -303,10 +311,10 @@ class KServeV2:
             head["outputs"].append(entry)
         text = json.dumps(head).encode()
         if not blobs:
-            resp = web.Response(body=text, content_type="application/json")
+            answer = Answer(200, text, {"Content-Type": "application/json"})
         else:
-            resp = web.Response(
-                body=b"".join([text, *blobs]), content_type="application/octet-stream", headers={HEADER: str(len(text))}
+            answer = Answer(
+                200, b"".join([text, *blobs]), {"Content-Type": "application/octet-stream", HEADER: str(len(text))}
             )
         self.service.output_built(time.perf_counter() - t0)
-        return resp
+        return answer

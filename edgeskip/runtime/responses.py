@@ -5,14 +5,33 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
 
+@dataclass(frozen=True)
+class Answer:
+    """An HTTP answer as plain data, so that aiohttp's handlers and the lean listener
+    (:mod:`edgeskip.runtime.lean`) send the same bytes; ``headers`` include ``Content-Type``."""
+
+    status: int
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def response(self) -> web.Response:
+        return web.Response(status=self.status, body=self.body, headers=self.headers)
+
+
+def json_answer(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Answer:
+    """``obj`` as a JSON body with ``Content-Type: application/json``."""
+    return Answer(status, json.dumps(obj).encode(), {"Content-Type": "application/json", **(headers or {})})
+
+
 def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     """``obj`` as a JSON body with ``Content-Type: application/json``."""
-    return web.Response(body=json.dumps(obj).encode(), status=status, content_type="application/json", headers=headers)
+    return json_answer(obj, status, headers).response()
 
 
 @web.middleware

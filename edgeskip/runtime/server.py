@@ -13,7 +13,6 @@ Inference Protocol (KServe v2) in :mod:`edgeskip.runtime.kserve`.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import threading
@@ -31,7 +30,7 @@ from edgeskip.runtime.dispatch import DROP_REASONS, Dispatcher, Drop, Queued, St
 from edgeskip.runtime.executor import BundleExecutor
 from edgeskip.runtime.power import EnergyMeter
 from edgeskip.runtime.preprocess import MAX_PIXELS, BadRequest, check_content_type, check_encoding, pin
-from edgeskip.runtime.responses import json_errors, json_response
+from edgeskip.runtime.responses import Answer, json_answer, json_errors, json_response
 from edgeskip.runtime.shm import Regions
 from edgeskip.runtime.workers import Job, Prepared, Worker, execute, runs_inline
 
@@ -265,9 +264,13 @@ class InferenceService:
 
     def internal_error(self, e: BaseException) -> web.Response:
         """A failure that is not the client's: one log line, counted, a 500 whose body echoes nothing."""
+        return self.internal_error_answer(e).response()
+
+    def internal_error_answer(self, e: BaseException) -> Answer:
+        """:meth:`internal_error` as data (the lean listener's)."""
         self.count_status(500)
         log.error("internal error: %s", type(e).__name__)
-        return json_response({"error": "internal error (counted in /v1/status and /metrics)"}, status=500)
+        return json_answer({"error": "internal error (counted in /v1/status and /metrics)"}, status=500)
 
     @property
     def policy(self):  # noqa: ANN201 - a edgeskip.runtime.policies.Policy
@@ -437,26 +440,30 @@ class InferenceService:
         try:
             ctype = check_content_type(request.headers.get("Content-Type"))
             body = await self.read_body(request)
-            pinned = pin(self.executor.manifest, _query_int(request, "config"))[0]
-            out = await self.submit(Job("v1", body, {"ctype": ctype, "config": pinned}))
+            out = await self.submit(self.v1_job(body, ctype, request.query.get("config")))
         except BadRequest as e:
             return self._bad(str(e), e.status)
         except Exception as e:  # noqa: BLE001 - answered and counted, never a traceback page
             return self.internal_error(e)
+        return self.v1_answer(out).response()
+
+    def v1_job(self, body: bytes, ctype: str, config: str | None) -> Job:
+        """A ``/v1/infer`` request (``config``: the query's pinned config, as given) as the worker decodes it."""
+        return Job("v1", body, {"ctype": ctype, "config": pin(self.executor.manifest, query_int(config, "config"))[0]})
+
+    def v1_answer(self, out: Outcome) -> Answer:
+        """``/v1/infer``'s answer: the top classes, the config and the latency, or 503 for a drop."""
         if out.dropped:
-            return json_response({"dropped": True, "reason": out.reason, "config": out.config}, status=503)
+            return json_answer({"dropped": True, "reason": out.reason, "config": out.config}, status=503)
         names = self.executor.manifest.class_names
         top = top_scores(out.logits[0], self.topk)  # type: ignore[index]
-        return web.Response(
-            body=json.dumps(
-                {
-                    "top": [{"class": names[i], "index": i, "score": p} for i, p in top],
-                    "config": out.config,
-                    "skipped_blocks": out.skipped,
-                    "latency_s": out.latency_s,
-                }
-            ).encode(),
-            content_type="application/json",
+        return json_answer(
+            {
+                "top": [{"class": names[i], "index": i, "score": p} for i, p in top],
+                "config": out.config,
+                "skipped_blocks": out.skipped,
+                "latency_s": out.latency_s,
+            }
         )
 
     def count_bad(self, status: int = 400) -> None:
@@ -518,9 +525,8 @@ class InferenceService:
         return web.Response(body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def _query_int(request: web.Request, name: str) -> int | None:
+def query_int(raw: str | None, name: str) -> int | None:
     """An optional integer query parameter (``/v1/infer?config=2`` pins a Pareto config), or BadRequest."""
-    raw = request.query.get(name)
     if raw is None:
         return None
     try:

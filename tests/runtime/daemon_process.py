@@ -1,13 +1,27 @@
 """A real `edgeskip serve` process on 127.0.0.1 (port 0: the daemon picks a free one and prints it)."""
 
+import http.client
 import json
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import urllib.error
 import urllib.request
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """http.client over a Unix-domain socket (``serve --uds`` / ``--lean-uds``)."""
+
+    def __init__(self, path):
+        super().__init__("localhost", timeout=30)
+        self.unix_path = path
+
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(self.unix_path)
 
 
 class Server:

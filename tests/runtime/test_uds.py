@@ -1,6 +1,5 @@
 """Local fast paths: HTTP and gRPC on Unix-domain sockets (``serve --uds`` / ``--grpc-uds``) on a real daemon."""
 
-import http.client
 import json
 import os
 import socket
@@ -9,18 +8,8 @@ import tempfile
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from daemon_process import Server, serve_once
+from daemon_process import Server, UnixHTTPConnection, serve_once
 from daemon_process import digit_images as images
-
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path):
-        super().__init__("localhost", timeout=30)
-        self.path = path
-
-    def connect(self):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.connect(self.path)
 
 
 def post(path, route, body, headers):
