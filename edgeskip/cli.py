@@ -986,8 +986,9 @@ def evaluate(checkpoint, skip, split, data_dir, calibration_images) -> None:
     type=click.Choice(("auto", "on", "off")),
     default="auto",
     show_default=True,
-    help="IREE data tiling in the static functions (the gated one always has it): auto measures both builds on "
-    "this host and keeps the faster (other targets keep it); on/off set it for every target.",
+    help="IREE data tiling in the static functions (the gated one always has it): auto compiles them channels-last "
+    "with and without it and NCHW, measures the three on this host and keeps the fastest (other targets keep "
+    "channels-last with it); on/off: channels-last with/without it on every target.",
 )
 @search_options
 @click.option(

@@ -331,11 +331,8 @@ def build_bundle(
             source = IreeOrOrt(lat, lambda gated: OrtLatency(model, work / "ort", repeats=repeats, gated=gated), log)
         sens, front = design_space(model, splits, ck.dataset_id, latency=source, search=search)
         if lat.tiling and lat.tiling["measured"]:
-            t = lat.tiling
-            log(
-                f"host: static functions {'with' if t['static_data_tiling'] else 'without'} data tiling (measured, "
-                f"every config: {float(t['tiled_s']) * 1e3:.3f} ms tiled, {float(t['untiled_s']) * 1e3:.3f} ms untiled)"
-            )
+            times = ", ".join(f"{n} {t * 1e3:.3f} ms" for n, t in lat.tiling["seconds"].items())  # type: ignore[attr-defined]
+            log(f"host: static functions {lat.tiling['static']} (measured, every config: {times})")
         unavailable = source.unavailable if isinstance(source, IreeOrOrt) else None
         if unavailable:
             shutil.rmtree(tmp / "iree", ignore_errors=True)

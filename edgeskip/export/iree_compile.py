@@ -168,14 +168,27 @@ def _tool_error(what: str, proc: subprocess.CompletedProcess) -> IreeError:
     return IreeError(f"{what} failed: {msg[:300]}")
 
 
-def import_onnx(onnx_path: str | os.PathLike, dest: str | os.PathLike, params: str | os.PathLike | None = None) -> Path:
+def import_onnx(
+    onnx_path: str | os.PathLike, dest: str | os.PathLike, params: str | os.PathLike | None = None, rewrite: bool = True
+) -> Path:
     """ONNX -> MLIR (torch dialect). With ``params``, weights go to an .irpa archive instead of the MLIR.
 
     ``--num-elements-threshold 100`` keeps small shape constants inline (ReduceMean's axes must stay constant).
+    The graph goes in through :func:`edgeskip.export.iree_rewrites.for_iree` (stride-1 depthwise convolutions as
+    shifted multiply-adds, which IREE runs 3x faster) unless ``rewrite`` is false.
     """
+    import tempfile
+
+    from edgeskip.export.iree_rewrites import for_iree
+
     dest = Path(dest)
-    cmd = [sys.executable, "-m", "iree.compiler.tools.import_onnx", str(onnx_path)]
-    with atomic_path(dest, suffix=".mlir") as tmp:
+    with tempfile.TemporaryDirectory(dir=dest.parent) as work, atomic_path(dest, suffix=".mlir") as tmp:
+        cmd = [
+            sys.executable,
+            "-m",
+            "iree.compiler.tools.import_onnx",
+            str(for_iree(onnx_path, Path(work)) if rewrite else onnx_path),
+        ]
         cmd += ["-o", str(tmp)]
         if params is not None:
             cmd += ["--externalize-params", "--save-params-to", str(params), "--num-elements-threshold", "100"]

@@ -106,44 +106,45 @@ class IreeLatency:
         return next(t for t in self.targets if t.name == "host")
 
     def _choose_tiling(self) -> None:
-        """The host's module compiled twice, side by side, its static functions with and without data tiling
-        (the gated function always with: :data:`~edgeskip.export.iree_compile.DATA_TILING_HINT`); every static
-        function timed in both, round-robin; the faster build in total is kept, and the host target keeps its
-        choice for later compiles. Where the static functions could not compile channels-last (or data tiling is
-        off for the whole module), the choice does not arise: tiled."""
+        """The host's module compiled three ways, side by side: its static functions channels-last with and without
+        data tiling (the gated function always with: :data:`~edgeskip.export.iree_compile.DATA_TILING_HINT`), and
+        NCHW with it. Every static function is timed in each, round-robin; the fastest build in total is kept,
+        and the host target keeps its choice for later compiles. ResNet-20 runs fastest channels-last untiled, a
+        ResNet-18 at 224x224 channels-last tiled, MobileNetV2 NCHW (its depthwise convolutions are rewritten for
+        IREE as elementwise multiply-adds, and in channels-last form transposes would surround each of them:
+        bench/README 14.5). Where the channels-last pass fails, only the NCHW build remains."""
         assert self.merged is not None
-        host, tiled = self._host, self.work / "host_tiled.vmfb"
+        host = self._host
         self.module().parent.mkdir(parents=True, exist_ok=True)
-        builds = compile_each(
-            [
-                (self.merged, dataclasses.replace(host, static_data_tiling=True), tiled),
-                (self.merged, dataclasses.replace(host, static_data_tiling=False), self.module()),
-            ],
-            channels_last=list(self.built),
-        )
+        variants = {
+            "channels-last, tiled": dataclasses.replace(host, static_data_tiling=True),
+            "channels-last, untiled": dataclasses.replace(host, static_data_tiling=False),
+            "NCHW": dataclasses.replace(host, static_data_tiling=True, channels_last=False),
+        }
+        paths = {name: self.work / f"host_{k}.vmfb" for k, name in enumerate(variants)}
+        builds = compile_each([(self.merged, t, paths[n]) for n, t in variants.items()], channels_last=list(self.built))
         for r in builds:
             if isinstance(r, IreeError):
                 raise r
-        with_tiling, without = (r.target for r in builds)  # type: ignore[union-attr]
-        if not with_tiling.channels_last or NO_DATA_TILING in with_tiling.extra:
-            self.tiling = {"static_data_tiling": True, "measured": False}
-            self._set_host(with_tiling)
-            os.replace(tiled, self.module())
-            return
+        compiled = {n: r.target for n, r in zip(variants, builds)}  # type: ignore[union-attr]
+        tiled = compiled["channels-last, tiled"]
+        if not tiled.channels_last or NO_DATA_TILING in tiled.extra:  # the hint and the layout change nothing here
+            compiled = {"NCHW": compiled["NCHW"]}
         fns = list(self.built)
-        exs = [SharedIreeExecutor(self.weights, [m], functions=fns) for m in (tiled, self.module())]
+        exs = {n: SharedIreeExecutor(self.weights, [paths[n]], functions=fns) for n in compiled}
         times = interleaved_median(
-            [lambda e=e, k=k: e.run(k, self.image) for e in exs for k in range(len(fns))], self.repeats, self.warmup
+            [lambda e=e, k=k: e.run(k, self.image) for e in exs.values() for k in range(len(fns))],
+            self.repeats,
+            self.warmup,
         )
-        del exs  # release both modules before one replaces the other
-        t_tiled, t_untiled = sum(times[: len(fns)]), sum(times[len(fns) :])
-        keep = t_tiled <= t_untiled
-        self.tiling = {"static_data_tiling": keep, "measured": True, "tiled_s": t_tiled, "untiled_s": t_untiled}
-        self._set_host(with_tiling if keep else without)
-        if keep:
-            os.replace(tiled, self.module())
-        else:
-            tiled.unlink()
+        del exs  # release the modules before one of them is moved
+        totals = {n: sum(times[i * len(fns) : (i + 1) * len(fns)]) for i, n in enumerate(compiled)}
+        keep = min(totals, key=totals.__getitem__)
+        self.tiling = {"static": keep, "measured": len(totals) > 1, "seconds": totals}
+        self._set_host(compiled[keep])
+        os.replace(paths[keep], self.module())
+        for p in paths.values():
+            p.unlink(missing_ok=True)
 
     def _set_host(self, target: Target) -> None:
         self.targets = [target if t.name == "host" else t for t in self.targets]
