@@ -226,18 +226,22 @@ class ConfigEntry:
 
 @dataclass(frozen=True)
 class TargetEntry:
-    """One compilation target: LLVM triple (``host`` for this machine), compiler flags, module folder, and
-    whether its channels-last static functions were compiled with data tiling (the gated function always is)."""
+    """One compilation target: LLVM triple (``host`` for this machine), compiler flags, module folder, and how
+    its static functions were built: channels-last or NCHW convolutions, with or without data tiling (the gated
+    function is always NCHW with data tiling)."""
 
     triple: str
     flags: tuple[str, ...]
     dir: str
     static_data_tiling: bool = True
+    static_channels_last: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"triple": self.triple, "flags": list(self.flags), "dir": self.dir}
         if not self.static_data_tiling:
             d["static_data_tiling"] = False  # absent: tiled, as every bundle before it
+        if not self.static_channels_last:
+            d["static_channels_last"] = False  # absent: channels-last, as every bundle before it
         return d
 
     @classmethod
@@ -248,6 +252,7 @@ class TargetEntry:
             tuple(_req(d, "flags", list, w)),
             _rel_path(_req(d, "dir", str, w), w + ".dir"),
             _req(d, "static_data_tiling", bool, w) if "static_data_tiling" in d else True,
+            _req(d, "static_channels_last", bool, w) if "static_channels_last" in d else True,
         )
 
 

@@ -82,6 +82,13 @@ def test_round_trip_and_typed_fields():
     doc["targets"]["host"]["static_data_tiling"] = False  # measured at compile: the static functions untiled
     untiled = Manifest.from_dict(doc)
     assert not untiled.targets["host"].static_data_tiling and Manifest.from_dict(untiled.to_dict()) == untiled
+    assert (
+        untiled.targets["host"].static_channels_last
+        and "static_channels_last" not in untiled.to_dict()["targets"]["host"]
+    )
+    doc["targets"]["host"].update(static_data_tiling=True, static_channels_last=False)  # NCHW kept
+    nchw = Manifest.from_dict(doc)
+    assert not nchw.targets["host"].static_channels_last and Manifest.from_dict(nchw.to_dict()) == nchw
 
 
 @pytest.mark.parametrize(
@@ -104,6 +111,7 @@ def test_round_trip_and_typed_fields():
         (lambda d: d["onnx"].update(gated="/etc/passwd"), "points outside the bundle"),
         (lambda d: d["targets"]["host"].update(dir="../x"), "points outside the bundle"),
         (lambda d: d["targets"]["host"].update(static_data_tiling="no"), "targets.host.static_data_tiling has the"),
+        (lambda d: d["targets"]["host"].update(static_channels_last=0), "targets.host.static_channels_last has the"),
         (lambda d: d["backend"].update(host_fastest="tvm"), "host_fastest"),
         (lambda d: d.update(artifacts={"../x": "0" * 64}), "points outside the bundle"),
         (lambda d: d.pop("configs"), "configs is missing"),

@@ -128,7 +128,9 @@ def with_host(targets: Sequence[Target]) -> list[Target]:
 def targets_manifest(targets: Sequence[Target]) -> dict[str, TargetEntry]:
     """The manifest's ``targets`` entry: triple, compiler flags and module folder per target."""
     return {
-        t.name: TargetEntry(t.triple or "host", tuple(t.flags()), f"iree/{t.name}", t.static_data_tiling is not False)
+        t.name: TargetEntry(
+            t.triple or "host", tuple(t.flags()), f"iree/{t.name}", t.static_data_tiling is not False, t.channels_last
+        )
         for t in targets
     }
 

@@ -344,7 +344,13 @@ async def run_daemon(
     service.loop = loop  # where requests queued by the lean listener's threads are handed over
     lean, lean_notes = None, ""
     if lean_uds is not None or lean_port is not None:  # before the loop's priority drops: its threads keep theirs
-        lean, lean_notes = start_lean(service, name, host, lean_port, lean_uds, max_body, max_connections, idle_timeout)
+        try:
+            lean, lean_notes = start_lean(
+                service, name, host, lean_port, lean_uds, max_body, max_connections, idle_timeout
+            )
+        except EdgeskipError:
+            service.close()  # the executor released before exit: one line of error, no binding's leak report
+            raise
     lower_priority(loop_nice)  # this thread, the event loop's; the inference thread, made before, keeps its own
     for attr, value in (
         ("max_pixels", max_pixels),

@@ -25,10 +25,13 @@ def test_bundle_contents_and_manifest(bundle):
     assert m.class_names == tuple(str(i) for i in range(10)) and m.dataset_id == "digits"
     assert set(m.targets) == {"host", "aarch64", "odroid-xu4"}
     assert "--iree-llvmcpu-debug-symbols=false" in m.targets["odroid-xu4"].flags
-    # the host's static functions: data tiling or not, as measured (either may win on a model this small); the ARM
-    # targets keep it
-    assert m.targets["aarch64"].static_data_tiling and m.targets["odroid-xu4"].static_data_tiling
-    assert doc["targets"]["host"].get("static_data_tiling", True) == m.targets["host"].static_data_tiling
+    # the host's static functions: channels-last with or without data tiling, or NCHW, as measured (any may win
+    # on a model this small; NCHW always tiled); the ARM targets keep channels-last with data tiling
+    for arm in ("aarch64", "odroid-xu4"):
+        assert m.targets[arm].static_data_tiling and m.targets[arm].static_channels_last
+    host = m.targets["host"]
+    assert host.static_data_tiling or host.static_channels_last
+    assert doc["targets"]["host"].get("static_data_tiling", True) == host.static_data_tiling
     assert m.extra["tools"]["iree-base-compiler"] == m.extra["tools"]["iree-base-runtime"]
     # every file is listed with its hash, the manifest aside
     files = {str(p.relative_to(bundle)) for p in bundle.rglob("*") if p.is_file()} - {"manifest.json"}
