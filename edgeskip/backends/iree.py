@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ def stack_limit(flags: Sequence[str]) -> int:
 # (AVX-512 host): 2% off at full depth, 4% with every block skipped (bench/README section 14.4).
 ALLOCATOR = "caching:device_local=*;16mib;8"
 _DEVICES: dict[str, Any] = {}
+_DEVICES_LOCK = threading.Lock()
 
 
 def _device(driver: str) -> Any:
@@ -42,9 +44,10 @@ def _device(driver: str) -> Any:
     keeps one device per driver, with the plain allocator)."""
     import iree.runtime as rt
 
-    dev = _DEVICES.get(driver)
-    if dev is None:
-        dev = _DEVICES[driver] = rt.get_driver(driver).create_default_device(allocators=[ALLOCATOR])
+    with _DEVICES_LOCK:
+        dev = _DEVICES.get(driver)
+        if dev is None:
+            dev = _DEVICES[driver] = rt.get_driver(driver).create_default_device(allocators=[ALLOCATOR])
     return dev
 
 

@@ -341,6 +341,14 @@ async def run_daemon(
     service = make_service(
         bundle, min_acc, delta_req, fixed, backend, policy, queue_depth, deadline, policy_params, **executor_options
     )
+    for attr, value in (
+        ("max_pixels", max_pixels),
+        ("max_inflight_bytes", max_inflight_bytes),
+        ("body_timeout", body_timeout),
+        ("inline_max_s", inline_max_s),
+    ):
+        if value is not None:
+            setattr(service, attr, value)
     service.loop = loop  # where requests queued by the lean listener's threads are handed over
     lean, lean_notes = None, ""
     if lean_uds is not None or lean_port is not None:  # before the loop's priority drops: its threads keep theirs
@@ -352,14 +360,6 @@ async def run_daemon(
             service.close()  # the executor released before exit: one line of error, no binding's leak report
             raise
     lower_priority(loop_nice)  # this thread, the event loop's; the inference thread, made before, keeps its own
-    for attr, value in (
-        ("max_pixels", max_pixels),
-        ("max_inflight_bytes", max_inflight_bytes),
-        ("body_timeout", body_timeout),
-        ("inline_max_s", inline_max_s),
-    ):
-        if value is not None:
-            setattr(service, attr, value)
     runner = web.AppRunner(
         make_app(service, max_body, name),
         handle_signals=False,
@@ -433,8 +433,8 @@ async def run_daemon(
             await stop.wait()
             janitor.cancel()
     finally:
-        if lean is not None:
-            lean.close()  # no new connection; a request in flight finishes
+        if lean is not None:  # no new connection; a request in flight finishes (the loop hands queued ones over)
+            await loop.run_in_executor(None, lean.close)
         if grpc_server is not None:
             await grpc_server.stop(SHUTDOWN_TIMEOUT)  # refuses new RPCs, lets those in flight finish
             if grpc_uds is not None and os.path.exists(grpc_uds):

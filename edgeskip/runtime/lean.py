@@ -23,7 +23,10 @@ the main listener); a malformed request is counted as the main listener counts o
 - HTTP/1.1 connections stay alive (``Connection: close`` is honoured);
 - bodies need ``Content-Length`` (a chunked body is 411) and at most ``max_body`` bytes (413);
 - a request head may have at most :data:`HEAD_LIMIT` bytes (431);
-- a connection idle for ``idle_timeout`` seconds, or that slow in sending one request, is closed;
+- a request head must be in within ``idle_timeout`` seconds of the connection or of the previous answer, and its
+  body within the service's ``body_timeout`` (a watchdog closes a connection that trickles);
+- request bodies held at once count against the service's ``max_inflight_bytes`` (503 beyond);
+- ``Expect: 100-continue`` is answered; HEAD gets the head only;
 - at most ``max_connections`` connections at once: one more is answered 503 and closed.
 """
 
@@ -73,7 +76,11 @@ class LeanListener:
         self._threads: list[threading.Thread] = []  # the accept threads
         self._lock = threading.Lock()
         self._lingering = threading.BoundedSemaphore(LINGERING)
+        self._deadline: dict[socket.socket, float] = {}  # connections reading a request, and by when it must be in
+        self._inflight = 0  # request body bytes held (against the service's max_inflight_bytes)
         self._closed = False
+        self._watchdog = threading.Thread(target=self._watch, name="edgeskip-lean-watch", daemon=True)
+        self._watchdog.start()
 
     def listen_tcp(self, host: str, port: int) -> int:
         """Listen on ``host:port`` (0: a free port); returns the port. OSError if it cannot."""
@@ -121,7 +128,7 @@ class LeanListener:
                 c.shutdown(socket.SHUT_RDWR)  # wakes a thread waiting for a request; one mid-inference finishes it
             except OSError:
                 pass
-        for t in [*self._threads, *conns.values()]:
+        for t in [*self._threads, *conns.values(), self._watchdog]:
             t.join(timeout=5)
 
     def _accept(self, ls: socket.socket) -> None:
@@ -131,7 +138,8 @@ class LeanListener:
             except OSError:
                 if self._closed:
                     return
-                continue  # a connection reset before it was accepted, or too many files: the next one
+                time.sleep(0.05)  # a connection reset before it was accepted, or out of files: not a busy loop
+                continue
             t = threading.Thread(target=self._serve, args=(conn,), name="edgeskip-lean", daemon=True)
             with self._lock:
                 full = len(self._conns) >= self.max_connections
@@ -161,23 +169,32 @@ class LeanListener:
         threading.Thread(target=run, name="edgeskip-lean-linger", daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
-        conn.settimeout(self.idle_timeout)
-        if conn.family in (socket.AF_INET, socket.AF_INET6):
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        reader = conn.makefile("rb")
+        reader = None
         try:
+            conn.settimeout(self.idle_timeout)
+            if conn.family in (socket.AF_INET, socket.AF_INET6):
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            reader = conn.makefile("rb")
             while not self._closed:
+                self._deadline[conn] = time.monotonic() + self.idle_timeout  # a whole request head within it
                 try:
-                    req = self._read(reader)
+                    req = self._read(conn, reader)
                 except _Refused as e:
                     self.service.count_status(e.status)
                     _send(conn, json_answer({"error": str(e)}, status=e.status), False)
                     _linger(conn)
                     return
+                finally:
+                    self._deadline.pop(conn, None)
                 if req is None:
-                    return  # the client closed, or stayed idle past the timeout
+                    return  # the client closed, or was too slow (idle, or trickling a request)
                 method, target, headers, body, keep = req
-                _send(conn, self.handle(method, target, headers, body), keep)
+                try:
+                    answer = self.handle(method, target, headers, body)
+                finally:
+                    with self._lock:
+                        self._inflight -= len(body)
+                _send(conn, answer, keep, head_only=method == "HEAD", http10=headers.get(":version") == "HTTP/1.0")
                 if not keep:
                     return
         except OSError:
@@ -185,12 +202,29 @@ class LeanListener:
         finally:
             with self._lock:
                 self._conns.pop(conn, None)
-            reader.close()
+            if reader is not None:
+                reader.close()
             conn.close()
 
-    def _read(self, reader: Any) -> tuple[str, str, dict[str, str], bytes, bool] | None:
-        """One request from the connection: (method, target, headers by lower-case name, body, keep alive), or
-        None where the client closed before a request began. Raises _Refused for a request to refuse and close."""
+    def _watch(self) -> None:
+        """Shut connections whose request (head, or body) is not complete by its deadline: a per-``recv`` timeout
+        alone lets a client trickle one byte per period for ever."""
+        while not self._closed:
+            time.sleep(0.25)
+            now = time.monotonic()
+            for conn, deadline in list(self._deadline.items()):
+                if now > deadline:
+                    self._deadline.pop(conn, None)
+                    try:
+                        conn.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+
+    def _read(self, conn: socket.socket, reader: Any) -> tuple[str, str, dict[str, str], bytes, bool] | None:
+        """One request from the connection: (method, target, headers by lower-case name with the version under
+        ``:version``, body, keep alive), or None where the client closed or was too slow. Raises _Refused for a
+        request to refuse and close. The body's bytes count against the service's ``max_inflight_bytes`` until
+        the answer is built (the caller gives them back)."""
         line = reader.readline(HEAD_LIMIT + 1)
         if line in (b"\r\n", b"\n"):  # one empty line before a request is allowed (RFC 9112, 2.2)
             line = reader.readline(HEAD_LIMIT + 1)
@@ -228,11 +262,26 @@ class LeanListener:
         length = headers.get("content-length", "0")
         if not (length.isascii() and length.isdigit()) or len(length) > 15:
             raise _Refused(400, f"bad Content-Length {length[:20]!r}")
-        if int(length) > self.max_body:
-            raise _Refused(413, f"body of {int(length)} bytes is over the limit of {self.max_body}")
-        body = reader.read(int(length))
-        if len(body) < int(length):
-            return None  # the client closed mid-body
+        n = int(length)
+        if n > self.max_body:
+            raise _Refused(413, f"body of {n} bytes is over the limit of {self.max_body}")
+        with self._lock:
+            if self._inflight + n > self.service.max_inflight_bytes:
+                raise _Refused(503, "too many request bodies being received at once; try again later")
+            self._inflight += n
+        try:
+            body_timeout = self.service.body_timeout or self.idle_timeout
+            self._deadline[conn] = time.monotonic() + body_timeout  # the whole body within it
+            if n and headers.get("expect", "").lower() == "100-continue":
+                conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+            body = reader.read(n)
+            if len(body) < n:
+                raise OSError("the client closed mid-body")
+        except BaseException:
+            with self._lock:
+                self._inflight -= n
+            raise
+        headers[":version"] = version
         options = headers.get("connection", "").lower()
         keep = "close" not in options if version == "HTTP/1.1" else "keep-alive" in options
         return method.upper(), target, headers, body, keep
@@ -294,7 +343,9 @@ def _linger(conn: socket.socket, limit: int = 1 << 20, seconds: float = 1.0) -> 
         pass
 
 
-def _send(conn: socket.socket, answer: Answer, keep: bool) -> None:
+def _send(conn: socket.socket, answer: Answer, keep: bool, head_only: bool = False, http10: bool = False) -> None:
+    """Write ``answer`` (``head_only``: the head of a HEAD request's answer, with its Content-Length); a kept-alive
+    HTTP/1.0 connection is confirmed (``Connection: keep-alive``), a closing one announced."""
     try:
         reason = http.HTTPStatus(answer.status).phrase
     except ValueError:
@@ -303,7 +354,9 @@ def _send(conn: socket.socket, answer: Answer, keep: bool) -> None:
     head += [f"{k}: {v}" for k, v in answer.headers.items()]
     if not keep:
         head.append("Connection: close")
+    elif http10:
+        head.append("Connection: keep-alive")
     try:
-        conn.sendall(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + answer.body)
+        conn.sendall(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + (b"" if head_only else answer.body))
     except OSError:
         pass  # the client went away; its connection is closed by the caller

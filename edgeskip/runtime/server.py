@@ -373,9 +373,11 @@ class InferenceService:
         Dispatcher admits it, but the job runs on the caller's thread (the Dispatcher lets one job run at a
         time) and a queued caller waits on its thread, so no hand-off through the loop is paid. Queued
         requests of either kind are handed over on the loop (``self.loop``)."""
-        arrived, rid, action = self._arrive()
+        waiter = _ThreadWaiter()
+        arrived, rid, action = self._arrive(waiter)
         if isinstance(action, Queued):
-            action = self._queue(rid, _ThreadWaiter()).wait()
+            self.metrics.queued.set(self.dispatcher.queued)
+            action = waiter.wait()
         if isinstance(action, Drop):
             return self._dropped(action, arrived)
         return self._run_here(job, action, arrived, time.perf_counter(), self.loop.call_soon_threadsafe)
@@ -397,11 +399,15 @@ class InferenceService:
             settle(follow)
         return self._processed(r, arrived, started)
 
-    def _arrive(self) -> tuple[float, object, Start | Drop | Queued]:
-        """A new request before the Dispatcher: (arrival time, its id, what to do with it)."""
+    def _arrive(self, waiter: Any = None) -> tuple[float, object, Start | Drop | Queued]:
+        """A new request before the Dispatcher: (arrival time, its id, what to do with it). A ``waiter`` of a
+        caller on another thread than the loop's is parked under the same lock as the admission, or a job ending
+        in between would hand the request its turn before it could be found (and it would wait for ever)."""
         arrived, rid = time.perf_counter(), object()
         with self._lock:
             action = self.dispatcher.arrive(self.clock(), rid)
+            if waiter is not None and isinstance(action, Queued):
+                self._waiting[rid] = waiter
         self._note_config()
         return arrived, rid, action
 

@@ -223,6 +223,44 @@ def test_connection_limit_idle_timeout_and_connection_close(lean, digits_splits)
     assert status_and_doc(ans)[0] == 200
 
 
+def test_head_expect_continue_and_a_trickling_client(lean, digits_splits):
+    _, path, _ = lean
+    x = images(digits_splits, 1)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
+        c.settimeout(10)
+        c.connect(path)
+        c.sendall(b"HEAD /healthz HTTP/1.1\r\n\r\n")  # the head only: the next answer on the connection is intact
+        head = c.recv(4096)
+        assert head.startswith(b"HTTP/1.1 200") and head.endswith(b"\r\n\r\n") and b"Content-Length: 12" in head
+        c.sendall(b"POST /v1/infer HTTP/1.1\r\nContent-Type: application/octet-stream\r\nExpect: 100-continue\r\n"
+                  b"Content-Length: %d\r\n\r\n" % x.nbytes)  # fmt: skip
+        assert c.recv(4096) == b"HTTP/1.1 100 Continue\r\n\r\n"  # asked for the body before it is sent
+        c.sendall(x.tobytes())
+        got = b""
+        while b"}" not in got:
+            got += c.recv(65536)
+        assert status_and_doc(got)[0] == 200
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:  # one byte every 0.4 s: each recv is in time,
+        c.connect(path)  # the request head never is (--idle-timeout 1)
+        t0, closed = time.perf_counter(), False
+        for ch in b"GET /healthz HTTP/1.1\r\nX-Slow: " + b"y" * 40:
+            try:
+                c.sendall(bytes([ch]))
+            except OSError:
+                closed = True
+                break
+            time.sleep(0.4)
+            c.setblocking(False)
+            try:
+                closed = c.recv(100) == b""
+            except BlockingIOError:
+                pass
+            c.setblocking(True)
+            if closed:
+                break
+        assert closed and time.perf_counter() - t0 < 4
+
+
 def test_lean_uds_on_a_file_is_refused_and_a_stale_socket_replaced(bundle):
     d = tempfile.mkdtemp(prefix="es", dir="/tmp")
     try:
