@@ -44,7 +44,7 @@ from edgeskip.data.batches import iterate
 from edgeskip.data.dataset import Splits
 from edgeskip.errors import EdgeskipError
 from edgeskip.export import emulate
-from edgeskip.export.iree_compile import COMMON_FLAGS, TARGETS, Target
+from edgeskip.export.iree_compile import COMMON_FLAGS, Target, with_host
 from edgeskip.export.latency import IreeLatency, IreeOrOrt, OrtLatency, ort_static_latency
 from edgeskip.export.onnx_export import export_static, logit_diff, verify_int8, verify_onnx
 from edgeskip.export.shared_weights import ONNX_WEIGHTS, share_onnx_weights
@@ -116,13 +116,6 @@ def _verify_iree(
 
         out[t.name] = emulate.verify_target(t.name, t.triple, vmfb, compare, TOLERANCE, log)
     return out
-
-
-def with_host(targets: Sequence[Target]) -> list[Target]:
-    """``targets`` with ``host`` first if missing: host modules are verified and timed on every build."""
-    if "host" in [t.name for t in targets]:
-        return list(targets)
-    return [TARGETS["host"], *targets]
 
 
 def targets_manifest(targets: Sequence[Target]) -> dict[str, TargetEntry]:

@@ -130,12 +130,19 @@ log = logging.getLogger("edgeskip.compile")
 STATIC_TILING = {"auto": None, "on": True, "off": False}
 
 
+def with_host(targets: Sequence[Target]) -> list[Target]:
+    """``targets`` with ``host`` first if missing: host modules are verified and timed on every build."""
+    if "host" in [t.name for t in targets]:
+        return list(targets)
+    return [TARGETS["host"], *targets]
+
+
 def with_static_tiling(targets: Sequence[Target], choice: str) -> list[Target]:
     """``targets`` (the host first if missing) with the static functions' data tiling set: ``auto`` measures it
     on the host (others keep it), ``on``/``off`` set it for every target."""
     if choice not in STATIC_TILING:
         raise EdgeskipError(f"static data tiling must be one of {', '.join(STATIC_TILING)}, got {choice!r}")
-    full = list(targets) if any(t.name == "host" for t in targets) else [TARGETS["host"], *targets]
+    full = with_host(targets)
     if choice == "auto":
         return [dataclasses.replace(t, static_data_tiling=None if t.name == "host" else True) for t in full]
     return [dataclasses.replace(t, static_data_tiling=STATIC_TILING[choice]) for t in full]

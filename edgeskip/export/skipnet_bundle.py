@@ -39,7 +39,6 @@ from edgeskip.export.bundle import (
     staging,
     targets_manifest,
     tool_versions,
-    with_host,
     write_sample,
 )
 from edgeskip.export.dfs_graph import (
@@ -50,7 +49,7 @@ from edgeskip.export.dfs_graph import (
     switch_order,
     verify_dfs_onnx,
 )
-from edgeskip.export.iree_compile import COMMON_FLAGS, Target, compile_many, import_onnx
+from edgeskip.export.iree_compile import COMMON_FLAGS, Target, compile_many, import_onnx, with_host
 from edgeskip.export.onnx_export import INT8_TOLERANCE, max_abs_diff, rounding_tolerated
 from edgeskip.export.shared_weights import rename_module
 from edgeskip.export.skipnet_graph import export_skipnet, verify_skipnet_onnx

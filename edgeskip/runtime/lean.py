@@ -25,7 +25,8 @@ the main listener); a malformed request is counted as the main listener counts o
 - a request head may have at most :data:`HEAD_LIMIT` bytes (431);
 - a request head must be in within ``idle_timeout`` seconds of the connection or of the previous answer, and its
   body within the service's ``body_timeout`` (a watchdog closes a connection that trickles);
-- request bodies held at once count against the service's ``max_inflight_bytes`` (503 beyond);
+- request bodies being received count against the service's ``max_inflight_bytes``, with the main listener's
+  (``InferenceService.reserve_body``: 503 beyond);
 - ``Expect: 100-continue`` is answered; HEAD gets the head only;
 - at most ``max_connections`` connections at once: one more is answered 503 and closed.
 """
@@ -39,18 +40,28 @@ import re
 import socket
 import threading
 import time
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qs, unquote
 
 from edgeskip.runtime.kserve import HEADER, KServeV2, check_model
 from edgeskip.runtime.preprocess import BadRequest, check_content_type, check_encoding
-from edgeskip.runtime.responses import Answer, json_answer
+from edgeskip.runtime.responses import Answer, json_answer, not_allowed
 
 HEAD_LIMIT = 16 * 1024  # request line and headers together
 LINGERING = 8  # connections refused for the limit that are drained at once before they are closed
 INFER = re.compile(r"/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer")
 HEALTH = {"/v2/health/live": {"live": True}, "/v2/health/ready": {"ready": True}, "/healthz": {"ok": True}}
 log = logging.getLogger("edgeskip.lean")
+
+
+class _Request(NamedTuple):
+    method: str
+    target: str
+    headers: dict[str, str]  # by lower-case name
+    body: bytes
+    keep: bool  # keep the connection alive after the answer
+    http10: bool
+    reserved: int  # body bytes reserved among those in flight (InferenceService.reserve_body)
 
 
 class _Refused(Exception):
@@ -77,7 +88,6 @@ class LeanListener:
         self._lock = threading.Lock()
         self._lingering = threading.BoundedSemaphore(LINGERING)
         self._deadline: dict[socket.socket, float] = {}  # connections reading a request, and by when it must be in
-        self._inflight = 0  # request body bytes held (against the service's max_inflight_bytes)
         self._closed = False
         self._watchdog = threading.Thread(target=self._watch, name="edgeskip-lean-watch", daemon=True)
         self._watchdog.start()
@@ -188,14 +198,12 @@ class LeanListener:
                     self._deadline.pop(conn, None)
                 if req is None:
                     return  # the client closed, or was too slow (idle, or trickling a request)
-                method, target, headers, body, keep = req
                 try:
-                    answer = self.handle(method, target, headers, body)
+                    answer = self.handle(req.method, req.target, req.headers, req.body)
                 finally:
-                    with self._lock:
-                        self._inflight -= len(body)
-                _send(conn, answer, keep, head_only=method == "HEAD", http10=headers.get(":version") == "HTTP/1.0")
-                if not keep:
+                    self.service.release_body(req.reserved)
+                _send(conn, answer, req.keep, head_only=req.method == "HEAD", http10=req.http10)
+                if not req.keep:
                     return
         except OSError:
             return  # reset, or too slow sending a request (the timeout)
@@ -220,11 +228,10 @@ class LeanListener:
                     except OSError:
                         pass
 
-    def _read(self, conn: socket.socket, reader: Any) -> tuple[str, str, dict[str, str], bytes, bool] | None:
-        """One request from the connection: (method, target, headers by lower-case name with the version under
-        ``:version``, body, keep alive), or None where the client closed or was too slow. Raises _Refused for a
-        request to refuse and close. The body's bytes count against the service's ``max_inflight_bytes`` until
-        the answer is built (the caller gives them back)."""
+    def _read(self, conn: socket.socket, reader: Any) -> _Request | None:
+        """One request from the connection, or None where the client closed or was too slow. Raises _Refused for
+        a request to refuse and close. Its body is reserved among the bodies in flight of every listener
+        (``InferenceService.reserve_body``) until the answer is built (the caller releases it)."""
         line = reader.readline(HEAD_LIMIT + 1)
         if line in (b"\r\n", b"\n"):  # one empty line before a request is allowed (RFC 9112, 2.2)
             line = reader.readline(HEAD_LIMIT + 1)
@@ -265,10 +272,10 @@ class LeanListener:
         n = int(length)
         if n > self.max_body:
             raise _Refused(413, f"body of {n} bytes is over the limit of {self.max_body}")
-        with self._lock:
-            if self._inflight + n > self.service.max_inflight_bytes:
-                raise _Refused(503, "too many request bodies being received at once; try again later")
-            self._inflight += n
+        try:
+            reserved = self.service.reserve_body(n)
+        except BadRequest as e:
+            raise _Refused(e.status, str(e)) from None
         try:
             body_timeout = self.service.body_timeout or self.idle_timeout
             self._deadline[conn] = time.monotonic() + body_timeout  # the whole body within it
@@ -278,13 +285,11 @@ class LeanListener:
             if len(body) < n:
                 raise OSError("the client closed mid-body")
         except BaseException:
-            with self._lock:
-                self._inflight -= n
+            self.service.release_body(reserved)
             raise
-        headers[":version"] = version
         options = headers.get("connection", "").lower()
         keep = "close" not in options if version == "HTTP/1.1" else "keep-alive" in options
-        return method.upper(), target, headers, body, keep
+        return _Request(method.upper(), target, headers, body, keep, version == "HTTP/1.0", reserved)
 
     def handle(self, method: str, target: str, headers: dict[str, str], body: bytes) -> Answer:
         """The answer to one request (headers by lower-case name)."""
@@ -294,13 +299,13 @@ class LeanListener:
             if path in HEALTH and method in ("GET", "HEAD"):
                 return json_answer(HEALTH[path])
             if path in HEALTH:
-                return _not_allowed(method, path, "GET, HEAD")
+                return not_allowed(method, path, "GET, HEAD")
             return json_answer(
                 {"error": f"no route {path[:80]!r} on the lean listener (inference only; the rest is on the main one)"},
                 status=404,
             )
         if method != "POST":
-            return _not_allowed(method, path, "POST")
+            return not_allowed(method, path, "POST")
         try:
             check_encoding(headers.get("content-encoding"))
             if match is not None:
@@ -309,21 +314,13 @@ class LeanListener:
                 out = self.service.submit_here(self.kserve.job(body, headers.get(HEADER.lower())))
                 return self.kserve.answer(out)
             ctype = check_content_type(headers.get("content-type"))
-            config = parse_qs(query).get("config", [None])[-1]
+            config = parse_qs(query).get("config", [None])[0]  # the first, as aiohttp's query.get
             return self.service.v1_answer(self.service.submit_here(self.service.v1_job(body, ctype, config)))
         except BadRequest as e:
             self.service.count_bad(e.status)
             return json_answer({"error": str(e)}, status=e.status)
         except Exception as e:  # noqa: BLE001 - answered and counted, never a traceback
             return self.service.internal_error_answer(e)
-
-
-def _not_allowed(method: str, path: str, allowed: str) -> Answer:
-    return json_answer(
-        {"error": f"method {method[:20]} not allowed on {path[:80]!r}; allowed: {allowed}"},
-        status=405,
-        headers={"Allow": allowed},
-    )
 
 
 def _linger(conn: socket.socket, limit: int = 1 << 20, seconds: float = 1.0) -> None:

@@ -44,9 +44,13 @@ async def json_errors(
     except web.HTTPNotFound:
         return json_response({"error": f"no route {request.path[:80]!r}"}, status=404)
     except web.HTTPMethodNotAllowed as e:
-        allowed = ", ".join(sorted(e.allowed_methods))
-        return json_response(
-            {"error": f"method {request.method} not allowed on {request.path[:80]!r}; allowed: {allowed}"},
-            status=405,
-            headers={"Allow": allowed},
-        )
+        return not_allowed(request.method, request.path, ", ".join(sorted(e.allowed_methods))).response()
+
+
+def not_allowed(method: str, path: str, allowed: str) -> Answer:
+    """The JSON 405 of every listener: what was asked, where, and the ``Allow``ed methods."""
+    return json_answer(
+        {"error": f"method {method[:20]} not allowed on {path[:80]!r}; allowed: {allowed}"},
+        status=405,
+        headers={"Allow": allowed},
+    )

@@ -245,10 +245,7 @@ class InferenceService:
         declared = request.content_length if request.content_length is not None else self.max_body
         if declared > self.max_body:
             raise BadRequest(f"body larger than {self.max_body} bytes", status=413)
-        need = declared if declared > SMALL_BODY else 0
-        if need and self.inflight_bytes + need > self.max_inflight_bytes:
-            raise BadRequest("too many request bodies in flight; retry later", status=503)
-        self.inflight_bytes += need
+        need = self.reserve_body(declared)
         try:
             return await asyncio.wait_for(request.read(), self.body_timeout)
         except web.HTTPRequestEntityTooLarge:
@@ -260,6 +257,21 @@ class InferenceService:
             log.info("upload from %s aborted: %s", request.remote, type(e).__name__)
             raise BadRequest("request body incomplete: the client disconnected") from None
         finally:
+            self.release_body(need)
+
+    def reserve_body(self, declared: int) -> int:
+        """Room for a body of ``declared`` bytes among those being received by any listener: one over
+        ``SMALL_BODY`` reserves its length (small ones, what normal requests send, always pass), beyond
+        ``max_inflight_bytes`` it is BadRequest 503. Returns the bytes reserved, for :meth:`release_body`."""
+        need = declared if declared > SMALL_BODY else 0
+        with self._book:
+            if need and self.inflight_bytes + need > self.max_inflight_bytes:
+                raise BadRequest("too many request bodies in flight; retry later", status=503)
+            self.inflight_bytes += need
+        return need
+
+    def release_body(self, need: int) -> None:
+        with self._book:
             self.inflight_bytes -= need
 
     def internal_error(self, e: BaseException) -> web.Response:
