@@ -9,11 +9,19 @@ determined by its seed and its world size.
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+# Imported before any process group exists, on purpose. Its functions take ``group=group.WORLD`` as a default
+# argument, evaluated at import; DistributedDataParallel imports it on first use, and imported after
+# ``init_process_group`` it pins the default group forever. A pinned gloo group is never destroyed: its worker
+# threads outlive ``destroy_process_group`` and now and then abort the process at exit ("terminate called without
+# an active exception"), after a run that trained and wrote its checkpoint. Reproducer: bench/gloo_exit_abort.py.
+import torch.distributed.nn.functional  # noqa: F401  (see above)
 
 from edgeskip.errors import EdgeskipError
 
@@ -47,8 +55,14 @@ class Distributed:
             dist.barrier()
 
     def close(self) -> None:
-        """Leave the process group (the next :func:`from_environment` joins a new one)."""
+        """Leave the process group (the next :func:`from_environment` joins a new one).
+
+        Call it once nothing refers to the group any more (drop DistributedDataParallel wrappers first): the group
+        is destroyed, and its threads joined, only when its last reference goes. A gloo group still alive when the
+        interpreter exits can abort the process (bench/gloo_exit_abort.py).
+        """
         if self.active and dist.is_initialized():
+            gc.collect()  # a wrapper in a reference cycle holds the group too
             dist.destroy_process_group()
 
 

@@ -156,8 +156,28 @@ def train(
     ``stop_after`` ends this invocation once that epoch's checkpoint is written (continue with ``resume``).
     Under ``torchrun`` each process trains on its shard of every batch and rank 0 writes ``out``.
     """
-    out = Path(out)
     ddp = from_environment()
+    try:
+        return _train(
+            ddp, Path(out), data, model_cfg, train_cfg, resume, splits, progress, on_epoch_end, stop_after, init_weights
+        )
+    finally:
+        ddp.close()
+
+
+def _train(
+    ddp: Distributed,
+    out: Path,
+    data: DataSpec,
+    model_cfg: ModelConfig | None,
+    train_cfg: TrainConfig | None,
+    resume: bool,
+    splits: Splits | None,
+    progress: bool,
+    on_epoch_end: EpochHook | None,
+    stop_after: int | None,
+    init_weights: str | None,
+) -> Checkpoint:
     if stop_after is not None and stop_after < 1:
         raise EdgeskipError(f"--stop-after must be an epoch number >= 1, got {stop_after}")
     if resume:
@@ -208,6 +228,7 @@ def train(
         torch.set_rng_state(ck.rng)
         splits.norm = ck.norm
     objective = CrossEntropy(training_forward(model, train_cfg, ddp), model, train_cfg.label_smoothing)
-    ck = run_epochs(model, objective, opt, sched, splits, ck, out, steps, ddp, stop_after, progress, on_epoch_end)
-    ddp.close()
-    return ck
+    try:
+        return run_epochs(model, objective, opt, sched, splits, ck, out, steps, ddp, stop_after, progress, on_epoch_end)
+    finally:  # the DDP wrapper holds the process group, which train() destroys next; a traceback keeps this frame
+        del objective

@@ -22,6 +22,18 @@ def free_port():
         return s.getsockname()[1]
 
 
+GROUP_IS_DESTROYED = """
+import os, sys, torch
+from edgeskip.models.config import ResNetConfig
+from edgeskip.train import DataSpec, TrainConfig, train
+torch.set_num_threads(1)
+train(sys.argv[1], DataSpec(), ResNetConfig(depth=8, widths=(4, 8, 16)), TrainConfig(epochs=1, batch_size=64),
+      progress=False)
+comms = [open(f"/proc/self/task/{t}/comm").read() for t in os.listdir("/proc/self/task")]
+print("gloo threads left:", sum(c.startswith(("pt_gloo", "gloo")) for c in comms))
+"""
+
+
 def torchrun(*args, nproc=2):
     cmd = [
         sys.executable,
@@ -85,6 +97,17 @@ def test_torchrun_trains_checkpoints_and_resumes_exactly(tmp_path):
     )
     assert one.returncode == 2 and one.stderr.strip().count("\n") == 0, one.stderr
     assert "2 process(es)" in one.stderr and "this run has 1" in one.stderr
+
+
+def test_the_process_group_is_destroyed_when_training_ends(tmp_path):
+    # DDP pins a group created before torch.distributed.nn is imported; a live gloo group's threads can abort the
+    # process at exit, after the checkpoint is written (bench/gloo_exit_abort.py). Its threads must be gone.
+    script = tmp_path / "worker.py"
+    script.write_text(GROUP_IS_DESTROYED)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port())]
+    res = subprocess.run([*cmd, script, tmp_path / "m.pt"], capture_output=True, text=True, env=ENV, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count("gloo threads left: 0") == 2, res.stdout
 
 
 def test_batch_that_does_not_split_is_refused(tmp_path):
