@@ -11,6 +11,9 @@ in one run so drift hits them alike:
   registered system shared-memory region (Triton's extension): no tensor travels on the socket;
 - lean-tcp / lean-uds / lean-uds-shm: the same KServe requests to the lean listener (``--lean-port``,
   ``--lean-uds``: each connection answered on its own thread, no event-loop hand-offs);
+- lean-uds-raw / lean-uds-shm-raw: the lean listener's Unix-socket paths with a minimal client instead of
+  http.client: one pre-built request per send, the answer read by its Content-Length, only its JSON parsed. What a
+  camera process in C would pay; the difference to lean-uds(-shm) is http.client's own cost;
 - in-process: ``edgeskip.runtime.open(...).infer`` (the same service, no transport).
 
 Own cost = round trip minus the inference time the daemon reports for that request (``latency_s``); medians.
@@ -127,6 +130,31 @@ def http_runner(conn: http.client.HTTPConnection, path: str, body: bytes, header
     return run
 
 
+def raw_runner(path: str, target: str, body: bytes, headers: dict):
+    """A minimal HTTP/1.1 client over a Unix socket: the request is built once, the answer is read by its
+    Content-Length and only its JSON body parsed."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(path)
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    request = f"POST {target} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {len(body)}\r\n{head}\r\n".encode()
+    request += body
+
+    def run() -> float:
+        sock.sendall(request)
+        data = sock.recv(65536)
+        while b"\r\n\r\n" not in data:
+            data += sock.recv(65536)
+        end = data.index(b"\r\n\r\n") + 4
+        at = data.find(b"Content-Length: ", 0, end)
+        n = int(data[at + 16 : data.index(b"\r\n", at)])
+        while len(data) < end + n:
+            data += sock.recv(65536)
+        assert data.startswith(b"HTTP/1.1 200"), data[:200]
+        return json.loads(data[end : end + n])["parameters"]["latency_s"]
+
+    return run
+
+
 def grpc_runner(target: str, name: str, x: np.ndarray, config: int):
     import grpc
     from tritonclient.grpc import service_pb2 as pb
@@ -152,6 +180,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("bench/results"))
     ap.add_argument("--inline-max-ms", type=float, default=0.0, help="serve's --inline-max-ms (0: off)")
     ap.add_argument("--event-loop", default="asyncio", help="serve's --event-loop (asyncio, uvloop)")
+    ap.add_argument("--paths", help="comma-separated paths to measure (default: all)")
     a = ap.parse_args()
     man = load_manifest(a.bundle)
     x = np.random.default_rng(0).standard_normal((1, *man.input.chw)).astype(np.float32)
@@ -236,8 +265,15 @@ def main() -> None:
             ),
             "lean-uds": http_runner(UnixHTTPConnection(luds), "/v2/models/m/infer", body, headers, False),
             "lean-uds-shm": http_runner(UnixHTTPConnection(luds), "/v2/models/m/infer", shm_doc, shm_headers, False),
+            "lean-uds-raw": raw_runner(luds, "/v2/models/m/infer", body, headers),
+            "lean-uds-shm-raw": raw_runner(luds, "/v2/models/m/infer", shm_doc, shm_headers),
             "in-process": lambda: rt.infer(x, config=config).latency_s,
         }
+        if a.paths:
+            unknown = set(a.paths.split(",")) - set(runners)
+            if unknown:
+                raise SystemExit(f"unknown paths {sorted(unknown)}; known: {', '.join(runners)}")
+            runners = {n: r for n, r in runners.items() if n in a.paths.split(",")}
         rounds: dict[str, list[tuple[float, float]]] = {n: [] for n in runners}
         for r in range(a.requests + 20):
             for n, run in runners.items():
@@ -264,7 +300,7 @@ def main() -> None:
         }
         p = res["paths"][n]
         print(
-            f"{n:10s} round trip {p['round_trip_s'] * 1e3:.3f} ms  inference {p['inference_s'] * 1e3:.3f} ms  "
+            f"{n:16s} round trip {p['round_trip_s'] * 1e3:.3f} ms  inference {p['inference_s'] * 1e3:.3f} ms  "
             f"own cost {p['own_cost_s'] * 1e6:.0f} us (p90 {p['own_cost_p90_s'] * 1e6:.0f})"
         )
     res["command"] = "python " + " ".join(shlex.quote(s) for s in sys.argv)
