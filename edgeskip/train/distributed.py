@@ -21,7 +21,8 @@ import torch.distributed as dist
 # ``init_process_group`` it pins the default group forever. A pinned gloo group is never destroyed: its worker
 # threads outlive ``destroy_process_group`` and now and then abort the process at exit ("terminate called without
 # an active exception"), after a run that trained and wrote its checkpoint. Reproducer: bench/gloo_exit_abort.py.
-import torch.distributed.nn.functional  # noqa: F401  (see above)
+if dist.is_available():  # builds without torch.distributed have no process groups to pin
+    import torch.distributed.nn.functional  # noqa: F401  (see above)
 
 from edgeskip.errors import EdgeskipError
 
