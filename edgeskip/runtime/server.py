@@ -346,10 +346,9 @@ class InferenceService:
         decode and run it on the worker (:mod:`edgeskip.runtime.workers`; decoding raises BadRequest).
         Unpinned requests run with the policy's config, pinned ones still count as load for it. The
         executor is freed when the job ends, even if the client went away meanwhile."""
-        arrived, rid, action = self._arrive()
-        waited = isinstance(action, Queued)
-        if waited:
-            fut = self._queue(rid, asyncio.get_running_loop().create_future())
+        arrived, rid, action, fut = self._arrive(asyncio.get_running_loop().create_future)
+        waited = fut is not None
+        if fut is not None:
             try:
                 action = await fut
             except asyncio.CancelledError:
@@ -385,10 +384,8 @@ class InferenceService:
         Dispatcher admits it, but the job runs on the caller's thread (the Dispatcher lets one job run at a
         time) and a queued caller waits on its thread, so no hand-off through the loop is paid. Queued
         requests of either kind are handed over on the loop (``self.loop``)."""
-        waiter = _ThreadWaiter()
-        arrived, rid, action = self._arrive(waiter)
-        if isinstance(action, Queued):
-            self.metrics.queued.set(self.dispatcher.queued)
+        arrived, rid, action, waiter = self._arrive(_ThreadWaiter)
+        if waiter is not None:
             action = waiter.wait()
         if isinstance(action, Drop):
             return self._dropped(action, arrived)
@@ -411,23 +408,21 @@ class InferenceService:
             settle(follow)
         return self._processed(r, arrived, started)
 
-    def _arrive(self, waiter: Any = None) -> tuple[float, object, Start | Drop | Queued]:
-        """A new request before the Dispatcher: (arrival time, its id, what to do with it). A ``waiter`` of a
-        caller on another thread than the loop's is parked under the same lock as the admission, or a job ending
-        in between would hand the request its turn before it could be found (and it would wait for ever)."""
-        arrived, rid = time.perf_counter(), object()
+    def _arrive(self, make_waiter: Callable[[], Any]) -> tuple[float, object, Start | Drop | Queued, Any]:
+        """A new request before the Dispatcher: (arrival time, its id, what to do with it, and its waiter if it was
+        queued, else None). ``make_waiter`` makes what the hand-over resolves: an asyncio future on the loop, a
+        :class:`_ThreadWaiter` for a caller on another thread. It is made and parked under the same lock as the
+        admission, or a job ending in between (on another thread) would hand the request its turn before it could
+        be found, and it would wait for ever; requests that are not queued make none."""
+        arrived, rid, waiter = time.perf_counter(), object(), None
         with self._lock:
             action = self.dispatcher.arrive(self.clock(), rid)
-            if waiter is not None and isinstance(action, Queued):
-                self._waiting[rid] = waiter
+            if isinstance(action, Queued):
+                waiter = self._waiting[rid] = make_waiter()
+        if waiter is not None:
+            self.metrics.queued.set(self.dispatcher.queued)
         self._note_config()
-        return arrived, rid, action
-
-    def _queue(self, rid: object, waiter: Any) -> Any:
-        """Park a queued request's ``waiter`` (an asyncio future or a :class:`_ThreadWaiter`) for the hand-over."""
-        self._waiting[rid] = waiter
-        self.metrics.queued.set(self.dispatcher.queued)
-        return waiter
+        return arrived, rid, action, waiter
 
     def output_built(self, seconds: float) -> None:
         """Count the time a protocol spent building an answer (Triton's statistics: compute_output)."""
